@@ -1,0 +1,132 @@
+"""`LogFlusher`: the trio shell that makes appends durable, with group commit.
+
+The partition log itself only writes into the page cache. This service runs its fsyncs in worker
+threads so the event loop keeps serving while the disk works:
+
+- `wait_durable(log, end_offset)` returns once the append ending at `end_offset` is durable under
+  the log's flush policy. With `always`, the first waiter starts a flush of everything appended so
+  far; waiters that arrive while it runs wait for it and then, if their data came after it started,
+  for one more flush that covers all of them together (group commit: one fsync per burst, however
+  many appends it holds). With `interval` and `never` it returns at once.
+- `run()` is the background task: every `tick_ms` it flushes logs whose `flush_interval_ms` has
+  passed (policy `interval`) and syncs newly sealed segments for every policy, which moves the
+  recovery checkpoint forward so that an unclean restart re-validates only recent data.
+
+An fsync failure takes the log offline for this process (`KAFKA_STORAGE_ERROR` to every later
+waiter): after a failed fsync the kernel may have dropped the dirty pages, so a retry that succeeds
+proves nothing (the PostgreSQL "fsyncgate" lesson).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import trio
+
+from broker.config import FlushPolicy
+from broker.errors import BrokerError, ErrorCode
+from broker.log.log import PartitionLog
+
+logger = logging.getLogger(__name__)
+
+TICK_MS_DEFAULT = 100
+
+
+class LogFlusher:
+    """Group-commit fsyncs for a set of partition logs. See the module docstring."""
+
+    def __init__(
+        self,
+        logs: Callable[[], Iterable[PartitionLog]],
+        *,
+        tick_ms: int = TICK_MS_DEFAULT,
+        clock_ms: Callable[[], float] | None = None,
+    ) -> None:
+        assert tick_ms > 0
+        self._logs = logs
+        self._tick_ms = tick_ms
+        self._clock_ms = clock_ms or (lambda: trio.current_time() * 1000)
+        self._in_flight: dict[int, trio.Event] = {}
+        self._failed: dict[int, OSError] = {}
+        self._last_flush_ms: dict[int, float] = {}
+        self.fsync_count = 0
+
+    async def wait_durable(self, log: PartitionLog, end_offset: int) -> None:
+        """Return once offsets below `end_offset` are durable under the log's flush policy."""
+        if log.config.flush_policy is not FlushPolicy.ALWAYS:
+            return
+        await self.flush(log, end_offset)
+
+    async def flush(self, log: PartitionLog, end_offset: int | None = None) -> None:
+        """Fsync until `log.flushed_offset >= end_offset` (default: the current log end)."""
+        target = log.log_end_offset if end_offset is None else end_offset
+        while log.flushed_offset < min(target, log.log_end_offset):
+            self._raise_if_failed(log)
+            running = self._in_flight.get(id(log))
+            if running is not None:
+                await running.wait()
+                continue
+            await self._flush_once(log, include_active=True)
+        self._raise_if_failed(log)
+
+    async def _flush_once(self, log: PartitionLog, *, include_active: bool) -> None:
+        done = trio.Event()
+        self._in_flight[id(log)] = done
+        try:
+            ticket = log.begin_flush(include_active=include_active)
+            try:
+                # Not cancellable: once started, the fsync finishes and its result is recorded.
+                await trio.to_thread.run_sync(ticket.run)
+            except OSError as exc:
+                log.abort_flush()
+                self._failed[id(log)] = exc
+                logger.error("%s: fsync failed, taking the log offline: %s", log.directory, exc)
+                raise
+            except BaseException:
+                log.abort_flush()
+                raise
+            log.complete_flush(ticket)
+            self.fsync_count += 1
+            self._last_flush_ms[id(log)] = self._clock_ms()
+        finally:
+            del self._in_flight[id(log)]
+            done.set()
+
+    def _raise_if_failed(self, log: PartitionLog) -> None:
+        failure = self._failed.get(id(log))
+        if failure is not None:
+            raise BrokerError(
+                ErrorCode.KAFKA_STORAGE_ERROR,
+                f"the log in {log.directory} is offline after an fsync failure ({failure}); "
+                "check the disk and restart the broker",
+            )
+
+    def forget(self, log: PartitionLog) -> None:
+        """Drop bookkeeping for a deleted log."""
+        self._failed.pop(id(log), None)
+        self._last_flush_ms.pop(id(log), None)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background housekeeping: interval flushes and syncing sealed segments. Runs forever."""
+        task_status.started()
+        while True:
+            await trio.sleep(self._tick_ms / 1000)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """One housekeeping pass over every log (what `run` does each tick)."""
+        now_ms = self._clock_ms()
+        for log in list(self._logs()):
+            if id(log) in self._in_flight or id(log) in self._failed:
+                continue
+            policy = log.config.flush_policy
+            due = now_ms - self._last_flush_ms.get(id(log), now_ms) >= log.config.flush_interval_ms
+            self._last_flush_ms.setdefault(id(log), now_ms)
+            try:
+                if policy is FlushPolicy.INTERVAL and due and log.needs_flush:
+                    await self._flush_once(log, include_active=True)
+                elif log.has_unsynced_segments:
+                    await self._flush_once(log, include_active=False)
+            except OSError:
+                continue  # recorded in _failed; waiters get KAFKA_STORAGE_ERROR

@@ -1,0 +1,754 @@
+"""`PartitionLog`: one partition's ordered list of segments, and the offsets that describe it.
+
+Offsets (all "end" offsets are exclusive, as Kafka's log end offset and high watermark are):
+
+    log_start_offset <= flushed_offset <= dirty_offset == log_end_offset
+
+`dirty_offset` is where the next appended record goes; `flushed_offset` is the end of what has been
+fsynced. The high watermark belongs to the replication layer, which passes it to `read` as
+`max_offset`.
+
+Durability protocol:
+- Appends only `pwrite` into the page cache. `begin_flush()` returns a `FlushTicket` naming the
+  files to fsync; its `run()` may execute in a worker thread while appends continue (group commit),
+  and `complete_flush()` then advances `flushed_offset` to the end captured by the ticket.
+- Rolling seals the old segment (indexes trimmed); its files join the next ticket. Once they are
+  synced, the recovery checkpoint moves to the active segment's base offset: on an unclean restart
+  only segments from the checkpoint on are re-validated.
+- A clean `close()` syncs everything and writes a clean-shutdown marker; a restart that finds it
+  trusts every index and skips the scan, and deletes the marker before accepting writes.
+- Leader epochs (Raft terms) are kept as a small epoch cache `[(epoch, start_offset)]`, rewritten
+  atomically when it changes (elections, truncation, retention), so `term_at` is a bisection.
+
+The log is synchronous and single-threaded: call it from one thread (the trio thread); only a
+ticket's `run()` may happen elsewhere.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgpack
+
+from broker.config import LogConfig
+from broker.errors import BrokerError, ErrorCode
+from broker.log.batch import (
+    HEADER_SIZE,
+    LOG_OVERHEAD,
+    BadLengthError,
+    BatchHeader,
+    decode_records,
+    iter_batches,
+    set_base_offset,
+    set_leader_epoch,
+    validate_batch,
+)
+from broker.log.segment import LOG_SUFFIX, NO_TIMESTAMP, RecoveryNote, Segment
+
+logger = logging.getLogger(__name__)
+
+CLEAN_SHUTDOWN_FILE = "clean-shutdown"
+RECOVERY_CHECKPOINT_FILE = "recovery-checkpoint"
+EPOCH_CACHE_FILE = "leader-epochs"
+
+_PREFIX = struct.Struct(">qi")  # base_offset, batch_length
+_LAST_OFFSET_DELTA = struct.Struct(">i")  # at byte 23 of a batch header
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class OffsetOutOfRangeError(BrokerError):
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.OFFSET_OUT_OF_RANGE, message)
+
+
+class OffsetMismatchError(BrokerError):
+    """Replicated batches do not continue the log exactly (a gap or an overlap)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_RECORD, message)
+
+
+class LeaderEpochError(BrokerError):
+    """A batch's leader epoch is below the log's last one: epochs never go backwards."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_RECORD, message)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppendResult:
+    base_offset: int
+    last_offset: int
+    max_timestamp: int
+    size_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadResult:
+    """Whole batches: `data` is bytes-like (bytes or a memoryview); empty at the end of the log."""
+
+    data: bytes | memoryview
+    base_offset: int
+    next_offset: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileSlice:
+    """A region of a segment file for `os.sendfile`. `fd` is a duplicate: the caller closes it."""
+
+    fd: int
+    position: int
+    length: int
+    base_offset: int
+    next_offset: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FlushTicket:
+    """Files to fsync so that everything below `end_offset` is durable.
+
+    `run()` touches only these paths (never the log's objects), so it may run in a worker thread.
+    """
+
+    directory: Path
+    paths: tuple[Path, ...]
+    end_offset: int
+    directory_changes: int
+    sync_directory: bool
+    checkpoint: int | None
+
+    def run(self) -> None:
+        for path in self.paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # deleted by retention or truncation meanwhile: nothing left to sync
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if self.checkpoint is not None:
+            _write_atomically(self.directory / RECOVERY_CHECKPOINT_FILE, b"%d\n" % self.checkpoint)
+        elif self.sync_directory:
+            _fsync_directory(self.directory)
+
+
+class PartitionLog:
+    """An append-only, segmented log of record batches. See the module docstring for the rules."""
+
+    def __init__(
+        self, directory: Path, config: LogConfig, *, clock_ms: Callable[[], int] = wall_clock_ms
+    ) -> None:
+        self.directory = directory
+        self.config = config
+        self.clock_ms = clock_ms
+        self.segments: list[Segment] = []
+        self._base_offsets: list[int] = []
+        self.flushed_offset = 0
+        self.recovery_notes: list[RecoveryNote] = []
+        # (epoch, start_offset) pairs, sorted by both.
+        self._epochs: list[tuple[int, int]] = []
+        self._unsynced_sealed: list[Segment] = []
+        # Directory entries changed (segments created or deleted) vs. synced: a ticket captures the
+        # count it covers, so a change made while it runs is not mistaken for synced.
+        self._directory_changes = 0
+        self._directory_synced = 0
+        self._checkpoint = 0
+        # The lowest log end a truncation produced since the outstanding ticket was taken: what
+        # the ticket synced above it is no longer the data at those offsets.
+        self._truncation_floor: int | None = None
+        self._ticket_outstanding = False
+        self._closed = False
+
+    # --- opening and closing --------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        config: LogConfig,
+        *,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        initial_offset: int = 0,
+    ) -> PartitionLog:
+        """Open or create the log in `directory`, recovering it if it was not closed cleanly."""
+        directory.mkdir(parents=True, exist_ok=True)
+        log = cls(directory, config, clock_ms=clock_ms)
+        marker = directory / CLEAN_SHUTDOWN_FILE
+        clean = marker.exists()
+        log._checkpoint = _read_checkpoint(directory / RECOVERY_CHECKPOINT_FILE)
+        bases = sorted(
+            int(path.name[: -len(LOG_SUFFIX)])
+            for path in directory.glob(f"*{LOG_SUFFIX}")
+            if path.name[: -len(LOG_SUFFIX)].isdigit()
+        )
+        log._open_segments(bases, clean=clean)
+        if not log.segments:
+            log.segments.append(Segment.create(directory, initial_offset, config))
+            log._base_offsets.append(initial_offset)
+            log._directory_changes += 1
+        log._load_epochs(clean=clean)
+        log.flushed_offset = log.log_end_offset if clean else log._checkpoint_floor()
+        if clean:
+            # The marker must be gone, durably, before anything new is written: a later crash
+            # must not be mistaken for a clean shutdown.
+            marker.unlink()
+            _fsync_directory(directory)
+        return log
+
+    def _open_segments(self, bases: list[int], *, clean: bool) -> None:
+        # Segments below the one holding the recovery checkpoint were synced when sealed; after an
+        # unclean shutdown everything from that segment on is re-validated.
+        first_unsynced = max(bisect.bisect_right(bases, self._checkpoint) - 1, 0)
+        recover_from = bases[first_unsynced] if bases else 0
+        for number, base in enumerate(bases):
+            last = number == len(bases) - 1
+            recover = not clean and base >= recover_from
+            segment, note = Segment.open(
+                self.directory, base, self.config, writable=last, recover=recover
+            )
+            if self.segments and segment.base_offset != self.segments[-1].next_offset:
+                note = RecoveryNote(
+                    base, 0, segment.size_bytes, "segment does not continue the previous one"
+                )
+                logger.warning("%s: deleting %s and later: %s", self.directory, base, note.reason)
+                segment.delete()
+                self._delete_from(number, bases)
+                self.recovery_notes.append(note)
+                break
+            self.segments.append(segment)
+            self._base_offsets.append(base)
+            if recover and not last:
+                # Validated, but maybe only in the page cache (the process died, not the machine).
+                self._unsynced_sealed.append(segment)
+            if note is not None:
+                self.recovery_notes.append(note)
+                if note.truncated_bytes and not last:
+                    # Everything after damage in a middle segment is unreachable: offsets must be
+                    # contiguous. Later segments go, and this one becomes the active one.
+                    self._delete_from(number + 1, bases)
+                    break
+        if self.segments and self.segments[-1].sealed:
+            self.segments[-1].reopen_writable()
+            if self.segments[-1] in self._unsynced_sealed:
+                self._unsynced_sealed.remove(self.segments[-1])
+
+    def _delete_from(self, number: int, bases: list[int]) -> None:
+        for base in bases[number:]:
+            for suffix in (LOG_SUFFIX, ".index", ".timeindex"):
+                (self.directory / f"{base:020d}{suffix}").unlink(missing_ok=True)
+            logger.warning("%s: deleted segment %d during recovery", self.directory, base)
+        self._directory_changes += 1
+
+    def _checkpoint_floor(self) -> int:
+        # After an unclean open, what is known durable: everything below the recovery checkpoint.
+        return max(self.log_start_offset, min(self._checkpoint, self.log_end_offset))
+
+    def close(self, *, clean: bool = True) -> None:
+        """Close the log. `clean` syncs everything and writes the clean-shutdown marker."""
+        if self._closed:
+            return
+        if clean:
+            self.active.seal()
+            self._unsynced_sealed.append(self.active)
+            self.flush()
+            _write_atomically(self.directory / RECOVERY_CHECKPOINT_FILE, b"%d\n" % self.log_end_offset)
+            _write_atomically(self.directory / CLEAN_SHUTDOWN_FILE, b"")
+        for segment in self.segments:
+            segment.close()
+        self._closed = True
+
+    # --- offsets --------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> Segment:
+        return self.segments[-1]
+
+    @property
+    def log_start_offset(self) -> int:
+        return self.segments[0].base_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.active.next_offset
+
+    @property
+    def dirty_offset(self) -> int:
+        return self.active.next_offset
+
+    @property
+    def last_term(self) -> int:
+        """Leader epoch of the last batch; -1 when the log holds no batch."""
+        if self.log_end_offset == self.log_start_offset:
+            return -1
+        return self._epochs[-1][0] if self._epochs else -1
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(segment.size_bytes for segment in self.segments)
+
+    @property
+    def segment_count(self) -> int:
+        return len(self.segments)
+
+    def term_at(self, offset: int) -> int:
+        """Leader epoch of the batch holding `offset` (log_start_offset <= offset < end)."""
+        if not self.log_start_offset <= offset < self.log_end_offset:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside the log [{self.log_start_offset}, "
+                f"{self.log_end_offset})"
+            )
+        slot = bisect.bisect_right(self._epochs, offset, key=lambda entry: entry[1]) - 1
+        assert slot >= 0, "the epoch cache covers the whole log"
+        return self._epochs[slot][0]
+
+    # --- appending ------------------------------------------------------------------------------
+
+    def append(
+        self, batch: bytes | bytearray | memoryview, *, leader_epoch: int | None = None
+    ) -> AppendResult:
+        """Validate one batch, give it the next offsets (and `leader_epoch`), and write it.
+
+        Raises a named `InvalidBatchError` (nothing written) for a bad batch, or `LeaderEpochError`.
+        Without `leader_epoch` the batch gets the log's current epoch (0 for a new log).
+        """
+        buffer = batch if isinstance(batch, bytearray) else bytearray(batch)
+        header = validate_batch(buffer, max_batch_bytes=self.config.max_batch_bytes)
+        if header.size_bytes != len(buffer):
+            raise BadLengthError(
+                f"expected exactly one batch of {header.size_bytes} bytes, got {len(buffer)} bytes"
+            )
+        epoch = max(self.last_term, 0) if leader_epoch is None else leader_epoch
+        self._check_epoch(epoch)
+        set_base_offset(buffer, 0, self.log_end_offset)
+        set_leader_epoch(buffer, 0, epoch)
+        header = dataclasses.replace(header, base_offset=self.log_end_offset, leader_epoch=epoch)
+        self._write([header], buffer)
+        return AppendResult(
+            header.base_offset, header.last_offset, header.max_timestamp, header.size_bytes
+        )
+
+    def append_replicated(self, batches: bytes | bytearray | memoryview) -> AppendResult:
+        """Append batches that already carry their offsets and epochs (a follower's copy).
+
+        All batches are validated first; they must continue the log exactly, with epochs that
+        never go backwards. On any error nothing is written.
+        """
+        headers: list[BatchHeader] = []
+        expected = self.log_end_offset
+        epoch = self.last_term
+        for _, header in iter_batches(batches, max_batch_bytes=self.config.max_batch_bytes):
+            if header.base_offset != expected:
+                raise OffsetMismatchError(
+                    f"replicated batch starts at offset {header.base_offset}, the log continues "
+                    f"at {expected}"
+                )
+            if header.leader_epoch < epoch:
+                raise LeaderEpochError(
+                    f"replicated batch at offset {header.base_offset} has epoch "
+                    f"{header.leader_epoch}, below {epoch}"
+                )
+            headers.append(header)
+            expected = header.next_offset
+            epoch = header.leader_epoch
+        if not headers:
+            raise BadLengthError("no batches to append")
+        self._write(headers, batches)
+        return AppendResult(
+            headers[0].base_offset,
+            headers[-1].last_offset,
+            max(header.max_timestamp for header in headers),
+            len(batches),
+        )
+
+    def _check_epoch(self, epoch: int) -> None:
+        if epoch < self.last_term:
+            raise LeaderEpochError(
+                f"leader epoch {epoch} is below the log's last epoch {self.last_term}"
+            )
+
+    def _write(self, headers: list[BatchHeader], data: bytes | bytearray | memoryview) -> None:
+        # Split the run at segment boundaries: each piece goes to the active segment in one write.
+        view = memoryview(data)
+        start = 0
+        first = 0
+        while first < len(headers):
+            if self._should_roll(headers[first]):
+                self._roll()
+            size = 0
+            last = first
+            while last < len(headers) and (
+                last == first or self.active.size_bytes + size + headers[last].size_bytes
+                <= self.config.segment_bytes
+            ):
+                size += headers[last].size_bytes
+                last += 1
+            # The epoch cache is saved before the data: after a crash it may run ahead of the log
+            # (and is trimmed on open), but never behind it.
+            for header in headers[first:last]:
+                self._note_epoch(header.leader_epoch, header.base_offset)
+            self.active.append(view[start : start + size], headers[first:last])
+            start += size
+            first = last
+
+    def _should_roll(self, header: BatchHeader) -> bool:
+        active = self.active
+        if not active.size_bytes:
+            return False
+        if not active.room_for(header.size_bytes):
+            return True
+        # Time-based rolls compare record timestamps, as Kafka does: the incoming batch against the
+        # segment's first batch. The wall clock plays no part, so replicas roll alike.
+        return (
+            active.first_timestamp != NO_TIMESTAMP
+            and header.max_timestamp - active.first_timestamp >= self.config.segment_ms
+        )
+
+    def _roll(self) -> None:
+        old = self.active
+        old.seal()
+        self._unsynced_sealed.append(old)
+        segment = Segment.create(self.directory, old.next_offset, self.config)
+        self.segments.append(segment)
+        self._base_offsets.append(segment.base_offset)
+        self._directory_changes += 1
+        logger.info("%s: rolled to segment %d", self.directory, segment.base_offset)
+
+    # --- epochs ---------------------------------------------------------------------------------
+
+    def _note_epoch(self, epoch: int, start_offset: int) -> None:
+        if self._epochs and self._epochs[-1][0] == epoch:
+            return
+        assert not self._epochs or epoch > self._epochs[-1][0]
+        self._epochs.append((epoch, start_offset))
+        self._save_epochs()
+
+    def _save_epochs(self) -> None:
+        payload = msgpack.packb([list(entry) for entry in self._epochs])
+        _write_atomically(self.directory / EPOCH_CACHE_FILE, payload)
+
+    def _load_epochs(self, *, clean: bool) -> None:
+        path = self.directory / EPOCH_CACHE_FILE
+        try:
+            self._epochs = [(int(e), int(s)) for e, s in msgpack.unpackb(path.read_bytes())]
+        except (OSError, ValueError, TypeError, msgpack.UnpackException):
+            self._epochs = []
+        # The cache may run ahead of the data (batches lost in a crash) or be missing: trim it to
+        # the log and rebuild it from the batch headers when it does not cover the log.
+        changed = self._trim_epochs()
+        last_epoch = next(
+            (segment.last_epoch for segment in reversed(self.segments) if segment.size_bytes), None
+        )
+        if last_epoch is not None and (
+            not self._epochs
+            or self._epochs[0][1] > self.log_start_offset
+            or self._epochs[-1][0] != last_epoch
+        ):
+            logger.warning("%s: rebuilding the leader epoch cache from batch headers", self.directory)
+            self._epochs = []
+            for segment in self.segments:
+                for _, header in segment.walk_headers(0, segment.size_bytes):
+                    if not self._epochs or self._epochs[-1][0] != header.leader_epoch:
+                        self._epochs.append((header.leader_epoch, header.base_offset))
+            changed = True
+        if changed:
+            self._save_epochs()
+
+    def _trim_epochs(self) -> bool:
+        before = list(self._epochs)
+        end = self.log_end_offset
+        self._epochs = [entry for entry in self._epochs if entry[1] < end]
+        start = self.log_start_offset
+        # Keep the entry that covers log_start_offset, drop the ones wholly before it.
+        while len(self._epochs) > 1 and self._epochs[1][1] <= start:
+            self._epochs.pop(0)
+        if self._epochs and self._epochs[0][1] < start:
+            self._epochs[0] = (self._epochs[0][0], start)
+        return self._epochs != before
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def _check_read(self, offset: int) -> None:
+        if not self.log_start_offset <= offset <= self.log_end_offset:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside the log [{self.log_start_offset}, "
+                f"{self.log_end_offset}]; seek to a valid offset (ListOffsets earliest/latest)"
+            )
+
+    def _locate(self, offset: int, limit: int) -> tuple[Segment, int, BatchHeader] | None:
+        """The segment, position and header of the batch holding `offset`, if below `limit`."""
+        slot = bisect.bisect_right(self._base_offsets, offset) - 1
+        for segment in self.segments[max(slot, 0) :]:
+            found = segment.find_batch_start(offset)
+            if found is not None:
+                position, header = found
+                return (segment, position, header) if header.last_offset < limit else None
+        return None
+
+    def read(self, offset: int, max_bytes: int, *, max_offset: int | None = None) -> ReadResult:
+        """Whole batches from the one holding `offset`: at most `max_bytes`, but at least one.
+
+        Only batches whose last offset is below `max_offset` (exclusive; the high watermark) are
+        returned, and all come from one segment, as in Kafka. The first batch may start before
+        `offset`; readers skip the records they did not ask for.
+        """
+        self._check_read(offset)
+        limit = self.log_end_offset if max_offset is None else min(max_offset, self.log_end_offset)
+        located = self._locate(offset, limit) if offset < limit else None
+        if located is None:
+            return ReadResult(b"", offset, offset)
+        segment, position, first = located
+        window = max(first.size_bytes, min(max_bytes, segment.size_bytes - position))
+        data = segment.read_window(position, window)
+        end, next_offset = _whole_batches(data, limit)
+        assert end >= first.size_bytes
+        payload = data if end == len(data) else memoryview(data)[:end]
+        return ReadResult(payload, first.base_offset, next_offset)
+
+    def read_slice(
+        self, offset: int, max_bytes: int, *, max_offset: int | None = None
+    ) -> FileSlice | None:
+        """The bytes `read()` would return, as a file region for `os.sendfile`; None if empty."""
+        self._check_read(offset)
+        limit = self.log_end_offset if max_offset is None else min(max_offset, self.log_end_offset)
+        located = self._locate(offset, limit) if offset < limit else None
+        if located is None:
+            return None
+        segment, position, first = located
+        length = 0
+        next_offset = first.base_offset
+        for _, header in segment.walk_headers(position, segment.size_bytes):
+            if header.last_offset >= limit or (length and length + header.size_bytes > max_bytes):
+                break
+            length += header.size_bytes
+            next_offset = header.next_offset
+        return FileSlice(os.dup(segment.fd), position, length, first.base_offset, next_offset)
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """The first offset whose record timestamp is >= `timestamp_ms`; None if there is none."""
+        for segment in self.segments:
+            if segment.max_timestamp < timestamp_ms:
+                continue
+            found = segment.timestamp_search(timestamp_ms)
+            if found is None:
+                continue
+            position, header = found
+            data = segment.read_window(position, header.size_bytes)
+            # Rare admin path: decoding one batch finds the exact record, as Kafka does.
+            for record in decode_records(data, header=header):
+                if record.timestamp >= timestamp_ms:
+                    return max(record.offset, self.log_start_offset)
+        return None
+
+    # --- truncation, reset, retention -----------------------------------------------------------
+
+    def truncate(self, offset: int) -> None:
+        """Remove `offset` and everything after it (a Raft follower whose log diverged).
+
+        Batches are removed whole: if `offset` falls inside a batch, that batch goes too, so the
+        new log end may be below `offset`.
+        """
+        if offset >= self.log_end_offset:
+            return
+        if offset <= self.log_start_offset:
+            self.reset(self.log_start_offset)
+            return
+        slot = bisect.bisect_right(self._base_offsets, offset) - 1
+        while slot > 0 and self.segments[slot].size_bytes == 0:
+            slot -= 1
+        for segment in self.segments[slot + 1 :]:
+            segment.delete()
+        del self.segments[slot + 1 :]
+        del self._base_offsets[slot + 1 :]
+        segment = self.segments[slot]
+        if segment.sealed:
+            segment.reopen_writable()
+            if segment in self._unsynced_sealed:
+                self._unsynced_sealed.remove(segment)
+        found = segment.find_batch_start(offset)
+        if found is not None:
+            segment.truncate_to_position(*found)
+        self._after_shrink(segment_reopened=segment.base_offset)
+
+    def reset(self, start_offset: int) -> None:
+        """Drop every batch; the log restarts, empty, at `start_offset` (behind-the-start catch-up)."""
+        for segment in self.segments:
+            segment.delete()
+        self.segments = [Segment.create(self.directory, start_offset, self.config)]
+        self._base_offsets = [start_offset]
+        self._unsynced_sealed = []
+        self._epochs = []
+        self._after_shrink(segment_reopened=start_offset)
+
+    def _after_shrink(self, *, segment_reopened: int | None) -> None:
+        end = self.log_end_offset
+        self.flushed_offset = max(self.log_start_offset, min(self.flushed_offset, end))
+        if self._ticket_outstanding:
+            self._truncation_floor = min(end, self._truncation_floor or end)
+        self._directory_changes += 1
+        if self._trim_epochs() or not self._epochs:
+            self._save_epochs()
+        if segment_reopened is not None and segment_reopened < self._checkpoint:
+            # A segment trusted as synced is being written again: a crash must re-validate it.
+            self._checkpoint = segment_reopened
+            _write_atomically(self.directory / RECOVERY_CHECKPOINT_FILE, b"%d\n" % self._checkpoint)
+
+    def apply_retention(self, now_ms: int | None = None) -> int:
+        """Delete whole, non-active segments by age, then by total size. Returns how many."""
+        now_ms = self.clock_ms() if now_ms is None else now_ms
+        deleted = 0
+        retention_ms = self.config.retention_ms
+        retention_bytes = self.config.retention_bytes
+        excess = self.size_bytes - retention_bytes
+        while len(self.segments) > 1:
+            oldest = self.segments[0]
+            expired = retention_ms >= 0 and oldest.max_timestamp < now_ms - retention_ms
+            oversized = retention_bytes >= 0 and excess - oldest.size_bytes >= 0
+            if not (expired or oversized):
+                break
+            excess -= oldest.size_bytes
+            oldest.delete()
+            if oldest in self._unsynced_sealed:
+                self._unsynced_sealed.remove(oldest)
+            del self.segments[0]
+            del self._base_offsets[0]
+            deleted += 1
+        if deleted:
+            logger.info(
+                "%s: retention deleted %d segment(s); log now starts at %d",
+                self.directory,
+                deleted,
+                self.log_start_offset,
+            )
+            self._after_shrink(segment_reopened=None)
+        return deleted
+
+    # --- durability -----------------------------------------------------------------------------
+
+    def begin_flush(self, *, include_active: bool = True) -> FlushTicket:
+        """A ticket that, once run, makes everything appended so far durable.
+
+        One ticket may be outstanding at a time. With `include_active=False` only sealed segments
+        are synced (the housekeeping a flush policy of `never` still does, so recovery stays short).
+        """
+        assert not self._ticket_outstanding, "one flush at a time per log"
+        paths: list[Path] = []
+        for segment in self._unsynced_sealed:
+            paths.extend(segment.sync_paths())
+        if include_active and self.flushed_offset < self.log_end_offset:
+            paths.append(self.active.log_path)
+        checkpoint = None
+        if self._unsynced_sealed and self._checkpoint < self.active.base_offset:
+            checkpoint = self.active.base_offset
+        self._ticket_outstanding = True
+        self._truncation_floor = None
+        return FlushTicket(
+            directory=self.directory,
+            paths=tuple(paths),
+            end_offset=self.log_end_offset if include_active else self.flushed_offset,
+            directory_changes=self._directory_changes,
+            sync_directory=self._directory_changes != self._directory_synced,
+            checkpoint=checkpoint,
+        )
+
+    def complete_flush(self, ticket: FlushTicket) -> None:
+        """Record what `ticket.run()` made durable. Not called if `run()` raised."""
+        assert self._ticket_outstanding
+        self._ticket_outstanding = False
+        durable_end = min(ticket.end_offset, self.log_end_offset)
+        if self._truncation_floor is not None:
+            durable_end = min(durable_end, self._truncation_floor)
+        self.flushed_offset = max(self.flushed_offset, durable_end)
+        synced = set(ticket.paths)
+        self._unsynced_sealed = [
+            segment for segment in self._unsynced_sealed if segment.log_path not in synced
+        ]
+        if ticket.checkpoint is not None and ticket.checkpoint > self._checkpoint:
+            self._checkpoint = ticket.checkpoint
+        if ticket.sync_directory or ticket.checkpoint is not None:
+            self._directory_synced = max(self._directory_synced, ticket.directory_changes)
+        assert self.log_start_offset <= self.flushed_offset <= self.log_end_offset
+
+    def abort_flush(self) -> None:
+        """Forget the outstanding ticket after its `run()` failed; nothing is marked durable."""
+        self._ticket_outstanding = False
+
+    @property
+    def has_unsynced_segments(self) -> bool:
+        """Sealed segments wait for their one fsync (which also moves the recovery checkpoint)."""
+        return bool(self._unsynced_sealed)
+
+    @property
+    def needs_flush(self) -> bool:
+        return self.flushed_offset < self.log_end_offset or bool(self._unsynced_sealed)
+
+    def flush(self, up_to_offset: int | None = None) -> None:
+        """Fsync, in this thread, until `flushed_offset >= up_to_offset` (default: everything)."""
+        if up_to_offset is not None and self.flushed_offset >= up_to_offset:
+            return
+        ticket = self.begin_flush()
+        try:
+            ticket.run()
+        except BaseException:
+            self.abort_flush()
+            raise
+        self.complete_flush(ticket)
+
+
+def _whole_batches(data: bytes, limit: int) -> tuple[int, int]:
+    """How many leading bytes of `data` are whole batches ending below offset `limit`.
+
+    Returns (end position, next offset). Reads only the fields it needs from each header.
+    """
+    position = 0
+    next_offset = -1
+    size_total = len(data)
+    while size_total - position >= HEADER_SIZE:
+        base_offset, batch_length = _PREFIX.unpack_from(data, position)
+        (last_delta,) = _LAST_OFFSET_DELTA.unpack_from(data, position + 23)
+        size = batch_length + LOG_OVERHEAD
+        if position + size > size_total or base_offset + last_delta >= limit:
+            break
+        position += size
+        next_offset = base_offset + last_delta + 1
+    return position, next_offset
+
+
+def _read_checkpoint(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    """Write `payload` to `path` so that a crash leaves either the old or the new contents."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)

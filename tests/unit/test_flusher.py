@@ -1,0 +1,126 @@
+"""LogFlusher: group commit under flush=always, interval flushes, sealed-segment sync, fsync failure."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from broker.config import FlushPolicy, LogConfig
+from broker.errors import BrokerError, ErrorCode
+from broker.log.batch import build_batch
+from broker.log.flusher import LogFlusher
+from broker.log.log import FlushTicket, PartitionLog
+
+BATCH = build_batch([(1_000, None, b"x" * 200, None)])
+
+
+class _GatedRuns:
+    """Replaces FlushTicket.run: records each ticket and holds the first one until released."""
+
+    def __init__(self) -> None:
+        self.ends: list[int] = []
+        self.release = threading.Event()
+        self._original = FlushTicket.run
+
+    def __call__(self, ticket: FlushTicket) -> None:
+        self.ends.append(ticket.end_offset)
+        if len(self.ends) == 1:
+            assert self.release.wait(timeout=10)
+        self._original(ticket)
+
+
+async def _wait_for(condition, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout_s):
+        while not condition():
+            await trio.sleep(0.001)
+
+
+async def test_one_fsync_covers_every_append_made_while_the_previous_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
+    flusher = LogFlusher(lambda: [log])
+    gated = _GatedRuns()
+    monkeypatch.setattr(FlushTicket, "run", lambda ticket: gated(ticket))
+    first_end = log.append(BATCH).last_offset + 1
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.wait_durable, log, first_end)
+        await _wait_for(lambda: len(gated.ends) == 1)
+        later_ends = [log.append(BATCH).last_offset + 1 for _ in range(10)]
+        for end in later_ends:
+            nursery.start_soon(flusher.wait_durable, log, end)
+        await trio.testing.wait_all_tasks_blocked()
+        assert log.flushed_offset == 0  # nobody is acknowledged before their fsync
+        gated.release.set()
+    assert gated.ends == [first_end, later_ends[-1]]
+    assert flusher.fsync_count == 2
+    assert log.flushed_offset == log.log_end_offset == later_ends[-1]
+    log.close()
+
+
+async def test_never_and_interval_do_not_fsync_before_acknowledging(tmp_path: Path) -> None:
+    for policy in (FlushPolicy.NEVER, FlushPolicy.INTERVAL):
+        log = PartitionLog.open(tmp_path / policy.value, LogConfig(flush_policy=policy))
+        flusher = LogFlusher(lambda log=log: [log])
+        end = log.append(BATCH).last_offset + 1
+        await flusher.wait_durable(log, end)
+        assert flusher.fsync_count == 0
+        assert log.flushed_offset == 0
+        log.close()
+
+
+async def test_interval_policy_flushes_once_the_interval_passed(tmp_path: Path) -> None:
+    now = [0.0]
+    log = PartitionLog.open(
+        tmp_path, LogConfig(flush_policy=FlushPolicy.INTERVAL, flush_interval_ms=500)
+    )
+    flusher = LogFlusher(lambda: [log], clock_ms=lambda: now[0])
+    log.append(BATCH)
+    await flusher.sweep()  # starts the interval
+    now[0] = 499
+    await flusher.sweep()
+    assert log.flushed_offset == 0
+    now[0] = 500
+    await flusher.sweep()
+    assert log.flushed_offset == log.log_end_offset == 1
+    log.close()
+
+
+async def test_sealed_segments_are_synced_even_with_flush_never(tmp_path: Path) -> None:
+    config = LogConfig(flush_policy=FlushPolicy.NEVER, segment_bytes=1024, max_batch_bytes=512)
+    log = PartitionLog.open(tmp_path, config)
+    flusher = LogFlusher(lambda: [log])
+    for _ in range(10):
+        log.append(BATCH)
+    assert log.segment_count > 1 and log.has_unsynced_segments
+    await flusher.sweep()
+    assert not log.has_unsynced_segments
+    # The active segment stays unsynced under `never`: only sealed data moved the checkpoint.
+    assert log.flushed_offset < log.log_end_offset
+    assert (tmp_path / "recovery-checkpoint").read_text().strip() == str(log.active.base_offset)
+    log.close()
+
+
+async def test_fsync_failure_takes_the_log_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
+    flusher = LogFlusher(lambda: [log])
+
+    def failing_run(ticket: FlushTicket) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(FlushTicket, "run", failing_run)
+    end = log.append(BATCH).last_offset + 1
+    with pytest.raises(OSError):
+        await flusher.wait_durable(log, end)
+    monkeypatch.undo()
+    with pytest.raises(BrokerError) as offline:
+        await flusher.wait_durable(log, end)
+    assert offline.value.code is ErrorCode.KAFKA_STORAGE_ERROR
+    assert log.flushed_offset == 0
+    log.close(clean=False)
