@@ -57,6 +57,10 @@ class ErrorCode(enum.Enum):
     THROTTLED = (38, True)
     POLICY_VIOLATION = (39, False)
     RECORD_LIST_TOO_LARGE = (40, False)
+    GROUP_MAX_SIZE_REACHED = (41, False)
+    INCONSISTENT_GROUP_PROTOCOL = (42, False)
+    INVALID_GROUP_ID = (43, False)
+    OFFSET_METADATA_TOO_LARGE = (44, False)
 
     @property
     def wire_id(self) -> int:

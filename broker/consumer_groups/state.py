@@ -1,0 +1,230 @@
+"""The group core's shared state: groups, the replicated store, in-flight writes and the outbox.
+
+`CoordinatorState` is what membership.py and coordinator.py mutate while handling one event; it
+is never exposed to the shell. Rules:
+- Actions are appended to `out` in the order they must be carried out; `handle()` returns them.
+- A write is registered in `writes` (and in each group's `pending_tokens`) when its
+  `PersistRecords` is emitted; its records enter `store` only when the shell reports them
+  replicated, in the order they were emitted. So `store` is always exactly what a replay of the
+  partition rebuilds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from broker.consumer_groups.actions import (
+    Action,
+    GroupResult,
+    JoinedMember,
+    PartitionResult,
+    PersistRecords,
+    RespondJoin,
+    Response,
+)
+from broker.consumer_groups.config import GroupConfig
+from broker.consumer_groups.group import Group, GroupState, Member
+from broker.consumer_groups.offsets import (
+    GroupMetadataRecord,
+    GroupMetadataValue,
+    GroupRecord,
+    GroupStore,
+    MemberMetadata,
+    OffsetCommitRecord,
+    encode_record,
+)
+from broker.errors import ErrorCode
+
+
+class WriteKind(enum.Enum):
+    """Why a write was ordered, which decides what its completion does."""
+
+    ASSIGNMENT = "assignment"  # the leader's SyncGroup: completes the rebalance
+    STATIC_REJOIN = "static-rejoin"  # a static member took over its old member id's place
+    EMPTIED = "emptied"  # the group became Empty; nobody waits
+    COMMIT = "commit"  # an OffsetCommit
+    DELETION = "deletion"  # DeleteGroups or retention: tombstones
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """A write the shell is replicating, and who waits for it."""
+
+    token: int
+    kind: WriteKind
+    group_ids: tuple[str, ...]
+    records: tuple[GroupRecord, ...]
+    generation: int = -1
+    request_id: int | None = None
+    member_id: str | None = None
+    # Commits and deletions answer per partition / per group: the ones refused up front.
+    refused_partitions: tuple[PartitionResult, ...] = ()
+    refused_groups: tuple[GroupResult, ...] = ()
+
+
+class CoreStatus(enum.Enum):
+    LOADING = "loading"  # waiting for LoadPartition: requests get COORDINATOR_LOAD_IN_PROGRESS
+    ACTIVE = "active"
+    UNLOADED = "unloaded"  # leadership lost: requests get NOT_COORDINATOR
+
+
+@dataclasses.dataclass(slots=True)
+class CoordinatorState:
+    config: GroupConfig
+    status: CoreStatus = CoreStatus.LOADING
+    coordinator_epoch: int = -1
+    groups: dict[str, Group] = dataclasses.field(default_factory=dict)
+    store: GroupStore = dataclasses.field(default_factory=GroupStore)
+    writes: dict[int, PendingWrite] = dataclasses.field(default_factory=dict)
+    out: list[Action] = dataclasses.field(default_factory=list)
+    next_token: int = 1
+    next_member_sequence: int = 1
+    next_retention_check_ms: int = 0
+    # Counters for statistics(), since this core was created.
+    rebalance_count: int = 0
+    expired_member_count: int = 0
+    expired_offset_count: int = 0
+
+    def respond(self, response: Response) -> None:
+        self.out.append(response)
+
+    def new_member_id(self, client_id: str) -> str:
+        """`<client id>-<coordinator epoch>-<sequence>`: unique without randomness.
+
+        The last two fields are numbers, so the pair (epoch, sequence) can be read back from any id
+        and no two ids collide; a new coordinator has a larger epoch than every id it loads.
+        """
+        member_id = f"{client_id or 'member'}-{self.coordinator_epoch}-{self.next_member_sequence}"
+        self.next_member_sequence += 1
+        return member_id
+
+    def write(
+        self,
+        kind: WriteKind,
+        group_ids: tuple[str, ...],
+        records: list[GroupRecord],
+        *,
+        generation: int = -1,
+        request_id: int | None = None,
+        member_id: str | None = None,
+        refused_partitions: tuple[PartitionResult, ...] = (),
+        refused_groups: tuple[GroupResult, ...] = (),
+    ) -> int:
+        """Order a write of `records` and remember who waits for it; returns its token."""
+        assert records, "an empty write has nothing to wait for"
+        token = self.next_token
+        self.next_token += 1
+        self.writes[token] = PendingWrite(
+            token,
+            kind,
+            group_ids,
+            tuple(records),
+            generation,
+            request_id,
+            member_id,
+            refused_partitions,
+            refused_groups,
+        )
+        for group_id in group_ids:
+            self.groups[group_id].pending_tokens.append(token)
+        encoded = tuple(encode_record(record) for record in records)
+        self.out.append(PersistRecords(token=token, records=encoded))
+        return token
+
+    def write_metadata(
+        self,
+        group: Group,
+        kind: WriteKind,
+        *,
+        request_id: int | None = None,
+        member_id: str | None = None,
+    ) -> int:
+        """Write the group's metadata as it stands, tagged with its generation."""
+        return self.write(
+            kind,
+            (group.group_id,),
+            [metadata_record(group)],
+            generation=group.generation,
+            request_id=request_id,
+            member_id=member_id,
+        )
+
+    def join_response(self, group: Group, member: Member, request_id: int) -> RespondJoin:
+        """The successful JoinGroup answer for `member` in the group's current generation."""
+        is_leader = member.member_id == group.leader_id
+        members = (
+            tuple(
+                JoinedMember(
+                    other.member_id,
+                    other.group_instance_id,
+                    other.metadata_for(group.protocol_name),
+                )
+                for other in group.members.values()
+            )
+            if is_leader
+            else ()
+        )
+        return RespondJoin(
+            request_id=request_id,
+            error=ErrorCode.NONE,
+            generation=group.generation,
+            protocol_type=group.protocol_type,
+            protocol_name=group.protocol_name or "",
+            leader_id=group.leader_id or "",
+            member_id=member.member_id,
+            members=members,
+        )
+
+    def deletion_records(self, group_id: str) -> list[GroupRecord]:
+        """Tombstones for everything the partition holds (or will hold) about `group_id`.
+
+        Writes still in flight count: they land before the tombstones, so they must be covered.
+        """
+        metadata = group_id in self.store.metadata
+        partitions = set(self.store.offsets_of(group_id))
+        for write in self.writes.values():
+            for record in write.records:
+                if record.group_id != group_id:
+                    continue
+                if isinstance(record, OffsetCommitRecord):
+                    partitions.add(record.topic_partition)
+                else:
+                    metadata = True
+        records: list[GroupRecord] = [
+            OffsetCommitRecord(group_id, tp, None) for tp in sorted(partitions)
+        ]
+        if metadata:
+            records.append(GroupMetadataRecord(group_id, None))
+        return records
+
+    def set_state(self, group: Group, state: GroupState, now_ms: int) -> None:
+        group.state = state
+        group.state_timestamp_ms = now_ms
+
+
+def metadata_record(group: Group) -> GroupMetadataRecord:
+    """The group's metadata as it stands: the value a replay will resume from."""
+    assert group.state_timestamp_ms is not None
+    members = tuple(
+        MemberMetadata(
+            member_id=member.member_id,
+            group_instance_id=member.group_instance_id,
+            client_id=member.client_id,
+            client_host=member.client_host,
+            session_timeout_ms=member.session_timeout_ms,
+            rebalance_timeout_ms=member.rebalance_timeout_ms,
+            subscription=member.metadata_for(group.protocol_name),
+            assignment=member.assignment,
+        )
+        for member in group.members.values()
+    )
+    value = GroupMetadataValue(
+        protocol_type=group.protocol_type,
+        generation=group.generation,
+        protocol_name=group.protocol_name,
+        leader_id=group.leader_id,
+        state_timestamp_ms=group.state_timestamp_ms,
+        members=members,
+    )
+    return GroupMetadataRecord(group.group_id, value)
