@@ -142,3 +142,147 @@ class LogConfig(_Config):
         _check_range("flush_interval_ms", self.flush_interval_ms, 1)
         if not isinstance(self.flush_policy, FlushPolicy):
             raise ConfigError("flush_policy", f"expected a FlushPolicy, got {self.flush_policy!r}")
+
+
+def parse_host_port(key: str, value: str) -> tuple[str, int]:
+    """Split `HOST:PORT` (or `[v6]:PORT`); raise `ConfigError` naming `key` if it is not one."""
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected HOST:PORT, got {value!r}")
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(key, f"expected HOST:PORT with a port from 0 to 65535, got {value!r}")
+    return host, int(port_text)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerConfig(_Config):
+    """One broker process: where it listens and stores, and the bounds of its server.
+
+    Keys are the field names; `log.<key>` (or a `[log]` table in TOML, or a bare LogConfig key
+    such as `retention.ms`) sets the defaults for every topic's log. docs/configuration.md lists
+    them all.
+    """
+
+    # This broker's id in the cluster; partitions it leads report it as leader_id.
+    node_id: int = 0
+    # Where clients connect. Port 0 picks a free port (printed on the READY line).
+    listen: str = "127.0.0.1:9092"
+    # The address put in metadata responses; empty means the bound `listen` address.
+    advertised_listen: str = ""
+    # Segment files and the LMDB metadata store live here.
+    data_dir: str = "./broker-data"
+    # Prometheus /metrics over HTTP; empty disables it. Port 0 picks a free port.
+    metrics_listen: str = "127.0.0.1:9100"
+    # Create unknown topics on produce and on metadata requests that allow it.
+    auto_create_topics: bool = False
+    # Partitions of a topic created without a count (and of auto-created topics).
+    default_partitions: int = 1
+    # Bound on partitions per topic: each partition holds open files and memory.
+    max_partitions_per_topic: int = 1000
+    # Largest frame (header + payload) accepted or sent; larger frames close the connection.
+    max_frame_bytes: int = 64 * MIB
+    # Requests read from one connection and not yet answered; past it the broker stops reading.
+    max_inflight_requests_per_connection: int = 64
+    # Open client connections; further connections are closed at once with a log line.
+    max_connections: int = 4096
+    # Bytes asked of the socket per read.
+    receive_buffer_bytes: int = 256 * KIB
+    # Replies ready together are written in one call, up to this many bytes at a time.
+    send_buffer_bytes: int = 256 * KIB
+    # How often retention deletes old segments.
+    retention_check_interval_ms: int = 5 * 60 * 1000
+    # Upper bound on a fetch's long poll, whatever the client asks.
+    fetch_max_wait_ms_max: int = 30_000
+    # On SIGINT/SIGTERM: how long in-flight requests may take before they are cancelled.
+    shutdown_timeout_ms: int = 30_000
+    # Defaults for every topic's log; a topic's own configs override them.
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, base: Self | None = None) -> Self:
+        """Build from flat or nested keys: `listen`, `log.retention.ms`, `{"log": {...}}`,
+        or a bare LogConfig key (`retention.ms`). Raises `ConfigError` naming the first bad key."""
+        base_config = base if base is not None else cls()
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        log_values: dict[str, Any] = {}
+        changes: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name == "log":
+                if not isinstance(value, Mapping):
+                    raise ConfigError(key, f"expected a table of log settings, got {value!r}")
+                log_values.update(value)
+            elif name.startswith("log."):
+                log_values[key[len("log.") :]] = value
+            elif name in fields:
+                changes[name] = _coerce(fields[name], key, value)
+            elif _is_log_key(key):
+                log_values[key] = value
+            else:
+                known = ", ".join(sorted(name for name in fields if name != "log"))
+                raise ConfigError(
+                    key, f"unknown key; known keys: {known}, and log.<key> for topic log defaults"
+                )
+        if log_values:
+            try:
+                changes["log"] = LogConfig.from_mapping(log_values, base=base_config.log)
+            except ConfigError as exc:
+                # validate() names fields; name the key as the user wrote it (retention.ms).
+                written = next(
+                    (key for key in log_values if LogConfig.ALIASES.get(key, key) == exc.key),
+                    exc.key,
+                )
+                raise ConfigError(f"log.{written}", str(exc).split(": ", 1)[1]) from exc
+        config = dataclasses.replace(base_config, **changes)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        _check_range("node_id", self.node_id, 0, 2**31 - 1)
+        parse_host_port("listen", self.listen)
+        if self.advertised_listen:
+            parse_host_port("advertised_listen", self.advertised_listen)
+        if self.metrics_listen:
+            parse_host_port("metrics_listen", self.metrics_listen)
+        if not isinstance(self.data_dir, str) or not self.data_dir:
+            raise ConfigError("data_dir", f"expected a directory path, got {self.data_dir!r}")
+        if not isinstance(self.auto_create_topics, bool):
+            raise ConfigError("auto_create_topics", "expected true or false")
+        _check_range("max_partitions_per_topic", self.max_partitions_per_topic, 1, 100_000)
+        _check_range(
+            "default_partitions", self.default_partitions, 1, self.max_partitions_per_topic
+        )
+        _check_range("max_frame_bytes", self.max_frame_bytes, 64 * KIB, 2**32 - 1)
+        _check_range(
+            "max_inflight_requests_per_connection", self.max_inflight_requests_per_connection, 1
+        )
+        _check_range("max_connections", self.max_connections, 1)
+        _check_range("receive_buffer_bytes", self.receive_buffer_bytes, 1 * KIB, 64 * MIB)
+        _check_range("send_buffer_bytes", self.send_buffer_bytes, 1 * KIB, 64 * MIB)
+        _check_range("retention_check_interval_ms", self.retention_check_interval_ms, 10)
+        _check_range("fetch_max_wait_ms_max", self.fetch_max_wait_ms_max, 0)
+        _check_range("shutdown_timeout_ms", self.shutdown_timeout_ms, 0)
+        if not isinstance(self.log, LogConfig):
+            raise ConfigError("log", f"expected log settings, got {self.log!r}")
+        self.log.validate()
+        self.check_log_config("log.max_batch_bytes", self.log)
+
+    def check_log_config(self, key: str, log: LogConfig) -> None:
+        """A topic's batches must fit in a frame with room for the header."""
+        if log.max_batch_bytes > self.max_frame_bytes - FRAME_HEADROOM_BYTES:
+            raise ConfigError(
+                key,
+                f"max batch bytes {log.max_batch_bytes} does not fit in a frame of max_frame_bytes "
+                f"{self.max_frame_bytes} minus {FRAME_HEADROOM_BYTES} bytes of header room; lower "
+                "it or raise max_frame_bytes",
+            )
+
+
+# Room left in a frame for its msgpack header when it carries a batch of max_batch_bytes.
+FRAME_HEADROOM_BYTES = 64 * KIB
+
+
+def _is_log_key(key: str) -> bool:
+    names = {field.name for field in dataclasses.fields(LogConfig)}
+    return key in LogConfig.ALIASES or key.replace(".", "_").replace("-", "_") in names

@@ -1,0 +1,744 @@
+"""Message schemas: a frozen dataclass per request and response, and the header <-> object codec.
+
+A frame's msgpack header is the envelope
+
+    {"api": str, "version": int, "correlation_id": int, "body": {...}}            request/response
+    {"api": str, "version": int, "correlation_id": int, "error": int, "error_message": str}
+                                                        request-level failure (ErrorResponse)
+
+`body` is the dataclass as a map of its field names. Fields typed `bytes` (record batches) are not
+in the header: they travel in the frame's raw payload and the header holds an `[offset, length]`
+slice into it, so batches are never copied through msgpack. `ErrorCode` fields travel as wire ids.
+
+Rules:
+- Pure: no I/O, no clock. The converters are compiled once per dataclass from its type hints.
+- Decoding is strict: a missing required field, a wrong type (a bool is not an int), an integer out
+  of i64 range or a slice outside the payload raises `InvalidRequestError` naming the field path
+  (the server answers INVALID_REQUEST; the connection stays open). Unknown keys are ignored, and a
+  missing field that has a default takes it, so adding an optional field is backward compatible.
+- Every API has a version range in `API_VERSIONS`; a version outside it is UNSUPPORTED_VERSION.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, Union
+
+from broker.errors import BrokerError, ErrorCode
+from broker.protocol import HANDSHAKE_API, PROTOCOL_VERSION
+
+I64_MIN: Final = -(2**63)
+I64_MAX: Final = 2**63 - 1
+
+# ListOffsets special timestamps (Kafka's values).
+LATEST_TIMESTAMP: Final = -1
+EARLIEST_TIMESTAMP: Final = -2
+
+# Produce acks values.
+ACKS_NONE: Final = 0
+ACKS_LEADER: Final = 1
+ACKS_ALL: Final = -1
+
+
+class ApiKey(enum.Enum):
+    """The APIs of the wire protocol; the value is the `api` string in the header."""
+
+    HANDSHAKE = HANDSHAKE_API
+    METADATA = "metadata"
+    CREATE_TOPICS = "create_topics"
+    DELETE_TOPICS = "delete_topics"
+    DESCRIBE_TOPICS = "describe_topics"
+    PRODUCE = "produce"
+    FETCH = "fetch"
+    LIST_OFFSETS = "list_offsets"
+
+
+# Supported (min, max) version of each API. Bump max when adding a version; never drop min silently.
+API_VERSIONS: Final[dict[ApiKey, tuple[int, int]]] = {api: (1, 1) for api in ApiKey}
+
+
+def supported_apis() -> dict[str, tuple[int, int]]:
+    """`API_VERSIONS` keyed by wire name, as sent in the handshake."""
+    return {api.value: versions for api, versions in API_VERSIONS.items()}
+
+
+class InvalidRequestError(BrokerError):
+    """A header or body does not match its schema; `path` names the offending field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_REQUEST, f"{path}: {message}")
+        self.path = path
+
+
+class UnsupportedApiError(BrokerError):
+    """An unknown API name or a version outside the supported range."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UNSUPPORTED_VERSION, message)
+
+
+_message = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+ConfigValue = Union[str, int, bool]  # noqa: UP007 - a runtime alias, resolved by get_type_hints
+
+
+# --- handshake ------------------------------------------------------------------------------------
+
+
+@_message
+class HandshakeRequest:
+    """First frame from the client. `apis`: what the client speaks, by name, (min, max) version."""
+
+    API: ClassVar[ApiKey] = ApiKey.HANDSHAKE
+    client_id: str
+    protocol_version: int = PROTOCOL_VERSION
+    apis: dict[str, tuple[int, int]] = dataclasses.field(default_factory=supported_apis)
+
+
+@_message
+class HandshakeResponse:
+    """First frame from the server. An error (UNSUPPORTED_VERSION) means: close and upgrade."""
+
+    API: ClassVar[ApiKey] = ApiKey.HANDSHAKE
+    node_id: int
+    protocol_version: int
+    apis: dict[str, tuple[int, int]]
+    max_frame_bytes: int
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+# --- metadata -------------------------------------------------------------------------------------
+
+
+@_message
+class MetadataRequest:
+    """`topics=None` asks for every topic. Unknown topics are created only if both this flag and
+    the broker's `auto_create_topics` are on."""
+
+    API: ClassVar[ApiKey] = ApiKey.METADATA
+    topics: tuple[str, ...] | None = None
+    allow_auto_create: bool = False
+
+
+@_message
+class BrokerInfo:
+    node_id: int
+    host: str
+    port: int
+
+
+@_message
+class PartitionMetadata:
+    partition: int
+    leader_id: int
+    leader_epoch: int = 0
+    replicas: tuple[int, ...] = ()
+    isr: tuple[int, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class TopicMetadata:
+    name: str
+    partitions: tuple[PartitionMetadata, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class MetadataResponse:
+    API: ClassVar[ApiKey] = ApiKey.METADATA
+    brokers: tuple[BrokerInfo, ...]
+    controller_id: int
+    topics: tuple[TopicMetadata, ...]
+
+
+# --- topic administration ------------------------------------------------------------------------
+
+
+@_message
+class NewTopic:
+    """`partitions=-1` and `replication_factor=-1` take the broker defaults. `configs` uses Kafka's
+    dotted keys (`retention.ms`) or field names (`retention_ms`), values as str, int or bool."""
+
+    name: str
+    partitions: int = -1
+    replication_factor: int = -1
+    configs: dict[str, ConfigValue] = dataclasses.field(default_factory=dict)
+
+
+@_message
+class CreateTopicsRequest:
+    API: ClassVar[ApiKey] = ApiKey.CREATE_TOPICS
+    topics: tuple[NewTopic, ...]
+    validate_only: bool = False
+
+
+@_message
+class TopicResult:
+    name: str
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class CreateTopicsResponse:
+    API: ClassVar[ApiKey] = ApiKey.CREATE_TOPICS
+    topics: tuple[TopicResult, ...]
+
+
+@_message
+class DeleteTopicsRequest:
+    API: ClassVar[ApiKey] = ApiKey.DELETE_TOPICS
+    topics: tuple[str, ...]
+
+
+@_message
+class DeleteTopicsResponse:
+    API: ClassVar[ApiKey] = ApiKey.DELETE_TOPICS
+    topics: tuple[TopicResult, ...]
+
+
+@_message
+class DescribeTopicsRequest:
+    """`topics=None` describes every topic."""
+
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_TOPICS
+    topics: tuple[str, ...] | None = None
+
+
+@_message
+class PartitionDescription:
+    """Offsets are record offsets; end offsets and the high watermark are exclusive."""
+
+    partition: int
+    leader_id: int
+    replicas: tuple[int, ...] = ()
+    log_start_offset: int = -1
+    log_end_offset: int = -1
+    high_watermark: int = -1
+    size_bytes: int = 0
+    segment_count: int = 0
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class TopicDescription:
+    """`configs`: the effective topic config under Kafka's dotted keys."""
+
+    name: str
+    partition_count: int = 0
+    replication_factor: int = 0
+    configs: dict[str, ConfigValue] = dataclasses.field(default_factory=dict)
+    partitions: tuple[PartitionDescription, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class DescribeTopicsResponse:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_TOPICS
+    topics: tuple[TopicDescription, ...]
+
+
+# --- produce --------------------------------------------------------------------------------------
+
+
+@_message
+class ProducePartition:
+    """`records`: one or more whole record batches, carried in the frame payload."""
+
+    topic: str
+    partition: int
+    records: bytes
+
+
+@_message
+class ProduceRequest:
+    """`acks`: 0 = no response at all, 1 = after the leader's append, -1 = once durable (all)."""
+
+    API: ClassVar[ApiKey] = ApiKey.PRODUCE
+    partitions: tuple[ProducePartition, ...]
+    acks: int = ACKS_ALL
+    timeout_ms: int = 30_000
+
+
+@_message
+class ProducePartitionResult:
+    topic: str
+    partition: int
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    base_offset: int = -1
+    log_append_time_ms: int = -1
+    log_start_offset: int = -1
+
+
+@_message
+class ProduceResponse:
+    API: ClassVar[ApiKey] = ApiKey.PRODUCE
+    partitions: tuple[ProducePartitionResult, ...]
+
+
+# --- fetch ----------------------------------------------------------------------------------------
+
+
+@_message
+class FetchPartition:
+    topic: str
+    partition: int
+    fetch_offset: int
+    partition_max_bytes: int = 1024 * 1024
+
+
+@_message
+class FetchRequest:
+    """Long poll: answer once `min_bytes` are available across the partitions or after
+    `max_wait_ms`. At most `max_bytes` in all, except that the first non-empty partition always
+    returns at least one whole batch so a consumer can make progress."""
+
+    API: ClassVar[ApiKey] = ApiKey.FETCH
+    partitions: tuple[FetchPartition, ...]
+    max_wait_ms: int = 500
+    min_bytes: int = 1
+    max_bytes: int = 50 * 1024 * 1024
+
+
+@_message
+class FetchPartitionResult:
+    """`records`: whole batches (offsets below `high_watermark`), carried in the frame payload."""
+
+    topic: str
+    partition: int
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    high_watermark: int = -1
+    log_start_offset: int = -1
+    records: bytes = b""
+
+
+@_message
+class FetchResponse:
+    API: ClassVar[ApiKey] = ApiKey.FETCH
+    partitions: tuple[FetchPartitionResult, ...]
+
+
+# --- list offsets ---------------------------------------------------------------------------------
+
+
+@_message
+class ListOffsetsPartition:
+    """`timestamp`: EARLIEST_TIMESTAMP (-2), LATEST_TIMESTAMP (-1) or ms since the epoch."""
+
+    topic: str
+    partition: int
+    timestamp: int
+
+
+@_message
+class ListOffsetsRequest:
+    API: ClassVar[ApiKey] = ApiKey.LIST_OFFSETS
+    partitions: tuple[ListOffsetsPartition, ...]
+
+
+@_message
+class ListOffsetsPartitionResult:
+    """`offset`: the earliest offset, the high watermark (latest), or the first offset whose
+    timestamp is >= the one asked; -1 when no record is that recent."""
+
+    topic: str
+    partition: int
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    offset: int = -1
+    timestamp: int = -1
+
+
+@_message
+class ListOffsetsResponse:
+    API: ClassVar[ApiKey] = ApiKey.LIST_OFFSETS
+    partitions: tuple[ListOffsetsPartitionResult, ...]
+
+
+# --- request-level error --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    """The server could not handle the request at all (INVALID_REQUEST, UNSUPPORTED_VERSION)."""
+
+    api: str
+    error: ErrorCode
+    error_message: str
+
+
+Request = (
+    HandshakeRequest
+    | MetadataRequest
+    | CreateTopicsRequest
+    | DeleteTopicsRequest
+    | DescribeTopicsRequest
+    | ProduceRequest
+    | FetchRequest
+    | ListOffsetsRequest
+)
+Response = (
+    HandshakeResponse
+    | MetadataResponse
+    | CreateTopicsResponse
+    | DeleteTopicsResponse
+    | DescribeTopicsResponse
+    | ProduceResponse
+    | FetchResponse
+    | ListOffsetsResponse
+)
+
+REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.HANDSHAKE: HandshakeRequest,
+    ApiKey.METADATA: MetadataRequest,
+    ApiKey.CREATE_TOPICS: CreateTopicsRequest,
+    ApiKey.DELETE_TOPICS: DeleteTopicsRequest,
+    ApiKey.DESCRIBE_TOPICS: DescribeTopicsRequest,
+    ApiKey.PRODUCE: ProduceRequest,
+    ApiKey.FETCH: FetchRequest,
+    ApiKey.LIST_OFFSETS: ListOffsetsRequest,
+}
+RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.HANDSHAKE: HandshakeResponse,
+    ApiKey.METADATA: MetadataResponse,
+    ApiKey.CREATE_TOPICS: CreateTopicsResponse,
+    ApiKey.DELETE_TOPICS: DeleteTopicsResponse,
+    ApiKey.DESCRIBE_TOPICS: DescribeTopicsResponse,
+    ApiKey.PRODUCE: ProduceResponse,
+    ApiKey.FETCH: FetchResponse,
+    ApiKey.LIST_OFFSETS: ListOffsetsResponse,
+}
+
+
+# --- envelope -------------------------------------------------------------------------------------
+
+
+def encode_request(
+    request: Request, *, correlation_id: int, version: int | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """The `(header, payload)` of a request frame; pass them to `FrameConnection.send`."""
+    return _encode_envelope(request, correlation_id, version)
+
+
+def encode_response(
+    response: Response, *, correlation_id: int, version: int | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """The `(header, payload)` of a response frame, for the request with `correlation_id`."""
+    return _encode_envelope(response, correlation_id, version)
+
+
+def encode_error_response(
+    api: str, *, correlation_id: int, error: ErrorCode, error_message: str, version: int = 1
+) -> tuple[dict[str, Any], bytes]:
+    """A request-level failure: the client's `decode_response` returns it as an `ErrorResponse`."""
+    header = {
+        "api": api,
+        "version": version,
+        "correlation_id": correlation_id,
+        "error": error.wire_id,
+        "error_message": error_message,
+    }
+    return header, b""
+
+
+def decode_request(header: dict[str, Any], payload: bytes) -> Request:
+    """The request object of a frame. Raises `InvalidRequestError` or `UnsupportedApiError`."""
+    api, _ = _check_envelope(header)
+    return typing.cast(Request, _decode_body(REQUEST_TYPES[api], header, payload))
+
+
+def decode_response(header: dict[str, Any], payload: bytes) -> Response | ErrorResponse:
+    """The response object of a frame, or an `ErrorResponse` if the server refused the request."""
+    if "error" in header:
+        # Checked before the api: a request with an unknown api is answered with an error too.
+        error_id = header["error"]
+        message = header.get("error_message", "")
+        api_name = header.get("api")
+        if not _is_int(error_id) or not isinstance(message, str) or not isinstance(api_name, str):
+            raise InvalidRequestError("error", f"expected an int code and str message: {header!r}")
+        return ErrorResponse(api_name, ErrorCode.from_wire(error_id), message)
+    api, _ = _check_envelope(header)
+    return typing.cast(Response, _decode_body(RESPONSE_TYPES[api], header, payload))
+
+
+def header_version(header: dict[str, Any]) -> int:
+    """The version a reply to `header` should carry: the request's if usable, else 1."""
+    version = header.get("version")
+    return version if _is_int(version) and 0 <= version <= 2**15 else 1
+
+
+def _encode_envelope(
+    message: Any, correlation_id: int, version: int | None
+) -> tuple[dict[str, Any], bytes]:
+    api: ApiKey = message.API
+    writer = _PayloadWriter()
+    body = _converter(type(message)).encode(message, writer)
+    header = {
+        "api": api.value,
+        "version": API_VERSIONS[api][1] if version is None else version,
+        "correlation_id": correlation_id,
+        "body": body,
+    }
+    return header, writer.getvalue()
+
+
+def _check_envelope(header: dict[str, Any]) -> tuple[ApiKey, int]:
+    name = header.get("api")
+    try:
+        api = ApiKey(name)
+    except ValueError:
+        known = ", ".join(key.value for key in ApiKey)
+        raise UnsupportedApiError(f"unknown api {name!r}; this broker speaks: {known}") from None
+    version = header.get("version")
+    if not _is_int(version):
+        raise InvalidRequestError("version", f"expected an integer, got {version!r}")
+    low, high = API_VERSIONS[api]
+    if not low <= version <= high:
+        raise UnsupportedApiError(
+            f"{api.value} version {version} is not supported; supported: {low} to {high}"
+        )
+    return api, version
+
+
+def _decode_body(cls: type[Any], header: dict[str, Any], payload: bytes) -> Any:
+    if "body" not in header:
+        raise InvalidRequestError(f"{cls.API.value}.body", "missing")
+    return _converter(cls).decode(header["body"], payload, cls.API.value)
+
+
+# --- compiled converters --------------------------------------------------------------------------
+
+
+class _PayloadWriter:
+    """Collects `bytes` fields into the frame payload and hands back their `[offset, length]`."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes | bytearray | memoryview) -> list[int]:
+        slice_ = [self.size, len(data)]
+        if data:
+            self.parts.append(bytes(data) if not isinstance(data, bytes) else data)
+            self.size += len(data)
+        return slice_
+
+    def getvalue(self) -> bytes:
+        # One part (the common single-partition case) is returned as is, without a copy.
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+
+
+Encoder = Callable[[Any, _PayloadWriter], Any]
+Decoder = Callable[[Any, bytes, str], Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Converter:
+    encode: Encoder
+    decode: Decoder
+
+
+_CONVERTERS: dict[Any, _Converter] = {}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _converter(tp: Any) -> _Converter:
+    converter = _CONVERTERS.get(tp)
+    if converter is None:
+        converter = _compile(tp)
+        _CONVERTERS[tp] = converter
+    return converter
+
+
+def _compile(tp: Any) -> _Converter:
+    if dataclasses.is_dataclass(tp):
+        return _compile_dataclass(tp)
+    if tp in _SCALARS:
+        return _SCALARS[tp]
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return _compile_sequence(_converter(args[0]))
+        return _compile_fixed_tuple([_converter(arg) for arg in args])
+    if origin is dict:
+        assert args[0] is str, f"dict keys must be str in {tp}"
+        return _compile_mapping(_converter(args[1]))
+    if origin is Union or origin is types.UnionType:
+        return _compile_union(tp, args)
+    raise AssertionError(f"no wire converter for type {tp!r}")
+
+
+def _identity_encode(value: Any, writer: _PayloadWriter) -> Any:
+    return value
+
+
+def _decode_int(value: Any, payload: bytes, path: str) -> int:
+    if not _is_int(value):
+        raise InvalidRequestError(path, f"expected an integer, got {type(value).__name__}")
+    if not I64_MIN <= value <= I64_MAX:
+        raise InvalidRequestError(path, f"integer {value} is out of the i64 range")
+    return typing.cast(int, value)
+
+
+def _decode_str(value: Any, payload: bytes, path: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequestError(path, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _decode_bool(value: Any, payload: bytes, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequestError(path, f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _encode_bytes(value: Any, writer: _PayloadWriter) -> Any:
+    return writer.add(value)
+
+
+def _decode_bytes(value: Any, payload: bytes, path: str) -> bytes:
+    # Payload slices: [offset, length] into the raw payload that follows the header.
+    if not isinstance(value, list) or len(value) != 2 or not all(_is_int(v) for v in value):
+        raise InvalidRequestError(path, f"expected an [offset, length] slice, got {value!r}")
+    offset, length = value
+    if offset < 0 or length < 0 or offset + length > len(payload):
+        raise InvalidRequestError(
+            path, f"payload slice [{offset}, {length}] is outside the {len(payload)}-byte payload"
+        )
+    return payload[offset : offset + length]
+
+
+def _encode_error(value: Any, writer: _PayloadWriter) -> Any:
+    return value.wire_id
+
+
+def _decode_error(value: Any, payload: bytes, path: str) -> ErrorCode:
+    return ErrorCode.from_wire(_decode_int(value, payload, path))
+
+
+_SCALARS: dict[Any, _Converter] = {
+    int: _Converter(_identity_encode, _decode_int),
+    str: _Converter(_identity_encode, _decode_str),
+    bool: _Converter(_identity_encode, _decode_bool),
+    bytes: _Converter(_encode_bytes, _decode_bytes),
+    ErrorCode: _Converter(_encode_error, _decode_error),
+}
+
+
+def _compile_sequence(item: _Converter) -> _Converter:
+    def encode(value: Any, writer: _PayloadWriter) -> Any:
+        return [item.encode(element, writer) for element in value]
+
+    def decode(value: Any, payload: bytes, path: str) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise InvalidRequestError(path, f"expected an array, got {type(value).__name__}")
+        return tuple(item.decode(v, payload, f"{path}[{i}]") for i, v in enumerate(value))
+
+    return _Converter(encode, decode)
+
+
+def _compile_fixed_tuple(items: list[_Converter]) -> _Converter:
+    def encode(value: Any, writer: _PayloadWriter) -> Any:
+        return [conv.encode(element, writer) for conv, element in zip(items, value, strict=True)]
+
+    def decode(value: Any, payload: bytes, path: str) -> tuple[Any, ...]:
+        if not isinstance(value, list) or len(value) != len(items):
+            raise InvalidRequestError(path, f"expected an array of {len(items)}, got {value!r}")
+        return tuple(
+            conv.decode(v, payload, f"{path}[{i}]")
+            for i, (conv, v) in enumerate(zip(items, value, strict=True))
+        )
+
+    return _Converter(encode, decode)
+
+
+def _compile_mapping(item: _Converter) -> _Converter:
+    def encode(value: Any, writer: _PayloadWriter) -> Any:
+        return {key: item.encode(element, writer) for key, element in value.items()}
+
+    def decode(value: Any, payload: bytes, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise InvalidRequestError(path, f"expected a map, got {type(value).__name__}")
+        result = {}
+        for key, element in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequestError(path, f"map keys must be strings, got {key!r}")
+            result[key] = item.decode(element, payload, f"{path}.{key}")
+        return result
+
+    return _Converter(encode, decode)
+
+
+def _compile_union(tp: Any, args: tuple[Any, ...]) -> _Converter:
+    optional = type(None) in args
+    choices = [arg for arg in args if arg is not type(None)]
+    if len(choices) == 1:
+        inner = _converter(choices[0])
+
+        def encode_optional(value: Any, writer: _PayloadWriter) -> Any:
+            return None if value is None else inner.encode(value, writer)
+
+        def decode_optional(value: Any, payload: bytes, path: str) -> Any:
+            return None if value is None else inner.decode(value, payload, path)
+
+        return _Converter(encode_optional, decode_optional)
+    # A union of scalars (config values): the wire value must be exactly one of them.
+    assert all(choice in (str, int, bool) for choice in choices), f"unsupported union {tp!r}"
+    names = " or ".join(choice.__name__ for choice in choices)
+
+    def decode_scalar(value: Any, payload: bytes, path: str) -> Any:
+        if value is None and optional:
+            return None
+        if type(value) in choices:
+            return value
+        raise InvalidRequestError(path, f"expected {names}, got {type(value).__name__}")
+
+    return _Converter(_identity_encode, decode_scalar)
+
+
+def _compile_dataclass(cls: type[Any]) -> _Converter:
+    hints = typing.get_type_hints(cls)
+    fields = [
+        (field.name, _converter(hints[field.name]), _default_of(field))
+        for field in dataclasses.fields(cls)
+    ]
+
+    def encode(value: Any, writer: _PayloadWriter) -> dict[str, Any]:
+        return {name: conv.encode(getattr(value, name), writer) for name, conv, _ in fields}
+
+    def decode(value: Any, payload: bytes, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise InvalidRequestError(path, f"expected a map, got {type(value).__name__}")
+        kwargs = {}
+        for name, conv, default in fields:
+            if name in value:
+                kwargs[name] = conv.decode(value[name], payload, f"{path}.{name}")
+            elif default is _REQUIRED:
+                raise InvalidRequestError(f"{path}.{name}", "required field is missing")
+        return cls(**kwargs)
+
+    return _Converter(encode, decode)
+
+
+_REQUIRED: Final = object()
+
+
+def _default_of(field: dataclasses.Field[Any]) -> Any:
+    has_default = field.default is not dataclasses.MISSING
+    has_factory = field.default_factory is not dataclasses.MISSING
+    return None if has_default or has_factory else _REQUIRED

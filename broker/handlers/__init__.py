@@ -1,0 +1,38 @@
+"""Request handlers, one module per API group, and the table the server dispatches with.
+
+A handler is `handler(ctx, request) -> response | None | Deferred` (see `reply.py`): it runs in the
+connection's reader, in arrival order, and raises `BrokerError` for a request-level failure (the
+server answers with an error response). Per-topic and per-partition failures are part of the
+response instead. The handshake is the server's own business (server.py), not a handler's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from broker import codec
+from broker.handlers.admin import (
+    handle_create_topics,
+    handle_delete_topics,
+    handle_describe_topics,
+    handle_metadata,
+)
+from broker.handlers.context import BrokerContext, NullMetrics, PartitionState
+from broker.handlers.fetch import handle_fetch, handle_list_offsets
+from broker.handlers.produce import handle_produce
+from broker.handlers.reply import Deferred
+
+Handler = Callable[[BrokerContext, Any], Any]
+
+HANDLERS: Final[dict[type[Any], Handler]] = {
+    codec.MetadataRequest: handle_metadata,
+    codec.CreateTopicsRequest: handle_create_topics,
+    codec.DeleteTopicsRequest: handle_delete_topics,
+    codec.DescribeTopicsRequest: handle_describe_topics,
+    codec.ProduceRequest: handle_produce,
+    codec.FetchRequest: handle_fetch,
+    codec.ListOffsetsRequest: handle_list_offsets,
+}
+
+__all__ = ["HANDLERS", "BrokerContext", "Deferred", "Handler", "NullMetrics", "PartitionState"]

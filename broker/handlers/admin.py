@@ -1,0 +1,161 @@
+"""Metadata and topic administration: metadata, create_topics, delete_topics, describe_topics.
+
+All four run to completion in the connection's reader, in the order requests arrived, so a client
+that pipelines "create topic" then "produce" finds the topic. Each topic gets its own error; one bad
+topic never fails the others.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from broker import codec
+from broker.errors import BrokerError, ErrorCode
+from broker.handlers.context import BrokerContext
+from broker.topics import TopicRecord, effective_configs, validate_topic_name
+
+logger = logging.getLogger(__name__)
+
+
+def handle_metadata(ctx: BrokerContext, request: codec.MetadataRequest) -> codec.MetadataResponse:
+    host, port = ctx.advertised
+    names = ctx.topics.names() if request.topics is None else list(request.topics)
+    topics = []
+    for name in names:
+        try:
+            record = _topic_for_metadata(ctx, name, auto_create=request.allow_auto_create)
+        except BrokerError as exc:
+            topics.append(codec.TopicMetadata(name=name, error=exc.code, error_message=exc.message))
+            continue
+        topics.append(codec.TopicMetadata(name=name, partitions=_partition_metadata(ctx, record)))
+    return codec.MetadataResponse(
+        brokers=(codec.BrokerInfo(node_id=ctx.node_id, host=host, port=port),),
+        controller_id=ctx.node_id,
+        topics=tuple(topics),
+    )
+
+
+def _topic_for_metadata(ctx: BrokerContext, name: str, *, auto_create: bool) -> TopicRecord:
+    record = ctx.topics.get(name)
+    if record is not None:
+        return record
+    validate_topic_name(name)
+    if auto_create and ctx.config.auto_create_topics:
+        return ctx.topics.create(name)
+    raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} does not exist")
+
+
+def _partition_metadata(
+    ctx: BrokerContext, record: TopicRecord
+) -> tuple[codec.PartitionMetadata, ...]:
+    partitions = []
+    for index in range(record.partition_count):
+        state = ctx.partitions.get((record.name, index))
+        if state is None:
+            partitions.append(
+                codec.PartitionMetadata(
+                    partition=index,
+                    leader_id=-1,
+                    error=ErrorCode.LEADER_NOT_AVAILABLE,
+                    error_message=f"partition {record.name}-{index} is not open",
+                )
+            )
+            continue
+        partitions.append(
+            codec.PartitionMetadata(
+                partition=index,
+                leader_id=state.leader_id,
+                leader_epoch=state.leader_epoch,
+                replicas=(state.leader_id,),
+                isr=(state.leader_id,),
+            )
+        )
+    return tuple(partitions)
+
+
+def handle_create_topics(
+    ctx: BrokerContext, request: codec.CreateTopicsRequest
+) -> codec.CreateTopicsResponse:
+    results = []
+    for topic in request.topics:
+        try:
+            ctx.topics.create(
+                topic.name,
+                partitions=topic.partitions,
+                replication_factor=topic.replication_factor,
+                configs=topic.configs,
+                validate_only=request.validate_only,
+            )
+        except BrokerError as exc:
+            results.append(
+                codec.TopicResult(name=topic.name, error=exc.code, error_message=exc.message)
+            )
+            continue
+        results.append(codec.TopicResult(name=topic.name))
+    return codec.CreateTopicsResponse(topics=tuple(results))
+
+
+def handle_delete_topics(
+    ctx: BrokerContext, request: codec.DeleteTopicsRequest
+) -> codec.DeleteTopicsResponse:
+    results = []
+    for name in request.topics:
+        try:
+            ctx.topics.delete(name)
+        except BrokerError as exc:
+            results.append(codec.TopicResult(name=name, error=exc.code, error_message=exc.message))
+            continue
+        results.append(codec.TopicResult(name=name))
+    return codec.DeleteTopicsResponse(topics=tuple(results))
+
+
+def handle_describe_topics(
+    ctx: BrokerContext, request: codec.DescribeTopicsRequest
+) -> codec.DescribeTopicsResponse:
+    names = ctx.topics.names() if request.topics is None else list(request.topics)
+    descriptions = []
+    for name in names:
+        record = ctx.topics.get(name)
+        if record is None:
+            descriptions.append(
+                codec.TopicDescription(
+                    name=name,
+                    error=ErrorCode.UNKNOWN_TOPIC,
+                    error_message=f"topic {name!r} does not exist",
+                )
+            )
+            continue
+        descriptions.append(
+            codec.TopicDescription(
+                name=name,
+                partition_count=record.partition_count,
+                replication_factor=record.replication_factor,
+                configs=effective_configs(record.log_config),
+                partitions=tuple(
+                    _describe_partition(ctx, name, index) for index in range(record.partition_count)
+                ),
+            )
+        )
+    return codec.DescribeTopicsResponse(topics=tuple(descriptions))
+
+
+def _describe_partition(ctx: BrokerContext, topic: str, index: int) -> codec.PartitionDescription:
+    state = ctx.partitions.get((topic, index))
+    if state is None:
+        return codec.PartitionDescription(
+            partition=index,
+            leader_id=-1,
+            error=ErrorCode.LEADER_NOT_AVAILABLE,
+            error_message=f"partition {topic}-{index} is not open",
+        )
+    log = state.log
+    return codec.PartitionDescription(
+        partition=index,
+        leader_id=state.leader_id,
+        replicas=(state.leader_id,),
+        log_start_offset=log.log_start_offset,
+        log_end_offset=log.log_end_offset,
+        high_watermark=state.high_watermark,
+        size_bytes=log.size_bytes,
+        segment_count=log.segment_count,
+    )

@@ -1,0 +1,176 @@
+"""Produce: validate each partition's batches (header and CRC only), append, then acknowledge.
+
+The append happens synchronously in the connection's reader, so pipelined produce requests are
+appended in the order they arrived (per-partition ordering). What follows depends on `acks`:
+- 0: no response is sent;
+- 1: the response is ready at once (after the append to the page cache);
+- -1: the response waits until every appended partition is durable under its flush policy
+  (`LogFlusher.wait_durable`: one fsync covers every append that arrived meanwhile), bounded by the
+  request's `timeout_ms` (then REQUEST_TIMED_OUT for the partitions not yet durable).
+
+Batches are never decoded: the broker does no per-record work. If a partition's records hold a bad
+batch, none of that partition's batches are written (CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, ...), and
+the other partitions of the request are unaffected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import trio
+
+from broker import codec
+from broker.errors import BrokerError, ErrorCode
+from broker.handlers.context import BrokerContext, PartitionState
+from broker.handlers.reply import Deferred
+from broker.log.batch import iter_batches, unpack_header
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Appended:
+    index: int
+    state: PartitionState
+    end_offset: int
+
+
+def handle_produce(
+    ctx: BrokerContext, request: codec.ProduceRequest
+) -> codec.ProduceResponse | Deferred | None:
+    if request.acks not in (codec.ACKS_NONE, codec.ACKS_LEADER, codec.ACKS_ALL):
+        raise BrokerError(
+            ErrorCode.INVALID_REQUEST, f"acks must be 0, 1 or -1 (all), got {request.acks}"
+        )
+    results: list[codec.ProducePartitionResult] = []
+    appended: list[_Appended] = []
+    for index, item in enumerate(request.partitions):
+        try:
+            state = ctx.partition_for_write(item.topic, item.partition)
+            base_offset, end_offset = _append(ctx, state, item.records)
+        except BrokerError as exc:
+            results.append(_error_result(item.topic, item.partition, exc.code, exc.message))
+            continue
+        except OSError as exc:
+            logger.error("append to %s-%d failed: %s", item.topic, item.partition, exc)
+            results.append(
+                _error_result(
+                    item.topic,
+                    item.partition,
+                    ErrorCode.KAFKA_STORAGE_ERROR,
+                    f"the broker could not write to its disk: {exc}",
+                )
+            )
+            continue
+        results.append(
+            codec.ProducePartitionResult(
+                topic=item.topic,
+                partition=item.partition,
+                base_offset=base_offset,
+                log_start_offset=state.log.log_start_offset,
+            )
+        )
+        if request.acks == codec.ACKS_ALL or not state.waits_for_fsync:
+            appended.append(_Appended(index, state, end_offset))
+        else:
+            # acks 0/1 under flush policy `always`: the HW moves once a background fsync ran.
+            state.durability_wanted.set()
+    if request.acks == codec.ACKS_NONE:
+        _settle_without_waiting(appended)
+        return None
+    if request.acks == codec.ACKS_LEADER:
+        _settle_without_waiting(appended)
+        return codec.ProduceResponse(partitions=tuple(results))
+    return Deferred(lambda: _wait_durable(ctx, request.timeout_ms, results, appended))
+
+
+def _append(ctx: BrokerContext, state: PartitionState, records: bytes) -> tuple[int, int]:
+    """Append every batch of `records`; all are validated before the first is written."""
+    log = state.log
+    if not records:
+        raise BrokerError(ErrorCode.CORRUPT_MESSAGE, "the partition's records are empty")
+    first = unpack_header(records)
+    if first.size_bytes == len(records):
+        # The common case, one batch: the log validates it (header, CRC) as it appends.
+        batches: list[tuple[memoryview | bytes, Any]] = [(records, first)]
+    else:
+        view = memoryview(records)
+        batches = [
+            (view[position : position + header.size_bytes], header)
+            for position, header in iter_batches(
+                records, validate=True, max_batch_bytes=log.config.max_batch_bytes
+            )
+        ]
+    base_offset = -1
+    end_offset = log.log_end_offset
+    for data, header in batches:
+        result = log.append(data)
+        if base_offset < 0:
+            base_offset = result.base_offset
+        end_offset = result.last_offset + 1
+        ctx.metrics.records_in(state.topic, header.record_count, result.size_bytes)
+    return base_offset, end_offset
+
+
+def _settle_without_waiting(appended: list[_Appended]) -> None:
+    for entry in appended:
+        entry.state.notify()
+
+
+async def _wait_durable(
+    ctx: BrokerContext,
+    timeout_ms: int,
+    results: list[codec.ProducePartitionResult],
+    appended: list[_Appended],
+) -> codec.ProduceResponse:
+    durable: set[int] = set()
+
+    failures: dict[int, BrokerError] = {}
+
+    async def wait_one(entry: _Appended) -> None:
+        try:
+            await ctx.flusher.wait_durable(entry.state.log, entry.end_offset)
+        except BrokerError as exc:  # the log went offline (fsync failure)
+            failures[entry.index] = exc
+            return
+        except OSError as exc:  # e.g. the topic was deleted while its fsync ran
+            failures[entry.index] = BrokerError(
+                ErrorCode.KAFKA_STORAGE_ERROR, f"the append could not be made durable: {exc}"
+            )
+            return
+        durable.add(entry.index)
+        entry.state.notify()
+
+    with trio.move_on_after(max(timeout_ms, 0) / 1000):
+        if len(appended) == 1:
+            await wait_one(appended[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for entry in appended:
+                    nursery.start_soon(wait_one, entry)
+    for entry in appended:
+        item = results[entry.index]
+        failure = failures.get(entry.index)
+        if failure is not None:
+            results[entry.index] = _error_result(
+                item.topic, item.partition, failure.code, failure.message
+            )
+        elif entry.index not in durable:
+            results[entry.index] = _error_result(
+                item.topic,
+                item.partition,
+                ErrorCode.REQUEST_TIMED_OUT,
+                f"the append was not durable within timeout_ms={timeout_ms}; it may still "
+                "become visible, retry with idempotence to avoid duplicates",
+            )
+    return codec.ProduceResponse(partitions=tuple(results))
+
+
+def _error_result(
+    topic: str, partition: int, code: ErrorCode, message: str
+) -> codec.ProducePartitionResult:
+    return codec.ProducePartitionResult(
+        topic=topic, partition=partition, error=code, error_message=message
+    )

@@ -1,0 +1,178 @@
+"""Prometheus metrics of one broker, served over HTTP on `/metrics`.
+
+Each `BrokerMetrics` has its own `CollectorRegistry`, so several brokers in one process (tests, the
+embedded broker) never share or clash. The server and handlers call plain methods here; cores never
+import prometheus. Per-partition gauges (log size, end offset, high watermark) are read at scrape
+time from a callback, so the hot path pays nothing for them.
+
+Records are counted from batch headers' `record_count`: the broker never decodes records.
+
+Threading: the HTTP endpoint is prometheus-client's own small server thread. It only reads: counter
+updates are thread-safe in prometheus-client, and the partition callback copies the partition list
+before walking it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+# Request latency buckets in seconds: from 100 µs (a cached metadata answer) to 30 s (long polls).
+LATENCY_BUCKETS_SECONDS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+class PartitionSample(NamedTuple):
+    topic: str
+    partition: int
+    size_bytes: int
+    log_start_offset: int
+    log_end_offset: int
+    high_watermark: int
+
+
+class _PartitionCollector(Collector):
+    def __init__(self, source: Callable[[], Iterable[PartitionSample]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["topic", "partition"]
+        size = GaugeMetricFamily("broker_log_size_bytes", "Bytes of a partition log", labels=labels)
+        start = GaugeMetricFamily(
+            "broker_log_start_offset", "First offset of a partition log", labels=labels
+        )
+        end = GaugeMetricFamily(
+            "broker_log_end_offset", "Offset the next record of a partition gets", labels=labels
+        )
+        high = GaugeMetricFamily(
+            "broker_high_watermark", "End of what consumers may read, per partition", labels=labels
+        )
+        try:
+            samples = list(self._source())
+        except Exception:  # a scrape racing a topic deletion must not kill the endpoint
+            logger.exception("reading partition metrics failed")
+            samples = []
+        for sample in samples:
+            key = [sample.topic, str(sample.partition)]
+            size.add_metric(key, sample.size_bytes)
+            start.add_metric(key, sample.log_start_offset)
+            end.add_metric(key, sample.log_end_offset)
+            high.add_metric(key, sample.high_watermark)
+        yield from (size, start, end, high)
+
+
+class BrokerMetrics:
+    """The broker's metrics and their HTTP endpoint."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.requests = Counter(
+            "broker_requests", "Requests handled, by API", ["api"], registry=registry
+        )
+        self.request_errors = Counter(
+            "broker_request_errors",
+            "Request-level and partition-level errors, by API and error code",
+            ["api", "error"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "broker_request_latency_seconds",
+            "Time from reading a request to writing its response, by API",
+            ["api"],
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        self.bytes_in = Counter(
+            "broker_bytes_in", "Record batch bytes appended, by topic", ["topic"], registry=registry
+        )
+        self.records_in_total = Counter(
+            "broker_records_in", "Records appended, by topic", ["topic"], registry=registry
+        )
+        self.bytes_out = Counter(
+            "broker_bytes_out", "Record batch bytes fetched, by topic", ["topic"], registry=registry
+        )
+        self.records_out_total = Counter(
+            "broker_records_out", "Records fetched, by topic", ["topic"], registry=registry
+        )
+        self.connections = Gauge("broker_connections", "Open client connections", registry=registry)
+        self.connections_total = Counter(
+            "broker_connections_accepted", "Client connections accepted", registry=registry
+        )
+        self.protocol_errors = Counter(
+            "broker_protocol_errors",
+            "Connections closed because of a framing error",
+            registry=registry,
+        )
+        self._api_children: dict[str, tuple[Any, Any]] = {}
+        self._in_children: dict[str, tuple[Any, Any]] = {}
+        self._out_children: dict[str, tuple[Any, Any]] = {}
+        self._server: Any = None
+        self._thread: Any = None
+
+    # --- updates (called from the trio thread) ----------------------------------------------------
+
+    # `labels()` costs a few µs per call; the children are cached per label value, as the hot
+    # path calls these once per request and per partition.
+
+    def request_done(self, api: str, seconds: float, errors: Iterable[str] = ()) -> None:
+        children = self._api_children.get(api)
+        if children is None:
+            children = (self.requests.labels(api), self.latency.labels(api))
+            self._api_children[api] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        for error in errors:
+            self.request_errors.labels(api, error).inc()
+
+    def records_in(self, topic: str, records: int, size_bytes: int) -> None:
+        children = self._in_children.get(topic)
+        if children is None:
+            children = (self.records_in_total.labels(topic), self.bytes_in.labels(topic))
+            self._in_children[topic] = children
+        children[0].inc(records)
+        children[1].inc(size_bytes)
+
+    def records_out(self, topic: str, records: int, size_bytes: int) -> None:
+        children = self._out_children.get(topic)
+        if children is None:
+            children = (self.records_out_total.labels(topic), self.bytes_out.labels(topic))
+            self._out_children[topic] = children
+        children[0].inc(records)
+        children[1].inc(size_bytes)
+
+    def forget_topic(self, topic: str) -> None:
+        """Drop a deleted topic's series (a re-created topic starts from zero)."""
+        for cache, metrics in (
+            (self._in_children, (self.records_in_total, self.bytes_in)),
+            (self._out_children, (self.records_out_total, self.bytes_out)),
+        ):
+            if cache.pop(topic, None) is not None:
+                for metric in metrics:
+                    metric.remove(topic)
+
+    def watch_partitions(self, source: Callable[[], Iterable[PartitionSample]]) -> None:
+        self.registry.register(_PartitionCollector(source))
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    def serve(self, host: str, port: int) -> tuple[str, int]:
+        """Start the /metrics endpoint; returns the bound address (port 0 picks a free one)."""
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        bound_host, bound_port = self._server.server_address[:2]
+        return str(bound_host), int(bound_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,281 @@
+"""Topics of a single-node broker: names, partition counts, per-topic configs, and their logs.
+
+A topic's record (`TopicRecord`) is persisted in LMDB (`KeySpace.TOPICS`, key = the topic name in
+UTF-8, value = a msgpack map); its partitions are `PartitionLog`s of the `LogManager`. Only a
+topic's own overrides are stored: its effective `LogConfig` is the broker's log defaults with the
+overrides applied, so changing a broker default changes every topic that does not override it.
+
+Rules:
+- Order makes crashes harmless: create the logs, then write the record (durably); delete the
+  record (durably), then the logs. On open, logs without a record are orphans of a crash and are
+  removed; a record whose logs are missing gets empty logs.
+- Every refusal is a `BrokerError` with a code and a message that names the offending value.
+- Synchronous and trio-free: the server calls it from the trio thread.
+- This is the seam for replication: `leader_id` is this node until the controller assigns leaders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
+
+from broker.config import BrokerConfig, ConfigError, LogConfig
+from broker.errors import BrokerError, ErrorCode
+
+logger = logging.getLogger(__name__)
+
+TOPIC_NAME_LENGTH_MAX: Final = 249
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
+# Values a topic config may take on the wire and in the store.
+ConfigValue = str | int | bool
+
+
+class LogStore(Protocol):
+    """The part of `broker.log.manager.LogManager` this module needs (a fake in unit tests)."""
+
+    def create(self, topic: str, partition: int, config: LogConfig | None = None) -> Any: ...
+    def get(self, topic: str, partition: int) -> Any: ...
+    def partitions(self) -> list[tuple[str, int]]: ...
+    def delete(self, topic: str, partition: int) -> None: ...
+
+
+class MetadataStore(Protocol):
+    """The part of `broker.kvstore.KvStore` this module needs."""
+
+    def get_obj(self, space: Any, key: bytes) -> Any: ...
+    def put_obj(self, space: Any, key: bytes, value: Any, *, durable: bool = True) -> None: ...
+    def delete(self, space: Any, key: bytes, *, durable: bool = True) -> bool: ...
+    def items(self, space: Any, prefix: bytes = b"") -> list[tuple[bytes, bytes]]: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopicRecord:
+    """What is persisted about a topic. `configs`: its overrides, as given (dotted keys)."""
+
+    name: str
+    partition_count: int
+    replication_factor: int
+    configs: Mapping[str, ConfigValue]
+    log_config: LogConfig
+
+    def to_stored(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "partition_count": self.partition_count,
+            "replication_factor": self.replication_factor,
+            "configs": dict(self.configs),
+        }
+
+
+def validate_topic_name(name: str) -> None:
+    """Kafka's rules: 1-249 characters of [a-zA-Z0-9._-], and not '.' or '..'."""
+    if not name:
+        raise BrokerError(ErrorCode.INVALID_TOPIC, "topic name is empty")
+    if len(name) > TOPIC_NAME_LENGTH_MAX:
+        raise BrokerError(
+            ErrorCode.INVALID_TOPIC,
+            f"topic name of {len(name)} characters exceeds the limit of {TOPIC_NAME_LENGTH_MAX}",
+        )
+    if name in (".", ".."):
+        raise BrokerError(ErrorCode.INVALID_TOPIC, f"topic name {name!r} is not allowed")
+    if not _TOPIC_NAME.fullmatch(name):
+        raise BrokerError(
+            ErrorCode.INVALID_TOPIC,
+            f"topic name {name!r} may only contain ASCII letters, digits, '.', '_' and '-'",
+        )
+
+
+def effective_configs(log_config: LogConfig) -> dict[str, ConfigValue]:
+    """A `LogConfig` under Kafka's dotted keys (for DescribeTopics)."""
+    dotted = {field: alias for alias, field in LogConfig.ALIASES.items()}
+    result: dict[str, ConfigValue] = {}
+    for field in dataclasses.fields(LogConfig):
+        value = getattr(log_config, field.name)
+        result[dotted.get(field.name, field.name)] = (
+            value.value if isinstance(value, enum.Enum) else value
+        )
+    return result
+
+
+class TopicManager:
+    """The topics of this broker and their partition logs. See the module docstring."""
+
+    def __init__(self, config: BrokerConfig, store: MetadataStore, space: Any) -> None:
+        self.config = config
+        self.store = store
+        self.space = space
+        self.logs: LogStore | None = None
+        self.topics: dict[str, TopicRecord] = {}
+        # Called with (topic, partition, log) whenever a partition log is opened or created.
+        self.on_partition_added: Callable[[str, int, Any], None] | None = None
+        # Called with (topic, partition, log) just before a partition log is deleted.
+        self.on_partition_removed: Callable[[str, int, Any], None] | None = None
+
+    # --- loading ----------------------------------------------------------------------------------
+
+    def load_records(self) -> None:
+        """Read every topic record from the store (before the logs are opened: `config_for`)."""
+        for key, _ in self.store.items(self.space):
+            stored = self.store.get_obj(self.space, key)
+            try:
+                record = self._record_from_stored(stored)
+            except (BrokerError, ConfigError, KeyError, TypeError, ValueError) as exc:
+                # A record we cannot read must not stop the broker; its data stays on disk.
+                logger.error("topic record %r is unreadable and is skipped: %s", key, exc)
+                continue
+            self.topics[record.name] = record
+
+    def config_for(self, topic: str) -> LogConfig | None:
+        """A topic's effective log config (for `LogManager.open(config_for=...)`)."""
+        record = self.topics.get(topic)
+        return record.log_config if record is not None else None
+
+    def attach_logs(self, logs: LogStore) -> None:
+        """Reconcile the opened logs with the records (see the module rules) and announce them."""
+        self.logs = logs
+        for topic, partition in logs.partitions():
+            record = self.topics.get(topic)
+            if record is None or partition >= record.partition_count:
+                logger.warning(
+                    "removing the log of %s-%d: no such topic partition (left by an interrupted "
+                    "create or delete)",
+                    topic,
+                    partition,
+                )
+                logs.delete(topic, partition)
+        for record in self.topics.values():
+            self._open_partitions(record)
+
+    def _record_from_stored(self, stored: Any) -> TopicRecord:
+        configs = dict(stored["configs"])
+        return TopicRecord(
+            name=str(stored["name"]),
+            partition_count=int(stored["partition_count"]),
+            replication_factor=int(stored["replication_factor"]),
+            configs=configs,
+            log_config=self._log_config(configs),
+        )
+
+    def _open_partitions(self, record: TopicRecord) -> None:
+        assert self.logs is not None, "attach_logs first"
+        for partition in range(record.partition_count):
+            log = self.logs.get(record.name, partition)
+            if log is None:
+                log = self.logs.create(record.name, partition, record.log_config)
+            if self.on_partition_added is not None:
+                self.on_partition_added(record.name, partition, log)
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def get(self, name: str) -> TopicRecord | None:
+        return self.topics.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.topics)
+
+    def require_partition(self, topic: str, partition: int) -> TopicRecord:
+        """The topic of an existing partition, else UNKNOWN_TOPIC / UNKNOWN_PARTITION."""
+        record = self.topics.get(topic)
+        if record is None:
+            raise BrokerError(
+                ErrorCode.UNKNOWN_TOPIC,
+                f"topic {topic!r} does not exist; create it first (or enable auto_create_topics)",
+            )
+        if not 0 <= partition < record.partition_count:
+            raise BrokerError(
+                ErrorCode.UNKNOWN_PARTITION,
+                f"topic {topic!r} has partitions 0 to {record.partition_count - 1}, "
+                f"not {partition}",
+            )
+        return record
+
+    # --- changes ---------------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        *,
+        partitions: int = -1,
+        replication_factor: int = -1,
+        configs: Mapping[str, ConfigValue] | None = None,
+        validate_only: bool = False,
+    ) -> TopicRecord:
+        """Create a topic and its logs, or raise a `BrokerError` saying why not."""
+        validate_topic_name(name)
+        if name in self.topics:
+            raise BrokerError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+        overrides = dict(configs or {})
+        if "partitions" in overrides and partitions == -1:
+            partitions = _config_int("partitions", overrides.pop("partitions"))
+        overrides.pop("partitions", None)
+        count = self.config.default_partitions if partitions == -1 else partitions
+        if not 1 <= count <= self.config.max_partitions_per_topic:
+            raise BrokerError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"partitions must be between 1 and {self.config.max_partitions_per_topic} "
+                f"(max_partitions_per_topic), got {partitions}",
+            )
+        if replication_factor not in (-1, 1):
+            raise BrokerError(
+                ErrorCode.INVALID_REPLICATION_FACTOR,
+                f"replication factor {replication_factor} is not possible on a single-node "
+                "broker; use 1",
+            )
+        record = TopicRecord(name, count, 1, overrides, self._log_config(overrides))
+        if validate_only:
+            return record
+        assert self.logs is not None, "attach_logs first"
+        for partition in range(count):
+            log = self.logs.create(name, partition, record.log_config)
+            if self.on_partition_added is not None:
+                self.on_partition_added(name, partition, log)
+        self.store.put_obj(self.space, name.encode(), record.to_stored(), durable=True)
+        self.topics[name] = record
+        logger.info("created topic %s with %d partition(s), configs %s", name, count, overrides)
+        return record
+
+    def delete(self, name: str) -> None:
+        record = self.topics.get(name)
+        if record is None:
+            raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} does not exist")
+        assert self.logs is not None, "attach_logs first"
+        self.store.delete(self.space, name.encode(), durable=True)
+        del self.topics[name]
+        for partition in range(record.partition_count):
+            log = self.logs.get(name, partition)
+            if self.on_partition_removed is not None:
+                self.on_partition_removed(name, partition, log)
+            if log is not None:
+                self.logs.delete(name, partition)
+        logger.info("deleted topic %s", name)
+
+    def _log_config(self, overrides: Mapping[str, ConfigValue]) -> LogConfig:
+        try:
+            log_config = LogConfig.from_mapping(overrides, base=self.config.log)
+            self.config.check_log_config(_key_named(overrides, "max_batch_bytes"), log_config)
+        except ConfigError as exc:
+            raise BrokerError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+        return log_config
+
+
+def _config_int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise BrokerError(ErrorCode.INVALID_CONFIG, f"invalid config {key!r}: expected an integer")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BrokerError(
+            ErrorCode.INVALID_CONFIG, f"invalid config {key!r}: expected an integer, got {value!r}"
+        ) from None
+
+
+def _key_named(overrides: Mapping[str, Any], field: str) -> str:
+    """The key the user wrote for `field` (e.g. `max.message.bytes`), for error messages."""
+    for key in overrides:
+        if LogConfig.ALIASES.get(key, key.replace(".", "_")) == field:
+            return key
+    return field

@@ -1,0 +1,151 @@
+"""`broker`: the broker process command line (`broker serve`).
+
+Configuration comes from, in increasing precedence: the defaults of `BrokerConfig`, a TOML file
+(`--config`), `--set key=value` options, then the dedicated flags (`--listen`, `--data-dir`,
+`--metrics-listen`). An invalid value is refused before anything starts, with the key named and
+exit status 2. Once listening, the broker prints one readiness line to stdout (format in
+docs/protocol.md) and logs to stderr. SIGINT/SIGTERM shut it down gracefully (exit 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+
+from broker.config import BrokerConfig, ConfigError
+from broker.server import BrokerAddresses, StartupError, serve
+
+app = typer.Typer(
+    name="broker",
+    help="Run a message broker.",
+    add_completion=False,
+    no_args_is_help=True,
+)
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 1
+
+
+@app.callback()
+def main() -> None:
+    """A Kafka-class message broker. Start one with `broker serve`."""
+
+
+def load_config(
+    *,
+    config_file: Path | None,
+    settings: list[str],
+    flags: dict[str, str | None],
+) -> BrokerConfig:
+    """Merge the sources (see the module docstring); raises `ConfigError` naming the key."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with config_file.open("rb") as handle:
+                values.update(tomllib.load(handle))
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{config_file} is not valid TOML: {exc}") from exc
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(setting, "expected --set key=value")
+        values[key.strip()] = value.strip()
+    for key, value in flags.items():
+        if value is not None:
+            values[key] = value
+    return BrokerConfig.from_mapping(values)
+
+
+def _write_ready_file(path: Path, line: str) -> None:
+    # Atomic: a reader polling for the file never sees it half written.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(line + "\n")
+    temporary.replace(path)
+
+
+@app.command("serve")
+def serve_command(
+    listen: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT for clients (default 127.0.0.1:9092; port 0 = any)"),
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Directory for logs and metadata (default ./broker-data)")
+    ] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT for /metrics (default 127.0.0.1:9100; '' disables)"),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file of config values")
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="key=value for any config value (repeatable), e.g. "
+            "--set auto_create_topics=true --set log.retention.ms=60000",
+        ),
+    ] = None,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Also write the READY line to this file once listening")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run a single-node broker until SIGINT or SIGTERM."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        broker_config = load_config(
+            config_file=config,
+            settings=settings or [],
+            flags={"listen": listen, "data_dir": data_dir, "metrics_listen": metrics_listen},
+        )
+    except ConfigError as exc:
+        typer.echo(f"broker: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+
+    def on_ready(addresses: BrokerAddresses) -> None:
+        line = addresses.ready_line(broker_config.node_id)
+        # The file first: whoever saw the stdout line may look for the file at once.
+        if ready_file is not None:
+            _write_ready_file(ready_file, line)
+        print(line, flush=True)
+
+    failures: list[BaseException] = []
+    try:
+        trio.run(lambda: serve(broker_config, on_ready=on_ready))
+    except* (OSError, StartupError) as group:
+        # Raised inside the broker's nurseries, so they arrive as an exception group.
+        failures.extend(_leaves(group))
+    if failures:
+        reasons = "; ".join(str(failure) for failure in failures)
+        typer.echo(
+            f"broker: cannot start (listen {broker_config.listen}, metrics "
+            f"{broker_config.metrics_listen or 'disabled'}, data {broker_config.data_dir}): "
+            f"{reasons}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_STARTUP)
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
