@@ -21,3 +21,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="how many simulation seeds to run (default: the fixed CI set plus a few fresh ones)",
     )
+    parser.getgroup("raft").addoption(
+        "--rewrite",
+        action="store_true",
+        default=False,
+        help="rewrite tests/unit/raft/testdata/*.txt with the traces the code produces now",
+    )

@@ -1,0 +1,588 @@
+"""Deterministic simulation of a Raft group: one seed drives the network, the disks, the clocks,
+crashes, partitions, membership changes and the clients (TigerBeetle's VOPR, etcd's `network`).
+
+A run is a safety phase with every fault enabled, then a liveness phase with faults healed. After
+EVERY event the `Checker` (checkers.py) verifies Raft's safety properties; a violation raises
+`SimulationFailure` with the seed and the command that replays it. Nothing here reads a real clock
+or an unseeded random source, and nothing iterates a set or a str-keyed dict to make a decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections.abc import Callable
+from typing import Any
+
+from broker.log import batch as batch_codec
+from broker.raft.config import RaftConfig
+from broker.raft.core import RaftCore, Ready, Role
+from broker.raft.errors import ConfigurationChangeError, NotLeaderError, ProposalDroppedError
+from broker.raft.messages import Configuration, Entry, Message, describe
+from broker.raft.storage import MemoryStorage
+from tests.sim.checkers import Checker, SimulationFailure
+
+# Virtual time units per tick at the nominal tick rate; nodes tick at 80%-120% of it.
+TICK_TIME = 100
+# Client payloads proposed but not yet seen committed; no new ones beyond this (a producer's
+# bounded in-flight requests). It also bounds the backlog the liveness phase must drain.
+CLIENT_PENDING_MAX = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SimOptions:
+    """A run's shape, drawn from the seed (TigerBeetle's options_swarm)."""
+
+    voter_count: int
+    spare_count: int  # nodes outside the initial configuration, for membership changes
+    election_timeout_ticks: int
+    heartbeat_ticks: int
+    pre_vote: bool
+    check_quorum: bool
+    drop_probability: float
+    duplicate_probability: float
+    delay_max: int
+    fault_interval: int  # mean virtual time between fault events
+    proposal_interval: int
+    safety_ticks: int
+    liveness_ticks: int
+    compaction: bool
+    membership_changes: bool
+    snapshot_data: bool  # opaque snapshot bytes (state-machine group) vs. empty (log reset)
+    inflight_messages_max: int
+    append_bytes_max: int
+    crash_after_propose_probability: float
+    crash_after_commit_probability: float
+    crash_after_election_probability: float
+    uncommitted_bytes_max: int
+    downtime_mean: int  # a crashed node restarts after about this long (virtual time)
+
+    @classmethod
+    def from_seed(cls, rng: random.Random) -> SimOptions:
+        election_timeout = rng.choice([5, 10, 10, 20])
+        return cls(
+            voter_count=rng.choice([3, 3, 5]),
+            spare_count=rng.choice([0, 1, 2]),
+            election_timeout_ticks=election_timeout,
+            heartbeat_ticks=rng.choice([1, 1, 2]),
+            pre_vote=rng.random() < 0.75,
+            check_quorum=rng.random() < 0.75,
+            drop_probability=rng.choice([0.0, 0.02, 0.1, 0.2]),
+            duplicate_probability=rng.choice([0.0, 0.02, 0.1]),
+            delay_max=rng.choice([20, 60, 150, 400]),
+            fault_interval=rng.choice([150, 400, 1500]),
+            proposal_interval=rng.choice([30, 100, 300]),
+            safety_ticks=rng.choice([300, 500]),
+            liveness_ticks=40 * election_timeout + 100,
+            compaction=rng.random() < 0.5,
+            membership_changes=rng.random() < 0.5,
+            snapshot_data=rng.random() < 0.5,
+            inflight_messages_max=rng.choice([1, 4, 64]),
+            append_bytes_max=rng.choice([1, 200, 4096, 1 << 20]),
+            crash_after_propose_probability=rng.choice([0.0, 0.01, 0.05]),
+            crash_after_commit_probability=rng.choice([0.0, 0.01, 0.05]),
+            crash_after_election_probability=rng.choice([0.0, 0.1, 0.3]),
+            uncommitted_bytes_max=rng.choice([2048, 65536, 1 << 26]),
+            downtime_mean=rng.choice([200, 1000, 5000]),
+        )
+
+
+class SimDisk:
+    """A node's storage: what the core reads (`view`) and what survives a crash (`durable`).
+
+    Writes go to the view at once and are remembered as unsynced operations; `sync` makes them
+    durable. A crash keeps the durable state plus, as a real page cache may have flushed some of
+    it, a random prefix of the unsynced operations whose last one may be torn (a prefix of its
+    batches: recovery truncates a half-written batch at its CRC).
+    """
+
+    def __init__(self, configuration: Configuration) -> None:
+        self.durable = MemoryStorage(configuration)
+        self.view = self.durable.copy()
+        self.unsynced: list[tuple[str, Any]] = []
+
+    def write(self, ready: Ready, on_append: Callable[[MemoryStorage, list[Entry]], None]) -> None:
+        if ready.snapshot is not None:
+            on_append(self.view, [])  # the log changed: let the checker look again
+            self._apply(self.view, ("snapshot", ready.snapshot))
+            self.unsynced.append(("snapshot", ready.snapshot))
+        if ready.entries:
+            self._apply(self.view, ("append", list(ready.entries)))
+            self.unsynced.append(("append", list(ready.entries)))
+            on_append(self.view, list(ready.entries))
+        if ready.hard_state is not None:
+            self._apply(self.view, ("hard_state", ready.hard_state))
+            self.unsynced.append(("hard_state", ready.hard_state))
+
+    def sync(self) -> None:
+        for operation in self.unsynced:
+            self._apply(self.durable, operation)
+        self.unsynced = []
+
+    def crash(self, rng: random.Random) -> None:
+        survivors = rng.randrange(len(self.unsynced) + 1) if rng.random() < 0.5 else 0
+        for operation in self.unsynced[:survivors]:
+            self._apply(self.durable, operation)
+        if survivors < len(self.unsynced) and rng.random() < 0.5:
+            kind, payload = self.unsynced[survivors]
+            if kind == "append" and len(payload) > 1:
+                self._apply(self.durable, ("append", payload[: rng.randrange(1, len(payload))]))
+        self.unsynced = []
+        self.view = self.durable.copy()
+
+    def compact(self, index: int, data: bytes) -> None:
+        # Retention only touches synced data, so the view and the durable state agree on it.
+        assert not self.unsynced
+        self.durable.compact(index, data)
+        self.view.compact(index, data)
+
+    @staticmethod
+    def _apply(storage: MemoryStorage, operation: tuple[str, Any]) -> None:
+        kind, payload = operation
+        if kind == "snapshot":
+            storage.apply_snapshot(payload)
+        elif kind == "append":
+            storage.append(payload)
+        else:
+            storage.set_hard_state(payload)
+
+
+@dataclasses.dataclass
+class SimNode:
+    node_id: int
+    disk: SimDisk
+    tick_period: int
+    fsync_latency: int
+    core: RaftCore | None = None
+    # Readys written but not yet covered by an fsync: their messages, commits and log end wait.
+    waiting: list[Ready] = dataclasses.field(default_factory=list)
+    fsync_scheduled: bool = False
+    applied_index: int = -1
+
+
+@dataclasses.dataclass
+class Payload:
+    """A client write: retried until it is seen committed; acknowledged once committed."""
+
+    payload_id: int
+    proposals: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (index, term)
+    committed: bool = False
+
+
+class Simulation:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        core_class: type[RaftCore] = RaftCore,
+        trace: bool = False,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.options = SimOptions.from_seed(self.rng)
+        self.core_class = core_class
+        self.trace_enabled = trace
+        self.trace_lines: list[str] = []
+        self.time = 0
+        self.sequence = 0
+        self.events: list[tuple[int, int, str, Any]] = []
+        options = self.options
+        self.raft_config = RaftConfig(
+            election_timeout_ticks=options.election_timeout_ticks,
+            heartbeat_ticks=options.heartbeat_ticks,
+            pre_vote=options.pre_vote,
+            check_quorum=options.check_quorum,
+            inflight_messages_max=options.inflight_messages_max,
+            append_bytes_max=options.append_bytes_max,
+            transfer_timeout_ticks=2 * options.election_timeout_ticks,
+            uncommitted_bytes_max=options.uncommitted_bytes_max,
+        )
+        voters = list(range(1, options.voter_count + 1))
+        self.node_ids = list(range(1, options.voter_count + options.spare_count + 1))
+        self.bootstrap = Configuration.of(voters)
+        self.nodes: dict[int, SimNode] = {}
+        self.blocked: set[tuple[int, int]] = set()  # directed (source, target) links cut
+        self.link_clock: dict[tuple[int, int], int] = {}  # last delivery time per link, healed
+        self.payloads: list[Payload] = []
+        self.proposal_owner: dict[tuple[int, int], Payload] = {}
+        self.faults_enabled = True
+        self.drop_probability = options.drop_probability
+        self.checker = Checker(self)
+        for node_id in self.node_ids:
+            node = SimNode(
+                node_id=node_id,
+                disk=SimDisk(self.bootstrap),
+                tick_period=self.rng.randrange(TICK_TIME * 8 // 10, TICK_TIME * 12 // 10),
+                fsync_latency=self.rng.choice([1, 5, 20, 60]),
+            )
+            self.nodes[node_id] = node
+            self._start(node)
+            self._schedule(self.rng.randrange(node.tick_period), "tick", node_id)
+        self._schedule(self._exponential(options.fault_interval), "fault", None)
+        self._schedule(self._exponential(options.proposal_interval), "client", None)
+
+    # --- running -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Safety phase, heal, liveness phase. Raises SimulationFailure on any violation."""
+        try:
+            self._run_until(self.options.safety_ticks * TICK_TIME)
+            self._heal()
+            deadline = self.time + self.options.liveness_ticks * TICK_TIME
+            self._run_until(deadline, stop_when_live=True)
+            self.checker.check_liveness()
+        except SimulationFailure:
+            raise
+        except AssertionError as exc:
+            raise SimulationFailure(self.seed, f"assertion in core or checker: {exc!r}") from exc
+
+    def _run_until(self, end_time: int, *, stop_when_live: bool = False) -> None:
+        while self.events and self.events[0][0] <= end_time:
+            self.time, _, kind, payload = heapq.heappop(self.events)
+            getattr(self, f"_on_{kind}")(payload)
+            self.checker.after_step()
+            if stop_when_live and self.checker.is_live():
+                return
+
+    def _schedule(self, delay: int, kind: str, payload: Any) -> None:
+        self.sequence += 1
+        heapq.heappush(self.events, (self.time + max(0, delay), self.sequence, kind, payload))
+
+    def _exponential(self, mean: int) -> int:
+        return int(self.rng.expovariate(1.0 / mean)) + 1
+
+    def trace(self, line: str) -> None:
+        if self.trace_enabled:
+            self.trace_lines.append(f"{self.time:>8} {line}")
+
+    # --- nodes ---------------------------------------------------------------------------------
+
+    def _start(self, node: SimNode) -> None:
+        node.core = self.core_class(
+            node_id=node.node_id,
+            storage=node.disk.view,
+            config=self.raft_config,
+            rng=random.Random(self.rng.getrandbits(64)),
+        )
+        node.core.now_ms = self.time
+        node.applied_index = node.core.applied_index
+        node.waiting = []
+        self._process_ready(node)
+
+    def _process_ready(self, node: SimNode) -> None:
+        core = node.core
+        assert core is not None
+        while core.has_ready():
+            ready = core.ready()
+            node.disk.write(
+                ready, lambda view, entries: self.checker.on_append(node, view, entries)
+            )
+            if node.disk.unsynced or node.waiting:
+                node.waiting.append(ready)
+                if not node.fsync_scheduled:
+                    node.fsync_scheduled = True
+                    latency = self.rng.randrange(1, 2 * node.fsync_latency + 1)
+                    self._schedule(latency, "fsync", node.node_id)
+                core.advance(ready)
+            else:
+                core.advance(ready)
+                self._complete(node, ready)
+            core.validate()
+
+    def _complete(self, node: SimNode, ready: Ready) -> None:
+        """After the fsync covering `ready`: send its messages, apply its commits."""
+        for message in ready.messages:
+            self._send(message)
+        if ready.snapshot is not None:
+            node.applied_index = max(node.applied_index, ready.snapshot.index)
+        for entry in ready.committed_entries:
+            self.checker.on_apply(node, entry)
+            node.applied_index = entry.index
+        assert node.core is not None
+        node.core.persisted(ready.last_index, ready.last_term)
+
+    def _on_fsync(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        node.fsync_scheduled = False
+        if node.core is None:
+            return
+        node.disk.sync()
+        waiting, node.waiting = node.waiting, []
+        for ready in waiting:
+            self._complete(node, ready)
+        self._process_ready(node)
+
+    def _on_tick(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        self._schedule(node.tick_period, "tick", node_id)
+        if node.core is None:
+            return
+        node.core.tick(now_ms=self.time)
+        self._process_ready(node)
+
+    def _on_deliver(self, message: Message) -> None:
+        node = self.nodes[message.target]
+        if node.core is None:
+            return
+        self.trace(describe(message))
+        node.core.step(message)
+        self._process_ready(node)
+
+    def _send(self, message: Message) -> None:
+        if (message.source, message.target) in self.blocked:
+            source = self.nodes[message.source].core
+            if source is not None and self.rng.random() < 0.5:
+                # Half the time the transport notices (connection refused, queue full) and says so.
+                source.report_unreachable(message.target)
+            return
+        if self.faults_enabled and self.rng.random() < self.drop_probability:
+            return
+        copies = 1
+        if self.faults_enabled and self.rng.random() < self.options.duplicate_probability:
+            copies = 2
+        for _ in range(copies):
+            # Occasional long delays reorder messages well beyond the usual jitter.
+            delay = self.rng.randrange(1, self.options.delay_max + 1)
+            if self.faults_enabled and self.rng.random() < 0.02:
+                delay *= 10
+            if not self.faults_enabled:
+                # Healed: each link is a TCP-like stream again, delivering in order.
+                link = (message.source, message.target)
+                delay = max(delay, self.link_clock.get(link, 0) - self.time)
+                self.link_clock[link] = self.time + delay
+            self._schedule(delay, "deliver", message)
+
+    # --- clients -------------------------------------------------------------------------------
+
+    def _on_client(self, _: Any) -> None:
+        self._schedule(self._exponential(self.options.proposal_interval), "client", None)
+        leader = self._any_leader() if self.faults_enabled else self._current_leader()
+        if leader is None:
+            return
+        pending = [payload for payload in self.payloads if not payload.committed]
+        # Retry a payload whose last proposal went to a term that has since ended (outcome unknown).
+        retry = [
+            payload
+            for payload in pending
+            if not payload.proposals or payload.proposals[-1][1] < leader.term
+        ]
+        if retry:
+            payload = retry[0]
+        elif len(pending) >= CLIENT_PENDING_MAX:
+            return  # clients bound their in-flight writes, as producers do
+        elif self.faults_enabled or len(self.payloads) < self.checker.healed_payload_target:
+            payload = Payload(len(self.payloads))
+            self.payloads.append(payload)
+        else:
+            return
+        self._propose(leader, payload)
+
+    def _propose(self, leader: RaftCore, payload: Payload) -> None:
+        node = self.nodes[leader.node_id]
+        value = f"payload-{payload.payload_id}".encode()
+        record_count = 1 + payload.payload_id % 3
+        batch = batch_codec.build_batch([(self.time, None, value, None)] * record_count)
+        try:
+            entry = leader.propose(batch)
+        except (NotLeaderError, ProposalDroppedError):
+            return
+        payload.proposals.append((entry.index, entry.term))
+        self.proposal_owner[(entry.index, entry.term)] = payload
+        self.trace(
+            f"propose {leader.node_id} {entry.index}@{entry.term} payload={payload.payload_id}"
+        )
+        self._process_ready(node)
+        if self.faults_enabled and self.rng.random() < self.options.crash_after_propose_probability:
+            # Crash a leader while its newest entries are on a minority: Figure 8's opening move.
+            self._schedule(self.rng.randrange(1, 3 * self.options.delay_max), "crash", node.node_id)
+
+    def _any_leader(self) -> RaftCore | None:
+        # Clients also reach stale leaders cut off from the majority: their appends become the
+        # divergent tails that later leaders must truncate.
+        leaders = [
+            node.core
+            for node in self.nodes.values()
+            if node.core is not None and node.core.role is Role.LEADER
+        ]
+        return self.rng.choice(leaders) if leaders else None
+
+    def _current_leader(self) -> RaftCore | None:
+        leaders = [
+            node.core
+            for node in self.nodes.values()
+            if node.core is not None and node.core.role is Role.LEADER
+        ]
+        if not leaders:
+            return None
+        return max(leaders, key=lambda core: core.term)
+
+    # --- faults --------------------------------------------------------------------------------
+
+    def _on_fault(self, _: Any) -> None:
+        if not self.faults_enabled:
+            return
+        self._schedule(self._exponential(self.options.fault_interval), "fault", None)
+        choices = [
+            "partition",
+            "cut",
+            "heal",
+            "heal",
+            "crash",
+            "crash_leader",
+            "restart",
+            "restart",
+            "restart",
+            "transfer",
+            "slow",
+        ]
+        if self.options.compaction:
+            choices += ["compact", "compact"]
+        if self.options.membership_changes:
+            choices += ["membership", "membership"]
+        getattr(self, f"_fault_{self.rng.choice(choices)}")()
+
+    def _fault_partition(self) -> None:
+        # Split the nodes in two, symmetrically.
+        side = [node_id for node_id in self.node_ids if self.rng.random() < 0.5]
+        self.blocked = {
+            (a, b) for a in self.node_ids for b in self.node_ids if (a in side) != (b in side)
+        }
+        self.trace(f"partition {side} | rest")
+
+    def _fault_cut(self) -> None:
+        # An asymmetric fault: source can no longer reach target, the reverse still works.
+        source, target = self.rng.sample(self.node_ids, 2)
+        self.blocked.add((source, target))
+        self.trace(f"cut {source}->{target}")
+
+    def _fault_heal(self) -> None:
+        self.blocked = set()
+        self.trace("heal network")
+
+    def _fault_crash(self) -> None:
+        alive = [node for node in self.nodes.values() if node.core is not None]
+        if alive:
+            self._crash(self.rng.choice(alive), "random")
+
+    def _on_crash(self, node_id: int) -> None:
+        if self.faults_enabled:
+            self._crash(self.nodes[node_id], "scheduled")
+
+    def _on_restart(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.core is None:
+            self.trace(f"restart {node_id}")
+            self._start(node)
+
+    def _crash(self, node: SimNode, reason: str) -> None:
+        """Kill a node: unsynced writes are lost or torn, held messages never leave."""
+        if node.core is None:
+            return
+        self.trace(f"crash {node.node_id} ({reason})")
+        node.core = None
+        node.waiting = []
+        node.disk.crash(self.rng)
+        self.checker.on_crash(node)
+        self._schedule(self._exponential(self.options.downtime_mean), "restart", node.node_id)
+
+    def on_new_leader(self, core: RaftCore) -> None:
+        """Called by the checker when a node is first seen leading a term."""
+        if (
+            self.faults_enabled
+            and self.rng.random() < self.options.crash_after_election_probability
+        ):
+            # A leader dying before its no-op spreads leaves a minority holding entries of a term
+            # no one else saw: the rival log of Figure 8 (d).
+            delay = self.rng.randrange(self.options.delay_max)
+            self._schedule(delay, "crash", core.node_id)
+
+    def on_leader_commit(self, core: RaftCore) -> None:
+        """Called by the checker when a leader's commit index advanced."""
+        if self.faults_enabled and self.rng.random() < self.options.crash_after_commit_probability:
+            # A leader dying just after it committed, before followers learn of it, is the moment
+            # a wrong commit rule turns into lost data.
+            delay = self.rng.randrange(self.options.delay_max)
+            self._schedule(delay, "crash", core.node_id)
+
+    def _fault_crash_leader(self) -> None:
+        # Leaders crashing right after they appended (Figure 8's scenario) find commit-rule bugs.
+        leader = self._current_leader()
+        if leader is not None:
+            self._crash(self.nodes[leader.node_id], "leader")
+
+    def _fault_restart(self) -> None:
+        down = [node for node in self.nodes.values() if node.core is None]
+        if down:
+            self._on_restart(self.rng.choice(down).node_id)
+
+    def _fault_transfer(self) -> None:
+        leader = self._current_leader()
+        if leader is None:
+            return
+        target = self.rng.choice(self.node_ids)
+        try:
+            leader.transfer_leadership(target)
+        except (ConfigurationChangeError, NotLeaderError):
+            return
+        self.trace(f"transfer {leader.node_id} -> {target}")
+        self._process_ready(self.nodes[leader.node_id])
+
+    def _fault_slow(self) -> None:
+        node = self.nodes[self.rng.choice(self.node_ids)]
+        node.fsync_latency = self.rng.choice([1, 5, 20, 60, 300, 1000])
+
+    def _fault_compact(self) -> None:
+        node = self.nodes[self.rng.choice(self.node_ids)]
+        if node.core is None or node.disk.unsynced or node.waiting:
+            return
+        view = node.disk.view
+        candidates = [e.index for e in view.all_entries if e.index <= node.applied_index]
+        if len(candidates) < 2:
+            return
+        index = candidates[self.rng.randrange(len(candidates) - 1)]
+        data = f"state-through-{index}".encode() if self.options.snapshot_data else b""
+        self.trace(f"compact {node.node_id} through {index}")
+        node.disk.compact(index, data)
+
+    def _fault_membership(self) -> None:
+        leader = self._current_leader()
+        if leader is None:
+            return
+        configuration = leader.configuration
+        voters, learners = list(configuration.voters), list(configuration.learners)
+        outsiders = [n for n in self.node_ids if n not in voters and n not in learners]
+        action = self.rng.choice(["add-learner", "promote", "remove"])
+        if action == "add-learner" and outsiders:
+            learners.append(self.rng.choice(outsiders))
+        elif action == "promote" and learners:
+            node = self.rng.choice(learners)
+            learners.remove(node)
+            voters.append(node)
+        elif action == "remove" and len(voters) > 3:
+            voters.remove(self.rng.choice(voters))
+        elif action == "remove" and learners:
+            learners.remove(self.rng.choice(learners))
+        else:
+            return
+        try:
+            entry = leader.propose_configuration(Configuration.of(voters, learners))
+        except (ConfigurationChangeError, NotLeaderError, ProposalDroppedError):
+            return
+        self.trace(f"configuration {entry.index}@{entry.term}: {entry.configuration}")
+        self._process_ready(self.nodes[leader.node_id])
+
+    def _heal(self) -> None:
+        """End of the safety phase: no new faults, network whole, every node up, disks quick."""
+        self.faults_enabled = False
+        self.blocked = set()
+        for node in self.nodes.values():
+            node.fsync_latency = min(node.fsync_latency, 20)
+            if node.core is None:
+                self._start(node)
+        self.checker.on_heal()
+        self.trace("healed: liveness phase")
+
+    def failure_report(self) -> str:
+        tail = "\n".join(self.trace_lines[-40:])
+        return f"{self.options}\nlast events:\n{tail}"
