@@ -60,12 +60,18 @@ class _SortedEntries:
     def _key(self, slot: int) -> int:
         return self.ENTRY.unpack_from(self.buffer, slot * self.ENTRY.size)[0]  # type: ignore[no-any-return]
 
-    def _append(self, key: int, value: int) -> None:
-        if self.is_full:
+    def _append(self, key: int, value: int, *, value_must_grow: bool) -> None:
+        # One unpack of the last entry checks both orders: this runs once per appended batch.
+        count = self.entry_count
+        size = self.ENTRY.size
+        if (count + 1) * size > len(self.buffer):
             raise IndexFullError(f"index holds its maximum of {self.capacity} entries")
-        assert self.entry_count == 0 or key > self._key(self.entry_count - 1), "keys must grow"
-        self.ENTRY.pack_into(self.buffer, self.entry_count * self.ENTRY.size, key, value)
-        self.entry_count += 1
+        if count:
+            last_key, last_value = self.ENTRY.unpack_from(self.buffer, (count - 1) * size)
+            assert key > last_key, "keys must grow"
+            assert not value_must_grow or value > last_value, "values must grow"
+        self.ENTRY.pack_into(self.buffer, count * size, key, value)
+        self.entry_count = count + 1
 
     def _slot_at_or_before(self, key: int) -> int:
         """The last slot whose key is <= `key`, or -1 when every key is larger."""
@@ -87,9 +93,7 @@ class OffsetIndex(_SortedEntries):
 
     def append(self, relative_offset: int, position: int) -> None:
         assert 0 <= relative_offset < 2**32 and 0 <= position < 2**32
-        if self.entry_count:
-            assert position > self.entry(self.entry_count - 1)[1], "positions must grow"
-        self._append(relative_offset, position)
+        self._append(relative_offset, position, value_must_grow=True)
 
     def lookup(self, relative_offset: int) -> tuple[int, int]:
         """The indexed (relative offset, position) at or before `relative_offset`; (0, 0) if none.
@@ -114,18 +118,24 @@ class TimeIndex(_SortedEntries):
 
     def append(self, timestamp_ms: int, relative_offset: int) -> None:
         assert 0 <= relative_offset < 2**32
-        if self.entry_count:
-            assert relative_offset > self.entry(self.entry_count - 1)[1], "offsets must grow"
-        self._append(timestamp_ms, relative_offset)
+        self._append(timestamp_ms, relative_offset, value_must_grow=True)
 
     def lookup_before(self, timestamp_ms: int) -> int:
-        """A relative offset from which scanning finds the first batch with max ts >= `timestamp_ms`.
+        """A relative offset from which a scan finds the first batch with max ts >= `timestamp_ms`.
 
         Every batch before the returned offset has a max timestamp below `timestamp_ms`, because an
         entry is written the first time the segment's max timestamp reaches its value.
         """
+        entry = self.entry_before(timestamp_ms)
+        return 0 if entry is None else entry[1]
+
+    def entry_before(self, timestamp_ms: int) -> tuple[int, int] | None:
+        """The last (timestamp, relative offset) entry with a timestamp below `timestamp_ms`.
+
+        The segment checks it against the batch it names before trusting `lookup_before`'s rule.
+        """
         slot = self._slot_before(timestamp_ms)
-        return 0 if slot < 0 else self.entry(slot)[1]
+        return None if slot < 0 else self.entry(slot)
 
     def truncate_from_offset(self, relative_offset: int) -> None:
         """Forget entries pointing at batches at or after `relative_offset`."""

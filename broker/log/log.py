@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import logging
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import msgpack
 
@@ -44,13 +47,22 @@ from broker.log.batch import (
     LOG_OVERHEAD,
     BadLengthError,
     BatchHeader,
+    InvalidBatchError,
+    RecordCountError,
     decode_records,
     iter_batches,
     set_base_offset,
     set_leader_epoch,
     validate_batch,
 )
-from broker.log.segment import LOG_SUFFIX, NO_TIMESTAMP, RecoveryNote, Segment
+from broker.log.segment import (
+    LOG_SUFFIX,
+    NO_TIMESTAMP,
+    RELATIVE_OFFSET_MAX,
+    RecoveryNote,
+    Segment,
+    SegmentCorruptError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +72,9 @@ EPOCH_CACHE_FILE = "leader-epochs"
 
 _PREFIX = struct.Struct(">qi")  # base_offset, batch_length
 _LAST_OFFSET_DELTA = struct.Struct(">i")  # at byte 23 of a batch header
+_LENGTH = struct.Struct(">i")  # batch_length, at byte 8
+# Batches already on disk are checked against their CRC, not against today's size limit.
+_STORED_BATCH_BYTES_MAX = 2**31 - 1
 
 
 def wall_clock_ms() -> int:
@@ -85,8 +100,9 @@ class LeaderEpochError(BrokerError):
         super().__init__(ErrorCode.INVALID_RECORD, message)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AppendResult:
+class AppendResult(NamedTuple):
+    """Where an append went. A NamedTuple: one is built per produced batch."""
+
     base_offset: int
     last_offset: int
     max_timestamp: int
@@ -113,11 +129,51 @@ class FileSlice:
     next_offset: int
 
 
+class RecoveryCheckpoint:
+    """The recovery checkpoint: segments below it are trusted (not re-validated) at an unclean open.
+
+    Shared by the log (trio thread) and its flush tickets (maybe a worker thread), hence the lock.
+    `generation` counts the times a segment below some ticket's target was reopened for writing
+    (truncate, reset): a ticket taken before that must not raise the checkpoint over a segment
+    that is being rewritten, whatever order the two threads run in.
+    """
+
+    def __init__(self, path: Path, value: int) -> None:
+        self.path = path
+        self.value = value
+        self.generation = 0
+        self._lock = threading.Lock()
+
+    def reopened(self, segment_base_offset: int) -> None:
+        """A segment at `segment_base_offset` is written again: a crash must re-validate it."""
+        with self._lock:
+            self.generation += 1
+            if segment_base_offset < self.value:
+                self._store(segment_base_offset)
+
+    def advance(self, value: int, generation: int) -> bool:
+        """Raise the checkpoint to `value` unless a segment was reopened since `generation`."""
+        with self._lock:
+            if generation != self.generation or value <= self.value:
+                return False
+            self._store(value)
+            return True
+
+    def store(self, value: int) -> None:
+        with self._lock:
+            self._store(value)
+
+    def _store(self, value: int) -> None:
+        _write_atomically(self.path, b"%d\n" % value)
+        self.value = value
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class FlushTicket:
     """Files to fsync so that everything below `end_offset` is durable.
 
-    `run()` touches only these paths (never the log's objects), so it may run in a worker thread.
+    `run()` touches only these paths and the thread-safe `RecoveryCheckpoint` (never the log's
+    other objects), so it may run in a worker thread.
     """
 
     directory: Path
@@ -126,6 +182,8 @@ class FlushTicket:
     directory_changes: int
     sync_directory: bool
     checkpoint: int | None
+    recovery_checkpoint: RecoveryCheckpoint | None = None
+    checkpoint_generation: int = 0
 
     def run(self) -> None:
         for path in self.paths:
@@ -137,9 +195,14 @@ class FlushTicket:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        if self.checkpoint is not None:
-            _write_atomically(self.directory / RECOVERY_CHECKPOINT_FILE, b"%d\n" % self.checkpoint)
-        elif self.sync_directory:
+        # Only after the segments below it are synced may the checkpoint pass them.
+        if (
+            self.checkpoint is not None
+            and self.recovery_checkpoint is not None
+            and self.recovery_checkpoint.advance(self.checkpoint, self.checkpoint_generation)
+        ):
+            return  # advancing wrote the file atomically, which synced the directory
+        if self.sync_directory or self.checkpoint is not None:
             _fsync_directory(self.directory)
 
 
@@ -163,7 +226,7 @@ class PartitionLog:
         # count it covers, so a change made while it runs is not mistaken for synced.
         self._directory_changes = 0
         self._directory_synced = 0
-        self._checkpoint = 0
+        self._recovery = RecoveryCheckpoint(directory / RECOVERY_CHECKPOINT_FILE, 0)
         # The lowest log end a truncation produced since the outstanding ticket was taken: what
         # the ticket synced above it is no longer the data at those offsets.
         self._truncation_floor: int | None = None
@@ -180,42 +243,56 @@ class PartitionLog:
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
         initial_offset: int = 0,
+        full_scan: bool = False,
     ) -> PartitionLog:
-        """Open or create the log in `directory`, recovering it if it was not closed cleanly."""
+        """Open or create the log in `directory`, recovering it if it was not closed cleanly.
+
+        After an unclean shutdown, segments from the one holding the recovery checkpoint on are
+        re-validated batch by batch and cut at the first damage; those below it are trusted (see
+        docs/storage.md). `full_scan` re-validates every segment whatever the marker and the
+        checkpoint say (an operator's check after suspected disk damage).
+        """
         directory.mkdir(parents=True, exist_ok=True)
         log = cls(directory, config, clock_ms=clock_ms)
         marker = directory / CLEAN_SHUTDOWN_FILE
-        clean = marker.exists()
-        log._checkpoint = _read_checkpoint(directory / RECOVERY_CHECKPOINT_FILE)
+        clean = marker.exists() and not full_scan
+        checkpoint_path = directory / RECOVERY_CHECKPOINT_FILE
+        log._recovery = RecoveryCheckpoint(checkpoint_path, _read_checkpoint(checkpoint_path))
         bases = sorted(
             int(path.name[: -len(LOG_SUFFIX)])
             for path in directory.glob(f"*{LOG_SUFFIX}")
             if path.name[: -len(LOG_SUFFIX)].isdigit()
         )
-        log._open_segments(bases, clean=clean)
+        log._open_segments(bases, clean=clean, full_scan=full_scan)
         if not log.segments:
             log.segments.append(Segment.create(directory, initial_offset, config))
             log._base_offsets.append(initial_offset)
             log._directory_changes += 1
         log._load_epochs(clean=clean)
         log.flushed_offset = log.log_end_offset if clean else log._checkpoint_floor()
-        if clean:
+        if marker.exists():
             # The marker must be gone, durably, before anything new is written: a later crash
             # must not be mistaken for a clean shutdown.
             marker.unlink()
             _fsync_directory(directory)
         return log
 
-    def _open_segments(self, bases: list[int], *, clean: bool) -> None:
+    def _open_segments(self, bases: list[int], *, clean: bool, full_scan: bool) -> None:
         # Segments below the one holding the recovery checkpoint were synced when sealed; after an
         # unclean shutdown everything from that segment on is re-validated.
         first_unsynced = max(bisect.bisect_right(bases, self._checkpoint) - 1, 0)
-        recover_from = bases[first_unsynced] if bases else 0
+        recover_from = bases[0 if full_scan else first_unsynced] if bases else 0
+        expected_epoch = _epoch_lookup(_read_epoch_file(self.directory / EPOCH_CACHE_FILE))
         for number, base in enumerate(bases):
             last = number == len(bases) - 1
             recover = not clean and base >= recover_from
             segment, note = Segment.open(
-                self.directory, base, self.config, writable=last, recover=recover
+                self.directory,
+                base,
+                self.config,
+                writable=last,
+                recover=recover,
+                expected_epoch=expected_epoch,
             )
             if self.segments and segment.base_offset != self.segments[-1].next_offset:
                 note = RecoveryNote(
@@ -262,13 +339,17 @@ class PartitionLog:
             self.active.seal()
             self._unsynced_sealed.append(self.active)
             self.flush()
-            _write_atomically(self.directory / RECOVERY_CHECKPOINT_FILE, b"%d\n" % self.log_end_offset)
+            self._recovery.store(self.log_end_offset)
             _write_atomically(self.directory / CLEAN_SHUTDOWN_FILE, b"")
         for segment in self.segments:
             segment.close()
         self._closed = True
 
     # --- offsets --------------------------------------------------------------------------------
+
+    @property
+    def _checkpoint(self) -> int:
+        return self._recovery.value
 
     @property
     def active(self) -> Segment:
@@ -322,21 +403,47 @@ class PartitionLog:
         Raises a named `InvalidBatchError` (nothing written) for a bad batch, or `LeaderEpochError`.
         Without `leader_epoch` the batch gets the log's current epoch (0 for a new log).
         """
-        buffer = batch if isinstance(batch, bytearray) else bytearray(batch)
-        header = validate_batch(buffer, max_batch_bytes=self.config.max_batch_bytes)
-        if header.size_bytes != len(buffer):
+        # This is the produce hot path: fields are read once into locals and no second header
+        # is built; per-batch Python work here costs as much as the write itself.
+        header = validate_batch(batch, max_batch_bytes=self.config.max_batch_bytes)
+        size = header.batch_length + LOG_OVERHEAD
+        if size != len(batch):
             raise BadLengthError(
-                f"expected exactly one batch of {header.size_bytes} bytes, got {len(buffer)} bytes"
+                f"expected exactly one batch of {size} bytes, got {len(batch)} bytes"
             )
-        epoch = max(self.last_term, 0) if leader_epoch is None else leader_epoch
-        self._check_epoch(epoch)
-        set_base_offset(buffer, 0, self.log_end_offset)
-        set_leader_epoch(buffer, 0, epoch)
-        header = dataclasses.replace(header, base_offset=self.log_end_offset, leader_epoch=epoch)
-        self._write([header], buffer)
-        return AppendResult(
-            header.base_offset, header.last_offset, header.max_timestamp, header.size_bytes
-        )
+        delta = header.last_offset_delta
+        if delta != header.record_count - 1:
+            # Only compaction leaves gaps inside a batch; a producer's batch that claims more
+            # offsets than records would burn offsets (and overflow a segment's relative offsets).
+            raise RecordCountError(
+                f"batch has {header.record_count} records but last_offset_delta "
+                f"{delta}; a produced batch uses consecutive offsets"
+            )
+        segments = self.segments
+        active = segments[-1]
+        base_offset = active.next_offset
+        # As the last_term property computes it, without its two property calls.
+        empty = base_offset == segments[0].base_offset or not self._epochs
+        last_term = -1 if empty else self._epochs[-1][0]
+        epoch = max(last_term, 0) if leader_epoch is None else leader_epoch
+        if epoch < last_term:
+            raise LeaderEpochError(
+                f"leader epoch {epoch} is below the log's last epoch {last_term}"
+            )
+        max_timestamp = header.max_timestamp
+        if active.must_roll_before(size, base_offset + delta, max_timestamp):
+            self._roll()
+            active = self.segments[-1]
+        if isinstance(batch, bytearray):
+            # Callers that pass a bytearray see the assigned offset and epoch in place.
+            set_base_offset(batch, 0, base_offset)
+            set_leader_epoch(batch, 0, epoch)
+        if not self._epochs or self._epochs[-1][0] != epoch:
+            self._note_epoch(epoch, base_offset)
+        # The new base offset and epoch go out as a separate 16-byte prefix in the same
+        # pwritev, so the batch itself is never copied.
+        active.append_assigned(batch, base_offset, epoch, delta, max_timestamp)
+        return AppendResult(base_offset, base_offset + delta, max_timestamp, size)
 
     def append_replicated(self, batches: bytes | bytearray | memoryview) -> AppendResult:
         """Append batches that already carry their offsets and epochs (a follower's copy).
@@ -371,12 +478,6 @@ class PartitionLog:
             len(batches),
         )
 
-    def _check_epoch(self, epoch: int) -> None:
-        if epoch < self.last_term:
-            raise LeaderEpochError(
-                f"leader epoch {epoch} is below the log's last epoch {self.last_term}"
-            )
-
     def _write(self, headers: list[BatchHeader], data: bytes | bytearray | memoryview) -> None:
         # Split the run at segment boundaries: each piece goes to the active segment in one write.
         view = memoryview(data)
@@ -385,11 +486,22 @@ class PartitionLog:
         while first < len(headers):
             if self._should_roll(headers[first]):
                 self._roll()
+            active = self.active
+            # Each batch adds at most one entry to each index: never run past a full one.
+            free_slots = min(
+                active.index.capacity - active.index.entry_count,
+                active.time_index.capacity - active.time_index.entry_count,
+            )
             size = 0
             last = first
             while last < len(headers) and (
-                last == first or self.active.size_bytes + size + headers[last].size_bytes
-                <= self.config.segment_bytes
+                last == first
+                or (
+                    active.size_bytes + size + headers[last].size_bytes <= self.config.segment_bytes
+                    and last - first < free_slots
+                    and headers[last].last_offset - active.base_offset <= RELATIVE_OFFSET_MAX
+                    and not self._time_roll_due(headers[last])
+                )
             ):
                 size += headers[last].size_bytes
                 last += 1
@@ -402,13 +514,12 @@ class PartitionLog:
             first = last
 
     def _should_roll(self, header: BatchHeader) -> bool:
+        return self.active.must_roll_before(
+            header.size_bytes, header.last_offset, header.max_timestamp
+        )
+
+    def _time_roll_due(self, header: BatchHeader) -> bool:
         active = self.active
-        if not active.size_bytes:
-            return False
-        if not active.room_for(header.size_bytes):
-            return True
-        # Time-based rolls compare record timestamps, as Kafka does: the incoming batch against the
-        # segment's first batch. The wall clock plays no part, so replicas roll alike.
         return (
             active.first_timestamp != NO_TIMESTAMP
             and header.max_timestamp - active.first_timestamp >= self.config.segment_ms
@@ -438,11 +549,7 @@ class PartitionLog:
         _write_atomically(self.directory / EPOCH_CACHE_FILE, payload)
 
     def _load_epochs(self, *, clean: bool) -> None:
-        path = self.directory / EPOCH_CACHE_FILE
-        try:
-            self._epochs = [(int(e), int(s)) for e, s in msgpack.unpackb(path.read_bytes())]
-        except (OSError, ValueError, TypeError, msgpack.UnpackException):
-            self._epochs = []
+        self._epochs = _read_epoch_file(self.directory / EPOCH_CACHE_FILE) or []
         # The cache may run ahead of the data (batches lost in a crash) or be missing: trim it to
         # the log and rebuild it from the batch headers when it does not cover the log.
         changed = self._trim_epochs()
@@ -454,7 +561,9 @@ class PartitionLog:
             or self._epochs[0][1] > self.log_start_offset
             or self._epochs[-1][0] != last_epoch
         ):
-            logger.warning("%s: rebuilding the leader epoch cache from batch headers", self.directory)
+            logger.warning(
+                "%s: rebuilding the leader epoch cache from batch headers", self.directory
+            )
             self._epochs = []
             for segment in self.segments:
                 for _, header in segment.walk_headers(0, segment.size_bytes):
@@ -510,8 +619,7 @@ class PartitionLog:
         segment, position, first = located
         window = max(first.size_bytes, min(max_bytes, segment.size_bytes - position))
         data = segment.read_window(position, window)
-        end, next_offset = _whole_batches(data, limit)
-        assert end >= first.size_bytes
+        end, next_offset = _checked_batches(self, segment, position, data, limit)
         payload = data if end == len(data) else memoryview(data)[:end]
         return ReadResult(payload, first.base_offset, next_offset)
 
@@ -532,6 +640,19 @@ class PartitionLog:
                 break
             length += header.size_bytes
             next_offset = header.next_offset
+        if position + length > segment.verified_bytes and position < segment.unverified_end:
+            # Not CRC-checked in this process yet: read it once to check it before the kernel
+            # sends it (sendfile would hand the client damage unseen).
+            start = max(position, segment.verified_bytes)
+            data = segment.read_window(start, position + length - start)
+            end, checked_next = _checked_batches(self, segment, start, data, limit)
+            if start + end < position + length:
+                length = start + end - position
+                next_offset = checked_next
+            if length == 0:
+                raise SegmentCorruptError(
+                    f"{segment.log_path}: batch at byte {position} is damaged"
+                )
         return FileSlice(os.dup(segment.fd), position, length, first.base_offset, next_offset)
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
@@ -581,7 +702,7 @@ class PartitionLog:
         self._after_shrink(segment_reopened=segment.base_offset)
 
     def reset(self, start_offset: int) -> None:
-        """Drop every batch; the log restarts, empty, at `start_offset` (behind-the-start catch-up)."""
+        """Drop every batch; the log restarts, empty, at `start_offset` (catch-up from behind)."""
         for segment in self.segments:
             segment.delete()
         self.segments = [Segment.create(self.directory, start_offset, self.config)]
@@ -598,10 +719,10 @@ class PartitionLog:
         self._directory_changes += 1
         if self._trim_epochs() or not self._epochs:
             self._save_epochs()
-        if segment_reopened is not None and segment_reopened < self._checkpoint:
-            # A segment trusted as synced is being written again: a crash must re-validate it.
-            self._checkpoint = segment_reopened
-            _write_atomically(self.directory / RECOVERY_CHECKPOINT_FILE, b"%d\n" % self._checkpoint)
+        if segment_reopened is not None:
+            # A segment trusted as synced may be written again: a crash must re-validate it, and
+            # an outstanding ticket must not move the checkpoint past it.
+            self._recovery.reopened(segment_reopened)
 
     def apply_retention(self, now_ms: int | None = None) -> int:
         """Delete whole, non-active segments by age, then by total size. Returns how many."""
@@ -659,6 +780,8 @@ class PartitionLog:
             directory_changes=self._directory_changes,
             sync_directory=self._directory_changes != self._directory_synced,
             checkpoint=checkpoint,
+            recovery_checkpoint=self._recovery,
+            checkpoint_generation=self._recovery.generation,
         )
 
     def complete_flush(self, ticket: FlushTicket) -> None:
@@ -669,12 +792,13 @@ class PartitionLog:
         if self._truncation_floor is not None:
             durable_end = min(durable_end, self._truncation_floor)
         self.flushed_offset = max(self.flushed_offset, durable_end)
-        synced = set(ticket.paths)
-        self._unsynced_sealed = [
-            segment for segment in self._unsynced_sealed if segment.log_path not in synced
-        ]
-        if ticket.checkpoint is not None and ticket.checkpoint > self._checkpoint:
-            self._checkpoint = ticket.checkpoint
+        if ticket.checkpoint_generation == self._recovery.generation:
+            # Otherwise a segment was reopened meanwhile and may have been sealed again under the
+            # same path with bytes the ticket never saw: keep everything for the next ticket.
+            synced = set(ticket.paths)
+            self._unsynced_sealed = [
+                segment for segment in self._unsynced_sealed if segment.log_path not in synced
+            ]
         if ticket.sync_directory or ticket.checkpoint is not None:
             self._directory_synced = max(self._directory_synced, ticket.directory_changes)
         assert self.log_start_offset <= self.flushed_offset <= self.log_end_offset
@@ -705,23 +829,152 @@ class PartitionLog:
         self.complete_flush(ticket)
 
 
-def _whole_batches(data: bytes, limit: int) -> tuple[int, int]:
-    """How many leading bytes of `data` are whole batches ending below offset `limit`.
+def _whole_verified_batches(data: bytes) -> tuple[int, int, str | None]:
+    """`_whole_batches` for bytes already verified, all below the limit: walk lengths only.
 
-    Returns (end position, next offset). Reads only the fields it needs from each header.
+    The common fetch: one length read per batch instead of a header's worth of fields.
+    """
+    position = 0
+    last = -1
+    size_total = len(data)
+    while size_total - position >= LOG_OVERHEAD:
+        size = _LENGTH.unpack_from(data, position + 8)[0] + LOG_OVERHEAD
+        if size < HEADER_SIZE:
+            return (
+                position,
+                _next_offset_at(data, last),
+                f"batch at byte {position} has a bad length",
+            )
+        if position + size > size_total:
+            break
+        last = position
+        position += size
+    return position, _next_offset_at(data, last), None
+
+
+def _next_offset_at(data: bytes, position: int) -> int:
+    if position < 0:
+        return -1
+    base_offset = _PREFIX.unpack_from(data, position)[0]
+    return base_offset + _LAST_OFFSET_DELTA.unpack_from(data, position + 23)[0] + 1
+
+
+def _whole_batches(
+    data: bytes,
+    limit: int,
+    verify_from: int,
+    epochs: list[tuple[int, int]] | None = None,
+    *,
+    verify_to: int = 2**63,
+) -> tuple[int, int, str | None]:
+    """How many leading bytes of `data` are whole, chained batches ending below offset `limit`.
+
+    Batches starting from byte `verify_from` up to `verify_to` are fully validated (CRC) and their
+    leader epoch, which the CRC does not cover, is checked against the epoch cache `epochs`
+    (`(epoch, start_offset)` pairs). Returns
+    (end position, next offset, what was wrong or None). Reads only the header fields it needs
+    from batches already verified.
     """
     position = 0
     next_offset = -1
     size_total = len(data)
+    # The epoch range last looked up: consecutive batches mostly share one, so one bisection.
+    epoch_start, epoch_end, epoch = 0, 0, None
     while size_total - position >= HEADER_SIZE:
         base_offset, batch_length = _PREFIX.unpack_from(data, position)
         (last_delta,) = _LAST_OFFSET_DELTA.unpack_from(data, position + 23)
         size = batch_length + LOG_OVERHEAD
+        if size < HEADER_SIZE or (next_offset >= 0 and base_offset != next_offset):
+            return position, next_offset, f"batch header at byte {position} does not chain"
         if position + size > size_total or base_offset + last_delta >= limit:
             break
+        if verify_from <= position < verify_to:
+            try:
+                header = validate_batch(data, position, max_batch_bytes=_STORED_BATCH_BYTES_MAX)
+            except InvalidBatchError as exc:
+                return position, next_offset, exc.message
+            if epochs and not epoch_start <= base_offset < epoch_end:
+                slot = bisect.bisect_right(epochs, base_offset, key=_epoch_start) - 1
+                epoch_start = epochs[slot][1] if slot >= 0 else -1
+                epoch_end = epochs[slot + 1][1] if slot + 1 < len(epochs) else 2**63
+                epoch = epochs[slot][0] if slot >= 0 else None
+            expected = epoch if epochs else None
+            if expected is not None and expected != header.leader_epoch:
+                return (
+                    position,
+                    next_offset,
+                    (
+                        f"batch at offset {base_offset} has leader epoch "
+                        f"{header.leader_epoch}, the epoch cache says {expected}"
+                    ),
+                )
         position += size
         next_offset = base_offset + last_delta + 1
-    return position, next_offset
+    return position, next_offset, None
+
+
+def _checked_batches(
+    log: PartitionLog, segment: Segment, position: int, data: bytes, limit: int
+) -> tuple[int, int]:
+    """`_whole_batches` of `data` (read from `segment` at `position`), CRC-checking the part
+    beyond `segment.verified_bytes` and its epochs against the log's epoch cache.
+
+    Returns (end, next offset) of the batches that may be served. Damage is logged and ends the
+    result early; if even the first batch is damaged, `SegmentCorruptError` is raised.
+    """
+    verify_from = max(segment.verified_bytes - position, 0)
+    verify_to = segment.unverified_end - position
+    if verify_to <= verify_from:
+        verify_from = len(data)  # nothing here was trusted without a check
+    if segment.next_offset <= limit and verify_from >= len(data):
+        # Verified, and every batch of the segment is below the limit: only lengths matter.
+        end, next_offset, problem = _whole_verified_batches(data)
+    else:
+        end, next_offset, problem = _whole_batches(
+            data, limit, verify_from, log._epochs, verify_to=verify_to
+        )
+    if problem is not None:
+        logger.error(
+            "%s: refusing to serve damaged data in %s at byte %d: %s",
+            segment.directory,
+            segment.log_path.name,
+            position + end,
+            problem,
+        )
+        if end == 0:
+            raise SegmentCorruptError(f"{segment.log_path}: {problem}")
+    if verify_from < end and position <= segment.verified_bytes < position + end:
+        segment.verified_bytes = position + end  # the verified prefix grew without a hole
+    return end, next_offset
+
+
+def _epoch_start(entry: tuple[int, int]) -> int:
+    return entry[1]
+
+
+def _read_epoch_file(path: Path) -> list[tuple[int, int]] | None:
+    """The epoch cache's (epoch, start offset) pairs, or None if missing, unreadable or unsorted."""
+    try:
+        entries = [(int(e), int(s)) for e, s in msgpack.unpackb(path.read_bytes())]
+    except (OSError, ValueError, TypeError, msgpack.UnpackException):
+        return None
+    for before, after in itertools.pairwise(entries):
+        if not (before[0] < after[0] and before[1] < after[1]):
+            return None
+    return entries
+
+
+def _epoch_lookup(entries: list[tuple[int, int]] | None) -> Callable[[int], int | None] | None:
+    """What the epoch cache says about an offset's epoch, for recovery's cross-check."""
+    if not entries:
+        return None
+    starts = [start for _, start in entries]
+
+    def expected_epoch(offset: int) -> int | None:
+        slot = bisect.bisect_right(starts, offset) - 1
+        return None if slot < 0 else entries[slot][0]
+
+    return expected_epoch
 
 
 def _read_checkpoint(path: Path) -> int:

@@ -2,27 +2,34 @@
 
 Files are named by the segment's base offset, zero-padded to 20 digits. The `.log` file is written
 with `pwrite` at the tracked end position and read with `pread` (or handed to `os.sendfile` as a
-file region); the index files are preallocated, memory-mapped and trimmed to their used size when the
-segment is sealed (rolled or cleanly closed).
+file region); the index files are preallocated, memory-mapped and trimmed to their used size when
+the segment is sealed (rolled or cleanly closed).
 
 Rules:
 - Batches are appended whole and in offset order; the first batch's base offset is the segment's.
 - Only the active (last) segment is writable; a sealed segment's indexes are mapped read-only.
 - A segment opened without trust (`recover=True`) re-validates every batch with its CRC, cuts the
   file at the first damaged or out-of-order batch and rebuilds both indexes from what survived.
-- Bytes are durable only after `sync_targets()` have been fsynced (see `broker/log/log.py`).
+- Bytes are durable only after `sync_paths()` have been fsynced (see `broker/log/log.py`).
+- Nothing read from disk is trusted blindly: every header walk checks that sizes stay inside the
+  file and base offsets continue, index entries are checked against the header they point at (a
+  damaged index falls back to scanning), and `verified_bytes`/`unverified_end` bound what was
+  trusted at open without a CRC check, so readers verify it, once, before serving it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import mmap
 import os
-from collections.abc import Iterator, Sequence
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from broker.config import LogConfig
+from broker.errors import BrokerError, ErrorCode
 from broker.log.batch import (
     HEADER_SIZE,
     LOG_OVERHEAD,
@@ -46,12 +53,26 @@ RECOVERY_CHUNK_BYTES = 8 * 1024 * 1024
 _RECOVERY_MAX_BATCH_BYTES = 2**31 - 1
 
 
+# Index entries hold offsets relative to the segment's base as u32; like Kafka, a segment rolls
+# before a batch's last offset would lie further than this from the base.
+RELATIVE_OFFSET_MAX = 2**31 - 1
+# base_offset, batch_length, leader_epoch: the fields the leader rewrites, all outside the CRC.
+_PREFIX16 = struct.Struct(">qii")
+
+
 def segment_file_name(base_offset: int, suffix: str) -> str:
     return f"{base_offset:020d}{suffix}"
 
 
-class SegmentCorruptError(Exception):
-    """A segment's files do not agree with each other (checked before trusting its indexes)."""
+class SegmentCorruptError(BrokerError):
+    """Bytes on disk do not form the batches the segment's metadata says they do.
+
+    At open this makes the segment go through recovery; at read time it means damage in a part
+    of a segment that was trusted at open (see docs/storage.md), and nothing damaged is served.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.KAFKA_STORAGE_ERROR, message)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,10 +151,23 @@ class Segment:
         self.last_epoch = -1
         self.sealed = False
         self._bytes_since_index_entry = 0
+        # Bytes from the start of the file whose batches passed a CRC check in this process (at
+        # append or recovery, or on a read since).
+        self.verified_bytes = 0
+        # The end of what was trusted at open without a CRC check: batches that start between
+        # verified_bytes and this are verified by reads before they are handed out. Bytes
+        # appended since were validated on their way in.
+        self.unverified_end = 0
+        # Set when an index entry disagrees with the batch it points at: lookups then scan the
+        # file from the start, and close() removes the index files so that the next open
+        # rebuilds them.
+        self.index_damaged = False
         self._offset_file: _MappedIndex
         self._time_file: _MappedIndex
         self.index: OffsetIndex
         self.time_index: TimeIndex
+        self._index_slots = 0
+        self._time_slots = 0
 
     # --- opening --------------------------------------------------------------------------------
 
@@ -149,21 +183,35 @@ class Segment:
 
     @classmethod
     def open(
-        cls, directory: Path, base_offset: int, config: LogConfig, *, writable: bool, recover: bool
+        cls,
+        directory: Path,
+        base_offset: int,
+        config: LogConfig,
+        *,
+        writable: bool,
+        recover: bool,
+        expected_epoch: Callable[[int], int | None] | None = None,
     ) -> tuple[Segment, RecoveryNote | None]:
-        """Open an existing segment; with `recover`, validate every batch and rebuild the indexes."""
+        """Open an existing segment; with `recover`, validate every batch and rebuild the indexes.
+
+        `expected_epoch(offset)` is the leader epoch the epoch cache records for `offset` (or None
+        when it does not know): recovery also cuts at a batch whose epoch field disagrees, since
+        that field lies outside the CRC.
+        """
         segment = cls(directory, base_offset, config)
         segment.fd = os.open(segment.log_path, os.O_RDWR)
         segment.size_bytes = os.fstat(segment.fd).st_size
         note = None
         if recover:
-            note = segment._recover(writable=writable)
-        elif not segment._load_trusted(writable=writable):
+            note = segment._recover(writable=writable, expected_epoch=expected_epoch)
+        elif segment._load_trusted(writable=writable):
+            segment.unverified_end = segment.size_bytes
+        else:
             logger.warning(
                 "segment %s: index files missing or inconsistent; rebuilding them", segment.log_path
             )
             segment._close_indexes()
-            note = segment._recover(writable=writable)
+            note = segment._recover(writable=writable, expected_epoch=expected_epoch)
         if not writable:
             segment.sealed = True
         return segment, note
@@ -178,9 +226,17 @@ class Segment:
         self._time_file = _MappedIndex(self.time_index_path, capacity_bytes=capacity)
         self.index = OffsetIndex(self._offset_file.buffer, 0)
         self.time_index = TimeIndex(self._time_file.buffer, 0)
+        self._index_slots = self.index.capacity
+        self._time_slots = self.time_index.capacity
 
     def _load_trusted(self, *, writable: bool) -> bool:
-        """Open indexes written by a clean seal; False if they do not fit the log file."""
+        """Open indexes written by a clean seal; False if they do not fit the log file.
+
+        Checks are O(1) in the index size (Kafka's sanity check and more): sizes are whole
+        entries, the first and last offset-index entries and the last time-index entry point at
+        batches that carry the offsets and timestamps they claim, and the headers after the last
+        entry walk to the end of the file. Damage elsewhere in an index is caught at lookup.
+        """
         if not (self.index_path.exists() and self.time_index_path.exists()):
             return False
         offset_size = self.index_path.stat().st_size
@@ -190,16 +246,40 @@ class Segment:
         self._map_indexes(writable=writable, keep_files=True)
         self.index.entry_count = offset_size // OffsetIndex.ENTRY.size
         self.time_index.entry_count = time_size // TimeIndex.ENTRY.size
+        if self.size_bytes == 0:
+            return self.index.entry_count == 0 and self.time_index.entry_count == 0
         last = self.index.last_entry()
-        start = 0 if last is None else last[1]
-        if start >= self.size_bytes and self.size_bytes:
+        if last is None or self.index.entry(0) != (0, 0) or last[1] >= self.size_bytes:
             return False
-        # Walk the headers after the last index entry: they give the segment's end state.
         try:
-            self._walk_tail(start)
+            if not self._entry_matches(last[0], last[1]):
+                return False
+            self._walk_tail(last[1])
+            return self._time_entry_matches()
         except (InvalidBatchError, SegmentCorruptError):
             return False
-        return True
+
+    def _entry_matches(self, relative_offset: int, position: int) -> bool:
+        header = self._read_header(position)
+        return header.base_offset == self.base_offset + relative_offset
+
+    def _time_entry_matches(self) -> bool:
+        # The first batch always gets the first entry (if it has a timestamp at all), and the
+        # last entry must name a batch whose max timestamp it recorded.
+        count = self.time_index.entry_count
+        if self.first_timestamp > NO_TIMESTAMP and (
+            not count or self.time_index.entry(0) != (self.first_timestamp, 0)
+        ):
+            return False
+        if not count:
+            return True
+        timestamp, relative = self.time_index.entry(self.time_index.entry_count - 1)
+        found = self.find_batch_start(self.base_offset + relative)
+        return (
+            found is not None
+            and found[1].base_offset == self.base_offset + relative
+            and found[1].max_timestamp == timestamp
+        )
 
     def _walk_tail(self, position: int) -> None:
         first = self._read_header(0) if self.size_bytes else None
@@ -208,10 +288,15 @@ class Segment:
                 raise SegmentCorruptError("first batch does not match the segment's base offset")
             self.first_timestamp = first.max_timestamp
         last: BatchHeader | None = None
+        entry_position = position
         while position < self.size_bytes:
-            last = self._read_header(position)
-            if position + last.size_bytes > self.size_bytes:
-                raise SegmentCorruptError("last batch runs past the end of the file")
+            header = self._read_header(position)
+            if last is not None and header.base_offset != last.next_offset:
+                raise SegmentCorruptError(
+                    f"{self.log_path}: batch at byte {position} has base offset "
+                    f"{header.base_offset}, expected {last.next_offset}"
+                )
+            last = header
             position += last.size_bytes
         if last is not None:
             self.next_offset = last.next_offset
@@ -220,14 +305,28 @@ class Segment:
         self.max_timestamp = NO_TIMESTAMP if last_time is None else last_time
         if last is not None:
             self.max_timestamp = max(self.max_timestamp, last.max_timestamp)
-        self._bytes_since_index_entry = 0
+        # As _index_batch counts: bytes from the last indexed batch's start to the end.
+        self._bytes_since_index_entry = self.size_bytes - entry_position
 
     def _read_header(self, position: int) -> BatchHeader:
-        return unpack_header(os.pread(self.fd, HEADER_SIZE, position))
+        """The header at `position`, checked to describe a batch that fits inside the file.
+
+        A damaged length would otherwise send a header walk backwards (forever) or past the end.
+        """
+        header = unpack_header(os.pread(self.fd, HEADER_SIZE, position))
+        size = header.size_bytes
+        if size < HEADER_SIZE or position + size > self.size_bytes:
+            raise SegmentCorruptError(
+                f"{self.log_path}: batch at byte {position} declares {size} bytes, which does not "
+                f"fit the file of {self.size_bytes} bytes"
+            )
+        return header
 
     # --- recovery -------------------------------------------------------------------------------
 
-    def _recover(self, *, writable: bool) -> RecoveryNote | None:
+    def _recover(
+        self, *, writable: bool, expected_epoch: Callable[[int], int | None] | None = None
+    ) -> RecoveryNote | None:
         """Validate every batch, cut the file at the first bad one, rebuild both indexes."""
         self._map_indexes(writable=True, keep_files=False)
         self.next_offset = self.base_offset
@@ -254,11 +353,21 @@ class Segment:
                     f"the previous batch's {self.last_epoch}"
                 )
                 break
+            expected = None if expected_epoch is None else expected_epoch(header.base_offset)
+            if expected is not None and expected != header.leader_epoch:
+                # The epoch field is outside the CRC; the epoch cache is written before the data,
+                # so a disagreement means this header is damaged.
+                reason = (
+                    f"batch at byte {position} has leader epoch {header.leader_epoch}, the epoch "
+                    f"cache says {expected}"
+                )
+                break
             self._index_batch(header, position)
             valid_bytes = position + header.size_bytes
         note = None
         if valid_bytes < self.size_bytes:
-            note = RecoveryNote(self.base_offset, valid_bytes, self.size_bytes - valid_bytes, reason)
+            cut = self.size_bytes - valid_bytes
+            note = RecoveryNote(self.base_offset, valid_bytes, cut, reason)
             logger.warning(
                 "segment %s: truncating %d bytes after byte %d (offsets from %d on): %s",
                 self.log_path,
@@ -269,17 +378,36 @@ class Segment:
             )
             os.ftruncate(self.fd, valid_bytes)
             self.size_bytes = valid_bytes
+        self.verified_bytes = valid_bytes
+        self.unverified_end = 0
         if not writable:
             self.seal()
         return note
 
     # --- appending ------------------------------------------------------------------------------
 
-    def room_for(self, size_bytes: int) -> bool:
-        """Whether `size_bytes` more fit under segment_bytes and both indexes have a free slot."""
-        if self.size_bytes and self.size_bytes + size_bytes > self.config.segment_bytes:
+    def must_roll_before(self, size_bytes: int, last_offset: int, max_timestamp: int) -> bool:
+        """Whether a batch (size, last offset, max timestamp) must start a new segment.
+
+        Full by size or by an index; the batch's offsets too far from the base for a u32
+        relative offset (Kafka's rule, with its 2^31-1 margin); or, comparing record timestamps
+        as Kafka does (no wall clock, so replicas roll alike), `segment_ms` past the first batch.
+        An empty segment takes any batch. One call per append, hence written out flat.
+        """
+        used = self.size_bytes
+        if not used:
             return False
-        return not (self.index.is_full or self.time_index.is_full)
+        if used + size_bytes > self.config.segment_bytes:
+            return True
+        if (
+            self.index.entry_count >= self._index_slots
+            or self.time_index.entry_count >= self._time_slots
+        ):
+            return True
+        if last_offset - self.base_offset > RELATIVE_OFFSET_MAX:
+            return True
+        first = self.first_timestamp
+        return first != NO_TIMESTAMP and max_timestamp - first >= self.config.segment_ms
 
     def append(self, data: bytes | bytearray | memoryview, headers: Sequence[BatchHeader]) -> None:
         """Write `data`, the concatenation of the batches described by `headers`, at the end."""
@@ -294,12 +422,70 @@ class Segment:
             self._index_batch(header, position)
             position += header.size_bytes
         assert position == self.size_bytes + len(view)
+        # Appended batches were validated by the caller; they extend a verified prefix.
+        if self.verified_bytes == self.size_bytes:
+            self.verified_bytes = position
         self.size_bytes = position
 
+    def append_assigned(
+        self,
+        batch: bytes | bytearray | memoryview,
+        base_offset: int,
+        leader_epoch: int,
+        last_offset_delta: int,
+        max_timestamp: int,
+    ) -> None:
+        """Write one validated batch under the base offset and epoch the leader assigned.
+
+        Offset assignment without copying the batch: one `pwritev` of a fresh 16-byte prefix
+        (base offset, length, epoch; all outside the CRC) and the rest of the caller's buffer.
+        """
+        assert not self.sealed, "sealed segments are immutable"
+        assert base_offset == self.next_offset
+        size = len(batch)
+        prefix = _PREFIX16.pack(base_offset, size - LOG_OVERHEAD, leader_epoch)
+        position = self.size_bytes
+        written = os.pwritev(self.fd, (prefix, memoryview(batch)[16:]), position)
+        if written < size:  # a short write: finish it from a joined copy
+            view = memoryview(prefix + bytes(memoryview(batch)[16:]))[written:]
+            while view:
+                count = os.pwrite(self.fd, view, position + written)
+                view = view[count:]
+                written += count
+        self._index_entry(
+            base_offset,
+            position,
+            size,
+            max_timestamp,
+            base_offset + last_offset_delta + 1,
+            leader_epoch,
+        )
+        if self.verified_bytes == position:
+            self.verified_bytes = position + size  # validated by the caller
+        self.size_bytes = position + size
+
     def _index_batch(self, header: BatchHeader, position: int) -> None:
+        self._index_entry(
+            header.base_offset,
+            position,
+            header.batch_length + LOG_OVERHEAD,
+            header.max_timestamp,
+            header.base_offset + header.last_offset_delta + 1,
+            header.leader_epoch,
+        )
+
+    def _index_entry(
+        self,
+        base_offset: int,
+        position: int,
+        size_bytes: int,
+        max_timestamp: int,
+        next_offset: int,
+        leader_epoch: int,
+    ) -> None:
         # Kafka's rule: an index entry once at least index_interval_bytes were appended since the
         # last one, and always for the first batch, so every lookup scans at most that many bytes.
-        relative = header.base_offset - self.base_offset
+        relative = base_offset - self.base_offset
         if self.index.entry_count == 0 or self._bytes_since_index_entry >= (
             self.config.index_interval_bytes
         ):
@@ -307,30 +493,64 @@ class Segment:
                 self.index.append(relative, position)
                 self._bytes_since_index_entry = 0
             except IndexFullError:
-                pass  # room_for() rolls before this happens on appends; recovery keeps going
-        self._bytes_since_index_entry += header.size_bytes
-        if header.max_timestamp > self.max_timestamp:
-            self.max_timestamp = header.max_timestamp
-            try:
-                self.time_index.append(header.max_timestamp, relative)
-            except IndexFullError:
-                pass
+                pass  # must_roll_before() rolls before this on appends; recovery keeps going
+        self._bytes_since_index_entry += size_bytes
+        if max_timestamp > self.max_timestamp:
+            self.max_timestamp = max_timestamp
+            # A full time index only costs scanning; appends roll before it fills.
+            with contextlib.suppress(IndexFullError):
+                self.time_index.append(max_timestamp, relative)
         if self.first_timestamp == NO_TIMESTAMP:
-            self.first_timestamp = header.max_timestamp
-        self.next_offset = header.next_offset
-        self.last_epoch = header.leader_epoch
+            self.first_timestamp = max_timestamp
+        self.next_offset = next_offset
+        self.last_epoch = leader_epoch
 
     # --- reading --------------------------------------------------------------------------------
 
     def find_batch_start(self, offset: int) -> tuple[int, BatchHeader] | None:
-        """Position and header of the batch containing `offset`, or of the first one after it."""
-        _, position = self.index.lookup(offset - self.base_offset)
-        while position < self.size_bytes:
-            header = self._read_header(position)
-            if header.last_offset >= offset:
+        """Position and header of the batch containing `offset`, or of the first one after it.
+
+        The index entry used is checked against the header it points at; if they disagree the
+        index is marked damaged and the file is scanned from its start. Raises
+        `SegmentCorruptError` if the headers on the way do not chain.
+        """
+        relative, position = (0, 0)
+        if not self.index_damaged:
+            relative, position = self.index.lookup(offset - self.base_offset)
+        expected = self.base_offset + relative
+        if position:
+            # Check the indexed batch as we read it: one pread serves both the check and the walk.
+            header = self._indexed_header(relative, position)
+            if header is None:
+                self._index_is_damaged(f"entry ({relative}, {position}) names no such batch")
+                position, expected = 0, self.base_offset
+            elif header.last_offset >= offset:
                 return position, header
-            position += header.size_bytes
+            else:
+                position += header.size_bytes
+                expected = header.next_offset
+        for found, header in self.walk_headers(position, self.size_bytes, expected=expected):
+            if header.last_offset >= offset:
+                return found, header
         return None
+
+    def _indexed_header(self, relative_offset: int, position: int) -> BatchHeader | None:
+        """The header an index entry points at, or None if it is not the batch the entry names."""
+        if position >= self.size_bytes:
+            return None
+        try:
+            header = self._read_header(position)
+        except (InvalidBatchError, SegmentCorruptError):
+            return None
+        return header if header.base_offset == self.base_offset + relative_offset else None
+
+    def _index_is_damaged(self, reason: str) -> None:
+        logger.error(
+            "segment %s: index damaged (%s); scanning without it, rebuilt at the next open",
+            self.log_path,
+            reason,
+        )
+        self.index_damaged = True
 
     def read_window(self, position: int, length: int) -> bytes:
         data = os.pread(self.fd, length, position)
@@ -338,19 +558,38 @@ class Segment:
             raise OSError(f"short read from {self.log_path}: {len(data)} of {length} bytes")
         return data
 
-    def walk_headers(self, position: int, end: int) -> Iterator[tuple[int, BatchHeader]]:
-        """Headers of the batches from `position` up to byte `end`, one `pread` each."""
+    def walk_headers(
+        self, position: int, end: int, *, expected: int | None = None
+    ) -> Iterator[tuple[int, BatchHeader]]:
+        """Headers of the batches from `position` up to byte `end`, one `pread` each.
+
+        Each header must continue the previous one (and the first must start at `expected` when
+        given); a break in the chain raises `SegmentCorruptError`, since the base offset lies
+        outside the CRC and only this check catches damage to it.
+        """
         while position < end:
             header = self._read_header(position)
+            if expected is not None and header.base_offset != expected:
+                raise SegmentCorruptError(
+                    f"{self.log_path}: batch at byte {position} has base offset "
+                    f"{header.base_offset}, expected {expected}"
+                )
             yield position, header
             position += header.size_bytes
+            expected = header.next_offset
 
     def timestamp_search(self, timestamp_ms: int) -> tuple[int, BatchHeader] | None:
         """The first batch whose max timestamp is >= `timestamp_ms`, by time index then scan."""
-        relative = self.time_index.lookup_before(timestamp_ms)
-        found = self.find_batch_start(self.base_offset + relative)
+        entry = None if self.index_damaged else self.time_index.entry_before(timestamp_ms)
+        start = self.base_offset if entry is None else self.base_offset + entry[1]
+        found = self.find_batch_start(start)
         if found is None:
             return None
+        if entry is not None and (
+            found[1].base_offset != start or found[1].max_timestamp != entry[0]
+        ):
+            self._index_is_damaged(f"time entry {entry} names another batch")
+            return self.timestamp_search(timestamp_ms)
         for position, header in self.walk_headers(found[0], self.size_bytes):
             if header.max_timestamp >= timestamp_ms:
                 return position, header
@@ -363,6 +602,8 @@ class Segment:
         assert not self.sealed or position == self.size_bytes
         os.ftruncate(self.fd, position)
         self.size_bytes = position
+        self.verified_bytes = min(self.verified_bytes, position)
+        self.unverified_end = min(self.unverified_end, position)
         relative = (
             header_at_position.base_offset - self.base_offset if header_at_position else 1 << 32
         )
@@ -383,6 +624,7 @@ class Segment:
         self._time_file.trim(self.time_index.size_bytes)
         self.index.buffer = self._offset_file.buffer
         self.time_index.buffer = self._time_file.buffer
+        self._index_slots = self._time_slots = 0  # sealed: no room for anything
         self.sealed = True
 
     def reopen_writable(self) -> None:
@@ -406,6 +648,10 @@ class Segment:
 
     def close(self) -> None:
         self._close_indexes()
+        if self.index_damaged:
+            # Missing indexes are rebuilt (with every batch re-validated) at the next open.
+            for path in (self.index_path, self.time_index_path):
+                path.unlink(missing_ok=True)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
