@@ -1,0 +1,24 @@
+"""The Python SDK of pybroker: blocking `Producer`, `Consumer`, `AdminClient`.
+
+    from client import Producer, Consumer, TopicPartition
+    with Producer("127.0.0.1:9092") as producer:
+        producer.send("events", b"hello").result()
+
+The trio-native versions are in `client.aio`; errors are in `client.errors`; an embedded broker
+for tests is in `client.embedded`. See docs/client.md.
+"""
+
+from client.accumulator import RecordFuture
+from client.blocking import AdminClient, Consumer, Producer
+from client.types import ConsumerRecord, RecordMetadata, TopicDescription, TopicPartition
+
+__all__ = [
+    "AdminClient",
+    "Consumer",
+    "ConsumerRecord",
+    "Producer",
+    "RecordFuture",
+    "RecordMetadata",
+    "TopicDescription",
+    "TopicPartition",
+]

@@ -1,0 +1,229 @@
+"""One TCP connection to one broker: handshake, pipelined requests, bounded requests in flight.
+
+The framing is `broker.protocol.FrameConnection` (sans-I/O); this module is its trio shell, in the
+style of h11's trio example. Rules:
+- `open_broker_connection` connects and completes the version handshake before returning.
+- Many tasks may call `request` at once: each gets a fresh correlation id, its frame is written
+  under a lock (frames never interleave) and it waits for the response with that id. At most
+  `max_in_flight` requests are outstanding; further callers wait for a slot (back-pressure).
+- A response that arrives after its request timed out is dropped. A dead socket or a frame we
+  cannot parse fails every waiting request with `ConnectionLostError` / `RemoteProtocolError` and
+  closes the connection for good; the `Cluster` opens a new one on the next request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import trio
+
+from broker.protocol import (
+    NEED_DATA,
+    Frame,
+    FrameConnection,
+    ProtocolError,
+    Role,
+)
+from client.errors import (
+    BrokerUnavailableError,
+    ConnectionLostError,
+    RemoteProtocolError,
+    RequestTimedOutError,
+)
+
+# Requests outstanding on one connection before `request` waits (Kafka: max.in.flight...=5; we
+# pipeline more because fetches and produces to different partitions share a connection).
+MAX_IN_FLIGHT_DEFAULT = 32
+# How long a TCP connect plus handshake may take.
+CONNECT_TIMEOUT_S_DEFAULT = 10.0
+# Bytes asked of the socket per receive; big enough that a large fetch needs few wakeups.
+RECEIVE_CHUNK_BYTES = 1 << 20
+
+
+class _Pending:
+    __slots__ = ("error", "event", "frame")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.frame: Frame | None = None
+        self.error: BaseException | None = None
+
+
+class BrokerConnection:
+    """A connected, handshaken connection; build it with `open_broker_connection`."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        address: tuple[str, int],
+        *,
+        max_in_flight: int,
+        max_frame_bytes: int | None,
+    ) -> None:
+        self.address = address
+        self._stream = stream
+        self._frames = (
+            FrameConnection(Role.CLIENT)
+            if max_frame_bytes is None
+            else FrameConnection(Role.CLIENT, max_frame_bytes=max_frame_bytes)
+        )
+        self._send_lock = trio.Lock()
+        self._slots = trio.Semaphore(max_in_flight)
+        self._pending: dict[int, _Pending] = {}
+        # Ids wrap within i32; with a bounded number in flight a wrapped id cannot collide.
+        self._ids = itertools.cycle(range(1, 2**31 - 1))
+        self.closed = False
+        self.close_reason: BaseException | None = None
+        self.handshake: dict[str, Any] = {}
+
+    @property
+    def address_text(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    async def request(
+        self, header: dict[str, Any], payload: bytes = b"", *, timeout_s: float = math.inf
+    ) -> Frame:
+        """Send one request frame and return its response frame.
+
+        `header` must carry `api` (and whatever the codec puts there); `correlation_id` is set
+        here. Raises `ConnectionLostError`, `RequestTimedOutError` or `RemoteProtocolError`.
+        """
+        async with self._slots:
+            pending = await self._send(header, payload, expect_response=True)
+            assert pending is not None
+            with trio.move_on_after(timeout_s):
+                await pending.event.wait()
+            if not pending.event.is_set():
+                self._pending.pop(header["correlation_id"], None)
+                raise RequestTimedOutError(
+                    f"no response to {header.get('api')} from {self.address_text} within "
+                    f"{timeout_s:.1f} s; raise request_timeout_ms or check the broker's load"
+                )
+            if pending.error is not None:
+                raise pending.error
+            assert pending.frame is not None
+            return pending.frame
+
+    async def send_oneway(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        """Send a request the broker will not answer (produce with acks=0)."""
+        await self._send(header, payload, expect_response=False)
+
+    async def _send(
+        self, header: dict[str, Any], payload: bytes, *, expect_response: bool
+    ) -> _Pending | None:
+        if self.closed:
+            raise ConnectionLostError(
+                f"connection to {self.address_text} is closed ({self.close_reason})"
+            )
+        correlation_id = next(self._ids)
+        header["correlation_id"] = correlation_id
+        data = self._frames.send(header, payload)
+        pending = None
+        if expect_response:
+            pending = self._pending[correlation_id] = _Pending()
+        async with self._send_lock:
+            try:
+                await self._stream.send_all(data)
+            except BaseException as exc:
+                # Cancelled mid-write or a dead socket: the peer may have half a frame, so the
+                # stream is unusable (h11's send_failed rule).
+                self._frames.send_failed()
+                self._fail(ConnectionLostError(f"write to {self.address_text} failed: {exc!r}"))
+                raise ConnectionLostError(
+                    f"connection to {self.address_text} lost while sending: {exc!r}"
+                ) from exc
+        return pending
+
+    async def run_reader(self) -> None:
+        """Route response frames to their waiters until the connection closes (a nursery task)."""
+        try:
+            while True:
+                data = await self._stream.receive_some(RECEIVE_CHUNK_BYTES)
+                if not data:
+                    raise ConnectionLostError(
+                        f"broker at {self.address_text} closed the connection"
+                    )
+                self._frames.receive_data(data)
+                while True:
+                    frame = self._frames.next_frame()
+                    if frame is NEED_DATA:
+                        break
+                    assert isinstance(frame, Frame)
+                    pending = self._pending.pop(frame.correlation_id, None)
+                    if pending is not None:
+                        pending.frame = frame
+                        pending.event.set()
+        except ProtocolError as exc:
+            self._fail(RemoteProtocolError(f"broker at {self.address_text} sent garbage: {exc}"))
+        except ConnectionLostError as exc:
+            self._fail(exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._fail(ConnectionLostError(f"connection to {self.address_text} lost: {exc!r}"))
+        finally:
+            self._fail(ConnectionLostError(f"connection to {self.address_text} was closed"))
+            await trio.aclose_forcefully(self._stream)
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.closed:
+            self.closed = True
+            self.close_reason = error
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            waiter.error = error
+            waiter.event.set()
+
+    async def aclose(self) -> None:
+        self._fail(ConnectionLostError(f"connection to {self.address_text} was closed by us"))
+        await trio.aclose_forcefully(self._stream)
+
+
+async def open_broker_connection(
+    nursery: trio.Nursery,
+    address: tuple[str, int],
+    handshake_header: dict[str, Any],
+    *,
+    max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
+    max_frame_bytes: int | None = None,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
+) -> BrokerConnection:
+    """Connect to `address`, start the reader in `nursery`, and complete the handshake.
+
+    Raises `BrokerUnavailableError` if nothing accepts the connection in time.
+    """
+    host, port = address
+    with trio.move_on_after(connect_timeout_s) as scope:
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise BrokerUnavailableError(f"{host}:{port}", _connect_failure(exc)) from None
+    if scope.cancelled_caught:
+        raise BrokerUnavailableError(f"{host}:{port}", f"no answer within {connect_timeout_s} s")
+    # Small request/response frames must not wait for Nagle's algorithm (latency target).
+    stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+    connection = BrokerConnection(
+        stream, address, max_in_flight=max_in_flight, max_frame_bytes=max_frame_bytes
+    )
+    nursery.start_soon(connection.run_reader)
+    try:
+        frame = await connection.request(dict(handshake_header), timeout_s=connect_timeout_s)
+    except BaseException:
+        await connection.aclose()
+        raise
+    connection.handshake = frame.header
+    return connection
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """The OS's words for a failed connect ("Connection refused"), dug out of trio's wrapping."""
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        if current.__cause__ is not None:
+            pending.append(current.__cause__)
+    return str(exc)

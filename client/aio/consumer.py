@@ -1,0 +1,596 @@
+"""The trio-native consumer: assignment, positions, a pipelined fetcher and bulk decoding.
+
+Rules:
+- Two positions per partition: `fetch_offset` (where the next fetch starts, ahead of the app) and
+  `position` (the next offset `poll` returns). The fetcher keeps one fetch per broker in flight
+  while the application works through what is buffered, up to `max_buffered_records`.
+- `seek*`, `assign` and `subscribe` bump the partition's `epoch`: buffered chunks and in-flight
+  responses from an older epoch are dropped, and the in-flight long poll is cancelled so the new
+  position takes effect at once.
+- Batches are CRC-checked and decoded in bulk (`broker.log.batch.decode_records`, one msgpack call
+  per batch); control batches are skipped, so offsets may have gaps.
+- OFFSET_OUT_OF_RANGE resets the position per `auto_offset_reset` ("earliest", "latest") or, with
+  "none", raises from `poll`.
+- The buffer and positions sit under one `threading.Lock` so the blocking facade's `poll` can
+  take records without a round trip through the trio thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+import trio
+
+from broker import codec
+from broker.config import ConfigError
+from broker.errors import BrokerError, ErrorCode
+from broker.log.batch import decode_records, iter_batches
+from broker.protocol import MAX_FRAME_BYTES_DEFAULT
+from client._gc import gc_paused
+from client.aio._base import AsyncClientBase
+from client.aio.cluster import CLIENT_ID_DEFAULT, METADATA_STALE_CODES, REQUEST_TIMEOUT_MS_DEFAULT
+from client.errors import ClientError
+from client.types import ConsumerRecord, TopicPartition
+
+log = logging.getLogger("client.consumer")
+
+FETCH_MAX_WAIT_MS_DEFAULT = 500
+FETCH_MIN_BYTES_DEFAULT = 1
+FETCH_MAX_BYTES_DEFAULT = 50 * 1024 * 1024
+MAX_PARTITION_FETCH_BYTES_DEFAULT = 1024 * 1024
+MAX_POLL_RECORDS_DEFAULT = 500
+# Records decoded ahead of the application before the fetcher pauses.
+MAX_BUFFERED_RECORDS_DEFAULT = 200_000
+RETRY_BACKOFF_MS_DEFAULT = 100
+# The consumer accepts any batch that fits in a frame: the topic's max.message.bytes, which the
+# broker enforced on write, may be above the library default.
+MAX_FETCHED_BATCH_BYTES = MAX_FRAME_BYTES_DEFAULT
+# On close, how long beyond the long-poll time to wait for the fetch in flight.
+CLOSE_GRACE_S = 1.0
+_RESETS = ("earliest", "latest", "none")
+_EARLIEST = codec.EARLIEST_TIMESTAMP
+_LATEST = codec.LATEST_TIMESTAMP
+
+
+class _PartitionState:
+    __slots__ = ("epoch", "fetch_offset", "position", "reset")
+
+    def __init__(self, reset: int | None) -> None:
+        self.epoch = 0
+        self.fetch_offset = -1  # -1: unknown until `reset` is resolved
+        self.position = -1
+        self.reset = reset  # EARLIEST/LATEST timestamp to resolve, or None
+
+
+class Consumer(AsyncClientBase):
+    """Read records: `async with Consumer(bootstrap) as c: c.assign([...]); await c.poll()`."""
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] | None = None,
+        *,
+        auto_offset_reset: str = "latest",
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS_DEFAULT,
+        fetch_min_bytes: int = FETCH_MIN_BYTES_DEFAULT,
+        fetch_max_bytes: int = FETCH_MAX_BYTES_DEFAULT,
+        max_partition_fetch_bytes: int = MAX_PARTITION_FETCH_BYTES_DEFAULT,
+        max_poll_records: int = MAX_POLL_RECORDS_DEFAULT,
+        max_buffered_records: int = MAX_BUFFERED_RECORDS_DEFAULT,
+        retry_backoff_ms: int = RETRY_BACKOFF_MS_DEFAULT,
+        request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
+        client_id: str = CLIENT_ID_DEFAULT,
+    ) -> None:
+        super().__init__(bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
+        if auto_offset_reset not in _RESETS:
+            raise ConfigError("auto_offset_reset", f"expected one of {_RESETS}")
+        if max_poll_records < 1 or max_buffered_records < 1:
+            raise ConfigError("max_poll_records", "max_poll_records/max_buffered_records >= 1")
+        self.auto_offset_reset = auto_offset_reset
+        self._default_reset = {"earliest": _EARLIEST, "latest": _LATEST}.get(auto_offset_reset)
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_min_bytes = fetch_min_bytes
+        self.fetch_max_bytes = fetch_max_bytes
+        self.max_partition_fetch_bytes = max_partition_fetch_bytes
+        self.max_poll_records = max_poll_records
+        self.max_buffered_records = max_buffered_records
+        self.retry_backoff_s = retry_backoff_ms / 1000.0
+        self.lock = threading.Lock()
+        self._states: dict[TopicPartition, _PartitionState] = {}
+        self._subscribed: list[str] = []
+        # Fetched chunks in arrival order; each is decoded by the first poll that reaches it.
+        self._buffer: deque[_Chunk] = deque()
+        self._buffered = 0
+        self._error: BaseException | None = None
+        self._changed = trio.Event()
+        self._data = trio.Event()
+        self._fetch_scope: trio.CancelScope | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._closing = False
+        self._fetcher_done = trio.Event()
+        self._failing_since: float | None = None
+
+    # --- assignment and positions (thread-safe, synchronous) -----------------------------------
+
+    def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
+        """Read exactly these partitions, from `auto_offset_reset` unless you `seek`."""
+        wanted = [TopicPartition(*tp) for tp in partitions]
+        with self.lock:
+            self._subscribed = []
+            self._states = {tp: self._states.get(tp) or self._new_state() for tp in wanted}
+            self._drop_buffered(lambda tp: tp not in self._states)
+        self._signal()
+
+    def subscribe(self, topics: Iterable[str]) -> None:
+        """Read every partition of `topics` (until consumer groups arrive, no group sharing)."""
+        with self.lock:
+            self._subscribed = list(topics)
+            self._states = {tp: s for tp, s in self._states.items() if tp.topic in self._subscribed}
+            self._drop_buffered(lambda tp: tp not in self._states)
+        self._signal()
+
+    def assignment(self) -> set[TopicPartition]:
+        with self.lock:
+            return set(self._states)
+
+    def seek(self, partition: TopicPartition | tuple[str, int], offset: int) -> None:
+        """Make the next `poll` return `partition`'s records from `offset` on."""
+        tp = TopicPartition(*partition)
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        self._reposition([tp], offset=offset, reset=None)
+
+    def seek_to_beginning(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        self._reposition(partitions, offset=-1, reset=_EARLIEST)
+
+    def seek_to_end(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        self._reposition(partitions, offset=-1, reset=_LATEST)
+
+    def _reposition(
+        self, partitions: Iterable[TopicPartition] | None, *, offset: int, reset: int | None
+    ) -> None:
+        with self.lock:
+            tps = (
+                list(self._states)
+                if partitions is None
+                else [TopicPartition(*p) for p in partitions]
+            )
+            for tp in tps:
+                state = self._states.get(tp)
+                if state is None:
+                    raise ClientError(
+                        f"{tp.topic}/{tp.partition} is not assigned; assign() it first"
+                    )
+                state.epoch += 1
+                state.fetch_offset = state.position = offset
+                state.reset = reset
+            changed = set(tps)
+            self._drop_buffered(lambda tp: tp in changed)
+        self._signal()
+
+    def _new_state(self) -> _PartitionState:
+        return _PartitionState(self._default_reset if self._default_reset is not None else None)
+
+    def _drop_buffered(self, drop: object) -> None:
+        # Caller holds the lock.
+        kept = deque(chunk for chunk in self._buffer if not drop(chunk.tp))  # type: ignore[operator]
+        self._buffered = sum(chunk.count - chunk.start for chunk in kept)
+        self._buffer = kept
+
+    def _signal(self) -> None:
+        """Tell the fetcher that assignment or positions changed (from any thread)."""
+        if self._token is not None:
+            # After close the loop is gone and there is no fetcher left to tell.
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._on_change)
+
+    def _on_change(self) -> None:
+        self._changed.set()
+        if self._fetch_scope is not None and not self._closing:
+            self._fetch_scope.cancel()
+
+    # --- polling ----------------------------------------------------------------------------------
+
+    def poll_nowait(self, max_records: int | None = None) -> list[ConsumerRecord]:
+        """Take up to `max_records` buffered records without waiting (thread-safe).
+
+        Chunks are decoded here, outside the lock, on first use: the fetcher sends its next
+        request as soon as a response's batch headers are checked, so the broker works on the
+        next fetch while this thread decodes.
+        """
+        limit = max_records or self.max_poll_records
+        out: list[ConsumerRecord] = []
+        while len(out) < limit:
+            with self.lock:
+                error, self._error = self._error, None
+                if error is not None:
+                    raise error
+                chunk = self._head_chunk()
+                if chunk is None:
+                    break
+                if chunk.records is not None:
+                    self._take(chunk, out, limit)
+                    continue
+            records = decode_fetched(chunk.tp, chunk.raw, chunk.fetch_offset, validate=False)
+            with self.lock:
+                if chunk.records is None:  # another thread may have decoded it meanwhile
+                    chunk.records, chunk.raw = records, b""
+                    self._buffered += len(records) - chunk.count
+                    chunk.count = len(records)
+        with self.lock:
+            resume = bool(out) and self._buffered < self.max_buffered_records // 2
+        if resume:
+            self._signal()
+        return out
+
+    def _head_chunk(self) -> _Chunk | None:
+        # Caller holds the lock. Chunks of unassigned or re-positioned partitions are dropped.
+        buffer = self._buffer
+        while buffer:
+            chunk = buffer[0]
+            state = self._states.get(chunk.tp)
+            if state is not None and state.epoch == chunk.epoch:
+                return chunk
+            buffer.popleft()
+            self._buffered -= chunk.count - chunk.start
+        return None
+
+    def _take(self, chunk: _Chunk, out: list[ConsumerRecord], limit: int) -> None:
+        # Caller holds the lock; `chunk` is the valid, decoded head of the buffer.
+        records = chunk.records
+        assert records is not None
+        start = chunk.start
+        end = min(len(records), start + limit - len(out))
+        out += records if start == 0 and end == len(records) else records[start:end]
+        self._buffered -= end - start
+        state = self._states[chunk.tp]
+        if end == len(records):
+            self._buffer.popleft()
+            state.position = chunk.next_offset
+        else:
+            chunk.start = end
+            state.position = records[end - 1].offset + 1
+
+    async def poll(
+        self, timeout_ms: float = 1000, max_records: int | None = None
+    ) -> list[ConsumerRecord]:
+        """Records in offset order per partition; [] if none arrived within `timeout_ms`."""
+        self._cluster  # noqa: B018 - raises if the consumer is not open
+        records = self.poll_nowait(max_records)
+        if records:
+            await trio.lowlevel.checkpoint()
+            return records
+        with trio.move_on_after(timeout_ms / 1000.0):
+            while not records:
+                await self._data.wait()
+                records = self.poll_nowait(max_records)
+        return records
+
+    def __aiter__(self) -> AsyncIterator[ConsumerRecord]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ConsumerRecord]:
+        while True:
+            for record in await self.poll(timeout_ms=self.fetch_max_wait_ms):
+                yield record
+
+    async def position(self, partition: TopicPartition | tuple[str, int]) -> int:
+        """The offset of the next record `poll` will return for `partition`."""
+        tp = TopicPartition(*partition)
+        with self.lock:
+            state = self._states.get(tp)
+            if state is None:
+                raise ClientError(f"{tp.topic}/{tp.partition} is not assigned; assign() it first")
+            if state.position >= 0:
+                return state.position
+        await self._resolve_resets()
+        with self.lock:
+            return self._states[tp].position
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The high watermark of each partition (what `seek_to_end` would seek to)."""
+        return await self._list_offsets([TopicPartition(*p) for p in partitions], _LATEST)
+
+    async def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        return await self._list_offsets([TopicPartition(*p) for p in partitions], _EARLIEST)
+
+    async def offsets_for_times(
+        self, timestamps: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """For each partition, the first offset with a timestamp >= the one given (-1: none)."""
+        result: dict[TopicPartition, int] = {}
+        for tp, ts in timestamps.items():
+            result.update(await self._list_offsets([TopicPartition(*tp)], ts))
+        return result
+
+    # --- fetcher ----------------------------------------------------------------------------------
+
+    async def _start_tasks(self, nursery: trio.Nursery) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        nursery.start_soon(self._run_fetcher)
+
+    async def _run_fetcher(self) -> None:
+        try:
+            await self._fetch_until_closed()
+        finally:
+            self._fetcher_done.set()
+
+    async def _before_close(self) -> None:
+        # Graceful close: let the fetch in flight be answered before the socket closes, so the
+        # broker never writes a reply into a dead connection. Bounded by the long-poll time.
+        self._closing = True
+        self._changed.set()
+        with trio.move_on_after(self.fetch_max_wait_ms / 1000.0 + CLOSE_GRACE_S):
+            await self._fetcher_done.wait()
+
+    async def _fetch_until_closed(self) -> None:
+        while not self._closing:
+            self._changed = trio.Event()
+            try:
+                await self._resolve_subscriptions()
+                await self._resolve_resets()
+                fetched = await self._fetch_round()
+            except (ClientError, BrokerError) as exc:
+                if self._closing:
+                    return
+                if isinstance(exc, ClientError):
+                    self._cluster.invalidate_all()
+                self._report(exc)
+                with trio.move_on_after(self.retry_backoff_s):
+                    await self._changed.wait()
+                continue
+            self._failing_since = None
+            if not fetched and not self._closing:
+                await self._changed.wait()
+
+    def _report(self, exc: BaseException) -> None:
+        # Transport trouble (a broker restarting, a lost connection) is retried quietly and
+        # surfaces from poll() only once it has lasted request_timeout_ms; an error the broker
+        # states that will not go away by retrying surfaces at once.
+        now = time.monotonic()
+        transport = isinstance(exc, ClientError)
+        if transport and self._failing_since is None:
+            self._failing_since = now
+            log.warning("fetcher: %s; retrying", exc)
+        failing_for = now - self._failing_since if self._failing_since is not None else 0.0
+        if (transport and failing_for >= self._cluster.request_timeout_s) or (
+            not transport and not getattr(exc, "retriable", False)
+        ):
+            with self.lock:
+                self._error = exc
+            self._data.set()
+            self._failing_since = None
+
+    async def _resolve_subscriptions(self) -> None:
+        # Also (re)loads the leaders of assigned topics the metadata cache forgot after an
+        # error (NOT_LEADER, a dead connection): fetches route by leader.
+        with self.lock:
+            topics = list(self._subscribed)
+            assigned = {tp.topic for tp in self._states} - set(topics)
+        for topic in assigned:
+            if topic not in self._cluster.leaders:
+                await self._cluster.topic_partitions(topic)
+        for topic in topics:
+            count = await self._cluster.topic_partitions(topic)
+            with self.lock:
+                if topic in self._subscribed:
+                    for partition in range(count):
+                        tp = TopicPartition(topic, partition)
+                        if tp not in self._states:
+                            self._states[tp] = self._new_state()
+
+    async def _resolve_resets(self) -> None:
+        with self.lock:
+            pending = {tp: s.reset for tp, s in self._states.items() if s.fetch_offset < 0}
+        if any(reset is None for reset in pending.values()):
+            raise BrokerError(
+                ErrorCode.OFFSET_OUT_OF_RANGE,
+                "no position for "
+                + ", ".join(f"{tp.topic}/{tp.partition}" for tp, r in pending.items() if r is None)
+                + " and auto_offset_reset='none': seek() first",
+            )
+        for reset in {r for r in pending.values() if r is not None}:
+            tps = [tp for tp, r in pending.items() if r == reset]
+            offsets = await self._list_offsets(tps, reset)
+            with self.lock:
+                for tp, offset in offsets.items():
+                    state = self._states.get(tp)
+                    if state is not None and state.fetch_offset < 0 and state.reset == reset:
+                        state.fetch_offset = state.position = offset
+
+    async def _list_offsets(
+        self, tps: list[TopicPartition], timestamp: int
+    ) -> dict[TopicPartition, int]:
+        request = codec.ListOffsetsRequest(
+            partitions=tuple(
+                codec.ListOffsetsPartition(
+                    topic=tp.topic, partition=tp.partition, timestamp=timestamp
+                )
+                for tp in tps
+            )
+        )
+        leader = self._cluster.leader(tps[0].topic, tps[0].partition) if tps else None
+        response: codec.ListOffsetsResponse = await self._cluster.call_idempotent(request, leader)
+        offsets: dict[TopicPartition, int] = {}
+        for result in response.partitions:
+            if result.error is not ErrorCode.NONE:
+                if result.error in METADATA_STALE_CODES:
+                    self._cluster.invalidate(result.topic)
+                raise BrokerError(result.error, result.error_message)
+            offsets[TopicPartition(result.topic, result.partition)] = result.offset
+        return offsets
+
+    async def _fetch_round(self) -> bool:
+        """Send one fetch per leader for the partitions that have room; False if none had."""
+        with self.lock:
+            if self._buffered >= self.max_buffered_records:
+                return False
+            wanted = [
+                (tp, state.fetch_offset, state.epoch)
+                for tp, state in self._states.items()
+                if state.fetch_offset >= 0
+            ]
+        if not wanted:
+            return False
+        by_leader: dict[int | None, list[tuple[TopicPartition, int, int]]] = {}
+        for item in wanted:
+            by_leader.setdefault(self._cluster.leader(*item[0]), []).append(item)
+        with trio.CancelScope() as scope:
+            self._fetch_scope = scope
+            try:
+                if len(by_leader) == 1:
+                    ((leader, items),) = by_leader.items()
+                    await self._fetch_from(leader, items)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        for leader, items in by_leader.items():
+                            nursery.start_soon(self._fetch_from, leader, items)
+            finally:
+                self._fetch_scope = None
+        return True
+
+    async def _fetch_from(
+        self, leader: int | None, items: list[tuple[TopicPartition, int, int]]
+    ) -> None:
+        request = codec.FetchRequest(
+            partitions=tuple(
+                codec.FetchPartition(
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    fetch_offset=offset,
+                    partition_max_bytes=self.max_partition_fetch_bytes,
+                )
+                for tp, offset, _ in items
+            ),
+            max_wait_ms=self.fetch_max_wait_ms,
+            min_bytes=self.fetch_min_bytes,
+            max_bytes=self.fetch_max_bytes,
+        )
+        response: codec.FetchResponse = await self._cluster.call_idempotent(
+            request, leader, extra_timeout_s=self.fetch_max_wait_ms / 1000.0
+        )
+        asked = {tp: (offset, epoch) for tp, offset, epoch in items}
+        got_data = False
+        for result in response.partitions:
+            tp = TopicPartition(result.topic, result.partition)
+            if tp not in asked:
+                continue
+            offset, epoch = asked[tp]
+            if result.error is not ErrorCode.NONE:
+                self._partition_error(tp, epoch, result)
+                continue
+            if result.records:
+                next_offset, count = scan_fetched(result.records, offset)
+                chunk = _Chunk(tp, epoch, result.records, offset, next_offset, count)
+                got_data |= self._buffer_chunk(chunk)
+        if got_data:
+            self._data.set()
+            self._data = trio.Event()
+
+    def _buffer_chunk(self, chunk: _Chunk) -> bool:
+        with self.lock:
+            state = self._states.get(chunk.tp)
+            if (
+                state is None
+                or state.epoch != chunk.epoch
+                or state.fetch_offset != chunk.fetch_offset
+            ):
+                return False  # seeked or unassigned while the fetch was in flight
+            state.fetch_offset = chunk.next_offset
+            if not chunk.count:
+                return False
+            self._buffer.append(chunk)
+            self._buffered += chunk.count
+            return True
+
+    def _partition_error(
+        self, tp: TopicPartition, epoch: int, result: codec.FetchPartitionResult
+    ) -> None:
+        if result.error is ErrorCode.OFFSET_OUT_OF_RANGE and self._default_reset is not None:
+            log.info(
+                "%s/%s: %s; resetting to %s",
+                tp.topic,
+                tp.partition,
+                result.error_message,
+                self.auto_offset_reset,
+            )
+            with self.lock:
+                state = self._states.get(tp)
+                if state is not None and state.epoch == epoch:
+                    state.fetch_offset = -1
+                    state.reset = self._default_reset
+            return
+        if result.error in METADATA_STALE_CODES:
+            self._cluster.invalidate(tp.topic)
+        raise BrokerError(result.error, f"{tp.topic}/{tp.partition}: {result.error_message}")
+
+
+class _Chunk:
+    """Fetched batches of one partition: raw until a poll decodes them, then records."""
+
+    __slots__ = ("count", "epoch", "fetch_offset", "next_offset", "raw", "records", "start", "tp")
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        epoch: int,
+        raw: bytes,
+        fetch_offset: int,
+        next_offset: int,
+        count: int,
+    ) -> None:
+        self.tp = tp
+        self.epoch = epoch
+        self.raw = raw
+        self.fetch_offset = fetch_offset
+        self.next_offset = next_offset
+        self.count = count  # records, from the headers until decoded, then exact
+        self.records: list[ConsumerRecord] | None = None
+        self.start = 0  # records before this index were already returned by poll
+
+
+def scan_fetched(data: bytes, fetch_offset: int) -> tuple[int, int]:
+    """CRC-check fetched batches; return the next fetch offset and a count of the records.
+
+    Header work only (the CRC runs in C), so the next fetch can leave before any decoding.
+    """
+    next_offset = fetch_offset
+    count = 0
+    for _, header in iter_batches(data, max_batch_bytes=MAX_FETCHED_BATCH_BYTES):
+        next_offset = header.next_offset
+        if not header.is_control and next_offset > fetch_offset:
+            count += header.record_count
+    return next_offset, count
+
+
+def decode_fetched(
+    tp: TopicPartition, data: bytes, fetch_offset: int, *, validate: bool = True
+) -> list[ConsumerRecord]:
+    """The records at or after `fetch_offset` in a fetched run of batches.
+
+    Control batches are skipped (their offsets still count). `validate=False` skips the CRC
+    check, for data that `scan_fetched` already checked.
+    """
+    head = (tp.topic, tp.partition)
+    out: list[ConsumerRecord] = []
+    with gc_paused():
+        batches = iter_batches(data, validate=validate, max_batch_bytes=MAX_FETCHED_BATCH_BYTES)
+        for position, header in batches:
+            if header.is_control or header.next_offset <= fetch_offset:
+                continue
+            rows = decode_records(data, position, header=header)
+            if header.base_offset < fetch_offset:
+                rows = [row for row in rows if row[0] >= fetch_offset]
+            # (topic, partition) + (offset, timestamp, key, value, headers), made a
+            # ConsumerRecord by tuple.__new__: half the cost of calling the NamedTuple.
+            out += [_new_record(ConsumerRecord, head + row) for row in rows]
+    return out
+
+
+_new_record = tuple.__new__

@@ -1,0 +1,206 @@
+"""The blocking clients: thin facades over `client.aio`, each running its own trio loop thread.
+
+Rules:
+- Every class takes the same options as its `client.aio` twin and delegates to it; nothing is
+  reimplemented here. Hot paths (`Producer.send`, `Consumer.poll` with records buffered) run in
+  the caller's thread on thread-safe structures; everything else goes through `LoopThread.run`.
+- Usable from plain scripts and from several threads at once; `close()` (or `with`) ends the
+  thread. A producer flushes on close.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from client import aio
+from client._loop import LoopThread
+from client.accumulator import RECORD_OVERHEAD_BYTES, DeliveryCallback, RecordFuture
+from client.aio.producer import NeedMetadataError
+from client.errors import BufferFullError
+from client.types import ConsumerRecord, TopicDescription, TopicPartition
+
+
+class _Blocking:
+    _loop: LoopThread
+
+    def close(self) -> None:
+        self._loop.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Producer(_Blocking):
+    """`Producer(bootstrap, acks="all", linger_ms=5, batch_bytes=..., compression=None, ...)`.
+
+    `send()` returns a `RecordFuture` (`.result(timeout)` -> RecordMetadata); `callback(metadata,
+    error)` runs in the producer's I/O thread and must be quick and must not call the producer.
+    """
+
+    def __init__(self, bootstrap: str | Sequence[str] | None = None, **options: Any) -> None:
+        self._aio = aio.Producer(bootstrap, thread_safe=True, **options)
+        self._acc = self._aio._acc
+        self._loop = LoopThread(self._aio, "pybroker-producer")
+        self._loop.start()
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        callback: DeliveryCallback | None = None,
+    ) -> RecordFuture:
+        """Queue a record; blocks up to `max_block_ms` for buffer memory, then `BufferFullError`."""
+        try:
+            future = self._aio.send_nowait(
+                topic, value, key, headers, partition, timestamp_ms, callback
+            )
+        except NeedMetadataError:
+            self._loop.run(self._aio.load_topic, topic)
+            future = self._aio.send_nowait(
+                topic, value, key, headers, partition, timestamp_ms, callback
+            )
+        if future is not None:
+            return future
+        return self._send_when_memory(topic, value, key, headers, partition, timestamp_ms, callback)
+
+    def _send_when_memory(self, topic: str, value: Any, key: Any, *rest: Any) -> RecordFuture:
+        acc = self._acc
+        need = RECORD_OVERHEAD_BYTES + len(value or b"") + len(key or b"")
+        deadline = time.monotonic() + self._aio.max_block_s
+        acc.notify()  # let the sender drain lingering batches, which frees memory
+        while True:
+            remaining = deadline - time.monotonic()
+            with acc.memory_freed:
+                # The check and the wait are under the accumulator's lock, so a release cannot
+                # slip in between them and be missed.
+                room = acc.memory_freed.wait_for(
+                    lambda: (
+                        acc.memory_used == 0 or acc.memory_used + need <= acc.buffer_memory_bytes
+                    ),
+                    timeout=max(remaining, 0.0),
+                )
+            if not room:
+                raise BufferFullError(
+                    f"no buffer memory freed within max_block_ms="
+                    f"{self._aio.max_block_s * 1000:.0f}: the broker is not keeping up or not "
+                    "reachable; flush(), slow down or raise buffer_memory_bytes"
+                )
+            future = self._aio.send_nowait(topic, value, key, *rest)
+            if future is not None:
+                return future
+
+    def flush(self) -> None:
+        """Send everything queued and wait until each record is acknowledged or failed."""
+        self._loop.run(self._aio.flush)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush for at most `timeout` seconds (default: until delivered or failed), then close.
+
+        Records still undelivered fail their futures with `ClientClosedError`.
+        """
+        if timeout is not None:
+            self._aio._close_timeout_s = timeout
+        self._loop.stop()
+
+    def partitions_for(self, topic: str) -> int:
+        """The partition count of `topic` (raises UNKNOWN_TOPIC if it does not exist)."""
+        return self._loop.run(self._aio.load_topic, topic)
+
+
+class Consumer(_Blocking):
+    """`Consumer(bootstrap, auto_offset_reset="latest", ...)`; `assign` or `subscribe`, then
+    `poll()` or iterate."""
+
+    def __init__(self, bootstrap: str | Sequence[str] | None = None, **options: Any) -> None:
+        self._aio = aio.Consumer(bootstrap, **options)
+        self._loop = LoopThread(self._aio, "pybroker-consumer")
+        self._loop.start()
+
+    def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
+        self._aio.assign(partitions)
+
+    def subscribe(self, topics: Iterable[str]) -> None:
+        self._aio.subscribe(topics)
+
+    def assignment(self) -> set[TopicPartition]:
+        return self._aio.assignment()
+
+    def seek(self, partition: TopicPartition | tuple[str, int], offset: int) -> None:
+        self._aio.seek(partition, offset)
+
+    def seek_to_beginning(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        self._aio.seek_to_beginning(partitions)
+
+    def seek_to_end(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        self._aio.seek_to_end(partitions)
+
+    def position(self, partition: TopicPartition | tuple[str, int]) -> int:
+        return self._loop.run(self._aio.position, partition)
+
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return self._loop.run(self._aio.end_offsets, list(partitions))
+
+    def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return self._loop.run(self._aio.beginning_offsets, list(partitions))
+
+    def offsets_for_times(self, timestamps: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        return self._loop.run(self._aio.offsets_for_times, timestamps)
+
+    def poll(
+        self, timeout_ms: float = 1000, max_records: int | None = None
+    ) -> list[ConsumerRecord]:
+        """Up to `max_records` records; [] if none arrived within `timeout_ms`."""
+        records = self._aio.poll_nowait(max_records)
+        if records:
+            return records
+        return self._loop.run(self._aio.poll, timeout_ms, max_records)
+
+    def __iter__(self) -> Iterator[ConsumerRecord]:
+        """Every record, forever (until `close()` from another thread or a break)."""
+        while True:
+            yield from self.poll(timeout_ms=self._aio.fetch_max_wait_ms)
+
+
+class AdminClient(_Blocking):
+    """Topic administration: `create_topic`, `delete_topic`, `describe_topic`, `list_topics`."""
+
+    def __init__(self, bootstrap: str | Sequence[str] | None = None, **options: Any) -> None:
+        self._aio = aio.AdminClient(bootstrap, **options)
+        self._loop = LoopThread(self._aio, "pybroker-admin")
+        self._loop.start()
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = -1,
+        replication_factor: int = 1,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._loop.run(self._aio.create_topic, name, partitions, replication_factor, config)
+
+    def delete_topic(self, name: str) -> None:
+        self._loop.run(self._aio.delete_topic, name)
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        return self._loop.run(self._aio.describe_topic, name)
+
+    def describe_topics(self, names: list[str] | None = None) -> list[TopicDescription]:
+        return self._loop.run(self._aio.describe_topics, names)
+
+    def list_topics(self) -> list[str]:
+        return self._loop.run(self._aio.list_topics)

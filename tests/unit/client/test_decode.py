@@ -1,0 +1,65 @@
+"""Fetched batches decode in bulk: offsets, timestamps, control batches skipped, CRC checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.log.batch import (
+    Compression,
+    ControlType,
+    CrcMismatchError,
+    build_batch,
+    build_control_batch,
+)
+from client.aio.consumer import decode_fetched, scan_fetched
+from client.types import ConsumerRecord, TopicPartition
+
+TP = TopicPartition("t", 3)
+T0 = 1_700_000_000_000
+
+
+def batch(base_offset: int, count: int, compression: int = Compression.NONE) -> bytes:
+    records = [
+        (T0 + i, b"k%d" % i, b"v%d" % (base_offset + i), [("h", b"x")]) for i in range(count)
+    ]
+    return build_batch(records, base_offset=base_offset, compression=compression)
+
+
+def test_records_carry_partition_offsets_and_fields() -> None:
+    records = decode_fetched(TP, batch(10, 3), 10)
+    assert records[0] == ConsumerRecord("t", 3, 10, T0, b"k0", b"v10", (("h", b"x"),))
+    assert [r.offset for r in records] == [10, 11, 12]
+    assert records[2].timestamp == T0 + 2
+    assert records[1].topic == "t" and records[1].partition == 3
+
+
+def test_records_before_the_fetch_offset_are_dropped() -> None:
+    # The broker returns whole batches, so the first one may start before the position.
+    data = batch(0, 5) + batch(5, 5)
+    assert [r.offset for r in decode_fetched(TP, data, 3)] == [3, 4, 5, 6, 7, 8, 9]
+    assert scan_fetched(data, 3) == (10, 10)
+    assert scan_fetched(data, 5) == (10, 5)
+
+
+def test_control_batches_are_skipped_but_advance_the_offset() -> None:
+    control = bytearray(build_control_batch(ControlType.COMMIT, b"", timestamp_ms=T0))
+    control[0:8] = (5).to_bytes(8, "big")  # its base offset, as the leader would assign it
+    data = batch(0, 5) + bytes(control) + batch(6, 2)
+    assert [r.offset for r in decode_fetched(TP, data, 0)] == [0, 1, 2, 3, 4, 6, 7]
+    assert scan_fetched(data, 0) == (8, 7)
+
+
+@pytest.mark.parametrize("codec", [Compression.GZIP, Compression.ZSTD, Compression.LZ4])
+def test_compressed_batches(codec: int) -> None:
+    assert [r.value for r in decode_fetched(TP, batch(0, 4, codec), 0)] == [
+        b"v0", b"v1", b"v2", b"v3",
+    ]  # fmt: skip
+
+
+def test_corruption_is_caught_by_the_scan() -> None:
+    data = bytearray(batch(0, 3))
+    data[-1] ^= 0xFF
+    with pytest.raises(CrcMismatchError):
+        scan_fetched(bytes(data), 0)
+    with pytest.raises(CrcMismatchError):
+        decode_fetched(TP, bytes(data), 0)
