@@ -26,8 +26,8 @@ class FlushPolicy(enum.Enum):
     """When appended bytes are fsynced.
 
     ALWAYS: before an append is acknowledged, with group commit (one fsync covers every append that
-    arrived while the previous fsync ran). INTERVAL: every `flush_interval_ms`. NEVER: leave it to the
-    page cache and rely on replication, as Kafka does by default.
+    arrived while the previous fsync ran). INTERVAL: every `flush_interval_ms`. NEVER: leave it to
+    the page cache and rely on replication, as Kafka does by default.
     """
 
     ALWAYS = "always"
@@ -74,7 +74,7 @@ def _coerce(field: dataclasses.Field[Any], key: str, value: Any) -> Any:
 
 
 class _Config(abc.ABC):
-    """Shared loading logic: field names or dotted Kafka-style aliases, type coercion, validation."""
+    """Shared loading: field names or dotted Kafka-style aliases, type coercion, validation."""
 
     ALIASES: Mapping[str, str] = {}
 

@@ -2,8 +2,9 @@
 
 Every error a client can receive is an `ErrorCode`: a stable name, a stable wire id (never reused,
 never renumbered) and a `retriable` flag that tells the client whether the same request may succeed
-later without a change on its side (a new leader, a finished rebalance). `BrokerError` carries a code
-and a message a person can act on; it is the one exception type that handlers turn into a wire error.
+later without a change on its side (a new leader, a finished rebalance). `BrokerError` carries a
+code and a message a person can act on; it is the one exception type handlers turn into a wire
+error.
 
 Rules: add codes at the end with a fresh id; never change an existing code's id or retriability.
 """

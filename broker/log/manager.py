@@ -86,7 +86,7 @@ class LogManager:
     ) -> LogManager:
         """Open (recovering where needed) every partition log under `data_dir`.
 
-        `config_for(topic)` gives a topic's own config; None or a missing callback means the default.
+        `config_for(topic)` gives a topic's own config; None (or no callback) means the default.
         """
         manager = cls(data_dir, default_config, clock_ms=clock_ms, config_for=config_for)
         manager.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,12 @@ class LogManager:
         return own if own is not None else self.default_config
 
     def create(
-        self, topic: str, partition: int, config: LogConfig | None = None, *, initial_offset: int = 0
+        self,
+        topic: str,
+        partition: int,
+        config: LogConfig | None = None,
+        *,
+        initial_offset: int = 0,
     ) -> PartitionLog:
         """Create an empty partition log; raises TOPIC_ALREADY_EXISTS if it exists."""
         check_topic_name(topic)

@@ -1,4 +1,4 @@
-"""LogFlusher: group commit under flush=always, interval flushes, sealed-segment sync, fsync failure."""
+"""LogFlusher: group commit (flush=always), interval flushes, sealed-segment sync, fsync errors."""
 
 from __future__ import annotations
 
