@@ -465,6 +465,37 @@ def _pack(body: bytes, **fields: int) -> bytes:
 # --- reading ------------------------------------------------------------------------------------
 
 
+def decode_rows(
+    buf: bytes | bytearray | memoryview, position: int, header: BatchHeader
+) -> tuple[Any, ...] | None:
+    """The raw `(timestamp_delta, key, value, headers)` rows of a msgpack-encoded batch.
+
+    One C call decodes the whole batch; callers that build their own record objects (the
+    consumer) add `header.base_offset + i` and `header.base_timestamp + row[0]` themselves, so
+    each record is allocated once. Returns None for Kafka's varint encoding (use `decode_records`).
+    """
+    if header.magic != MAGIC_MSGPACK:
+        if header.magic == MAGIC_KAFKA_V2:
+            return None
+        raise BadMagicError(f"batch at offset {header.base_offset} has magic {header.magic}")
+    view = memoryview(buf)[position + HEADER_SIZE : position + header.size_bytes]
+    raw = decompress(header.compression, view)
+    try:
+        rows = msgpack.unpackb(raw, use_list=False, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise InvalidBatchError(
+            ErrorCode.CORRUPT_MESSAGE,
+            f"batch at offset {header.base_offset} has bad records: {exc}",
+        ) from exc
+    if not isinstance(rows, tuple) or len(rows) != header.record_count:
+        raise RecordCountError(
+            f"batch at offset {header.base_offset} holds "
+            f"{len(rows) if isinstance(rows, tuple) else 'no list of'} records, header says "
+            f"{header.record_count}"
+        )
+    return rows
+
+
 def decode_records(
     buf: bytes | bytearray | memoryview,
     position: int = 0,
@@ -478,29 +509,19 @@ def decode_records(
     """
     if header is None:
         header = unpack_header(buf, position)
-    view = memoryview(buf)[position + HEADER_SIZE : position + header.size_bytes]
-    raw = decompress(header.compression, view)
+    rows = decode_rows(buf, position, header)
+    if rows is None:
+        raw = decompress(
+            header.compression,
+            memoryview(buf)[position + HEADER_SIZE : position + header.size_bytes],
+        )
+        return _decode_kafka_records(bytes(raw), header)
     base_offset = header.base_offset
     base_timestamp = header.base_timestamp
-    if header.magic == MAGIC_MSGPACK:
-        try:
-            rows = msgpack.unpackb(raw, use_list=False, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise InvalidBatchError(
-                ErrorCode.CORRUPT_MESSAGE, f"batch at offset {base_offset} has bad records: {exc}"
-            ) from exc
-        if len(rows) != header.record_count:
-            raise RecordCountError(
-                f"batch at offset {base_offset} holds {len(rows)} records, header says "
-                f"{header.record_count}"
-            )
-        return [
-            Record(base_offset + i, base_timestamp + row[0], row[1], row[2], row[3])
-            for i, row in enumerate(rows)
-        ]
-    if header.magic == MAGIC_KAFKA_V2:
-        return _decode_kafka_records(bytes(raw), header)
-    raise BadMagicError(f"batch at offset {base_offset} has magic {header.magic}")
+    return [
+        Record(base_offset + i, base_timestamp + row[0], row[1], row[2], row[3])
+        for i, row in enumerate(rows)
+    ]
 
 
 def _read_varint(data: bytes, position: int) -> tuple[int, int]:

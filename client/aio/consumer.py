@@ -29,7 +29,7 @@ import trio
 from broker import codec
 from broker.config import ConfigError
 from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import decode_records, iter_batches
+from broker.log.batch import decode_records, decode_rows, iter_batches
 from broker.protocol import MAX_FRAME_BYTES_DEFAULT
 from client._gc import gc_paused
 from client.aio._base import AsyncClientBase
@@ -577,19 +577,41 @@ def decode_fetched(
     Control batches are skipped (their offsets still count). `validate=False` skips the CRC
     check, for data that `scan_fetched` already checked.
     """
-    head = (tp.topic, tp.partition)
+    topic, partition = head = (tp.topic, tp.partition)
     out: list[ConsumerRecord] = []
     with gc_paused():
         batches = iter_batches(data, validate=validate, max_batch_bytes=MAX_FETCHED_BATCH_BYTES)
         for position, header in batches:
             if header.is_control or header.next_offset <= fetch_offset:
                 continue
-            rows = decode_records(data, position, header=header)
-            if header.base_offset < fetch_offset:
-                rows = [row for row in rows if row[0] >= fetch_offset]
-            # (topic, partition) + (offset, timestamp, key, value, headers), made a
-            # ConsumerRecord by tuple.__new__: half the cost of calling the NamedTuple.
-            out += [_new_record(ConsumerRecord, head + row) for row in rows]
+            rows = decode_rows(data, position, header)
+            if rows is None:  # Kafka's varint encoding: the general decoder
+                records = decode_records(data, position, header=header)
+                out += [
+                    _new_record(ConsumerRecord, head + record)
+                    for record in records
+                    if record.offset >= fetch_offset
+                ]
+                continue
+            base_offset, base_timestamp = header.base_offset, header.base_timestamp
+            skip = max(fetch_offset - base_offset, 0)
+            # One tuple per record, made a ConsumerRecord by tuple.__new__ (half the cost of
+            # calling the NamedTuple); offsets and timestamps are added here, not in a second pass.
+            out += [
+                _new_record(
+                    ConsumerRecord,
+                    (
+                        topic,
+                        partition,
+                        base_offset + i,
+                        base_timestamp + row[0],
+                        row[1],
+                        row[2],
+                        row[3],
+                    ),
+                )
+                for i, row in enumerate(rows[skip:], skip)
+            ]
     return out
 
 
