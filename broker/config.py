@@ -41,7 +41,7 @@ GIB = 1024 * MIB
 DAY_MS = 24 * 60 * 60 * 1000
 
 
-def _check_range(key: str, value: Any, low: int, high: int | None = None) -> None:
+def check_range(key: str, value: Any, low: int, high: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(key, f"expected an integer, got {value!r}")
     if value < low or (high is not None and value > high):
@@ -73,7 +73,7 @@ def _coerce(field: dataclasses.Field[Any], key: str, value: Any) -> Any:
     return value
 
 
-class _Config(abc.ABC):
+class ConfigBase(abc.ABC):
     """Shared loading: field names or dotted Kafka-style aliases, type coercion, validation."""
 
     ALIASES: Mapping[str, str] = {}
@@ -98,7 +98,7 @@ class _Config(abc.ABC):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class LogConfig(_Config):
+class LogConfig(ConfigBase):
     """How one partition log stores, indexes, flushes and retains its data."""
 
     # A segment rolls when its .log file would exceed this many bytes...
@@ -132,14 +132,14 @@ class LogConfig(_Config):
     }
 
     def validate(self) -> None:
-        _check_range("segment_bytes", self.segment_bytes, 1 * KIB, 2**31 - 1)
-        _check_range("segment_ms", self.segment_ms, 1)
-        _check_range("index_interval_bytes", self.index_interval_bytes, 0, 2**31 - 1)
-        _check_range("index_bytes_max", self.index_bytes_max, 4 * KIB, 2**31 - 1)
-        _check_range("retention_ms", self.retention_ms, -1)
-        _check_range("retention_bytes", self.retention_bytes, -1)
-        _check_range("max_batch_bytes", self.max_batch_bytes, 64, self.segment_bytes)
-        _check_range("flush_interval_ms", self.flush_interval_ms, 1)
+        check_range("segment_bytes", self.segment_bytes, 1 * KIB, 2**31 - 1)
+        check_range("segment_ms", self.segment_ms, 1)
+        check_range("index_interval_bytes", self.index_interval_bytes, 0, 2**31 - 1)
+        check_range("index_bytes_max", self.index_bytes_max, 4 * KIB, 2**31 - 1)
+        check_range("retention_ms", self.retention_ms, -1)
+        check_range("retention_bytes", self.retention_bytes, -1)
+        check_range("max_batch_bytes", self.max_batch_bytes, 64, self.segment_bytes)
+        check_range("flush_interval_ms", self.flush_interval_ms, 1)
         if not isinstance(self.flush_policy, FlushPolicy):
             raise ConfigError("flush_policy", f"expected a FlushPolicy, got {self.flush_policy!r}")
 
@@ -156,7 +156,7 @@ def parse_host_port(key: str, value: str) -> tuple[str, int]:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class BrokerConfig(_Config):
+class BrokerConfig(ConfigBase):
     """One broker process: where it listens and stores, and the bounds of its server.
 
     Keys are the field names; `log.<key>` (or a `[log]` table in TOML, or a bare LogConfig key
@@ -239,7 +239,7 @@ class BrokerConfig(_Config):
         return config
 
     def validate(self) -> None:
-        _check_range("node_id", self.node_id, 0, 2**31 - 1)
+        check_range("node_id", self.node_id, 0, 2**31 - 1)
         parse_host_port("listen", self.listen)
         if self.advertised_listen:
             parse_host_port("advertised_listen", self.advertised_listen)
@@ -249,20 +249,20 @@ class BrokerConfig(_Config):
             raise ConfigError("data_dir", f"expected a directory path, got {self.data_dir!r}")
         if not isinstance(self.auto_create_topics, bool):
             raise ConfigError("auto_create_topics", "expected true or false")
-        _check_range("max_partitions_per_topic", self.max_partitions_per_topic, 1, 100_000)
-        _check_range(
+        check_range("max_partitions_per_topic", self.max_partitions_per_topic, 1, 100_000)
+        check_range(
             "default_partitions", self.default_partitions, 1, self.max_partitions_per_topic
         )
-        _check_range("max_frame_bytes", self.max_frame_bytes, 64 * KIB, 2**32 - 1)
-        _check_range(
+        check_range("max_frame_bytes", self.max_frame_bytes, 64 * KIB, 2**32 - 1)
+        check_range(
             "max_inflight_requests_per_connection", self.max_inflight_requests_per_connection, 1
         )
-        _check_range("max_connections", self.max_connections, 1)
-        _check_range("receive_buffer_bytes", self.receive_buffer_bytes, 1 * KIB, 64 * MIB)
-        _check_range("send_buffer_bytes", self.send_buffer_bytes, 1 * KIB, 64 * MIB)
-        _check_range("retention_check_interval_ms", self.retention_check_interval_ms, 10)
-        _check_range("fetch_max_wait_ms_max", self.fetch_max_wait_ms_max, 0)
-        _check_range("shutdown_timeout_ms", self.shutdown_timeout_ms, 0)
+        check_range("max_connections", self.max_connections, 1)
+        check_range("receive_buffer_bytes", self.receive_buffer_bytes, 1 * KIB, 64 * MIB)
+        check_range("send_buffer_bytes", self.send_buffer_bytes, 1 * KIB, 64 * MIB)
+        check_range("retention_check_interval_ms", self.retention_check_interval_ms, 10)
+        check_range("fetch_max_wait_ms_max", self.fetch_max_wait_ms_max, 0)
+        check_range("shutdown_timeout_ms", self.shutdown_timeout_ms, 0)
         if not isinstance(self.log, LogConfig):
             raise ConfigError("log", f"expected log settings, got {self.log!r}")
         self.log.validate()

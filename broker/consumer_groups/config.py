@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from broker.config import DAY_MS, KIB, ConfigError, _check_range, _Config
+from broker.config import DAY_MS, KIB, ConfigBase, ConfigError, check_range
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class GroupConfig(_Config):
+class GroupConfig(ConfigBase):
     """Bounds and timers of one coordinator partition's groups (Kafka's group.* and offsets.*)."""
 
     # A JoinGroup's session timeout must lie in [min, max]: too short and a GC pause evicts a
@@ -51,18 +51,18 @@ class GroupConfig(_Config):
     }
 
     def validate(self) -> None:
-        _check_range("session_timeout_ms_min", self.session_timeout_ms_min, 1)
-        _check_range(
+        check_range("session_timeout_ms_min", self.session_timeout_ms_min, 1)
+        check_range(
             "session_timeout_ms_max", self.session_timeout_ms_max, self.session_timeout_ms_min
         )
-        _check_range("rebalance_timeout_ms_default", self.rebalance_timeout_ms_default, 1)
-        _check_range("group_size_max", self.group_size_max, 1, 1_000_000)
-        _check_range("offsets_retention_ms", self.offsets_retention_ms, -1)
+        check_range("rebalance_timeout_ms_default", self.rebalance_timeout_ms_default, 1)
+        check_range("group_size_max", self.group_size_max, 1, 1_000_000)
+        check_range("offsets_retention_ms", self.offsets_retention_ms, -1)
         if self.offsets_retention_ms == 0:
             raise ConfigError("offsets_retention_ms", "must be -1 (forever) or positive, got 0")
-        _check_range(
+        check_range(
             "offsets_retention_check_interval_ms", self.offsets_retention_check_interval_ms, 1
         )
-        _check_range("initial_rebalance_delay_ms", self.initial_rebalance_delay_ms, 0)
-        _check_range("offset_metadata_bytes_max", self.offset_metadata_bytes_max, 0)
-        _check_range("pending_commit_writes_max", self.pending_commit_writes_max, 1)
+        check_range("initial_rebalance_delay_ms", self.initial_rebalance_delay_ms, 0)
+        check_range("offset_metadata_bytes_max", self.offset_metadata_bytes_max, 0)
+        check_range("pending_commit_writes_max", self.pending_commit_writes_max, 1)

@@ -34,7 +34,7 @@ def check_topic_name(topic: str) -> None:
     """Kafka's rules: 1-249 of `[A-Za-z0-9._-]`, and neither `.` nor `..`."""
     if (
         not isinstance(topic, str)
-        or not _TOPIC_NAME.match(topic)
+        or not _TOPIC_NAME.fullmatch(topic)
         or topic in {".", ".."}
         or len(topic) > TOPIC_NAME_MAX_LENGTH
     ):

@@ -9,7 +9,7 @@ import pytest
 from broker.config import LogConfig
 from broker.errors import BrokerError, ErrorCode
 from broker.log.batch import build_batch
-from broker.log.manager import LogManager, parse_partition_directory
+from broker.log.manager import LogManager, check_topic_name, parse_partition_directory
 
 
 def _batch(value: bytes) -> bytes:
@@ -98,3 +98,11 @@ def test_parse_partition_directory() -> None:
     assert parse_partition_directory("nodash") is None
     assert parse_partition_directory("t-x") is None
     assert parse_partition_directory("-3") is None
+
+
+def test_topic_names_must_match_whole() -> None:
+    # `$` in a regex also matches before a trailing newline; the whole name must be checked.
+    for bad in ["abc\n", "abc\r", "a\nb"]:
+        with pytest.raises(BrokerError):
+            check_topic_name(bad)
+    check_topic_name("a.b_c-9")
