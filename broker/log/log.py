@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import itertools
 import logging
 import os
-import struct
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,17 +40,22 @@ import msgpack
 from broker.config import LogConfig
 from broker.errors import BrokerError, ErrorCode
 from broker.log.batch import (
-    HEADER_SIZE,
     LOG_OVERHEAD,
     BadLengthError,
     BatchHeader,
-    InvalidBatchError,
     RecordCountError,
     decode_records,
     iter_batches,
     set_base_offset,
     set_leader_epoch,
     validate_batch,
+)
+from broker.log.durability import (
+    FlushTicket,
+    RecoveryCheckpoint,
+    fsync_directory,
+    read_checkpoint,
+    write_atomically,
 )
 from broker.log.segment import (
     LOG_SUFFIX,
@@ -63,18 +65,13 @@ from broker.log.segment import (
     Segment,
     SegmentCorruptError,
 )
+from broker.log.verify import checked_batches, epoch_lookup, read_epoch_file
 
 logger = logging.getLogger(__name__)
 
 CLEAN_SHUTDOWN_FILE = "clean-shutdown"
 RECOVERY_CHECKPOINT_FILE = "recovery-checkpoint"
 EPOCH_CACHE_FILE = "leader-epochs"
-
-_PREFIX = struct.Struct(">qi")  # base_offset, batch_length
-_LAST_OFFSET_DELTA = struct.Struct(">i")  # at byte 23 of a batch header
-_LENGTH = struct.Struct(">i")  # batch_length, at byte 8
-# Batches already on disk are checked against their CRC, not against today's size limit.
-_STORED_BATCH_BYTES_MAX = 2**31 - 1
 
 
 def wall_clock_ms() -> int:
@@ -129,83 +126,6 @@ class FileSlice:
     next_offset: int
 
 
-class RecoveryCheckpoint:
-    """The recovery checkpoint: segments below it are trusted (not re-validated) at an unclean open.
-
-    Shared by the log (trio thread) and its flush tickets (maybe a worker thread), hence the lock.
-    `generation` counts the times a segment below some ticket's target was reopened for writing
-    (truncate, reset): a ticket taken before that must not raise the checkpoint over a segment
-    that is being rewritten, whatever order the two threads run in.
-    """
-
-    def __init__(self, path: Path, value: int) -> None:
-        self.path = path
-        self.value = value
-        self.generation = 0
-        self._lock = threading.Lock()
-
-    def reopened(self, segment_base_offset: int) -> None:
-        """A segment at `segment_base_offset` is written again: a crash must re-validate it."""
-        with self._lock:
-            self.generation += 1
-            if segment_base_offset < self.value:
-                self._store(segment_base_offset)
-
-    def advance(self, value: int, generation: int) -> bool:
-        """Raise the checkpoint to `value` unless a segment was reopened since `generation`."""
-        with self._lock:
-            if generation != self.generation or value <= self.value:
-                return False
-            self._store(value)
-            return True
-
-    def store(self, value: int) -> None:
-        with self._lock:
-            self._store(value)
-
-    def _store(self, value: int) -> None:
-        _write_atomically(self.path, b"%d\n" % value)
-        self.value = value
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class FlushTicket:
-    """Files to fsync so that everything below `end_offset` is durable.
-
-    `run()` touches only these paths and the thread-safe `RecoveryCheckpoint` (never the log's
-    other objects), so it may run in a worker thread.
-    """
-
-    directory: Path
-    paths: tuple[Path, ...]
-    end_offset: int
-    directory_changes: int
-    sync_directory: bool
-    checkpoint: int | None
-    recovery_checkpoint: RecoveryCheckpoint | None = None
-    checkpoint_generation: int = 0
-
-    def run(self) -> None:
-        for path in self.paths:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue  # deleted by retention or truncation meanwhile: nothing left to sync
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        # Only after the segments below it are synced may the checkpoint pass them.
-        if (
-            self.checkpoint is not None
-            and self.recovery_checkpoint is not None
-            and self.recovery_checkpoint.advance(self.checkpoint, self.checkpoint_generation)
-        ):
-            return  # advancing wrote the file atomically, which synced the directory
-        if self.sync_directory or self.checkpoint is not None:
-            _fsync_directory(self.directory)
-
-
 class PartitionLog:
     """An append-only, segmented log of record batches. See the module docstring for the rules."""
 
@@ -257,7 +177,7 @@ class PartitionLog:
         marker = directory / CLEAN_SHUTDOWN_FILE
         clean = marker.exists() and not full_scan
         checkpoint_path = directory / RECOVERY_CHECKPOINT_FILE
-        log._recovery = RecoveryCheckpoint(checkpoint_path, _read_checkpoint(checkpoint_path))
+        log._recovery = RecoveryCheckpoint(checkpoint_path, read_checkpoint(checkpoint_path))
         bases = sorted(
             int(path.name[: -len(LOG_SUFFIX)])
             for path in directory.glob(f"*{LOG_SUFFIX}")
@@ -274,7 +194,7 @@ class PartitionLog:
             # The marker must be gone, durably, before anything new is written: a later crash
             # must not be mistaken for a clean shutdown.
             marker.unlink()
-            _fsync_directory(directory)
+            fsync_directory(directory)
         return log
 
     def _open_segments(self, bases: list[int], *, clean: bool, full_scan: bool) -> None:
@@ -282,7 +202,7 @@ class PartitionLog:
         # unclean shutdown everything from that segment on is re-validated.
         first_unsynced = max(bisect.bisect_right(bases, self._checkpoint) - 1, 0)
         recover_from = bases[0 if full_scan else first_unsynced] if bases else 0
-        expected_epoch = _epoch_lookup(_read_epoch_file(self.directory / EPOCH_CACHE_FILE))
+        expected_epoch = epoch_lookup(read_epoch_file(self.directory / EPOCH_CACHE_FILE))
         for number, base in enumerate(bases):
             last = number == len(bases) - 1
             recover = not clean and base >= recover_from
@@ -340,7 +260,7 @@ class PartitionLog:
             self._unsynced_sealed.append(self.active)
             self.flush()
             self._recovery.store(self.log_end_offset)
-            _write_atomically(self.directory / CLEAN_SHUTDOWN_FILE, b"")
+            write_atomically(self.directory / CLEAN_SHUTDOWN_FILE, b"")
         for segment in self.segments:
             segment.close()
         self._closed = True
@@ -546,10 +466,10 @@ class PartitionLog:
 
     def _save_epochs(self) -> None:
         payload = msgpack.packb([list(entry) for entry in self._epochs])
-        _write_atomically(self.directory / EPOCH_CACHE_FILE, payload)
+        write_atomically(self.directory / EPOCH_CACHE_FILE, payload)
 
     def _load_epochs(self, *, clean: bool) -> None:
-        self._epochs = _read_epoch_file(self.directory / EPOCH_CACHE_FILE) or []
+        self._epochs = read_epoch_file(self.directory / EPOCH_CACHE_FILE) or []
         # The cache may run ahead of the data (batches lost in a crash) or be missing: trim it to
         # the log and rebuild it from the batch headers when it does not cover the log.
         changed = self._trim_epochs()
@@ -619,7 +539,7 @@ class PartitionLog:
         segment, position, first = located
         window = max(first.size_bytes, min(max_bytes, segment.size_bytes - position))
         data = segment.read_window(position, window)
-        end, next_offset = _checked_batches(self, segment, position, data, limit)
+        end, next_offset = checked_batches(self._epochs, segment, position, data, limit)
         payload = data if end == len(data) else memoryview(data)[:end]
         return ReadResult(payload, first.base_offset, next_offset)
 
@@ -645,7 +565,7 @@ class PartitionLog:
             # sends it (sendfile would hand the client damage unseen).
             start = max(position, segment.verified_bytes)
             data = segment.read_window(start, position + length - start)
-            end, checked_next = _checked_batches(self, segment, start, data, limit)
+            end, checked_next = checked_batches(self._epochs, segment, start, data, limit)
             if start + end < position + length:
                 length = start + end - position
                 next_offset = checked_next
@@ -827,181 +747,3 @@ class PartitionLog:
             self.abort_flush()
             raise
         self.complete_flush(ticket)
-
-
-def _whole_verified_batches(data: bytes) -> tuple[int, int, str | None]:
-    """`_whole_batches` for bytes already verified, all below the limit: walk lengths only.
-
-    The common fetch: one length read per batch instead of a header's worth of fields.
-    """
-    position = 0
-    last = -1
-    size_total = len(data)
-    while size_total - position >= LOG_OVERHEAD:
-        size = _LENGTH.unpack_from(data, position + 8)[0] + LOG_OVERHEAD
-        if size < HEADER_SIZE:
-            return (
-                position,
-                _next_offset_at(data, last),
-                f"batch at byte {position} has a bad length",
-            )
-        if position + size > size_total:
-            break
-        last = position
-        position += size
-    return position, _next_offset_at(data, last), None
-
-
-def _next_offset_at(data: bytes, position: int) -> int:
-    if position < 0:
-        return -1
-    base_offset = _PREFIX.unpack_from(data, position)[0]
-    return base_offset + _LAST_OFFSET_DELTA.unpack_from(data, position + 23)[0] + 1
-
-
-def _whole_batches(
-    data: bytes,
-    limit: int,
-    verify_from: int,
-    epochs: list[tuple[int, int]] | None = None,
-    *,
-    verify_to: int = 2**63,
-) -> tuple[int, int, str | None]:
-    """How many leading bytes of `data` are whole, chained batches ending below offset `limit`.
-
-    Batches starting from byte `verify_from` up to `verify_to` are fully validated (CRC) and their
-    leader epoch, which the CRC does not cover, is checked against the epoch cache `epochs`
-    (`(epoch, start_offset)` pairs). Returns
-    (end position, next offset, what was wrong or None). Reads only the header fields it needs
-    from batches already verified.
-    """
-    position = 0
-    next_offset = -1
-    size_total = len(data)
-    # The epoch range last looked up: consecutive batches mostly share one, so one bisection.
-    epoch_start, epoch_end, epoch = 0, 0, None
-    while size_total - position >= HEADER_SIZE:
-        base_offset, batch_length = _PREFIX.unpack_from(data, position)
-        (last_delta,) = _LAST_OFFSET_DELTA.unpack_from(data, position + 23)
-        size = batch_length + LOG_OVERHEAD
-        if size < HEADER_SIZE or (next_offset >= 0 and base_offset != next_offset):
-            return position, next_offset, f"batch header at byte {position} does not chain"
-        if position + size > size_total or base_offset + last_delta >= limit:
-            break
-        if verify_from <= position < verify_to:
-            try:
-                header = validate_batch(data, position, max_batch_bytes=_STORED_BATCH_BYTES_MAX)
-            except InvalidBatchError as exc:
-                return position, next_offset, exc.message
-            if epochs and not epoch_start <= base_offset < epoch_end:
-                slot = bisect.bisect_right(epochs, base_offset, key=_epoch_start) - 1
-                epoch_start = epochs[slot][1] if slot >= 0 else -1
-                epoch_end = epochs[slot + 1][1] if slot + 1 < len(epochs) else 2**63
-                epoch = epochs[slot][0] if slot >= 0 else None
-            expected = epoch if epochs else None
-            if expected is not None and expected != header.leader_epoch:
-                return (
-                    position,
-                    next_offset,
-                    (
-                        f"batch at offset {base_offset} has leader epoch "
-                        f"{header.leader_epoch}, the epoch cache says {expected}"
-                    ),
-                )
-        position += size
-        next_offset = base_offset + last_delta + 1
-    return position, next_offset, None
-
-
-def _checked_batches(
-    log: PartitionLog, segment: Segment, position: int, data: bytes, limit: int
-) -> tuple[int, int]:
-    """`_whole_batches` of `data` (read from `segment` at `position`), CRC-checking the part
-    beyond `segment.verified_bytes` and its epochs against the log's epoch cache.
-
-    Returns (end, next offset) of the batches that may be served. Damage is logged and ends the
-    result early; if even the first batch is damaged, `SegmentCorruptError` is raised.
-    """
-    verify_from = max(segment.verified_bytes - position, 0)
-    verify_to = segment.unverified_end - position
-    if verify_to <= verify_from:
-        verify_from = len(data)  # nothing here was trusted without a check
-    if segment.next_offset <= limit and verify_from >= len(data):
-        # Verified, and every batch of the segment is below the limit: only lengths matter.
-        end, next_offset, problem = _whole_verified_batches(data)
-    else:
-        end, next_offset, problem = _whole_batches(
-            data, limit, verify_from, log._epochs, verify_to=verify_to
-        )
-    if problem is not None:
-        logger.error(
-            "%s: refusing to serve damaged data in %s at byte %d: %s",
-            segment.directory,
-            segment.log_path.name,
-            position + end,
-            problem,
-        )
-        if end == 0:
-            raise SegmentCorruptError(f"{segment.log_path}: {problem}")
-    if verify_from < end and position <= segment.verified_bytes < position + end:
-        segment.verified_bytes = position + end  # the verified prefix grew without a hole
-    return end, next_offset
-
-
-def _epoch_start(entry: tuple[int, int]) -> int:
-    return entry[1]
-
-
-def _read_epoch_file(path: Path) -> list[tuple[int, int]] | None:
-    """The epoch cache's (epoch, start offset) pairs, or None if missing, unreadable or unsorted."""
-    try:
-        entries = [(int(e), int(s)) for e, s in msgpack.unpackb(path.read_bytes())]
-    except (OSError, ValueError, TypeError, msgpack.UnpackException):
-        return None
-    for before, after in itertools.pairwise(entries):
-        if not (before[0] < after[0] and before[1] < after[1]):
-            return None
-    return entries
-
-
-def _epoch_lookup(entries: list[tuple[int, int]] | None) -> Callable[[int], int | None] | None:
-    """What the epoch cache says about an offset's epoch, for recovery's cross-check."""
-    if not entries:
-        return None
-    starts = [start for _, start in entries]
-
-    def expected_epoch(offset: int) -> int | None:
-        slot = bisect.bisect_right(starts, offset) - 1
-        return None if slot < 0 else entries[slot][0]
-
-    return expected_epoch
-
-
-def _read_checkpoint(path: Path) -> int:
-    try:
-        return int(path.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` so that a crash leaves either the old or the new contents."""
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)

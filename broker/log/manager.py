@@ -18,7 +18,8 @@ from pathlib import Path
 
 from broker.config import LogConfig
 from broker.errors import BrokerError, ErrorCode
-from broker.log.log import PartitionLog, _fsync_directory, wall_clock_ms
+from broker.log.durability import fsync_directory
+from broker.log.log import PartitionLog, wall_clock_ms
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class LogManager:
             clock_ms=self.clock_ms,
             initial_offset=initial_offset,
         )
-        _fsync_directory(self.logs_dir)
+        fsync_directory(self.logs_dir)
         self._logs[key] = log
         return log
 
@@ -163,7 +164,7 @@ class LogManager:
         self._deletions += 1
         doomed = log.directory.with_name(f"{log.directory.name}.{self._deletions}{DELETING_SUFFIX}")
         os.replace(log.directory, doomed)
-        _fsync_directory(self.logs_dir)
+        fsync_directory(self.logs_dir)
         shutil.rmtree(doomed, ignore_errors=True)
 
     def apply_retention(self, now_ms: int | None = None) -> int:

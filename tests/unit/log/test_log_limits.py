@@ -234,21 +234,21 @@ def test_unclean_open_trusts_only_what_the_checkpoint_covers(tmp_path):
 
 
 def test_bytes_trusted_at_open_are_verified_once_by_reads(tmp_path, monkeypatch):
-    import broker.log.log as log_module
+    import broker.log.verify as verify_module
 
     log = PartitionLog.open(tmp_path, CONFIG)
     for number in range(20):
         log.append(make_batch([BASE_TS + number], value_bytes=100))
     log.close()
     checked: list[int] = []
-    real = log_module.validate_batch
+    real = verify_module.validate_batch
 
     def counting(buf, position=0, **kwargs):  # type: ignore[no-untyped-def]
         header = real(buf, position, **kwargs)
         checked.append(header.base_offset)
         return header
 
-    monkeypatch.setattr(log_module, "validate_batch", counting)
+    monkeypatch.setattr(verify_module, "validate_batch", counting)
     log = PartitionLog.open(tmp_path, CONFIG)  # clean: nothing validated at open
     assert checked == []
     first = [bytes(log.read(offset, 10**6).data) for offset in range(20)]
