@@ -1,0 +1,626 @@
+"""`RaftDriver`: the trio shell that turns one pure `RaftCore` into a running replica.
+
+One driver per Raft group on this broker. `run()` owns the group's loop; everything else calls in
+from other tasks (produce handlers, the controller, tests). The rules, from the `Ready` contract
+(broker/raft/ready.py, docs/raft.md) and STYLE §7.2:
+
+1. Persist before send. The loop takes Readys until none is pending, writes each (snapshot ->
+   `log.reset`, entries -> `storage.append`, hard state -> `storage.set_hard_state`, term and vote
+   durable in LMDB on return) and `advance()`s it, then runs ONE fsync of the partition log for all
+   of them (group commit: everything that arrived during the previous fsync shares the next one),
+   and only then sends their messages, applies their committed entries and reports `persisted`.
+2. Never block the core. Sends go to the transport's bounded per-peer queues; a refused send is
+   reported with `report_unreachable`. Inbound messages arrive through a bounded inbox; when it is
+   full they are dropped (Raft retransmits).
+3. No await between `ready()` and `advance()`: other tasks may call the core (propose, transfer)
+   at any await point of the loop, which is safe because no Ready is ever in flight there.
+4. Cancellation: an fsync in a worker thread always completes (trio's `to_thread.run_sync` default)
+   and is recorded on the log; the driver then stops WITHOUT sending the messages it covered, so a
+   message never leaves for a Ready whose fsync may not have completed. An fsync failure takes
+   the group offline (`StorageOfflineError`): after a failed fsync nothing is known to be durable.
+5. Time is ticks: every `tick_interval_ms` of trio time, one `core.tick()`. Missed ticks (a slow
+   fsync) are skipped, not replayed in a burst, so an overloaded node's clock runs slow rather
+   than firing elections all at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import heapq
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import trio
+
+from broker.config import ConfigBase, FlushPolicy, check_range
+from broker.errors import BrokerError, ErrorCode
+from broker.log.durability import FlushTicket
+from broker.log.log import PartitionLog
+from broker.raft.config import RaftConfig
+from broker.raft.core import RaftCore
+from broker.raft.errors import NotLeaderError, ProposalDroppedError
+from broker.raft.log_storage import LogRaftStorage
+from broker.raft.messages import Configuration, Entry, InstallSnapshot, Message, Snapshot
+from broker.raft.ready import RaftStatistics, RandomSource, Ready, Role
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "NotLeaderError",
+    "Proposal",
+    "ProposalDroppedError",
+    "ProposalTimeoutError",
+    "RaftDriver",
+    "RaftDriverConfig",
+    "RaftDriverStatistics",
+    "RaftDriverStoppedError",
+    "StorageOfflineError",
+    "ThreadLogSyncer",
+]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RaftDriverConfig(ConfigBase):
+    """Timing and bounds of one group's driver (the core's own limits are in RaftConfig)."""
+
+    # Length of one core tick; election and heartbeat timeouts are counted in ticks.
+    tick_interval_ms: int = 100
+    # Inbound messages waiting for the loop; beyond it the transport drops them.
+    inbox_messages_max: int = 4096
+    # Messages stepped per loop iteration before the Ready is taken: bounds a Ready's size and
+    # the latency of a tick behind a flood of messages.
+    messages_per_iteration_max: int = 1024
+    # Readys taken (written and advanced) per fsync; the loop bound of group commit.
+    readys_per_fsync_max: int = 64
+    # Proposals waiting for their commit; more raise ProposalDroppedError at once.
+    proposals_pending_max: int = 10_000
+    # How long `propose` waits for the commit before ProposalTimeoutError (outcome unknown).
+    proposal_timeout_ms: int = 30_000
+
+    def validate(self) -> None:
+        check_range("tick_interval_ms", self.tick_interval_ms, 1)
+        check_range("inbox_messages_max", self.inbox_messages_max, 1)
+        check_range("messages_per_iteration_max", self.messages_per_iteration_max, 1)
+        check_range("readys_per_fsync_max", self.readys_per_fsync_max, 1)
+        check_range("proposals_pending_max", self.proposals_pending_max, 1)
+        check_range("proposal_timeout_ms", self.proposal_timeout_ms, 1)
+
+
+class ProposalTimeoutError(BrokerError):
+    """No commit seen in time. The outcome is UNKNOWN: the entry may still commit later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.REQUEST_TIMED_OUT, message)
+
+
+class RaftDriverStoppedError(BrokerError):
+    """The driver stopped (cancelled or failed) with this proposal pending: outcome unknown."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.BROKER_NOT_AVAILABLE, message)
+
+
+class StorageOfflineError(BrokerError):
+    """An fsync of the group's log failed: nothing after it is known durable; the group stops."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.KAFKA_STORAGE_ERROR, message)
+
+
+class MessageSender(Protocol):
+    """The transport as a driver sees it (RaftTransport implements it)."""
+
+    def register(self, group: str, endpoint: RaftDriver) -> None: ...
+
+    def unregister(self, group: str, endpoint: RaftDriver) -> None: ...
+
+    def send(self, group: str, message: Message) -> bool:
+        """Queue without blocking; False when dropped (queue full, unknown peer)."""
+        ...
+
+
+LogSyncer = Callable[[PartitionLog], Awaitable[None]]
+
+
+class ThreadLogSyncer:
+    """The default fsync: one flush ticket of the log, run in a worker thread.
+
+    `run_ticket` runs in the thread (tests pass one that blocks to hold an fsync open). The thread
+    is not abandoned on cancellation; its result is recorded on the log either way.
+    """
+
+    def __init__(self, run_ticket: Callable[[FlushTicket], None] = FlushTicket.run) -> None:
+        self._run_ticket = run_ticket
+        self.fsync_count = 0
+
+    async def __call__(self, log: PartitionLog) -> None:
+        ticket = log.begin_flush()
+        try:
+            await trio.to_thread.run_sync(self._run_ticket, ticket)
+        except BaseException:
+            log.abort_flush()
+            raise
+        log.complete_flush(ticket)
+        self.fsync_count += 1
+
+
+@dataclasses.dataclass(slots=True)
+class Proposal:
+    """A proposed entry: where it went, and (once known) whether it committed."""
+
+    index: int
+    term: int
+    base_offset: int
+    _done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    _error: BrokerError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait_committed(self) -> None:
+        """Return once committed; raise the error that settled it otherwise."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _settle(self, error: BrokerError | None) -> None:
+        if not self._done.is_set():
+            self._error = error
+            self._done.set()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RaftDriverStatistics:
+    group: str
+    core: RaftStatistics
+    high_watermark: int
+    fsyncs: int
+    readys: int
+    messages_sent: int
+    messages_refused: int
+    inbox_dropped: int
+    proposals_pending: int
+    proposals_committed: int
+    proposals_failed: int
+    ticks: int
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# Put in the inbox to wake an idle loop after a proposal or a transfer request.
+_WAKE = object()
+
+
+class RaftDriver:
+    """Runs one Raft group on this broker. Single trio thread; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        group: str,
+        node_id: int,
+        storage: LogRaftStorage,
+        transport: MessageSender,
+        raft_config: RaftConfig | None = None,
+        config: RaftDriverConfig | None = None,
+        rng: RandomSource | None = None,
+        applied_index: int | None = None,
+        on_apply: Callable[[Sequence[Entry]], None] | None = None,
+        on_snapshot: Callable[[Snapshot], None] | None = None,
+        log_syncer: LogSyncer | None = None,
+        clock_ms: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
+        """`on_apply` gets committed entries in order, after they are durable here (the
+        controller and group coordinator apply their records in it; it must not block).
+        `on_snapshot` gets an installed snapshot (state-machine groups restore `data`).
+        `applied_index`: what the state machine already holds durably (skip re-applying)."""
+        self.config = config or RaftDriverConfig()
+        self.config.validate()
+        self.group = group
+        self.storage = storage
+        self.transport = transport
+        self.core = RaftCore(
+            node_id=node_id,
+            storage=storage,
+            config=raft_config or RaftConfig(),
+            rng=rng or random.Random(),
+            applied_index=applied_index,
+        )
+        self._on_apply = on_apply
+        self._on_snapshot = on_snapshot
+        self._sync_log = log_syncer or ThreadLogSyncer()
+        self._clock_ms = clock_ms
+        self._inbox_send, self._inbox_receive = trio.open_memory_channel[object](
+            self.config.inbox_messages_max
+        )
+        self._proposals: dict[int, Proposal] = {}
+        self._proposal_indexes: list[int] = []  # a heap over self._proposals' keys
+        self._high_watermark = self.core.applied_index + 1
+        self._changed = trio.Event()
+        self._change_version = 0
+        self._observed = self._observable()
+        self._running = False
+        self._stopped_error: BrokerError | None = None
+        self._counters: dict[str, int] = dict.fromkeys(
+            (
+                "fsyncs",
+                "readys",
+                "messages_sent",
+                "messages_refused",
+                "inbox_dropped",
+                "proposals_committed",
+                "proposals_failed",
+                "ticks",
+            ),
+            0,
+        )
+
+    # --- state -----------------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> int:
+        return self.core.node_id
+
+    @property
+    def role(self) -> Role:
+        return self.core.role
+
+    @property
+    def leader_id(self) -> int:
+        """The leader this node knows of (0: none). Clients that hit a follower get it as hint."""
+        return self.core.leader_id
+
+    @property
+    def term(self) -> int:
+        return self.core.term
+
+    @property
+    def high_watermark(self) -> int:
+        """Exclusive end of what is committed AND applied here: fetch serves up to it."""
+        return self._high_watermark
+
+    async def wait_high_watermark(self, offset: int) -> None:
+        """Return once `high_watermark >= offset` (a fetch long poll, an acks=all produce).
+
+        Raises the driver's stop error if it stops first. Callers bound it with their timeout.
+        """
+        while self._high_watermark < offset:
+            await self.wait_changed()
+
+    async def wait_durable(self, index: int) -> None:
+        """Return once this node's log is fsynced through `index` (acks=1: the leader's own
+        durable copy, before replication). Raises the driver's stop error if it stops first."""
+        while self.core.durable_index < index:
+            await self.wait_changed()
+
+    @property
+    def change_version(self) -> int:
+        """Counts the changes `wait_changed` reports; read it BEFORE checking a condition."""
+        return self._change_version
+
+    async def wait_changed(self, since_version: int | None = None) -> None:
+        """Return at the next change of role, leader, term, high watermark, log end or durable end.
+
+        With `since_version` (a `change_version` read earlier), return at once if a change
+        happened since: a task that checks a condition, then starts waiting later (e.g. from
+        another task), cannot miss the change in between.
+        """
+        if self._stopped_error is not None:
+            raise self._stopped_error
+        if since_version is not None and since_version != self._change_version:
+            return
+        await self._changed.wait()
+
+    def statistics(self) -> RaftDriverStatistics:
+        return RaftDriverStatistics(
+            group=self.group,
+            core=self.core.statistics(),
+            high_watermark=self._high_watermark,
+            proposals_pending=len(self._proposals),
+            **self._counters,
+        )
+
+    # --- requests from other tasks ----------------------------------------------------------------
+
+    def propose_nowait(self, batch: bytes | bytearray) -> Proposal:
+        """Append `batch` to the leader's log now; the returned Proposal settles on commit.
+
+        Raises NotLeaderError (with the leader hint), ProposalDroppedError (transfer under way,
+        too many uncommitted bytes or pending proposals) or RaftDriverStoppedError.
+        """
+        if self._stopped_error is not None:
+            raise self._stopped_error
+        if len(self._proposals) >= self.config.proposals_pending_max:
+            raise ProposalDroppedError(
+                f"{len(self._proposals)} proposals are pending; proposals_pending_max is "
+                f"{self.config.proposals_pending_max}"
+            )
+        entry = self.core.propose(batch)
+        proposal = Proposal(entry.index, entry.term, entry.base_index)
+        self._register_proposal(proposal)
+        self._wake()
+        return proposal
+
+    async def propose(self, batch: bytes | bytearray, *, timeout_ms: int | None = None) -> Proposal:
+        """Propose `batch` and wait until it is committed (acks=all). Returns its Proposal.
+
+        Raises as `propose_nowait`, ProposalDroppedError if another leader's entry took its
+        place, and ProposalTimeoutError / RaftDriverStoppedError when the outcome is unknown.
+        """
+        proposal = self.propose_nowait(batch)
+        timeout_ms = self.config.proposal_timeout_ms if timeout_ms is None else timeout_ms
+        with trio.move_on_after(timeout_ms / 1000):
+            await proposal.wait_committed()
+            return proposal
+        raise ProposalTimeoutError(
+            f"{self.group}: entry {proposal.index}@{proposal.term} not committed within "
+            f"{timeout_ms} ms; it may still commit"
+        )
+
+    def propose_configuration(self, configuration: Configuration) -> Proposal:
+        """Change membership by one node (thesis §4.1; see RaftCore.propose_configuration).
+
+        Raises NotLeaderError, ProposalDroppedError or ConfigurationChangeError; the returned
+        Proposal settles like a client proposal's.
+        """
+        if self._stopped_error is not None:
+            raise self._stopped_error
+        entry = self.core.propose_configuration(configuration)
+        proposal = Proposal(entry.index, entry.term, entry.base_index)
+        self._register_proposal(proposal)
+        self._wake()
+        return proposal
+
+    def campaign(self) -> None:
+        """Start an election now (tests; a preferred leader reclaiming leadership)."""
+        self.core.campaign()
+        self._wake()
+
+    def transfer_leadership(self, target: int) -> None:
+        """Hand leadership to voter `target` (thesis §3.10); proposals are refused meanwhile.
+
+        Raises NotLeaderError or ConfigurationChangeError. Watch `leader_id` via `wait_changed`.
+        """
+        self.core.transfer_leadership(target)
+        self._wake()
+
+    # --- the transport's side (RaftEndpoint) -----------------------------------------------------
+
+    def deliver_nowait(self, message: Message) -> bool:
+        try:
+            self._inbox_send.send_nowait(message)
+        except trio.WouldBlock:
+            self._counters["inbox_dropped"] += 1
+            return False
+        return True
+
+    def report_unreachable(self, peer: int) -> None:
+        self.core.report_unreachable(peer)
+
+    def report_snapshot_failed(self, peer: int) -> None:
+        self.core.report_snapshot(peer, success=False)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Drive the group until cancelled (or until its storage fails: StorageOfflineError).
+
+        Registers with the transport for inbound messages while it runs. Pending proposals are
+        settled with RaftDriverStoppedError when it stops (their outcome is unknown).
+        """
+        assert not self._running, "run() once per driver"
+        self._running = True
+        self.transport.register(self.group, self)
+        stopped: BrokerError = RaftDriverStoppedError(
+            f"{self.group}: the Raft driver stopped; the outcome of pending proposals is unknown"
+        )
+        try:
+            task_status.started()
+            await self._loop()
+        except StorageOfflineError as exc:
+            stopped = exc
+            raise
+        finally:
+            self.transport.unregister(self.group, self)
+            self._stop(stopped)
+
+    async def _loop(self) -> None:
+        interval = self.config.tick_interval_ms / 1000
+        next_tick = trio.current_time() + interval
+        while True:
+            # Block for input only when the core has nothing to do; otherwise just drain what is
+            # there, so inbound acknowledgements are never starved by a stream of proposals.
+            idle = not self.core.has_ready()
+            for message in await self._receive_inputs(next_tick if idle else None):
+                self.core.step(message)
+            now = trio.current_time()
+            if now >= next_tick:
+                self.core.tick(now_ms=self._clock_ms())
+                self._counters["ticks"] += 1
+                missed = int((now - next_tick) // interval)
+                next_tick += interval * (missed + 1)
+            if self.core.has_ready():
+                await self._commit_round()
+            self._notify()
+
+    async def _receive_inputs(self, deadline: float | None) -> list[Message]:
+        """Inbound messages: wait until `deadline` for the first (None: don't wait), then drain."""
+        messages: list[Message] = []
+        if deadline is None:
+            await trio.lowlevel.checkpoint()
+        else:
+            with trio.move_on_at(deadline):
+                item = await self._inbox_receive.receive()
+                if item is not _WAKE:
+                    messages.append(item)  # type: ignore[arg-type]
+        while len(messages) < self.config.messages_per_iteration_max:
+            try:
+                item = self._inbox_receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if item is not _WAKE:
+                messages.append(item)  # type: ignore[arg-type]
+        return messages
+
+    async def _commit_round(self) -> None:
+        """Group commit: take and write every pending Ready, fsync once, then send and apply."""
+        readys: list[Ready] = []
+        must_sync = False
+        while self.core.has_ready() and len(readys) < self.config.readys_per_fsync_max:
+            ready = self.core.ready()
+            # No await from here to advance(): the core must not be called with a Ready in flight.
+            self._persist(ready)
+            self.core.advance(ready)
+            readys.append(ready)
+            must_sync = must_sync or ready.must_sync
+        self._counters["readys"] += len(readys)
+        log = self.storage.log
+        if must_sync and log.config.flush_policy is FlushPolicy.ALWAYS:
+            await self._fsync(log)
+            # Cancelled during the fsync? It completed (the thread always finishes) and is recorded;
+            # stop now rather than send: the rule is simply that a cancelled driver sends nothing
+            # more, which also covers a syncer that did not complete.
+            await trio.lowlevel.checkpoint_if_cancelled()
+        for ready in readys:
+            self._complete(ready)
+        last = readys[-1]
+        self.core.persisted(last.last_index, last.last_term)
+
+    def _persist(self, ready: Ready) -> None:
+        # The order of the Ready contract: snapshot (log reset), entries (the storage truncates a
+        # conflicting suffix first), then hard state. Term and vote are durable on return (LMDB).
+        if ready.snapshot is not None:
+            self.storage.apply_snapshot(ready.snapshot)
+        if ready.entries:
+            self.storage.append(ready.entries)
+        if ready.hard_state is not None:
+            self.storage.set_hard_state(ready.hard_state)
+
+    async def _fsync(self, log: PartitionLog) -> None:
+        try:
+            await self._sync_log(log)
+        except OSError as exc:
+            # After a failed fsync the kernel may have dropped the dirty pages: a retry that
+            # succeeds proves nothing (fsyncgate). The group goes offline on this broker.
+            logger.error(
+                "%s: fsync of %s failed, stopping the group: %s", self.group, log.directory, exc
+            )
+            raise StorageOfflineError(
+                f"{self.group}: fsync of {log.directory} failed ({exc}); restart the broker"
+            ) from exc
+        self._counters["fsyncs"] += 1
+
+    def _complete(self, ready: Ready) -> None:
+        """After the fsync covering `ready`: send its messages, then apply what it committed."""
+        for message in ready.messages:
+            self._send(message)
+        if ready.snapshot is not None:
+            if self._on_snapshot is not None:
+                self._on_snapshot(ready.snapshot)
+            self._settle_up_to(ready.snapshot.index, committed=())
+            self._high_watermark = max(self._high_watermark, ready.snapshot.index + 1)
+        if ready.committed_entries:
+            if self._on_apply is not None:
+                self._on_apply(ready.committed_entries)
+            last = ready.committed_entries[-1].index
+            self._settle_up_to(last, committed=ready.committed_entries)
+            self._high_watermark = max(self._high_watermark, last + 1)
+
+    def _send(self, message: Message) -> None:
+        if self.transport.send(self.group, message):
+            self._counters["messages_sent"] += 1
+            return
+        # Dropped (full queue, link down): the core stops pipelining to that peer and probes.
+        self._counters["messages_refused"] += 1
+        self.core.report_unreachable(message.target)
+        if isinstance(message, InstallSnapshot):
+            self.core.report_snapshot(message.target, success=False)
+
+    # --- proposals -------------------------------------------------------------------------------
+
+    def _settle_up_to(self, index: int, *, committed: Sequence[Entry]) -> None:
+        # A proposal commits iff an entry with its index AND term is committed. Any other proposal
+        # at or below the applied index lost its place to another leader's entry (or a snapshot
+        # covered it, and then its fate is unknown here).
+        for entry in committed:
+            proposal = self._proposals.get(entry.index)
+            if proposal is not None and proposal.term == entry.term:
+                del self._proposals[entry.index]
+                proposal._settle(None)
+                self._counters["proposals_committed"] += 1
+        while self._proposal_indexes and self._proposal_indexes[0] <= index:
+            lost = self._proposals.pop(heapq.heappop(self._proposal_indexes), None)
+            if lost is None:
+                continue  # committed above
+            self._counters["proposals_failed"] += 1
+            if committed:
+                lost._settle(
+                    ProposalDroppedError(
+                        f"{self.group}: entry {lost.index}@{lost.term} was replaced by another "
+                        "leader's entry; retry"
+                    )
+                )
+            else:
+                lost._settle(
+                    ProposalTimeoutError(
+                        f"{self.group}: a snapshot covered entry {lost.index}@{lost.term}; "
+                        "its outcome is unknown here"
+                    )
+                )
+
+    def _register_proposal(self, proposal: Proposal) -> None:
+        previous = self._proposals.get(proposal.index)
+        if previous is not None:
+            # We lost leadership, our log was truncated and we lead again at a higher term: the
+            # old entry at this index is not in our log, and a leader holds every committed entry.
+            self._counters["proposals_failed"] += 1
+            previous._settle(
+                ProposalDroppedError(
+                    f"{self.group}: entry {previous.index}@{previous.term} was truncated; retry"
+                )
+            )
+        else:
+            heapq.heappush(self._proposal_indexes, proposal.index)
+        self._proposals[proposal.index] = proposal
+
+    def _stop(self, error: BrokerError) -> None:
+        self._stopped_error = error
+        pending, self._proposals = self._proposals, {}
+        self._proposal_indexes = []
+        for proposal in pending.values():
+            proposal._settle(error)
+        self._change_version += 1
+        self._changed.set()
+
+    # --- change notification ---------------------------------------------------------------------
+
+    def _observable(self) -> tuple[object, ...]:
+        core = self.core
+        return (
+            core.role,
+            core.leader_id,
+            core.term,
+            self._high_watermark,
+            core.log.last_index(),
+            core.durable_index,
+        )
+
+    def _notify(self) -> None:
+        observed = self._observable()
+        if observed != self._observed:
+            self._observed = observed
+            self._change_version += 1
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def _wake(self) -> None:
+        # A full inbox wakes the loop anyway.
+        with contextlib.suppress(trio.WouldBlock):
+            self._inbox_send.send_nowait(_WAKE)

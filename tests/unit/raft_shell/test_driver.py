@@ -1,0 +1,332 @@
+"""RaftDriver ordering and bookkeeping, with the test playing the two peers of node 1.
+
+Goals: no message of a Ready leaves before the fsync covering it completes, and `persisted`
+follows that fsync; proposals that arrive during an fsync share the next one (group commit); a
+refused send reports the peer unreachable; proposals settle by (index, term); ticks run on trio
+time; cancellation during a real threaded fsync sends nothing and settles pending proposals.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from broker.config import ConfigError
+from broker.log.durability import FlushTicket
+from broker.raft.config import RaftConfig
+from broker.raft.driver import (
+    RaftDriverConfig,
+    RaftDriverStoppedError,
+    ThreadLogSyncer,
+)
+from broker.raft.errors import NotLeaderError, ProposalDroppedError
+from broker.raft.messages import (
+    AppendRequest,
+    AppendResponse,
+    Entry,
+    Heartbeat,
+    VoteRequest,
+    VoteResponse,
+    assign_entry,
+)
+from broker.raft.progress import ProgressState
+from broker.raft.ready import Role
+from tests.unit.raft_shell.helpers import Node, record_batch
+
+
+async def _until(node: Node, predicate) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(10):
+        while not predicate():
+            await node.driver.wait_changed()
+
+
+def _appends_to(node: Node, peer: int) -> list[AppendRequest]:
+    return [m for m in node.transport.of_type(AppendRequest) if m.target == peer]  # type: ignore[misc]
+
+
+async def _become_leader(node: Node) -> None:
+    """Campaign and grant node 1 the votes of node 2 (pre-vote, then vote), then ack the no-op."""
+    driver, transport = node.driver, node.transport
+    driver.campaign()
+    await transport.wait_for(lambda: bool(transport.of_type(VoteRequest)))
+    driver.deliver_nowait(VoteResponse(2, 1, 1, True, pre_vote=True))
+    await transport.wait_for(
+        lambda: any(not m.pre_vote for m in transport.of_type(VoteRequest))  # type: ignore[attr-defined]
+    )
+    driver.deliver_nowait(VoteResponse(2, 1, 1, True))
+    await _until(node, lambda: driver.role is Role.LEADER)
+    await _ack_all(node)
+    await _until(node, lambda: driver.high_watermark == driver.core.log.last_index() + 1)
+
+
+async def _ack_all(node: Node) -> None:
+    """Node 2 acknowledges everything sent to it so far (node 3 stays silent)."""
+    await node.transport.wait_for(lambda: bool(_appends_to(node, 2)))
+    last = _appends_to(node, 2)[-1]
+    match = last.entries[-1].index if last.entries else last.prev_index
+    node.driver.deliver_nowait(AppendResponse(2, 1, last.term, True, match))
+
+
+async def test_votes_and_appends_leave_only_after_their_fsync(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    driver, transport, syncer = node.driver, node.transport, node.syncer
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        driver.campaign()
+        await transport.wait_for(lambda: bool(transport.of_type(VoteRequest)))
+        # The pre-vote changed no hard state, so it needed no fsync.
+        assert syncer.calls == 0
+        syncer.hold()
+        driver.deliver_nowait(VoteResponse(2, 1, 1, True, pre_vote=True))
+        with trio.fail_after(5):
+            await syncer.started.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        # Term 1 and the self-vote are written; the vote requests wait for the fsync (Figure 2).
+        assert node.storage.hard_state.term == 1 and node.storage.hard_state.vote == 1
+        assert all(m.pre_vote for m in transport.of_type(VoteRequest))  # type: ignore[attr-defined]
+        syncer.release()
+        await transport.wait_for(
+            lambda: any(not m.pre_vote for m in transport.of_type(VoteRequest))  # type: ignore[attr-defined]
+        )
+        position = transport.events.index(("send", transport.of_type(VoteRequest)[-1]))
+        assert ("fsync-done", 0) in transport.events[:position]
+
+        # Elected: the leader's no-op is appended, held in its fsync, and not replicated yet.
+        syncer.hold()
+        driver.deliver_nowait(VoteResponse(2, 1, 1, True))
+        with trio.fail_after(5):
+            await syncer.started.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert driver.role is Role.LEADER
+        assert node.log.log_end_offset == 1  # written to the page cache...
+        assert not transport.of_type(AppendRequest)  # ...but not sent
+        assert driver.core.durable_index == -1  # and not reported persisted
+        syncer.release()
+        await transport.wait_for(lambda: len(transport.of_type(AppendRequest)) == 2)
+        assert driver.core.durable_index == 0  # persisted() followed the fsync
+        sends = [i for i, (kind, m) in enumerate(transport.events) if isinstance(m, AppendRequest)]
+        assert ("fsync-done", 1) in transport.events[: sends[0]]
+        nursery.cancel_scope.cancel()
+    node.close()
+
+
+async def test_proposals_during_an_fsync_share_the_next_one(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    driver, transport, syncer = node.driver, node.transport, node.syncer
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        await _become_leader(node)
+        fsyncs_before = syncer.calls
+        syncer.hold()
+        first = driver.propose_nowait(record_batch(b"first"))
+        with trio.fail_after(5):
+            await syncer.started.wait()
+        # Nine more arrive while the first one's fsync runs.
+        rest = [driver.propose_nowait(record_batch(b"p%d" % n)) for n in range(9)]
+        syncer.release()
+        with trio.fail_after(5):
+            await transport.wait_for(
+                lambda: sum(len(m.entries) for m in _appends_to(node, 2)) >= 11  # type: ignore[attr-defined]
+            )
+        await trio.testing.wait_all_tasks_blocked()
+        assert syncer.calls == fsyncs_before + 2  # ten proposals, two fsyncs
+        assert [len(m.entries) for m in _appends_to(node, 2)][-2:] == [1, 9]
+        await _ack_all(node)
+        with trio.fail_after(5):
+            for proposal in [first, *rest]:
+                await proposal.wait_committed()
+        assert driver.high_watermark == rest[-1].index + 1
+        assert driver.statistics().proposals_committed == 10
+        nursery.cancel_scope.cancel()
+    node.close()
+
+
+async def test_refused_send_reports_the_peer_unreachable(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    driver, transport = node.driver, node.transport
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        await _become_leader(node)
+        assert driver.core.progress[2].state is ProgressState.REPLICATE
+        transport.accept = False  # every peer queue is full
+        driver.propose_nowait(record_batch(b"x"))
+        with trio.fail_after(5):
+            await transport.wait_for(lambda: driver.statistics().messages_refused >= 1)
+        assert driver.core.progress[2].state is ProgressState.PROBE
+        nursery.cancel_scope.cancel()
+    node.close()
+
+
+async def test_follower_refuses_proposals_with_the_leader_hint(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    driver = node.driver
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        driver.deliver_nowait(Heartbeat(3, 1, 4, -1))
+        await _until(node, lambda: driver.leader_id == 3)
+        with pytest.raises(NotLeaderError) as caught:
+            await driver.propose(record_batch(b"x"))
+        assert caught.value.leader_hint == 3
+        nursery.cancel_scope.cancel()
+    node.close()
+
+
+async def test_a_proposal_replaced_by_another_leaders_entry_is_dropped(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    driver = node.driver
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        await _become_leader(node)
+        lost = driver.propose_nowait(record_batch(b"mine"))
+        # Node 2 won term 2 elsewhere and committed its own entry at that index.
+        other: Entry = assign_entry(record_batch(b"theirs"), base_index=lost.index, term=2)
+        driver.deliver_nowait(AppendRequest(2, 1, 2, lost.index - 1, 1, (other,), other.index))
+        with trio.fail_after(5), pytest.raises(ProposalDroppedError):
+            await lost.wait_committed()
+        assert driver.leader_id == 2
+        assert driver.high_watermark == other.index + 1
+        assert driver.statistics().core.entries_truncated == 1
+        nursery.cancel_scope.cancel()
+    node.close()
+
+
+async def test_ticks_elect_a_single_voter_and_apply_its_entries(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    applied: list[Entry] = []
+    node = Node(
+        tmp_path,
+        voters=(1,),
+        config=RaftDriverConfig(tick_interval_ms=100),
+        on_apply=applied.extend,
+    )
+    driver = node.driver
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        await nursery.start(driver.run)
+        await _until(node, lambda: driver.role is Role.LEADER)
+        # The randomized election timeout is in [10, 20) ticks of 100 ms.
+        assert 1.0 <= trio.current_time() - started < 2.1
+        proposal = await driver.propose(record_batch(b"solo"))
+        await driver.wait_high_watermark(proposal.index + 1)
+        assert [entry.index for entry in applied] == [0, proposal.index]
+        # acks=1: wait only for the leader's own fsync.
+        written = driver.propose_nowait(record_batch(b"local"))
+        await driver.wait_durable(written.index)
+        assert node.log.flushed_offset == written.index + 1
+        assert driver.statistics().ticks >= 10
+        nursery.cancel_scope.cancel()
+    node.close()
+
+
+async def test_propose_times_out_when_the_followers_never_answer(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = Node(tmp_path)
+    driver = node.driver
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        await _become_leader(node)
+        from broker.raft.driver import ProposalTimeoutError
+
+        with pytest.raises(ProposalTimeoutError):
+            await driver.propose(record_batch(b"x"), timeout_ms=500)
+        nursery.cancel_scope.cancel()
+    node.close()
+
+
+async def test_cancelled_during_a_threaded_fsync_sends_nothing(tmp_path: Path) -> None:
+    # The real ThreadLogSyncer, its worker thread held inside the fsync; real clock, slow ticks.
+    hold = threading.Event()
+    entered = threading.Event()
+    release = threading.Event()
+
+    def run_ticket(ticket: FlushTicket) -> None:
+        if hold.is_set():
+            entered.set()
+            release.wait(10)
+        ticket.run()
+
+    syncer = ThreadLogSyncer(run_ticket)
+    node = Node(tmp_path, syncer=syncer)
+    driver, transport = node.driver, node.transport
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        await _become_leader(node)
+        sent_before = len(transport.sent)
+        hold.set()
+        proposal = driver.propose_nowait(record_batch(b"in-flight"))
+        assert await trio.to_thread.run_sync(entered.wait, 10)
+        nursery.cancel_scope.cancel()
+        # The cancel cannot interrupt the thread: let the fsync finish now.
+        release.set()
+    # The fsync completed and was recorded on the log, but nothing it covered was sent.
+    assert node.log.flushed_offset == node.log.log_end_offset == proposal.index + 1
+    assert len(transport.sent) == sent_before
+    assert proposal.done
+    with pytest.raises(RaftDriverStoppedError):
+        await proposal.wait_committed()
+    with pytest.raises(RaftDriverStoppedError):
+        driver.propose_nowait(record_batch(b"late"))
+    node.close()
+
+
+def test_driver_config_validation_names_the_field() -> None:
+    RaftDriverConfig().validate()
+    with pytest.raises(ConfigError, match="tick_interval_ms"):
+        RaftDriverConfig(tick_interval_ms=0).validate()
+    with pytest.raises(ConfigError, match="inbox_messages_max"):
+        RaftDriverConfig(inbox_messages_max=-1).validate()
+    assert RaftConfig().election_timeout_ticks > 1
+
+
+async def test_a_full_transport_queue_makes_the_leader_probe_instead_of_blocking(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The real RaftTransport with a one-message queue per peer and peers that never accept the
+    # connection: the driver never blocks, and the refusal reaches the core as unreachable.
+    from broker.raft.transport import RaftTransport, RaftTransportConfig
+
+    async def never_connects(node_id: int, host: str, port: int) -> trio.abc.Stream:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    transport = RaftTransport(
+        node_id=1,
+        cluster_id="unit",
+        peers={2: ("memory", 2), 3: ("memory", 3)},
+        config=RaftTransportConfig(peer_queue_messages_max=1, connect_timeout_ms=3_600_000),
+        connector=never_connects,
+    )
+    node = Node(tmp_path)
+    node.driver.transport = transport
+    driver = node.driver
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await nursery.start(driver.run)
+        driver.campaign()
+        await _until(node, lambda: driver.role is Role.PRE_CANDIDATE)
+        driver.deliver_nowait(VoteResponse(2, 1, 1, True, pre_vote=True))
+        await _until(node, lambda: driver.role is Role.CANDIDATE)
+        driver.deliver_nowait(VoteResponse(2, 1, 1, True))
+        await _until(node, lambda: driver.role is Role.LEADER)
+        # Node 2 acknowledges the no-op out of band: the leader would pipeline to it (REPLICATE),
+        # but the commit broadcast that follows finds the queue full (the pre-vote request still
+        # sits in it), so the core is told and falls back to probing.
+        refused_before = driver.statistics().messages_refused
+        driver.deliver_nowait(AppendResponse(2, 1, 1, True, 0))
+        await _until(node, lambda: driver.high_watermark == 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert driver.statistics().messages_refused > refused_before
+        assert driver.core.progress[2].state is ProgressState.PROBE
+        assert transport.statistics().messages_dropped_queue_full >= 1
+        # The driver never blocked on the full queues: proposals are still written and synced.
+        proposals = [driver.propose_nowait(record_batch(b"p%d" % n)) for n in range(5)]
+        with trio.fail_after(5):
+            await driver.wait_durable(proposals[-1].index)
+        nursery.cancel_scope.cancel()
+    node.close()
