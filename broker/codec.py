@@ -55,6 +55,17 @@ class ApiKey(enum.Enum):
     PRODUCE = "produce"
     FETCH = "fetch"
     LIST_OFFSETS = "list_offsets"
+    # Consumer groups (schemas at the end of this module; docs/consumer-groups.md).
+    FIND_COORDINATOR = "find_coordinator"
+    JOIN_GROUP = "join_group"
+    SYNC_GROUP = "sync_group"
+    HEARTBEAT = "heartbeat"
+    LEAVE_GROUP = "leave_group"
+    OFFSET_COMMIT = "offset_commit"
+    OFFSET_FETCH = "offset_fetch"
+    LIST_GROUPS = "list_groups"
+    DESCRIBE_GROUPS = "describe_groups"
+    DELETE_GROUPS = "delete_groups"
 
 
 # Supported (min, max) version of each API. Bump max when adding a version; never drop min silently.
@@ -742,3 +753,368 @@ def _default_of(field: dataclasses.Field[Any]) -> Any:
     has_default = field.default is not dataclasses.MISSING
     has_factory = field.default_factory is not dataclasses.MISSING
     return None if has_default or has_factory else _REQUIRED
+
+
+# --- consumer groups ------------------------------------------------------------------------------
+#
+# The wire side of broker/consumer_groups (the pure GroupCoordinatorCore): FindCoordinator, the
+# classic membership protocol (JoinGroup, SyncGroup, Heartbeat, LeaveGroup), offsets
+# (OffsetCommit, OffsetFetch) and administration (ListGroups, DescribeGroups, DeleteGroups).
+# Member metadata and assignments are opaque bytes to the broker (payload slices); the consumer
+# protocol's encoding is broker/consumer_groups/assignors.py. Group states travel as Kafka's
+# names ("Empty", "Stable", ...). A request-wide failure is `error` + `error_message` in the body.
+
+# FindCoordinator key types (Kafka's): a consumer group. Transactions will add 1.
+COORDINATOR_KEY_GROUP: Final = 0
+
+
+@_message
+class FindCoordinatorRequest:
+    API: ClassVar[ApiKey] = ApiKey.FIND_COORDINATOR
+    key: str
+    key_type: int = COORDINATOR_KEY_GROUP
+
+
+@_message
+class FindCoordinatorResponse:
+    """Where the coordinator of `key` is: the leader of its __consumer_offsets partition."""
+
+    API: ClassVar[ApiKey] = ApiKey.FIND_COORDINATOR
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    node_id: int = -1
+    host: str = ""
+    port: int = -1
+
+
+@_message
+class JoinGroupProtocol:
+    """One assignor the member supports (`name`) with its subscription (`metadata`)."""
+
+    name: str
+    metadata: bytes
+
+
+@_message
+class JoinGroupRequest:
+    """`member_id=""` on a member's first join (the coordinator assigns one).
+    `rebalance_timeout_ms <= 0` takes the coordinator's default."""
+
+    API: ClassVar[ApiKey] = ApiKey.JOIN_GROUP
+    group_id: str
+    session_timeout_ms: int
+    protocols: tuple[JoinGroupProtocol, ...]
+    rebalance_timeout_ms: int = -1
+    member_id: str = ""
+    group_instance_id: str | None = None
+    protocol_type: str = "consumer"
+    client_id: str = ""  # shown by DescribeGroups; prefixes the member id the coordinator assigns
+
+
+@_message
+class JoinGroupMember:
+    member_id: str
+    metadata: bytes
+    group_instance_id: str | None = None
+
+
+@_message
+class JoinGroupResponse:
+    """Only the leader's response carries `members`; it runs the assignor over them."""
+
+    API: ClassVar[ApiKey] = ApiKey.JOIN_GROUP
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    generation: int = -1
+    protocol_type: str = ""
+    protocol_name: str = ""
+    leader_id: str = ""
+    member_id: str = ""
+    skip_assignment: bool = False
+    members: tuple[JoinGroupMember, ...] = ()
+
+
+@_message
+class SyncGroupAssignment:
+    member_id: str
+    assignment: bytes
+
+
+@_message
+class SyncGroupRequest:
+    """Only the leader sends `assignments`; every member gets its own back in the response."""
+
+    API: ClassVar[ApiKey] = ApiKey.SYNC_GROUP
+    group_id: str
+    generation: int
+    member_id: str
+    group_instance_id: str | None = None
+    protocol_type: str = ""
+    protocol_name: str = ""
+    assignments: tuple[SyncGroupAssignment, ...] = ()
+
+
+@_message
+class SyncGroupResponse:
+    API: ClassVar[ApiKey] = ApiKey.SYNC_GROUP
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    protocol_type: str = ""
+    protocol_name: str = ""
+    assignment: bytes = b""
+
+
+@_message
+class HeartbeatRequest:
+    API: ClassVar[ApiKey] = ApiKey.HEARTBEAT
+    group_id: str
+    generation: int
+    member_id: str
+    group_instance_id: str | None = None
+
+
+@_message
+class HeartbeatResponse:
+    """REBALANCE_IN_PROGRESS tells the member to rejoin."""
+
+    API: ClassVar[ApiKey] = ApiKey.HEARTBEAT
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class LeaveGroupMember:
+    """By `member_id`, or by `group_instance_id` with member_id "" (static members)."""
+
+    member_id: str = ""
+    group_instance_id: str | None = None
+
+
+@_message
+class LeaveGroupRequest:
+    API: ClassVar[ApiKey] = ApiKey.LEAVE_GROUP
+    group_id: str
+    members: tuple[LeaveGroupMember, ...]
+
+
+@_message
+class LeaveGroupMemberResult:
+    member_id: str
+    group_instance_id: str | None = None
+    error: ErrorCode = ErrorCode.NONE
+
+
+@_message
+class LeaveGroupResponse:
+    API: ClassVar[ApiKey] = ApiKey.LEAVE_GROUP
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    members: tuple[LeaveGroupMemberResult, ...] = ()
+
+
+@_message
+class OffsetCommitPartition:
+    """`offset`: the next record the group will consume (last processed + 1)."""
+
+    topic: str
+    partition: int
+    offset: int
+    leader_epoch: int = -1
+    metadata: str = ""
+
+
+@_message
+class OffsetCommitRequest:
+    """From a member: its generation and member id. generation -1 with member id "" commits
+    from outside the group (a simple consumer, reset-offsets): only while the group is Empty."""
+
+    API: ClassVar[ApiKey] = ApiKey.OFFSET_COMMIT
+    group_id: str
+    partitions: tuple[OffsetCommitPartition, ...]
+    generation: int = -1
+    member_id: str = ""
+    group_instance_id: str | None = None
+
+
+@_message
+class OffsetCommitPartitionResult:
+    topic: str
+    partition: int
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class OffsetCommitResponse:
+    """Answered once the commit is durable in __consumer_offsets."""
+
+    API: ClassVar[ApiKey] = ApiKey.OFFSET_COMMIT
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    partitions: tuple[OffsetCommitPartitionResult, ...] = ()
+
+
+@_message
+class GroupTopicPartition:
+    topic: str
+    partition: int
+
+
+@_message
+class OffsetFetchRequest:
+    """`partitions=None`: every partition the group has committed."""
+
+    API: ClassVar[ApiKey] = ApiKey.OFFSET_FETCH
+    group_id: str
+    partitions: tuple[GroupTopicPartition, ...] | None = None
+
+
+@_message
+class OffsetFetchPartitionResult:
+    """`offset = -1` (metadata "") when the group has no commit for the partition."""
+
+    topic: str
+    partition: int
+    offset: int = -1
+    leader_epoch: int = -1
+    metadata: str = ""
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class OffsetFetchResponse:
+    API: ClassVar[ApiKey] = ApiKey.OFFSET_FETCH
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    partitions: tuple[OffsetFetchPartitionResult, ...] = ()
+
+
+@_message
+class ListGroupsRequest:
+    """`states`: Kafka's state names to keep ("Empty", "Stable", ...); empty keeps all."""
+
+    API: ClassVar[ApiKey] = ApiKey.LIST_GROUPS
+    states: tuple[str, ...] = ()
+
+
+@_message
+class ListedGroupInfo:
+    group_id: str
+    protocol_type: str
+    state: str
+
+
+@_message
+class ListGroupsResponse:
+    API: ClassVar[ApiKey] = ApiKey.LIST_GROUPS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    groups: tuple[ListedGroupInfo, ...] = ()
+
+
+@_message
+class DescribeGroupsRequest:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_GROUPS
+    group_ids: tuple[str, ...]
+
+
+@_message
+class DescribedMember:
+    """`subscription`/`assignment`: consumer protocol bytes (assignors.Subscription/Assignment)."""
+
+    member_id: str
+    group_instance_id: str | None = None
+    client_id: str = ""
+    client_host: str = ""
+    session_timeout_ms: int = -1
+    rebalance_timeout_ms: int = -1
+    subscription: bytes = b""
+    assignment: bytes = b""
+
+
+@_message
+class DescribedOffset:
+    """One partition the group commits to or is assigned: `committed_offset` -1 when none;
+    `log_end_offset` is the partition's high watermark (-1 when unknown here); `lag` is
+    log_end_offset - committed_offset (never below 0), -1 when either is unknown."""
+
+    topic: str
+    partition: int
+    committed_offset: int = -1
+    log_end_offset: int = -1
+    lag: int = -1
+    metadata: str = ""
+    member_id: str = ""
+
+
+@_message
+class DescribedGroup:
+    group_id: str
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    state: str = "Dead"
+    protocol_type: str = ""
+    protocol_name: str = ""
+    generation: int = -1
+    leader_id: str = ""
+    members: tuple[DescribedMember, ...] = ()
+    offsets: tuple[DescribedOffset, ...] = ()
+
+
+@_message
+class DescribeGroupsResponse:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_GROUPS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    groups: tuple[DescribedGroup, ...] = ()
+
+
+@_message
+class DeleteGroupsRequest:
+    API: ClassVar[ApiKey] = ApiKey.DELETE_GROUPS
+    group_ids: tuple[str, ...]
+
+
+@_message
+class GroupResultInfo:
+    group_id: str
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class DeleteGroupsResponse:
+    API: ClassVar[ApiKey] = ApiKey.DELETE_GROUPS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    groups: tuple[GroupResultInfo, ...] = ()
+
+
+GROUP_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.FIND_COORDINATOR: FindCoordinatorRequest,
+    ApiKey.JOIN_GROUP: JoinGroupRequest,
+    ApiKey.SYNC_GROUP: SyncGroupRequest,
+    ApiKey.HEARTBEAT: HeartbeatRequest,
+    ApiKey.LEAVE_GROUP: LeaveGroupRequest,
+    ApiKey.OFFSET_COMMIT: OffsetCommitRequest,
+    ApiKey.OFFSET_FETCH: OffsetFetchRequest,
+    ApiKey.LIST_GROUPS: ListGroupsRequest,
+    ApiKey.DESCRIBE_GROUPS: DescribeGroupsRequest,
+    ApiKey.DELETE_GROUPS: DeleteGroupsRequest,
+}
+GROUP_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.FIND_COORDINATOR: FindCoordinatorResponse,
+    ApiKey.JOIN_GROUP: JoinGroupResponse,
+    ApiKey.SYNC_GROUP: SyncGroupResponse,
+    ApiKey.HEARTBEAT: HeartbeatResponse,
+    ApiKey.LEAVE_GROUP: LeaveGroupResponse,
+    ApiKey.OFFSET_COMMIT: OffsetCommitResponse,
+    ApiKey.OFFSET_FETCH: OffsetFetchResponse,
+    ApiKey.LIST_GROUPS: ListGroupsResponse,
+    ApiKey.DESCRIBE_GROUPS: DescribeGroupsResponse,
+    ApiKey.DELETE_GROUPS: DeleteGroupsResponse,
+}
+# Registered with the other APIs: the envelope functions look types up in these two tables.
+REQUEST_TYPES.update(GROUP_REQUEST_TYPES)
+RESPONSE_TYPES.update(GROUP_RESPONSE_TYPES)

@@ -198,6 +198,19 @@ class BrokerConfig(ConfigBase):
     shutdown_timeout_ms: int = 30_000
     # Defaults for every topic's log; a topic's own configs override them.
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    # --- consumer groups (docs/consumer-groups.md); mapped onto GroupConfig by the group service.
+    # Partitions of the internal __consumer_offsets topic, fixed when the broker first creates
+    # it: a group's coordinator partition is crc32(group_id) % this count.
+    offsets_topic_partitions: int = 8
+    # Bounds on a JoinGroup's session timeout (Kafka's group.min/max.session.timeout.ms).
+    group_min_session_timeout_ms: int = 6_000
+    group_max_session_timeout_ms: int = 1_800_000
+    # The first rebalance of an Empty group waits this long for more members to join.
+    group_initial_rebalance_delay_ms: int = 3_000
+    # Members per group.
+    group_max_size: int = 1_000
+    # Offsets of an Empty group expire after this long; -1 keeps them forever.
+    offsets_retention_ms: int = 7 * DAY_MS
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, base: Self | None = None) -> Self:
@@ -267,6 +280,18 @@ class BrokerConfig(ConfigBase):
             raise ConfigError("log", f"expected log settings, got {self.log!r}")
         self.log.validate()
         self.check_log_config("log.max_batch_bytes", self.log)
+        check_range("offsets_topic_partitions", self.offsets_topic_partitions, 1, 1_000)
+        check_range("group_min_session_timeout_ms", self.group_min_session_timeout_ms, 1)
+        check_range(
+            "group_max_session_timeout_ms",
+            self.group_max_session_timeout_ms,
+            self.group_min_session_timeout_ms,
+        )
+        check_range("group_initial_rebalance_delay_ms", self.group_initial_rebalance_delay_ms, 0)
+        check_range("group_max_size", self.group_max_size, 1, 1_000_000)
+        check_range("offsets_retention_ms", self.offsets_retention_ms, -1)
+        if self.offsets_retention_ms == 0:
+            raise ConfigError("offsets_retention_ms", "must be -1 (forever) or positive, got 0")
 
     def check_log_config(self, key: str, log: LogConfig) -> None:
         """A topic's batches must fit in a frame with room for the header."""

@@ -70,6 +70,69 @@ class _PartitionCollector(Collector):
         yield from (size, start, end, high)
 
 
+class _GroupCollector(Collector):
+    """Consumer lag per group and partition, and the group cores' statistics().
+
+    `source` returns the group service's latest snapshot (rebuilt in the trio thread about once a
+    second), so a scrape never touches the cores themselves.
+    """
+
+    def __init__(self, source: Callable[[], Any]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["group", "topic", "partition"]
+        lag = GaugeMetricFamily(
+            "broker_consumer_group_lag",
+            "Records between a group's committed offset and the partition's high watermark",
+            labels=labels,
+        )
+        committed = GaugeMetricFamily(
+            "broker_consumer_group_committed_offset",
+            "A group's committed offset (the next record it will consume)",
+            labels=labels,
+        )
+        per_partition = ["coordinator_partition"]
+        groups = GaugeMetricFamily(
+            "broker_consumer_groups", "Groups per state", labels=[*per_partition, "state"]
+        )
+        members = GaugeMetricFamily(
+            "broker_consumer_group_members", "Group members", labels=per_partition
+        )
+        offsets = GaugeMetricFamily(
+            "broker_consumer_group_offsets", "Committed offsets held", labels=per_partition
+        )
+        pending = GaugeMetricFamily(
+            "broker_consumer_group_pending_writes",
+            "Writes to __consumer_offsets awaiting durability",
+            labels=per_partition,
+        )
+        rebalances = GaugeMetricFamily(
+            "broker_consumer_group_rebalances",
+            "Rebalances completed since the broker started",
+            labels=per_partition,
+        )
+        try:
+            snapshot = self._source()
+        except Exception:
+            logger.exception("reading group metrics failed")
+            return
+        for sample in snapshot.lag:
+            key = [sample.group_id, sample.topic, str(sample.partition)]
+            committed.add_metric(key, sample.committed_offset)
+            if sample.lag >= 0:
+                lag.add_metric(key, sample.lag)
+        for partition, stats in snapshot.statistics:
+            key = [str(partition)]
+            for state, count in stats.groups_by_state:
+                groups.add_metric([*key, state.value], count)
+            members.add_metric(key, stats.member_count)
+            offsets.add_metric(key, stats.offset_count)
+            pending.add_metric(key, stats.pending_write_count)
+            rebalances.add_metric(key, stats.rebalance_count)
+        yield from (lag, committed, groups, members, offsets, pending, rebalances)
+
+
 class BrokerMetrics:
     """The broker's metrics and their HTTP endpoint."""
 
@@ -162,6 +225,10 @@ class BrokerMetrics:
 
     def watch_partitions(self, source: Callable[[], Iterable[PartitionSample]]) -> None:
         self.registry.register(_PartitionCollector(source))
+
+    def watch_groups(self, source: Callable[[], Any]) -> None:
+        """Export consumer lag and group statistics from the group service's snapshots."""
+        self.registry.register(_GroupCollector(source))
 
     # --- HTTP -------------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ import trio
 
 from broker import codec
 from broker.config import BrokerConfig, parse_host_port
+from broker.consumer_groups.service import GroupService, ensure_offsets_topic, group_config_of
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers import HANDLERS, BrokerContext, Deferred, PartitionState
 from broker.kvstore import KeySpace, KvStore
@@ -150,7 +151,7 @@ class Broker:
             topics.load_records()
             logs = LogManager.open(data_dir, self.config.log, config_for=topics.config_for)
             _flush_recovered(logs)
-            await self._serve(topics, logs, task_status)
+            await self._serve(topics, logs, task_status, store)
             clean = True
         finally:
             if logs is not None:
@@ -160,7 +161,11 @@ class Broker:
             logger.info("broker stopped (%s shutdown)", "clean" if clean else "unclean")
 
     async def _serve(
-        self, topics: TopicManager, logs: LogManager, task_status: trio.TaskStatus[Any]
+        self,
+        topics: TopicManager,
+        logs: LogManager,
+        task_status: trio.TaskStatus[Any],
+        store: KvStore | None = None,
     ) -> None:
         flusher = LogFlusher(logs.logs)
         context = BrokerContext(self.config, topics, flusher, self.metrics)
@@ -171,6 +176,12 @@ class Broker:
             topics.on_partition_added = self._partition_added
             topics.on_partition_removed = self._partition_removed
             topics.attach_logs(logs)
+            # Consumer groups: the internal offsets topic, then the coordinators over it.
+            ensure_offsets_topic(topics, self.config.offsets_topic_partitions)
+            groups = GroupService(context, config=group_config_of(self.config), store=store)
+            await services.start(groups.run)
+            context.groups = groups
+            self.metrics.watch_groups(lambda: groups.metrics_snapshot)
             services.start_soon(self._retention_loop, logs)
             metrics_address = self._start_metrics(context)
             try:
@@ -231,6 +242,8 @@ class Broker:
             accepting.cancel()
             context.stopping = True
             context.wake_all()
+            if context.groups is not None:
+                context.groups.unload_all()  # waiting joins and syncs answer at once
             for connection in list(self._connections):
                 connection.stop_reading()
             # Whatever is still running when the grace period ends is cancelled.

@@ -10,8 +10,9 @@ Rules:
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -134,8 +135,28 @@ class Consumer(_Blocking):
     def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
         self._aio.assign(partitions)
 
-    def subscribe(self, topics: Iterable[str]) -> None:
-        self._aio.subscribe(topics)
+    def subscribe(self, topics: Iterable[str] | re.Pattern[str], listener: Any = None) -> None:
+        """With a `group_id`: join the group; `listener` callbacks run in the loop thread."""
+        self._aio.subscribe(topics, listener)
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit (default: everything poll() returned) and wait; see `client.aio.Consumer`."""
+        self._loop.run(self._aio.commit, offsets)
+
+    def commit_async(
+        self,
+        offsets: Mapping[TopicPartition, int] | None = None,
+        callback: Callable[[BaseException | None], Any] | None = None,
+    ) -> None:
+        """Start a commit; `callback(error or None)` runs in the loop thread when it is done."""
+        if offsets is None:
+            offsets = self._aio._positions(self._aio._member().owned)
+        self._loop.call_soon(lambda: self._aio.commit_async(offsets, callback))
+
+    def committed(
+        self, partitions: Iterable[TopicPartition | tuple[str, int]]
+    ) -> dict[TopicPartition, int | None]:
+        return self._loop.run(self._aio.committed, list(partitions))
 
     def assignment(self) -> set[TopicPartition]:
         return self._aio.assignment()
@@ -177,7 +198,9 @@ class Consumer(_Blocking):
 
 
 class AdminClient(_Blocking):
-    """Topic administration: `create_topic`, `delete_topic`, `describe_topic`, `list_topics`."""
+    """Topic administration (`create_topic`, `delete_topic`, `describe_topic`, `list_topics`)
+    and consumer groups (`list_groups`, `describe_group`, `delete_group`,
+    `alter_group_offsets`, `list_offsets`)."""
 
     def __init__(self, bootstrap: str | Sequence[str] | None = None, **options: Any) -> None:
         self._aio = aio.AdminClient(bootstrap, **options)
@@ -204,3 +227,20 @@ class AdminClient(_Blocking):
 
     def list_topics(self) -> list[str]:
         return self._loop.run(self._aio.list_topics)
+
+    def list_groups(self, states: tuple[str, ...] = ()) -> list[Any]:
+        return self._loop.run(self._aio.list_groups, states)
+
+    def describe_group(self, group_id: str) -> Any:
+        return self._loop.run(self._aio.describe_group, group_id)
+
+    def delete_group(self, group_id: str) -> None:
+        self._loop.run(self._aio.delete_group, group_id)
+
+    def alter_group_offsets(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
+        self._loop.run(self._aio.alter_group_offsets, group_id, offsets)
+
+    def list_offsets(
+        self, partitions: list[TopicPartition], timestamp: int
+    ) -> dict[TopicPartition, int]:
+        return self._loop.run(self._aio.list_offsets, partitions, timestamp)

@@ -20,6 +20,18 @@ from broker.handlers.admin import (
 )
 from broker.handlers.context import BrokerContext, NullMetrics, PartitionState
 from broker.handlers.fetch import handle_fetch, handle_list_offsets
+from broker.handlers.groups import (
+    handle_delete_groups,
+    handle_describe_groups,
+    handle_find_coordinator,
+    handle_heartbeat,
+    handle_join_group,
+    handle_leave_group,
+    handle_list_groups,
+    handle_offset_commit,
+    handle_offset_fetch,
+    handle_sync_group,
+)
 from broker.handlers.produce import handle_produce
 from broker.handlers.reply import Deferred
 
@@ -33,6 +45,16 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.ProduceRequest: handle_produce,
     codec.FetchRequest: handle_fetch,
     codec.ListOffsetsRequest: handle_list_offsets,
+    codec.FindCoordinatorRequest: handle_find_coordinator,
+    codec.JoinGroupRequest: handle_join_group,
+    codec.SyncGroupRequest: handle_sync_group,
+    codec.HeartbeatRequest: handle_heartbeat,
+    codec.LeaveGroupRequest: handle_leave_group,
+    codec.OffsetCommitRequest: handle_offset_commit,
+    codec.OffsetFetchRequest: handle_offset_fetch,
+    codec.ListGroupsRequest: handle_list_groups,
+    codec.DescribeGroupsRequest: handle_describe_groups,
+    codec.DeleteGroupsRequest: handle_delete_groups,
 }
 
 __all__ = ["HANDLERS", "BrokerContext", "Deferred", "Handler", "NullMetrics", "PartitionState"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from broker import codec
+from broker.consumer_groups.service import is_internal_topic
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext
 from broker.topics import TopicRecord, effective_configs, validate_topic_name
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 def handle_metadata(ctx: BrokerContext, request: codec.MetadataRequest) -> codec.MetadataResponse:
     host, port = ctx.advertised
-    names = ctx.topics.names() if request.topics is None else list(request.topics)
+    # "Every topic" leaves internal topics out (as Kafka's clients do); asked by name, they show.
+    names = _public_names(ctx) if request.topics is None else list(request.topics)
     topics = []
     for name in names:
         try:
@@ -101,6 +103,10 @@ def handle_delete_topics(
     results = []
     for name in request.topics:
         try:
+            if is_internal_topic(name):
+                raise BrokerError(
+                    ErrorCode.INVALID_TOPIC, f"topic {name!r} is internal and cannot be deleted"
+                )
             ctx.topics.delete(name)
         except BrokerError as exc:
             results.append(codec.TopicResult(name=name, error=exc.code, error_message=exc.message))
@@ -112,7 +118,7 @@ def handle_delete_topics(
 def handle_describe_topics(
     ctx: BrokerContext, request: codec.DescribeTopicsRequest
 ) -> codec.DescribeTopicsResponse:
-    names = ctx.topics.names() if request.topics is None else list(request.topics)
+    names = _public_names(ctx) if request.topics is None else list(request.topics)
     descriptions = []
     for name in names:
         record = ctx.topics.get(name)
@@ -159,3 +165,7 @@ def _describe_partition(ctx: BrokerContext, topic: str, index: int) -> codec.Par
         size_bytes=log.size_bytes,
         segment_count=log.segment_count,
     )
+
+
+def _public_names(ctx: BrokerContext) -> list[str]:
+    return [name for name in ctx.topics.names() if not is_internal_topic(name)]

@@ -95,6 +95,8 @@ class BrokerContext:
     partitions: dict[tuple[str, int], PartitionState] = dataclasses.field(default_factory=dict)
     stopping: bool = False
     spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None
+    # The consumer group service (broker.consumer_groups.service.GroupService); None until started.
+    groups: Any = None
 
     @property
     def node_id(self) -> int:

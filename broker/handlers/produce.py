@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from broker import codec
+from broker.consumer_groups.service import is_internal_topic
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext, PartitionState
 from broker.handlers.reply import Deferred
@@ -48,6 +49,12 @@ def handle_produce(
     appended: list[_Appended] = []
     for index, item in enumerate(request.partitions):
         try:
+            if is_internal_topic(item.topic):
+                raise BrokerError(
+                    ErrorCode.INVALID_TOPIC,
+                    f"topic {item.topic!r} is internal: only the broker writes to it "
+                    "(consumers may read it)",
+                )
             state = ctx.partition_for_write(item.topic, item.partition)
             base_offset, end_offset = _append(ctx, state, item.records)
         except BrokerError as exc:

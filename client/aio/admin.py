@@ -1,4 +1,5 @@
-"""The trio-native admin client: create, delete, describe and list topics.
+"""The trio-native admin client: topics (create, delete, describe, list) and consumer groups
+(list, describe with lag, delete, offsets reset).
 
 Rule: a per-topic error in a response is raised as `BrokerError(code, message)`, the message as
 the broker wrote it (it names the offending value), so callers and the CLI can show it as is.
@@ -12,7 +13,7 @@ from typing import Any
 from broker import codec
 from broker.errors import BrokerError, ErrorCode
 from client.aio._base import AsyncClientBase
-from client.types import TopicDescription
+from client.types import TopicDescription, TopicPartition
 
 
 class AdminClient(AsyncClientBase):
@@ -66,6 +67,96 @@ class AdminClient(AsyncClientBase):
         """Every topic's name, sorted."""
         response = await self._cluster.refresh_metadata(None)
         return sorted(topic.name for topic in response.topics if topic.error is ErrorCode.NONE)
+
+    # --- consumer groups --------------------------------------------------------------------------
+
+    async def list_groups(self, states: tuple[str, ...] = ()) -> list[codec.ListedGroupInfo]:
+        """Every group (optionally only those in `states`, e.g. ("Stable",)), sorted by id."""
+        response: codec.ListGroupsResponse = await self._cluster.call_idempotent(
+            codec.ListGroupsRequest(states=tuple(states))
+        )
+        _raise_error(response.error, response.error_message)
+        return sorted(response.groups, key=lambda group: group.group_id)
+
+    async def describe_group(self, group_id: str) -> codec.DescribedGroup:
+        """State, members and their assignments, and per partition: committed offset, log end
+        offset and lag. Raises GROUP_ID_NOT_FOUND for an unknown group."""
+        node = await self._coordinator(group_id)
+        response: codec.DescribeGroupsResponse = await self._cluster.call_idempotent(
+            codec.DescribeGroupsRequest(group_ids=(group_id,)), node
+        )
+        _raise_error(response.error, response.error_message)
+        (group,) = response.groups
+        _raise_error(group.error, group.error_message or f"group {group_id!r}: {group.error.name}")
+        return group
+
+    async def delete_group(self, group_id: str) -> None:
+        """Delete an Empty group and its offsets (GROUP_NOT_EMPTY while it has members)."""
+        node = await self._coordinator(group_id)
+        response: codec.DeleteGroupsResponse = await self._cluster.call(
+            codec.DeleteGroupsRequest(group_ids=(group_id,)), node
+        )
+        _raise_error(response.error, response.error_message)
+        for result in response.groups:
+            _raise_error(result.error, f"group {group_id!r}: {result.error_message}")
+
+    async def alter_group_offsets(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
+        """Set a group's committed offsets from outside the group (reset-offsets).
+
+        Only while the group has no members: an active group answers GROUP_NOT_EMPTY, so a
+        reset never races with the members' own commits.
+        """
+        node = await self._coordinator(group_id)
+        request = codec.OffsetCommitRequest(
+            group_id=group_id,
+            partitions=tuple(
+                codec.OffsetCommitPartition(topic=tp.topic, partition=tp.partition, offset=offset)
+                for tp, offset in sorted(offsets.items())
+            ),
+        )
+        response: codec.OffsetCommitResponse = await self._cluster.call(request, node)
+        if response.error is ErrorCode.GROUP_NOT_EMPTY:
+            raise BrokerError(
+                ErrorCode.GROUP_NOT_EMPTY,
+                f"group {group_id!r} has active members; stop its consumers (and wait for their "
+                "session timeout) before resetting its offsets",
+            )
+        _raise_error(response.error, response.error_message)
+        for result in response.partitions:
+            _raise_error(result.error, f"{result.topic}/{result.partition}: {result.error_message}")
+
+    async def list_offsets(
+        self, partitions: list[TopicPartition], timestamp: int
+    ) -> dict[TopicPartition, int]:
+        """Per partition: the earliest offset (timestamp -2), the high watermark (-1), or the
+        first offset at or after `timestamp` ms (-1 when there is none)."""
+        request = codec.ListOffsetsRequest(
+            partitions=tuple(
+                codec.ListOffsetsPartition(
+                    topic=tp.topic, partition=tp.partition, timestamp=timestamp
+                )
+                for tp in partitions
+            )
+        )
+        response: codec.ListOffsetsResponse = await self._cluster.call_idempotent(request)
+        result = {}
+        for item in response.partitions:
+            _raise_error(item.error, f"{item.topic}/{item.partition}: {item.error_message}")
+            result[TopicPartition(item.topic, item.partition)] = item.offset
+        return result
+
+    async def _coordinator(self, group_id: str) -> int:
+        response: codec.FindCoordinatorResponse = await self._cluster.call_idempotent(
+            codec.FindCoordinatorRequest(key=group_id)
+        )
+        _raise_error(response.error, response.error_message)
+        self._cluster.brokers[response.node_id] = (response.host, response.port)
+        return response.node_id
+
+
+def _raise_error(error: ErrorCode, message: str) -> None:
+    if error is not ErrorCode.NONE:
+        raise BrokerError(error, message or error.name)
 
 
 def _raise_topic_errors(results: Any) -> None:

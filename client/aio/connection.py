@@ -38,6 +38,8 @@ from client.errors import (
 MAX_IN_FLIGHT_DEFAULT = 32
 # How long a TCP connect plus handshake may take.
 CONNECT_TIMEOUT_S_DEFAULT = 10.0
+# How long writing one frame may take before the connection is declared lost.
+WRITE_TIMEOUT_S = 30.0
 # Bytes asked of the socket per receive; big enough that a large fetch needs few wakeups.
 RECEIVE_CHUNK_BYTES = 1 << 20
 
@@ -124,17 +126,29 @@ class BrokerConnection:
         if expect_response:
             pending = self._pending[correlation_id] = _Pending()
         async with self._send_lock:
-            try:
-                await self._stream.send_all(data)
-            except BaseException as exc:
-                # Cancelled mid-write or a dead socket: the peer may have half a frame, so the
-                # stream is unusable (h11's send_failed rule).
-                self._frames.send_failed()
-                self._fail(ConnectionLostError(f"write to {self.address_text} failed: {exc!r}"))
-                raise ConnectionLostError(
-                    f"connection to {self.address_text} lost while sending: {exc!r}"
-                ) from exc
+            # The frame is written whole even if the caller is cancelled meanwhile (a consumer
+            # re-aiming its fetch): the connection is shared, and a frame cut in half would kill
+            # it for every other request. Bounded, so a peer that stops reading still fails it.
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + WRITE_TIMEOUT_S
+                try:
+                    await self._stream.send_all(data)
+                except BaseException as exc:
+                    # A dead socket: the peer may have half a frame, so the stream is unusable
+                    # (h11's send_failed rule).
+                    self._write_failed(exc)
+                    raise ConnectionLostError(
+                        f"connection to {self.address_text} lost while sending: {exc!r}"
+                    ) from exc
+            if scope.cancelled_caught:
+                timeout = TimeoutError(f"write not done within {WRITE_TIMEOUT_S} s")
+                self._write_failed(timeout)
+                raise ConnectionLostError(f"connection to {self.address_text}: {timeout}")
         return pending
+
+    def _write_failed(self, exc: BaseException) -> None:
+        self._frames.send_failed()
+        self._fail(ConnectionLostError(f"write to {self.address_text} failed: {exc!r}"))
 
     async def run_reader(self) -> None:
         """Route response frames to their waiters until the connection closes (a nursery task)."""

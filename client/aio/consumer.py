@@ -13,16 +13,21 @@ Rules:
   "none", raises from `poll`.
 - The buffer and positions sit under one `threading.Lock` so the blocking facade's `poll` can
   take records without a round trip through the trio thread.
+- With a `group_id`, `subscribe` joins a consumer group: `client/aio/group.py` (GroupMember)
+  decides the assignment and calls `_add_partitions`/`_remove_partitions`; commits go through it.
+  Without one, the consumer is a plain (manually positioned) reader as before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import trio
 
@@ -34,6 +39,13 @@ from broker.protocol import MAX_FRAME_BYTES_DEFAULT
 from client._gc import gc_paused
 from client.aio._base import AsyncClientBase
 from client.aio.cluster import CLIENT_ID_DEFAULT, METADATA_STALE_CODES, REQUEST_TIMEOUT_MS_DEFAULT
+from client.aio.group import (
+    AUTO_COMMIT_INTERVAL_MS_DEFAULT,
+    HEARTBEAT_INTERVAL_MS_DEFAULT,
+    MAX_POLL_INTERVAL_MS_DEFAULT,
+    SESSION_TIMEOUT_MS_DEFAULT,
+    GroupMember,
+)
 from client.errors import ClientError
 from client.types import ConsumerRecord, TopicPartition
 
@@ -84,6 +96,14 @@ class Consumer(AsyncClientBase):
         retry_backoff_ms: int = RETRY_BACKOFF_MS_DEFAULT,
         request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
         client_id: str = CLIENT_ID_DEFAULT,
+        group_id: str | None = None,
+        group_instance_id: str | None = None,
+        assignor: str = "range",
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = AUTO_COMMIT_INTERVAL_MS_DEFAULT,
+        session_timeout_ms: int = SESSION_TIMEOUT_MS_DEFAULT,
+        heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS_DEFAULT,
+        max_poll_interval_ms: int = MAX_POLL_INTERVAL_MS_DEFAULT,
     ) -> None:
         super().__init__(bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
         if auto_offset_reset not in _RESETS:
@@ -113,6 +133,19 @@ class Consumer(AsyncClientBase):
         self._closing = False
         self._fetcher_done = trio.Event()
         self._failing_since: float | None = None
+        self._group: GroupMember | None = None
+        if group_id is not None:
+            self._group = GroupMember(
+                self,
+                group_id=group_id,
+                group_instance_id=group_instance_id,
+                assignor=assignor,
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                max_poll_interval_ms=max_poll_interval_ms,
+                enable_auto_commit=enable_auto_commit,
+                auto_commit_interval_ms=auto_commit_interval_ms,
+            )
 
     # --- assignment and positions (thread-safe, synchronous) -----------------------------------
 
@@ -125,8 +158,18 @@ class Consumer(AsyncClientBase):
             self._drop_buffered(lambda tp: tp not in self._states)
         self._signal()
 
-    def subscribe(self, topics: Iterable[str]) -> None:
-        """Read every partition of `topics` (until consumer groups arrive, no group sharing)."""
+    def subscribe(self, topics: Iterable[str] | re.Pattern[str], listener: Any = None) -> None:
+        """Read `topics` (or, with a group, every topic matching a compiled pattern).
+
+        With a `group_id` the group shares the partitions among its members and `listener`
+        (see `client.aio.group.ConsumerRebalanceListener`) hears of every change; without one,
+        every partition of `topics` is read.
+        """
+        if self._group is not None:
+            self._group.subscribe(topics, listener)
+            return
+        if isinstance(topics, re.Pattern) or listener is not None:
+            raise ClientError("pattern subscriptions and listeners need a group_id")
         with self.lock:
             self._subscribed = list(topics)
             self._states = {tp: s for tp, s in self._states.items() if tp.topic in self._subscribed}
@@ -202,6 +245,8 @@ class Consumer(AsyncClientBase):
         request as soon as a response's batch headers are checked, so the broker works on the
         next fetch while this thread decodes.
         """
+        if self._group is not None:
+            self._group.on_poll()  # what earlier polls returned is now safe to auto-commit
         limit = max_records or self.max_poll_records
         out: list[ConsumerRecord] = []
         while len(out) < limit:
@@ -309,11 +354,95 @@ class Consumer(AsyncClientBase):
             result.update(await self._list_offsets([TopicPartition(*tp)], ts))
         return result
 
+    # --- consumer groups (client/aio/group.py) ---------------------------------------------------
+
+    def _member(self) -> GroupMember:
+        if self._group is None:
+            raise ClientError("commits need a group: create the Consumer with group_id=...")
+        return self._group
+
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit `offsets` (default: the position of every assigned partition, i.e. everything
+        poll() returned so far) and wait until it is durable. Call it after processing."""
+        self._cluster  # noqa: B018 - raises if the consumer is not open
+        await self._member().commit(offsets)
+
+    def commit_async(
+        self,
+        offsets: Mapping[TopicPartition, int] | None = None,
+        callback: Callable[[BaseException | None], Any] | None = None,
+    ) -> None:
+        """Start a commit without waiting; `callback(error or None)` runs when it is done."""
+        member = self._member()
+        if offsets is None:
+            offsets = self._positions(member.owned)
+        nursery = self._nursery
+        assert nursery is not None, "the consumer is not open"
+
+        async def run() -> None:
+            error: BaseException | None = None
+            try:
+                await member.commit(offsets)
+            except (ClientError, BrokerError) as exc:
+                error = exc
+                log.warning("commit_async failed: %s", exc)
+            if callback is not None:
+                callback(error)
+
+        nursery.start_soon(run)
+
+    async def committed(
+        self, partitions: Iterable[TopicPartition | tuple[str, int]]
+    ) -> dict[TopicPartition, int | None]:
+        """The group's committed offset of each partition (None where there is none)."""
+        self._cluster  # noqa: B018 - raises if the consumer is not open
+        return await self._member().committed([TopicPartition(*tp) for tp in partitions])
+
+    def _positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        wanted = set(partitions)
+        with self.lock:
+            return {
+                tp: state.position
+                for tp, state in self._states.items()
+                if tp in wanted and state.position >= 0
+            }
+
+    def _add_partitions(self, positions: Mapping[TopicPartition, int | None]) -> None:
+        """Start reading these partitions: at the committed offset, else per auto_offset_reset."""
+        with self.lock:
+            for tp, offset in positions.items():
+                state = self._new_state()
+                if offset is not None:
+                    state.fetch_offset = state.position = offset
+                self._states[tp] = state
+        self._signal()
+
+    def _remove_partitions(self, partitions: Iterable[TopicPartition]) -> None:
+        gone = set(partitions)
+        with self.lock:
+            for tp in gone:
+                self._states.pop(tp, None)
+            self._drop_buffered(lambda tp: tp in gone)
+        self._signal()
+
+    def _call_in_loop(self, fn: Callable[[], Any]) -> None:
+        if self._token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(fn)
+
+    def _fail(self, exc: BaseException) -> None:
+        """A group error the application must see: raised by the next poll()."""
+        with self.lock:
+            self._error = exc
+        self._data.set()
+
     # --- fetcher ----------------------------------------------------------------------------------
 
     async def _start_tasks(self, nursery: trio.Nursery) -> None:
         self._token = trio.lowlevel.current_trio_token()
         nursery.start_soon(self._run_fetcher)
+        if self._group is not None:
+            nursery.start_soon(self._group.run)
 
     async def _run_fetcher(self) -> None:
         try:
@@ -324,6 +453,8 @@ class Consumer(AsyncClientBase):
     async def _before_close(self) -> None:
         # Graceful close: let the fetch in flight be answered before the socket closes, so the
         # broker never writes a reply into a dead connection. Bounded by the long-poll time.
+        if self._group is not None:
+            await self._group.close()  # last commit and LeaveGroup while the fetcher still runs
         self._closing = True
         self._changed.set()
         with trio.move_on_after(self.fetch_max_wait_ms / 1000.0 + CLOSE_GRACE_S):

@@ -1,0 +1,428 @@
+"""GroupService: the trio shell around the pure group cores, over the __consumer_offsets topic.
+
+One `GroupCoordinatorCore` per partition of `__consumer_offsets` this broker leads (on a single
+broker: every partition). The service carries out the core's contract (coordinator.py):
+- Load: at start-up each partition's log is replayed into `LoadPartition`, with a coordinator
+  epoch that grows on every start (kept in LMDB, `KeySpace.GROUPS`), so member ids handed out
+  after a restart never collide with persisted ones.
+- Persist: `PersistRecords` is appended at once, as one msgpack batch, in the order the core
+  emitted it; a writer task per partition then waits for it to be durable (`LogFlusher`) and feeds
+  `RecordsPersisted(token)` in that same order, or `AppendFailed(token)` if the append or the
+  fsync failed.
+- Respond: every `Respond*` goes to the request that waits for it, by `request_id`. Handlers
+  submit an event synchronously (so pipelined requests take effect in arrival order) and await the
+  answer, bounded by a timeout the handler chooses (the rebalance timeout for JoinGroup).
+- Tick: `Tick(now_ms)` at the cores' next deadline, and at least every `TICK_INTERVAL_MS`.
+- Shutdown: `unload_all()` answers every waiting request NOT_COORDINATOR, so no join holds the
+  broker's graceful stop.
+Time is the wall clock in ms (commit timestamps are persisted and compared after restarts).
+
+The seam for replication: `coordinator_partition(group_id, N)` picks the core; a broker that does
+not lead that partition will answer NOT_COORDINATOR (FindCoordinator names the leader).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import trio
+
+from broker.consumer_groups.actions import (
+    PersistRecords,
+    RespondDescribeGroups,
+    RespondListGroups,
+    Response,
+)
+from broker.consumer_groups.assignors import Assignment
+from broker.consumer_groups.config import GroupConfig
+from broker.consumer_groups.coordinator import GroupCoordinatorCore, GroupCoordinatorStatistics
+from broker.consumer_groups.events import (
+    AppendFailed,
+    DescribeGroupsRequested,
+    Event,
+    ListGroupsRequested,
+    LoadPartition,
+    RecordsPersisted,
+    Request,
+    Tick,
+    UnloadPartition,
+)
+from broker.consumer_groups.group import TopicPartition
+from broker.consumer_groups.offsets import EncodedRecord, coordinator_partition
+from broker.errors import BrokerError, ErrorCode
+from broker.log.batch import build_batch, decode_records, iter_batches
+
+logger = logging.getLogger(__name__)
+
+OFFSETS_TOPIC: Final = "__consumer_offsets"
+# The internal topic's own configs: commits must never be deleted by time or size retention
+# (compaction is not built yet), and an acknowledged commit must be on disk.
+OFFSETS_TOPIC_CONFIGS: Final = {"retention.ms": -1, "retention.bytes": -1, "flush.policy": "always"}
+# Upper bound on the time between two Ticks, whatever the cores' deadlines say.
+TICK_INTERVAL_MS: Final = 100
+# How often the lag and statistics snapshot for /metrics is rebuilt.
+METRICS_REFRESH_MS: Final = 1_000
+# Bytes read per step while replaying a partition at load.
+LOAD_READ_BYTES: Final = 4 * 1024 * 1024
+EPOCH_KEY: Final = b"coordinator_epoch"
+
+
+def is_internal_topic(name: str) -> bool:
+    """Topics only the broker writes (clients may read them)."""
+    return name == OFFSETS_TOPIC
+
+
+def group_config_of(broker_config: Any) -> GroupConfig:
+    """The `GroupConfig` named by a `BrokerConfig`'s group fields."""
+    return GroupConfig(
+        session_timeout_ms_min=broker_config.group_min_session_timeout_ms,
+        session_timeout_ms_max=broker_config.group_max_session_timeout_ms,
+        initial_rebalance_delay_ms=broker_config.group_initial_rebalance_delay_ms,
+        group_size_max=broker_config.group_max_size,
+        offsets_retention_ms=broker_config.offsets_retention_ms,
+    )
+
+
+def ensure_offsets_topic(topics: Any, partition_count: int) -> None:
+    """Create `__consumer_offsets` if this data directory has none yet (at start-up)."""
+    if topics.get(OFFSETS_TOPIC) is not None:
+        existing = topics.get(OFFSETS_TOPIC).partition_count
+        if existing != partition_count:
+            logger.warning(
+                "%s has %d partitions, offsets_topic_partitions says %d: keeping %d (the count "
+                "is fixed once created, or groups would move)",
+                OFFSETS_TOPIC,
+                existing,
+                partition_count,
+                existing,
+            )
+        return
+    topics.create(OFFSETS_TOPIC, partitions=partition_count, configs=OFFSETS_TOPIC_CONFIGS)
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LagSample:
+    """One partition a group commits to, for /metrics."""
+
+    group_id: str
+    topic: str
+    partition: int
+    committed_offset: int
+    log_end_offset: int
+    lag: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupMetricsSnapshot:
+    lag: tuple[LagSample, ...] = ()
+    statistics: tuple[tuple[int, GroupCoordinatorStatistics], ...] = ()
+
+
+class _Pending:
+    """A request waiting for its response from a core."""
+
+    __slots__ = ("event", "response")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.response: Response | None = None
+
+
+class GroupService:
+    """The cores of every __consumer_offsets partition this broker leads. See the module rules.
+
+    `context` is the broker's `BrokerContext` (topics, partitions, flusher); `store` the LMDB
+    `KvStore` (None in tests: the epoch then starts at 1).
+    """
+
+    def __init__(
+        self,
+        context: Any,
+        *,
+        config: GroupConfig,
+        store: Any = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        config.validate()
+        self._context = context
+        self._config = config
+        self._store = store
+        self._clock_ms = clock_ms
+        record = context.topics.get(OFFSETS_TOPIC)
+        assert record is not None, "ensure_offsets_topic before the service starts"
+        self.partition_count: int = record.partition_count
+        self._cores = {p: GroupCoordinatorCore(config) for p in range(self.partition_count)}
+        self._pending: dict[int, _Pending] = {}
+        self._request_ids = itertools.count(1)
+        # Per partition: (token, log end offset after the append | error) in emission order.
+        self._writes: dict[int, collections.deque[tuple[int, int | ErrorCode]]] = {
+            p: collections.deque() for p in self._cores
+        }
+        self._write_wanted = {p: trio.Event() for p in self._cores}
+        self._unloaded = False
+        self.metrics_snapshot = GroupMetricsSnapshot()
+        self._metrics_due_ms = 0
+
+    @property
+    def config(self) -> GroupConfig:
+        return self._config
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load every partition, then run the writers and the ticker until cancelled."""
+        epoch = self._next_epoch()
+        for partition in sorted(self._cores):
+            self._load(partition, epoch)
+        async with trio.open_nursery() as nursery:
+            for partition in sorted(self._cores):
+                nursery.start_soon(self._write_loop, partition)
+            nursery.start_soon(self._tick_loop)
+            task_status.started()
+
+    def _next_epoch(self) -> int:
+        if self._store is None:
+            return 1
+        from broker.kvstore import KeySpace
+
+        stored = self._store.get_obj(KeySpace.GROUPS, EPOCH_KEY)
+        epoch = (int(stored) if stored is not None else 0) + 1
+        self._store.put_obj(KeySpace.GROUPS, EPOCH_KEY, epoch, durable=True)
+        return epoch
+
+    def _load(self, partition: int, epoch: int) -> None:
+        log = self._partition_state(partition).log
+        records = tuple(_read_all(log))
+        started = time.monotonic()
+        self._feed(
+            partition,
+            LoadPartition(now_ms=self._clock_ms(), coordinator_epoch=epoch, records=records),
+        )
+        logger.info(
+            "%s-%d: loaded %d record(s) in %.3f s (coordinator epoch %d)",
+            OFFSETS_TOPIC,
+            partition,
+            len(records),
+            time.monotonic() - started,
+            epoch,
+        )
+
+    def unload_all(self) -> None:
+        """Shutdown: answer every waiting request NOT_COORDINATOR and serve no more."""
+        if self._unloaded:
+            return
+        self._unloaded = True
+        for partition in sorted(self._cores):
+            self._feed(partition, UnloadPartition(now_ms=self._clock_ms()))
+
+    # --- requests (called from handlers, in the trio thread) ------------------------------------
+
+    def partition_of(self, group_id: str) -> int:
+        return coordinator_partition(group_id, self.partition_count)
+
+    def submit(self, partition: int, build: Callable[[int, int], Request]) -> _Pending:
+        """Feed the request `build(request_id, now_ms)` to `partition`'s core now.
+
+        Returns the pending answer: `response` is already set if the core answered at once.
+        """
+        request_id = next(self._request_ids)
+        pending = _Pending()
+        self._pending[request_id] = pending
+        self._feed(partition, build(request_id, self._clock_ms()))
+        return pending
+
+    async def wait(self, pending: _Pending, timeout_s: float) -> Response | None:
+        """The response, or None if it did not come within `timeout_s`."""
+        with trio.move_on_after(timeout_s):
+            await pending.event.wait()
+        return pending.response
+
+    def call_now(self, partition: int, build: Callable[[int, int], Request]) -> Response:
+        """Submit a request the core answers synchronously (fetch, list, describe)."""
+        pending = self.submit(partition, build)
+        assert pending.response is not None, "this request is answered at once"
+        return pending.response
+
+    # --- feeding the cores ---------------------------------------------------------------------
+
+    def _feed(self, partition: int, event: Event) -> None:
+        actions = self._cores[partition].handle(event)
+        for action in actions:
+            if isinstance(action, PersistRecords):
+                self._append(partition, action)
+            else:
+                pending = self._pending.pop(action.request_id, None)
+                if pending is not None:  # None: its handler gave up (timeout, closed)
+                    pending.response = action
+                    pending.event.set()
+
+    def _append(self, partition: int, action: PersistRecords) -> None:
+        """Append the records as one batch now (emission order); the writer reports the outcome."""
+        assert action.records, action
+        outcome: int | ErrorCode
+        try:
+            log = self._partition_state(partition).log
+            now_ms = self._clock_ms()
+            batch = build_batch([(now_ms, r.key, r.value, None) for r in action.records])
+            result = log.append(batch)
+            outcome = result.last_offset + 1
+        except (BrokerError, OSError) as exc:
+            logger.error("%s-%d: append failed: %s", OFFSETS_TOPIC, partition, exc)
+            outcome = ErrorCode.COORDINATOR_NOT_AVAILABLE
+        self._writes[partition].append((action.token, outcome))
+        self._write_wanted[partition].set()
+
+    async def _write_loop(self, partition: int) -> None:
+        queue = self._writes[partition]
+        while True:
+            while not queue:
+                await self._write_wanted[partition].wait()
+                self._write_wanted[partition] = trio.Event()
+            token, outcome = queue[0]
+            event: Event
+            if isinstance(outcome, ErrorCode):
+                event = AppendFailed(now_ms=self._clock_ms(), token=token, error=outcome)
+            else:
+                state = self._partition_state(partition)
+                try:
+                    # Group commit: one fsync covers every write appended meanwhile, so the
+                    # writes queued behind this one find themselves durable at once.
+                    await self._context.flusher.wait_durable(state.log, outcome)
+                    state.notify()  # readers of __consumer_offsets see the new high watermark
+                    event = RecordsPersisted(now_ms=self._clock_ms(), token=token)
+                except (BrokerError, OSError) as exc:
+                    logger.error("%s-%d: write not durable: %s", OFFSETS_TOPIC, partition, exc)
+                    event = AppendFailed(
+                        now_ms=self._clock_ms(),
+                        token=token,
+                        error=ErrorCode.COORDINATOR_NOT_AVAILABLE,
+                    )
+            queue.popleft()
+            self._feed(partition, event)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            now_ms = self._clock_ms()
+            deadlines = [d for c in self._cores.values() if (d := c.next_deadline_ms()) is not None]
+            wait_ms = min([TICK_INTERVAL_MS, *(d - now_ms for d in deadlines)])
+            await trio.sleep(max(wait_ms, 1) / 1000)
+            now_ms = self._clock_ms()
+            for partition in sorted(self._cores):
+                self._feed(partition, Tick(now_ms=now_ms))
+            if now_ms >= self._metrics_due_ms and not self._unloaded:
+                self._metrics_due_ms = now_ms + METRICS_REFRESH_MS
+                self.metrics_snapshot = self._build_metrics_snapshot()
+
+    # --- queries the handlers and metrics share ---------------------------------------------------
+
+    def list_groups(self, states: tuple[Any, ...] = ()) -> RespondListGroups:
+        """Every group of every core (answered at once)."""
+        groups = []
+        error = ErrorCode.NONE
+        for partition in sorted(self._cores):
+            response = self.call_now(
+                partition,
+                lambda rid, now: ListGroupsRequested(request_id=rid, now_ms=now, states=states),
+            )
+            assert isinstance(response, RespondListGroups)
+            if response.error is not ErrorCode.NONE:
+                error = response.error
+            groups += response.groups
+        return RespondListGroups(request_id=0, error=error, groups=tuple(groups))
+
+    def describe_groups(self, group_ids: Iterable[str]) -> RespondDescribeGroups:
+        """Descriptions in the order asked (answered at once)."""
+        by_partition: dict[int, list[str]] = {}
+        for group_id in group_ids:
+            by_partition.setdefault(self.partition_of(group_id), []).append(group_id)
+        found = {}
+        error = ErrorCode.NONE
+        for partition, ids in sorted(by_partition.items()):
+            response = self.call_now(
+                partition,
+                lambda rid, now, ids=tuple(ids): DescribeGroupsRequested(
+                    request_id=rid, now_ms=now, group_ids=ids
+                ),
+            )
+            assert isinstance(response, RespondDescribeGroups)
+            if response.error is not ErrorCode.NONE:
+                error = response.error
+            found.update({description.group_id: description for description in response.groups})
+        ordered = tuple(found[g] for g in dict.fromkeys(group_ids) if g in found)
+        return RespondDescribeGroups(request_id=0, error=error, groups=ordered)
+
+    def log_end_offset(self, topic: str, partition: int) -> int:
+        """The high watermark of a partition this broker serves, else -1."""
+        state = self._context.partitions.get((topic, partition))
+        return -1 if state is None else int(state.high_watermark)
+
+    def partition_offsets(self, description: Any) -> list[tuple[TopicPartition, int, str, str]]:
+        """(partition, committed offset or -1, metadata, owning member id) for a description:
+        every committed partition and every assigned one, sorted."""
+        rows: dict[TopicPartition, list[Any]] = {}
+        for tp, value in description.offsets:
+            rows[tp] = [value.offset, value.metadata, ""]
+        for member in description.members:
+            try:
+                assigned = Assignment.decode(member.assignment).partitions
+            except (ValueError, TypeError, KeyError):
+                continue  # not the consumer protocol: nothing to show
+            for tp in assigned:
+                rows.setdefault(tp, [-1, "", ""])[2] = member.member_id
+        return [(tp, row[0], row[1], row[2]) for tp, row in sorted(rows.items())]
+
+    def _build_metrics_snapshot(self) -> GroupMetricsSnapshot:
+        listed = self.list_groups()
+        samples = []
+        if listed.groups:
+            described = self.describe_groups([group.group_id for group in listed.groups])
+            for description in described.groups:
+                if description.error is not ErrorCode.NONE:
+                    continue
+                for tp, committed, _, _ in self.partition_offsets(description):
+                    if committed < 0:
+                        continue
+                    end = self.log_end_offset(tp.topic, tp.partition)
+                    lag = max(end - committed, 0) if end >= 0 else -1
+                    samples.append(
+                        LagSample(description.group_id, tp.topic, tp.partition, committed, end, lag)
+                    )
+        statistics = tuple((p, core.statistics()) for p, core in sorted(self._cores.items()))
+        return GroupMetricsSnapshot(tuple(samples), statistics)
+
+    def _partition_state(self, partition: int) -> Any:
+        state = self._context.partitions.get((OFFSETS_TOPIC, partition))
+        if state is None:
+            raise BrokerError(
+                ErrorCode.COORDINATOR_NOT_AVAILABLE,
+                f"partition {OFFSETS_TOPIC}-{partition} is not open",
+            )
+        return state
+
+
+def _read_all(log: Any) -> Iterable[EncodedRecord]:
+    """Every record of a partition log, oldest first (the replay at load)."""
+    offset = log.log_start_offset
+    end = log.log_end_offset
+    while offset < end:
+        result = log.read(offset, LOAD_READ_BYTES)
+        if result.next_offset <= offset:
+            break
+        data = result.data
+        for position, header in iter_batches(data, max_batch_bytes=log.config.max_batch_bytes):
+            if header.is_control:
+                continue
+            for record in decode_records(data, position, header=header):
+                if record.offset >= offset and record.key is not None:
+                    yield EncodedRecord(bytes(record.key), record.value)
+        offset = result.next_offset

@@ -1,0 +1,630 @@
+"""Group membership for the trio consumer: join, sync, heartbeat, commit, rebalance, leave.
+
+`GroupMember` is one consumer's side of Kafka's classic group protocol. It runs as one background
+task in the consumer's nursery (`run`): find the coordinator, join (the leader runs the assignor,
+`broker.consumer_groups.assignors.assign_encoded`), sync, then heartbeat every
+`heartbeat_interval_ms`, auto-commit every `auto_commit_interval_ms`, and rejoin when the
+coordinator says REBALANCE_IN_PROGRESS.
+
+Rules:
+- Eager assignors (range, roundrobin, sticky) revoke every owned partition before rejoining;
+  cooperative-sticky (KIP-429) revokes only the partitions the new assignment takes away, then
+  rejoins once more so they can be handed to their new owner; the partitions a member keeps are
+  consumed throughout.
+- What auto-commit (and a rebalance, and close) commits is `consumed`: the consumer's positions
+  as they were when `poll()` was last *entered*, i.e. only records poll() returned before the
+  previous poll, which the application has therefore finished with. A record poll() has not
+  returned, or returned in the latest poll, is never committed by the library: at-least-once.
+  `commit()` without offsets commits the current positions (everything returned so far): call it
+  after processing.
+- A member that does not call poll() within `max_poll_interval_ms` leaves the group (its
+  partitions go to the others) and rejoins at its next poll.
+- Listener callbacks (`on_partitions_revoked`, `on_partitions_assigned`, `on_partitions_lost`)
+  run in the consumer's trio task (the loop thread of the blocking facade), may be plain or async
+  functions, and must not block for long: heartbeats wait for them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from broker import codec
+from broker.config import ConfigError
+from broker.consumer_groups.assignors import (
+    ASSIGNORS,
+    CONSUMER_PROTOCOL_TYPE,
+    Assignment,
+    Subscription,
+    assign_encoded,
+)
+from broker.consumer_groups.group import TopicPartition as CoreTopicPartition
+from broker.errors import BrokerError, ErrorCode
+from client.errors import ClientError
+from client.types import TopicPartition
+
+if TYPE_CHECKING:
+    from client.aio.consumer import Consumer
+
+log = logging.getLogger("client.group")
+
+SESSION_TIMEOUT_MS_DEFAULT: Final = 10_000
+HEARTBEAT_INTERVAL_MS_DEFAULT: Final = 3_000
+MAX_POLL_INTERVAL_MS_DEFAULT: Final = 300_000
+AUTO_COMMIT_INTERVAL_MS_DEFAULT: Final = 5_000
+# How often a pattern subscription looks for new matching topics.
+PATTERN_REFRESH_MS: Final = 3_000
+# Added to a JoinGroup's request timeout: the broker may hold it for the rebalance timeout plus
+# its initial rebalance delay.
+JOIN_MARGIN_S: Final = 10.0
+# How long close() may spend committing and leaving.
+CLOSE_TIMEOUT_S: Final = 5.0
+# Attempts of a synchronous commit across coordinator moves and lost connections.
+COMMIT_ATTEMPTS: Final = 5
+
+_COORDINATOR_ERRORS: Final = frozenset(
+    {
+        ErrorCode.NOT_COORDINATOR,
+        ErrorCode.COORDINATOR_NOT_AVAILABLE,
+        ErrorCode.COORDINATOR_LOAD_IN_PROGRESS,
+    }
+)
+_MEMBERSHIP_ERRORS: Final = frozenset(
+    {
+        ErrorCode.REBALANCE_IN_PROGRESS,
+        ErrorCode.ILLEGAL_GENERATION,
+        ErrorCode.UNKNOWN_MEMBER_ID,
+        ErrorCode.FENCED_INSTANCE_ID,
+    }
+)
+
+
+class CommitFailedError(ClientError):
+    """The group rebalanced (or evicted us) before the commit: the partitions may belong to
+    another member now. Their records may be consumed again (at-least-once); do not retry."""
+
+
+class ConsumerRebalanceListener:
+    """Subclass and override what you need (or pass any object with some of these methods)."""
+
+    def on_partitions_revoked(self, partitions: set[TopicPartition]) -> Any:
+        """Before a rebalance takes `partitions` away: commit what you processed of them."""
+
+    def on_partitions_assigned(self, partitions: set[TopicPartition]) -> Any:
+        """After a rebalance gave us `partitions` (only the new ones, with cooperative-sticky)."""
+
+    def on_partitions_lost(self, partitions: set[TopicPartition]) -> Any:
+        """We were evicted: `partitions` may already belong to others; committing would fail."""
+
+
+class GroupMember:
+    """The group side of one `Consumer` (created by it when `group_id` is set)."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        *,
+        group_id: str,
+        group_instance_id: str | None,
+        assignor: str,
+        session_timeout_ms: int,
+        heartbeat_interval_ms: int,
+        max_poll_interval_ms: int,
+        enable_auto_commit: bool,
+        auto_commit_interval_ms: int,
+    ) -> None:
+        if not group_id:
+            raise ConfigError("group_id", "must not be empty")
+        if assignor not in ASSIGNORS:
+            raise ConfigError("assignor", f"expected one of {sorted(ASSIGNORS)}, got {assignor!r}")
+        if not 0 < heartbeat_interval_ms < session_timeout_ms:
+            raise ConfigError(
+                "heartbeat_interval_ms", "must be positive and below session_timeout_ms"
+            )
+        if max_poll_interval_ms < 1 or auto_commit_interval_ms < 1:
+            raise ConfigError("max_poll_interval_ms", "max_poll/auto_commit intervals must be > 0")
+        self._consumer = consumer
+        self.group_id = group_id
+        self.group_instance_id = group_instance_id
+        self.assignor = assignor
+        self.cooperative = ASSIGNORS[assignor].cooperative
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_s = heartbeat_interval_ms / 1000
+        self.max_poll_interval_s = max_poll_interval_ms / 1000
+        self.max_poll_interval_ms = max_poll_interval_ms
+        self.enable_auto_commit = enable_auto_commit
+        self.auto_commit_interval_s = auto_commit_interval_ms / 1000
+        # Membership.
+        self.member_id = ""
+        self.generation = -1
+        self.protocol_name = ""
+        self.owned: set[TopicPartition] = set()
+        self._coordinator_id: int | None = None
+        self._need_join = False
+        self._topics: list[str] = []
+        self._pattern: re.Pattern[str] | None = None
+        self._resolved: list[str] = []
+        self._listener: Any = None
+        # Offsets.
+        self.consumed: dict[TopicPartition, int] = {}
+        self._last_committed: dict[TopicPartition, int] = {}
+        # Timers (time.monotonic()).
+        self._last_poll = time.monotonic()
+        self._left_for_poll_timeout = False
+        self._next_heartbeat = 0.0
+        self._next_auto_commit = 0.0
+        self._next_pattern_check = 0.0
+        self._wake = trio.Event()
+        self._closing = False
+        self._abandoned = False
+        self.rebalance_count = 0
+
+    # --- the application's side -----------------------------------------------------------------
+
+    def subscribe(self, topics: Iterable[str] | re.Pattern[str], listener: Any = None) -> None:
+        """Join the group for `topics` (or every topic matching a compiled pattern)."""
+        if isinstance(topics, re.Pattern):
+            self._pattern, self._topics = topics, []
+        else:
+            self._pattern, self._topics = None, sorted(set(topics))
+        self._listener = listener
+        self._last_poll = time.monotonic()
+        self._need_join = True
+        self.wake()
+
+    def subscription(self) -> set[str]:
+        return set(self._resolved if self._pattern is not None else self._topics)
+
+    def on_poll(self) -> None:
+        """Called at the start of every poll (any thread): snapshot what the app has finished."""
+        self.consumed = self._consumer._positions(self.owned)
+        self._last_poll = time.monotonic()
+        if self._left_for_poll_timeout:
+            self._left_for_poll_timeout = False
+            self._need_join = True
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the background task (from any thread)."""
+        token = self._consumer._token
+        try:
+            here = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            here = None
+        if token is None or here is token:
+            self._wake.set()
+        else:
+            self._consumer._call_in_loop(lambda: self._wake.set())
+
+    def abandon(self) -> None:
+        """Close like a crash: no last commit and no LeaveGroup (tests of failure handling)."""
+        self._abandoned = True
+
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit `offsets` (default: the positions of every owned partition) and wait for it.
+
+        Raises `CommitFailedError` if the group rebalanced meanwhile, `BrokerError` otherwise.
+        """
+        if offsets is None:
+            offsets = self._consumer._positions(self.owned)
+        await self._commit({TopicPartition(*tp): offset for tp, offset in offsets.items()})
+
+    async def committed(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int | None]:
+        """The group's committed offset per partition (None where it has none)."""
+        wanted = [TopicPartition(*tp) for tp in partitions]
+        fetched = await self._fetch_committed(wanted)
+        return {tp: fetched.get(tp) for tp in wanted}
+
+    # --- the background task --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff_s = self._consumer.retry_backoff_s
+        while not self._closing:
+            self._wake = trio.Event()
+            try:
+                await self._step()
+            except (ClientError, BrokerError) as exc:
+                if self._closing:
+                    return
+                if _is_fatal(exc):
+                    self._consumer._fail(exc)
+                    return
+                log.info("group %s: %s; retrying", self.group_id, exc)
+                self._coordinator_id = None
+                with trio.move_on_after(backoff_s):
+                    await self._wake.wait()
+
+    async def _step(self) -> None:
+        if not self._topics and self._pattern is None:
+            await self._wake.wait()
+            return
+        now = time.monotonic()
+        if self.generation >= 0 and now - self._last_poll > self.max_poll_interval_s:
+            await self._leave_for_poll_timeout()
+            return
+        if self._left_for_poll_timeout:
+            await self._wake.wait()
+            return
+        if self._pattern is not None and now >= self._next_pattern_check:
+            self._next_pattern_check = now + PATTERN_REFRESH_MS / 1000
+            if await self._resolve_pattern() != self._resolved:
+                self._need_join = True
+        if self._need_join or self.generation < 0:
+            await self._join_and_sync()
+            return
+        if now >= self._next_heartbeat:
+            await self._heartbeat()
+        if self.enable_auto_commit and now >= self._next_auto_commit:
+            self._next_auto_commit = now + self.auto_commit_interval_s
+            await self._auto_commit()
+        wait_until = min(
+            self._next_heartbeat,
+            self._next_auto_commit if self.enable_auto_commit else math.inf,
+            self._last_poll + self.max_poll_interval_s + 0.001,
+            self._next_pattern_check if self._pattern is not None else math.inf,
+        )
+        with trio.move_on_after(max(wait_until - time.monotonic(), 0.0)):
+            await self._wake.wait()
+
+    # --- joining ----------------------------------------------------------------------------------
+
+    async def _join_and_sync(self) -> None:
+        previously_owned = set(self.owned)
+        if not self.cooperative and self.owned:
+            await self._revoke(set(self.owned))
+        topics = await self._resolve_pattern() if self._pattern is not None else self._topics
+        self._resolved = list(topics)
+        subscription = Subscription(
+            topics=tuple(topics),
+            owned=tuple(_core(tp) for tp in sorted(previously_owned)),
+            generation=self.generation,
+            group_instance_id=self.group_instance_id,
+        )
+        join = await self._call(
+            codec.JoinGroupRequest(
+                group_id=self.group_id,
+                session_timeout_ms=self.session_timeout_ms,
+                rebalance_timeout_ms=self.max_poll_interval_ms,
+                member_id=self.member_id,
+                group_instance_id=self.group_instance_id,
+                protocol_type=CONSUMER_PROTOCOL_TYPE,
+                protocols=(
+                    codec.JoinGroupProtocol(name=self.assignor, metadata=subscription.encode()),
+                ),
+                client_id=self._consumer._client_id,
+            ),
+            extra_timeout_s=self.max_poll_interval_s + JOIN_MARGIN_S,
+        )
+        if join.error is not ErrorCode.NONE:
+            await self._membership_error(join.error, join.error_message, "join")
+            return
+        self.member_id, self.generation = join.member_id, join.generation
+        self.protocol_name = join.protocol_name
+        assignments: tuple[codec.SyncGroupAssignment, ...] = ()
+        if join.leader_id == join.member_id and not join.skip_assignment:
+            assignments = await self._assign(join)
+        sync = await self._call(
+            codec.SyncGroupRequest(
+                group_id=self.group_id,
+                generation=self.generation,
+                member_id=self.member_id,
+                group_instance_id=self.group_instance_id,
+                protocol_type=CONSUMER_PROTOCOL_TYPE,
+                protocol_name=self.protocol_name,
+                assignments=assignments,
+            ),
+            extra_timeout_s=self.max_poll_interval_s + JOIN_MARGIN_S,
+        )
+        if sync.error is not ErrorCode.NONE:
+            await self._membership_error(sync.error, sync.error_message, "sync")
+            return
+        self._need_join = False
+        self.rebalance_count += 1
+        partitions = {TopicPartition(tp.topic, tp.partition) for tp in _decode(sync.assignment)}
+        await self._apply_assignment(partitions)
+        now = time.monotonic()
+        self._next_heartbeat = now + self.heartbeat_interval_s
+        self._next_auto_commit = now + self.auto_commit_interval_s
+        log.info(
+            "group %s: member %s generation %d owns %s",
+            self.group_id,
+            self.member_id,
+            self.generation,
+            sorted(self.owned),
+        )
+
+    async def _assign(self, join: codec.JoinGroupResponse) -> tuple[codec.SyncGroupAssignment, ...]:
+        """The leader's job: partition counts of every subscribed topic, then the assignor."""
+        members = [(member.member_id, member.metadata) for member in join.members]
+        try:
+            topics = sorted({t for _, data in members for t in Subscription.decode(data).topics})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BrokerError(
+                ErrorCode.INCONSISTENT_GROUP_PROTOCOL, f"undecodable member subscription: {exc}"
+            ) from exc
+        cluster = self._consumer._cluster
+        counts: dict[str, int] = {}
+        for topic in topics:
+            cluster.invalidate(topic)  # new partitions must be seen by this rebalance
+            try:
+                counts[topic] = await cluster.topic_partitions(topic)
+            except BrokerError as exc:
+                if exc.code is not ErrorCode.UNKNOWN_TOPIC:
+                    raise
+                log.warning("group %s: subscribed topic %r does not exist", self.group_id, topic)
+        encoded = assign_encoded(join.protocol_name, members, counts)
+        return tuple(
+            codec.SyncGroupAssignment(member_id=member_id, assignment=data)
+            for member_id, data in sorted(encoded.items())
+        )
+
+    async def _apply_assignment(self, partitions: set[TopicPartition]) -> None:
+        revoked = self.owned - partitions
+        added = partitions - self.owned
+        if revoked:
+            # Cooperative: give these up now; a follow-up rebalance hands them to their new owner.
+            await self._revoke(revoked)
+            self._need_join = True
+        positions = await self._fetch_committed(sorted(added))
+        self._last_committed.update(positions)
+        self._consumer._add_partitions({tp: positions.get(tp) for tp in added})
+        self.owned = set(partitions)
+        await self._notify("on_partitions_assigned", added if self.cooperative else partitions)
+
+    async def _revoke(self, partitions: set[TopicPartition]) -> None:
+        """Commit what the application finished of `partitions`, tell it, then stop them."""
+        if self.enable_auto_commit and self.generation >= 0:
+            try:
+                await self._commit(
+                    {tp: o for tp, o in self.consumed.items() if tp in partitions}, quiet=True
+                )
+            except (ClientError, BrokerError) as exc:
+                log.warning("group %s: commit before revoking failed: %s", self.group_id, exc)
+        await self._notify("on_partitions_revoked", set(partitions))
+        self._drop(partitions)
+
+    async def _lose(self) -> None:
+        """Evicted: the partitions may be someone else's already; no commit."""
+        lost = set(self.owned)
+        self.generation = -1
+        self._need_join = True
+        if lost:
+            await self._notify("on_partitions_lost", lost)
+            self._drop(lost)
+
+    def _drop(self, partitions: set[TopicPartition]) -> None:
+        self._consumer._remove_partitions(partitions)
+        self.owned -= partitions
+        self.consumed = {tp: o for tp, o in self.consumed.items() if tp not in partitions}
+        for tp in partitions:
+            self._last_committed.pop(tp, None)
+
+    async def _membership_error(self, error: ErrorCode, message: str, what: str) -> None:
+        log.info("group %s: %s answered %s: %s", self.group_id, what, error.name, message)
+        if error is ErrorCode.UNKNOWN_MEMBER_ID:
+            self.member_id = ""
+            await self._lose()
+        elif error is ErrorCode.ILLEGAL_GENERATION:
+            await self._lose()
+        elif error is ErrorCode.FENCED_INSTANCE_ID:
+            await self._lose()
+            raise BrokerError(error, f"group {self.group_id}: {message}")
+        elif error is ErrorCode.REBALANCE_IN_PROGRESS:
+            self._need_join = True
+        elif error in _COORDINATOR_ERRORS or error.retriable:
+            self._coordinator_id = None
+            raise BrokerError(error, message)
+        else:
+            raise BrokerError(error, f"group {self.group_id}: {message}")
+
+    async def _heartbeat(self) -> None:
+        self._next_heartbeat = time.monotonic() + self.heartbeat_interval_s
+        response = await self._call(
+            codec.HeartbeatRequest(
+                group_id=self.group_id,
+                generation=self.generation,
+                member_id=self.member_id,
+                group_instance_id=self.group_instance_id,
+            )
+        )
+        if response.error is not ErrorCode.NONE:
+            await self._membership_error(response.error, response.error_message, "heartbeat")
+
+    async def _leave_for_poll_timeout(self) -> None:
+        log.warning(
+            "group %s: poll() not called within max_poll_interval_ms=%d; leaving the group",
+            self.group_id,
+            self.max_poll_interval_ms,
+        )
+        self._left_for_poll_timeout = True
+        await self._leave()
+        await self._lose()
+        if self.group_instance_id is None:
+            self.member_id = ""
+
+    async def _leave(self) -> None:
+        if self.generation < 0 and not self.member_id:
+            return
+        member = codec.LeaveGroupMember(
+            member_id=self.member_id, group_instance_id=self.group_instance_id
+        )
+        response = await self._call(
+            codec.LeaveGroupRequest(group_id=self.group_id, members=(member,))
+        )
+        if response.error is not ErrorCode.NONE:
+            log.info("group %s: leave answered %s", self.group_id, response.error.name)
+
+    async def close(self) -> None:
+        """Last commit of what the app finished, revoke callback, LeaveGroup (dynamic members).
+
+        Static members do not leave: a restart within the session timeout keeps the assignment.
+        """
+        self._closing = True
+        self.wake()
+        if self._abandoned or self.generation < 0:
+            return
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            try:
+                if self.enable_auto_commit:
+                    await self._commit(dict(self.consumed), quiet=True)
+                await self._notify("on_partitions_revoked", set(self.owned))
+                if self.group_instance_id is None:
+                    await self._leave()
+            except (ClientError, BrokerError) as exc:
+                log.warning("group %s: close: %s", self.group_id, exc)
+
+    # --- offsets ----------------------------------------------------------------------------------
+
+    async def _auto_commit(self) -> None:
+        try:
+            await self._commit(dict(self.consumed), quiet=True)
+        except (ClientError, BrokerError) as exc:
+            log.warning("group %s: auto-commit failed: %s", self.group_id, exc)
+
+    async def _commit(self, offsets: dict[TopicPartition, int], *, quiet: bool = False) -> None:
+        if quiet:
+            # Library commits: only owned partitions, and only forward: a snapshot taken before
+            # the application's own commit() must never move the committed offset back.
+            offsets = {
+                tp: o
+                for tp, o in offsets.items()
+                if tp in self.owned and o > self._last_committed.get(tp, -1)
+            }
+        if not offsets:
+            return
+        request = codec.OffsetCommitRequest(
+            group_id=self.group_id,
+            generation=self.generation,
+            member_id=self.member_id,
+            group_instance_id=self.group_instance_id,
+            partitions=tuple(
+                codec.OffsetCommitPartition(topic=tp.topic, partition=tp.partition, offset=o)
+                for tp, o in sorted(offsets.items())
+            ),
+        )
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                response = await self._call(request)
+            except ClientError:
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                self._coordinator_id = None
+                continue
+            errors = [(response.error, response.error_message)] + [
+                (r.error, r.error_message) for r in response.partitions
+            ]
+            failed = [(e, m) for e, m in errors if e is not ErrorCode.NONE]
+            if not failed:
+                for tp, offset in offsets.items():
+                    self._last_committed[tp] = max(offset, self._last_committed.get(tp, -1))
+                return
+            error, message = failed[0]
+            if error in _COORDINATOR_ERRORS and attempt < COMMIT_ATTEMPTS - 1:
+                self._coordinator_id = None
+                await trio.sleep(self._consumer.retry_backoff_s)
+                continue
+            if error in _MEMBERSHIP_ERRORS:
+                self._need_join = True
+                self.wake()
+                raise CommitFailedError(
+                    f"commit to group {self.group_id} failed with {error.name}: the group "
+                    "rebalanced; these partitions may now belong to another member"
+                )
+            raise BrokerError(error, message or f"commit to group {self.group_id} failed")
+
+    async def _fetch_committed(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        wanted = list(partitions)
+        if not wanted:
+            return {}
+        response = await self._call(
+            codec.OffsetFetchRequest(
+                group_id=self.group_id,
+                partitions=tuple(
+                    codec.GroupTopicPartition(topic=tp.topic, partition=tp.partition)
+                    for tp in wanted
+                ),
+            )
+        )
+        if response.error is not ErrorCode.NONE:
+            raise BrokerError(response.error, response.error_message)
+        return {
+            TopicPartition(p.topic, p.partition): p.offset
+            for p in response.partitions
+            if p.offset >= 0
+        }
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    async def _resolve_pattern(self) -> list[str]:
+        assert self._pattern is not None
+        response = await self._consumer._cluster.refresh_metadata(None)
+        return sorted(
+            t.name
+            for t in response.topics
+            if t.error is ErrorCode.NONE
+            and not t.name.startswith("__")
+            and self._pattern.fullmatch(t.name)
+        )
+
+    async def _call(self, request: Any, *, extra_timeout_s: float = 0.0) -> Any:
+        cluster = self._consumer._cluster
+        if self._coordinator_id is None:
+            found: codec.FindCoordinatorResponse = await cluster.call_idempotent(
+                codec.FindCoordinatorRequest(key=self.group_id)
+            )
+            if found.error is not ErrorCode.NONE:
+                raise BrokerError(found.error, found.error_message)
+            cluster.brokers[found.node_id] = (found.host, found.port)
+            self._coordinator_id = found.node_id
+        return await cluster.call(request, self._coordinator_id, extra_timeout_s=extra_timeout_s)
+
+    async def _notify(self, name: str, partitions: set[TopicPartition]) -> None:
+        listener = self._listener
+        callback = getattr(listener, name, None) if listener is not None else None
+        if callback is None and name == "on_partitions_lost" and listener is not None:
+            callback = getattr(listener, "on_partitions_revoked", None)
+        if callback is None or (not partitions and name != "on_partitions_assigned"):
+            return
+        try:
+            result = callback(set(partitions))
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("group %s: %s callback failed", self.group_id, name)
+
+
+def _core(tp: TopicPartition) -> CoreTopicPartition:
+    return CoreTopicPartition(tp.topic, tp.partition)
+
+
+def _decode(assignment: bytes) -> tuple[CoreTopicPartition, ...]:
+    try:
+        return Assignment.decode(assignment).partitions
+    except (ValueError, TypeError, KeyError) as exc:
+        # Another client library's leader in our group: nothing we can consume safely.
+        raise BrokerError(
+            ErrorCode.INCONSISTENT_GROUP_PROTOCOL, f"undecodable assignment from the leader: {exc}"
+        ) from exc
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    return isinstance(exc, BrokerError) and exc.code in (
+        ErrorCode.FENCED_INSTANCE_ID,
+        ErrorCode.INVALID_SESSION_TIMEOUT,
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.INCONSISTENT_GROUP_PROTOCOL,
+        ErrorCode.GROUP_MAX_SIZE_REACHED,
+        ErrorCode.POLICY_VIOLATION,
+        ErrorCode.UNAUTHORIZED,
+    )

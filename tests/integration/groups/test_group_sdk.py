@@ -1,0 +1,265 @@
+"""Consumer groups through the blocking SDK, the CLI and /metrics, against `broker serve`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from typing import Any
+
+import pytest
+
+from broker.errors import BrokerError, ErrorCode
+from client import AdminClient, Consumer, Producer, TopicPartition
+from client.aio.group import ConsumerRebalanceListener
+from client.embedded import EmbeddedBroker
+from tests.integration.groups.conftest import wait_for
+
+CLI = [sys.executable, "-c", "from cli.broker_cli import app; app()"]
+FAST = {
+    "auto_offset_reset": "earliest",
+    "session_timeout_ms": 2_000,
+    "heartbeat_interval_ms": 200,
+    "max_poll_interval_ms": 10_000,
+}
+
+
+def cli(broker: EmbeddedBroker, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "--bootstrap", broker.bootstrap, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def create_and_fill(
+    broker: EmbeddedBroker, topic: str, partitions: int, per_partition: int
+) -> None:
+    with AdminClient(broker.bootstrap) as admin:
+        admin.create_topic(topic, partitions)
+    with Producer(broker.bootstrap) as producer:
+        for i in range(per_partition):
+            for p in range(partitions):
+                producer.send(topic, f"{p}-{i}".encode(), partition=p)
+        producer.flush()
+
+
+def drain(consumer: Consumer, count: int, timeout_s: float = 20) -> list[Any]:
+    records: list[Any] = []
+    wait_for(
+        lambda: records.extend(consumer.poll(timeout_ms=100)) or len(records) >= count,
+        timeout_s,
+        f"{count} records",
+    )
+    return records
+
+
+def test_committed_offsets_survive_a_broker_restart(group_broker: EmbeddedBroker) -> None:
+    # Goal: commits are records in __consumer_offsets, replayed when the broker starts again.
+    create_and_fill(group_broker, "durable", 2, 10)
+    with Consumer(group_broker.bootstrap, group_id="keep", **FAST) as consumer:
+        consumer.subscribe(["durable"])
+        drain(consumer, 20)
+        outcomes: list[BaseException | None] = []
+        consumer.commit_async(callback=outcomes.append)
+        wait_for(lambda: outcomes, 10, "the asynchronous commit")
+        assert outcomes == [None]
+        committed = consumer.committed([("durable", 0), ("durable", 1)])
+    assert committed == {TopicPartition("durable", 0): 10, TopicPartition("durable", 1): 10}
+    group_broker.restart()
+    with Producer(group_broker.bootstrap) as producer:
+        producer.send("durable", b"after", partition=0).result(10)
+    with Consumer(group_broker.bootstrap, group_id="keep", **FAST) as consumer:
+        assert consumer.committed([("durable", 0), ("durable", 1)]) == committed
+        consumer.subscribe(["durable"])
+        (record,) = drain(consumer, 1)
+        assert (record.partition, record.offset, record.value) == (0, 10, b"after")
+
+
+class Recorder(ConsumerRebalanceListener):
+    def __init__(self) -> None:
+        self.revoked: list[set[TopicPartition]] = []
+        self.assigned: list[set[TopicPartition]] = []
+
+    def on_partitions_revoked(self, partitions: set[TopicPartition]) -> None:
+        self.revoked.append(set(partitions))
+
+    def on_partitions_assigned(self, partitions: set[TopicPartition]) -> None:
+        self.assigned.append(set(partitions))
+
+
+def test_cooperative_sticky_revokes_only_what_moves(group_broker: EmbeddedBroker) -> None:
+    # Goal: with cooperative-sticky a member that keeps a partition never has it revoked; only
+    # the partitions handed to the newcomer are revoked, and the first member consumes throughout.
+    create_and_fill(group_broker, "coop", 6, 5)
+    options = {**FAST, "assignor": "cooperative-sticky"}
+    first_listener = Recorder()
+    with Consumer(group_broker.bootstrap, group_id="coop-g", **options) as first:
+        first.subscribe(["coop"], listener=first_listener)
+        drain(first, 30)
+        assert first.assignment() == {TopicPartition("coop", p) for p in range(6)}
+        with Consumer(group_broker.bootstrap, group_id="coop-g", **options) as second:
+            second.subscribe(["coop"])
+
+            def split() -> bool:
+                first.poll(timeout_ms=50)
+                second.poll(timeout_ms=50)
+                return len(first.assignment()) == 3 and len(second.assignment()) == 3
+
+            wait_for(split, 20, "a 3/3 split")
+            kept = first.assignment()
+            moved = second.assignment()
+            assert not kept & moved
+            revoked = set().union(*first_listener.revoked)
+            assert revoked == moved  # only what moved; nothing kept was ever revoked
+            assert not revoked & kept
+
+
+def test_auto_commit_never_commits_unreturned_records(group_broker: EmbeddedBroker) -> None:
+    # Goal: auto-commit commits only records that poll() returned before the previous poll.
+    create_and_fill(group_broker, "auto", 1, 100)
+    options = {**FAST, "auto_commit_interval_ms": 50, "max_poll_records": 5}
+    with Consumer(group_broker.bootstrap, group_id="auto-g", **options) as consumer:
+        consumer.subscribe(["auto"])
+        member = consumer._aio._group
+        assert member is not None
+        first = drain(consumer, 1)
+        assert [r.offset for r in first] == [0, 1, 2, 3, 4]
+
+        def auto_commits_ran(count: int) -> Any:
+            start = member._next_auto_commit
+            seen = [start]
+
+            def check() -> bool:
+                if member._next_auto_commit != seen[-1]:
+                    seen.append(member._next_auto_commit)
+                return len(seen) > count
+
+            return check
+
+        # Records 0-4 were returned by the latest poll only: not committed, however long we wait.
+        wait_for(auto_commits_ran(3), 10, "three auto-commit rounds")
+        assert consumer.committed([("auto", 0)])[TopicPartition("auto", 0)] in (None, 0)
+        second = consumer.poll(timeout_ms=1000)
+        assert [r.offset for r in second] == [5, 6, 7, 8, 9]
+        # Entering that poll finished 0-4: offset 5 is committed, and never 10 (not finished).
+        wait_for(
+            lambda: consumer.committed([("auto", 0)])[TopicPartition("auto", 0)] == 5,
+            10,
+            "offset 5 to be auto-committed",
+        )
+        wait_for(auto_commits_ran(3), 10, "three more auto-commit rounds")
+        assert consumer.committed([("auto", 0)]) == {TopicPartition("auto", 0): 5}
+
+
+def test_max_poll_interval_makes_a_stuck_member_leave(group_broker: EmbeddedBroker) -> None:
+    # Goal: a member that stops calling poll() leaves after max_poll_interval_ms and the other
+    # member gets every partition; polling again rejoins.
+    create_and_fill(group_broker, "stuck", 2, 1)
+    options = {**FAST, "max_poll_interval_ms": 1_500}
+    with (
+        Consumer(group_broker.bootstrap, group_id="stuck-g", **options) as stuck,
+        Consumer(group_broker.bootstrap, group_id="stuck-g", **options) as busy,
+    ):
+        stuck.subscribe(["stuck"])
+        busy.subscribe(["stuck"])
+
+        def both_own_one() -> bool:
+            stuck.poll(timeout_ms=50)
+            busy.poll(timeout_ms=50)
+            return len(stuck.assignment()) == 1 and len(busy.assignment()) == 1
+
+        wait_for(both_own_one, 20, "one partition each")
+
+        def busy_owns(count: int, *, poll_stuck: bool) -> bool:
+            busy.poll(timeout_ms=50)
+            if poll_stuck:
+                stuck.poll(timeout_ms=50)
+            return len(busy.assignment()) == count
+
+        # `stuck` stops polling now: after max_poll_interval_ms it leaves.
+        wait_for(lambda: busy_owns(2, poll_stuck=False), 20, "the busy member to own both")
+        assert stuck.assignment() == set()
+        wait_for(lambda: busy_owns(1, poll_stuck=True), 20, "the stuck member to rejoin")
+        assert len(stuck.assignment()) == 1
+
+
+def test_cli_describe_lag_reset_offsets_and_delete(group_broker: EmbeddedBroker) -> None:
+    # Goal: `groups describe` shows committed offset, log end and lag; reset-offsets is refused
+    # while the group is active and takes effect once it is empty; the lag is on /metrics.
+    create_and_fill(group_broker, "ops", 2, 10)
+    with Consumer(group_broker.bootstrap, group_id="ops-g", **FAST) as consumer:
+        consumer.subscribe(["ops"])
+        drain(consumer, 20)
+        consumer.commit({TopicPartition("ops", 0): 4, TopicPartition("ops", 1): 10})
+        active = cli(group_broker, "groups", "reset-offsets", "ops-g", "--topic", "ops",
+                     "--to-earliest")  # fmt: skip
+        assert active.returncode == 1
+        assert "is active" in active.stderr and len(active.stderr.strip().splitlines()) == 1
+        listed = cli(group_broker, "groups", "list", "--json")
+        assert {"group": "ops-g", "state": "Stable", "protocol_type": "consumer"} in json.loads(
+            listed.stdout
+        )
+    described = json.loads(cli(group_broker, "groups", "describe", "ops-g", "--json").stdout)
+    assert described["state"] == "Empty"
+    rows = {o["partition"]: o for o in described["offsets"]}
+    assert rows[0]["committed_offset"] == 4 and rows[0]["log_end_offset"] == 10
+    assert rows[0]["lag"] == 6 and rows[1]["lag"] == 0
+    assert described["total_lag"] == 6
+    human = cli(group_broker, "groups", "describe", "ops-g")
+    assert human.returncode == 0 and "total lag=6" in human.stdout
+
+    metrics = f"http://{group_broker.metrics_address}/metrics"
+    expected = 'broker_consumer_group_lag{group="ops-g",partition="0",topic="ops"} 6.0'
+    wait_for(lambda: expected in urllib.request.urlopen(metrics, timeout=5).read().decode(),
+             10, "the lag metric")  # fmt: skip
+    scraped = urllib.request.urlopen(metrics, timeout=5).read().decode()
+    assert (
+        'broker_consumer_group_committed_offset{group="ops-g",partition="0",topic="ops"} 4.0'
+        in scraped
+    )
+    assert 'broker_consumer_groups{coordinator_partition="' in scraped  # the cores' statistics()
+
+    dry = cli(group_broker, "groups", "reset-offsets", "ops-g", "--topic", "ops", "--to-offset",
+              "2", "--dry-run")  # fmt: skip
+    assert dry.returncode == 0 and dry.stdout.split() == ["ops", "0", "2", "ops", "1", "2"]
+    with AdminClient(group_broker.bootstrap) as admin:
+        assert admin.describe_group("ops-g").offsets[0].committed_offset == 4
+    done = cli(group_broker, "groups", "reset-offsets", "ops-g", "--topic", "ops", "--to-earliest")
+    assert done.returncode == 0, done.stderr
+    with Consumer(group_broker.bootstrap, group_id="ops-g", **FAST) as consumer:
+        consumer.subscribe(["ops"])
+        assert len(drain(consumer, 20)) == 20  # everything again, from the reset offsets
+    deleted = cli(group_broker, "groups", "delete", "ops-g")
+    assert deleted.returncode == 0, deleted.stderr
+    missing = cli(group_broker, "groups", "describe", "ops-g")
+    assert missing.returncode == 1 and "GROUP_ID_NOT_FOUND" in missing.stderr
+
+
+def test_clients_may_read_but_not_write_the_offsets_topic(group_broker: EmbeddedBroker) -> None:
+    with Producer(group_broker.bootstrap, retries=0) as producer:
+        future = producer.send("__consumer_offsets", b"forged", partition=0)
+        with pytest.raises(BrokerError) as caught:
+            future.result(10)
+    assert caught.value.code is ErrorCode.INVALID_TOPIC
+    assert "internal" in caught.value.message
+    with AdminClient(group_broker.bootstrap) as admin:
+        assert "__consumer_offsets" not in admin.list_topics()
+        assert admin.describe_topic("__consumer_offsets").partition_count == 8
+        with pytest.raises(BrokerError):
+            admin.delete_topic("__consumer_offsets")
+
+
+def test_pattern_subscription_follows_new_topics(group_broker: EmbeddedBroker) -> None:
+    # Goal: a compiled pattern subscribes to every matching topic, including ones created later.
+    create_and_fill(group_broker, "metrics-a", 1, 3)
+    create_and_fill(group_broker, "other", 1, 3)
+    with Consumer(group_broker.bootstrap, group_id="pattern-g", **FAST) as consumer:
+        consumer.subscribe(re.compile(r"metrics-.*"))
+        assert {r.topic for r in drain(consumer, 3)} == {"metrics-a"}
+        create_and_fill(group_broker, "metrics-b", 1, 3)
+        assert {r.topic for r in drain(consumer, 3)} == {"metrics-b"}
+        assert consumer.assignment() == {
+            TopicPartition("metrics-a", 0),
+            TopicPartition("metrics-b", 0),
+        }
