@@ -8,6 +8,7 @@ clock of its own, so a test (or a simulation) controls time exactly. Requests ca
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 from broker.consumer_groups.actions import (
@@ -82,11 +83,12 @@ class AppendFailed(Event):
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Request(Event):
+class Request(Event, abc.ABC):
     request_id: int
 
+    @abc.abstractmethod
     def reject(self, error: ErrorCode) -> Response:
-        raise NotImplementedError
+        """The response that answers this request with `error` (the core's refusals)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
