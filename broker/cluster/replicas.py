@@ -1,0 +1,395 @@
+"""`ReplicaManager`: the partition replicas this broker hosts, one Raft group each.
+
+It follows the applied metadata (`reconcile(machine)`, a `ControllerService` listener): every
+partition whose replicas include this broker gets its partition log (created, or opened from the
+data dir) and a `RaftDriver` (group `<topic>-<partition>`, voters = the replicas) on the node's
+shared `RaftTransport`. Rules:
+
+1. Reconcile from state, not from records: the wanted set is recomputed from the whole state after
+   each applied entry, so a restart from an LMDB snapshot, a replay and a live update all end in
+   the same place. It never awaits (it runs inside the controller driver's apply).
+2. A replica leaves by cancelling its own scope. Only when its driver task has finished (an fsync in
+   a worker thread always completes first) are its log and its Raft keys in LMDB deleted, and only
+   then may a topic re-created under the same name start a replica at that key.
+3. Produce runs on the group's leader only (else NotLeaderError with the leader's node id). acks=all
+   returns once the batch is committed; acks=1 once the leader's copy is fsynced; acks=0 once it is
+   appended. Reads stop at the high watermark (the commit index + 1), so nothing uncommitted leaks.
+4. Leadership is decided by each group, and only published to the controller: a leader reports
+   (itself, its term, its in-sync replicas) whenever they change, through `reporter`. After
+   `preferred_leader_delay_ms` of leading, a leader that is not its partition's preferred leader
+   hands over (Raft leadership transfer) once that broker is ACTIVE and holds the whole log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from broker.config import MIB, ConfigBase, LogConfig, check_range
+from broker.controller.records import BrokerState
+from broker.controller.state import ControllerStateMachine, PartitionInfo, TopicInfo
+from broker.errors import BrokerError, ErrorCode
+from broker.kvstore import KeySpace, KvStore
+from broker.log import batch as batch_codec
+from broker.log.log import PartitionLog, ReadResult
+from broker.log.manager import LogManager, partition_directory_name
+from broker.raft.config import RaftConfig
+from broker.raft.driver import RaftDriver, RaftDriverConfig, StorageOfflineError
+from broker.raft.errors import NotLeaderError
+from broker.raft.log_storage import LogRaftStorage
+from broker.raft.messages import Configuration
+from broker.raft.progress import ProgressState
+from broker.raft.ready import Role
+from broker.raft.transport import RaftTransport
+
+from .controller_service import ChangeNotifier
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplicaManagerConfig(ConfigBase):
+    """Bounds of the replicas one broker hosts."""
+
+    # Partition replicas (Raft groups) on this broker; more are refused and logged.
+    replicas_max: int = 10_000
+    # Largest read one call returns (a fetch asks for less).
+    read_bytes_max: int = 64 * MIB
+    # How long a leader waits between failed reports to the controller, and how often an idle
+    # leader re-checks its in-sync set and the preferred-leader rule.
+    leader_check_interval_ms: int = 200
+    # A leader that is not the preferred one hands over after leading this long; 0 disables it.
+    preferred_leader_delay_ms: int = 1_000
+
+    def validate(self) -> None:
+        check_range("replicas_max", self.replicas_max, 1)
+        check_range("read_bytes_max", self.read_bytes_max, 1)
+        check_range("leader_check_interval_ms", self.leader_check_interval_ms, 1)
+        check_range("preferred_leader_delay_ms", self.preferred_leader_delay_ms, 0)
+
+
+# (topic, partition, leader, leader_epoch, in_sync_replicas) -> published by the controller.
+LeaderReporter = Callable[[str, int, int, int, tuple[int, ...]], Awaitable[None]]
+
+
+class Acks(enum.IntEnum):
+    """How much of the replication a produce waits for (Kafka's acks values)."""
+
+    NONE = 0  # appended to the leader's log (not yet durable)
+    LEADER = 1  # fsynced on the leader
+    ALL = -1  # committed by the group: on a majority, fsynced under flush.policy=always
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProduceResult:
+    base_offset: int
+    last_offset: int
+
+
+class Replica:
+    """One hosted partition replica: its log and its Raft group's driver."""
+
+    def __init__(
+        self, topic: TopicInfo, info: PartitionInfo, log: PartitionLog, driver: RaftDriver
+    ) -> None:
+        self.topic = topic.name
+        self.topic_id = topic.topic_id
+        self.partition = info.partition
+        self.replicas = info.replicas
+        self.log = log
+        self.driver = driver
+        self.scope = trio.CancelScope()
+        self.deleting = False
+        self.stopped = trio.Event()
+
+    @property
+    def group(self) -> str:
+        return self.driver.group
+
+    @property
+    def leader_id(self) -> int:
+        """The group's leader as this replica knows it (0: none yet)."""
+        return self.driver.leader_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self.driver.role is Role.LEADER
+
+    @property
+    def high_watermark(self) -> int:
+        """Exclusive end of the committed (and applied here) offsets."""
+        return self.driver.high_watermark
+
+    def _check_batch(self, batch: bytes | bytearray) -> None:
+        # The core trusts its caller with the batch (CRC, bounds): this is the produce gate.
+        header = batch_codec.validate_batch(batch, max_batch_bytes=self.log.config.max_batch_bytes)
+        if header.size_bytes != len(batch):
+            raise batch_codec.BadLengthError(
+                f"expected exactly one batch of {header.size_bytes} bytes, got {len(batch)}"
+            )
+        if header.is_control or header.last_offset_delta != header.record_count - 1:
+            raise BrokerError(
+                ErrorCode.INVALID_RECORD,
+                "a produced batch must be a data batch with consecutive offsets",
+            )
+
+    async def produce(
+        self, batch: bytes | bytearray, *, acks: Acks = Acks.ALL, timeout_ms: int | None = None
+    ) -> ProduceResult:
+        """Append one batch through the group. Raises NotLeaderError (`leader_hint`) on a
+        follower, InvalidBatchError for a bad batch, and the driver's errors (a timeout or a stop
+        means the outcome is unknown; ProposalDroppedError means retry)."""
+        self._check_batch(batch)
+        if acks is Acks.ALL:
+            proposal = await self.driver.propose(batch, timeout_ms=timeout_ms)
+        else:
+            proposal = self.driver.propose_nowait(batch)
+            if acks is Acks.LEADER:
+                await self.driver.wait_durable(proposal.index)
+        return ProduceResult(proposal.base_offset, proposal.index)
+
+    def read(self, offset: int, max_bytes: int, *, allow_follower: bool = False) -> ReadResult:
+        """Whole batches from `offset`, never past the high watermark. On a follower this raises
+        NotLeaderError unless `allow_follower` (a follower's watermark may lag the leader's)."""
+        if not allow_follower and not self.is_leader:
+            raise NotLeaderError(self.leader_id)
+        return self.log.read(offset, max_bytes, max_offset=self.driver.high_watermark)
+
+    def in_sync_replicas(self, term_start_index: int) -> tuple[int, ...]:
+        """On the leader: itself, and the followers replicating that have acknowledged the log up
+        to where this term began (an approximation of Kafka's ISR without a lag-time rule)."""
+        core = self.driver.core
+        in_sync = [
+            node
+            for node in self.replicas
+            if node == core.node_id
+            or (
+                (progress := core.progress.get(node)) is not None
+                and progress.state is ProgressState.REPLICATE
+                and progress.match_index >= term_start_index
+            )
+        ]
+        return tuple(sorted(in_sync))
+
+
+class ReplicaManager:
+    """Starts and stops this broker's partition replicas. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        store: KvStore,
+        logs: LogManager,
+        transport: RaftTransport,
+        log_defaults: LogConfig,
+        raft_config: RaftConfig,
+        driver_config: RaftDriverConfig,
+        config: ReplicaManagerConfig,
+        rng: random.Random,
+        reporter: LeaderReporter | None = None,
+    ) -> None:
+        """`reporter` publishes a leader's report to the controller (None: nothing is reported)."""
+        config.validate()
+        self.node_id = node_id
+        self.config = config
+        self._store = store
+        self._logs = logs
+        self._transport = transport
+        self._log_defaults = log_defaults
+        self._raft_config = raft_config
+        self._driver_config = driver_config
+        self._rng = rng
+        self._reporter = reporter
+        self._replicas: dict[tuple[str, int], Replica] = {}
+        # Replicas whose storage failed: not restarted until the broker restarts.
+        self._offline: set[tuple[str, int]] = set()
+        self._state: ControllerStateMachine | None = None
+        self._nursery: trio.Nursery | None = None
+        self.changes = ChangeNotifier()
+
+    # --- lookups ---------------------------------------------------------------------------------
+
+    def replica(self, topic: str, partition: int) -> Replica:
+        """The hosted replica; BrokerError(UNKNOWN_PARTITION) if this broker does not host it."""
+        replica = self._replicas.get((topic, partition))
+        if replica is None or replica.deleting:
+            raise BrokerError(
+                ErrorCode.UNKNOWN_PARTITION,
+                f"broker {self.node_id} hosts no replica of {topic}-{partition}; refresh metadata",
+            )
+        return replica
+
+    def replicas(self) -> list[Replica]:
+        """Every hosted replica, by (topic, partition)."""
+        return [self._replicas[key] for key in sorted(self._replicas)]
+
+    # --- running ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host replicas until cancelled (cancelling this stops every replica's driver)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                self._reconcile()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    def reconcile(self, machine: ControllerStateMachine) -> None:
+        """The controller's listener: make the hosted replicas match `machine` (never awaits)."""
+        self._state = machine
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        if self._state is None or self._nursery is None:
+            return
+        wanted: dict[tuple[str, int], tuple[TopicInfo, PartitionInfo]] = {
+            (topic.name, info.partition): (topic, info)
+            for topic in self._state.topics()
+            for info in topic.partitions
+            if self.node_id in info.replicas
+        }
+        for key, replica in list(self._replicas.items()):
+            want = wanted.get(key)
+            if want is None or want[0].topic_id != replica.topic_id:
+                self._stop(replica, delete=True)
+        for key, (topic, info) in wanted.items():
+            # A key still in _replicas is running or still stopping (rule 2).
+            if key in self._replicas or key in self._offline:
+                continue
+            if len(self._replicas) >= self.config.replicas_max:
+                logger.error(
+                    "node %d: not hosting %s-%d: replicas_max (%d) reached",
+                    self.node_id,
+                    *key,
+                    self.config.replicas_max,
+                )
+                continue
+            self._start(topic, info)
+
+    def _start(self, topic: TopicInfo, info: PartitionInfo) -> None:
+        assert self._nursery is not None
+        config = LogConfig.from_mapping(dict(topic.configs), base=self._log_defaults)
+        log = self._logs.get(topic.name, info.partition)
+        if log is None:
+            log = self._logs.create(topic.name, info.partition, config)
+        else:
+            log.config = config  # opened from disk with the defaults before the state was known
+        group = partition_directory_name(topic.name, info.partition)
+        storage = LogRaftStorage(log, self._store, group, Configuration.of(list(info.replicas)))
+        driver = RaftDriver(
+            group=group,
+            node_id=self.node_id,
+            storage=storage,
+            transport=self._transport,
+            raft_config=self._raft_config,
+            config=self._driver_config,
+            rng=random.Random(self._rng.getrandbits(64)),
+        )
+        replica = Replica(topic, info, log, driver)
+        self._replicas[(topic.name, info.partition)] = replica
+        self._nursery.start_soon(self._run_replica, replica, name=f"replica {group}")
+        self.changes.notify()
+
+    def _stop(self, replica: Replica, *, delete: bool) -> None:
+        replica.deleting = replica.deleting or delete
+        replica.scope.cancel()
+
+    async def _run_replica(self, replica: Replica) -> None:
+        key = (replica.topic, replica.partition)
+        try:
+            with replica.scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(replica.driver.run)
+                    nursery.start_soon(self._watch_leadership, replica)
+        except* StorageOfflineError as group:
+            # The group is offline on this broker (fsyncgate); the others carry on.
+            logger.error("node %d: %s is offline: %s", self.node_id, replica.group, group)
+            self._offline.add(key)
+        finally:
+            if self._replicas.get(key) is replica:
+                del self._replicas[key]
+            if replica.deleting:
+                self._delete_storage(replica)
+            replica.stopped.set()
+            self.changes.notify()
+        if replica.deleting:
+            self._reconcile()  # a topic re-created under this name may start its replica now
+
+    async def _watch_leadership(self, replica: Replica) -> None:
+        """While this replica leads: report changes to the controller, move to the preferred
+        leader (rule 4). Wakes on the driver's changes, and every check interval when idle."""
+        driver = replica.driver
+        interval_s = self.config.leader_check_interval_ms / 1000
+        reported: tuple[int, tuple[int, ...]] | None = None
+        led_term, led_since, term_start = 0, 0.0, 0
+        while True:
+            version = driver.change_version
+            if driver.role is Role.LEADER:
+                if led_term != driver.term:
+                    led_term, led_since = driver.term, trio.current_time()
+                    term_start = driver.core.log.last_index()
+                report = (driver.term, replica.in_sync_replicas(term_start))
+                if report != reported and self._reporter is not None:
+                    if await self._report(replica, *report):
+                        reported = report
+                    else:
+                        await trio.sleep(interval_s)  # back off: no controller answers now
+                        continue
+                if self._should_transfer(replica, trio.current_time() - led_since):
+                    with contextlib.suppress(BrokerError):  # deposed meanwhile: nothing to do
+                        replica.driver.transfer_leadership(replica.replicas[0])
+                    led_since = trio.current_time()  # once per delay, if it does not complete
+            with trio.move_on_after(interval_s):
+                try:
+                    await driver.wait_changed(version)
+                except BrokerError:
+                    return  # the driver stopped (its replica is stopping): nothing to watch
+
+    async def _report(self, replica: Replica, term: int, in_sync: tuple[int, ...]) -> bool:
+        """Publish a leader report; True once the controller holds it (or a newer one)."""
+        assert self._reporter is not None
+        try:
+            await self._reporter(replica.topic, replica.partition, self.node_id, term, in_sync)
+        except BrokerError as exc:
+            logger.debug("node %d: %s leader report: %s", self.node_id, replica.group, exc)
+            # NOT_LEADER: the controller already records a newer term; nothing to publish.
+            return exc.code is ErrorCode.NOT_LEADER
+        return True
+
+    def _should_transfer(self, replica: Replica, led_s: float) -> bool:
+        delay_ms = self.config.preferred_leader_delay_ms
+        preferred = replica.replicas[0]
+        if not replica.is_leader or delay_ms == 0 or preferred == self.node_id:
+            return False
+        if led_s * 1000 < delay_ms:
+            return False
+        # Only to an ACTIVE broker that answered within the last election timeout and holds our
+        # whole log: a transfer to anything else would stall the group's proposals for nothing
+        # (a crashed broker keeps its last match index in our progress table).
+        info = self._state.broker(preferred) if self._state is not None else None
+        progress = replica.driver.core.progress.get(preferred)
+        return (
+            info is not None
+            and info.state is BrokerState.ACTIVE
+            and progress is not None
+            and progress.recent_active
+            and progress.state is ProgressState.REPLICATE
+            and progress.match_index >= replica.driver.core.log.last_index()
+        )
+
+    def _delete_storage(self, replica: Replica) -> None:
+        # The driver has stopped, so nothing writes the log or the group's Raft keys any more.
+        self._logs.delete(replica.topic, replica.partition)
+        prefix = replica.group.encode() + b"/"
+        for raft_key, _ in self._store.items(KeySpace.RAFT, prefix):
+            self._store.delete(KeySpace.RAFT, raft_key, durable=False)
+        logger.info("node %d: deleted replica %s", self.node_id, replica.group)
