@@ -22,7 +22,6 @@ from broker.config import KIB, LogConfig
 from broker.controller.records import BrokerState
 from broker.errors import BrokerError
 from broker.log import batch as batch_codec
-from broker.log.log import PartitionLog
 from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriverConfig
 from broker.raft.transport import RaftTransportConfig
@@ -269,18 +268,6 @@ async def wait_any_change(watches: list[Watch]) -> None:
 
         for wait, version in watches:
             nursery.start_soon(watch, wait, version)
-
-
-def log_bytes(log: PartitionLog) -> bytes:
-    chunks = []
-    offset = log.log_start_offset
-    while offset < log.log_end_offset:
-        read = log.read(offset, 1 << 20)
-        if not read.data:
-            break
-        chunks.append(bytes(read.data))
-        offset = read.next_offset
-    return b"".join(chunks)
 
 
 def payloads_by_offset(data: bytes) -> dict[int, bytes]:

@@ -25,10 +25,10 @@ from tests.integration.cluster_node.harness import (
     ELECTION_TIMEOUT_MAX_S,
     NODE_IDS,
     Cluster,
-    log_bytes,
     payloads_by_offset,
     record_batch,
 )
+from tests.log_reading import log_bytes
 
 TOPIC = "orders"
 PARTITIONS = 3

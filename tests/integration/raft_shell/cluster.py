@@ -26,6 +26,7 @@ from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import Configuration
 from broker.raft.ready import Role
 from broker.raft.transport import RaftTransport, RaftTransportConfig
+from tests.log_reading import log_bytes as log_bytes_of
 
 GROUPS = ("g0", "g1")
 NODE_IDS = (1, 2, 3)
@@ -246,16 +247,7 @@ async def wait_any_change(versions: dict[RaftDriver, int]) -> None:
 
 
 def log_bytes(driver: RaftDriver) -> bytes:
-    log = driver.storage.log
-    chunks = []
-    offset = log.log_start_offset
-    while offset < log.log_end_offset:
-        read = log.read(offset, 1 << 20)
-        if not read.data:
-            break
-        chunks.append(bytes(read.data))
-        offset = read.next_offset
-    return b"".join(chunks)
+    return log_bytes_of(driver.storage.log)
 
 
 def payloads_in(driver: RaftDriver) -> list[bytes]:
