@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from client.embedded import EmbeddedBroker
+from client.embedded import LOG_TAIL_LINES, EmbeddedBroker
 
 
-def _run(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker()
+def run_broker(
+    request: pytest.FixtureRequest, *, log_lines: int = LOG_TAIL_LINES, **options: Any
+) -> Iterator[EmbeddedBroker]:
+    """Run an `EmbeddedBroker(**options)` for a fixture; on a failed test, attach its log tail.
+
+    Use as `yield from run_broker(request, ...)` in your own fixtures (for brokers with options).
+    """
+    broker = EmbeddedBroker(**options)
     broker.start()
     try:
         yield broker
@@ -31,20 +38,20 @@ def _run(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
         broker.stop()
         failed = getattr(request.node, "rep_call", None)
         if failed is not None and failed.failed:
-            request.node.add_report_section("call", "broker log", broker.log_tail())
+            request.node.add_report_section("call", "broker log", broker.log_tail(log_lines))
         broker.close()
 
 
 @pytest.fixture
 def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
     """A running `broker serve` with an empty temporary data dir, stopped after the test."""
-    yield from _run(request)
+    yield from run_broker(request)
 
 
 @pytest.fixture(scope="session")
 def session_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
     """One running broker shared by every test of the session (use unique topic names)."""
-    yield from _run(request)
+    yield from run_broker(request)
 
 
 @pytest.fixture

@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 from client.embedded import EmbeddedBroker
-from client.pytest_plugin import pytest_runtest_makereport  # noqa: F401 - attaches broker logs
+from client.pytest_plugin import (
+    pytest_runtest_makereport,  # noqa: F401 - attaches broker logs
+    run_broker,
+)
 
 # Short group timers so that evictions and rebalances take seconds, not minutes.
 GROUP_BROKER_ARGS = [
@@ -28,16 +31,7 @@ CONSUMER_SCRIPT = Path(__file__).with_name("consumer_process.py")
 
 @pytest.fixture
 def group_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(extra_args=GROUP_BROKER_ARGS)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-        failed = getattr(request.node, "rep_call", None)
-        if failed is not None and failed.failed:
-            request.node.add_report_section("call", "broker log", broker.log_tail(80))
-        broker.close()
+    yield from run_broker(request, log_lines=80, extra_args=GROUP_BROKER_ARGS)
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
