@@ -66,6 +66,12 @@ class ApiKey(enum.Enum):
     LIST_GROUPS = "list_groups"
     DESCRIBE_GROUPS = "describe_groups"
     DELETE_GROUPS = "delete_groups"
+    # Cluster (schemas at the end of this module; docs/cluster.md). The broker_* and
+    # leader_report APIs are broker-to-controller requests, not for clients.
+    CLUSTER_STATUS = "cluster_status"
+    BROKER_REGISTRATION = "broker_registration"
+    BROKER_HEARTBEAT = "broker_heartbeat"
+    LEADER_REPORT = "leader_report"
 
 
 # Supported (min, max) version of each API. Bump max when adding a version; never drop min silently.
@@ -230,6 +236,7 @@ class PartitionDescription:
     partition: int
     leader_id: int
     replicas: tuple[int, ...] = ()
+    isr: tuple[int, ...] = ()
     log_start_offset: int = -1
     log_end_offset: int = -1
     high_watermark: int = -1
@@ -1118,3 +1125,125 @@ GROUP_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
 # Registered with the other APIs: the envelope functions look types up in these two tables.
 REQUEST_TYPES.update(GROUP_REQUEST_TYPES)
 RESPONSE_TYPES.update(GROUP_RESPONSE_TYPES)
+
+
+# --- cluster --------------------------------------------------------------------------------------
+# ClusterStatus is for clients (`broker-cli cluster status`). The other three are sent by a broker
+# to the controller leader (docs/cluster.md "Controller RPC"): its registration, its heartbeats
+# (which also ask to be unfenced) and a partition leader's report. Controller refusals carry
+# NOT_CONTROLLER with `leader_hint`, the metadata-group leader the answering broker knows (0: none).
+
+
+@_message
+class ClusterStatusRequest:
+    API: ClassVar[ApiKey] = ApiKey.CLUSTER_STATUS
+
+
+@_message
+class ClusterBroker:
+    """`state`: "active", "fenced" or "shutting_down" (broker/controller/records.py)."""
+
+    node_id: int
+    host: str
+    port: int
+    state: str
+    broker_epoch: int
+    replica_count: int
+    leader_count: int
+    preferred_leader_count: int
+
+
+@_message
+class TopicPartitionRef:
+    topic: str
+    partition: int
+
+
+@_message
+class ClusterStatusResponse:
+    """`controller_id`: the controller leader (-1: none known); `metadata_index`: how far the
+    answering broker has applied the metadata log."""
+
+    API: ClassVar[ApiKey] = ApiKey.CLUSTER_STATUS
+    controller_id: int
+    metadata_index: int
+    brokers: tuple[ClusterBroker, ...]
+    topic_count: int
+    partition_count: int
+    offline_partitions: tuple[TopicPartitionRef, ...] = ()
+    under_replicated_partitions: tuple[TopicPartitionRef, ...] = ()
+    preferred_leader_imbalance_count: int = 0
+
+
+@_message
+class BrokerRegistrationRequest:
+    API: ClassVar[ApiKey] = ApiKey.BROKER_REGISTRATION
+    node_id: int
+    host: str
+    port: int
+    incarnation: int
+
+
+@_message
+class BrokerRegistrationResponse:
+    API: ClassVar[ApiKey] = ApiKey.BROKER_REGISTRATION
+    broker_epoch: int = -1
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+@_message
+class BrokerHeartbeatRequest:
+    """`want_active`: the broker has applied its own registration and asks to be unfenced."""
+
+    API: ClassVar[ApiKey] = ApiKey.BROKER_HEARTBEAT
+    node_id: int
+    broker_epoch: int
+    want_active: bool = True
+
+
+@_message
+class BrokerHeartbeatResponse:
+    """`state`: the broker's state in the controller's applied metadata after this heartbeat.
+    STALE_BROKER_EPOCH means: register again."""
+
+    API: ClassVar[ApiKey] = ApiKey.BROKER_HEARTBEAT
+    state: str = ""
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+@_message
+class LeaderReportRequest:
+    API: ClassVar[ApiKey] = ApiKey.LEADER_REPORT
+    topic: str
+    partition: int
+    leader_id: int
+    leader_epoch: int
+    in_sync: tuple[int, ...]
+
+
+@_message
+class LeaderReportResponse:
+    API: ClassVar[ApiKey] = ApiKey.LEADER_REPORT
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+CLUSTER_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.CLUSTER_STATUS: ClusterStatusRequest,
+    ApiKey.BROKER_REGISTRATION: BrokerRegistrationRequest,
+    ApiKey.BROKER_HEARTBEAT: BrokerHeartbeatRequest,
+    ApiKey.LEADER_REPORT: LeaderReportRequest,
+}
+CLUSTER_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.CLUSTER_STATUS: ClusterStatusResponse,
+    ApiKey.BROKER_REGISTRATION: BrokerRegistrationResponse,
+    ApiKey.BROKER_HEARTBEAT: BrokerHeartbeatResponse,
+    ApiKey.LEADER_REPORT: LeaderReportResponse,
+}
+REQUEST_TYPES.update(CLUSTER_REQUEST_TYPES)
+RESPONSE_TYPES.update(CLUSTER_RESPONSE_TYPES)

@@ -155,6 +155,23 @@ def parse_host_port(key: str, value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_peers(key: str, value: str) -> dict[int, tuple[str, int]]:
+    """`1@HOST:PORT,2@HOST:PORT` as {node id: address}; raise `ConfigError` naming `key`."""
+    peers: dict[int, tuple[str, int]] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        node_text, sep, address = item.partition("@")
+        if not sep or not node_text.isdigit() or not 1 <= int(node_text) <= 2**31 - 1:
+            raise ConfigError(key, f"expected NODE_ID@HOST:PORT with NODE_ID >= 1, got {item!r}")
+        node_id = int(node_text)
+        if node_id in peers:
+            raise ConfigError(key, f"node {node_id} is listed twice")
+        host, port = parse_host_port(key, address)
+        if port == 0:
+            raise ConfigError(key, f"node {node_id} needs a real port, not 0")
+        peers[node_id] = (host, port)
+    return peers
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class BrokerConfig(ConfigBase):
     """One broker process: where it listens and stores, and the bounds of its server.
@@ -198,6 +215,23 @@ class BrokerConfig(ConfigBase):
     shutdown_timeout_ms: int = 30_000
     # Defaults for every topic's log; a topic's own configs override them.
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    # --- cluster mode (docs/cluster.md); all of these are ignored while `peers` is empty.
+    # The initial controller voters, `1@HOST:PORT,2@HOST:PORT,...`: where this broker reaches
+    # each other broker (their client port, or a proxy in front of it). Non-empty = cluster mode;
+    # every broker of the cluster must be listed. `node_id` must then be >= 1.
+    peers: str = ""
+    # Brokers refuse peers of another cluster.
+    cluster_id: str = "pybroker"
+    # Replicas of a topic created without a replication factor.
+    default_replication_factor: int = 1
+    # Raft timer tick of every group; elections time out after raft_election_timeout_ticks
+    # (randomised up to twice that), leaders heartbeat every tick.
+    raft_tick_ms: int = 100
+    raft_election_timeout_ticks: int = 10
+    # Broker liveness with the controller (Kafka's broker.heartbeat.interval.ms and
+    # broker.session.timeout.ms): a broker silent for the session timeout is fenced.
+    broker_heartbeat_interval_ms: int = 1_000
+    broker_session_timeout_ms: int = 6_000
     # --- consumer groups (docs/consumer-groups.md); mapped onto GroupConfig by the group service.
     # Partitions of the internal __consumer_offsets topic, fixed when the broker first creates
     # it: a group's coordinator partition is crc32(group_id) % this count.
@@ -263,9 +297,7 @@ class BrokerConfig(ConfigBase):
         if not isinstance(self.auto_create_topics, bool):
             raise ConfigError("auto_create_topics", "expected true or false")
         check_range("max_partitions_per_topic", self.max_partitions_per_topic, 1, 100_000)
-        check_range(
-            "default_partitions", self.default_partitions, 1, self.max_partitions_per_topic
-        )
+        check_range("default_partitions", self.default_partitions, 1, self.max_partitions_per_topic)
         check_range("max_frame_bytes", self.max_frame_bytes, 64 * KIB, 2**32 - 1)
         check_range(
             "max_inflight_requests_per_connection", self.max_inflight_requests_per_connection, 1
@@ -292,6 +324,29 @@ class BrokerConfig(ConfigBase):
         check_range("offsets_retention_ms", self.offsets_retention_ms, -1)
         if self.offsets_retention_ms == 0:
             raise ConfigError("offsets_retention_ms", "must be -1 (forever) or positive, got 0")
+        self._validate_cluster()
+
+    def _validate_cluster(self) -> None:
+        peers = parse_peers("peers", self.peers)
+        if not peers:
+            return
+        if self.node_id < 1:
+            raise ConfigError("node_id", "must be >= 1 in cluster mode (--node-id N)")
+        if not 1 <= len(self.cluster_id.encode()) <= 255:
+            raise ConfigError("cluster_id", "must be 1 to 255 bytes")
+        check_range("default_replication_factor", self.default_replication_factor, 1, 16)
+        check_range("raft_tick_ms", self.raft_tick_ms, 1, 10_000)
+        check_range("raft_election_timeout_ticks", self.raft_election_timeout_ticks, 3, 1_000)
+        check_range("broker_heartbeat_interval_ms", self.broker_heartbeat_interval_ms, 1)
+        check_range(
+            "broker_session_timeout_ms",
+            self.broker_session_timeout_ms,
+            2 * self.broker_heartbeat_interval_ms,
+        )
+
+    @property
+    def peer_addresses(self) -> dict[int, tuple[str, int]]:
+        return parse_peers("peers", self.peers)
 
     def check_log_config(self, key: str, log: LogConfig) -> None:
         """A topic's batches must fit in a frame with room for the header."""

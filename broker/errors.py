@@ -62,6 +62,8 @@ class ErrorCode(enum.Enum):
     INCONSISTENT_GROUP_PROTOCOL = (42, False)
     INVALID_GROUP_ID = (43, False)
     OFFSET_METADATA_TOO_LARGE = (44, False)
+    # A broker's heartbeat names a registration the controller no longer has: register again.
+    STALE_BROKER_EPOCH = (45, True)
 
     @property
     def wire_id(self) -> int:

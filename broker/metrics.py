@@ -70,6 +70,50 @@ class _PartitionCollector(Collector):
         yield from (size, start, end, high)
 
 
+class _ClusterCollector(Collector):
+    """The facts of `broker-cli cluster status`, from a snapshot the trio thread refreshes (a
+    `codec.ClusterStatusResponse`, or None before the first one)."""
+
+    def __init__(self, source: Callable[[], Any]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self._source()
+        if status is None:
+            return
+        brokers = GaugeMetricFamily(
+            "broker_cluster_brokers", "Registered brokers per state", labels=["state"]
+        )
+        counts: dict[str, int] = {"active": 0, "fenced": 0, "shutting_down": 0}
+        for row in status.brokers:
+            counts[row.state] = counts.get(row.state, 0) + 1
+        for state, count in sorted(counts.items()):
+            brokers.add_metric([state], count)
+        yield brokers
+        leaders = GaugeMetricFamily(
+            "broker_cluster_partition_leaders", "Partitions each broker leads", labels=["node_id"]
+        )
+        for row in status.brokers:
+            leaders.add_metric([str(row.node_id)], row.leader_count)
+        yield leaders
+        for name, documentation, value in (
+            ("broker_cluster_controller_id", "The controller leader (-1: none)",
+             status.controller_id),
+            ("broker_cluster_metadata_index", "Metadata log index applied here",
+             status.metadata_index),
+            ("broker_cluster_partitions", "Partitions in the cluster", status.partition_count),
+            ("broker_cluster_offline_partitions", "Partitions without a serving leader",
+             len(status.offline_partitions)),
+            ("broker_cluster_under_replicated_partitions",
+             "Partitions with fewer in-sync replicas than replicas",
+             len(status.under_replicated_partitions)),
+            ("broker_cluster_preferred_leader_imbalance",
+             "Partitions led by another broker than their preferred leader",
+             status.preferred_leader_imbalance_count),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(name, documentation, value=value)
+
+
 class _GroupCollector(Collector):
     """Consumer lag per group and partition, and the group cores' statistics().
 
@@ -225,6 +269,10 @@ class BrokerMetrics:
 
     def watch_partitions(self, source: Callable[[], Iterable[PartitionSample]]) -> None:
         self.registry.register(_PartitionCollector(source))
+
+    def watch_cluster(self, source: Callable[[], Any]) -> None:
+        """Export cluster status from snapshots refreshed in the trio thread."""
+        self.registry.register(_ClusterCollector(source))
 
     def watch_groups(self, source: Callable[[], Any]) -> None:
         """Export consumer lag and group statistics from the group service's snapshots."""

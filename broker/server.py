@@ -36,10 +36,13 @@ import lmdb
 import trio
 
 from broker import codec
+from broker.cluster.node import ClusterNode, node_config_of
+from broker.cluster.serving import ClusterTopics, track_replicas
 from broker.config import BrokerConfig, parse_host_port
 from broker.consumer_groups.service import GroupService, ensure_offsets_topic, group_config_of
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers import HANDLERS, BrokerContext, Deferred, PartitionState
+from broker.handlers.cluster import cluster_status
 from broker.kvstore import KeySpace, KvStore
 from broker.log.flusher import LogFlusher
 from broker.log.manager import LogManager
@@ -54,6 +57,7 @@ from broker.protocol import (
     RemoteProtocolError,
     Role,
 )
+from broker.raft import wire
 from broker.topics import TopicManager
 
 logger = logging.getLogger(__name__)
@@ -61,6 +65,8 @@ logger = logging.getLogger(__name__)
 METADATA_DIRECTORY = "meta.lmdb"
 # Held (flock) while a broker uses the data directory.
 LOCK_FILE = ".lock"
+# How often the cluster-status metrics are rebuilt.
+CLUSTER_STATUS_REFRESH_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,6 +146,9 @@ class Broker:
             self.stopped.set()
 
     async def _run_locked(self, data_dir: Path, task_status: trio.TaskStatus[Any]) -> None:
+        if self.config.peers:
+            await self._run_cluster(data_dir, task_status)
+            return
         try:
             store = KvStore.open(data_dir / METADATA_DIRECTORY)
         except lmdb.Error as exc:
@@ -190,6 +199,44 @@ class Broker:
                 self.metrics.close()
             services.cancel_scope.cancel()
 
+    async def _run_cluster(self, data_dir: Path, task_status: trio.TaskStatus[Any]) -> None:
+        """Cluster mode: a `ClusterNode` owns storage and replication; one port serves clients
+        and peers (Raft links are handed to the node's transport)."""
+        config = self.config
+        listeners = await self._open_listeners()
+        bound = listeners[0].socket.getsockname()
+        host = parse_host_port("listen", config.listen)[0]
+        advertised = (
+            parse_host_port("advertised_listen", config.advertised_listen)
+            if config.advertised_listen
+            else (host, int(bound[1]))
+        )
+        node = ClusterNode(
+            config.node_id,
+            advertised,
+            config.peer_addresses,
+            data_dir,
+            node_config_of(config),
+            serve_peers=False,
+        )
+        context = BrokerContext(config, ClusterTopics(node, config.log), None, self.metrics)
+        context.cluster = node
+        self.context = context
+        async with trio.open_nursery() as services:
+            self._services = services
+            await services.start(node.run)
+            track_replicas(node, context, services)
+            snapshot: list[Any] = [None]
+            services.start_soon(_refresh_cluster_status, context, snapshot)
+            self.metrics.watch_cluster(lambda: snapshot[0])
+            metrics_address = self._start_metrics(context)
+            try:
+                await self._listen(context, metrics_address, task_status, listeners)
+            finally:
+                self.metrics.close()
+            services.cancel_scope.cancel()
+        logger.info("broker stopped (clean shutdown)")
+
     def _start_metrics(self, context: BrokerContext) -> tuple[str, int] | None:
         def samples() -> list[PartitionSample]:
             return [
@@ -210,14 +257,19 @@ class Broker:
         host, port = parse_host_port("metrics_listen", self.config.metrics_listen)
         return self.metrics.serve(host, port)
 
+    async def _open_listeners(self) -> list[trio.SocketListener]:
+        host, port = parse_host_port("listen", self.config.listen)
+        return await trio.open_tcp_listeners(port, host=host)
+
     async def _listen(
         self,
         context: BrokerContext,
         metrics_address: tuple[str, int] | None,
         task_status: trio.TaskStatus[Any],
+        listeners: list[trio.SocketListener] | None = None,
     ) -> None:
-        host, port = parse_host_port("listen", self.config.listen)
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        host = parse_host_port("listen", self.config.listen)[0]
+        listeners = listeners or await self._open_listeners()
         bound = listeners[0].socket.getsockname()
         self.addresses = BrokerAddresses((host, int(bound[1])), metrics_address)
         if self.config.advertised_listen:
@@ -346,12 +398,15 @@ class _Connection:
         self.peer = _peer_name(stream)
         self._stopping = False
         self._receive_scope: trio.CancelScope | None = None
+        # Set while this connection is a Raft peer link (cluster mode): cancelled at shutdown.
+        self._peer_scope: trio.CancelScope | None = None
 
     def stop_reading(self) -> None:
         """Graceful shutdown: read no more requests; in-flight ones still get their replies."""
         self._stopping = True
-        if self._receive_scope is not None:
-            self._receive_scope.cancel()
+        for scope in (self._receive_scope, self._peer_scope):
+            if scope is not None:
+                scope.cancel()
 
     async def run(self) -> None:
         try:
@@ -394,7 +449,18 @@ class _Connection:
 
     async def _read_requests(self, tasks: trio.Nursery) -> None:
         frame = await self._next_frame()
-        if frame is None or not await self._handshake(frame):
+        if frame is None:
+            return
+        node = self.context.cluster
+        if node is not None and wire.is_raft_handshake(frame.header):
+            # A peer broker's Raft link: the node's transport owns the connection from here.
+            with trio.CancelScope() as self._peer_scope:
+                if not self._stopping:
+                    await node.transport.serve_inbound(
+                        self.stream, frames=self.frames, first_frame=frame
+                    )
+            return
+        if not await self._handshake(frame):
             return
         while (frame := await self._next_frame()) is not None:
             started = time.perf_counter()
@@ -523,6 +589,13 @@ class _Connection:
             except BaseException:
                 self.frames.send_failed()
                 raise
+
+
+async def _refresh_cluster_status(context: BrokerContext, snapshot: list[Any]) -> None:
+    """Rebuild the cluster-status snapshot /metrics reads (never computed in its thread)."""
+    while True:
+        snapshot[0] = cluster_status(context)
+        await trio.sleep(CLUSTER_STATUS_REFRESH_S)
 
 
 def _flush_recovered(logs: LogManager) -> None:

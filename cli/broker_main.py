@@ -2,8 +2,8 @@
 
 Configuration comes from, in increasing precedence: the defaults of `BrokerConfig`, a TOML file
 (`--config`), `--set key=value` options, then the dedicated flags (`--listen`, `--data-dir`,
-`--metrics-listen`). An invalid value is refused before anything starts, with the key named and
-exit status 2. Once listening, the broker prints one readiness line to stdout (format in
+`--metrics-listen`, `--node-id`, `--peers`). An invalid value is refused before anything starts,
+with the key named and exit status 2. Once listening, the broker prints one readiness line to stdout (format in
 docs/protocol.md) and logs to stderr. SIGINT/SIGTERM shut it down gracefully (exit 0).
 """
 
@@ -85,6 +85,16 @@ def serve_command(
         str | None,
         typer.Option(help="HOST:PORT for /metrics (default 127.0.0.1:9100; '' disables)"),
     ] = None,
+    node_id: Annotated[
+        int | None, typer.Option(help="This broker's id in a cluster (>= 1 with --peers)")
+    ] = None,
+    peers: Annotated[
+        str | None,
+        typer.Option(
+            help="Cluster mode: every broker as ID@HOST:PORT, comma-separated, e.g. "
+            "1@10.0.0.1:9092,2@10.0.0.2:9092,3@10.0.0.3:9092 (the initial controller voters)"
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML file of config values")
     ] = None,
@@ -101,7 +111,8 @@ def serve_command(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
-    """Run a single-node broker until SIGINT or SIGTERM."""
+    """Run a broker until SIGINT or SIGTERM: a single node, or with --node-id and --peers a member
+    of a replicated cluster (run the same command again on the same --data-dir to rejoin)."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -111,7 +122,13 @@ def serve_command(
         broker_config = load_config(
             config_file=config,
             settings=settings or [],
-            flags={"listen": listen, "data_dir": data_dir, "metrics_listen": metrics_listen},
+            flags={
+                "listen": listen,
+                "data_dir": data_dir,
+                "metrics_listen": metrics_listen,
+                "node_id": None if node_id is None else str(node_id),
+                "peers": peers,
+            },
         )
     except ConfigError as exc:
         typer.echo(f"broker: {exc}", err=True)

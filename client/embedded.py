@@ -11,6 +11,7 @@ Rules:
 - Data lives in a temporary directory removed on stop, unless the caller passes `data_dir`.
 - Stop is SIGTERM (the broker flushes and writes its clean-shutdown marker), a bounded wait, then
   SIGKILL. `restart()` keeps the data directory and the port, so clients reconnect by themselves.
+  A caller that must know the port before the start (a cluster's `--peers`) passes `port`.
 - The child's stderr goes to `log_path` (inside the data dir's parent temp dir), shown in errors.
 - `open_inprocess_broker()` runs `broker.server.Broker` inside the caller's trio loop instead:
   no process, faster to start, but it shares the caller's CPU and event loop (and cannot be
@@ -33,7 +34,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self, TypeVar
 
 STARTUP_TIMEOUT_S_DEFAULT = 30.0
 STOP_TIMEOUT_S_DEFAULT = 15.0
@@ -53,6 +54,7 @@ class EmbeddedBroker:
 
     Args:
         data_dir: keep data here (not removed on stop); default a fresh temporary directory.
+        port: listen on this port; default 0, a free port the broker picks (and keeps on restart).
         extra_args: more `broker serve` options, e.g. `["--config", "broker.toml"]`.
         env: extra environment variables for the child.
     """
@@ -61,6 +63,7 @@ class EmbeddedBroker:
         self,
         *,
         data_dir: str | os.PathLike[str] | None = None,
+        port: int = 0,
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         startup_timeout_s: float = STARTUP_TIMEOUT_S_DEFAULT,
@@ -75,7 +78,7 @@ class EmbeddedBroker:
         self.stop_timeout_s = stop_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.host = "127.0.0.1"
-        self.port = 0
+        self.port = port
         self.metrics_address = "-"
         self.node_id = -1
         self.ready_fields: dict[str, str] = {}
@@ -86,6 +89,11 @@ class EmbeddedBroker:
         if self.port == 0:
             raise EmbeddedBrokerError("the embedded broker is not started")
         return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """True while the child process is alive (False once stopped, killed or crashed)."""
+        return self.process is not None and self.process.poll() is None
 
     def start(self) -> Self:
         """Start the child and wait for its readiness line; raises `EmbeddedBrokerError`."""
@@ -226,18 +234,38 @@ class EmbeddedBroker:
         self.close()
 
 
+class Startable(Protocol):
+    """What `open_in_thread` manages: a blocking `start()` and a `close()` that cleans up."""
+
+    def start(self) -> object: ...
+    def close(self) -> None: ...
+
+
+StartableT = TypeVar("StartableT", bound=Startable)
+
+
+@contextlib.asynccontextmanager
+async def open_in_thread(resource: StartableT) -> AsyncIterator[StartableT]:
+    """Start `resource` for trio code and close it on exit (also when the start fails).
+
+    `start()` and `close()` block (they wait for processes and threads), so both run in a worker
+    thread; the close is shielded, so a cancelled test still stops what it started.
+    """
+    import trio
+
+    try:
+        await trio.to_thread.run_sync(resource.start)
+        yield resource
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(resource.close)
+
+
 @contextlib.asynccontextmanager
 async def open_embedded_broker(**options: Any) -> AsyncIterator[EmbeddedBroker]:
     """The trio version of `EmbeddedBroker(**options)`: start and stop run in a worker thread."""
-    import trio
-
-    broker = EmbeddedBroker(**options)
-    await trio.to_thread.run_sync(broker.start)
-    try:
+    async with open_in_thread(EmbeddedBroker(**options)) as broker:
         yield broker
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(broker.close)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

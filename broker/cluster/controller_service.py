@@ -17,6 +17,9 @@ partition log under the node's data dir, voters = the initial peers) and the bro
    leader hint. Commands are serialized (one prepared at a time), which avoids most skipped records.
 4. Listeners (`ReplicaManager.reconcile`) are called synchronously after each applied entry and
    must not block: they react to the new state, not to individual records.
+5. Liveness (KRaft's broker sessions): brokers heartbeat to the leader, which keeps the times in
+   memory only. An ACTIVE broker silent for `session_timeout_ms` is FENCED through the log; its
+   next heartbeat unfences it. A newly elected leader starts every broker's session afresh.
 """
 
 from __future__ import annotations
@@ -74,11 +77,20 @@ class ControllerServiceConfig(ConfigBase):
     command_timeout_ms: int = 10_000
     # Wait between broker-registration attempts while no controller leader answers.
     registration_retry_ms: int = 200
+    # How often a broker heartbeats to the controller leader (Kafka: broker.heartbeat.interval.ms).
+    heartbeat_interval_ms: int = 1_000
+    # An ACTIVE broker whose heartbeats stop for this long is fenced: it no longer counts as a
+    # leader or an in-sync replica in Metadata, nor as live for placement
+    # (Kafka: broker.session.timeout.ms).
+    session_timeout_ms: int = 6_000
 
     def validate(self) -> None:
         check_range("snapshot_interval_records", self.snapshot_interval_records, 1)
         check_range("command_timeout_ms", self.command_timeout_ms, 1)
         check_range("registration_retry_ms", self.registration_retry_ms, 1)
+        check_range("heartbeat_interval_ms", self.heartbeat_interval_ms, 1)
+        # Fencing after fewer than two missed heartbeats would fence healthy brokers.
+        check_range("session_timeout_ms", self.session_timeout_ms, 2 * self.heartbeat_interval_ms)
 
 
 class NotControllerError(BrokerError):
@@ -152,6 +164,9 @@ class ControllerService:
         self._records_since_snapshot = 0
         self._command_lock = trio.Lock()
         self.changes = ChangeNotifier()
+        # On the leader: when each broker last heartbeated (trio clock, seconds). Not in the log:
+        # a new leader gives every broker a full session timeout (rule 5).
+        self._heartbeats: dict[int, float] = {}
         log = logs.get(METADATA_TOPIC, METADATA_PARTITION) or logs.create(
             METADATA_TOPIC, METADATA_PARTITION, metadata_log_config
         )
@@ -191,9 +206,11 @@ class ControllerService:
         listener(self.machine)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the metadata group's driver until cancelled."""
+        """Run the metadata group's driver (and, while leading, the fencing check) until
+        cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.driver.run)
+            nursery.start_soon(self._fence_expired_sessions)
             task_status.started()
 
     def save_snapshot(self) -> None:
@@ -342,6 +359,54 @@ class ControllerService:
                 node_id, state, broker_epoch=broker_epoch
             )
             await self._propose(records)
+
+    async def heartbeat(self, node_id: int, broker_epoch: int, *, want_active: bool) -> BrokerState:
+        """A broker's heartbeat (rule 5): note it, unfence the broker if it asks (it has caught up
+        with its own registration), and return its state. BrokerError(STALE_BROKER_EPOCH) if the
+        epoch is not the broker's current registration: it must register again."""
+        info = self._require_leader().broker(node_id)
+        if info is None or info.broker_epoch != broker_epoch:
+            raise BrokerError(
+                ErrorCode.STALE_BROKER_EPOCH,
+                f"broker {node_id} epoch {broker_epoch} is not its current registration; "
+                "register again",
+            )
+        self._heartbeats[node_id] = trio.current_time()
+        if want_active and info.state is BrokerState.FENCED:
+            await self.set_broker_state(node_id, BrokerState.ACTIVE, broker_epoch)
+        current = self.machine.broker(node_id)
+        return current.state if current is not None else BrokerState.FENCED
+
+    async def _fence_expired_sessions(self) -> None:
+        """On the leader: fence every ACTIVE broker whose heartbeats stopped (rule 5)."""
+        interval_s = self.config.heartbeat_interval_ms / 1000
+        timeout_s = self.config.session_timeout_ms / 1000
+        led_term = 0
+        while True:
+            await trio.sleep(interval_s)
+            if not self.is_leader:
+                led_term = 0
+                continue
+            now = trio.current_time()
+            if led_term != self.driver.term:
+                # Newly elected: nobody has had a chance to heartbeat to us yet.
+                led_term = self.driver.term
+                self._heartbeats = {info.node_id: now for info in self.machine.brokers()}
+                continue
+            for info in self.machine.brokers():
+                last = self._heartbeats.setdefault(info.node_id, now)
+                if info.state is not BrokerState.ACTIVE or now - last < timeout_s:
+                    continue
+                logger.warning(
+                    "node %d: fencing broker %d: no heartbeat for %.1f s",
+                    self.node_id,
+                    info.node_id,
+                    now - last,
+                )
+                try:
+                    await self.set_broker_state(info.node_id, BrokerState.FENCED, info.broker_epoch)
+                except BrokerError as exc:  # deposed, or the broker re-registered meanwhile
+                    logger.info("node %d: fencing broker %d: %s", self.node_id, info.node_id, exc)
 
     async def report_leader(
         self,

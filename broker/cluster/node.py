@@ -21,17 +21,17 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import trio
 
-from broker.config import MIB, ConfigBase, ConfigError, LogConfig, check_range
+from broker.config import MIB, BrokerConfig, ConfigBase, ConfigError, LogConfig, check_range
 from broker.controller.cache import MetadataCache
 from broker.controller.records import BrokerState
 from broker.controller.state import ControllerConfig
-from broker.errors import BrokerError
+from broker.errors import BrokerError, ErrorCode
 from broker.kvstore import KvStore
 from broker.log.manager import LogManager
 from broker.raft import wire
@@ -39,6 +39,7 @@ from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriverConfig
 from broker.raft.transport import RaftTransport, RaftTransportConfig
 
+from .controller_client import PeerClients, PeerRouter
 from .controller_service import (
     METADATA_TOPIC,
     ChangeNotifier,
@@ -99,10 +100,49 @@ class ClusterNodeConfig(ConfigBase):
         )
 
 
-class ControllerRouter(Protocol):
-    """Finds the controller service of a node (the leader), or None if it cannot be reached."""
+def node_config_of(config: BrokerConfig) -> ClusterNodeConfig:
+    """The cluster settings of `broker serve` (BrokerConfig's cluster keys) as a node config."""
+    return ClusterNodeConfig(
+        cluster_id=config.cluster_id,
+        log=config.log,
+        raft=RaftConfig(election_timeout_ticks=config.raft_election_timeout_ticks),
+        driver=RaftDriverConfig(tick_interval_ms=config.raft_tick_ms),
+        transport=RaftTransportConfig(
+            heartbeat_interval_ms=config.raft_tick_ms, max_frame_bytes=config.max_frame_bytes
+        ),
+        controller=ControllerServiceConfig(
+            heartbeat_interval_ms=config.broker_heartbeat_interval_ms,
+            session_timeout_ms=config.broker_session_timeout_ms,
+        ),
+        limits=ControllerConfig(partition_count_per_topic_max=config.max_partitions_per_topic),
+    )
 
-    def controller_of(self, node_id: int) -> ControllerService | None: ...
+
+class ControllerEndpoint(Protocol):
+    """The controller commands a broker sends (a local `ControllerService` or a remote one)."""
+
+    async def register_broker(
+        self, node_id: int, host: str, port: int, incarnation: int
+    ) -> int: ...
+
+    async def heartbeat(
+        self, node_id: int, broker_epoch: int, *, want_active: bool
+    ) -> BrokerState: ...
+
+    async def report_leader(
+        self,
+        topic: str,
+        partition: int,
+        leader: int,
+        leader_epoch: int,
+        in_sync_replicas: Sequence[int],
+    ) -> None: ...
+
+
+class ControllerRouter(Protocol):
+    """Finds the controller of a node (the leader), or None if it cannot be reached."""
+
+    def controller_of(self, node_id: int) -> ControllerEndpoint | None: ...
 
 
 class ClusterNode:
@@ -118,11 +158,15 @@ class ClusterNode:
         *,
         router: ControllerRouter | None = None,
         listeners: list[trio.SocketListener] | None = None,
+        serve_peers: bool = True,
         seed: int | None = None,
     ) -> None:
         """`peers`: the initial controller voters and where their peer listeners are (this node
         may be among them). `listeners`: already-open sockets for the first start (tests bind
-        port 0 and learn the port before telling the peers). `seed`: deterministic Raft timers."""
+        port 0 and learn the port before telling the peers). `serve_peers=False`: the broker's
+        client listener hands peer connections to `transport.serve_inbound` (one port for both),
+        so the node opens no listener. `router`: how commands reach the controller leader
+        (default: `PeerRouter`, over the client protocol). `seed`: deterministic Raft timers."""
         self.config = config or ClusterNodeConfig()
         self.config.validate()
         assert node_id > 0, node_id
@@ -134,6 +178,7 @@ class ClusterNode:
         self.data_dir = data_dir
         self._router = router
         self._listeners = listeners
+        self._serve_peers = serve_peers
         self._seed = seed
         self.starts = 0
         self.running = False
@@ -146,6 +191,7 @@ class ClusterNode:
         self._controller: ControllerService | None = None
         self._replicas: ReplicaManager | None = None
         self.transport: RaftTransport | None = None
+        self.peer_clients: PeerClients | None = None
 
     # --- parts -----------------------------------------------------------------------------------
 
@@ -163,11 +209,13 @@ class ClusterNode:
     def cache(self) -> MetadataCache:
         return self.controller.cache
 
-    def controller_of(self, node_id: int) -> ControllerService | None:
-        """The default router: only this node's own controller."""
-        if node_id == self.node_id and self.running:
-            return self._controller
-        return None
+    @property
+    def router(self) -> ControllerRouter:
+        """How commands reach the controller leader: the router given, else `PeerRouter`."""
+        if self._router is not None:
+            return self._router
+        assert self.peer_clients is not None, "the node has not started"
+        return PeerRouter(self.node_id, self.controller, self.peer_clients)
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -231,7 +279,7 @@ class ClusterNode:
                     self.running = True
                     self.changes.notify()
                     task_status.started()
-                    await self._register()
+                    await self._membership()
         finally:
             self.running = False
             self._close(store, logs)
@@ -240,9 +288,16 @@ class ClusterNode:
 
     async def _start_parts(self, nursery: trio.Nursery) -> None:
         assert self.transport is not None
-        listeners = self._listeners or await trio.open_tcp_listeners(self.port, host=self.host)
-        self._listeners = None  # a restart binds the same port again
-        await nursery.start(trio.serve_listeners, self.transport.serve_inbound, listeners)
+        if self._serve_peers:
+            listeners = self._listeners or await trio.open_tcp_listeners(self.port, host=self.host)
+            self._listeners = None  # a restart binds the same port again
+            await nursery.start(trio.serve_listeners, self.transport.serve_inbound, listeners)
+        self.peer_clients = PeerClients(
+            nursery,
+            self.node_id,
+            self.peers,
+            request_timeout_ms=self.config.controller.command_timeout_ms,
+        )
         await nursery.start(self.transport.run)
         await nursery.start(self.replicas.run)
         self.controller.add_listener(self.replicas.reconcile)
@@ -269,54 +324,60 @@ class ClusterNode:
         self._scope.cancel()
         await self._stopped.wait()
 
-    # --- registration ----------------------------------------------------------------------------
+    # --- membership ----------------------------------------------------------------------------
 
-    async def _register(self) -> None:
-        """Register, then become ACTIVE once caught up (rule 2); retry until done."""
+    async def _membership(self) -> None:
+        """Register, become ACTIVE once caught up, then heartbeat for as long as the node runs
+        (rule 2). Register again when the controller no longer knows this registration."""
         incarnation = random.SystemRandom().getrandbits(_INCARNATION_BITS)
         retry_s = self.config.controller.registration_retry_ms / 1000
-        router = self._router or self
+        heartbeat_s = self.config.controller.heartbeat_interval_ms / 1000
         epoch: int | None = None
+        asked_active = False
+        next_heartbeat = trio.current_time()
         while True:
             driver_version = self.controller.driver.change_version
             applied_version = self.controller.changes.version
-            target = router.controller_of(self.controller.leader_id)
+            info = self.controller.machine.broker(self.node_id)
+            caught_up = epoch is not None and info is not None and info.broker_epoch == epoch
+            if caught_up and info is not None and info.state is BrokerState.ACTIVE:
+                self._became_active(info.broker_epoch)
+            due = trio.current_time() >= next_heartbeat or (caught_up and not asked_active)
+            target = self.router.controller_of(self.controller.leader_id) if due else None
             if target is not None:
+                next_heartbeat = trio.current_time() + retry_s
                 try:
                     if epoch is None:
                         epoch = await target.register_broker(
                             self.node_id, self.host, self.port, incarnation
                         )
+                        asked_active = False
                         continue
-                    if await self._activate(target, epoch):
-                        return
+                    await target.heartbeat(self.node_id, epoch, want_active=caught_up)
+                    asked_active = caught_up
+                    next_heartbeat = trio.current_time() + heartbeat_s
                 except BrokerError as exc:
-                    # No controller yet, a failover or a timeout: ask again after a change.
-                    logger.debug("node %d: registration: %s", self.node_id, exc)
-            with trio.move_on_after(retry_s):
+                    # No controller yet, a failover, a timeout: try again after a change.
+                    logger.debug("node %d: membership: %s", self.node_id, exc)
+                    if exc.code is ErrorCode.STALE_BROKER_EPOCH:
+                        epoch = None
+                        continue
+            with trio.move_on_at(max(next_heartbeat, trio.current_time() + retry_s)):
                 await self._wait_controller_change(driver_version, applied_version)
 
-    async def _activate(self, target: ControllerService, epoch: int) -> bool:
-        """True once this node's own metadata shows it ACTIVE at `epoch`; otherwise ask for it
-        (when caught up to the registration) and let the caller wait for the next change."""
-        info = self.controller.machine.broker(self.node_id)
-        if info is None or info.broker_epoch != epoch:
-            return False  # our metadata log has not applied the registration yet
-        if info.state is BrokerState.ACTIVE:
-            self.broker_epoch = epoch
-            self.active.set()
-            self.changes.notify()
-            logger.info("node %d: ACTIVE with broker epoch %d", self.node_id, epoch)
-            return True
-        # Applied on the controller on return; ours follows with the next entries it applies.
-        await target.set_broker_state(self.node_id, BrokerState.ACTIVE, epoch)
-        return False
+    def _became_active(self, epoch: int) -> None:
+        if self.active.is_set() and self.broker_epoch == epoch:
+            return
+        self.broker_epoch = epoch
+        self.active.set()
+        self.changes.notify()
+        logger.info("node %d: ACTIVE with broker epoch %d", self.node_id, epoch)
 
     async def _report_leader(
         self, topic: str, partition: int, leader: int, epoch: int, in_sync: tuple[int, ...]
     ) -> None:
         """A partition leader's report, sent to the controller leader (NOT_CONTROLLER if none)."""
-        target = (self._router or self).controller_of(self.controller.leader_id)
+        target = self.router.controller_of(self.controller.leader_id)
         if target is None:
             raise NotControllerError(self.node_id, self.controller.leader_id)
         await target.report_leader(topic, partition, leader, epoch, in_sync)

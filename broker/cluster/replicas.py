@@ -126,7 +126,7 @@ class Replica:
         """Exclusive end of the committed (and applied here) offsets."""
         return self.driver.high_watermark
 
-    def _check_batch(self, batch: bytes | bytearray) -> None:
+    def check_batch(self, batch: bytes | bytearray) -> None:
         # The core trusts its caller with the batch (CRC, bounds): this is the produce gate.
         header = batch_codec.validate_batch(batch, max_batch_bytes=self.log.config.max_batch_bytes)
         if header.size_bytes != len(batch):
@@ -145,7 +145,7 @@ class Replica:
         """Append one batch through the group. Raises NotLeaderError (`leader_hint`) on a
         follower, InvalidBatchError for a bad batch, and the driver's errors (a timeout or a stop
         means the outcome is unknown; ProposalDroppedError means retry)."""
-        self._check_batch(batch)
+        self.check_batch(batch)
         if acks is Acks.ALL:
             proposal = await self.driver.propose(batch, timeout_ms=timeout_ms)
         else:

@@ -13,10 +13,16 @@ from typing import Any, Final
 
 from broker import codec
 from broker.handlers.admin import (
+    handle_cluster_status,
     handle_create_topics,
     handle_delete_topics,
     handle_describe_topics,
     handle_metadata,
+)
+from broker.handlers.cluster import (
+    handle_broker_heartbeat,
+    handle_broker_registration,
+    handle_leader_report,
 )
 from broker.handlers.context import BrokerContext, NullMetrics, PartitionState
 from broker.handlers.fetch import handle_fetch, handle_list_offsets
@@ -55,6 +61,10 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.ListGroupsRequest: handle_list_groups,
     codec.DescribeGroupsRequest: handle_describe_groups,
     codec.DeleteGroupsRequest: handle_delete_groups,
+    codec.ClusterStatusRequest: handle_cluster_status,
+    codec.BrokerRegistrationRequest: handle_broker_registration,
+    codec.BrokerHeartbeatRequest: handle_broker_heartbeat,
+    codec.LeaderReportRequest: handle_leader_report,
 }
 
 __all__ = ["HANDLERS", "BrokerContext", "Deferred", "Handler", "NullMetrics", "PartitionState"]

@@ -1,8 +1,9 @@
 """Metadata and topic administration: metadata, create_topics, delete_topics, describe_topics.
 
-All four run to completion in the connection's reader, in the order requests arrived, so a client
-that pipelines "create topic" then "produce" finds the topic. Each topic gets its own error; one bad
-topic never fails the others.
+On a single node all of them run to completion in the connection's reader, in the order requests
+arrived, so a client that pipelines "create topic" then "produce" finds the topic. In a cluster
+they answer from the controller's metadata (handlers/cluster.py), and topic changes wait for the
+controller. Each topic gets its own error; one bad topic never fails the others.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import logging
 
 from broker import codec
 from broker.consumer_groups.service import is_internal_topic
+from broker.controller.records import BrokerState
 from broker.errors import BrokerError, ErrorCode
+from broker.handlers import cluster
 from broker.handlers.context import BrokerContext
+from broker.handlers.reply import Deferred
 from broker.topics import TopicRecord, effective_configs, validate_topic_name
 
 logger = logging.getLogger(__name__)
@@ -22,6 +26,8 @@ def handle_metadata(ctx: BrokerContext, request: codec.MetadataRequest) -> codec
     host, port = ctx.advertised
     # "Every topic" leaves internal topics out (as Kafka's clients do); asked by name, they show.
     names = _public_names(ctx) if request.topics is None else list(request.topics)
+    if ctx.cluster is not None:
+        return cluster.cluster_metadata(ctx, names)
     topics = []
     for name in names:
         try:
@@ -77,7 +83,9 @@ def _partition_metadata(
 
 def handle_create_topics(
     ctx: BrokerContext, request: codec.CreateTopicsRequest
-) -> codec.CreateTopicsResponse:
+) -> codec.CreateTopicsResponse | Deferred:
+    if ctx.cluster is not None:
+        return cluster.cluster_create_topics(ctx, request)
     results = []
     for topic in request.topics:
         try:
@@ -99,7 +107,9 @@ def handle_create_topics(
 
 def handle_delete_topics(
     ctx: BrokerContext, request: codec.DeleteTopicsRequest
-) -> codec.DeleteTopicsResponse:
+) -> codec.DeleteTopicsResponse | Deferred:
+    if ctx.cluster is not None:
+        return cluster.cluster_delete_topics(ctx, request)
     results = []
     for name in request.topics:
         try:
@@ -119,6 +129,8 @@ def handle_describe_topics(
     ctx: BrokerContext, request: codec.DescribeTopicsRequest
 ) -> codec.DescribeTopicsResponse:
     names = _public_names(ctx) if request.topics is None else list(request.topics)
+    if ctx.cluster is not None:
+        return cluster.cluster_describe_topics(ctx, names)
     descriptions = []
     for name in names:
         record = ctx.topics.get(name)
@@ -159,11 +171,40 @@ def _describe_partition(ctx: BrokerContext, topic: str, index: int) -> codec.Par
         partition=index,
         leader_id=state.leader_id,
         replicas=(state.leader_id,),
+        isr=(state.leader_id,),
         log_start_offset=log.log_start_offset,
         log_end_offset=log.log_end_offset,
         high_watermark=state.high_watermark,
         size_bytes=log.size_bytes,
         segment_count=log.segment_count,
+    )
+
+
+def handle_cluster_status(
+    ctx: BrokerContext, request: codec.ClusterStatusRequest
+) -> codec.ClusterStatusResponse:
+    """The cluster's brokers and partition health; a single node is a cluster of one."""
+    if ctx.cluster is not None:
+        return cluster.cluster_status(ctx)
+    host, port = ctx.advertised
+    partition_count = len(ctx.partitions)
+    return codec.ClusterStatusResponse(
+        controller_id=ctx.node_id,
+        metadata_index=0,
+        brokers=(
+            codec.ClusterBroker(
+                node_id=ctx.node_id,
+                host=host,
+                port=port,
+                state=BrokerState.ACTIVE.value,
+                broker_epoch=0,
+                replica_count=partition_count,
+                leader_count=partition_count,
+                preferred_leader_count=partition_count,
+            ),
+        ),
+        topic_count=len(ctx.topics.names()),
+        partition_count=partition_count,
     )
 
 

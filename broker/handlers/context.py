@@ -1,9 +1,10 @@
 """What request handlers share: the broker's partitions, topics, flusher, metrics and config.
 
-`PartitionState` is one partition as the serving layer sees it: its log, its leader, its high
-watermark, and the waiters to wake when the high watermark moves. It is the seam for replication:
-a follower would have `leader_id != node_id` and answer NOT_LEADER, and its high watermark would be
-the Raft commit index.
+`PartitionState` is one partition as the serving layer sees it: its log, whether this broker leads
+it, its high watermark, how an append is made and acknowledged, and the waiters to wake when the
+high watermark moves. Two kinds exist: this module's local partition of a single-node broker, and
+`broker.cluster.serving.ReplicaPartitionState`, a replica whose appends go through its Raft group
+and whose high watermark is the commit index.
 
 High watermark (HW) on a single node, the exclusive end of what fetches may read:
 - topic flush policy `always`: HW = the log's flushed offset, so a record is visible only once it
@@ -25,7 +26,6 @@ import trio
 
 from broker.config import BrokerConfig, FlushPolicy
 from broker.errors import BrokerError, ErrorCode
-from broker.topics import TopicManager
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +51,30 @@ class NullMetrics:
         pass
 
 
-class PartitionState:
-    """One partition this broker serves. See the module docstring for the high watermark."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Appended:
+    """One batch appended by a produce. `wait_acked()` returns once acks=all is satisfied
+    (durable here, or committed by the group), or raises the BrokerError that prevents it."""
 
-    def __init__(self, topic: str, partition: int, log: Any, *, leader_id: int) -> None:
+    base_offset: int
+    last_offset: int
+    size_bytes: int
+    wait_acked: Callable[[], Awaitable[None]]
+
+
+class PartitionState:
+    """One partition of a single-node broker. See the module docstring for the high watermark."""
+
+    def __init__(
+        self, topic: str, partition: int, log: Any, *, leader_id: int, flusher: Flusher
+    ) -> None:
         self.topic = topic
         self.partition = partition
         self.log = log
         self.leader_id = leader_id
         self.leader_epoch = 0
+        self._node_id = leader_id
+        self._flusher = flusher
         # Per-fetch events to set when the high watermark moves (each fetch registers its own).
         self.waiters: set[trio.Event] = set()
         # Set when appended data waits for an fsync that nobody awaits (acks=1 under `always`).
@@ -74,7 +89,29 @@ class PartitionState:
 
     @property
     def waits_for_fsync(self) -> bool:
+        """Whether appends become visible only after an fsync someone must ask for."""
         return bool(self.log.config.flush_policy is FlushPolicy.ALWAYS)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader_id == self._node_id
+
+    def not_leader_message(self) -> str:
+        return (
+            f"node {self._node_id} is not the leader of {self.topic}-{self.partition}; "
+            f"node {self.leader_id} is: refresh metadata"
+        )
+
+    def append(self, data: bytes | memoryview) -> Appended:
+        """Append one validated-by-the-log batch now (in the connection's reader)."""
+        result = self.log.append(data)
+        end_offset = result.last_offset + 1
+        return Appended(
+            result.base_offset,
+            result.last_offset,
+            result.size_bytes,
+            lambda: self._flusher.wait_durable(self.log, end_offset),
+        )
 
     def notify(self) -> None:
         """Wake every fetch waiting on this partition (its high watermark may have moved)."""
@@ -88,8 +125,10 @@ class BrokerContext:
     """State shared by all handlers. `spawn` starts a background task in the broker's nursery."""
 
     config: BrokerConfig
-    topics: TopicManager
-    flusher: Flusher
+    # TopicManager on a single node, broker.cluster.serving.ClusterTopics in a cluster.
+    topics: Any
+    # The group-commit flusher of a single node; None in a cluster (Raft drivers fsync).
+    flusher: Flusher | None
     metrics: Metrics = dataclasses.field(default_factory=NullMetrics)
     advertised: tuple[str, int] = ("127.0.0.1", 9092)
     partitions: dict[tuple[str, int], PartitionState] = dataclasses.field(default_factory=dict)
@@ -102,8 +141,14 @@ class BrokerContext:
     def node_id(self) -> int:
         return self.config.node_id
 
+    # The cluster node (broker.cluster.node.ClusterNode) in cluster mode; None on a single node.
+    cluster: Any = None
+
     def add_partition(self, topic: str, partition: int, log: Any) -> PartitionState:
-        state = PartitionState(topic, partition, log, leader_id=self.config.node_id)
+        assert self.flusher is not None, "local partitions belong to a single-node broker"
+        state = PartitionState(
+            topic, partition, log, leader_id=self.config.node_id, flusher=self.flusher
+        )
         self.partitions[(topic, partition)] = state
         if state.waits_for_fsync and log.flushed_offset < log.log_end_offset:
             # Unflushed data from before a restart becomes visible once synced.
@@ -121,20 +166,27 @@ class BrokerContext:
         state = self.partitions.get((topic, partition))
         if state is None:
             self.topics.require_partition(topic, partition)
+            if self.cluster is not None:
+                raise BrokerError(
+                    ErrorCode.NOT_LEADER,
+                    f"broker {self.node_id} hosts no replica of {topic}-{partition}: "
+                    "refresh metadata",
+                )
             raise BrokerError(
                 ErrorCode.LEADER_NOT_AVAILABLE, f"partition {topic}-{partition} is not open yet"
             )
-        if state.leader_id != self.config.node_id:
-            raise BrokerError(
-                ErrorCode.NOT_LEADER,
-                f"node {self.config.node_id} is not the leader of {topic}-{partition}; "
-                f"node {state.leader_id} is: refresh metadata",
-            )
+        if not state.is_leader:
+            raise BrokerError(ErrorCode.NOT_LEADER, state.not_leader_message())
         return state
 
     def partition_for_write(self, topic: str, partition: int) -> PartitionState:
-        """Like `partition`, but creates an unknown topic if `auto_create_topics` is on."""
-        if self.config.auto_create_topics and self.topics.get(topic) is None:
+        """Like `partition`, but creates an unknown topic if `auto_create_topics` is on (on a
+        single node: a cluster creates topics through its controller, see handlers/cluster.py)."""
+        if (
+            self.config.auto_create_topics
+            and self.cluster is None
+            and self.topics.get(topic) is None
+        ):
             self.topics.create(topic)
         return self.partition(topic, partition)
 

@@ -5,8 +5,10 @@ appended in the order they arrived (per-partition ordering). What follows depend
 - 0: no response is sent;
 - 1: the response is ready at once (after the append to the page cache);
 - -1: the response waits until every appended partition is durable under its flush policy
-  (`LogFlusher.wait_durable`: one fsync covers every append that arrived meanwhile), bounded by the
-  request's `timeout_ms` (then REQUEST_TIMED_OUT for the partitions not yet durable).
+  (`LogFlusher.wait_durable`: one fsync covers every append that arrived meanwhile) or, in a
+  cluster, committed by the partition's Raft group (a majority has it, fsynced under `always`),
+  bounded by the request's `timeout_ms` (then REQUEST_TIMED_OUT for the partitions not yet
+  acknowledged).
 
 Batches are never decoded: the broker does no per-record work. If a partition's records hold a bad
 batch, none of that partition's batches are written (CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, ...), and
@@ -24,7 +26,7 @@ import trio
 from broker import codec
 from broker.consumer_groups.service import is_internal_topic
 from broker.errors import BrokerError, ErrorCode
-from broker.handlers.context import BrokerContext, PartitionState
+from broker.handlers.context import Appended, BrokerContext, PartitionState
 from broker.handlers.reply import Deferred
 from broker.log.batch import iter_batches, unpack_header
 
@@ -35,7 +37,7 @@ logger = logging.getLogger(__name__)
 class _Appended:
     index: int
     state: PartitionState
-    end_offset: int
+    last: Appended
 
 
 def handle_produce(
@@ -56,7 +58,7 @@ def handle_produce(
                     "(consumers may read it)",
                 )
             state = ctx.partition_for_write(item.topic, item.partition)
-            base_offset, end_offset = _append(ctx, state, item.records)
+            base_offset, last = _append(ctx, state, item.records)
         except BrokerError as exc:
             results.append(_error_result(item.topic, item.partition, exc.code, exc.message))
             continue
@@ -80,7 +82,7 @@ def handle_produce(
             )
         )
         if request.acks == codec.ACKS_ALL or not state.waits_for_fsync:
-            appended.append(_Appended(index, state, end_offset))
+            appended.append(_Appended(index, state, last))
         else:
             # acks 0/1 under flush policy `always`: the HW moves once a background fsync ran.
             state.durability_wanted.set()
@@ -93,8 +95,9 @@ def handle_produce(
     return Deferred(lambda: _wait_durable(ctx, request.timeout_ms, results, appended))
 
 
-def _append(ctx: BrokerContext, state: PartitionState, records: bytes) -> tuple[int, int]:
-    """Append every batch of `records`; all are validated before the first is written."""
+def _append(ctx: BrokerContext, state: PartitionState, records: bytes) -> tuple[int, Appended]:
+    """Append every batch of `records`; all are validated before the first is written. Returns
+    the base offset and the last batch appended (acknowledging it covers the ones before)."""
     log = state.log
     if not records:
         raise BrokerError(ErrorCode.CORRUPT_MESSAGE, "the partition's records are empty")
@@ -111,14 +114,14 @@ def _append(ctx: BrokerContext, state: PartitionState, records: bytes) -> tuple[
             )
         ]
     base_offset = -1
-    end_offset = log.log_end_offset
+    last: Appended | None = None
     for data, header in batches:
-        result = log.append(data)
+        last = state.append(data)
         if base_offset < 0:
-            base_offset = result.base_offset
-        end_offset = result.last_offset + 1
-        ctx.metrics.records_in(state.topic, header.record_count, result.size_bytes)
-    return base_offset, end_offset
+            base_offset = last.base_offset
+        ctx.metrics.records_in(state.topic, header.record_count, last.size_bytes)
+    assert last is not None
+    return base_offset, last
 
 
 def _settle_without_waiting(appended: list[_Appended]) -> None:
@@ -138,8 +141,8 @@ async def _wait_durable(
 
     async def wait_one(entry: _Appended) -> None:
         try:
-            await ctx.flusher.wait_durable(entry.state.log, entry.end_offset)
-        except BrokerError as exc:  # the log went offline (fsync failure)
+            await entry.last.wait_acked()
+        except BrokerError as exc:  # the log went offline (fsync failure), leadership lost
             failures[entry.index] = exc
             return
         except OSError as exc:  # e.g. the topic was deleted while its fsync ran

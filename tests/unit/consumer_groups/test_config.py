@@ -31,4 +31,3 @@ def test_bad_values_name_their_key(changes: dict, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         GroupConfig.from_mapping(changes)
     assert info.value.key == key
-

@@ -1,0 +1,160 @@
+"""What the request handlers see of a cluster node: its replicas as partitions, its topics.
+
+In cluster mode (`broker serve --peers ...`) the handlers work on the same `BrokerContext` as on a
+single node; this module adapts the `ClusterNode` to it. Rules:
+
+1. `ReplicaPartitionState` is one hosted replica. It leads when its Raft group says so; a produce
+   appends through `RaftDriver.propose_nowait` in the connection's reader (so pipelined produces
+   keep their order) and acks=all waits for that proposal to commit, never merely for the high
+   watermark to pass its offset: after a failover another leader's entries may fill those offsets.
+   The high watermark is the group's commit index + 1.
+2. `track_replicas` keeps `context.partitions` equal to the node's hosted replicas, and wakes a
+   replica's fetch waiters on every change of its group (high watermark, role, leader).
+3. `ClusterTopics` answers the handlers' topic queries from the metadata cache. Changes are not
+   made here: they go to the controller (broker/handlers/cluster.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import trio
+
+from broker.config import LogConfig
+from broker.controller.state import TopicInfo
+from broker.errors import BrokerError, ErrorCode
+from broker.handlers.context import Appended, BrokerContext, PartitionState
+from broker.raft.driver import RaftDriver
+from broker.topics import TopicRecord
+
+from .node import ClusterNode
+from .replicas import Replica
+
+logger = logging.getLogger(__name__)
+
+
+class ReplicaPartitionState(PartitionState):
+    """A hosted replica as the handlers see it (rule 1)."""
+
+    def __init__(self, replica: Replica, node: ClusterNode) -> None:
+        self.topic = replica.topic
+        self.partition = replica.partition
+        self.log = replica.log
+        self.replica = replica
+        self._node = node
+        self.waiters: set[trio.Event] = set()
+        self.durability_wanted = trio.Event()
+        self.removed = False
+
+    @property
+    def driver(self) -> RaftDriver:
+        return self.replica.driver
+
+    @property
+    def leader_id(self) -> int:  # type: ignore[override]
+        return self.replica.leader_id
+
+    @property
+    def leader_epoch(self) -> int:  # type: ignore[override]
+        return self.replica.driver.term
+
+    @property
+    def is_leader(self) -> bool:
+        return self.replica.is_leader
+
+    @property
+    def high_watermark(self) -> int:
+        return self.replica.high_watermark
+
+    @property
+    def waits_for_fsync(self) -> bool:
+        return False  # the group's commit moves the high watermark, not a flusher
+
+    def not_leader_message(self) -> str:
+        leader = self.replica.leader_id
+        where = self._node.cache.address_of(leader) if leader else None
+        known = f"broker {leader} at {where[0]}:{where[1]}" if where else "not elected yet"
+        return (
+            f"broker {self._node.node_id} is not the leader of {self.topic}-{self.partition}; "
+            f"the leader is {known}: refresh metadata"
+        )
+
+    def append(self, data: bytes | memoryview) -> Appended:
+        batch = bytes(data)
+        self.replica.check_batch(batch)
+        proposal = self.driver.propose_nowait(batch)
+        return Appended(proposal.base_offset, proposal.index, len(batch), proposal.wait_committed)
+
+
+def track_replicas(node: ClusterNode, context: BrokerContext, nursery: trio.Nursery) -> None:
+    """Start keeping `context.partitions` equal to the hosted replicas (rule 2)."""
+    nursery.start_soon(_track, node, context, nursery)
+
+
+async def _track(node: ClusterNode, context: BrokerContext, nursery: trio.Nursery) -> None:
+    manager = node.replicas
+    while True:
+        version = manager.changes.version
+        hosted = {(r.topic, r.partition): r for r in manager.replicas() if not r.deleting}
+        for key, state in list(context.partitions.items()):
+            replica = hosted.get(key)
+            if not isinstance(state, ReplicaPartitionState) or state.replica is not replica:
+                context.remove_partition(*key)
+        for key, replica in hosted.items():
+            if key not in context.partitions:
+                state = ReplicaPartitionState(replica, node)
+                context.partitions[key] = state
+                nursery.start_soon(_wake_waiters, state)
+        await manager.changes.wait(version)
+
+
+async def _wake_waiters(state: ReplicaPartitionState) -> None:
+    """Wake the replica's fetch waiters at every change of its group, until it stops."""
+    driver = state.driver
+    with contextlib.suppress(BrokerError):  # the driver stopped: its replica is gone
+        while not state.removed:
+            version = driver.change_version
+            state.notify()
+            await driver.wait_changed(version)
+    state.notify()
+
+
+class ClusterTopics:
+    """The handlers' topic queries, answered from the node's metadata cache (rule 3)."""
+
+    def __init__(self, node: ClusterNode, log_defaults: LogConfig) -> None:
+        self._node = node
+        self._log_defaults = log_defaults
+
+    def get(self, name: str) -> TopicRecord | None:
+        topic = self._node.cache.topic(name)
+        return None if topic is None else self._record(topic)
+
+    def names(self) -> list[str]:
+        return self._node.cache.topic_names()
+
+    def require_partition(self, topic: str, partition: int) -> TopicRecord:
+        record = self.get(topic)
+        if record is None:
+            raise BrokerError(
+                ErrorCode.UNKNOWN_TOPIC, f"topic {topic!r} does not exist; create it first"
+            )
+        if not 0 <= partition < record.partition_count:
+            raise BrokerError(
+                ErrorCode.UNKNOWN_PARTITION,
+                f"topic {topic!r} has partitions 0 to {record.partition_count - 1}, "
+                f"not {partition}",
+            )
+        return record
+
+    def _record(self, topic: TopicInfo) -> TopicRecord:
+        configs: dict[str, Any] = dict(topic.configs)
+        return TopicRecord(
+            name=topic.name,
+            partition_count=topic.partition_count,
+            replication_factor=len(topic.partitions[0].replicas) if topic.partitions else 0,
+            configs=configs,
+            log_config=LogConfig.from_mapping(configs, base=self._log_defaults),
+        )
