@@ -3,8 +3,9 @@
 Configuration comes from, in increasing precedence: the defaults of `BrokerConfig`, a TOML file
 (`--config`), `--set key=value` options, then the dedicated flags (`--listen`, `--data-dir`,
 `--metrics-listen`, `--node-id`, `--peers`). An invalid value is refused before anything starts,
-with the key named and exit status 2. Once listening, the broker prints one readiness line to stdout (format in
-docs/protocol.md) and logs to stderr. SIGINT/SIGTERM shut it down gracefully (exit 0).
+with the key named and exit status 2. Once listening, the broker prints one readiness line to
+stdout (format in docs/protocol.md) and logs to stderr. SIGINT/SIGTERM shut it down gracefully
+(exit 0).
 """
 
 from __future__ import annotations
