@@ -37,7 +37,7 @@ import trio
 
 from broker import codec
 from broker.cluster.node import ClusterNode, node_config_of
-from broker.cluster.serving import ClusterTopics, track_replicas
+from broker.cluster.serving import ClusterTopics, run_group_service, track_replicas
 from broker.config import BrokerConfig, parse_host_port
 from broker.consumer_groups.service import GroupService, ensure_offsets_topic, group_config_of
 from broker.errors import BrokerError, ErrorCode
@@ -226,6 +226,12 @@ class Broker:
             self._services = services
             await services.start(node.run)
             track_replicas(node, context, services)
+
+            def groups_started(groups: GroupService) -> None:
+                context.groups = groups
+                self.metrics.watch_groups(lambda: groups.metrics_snapshot)
+
+            await services.start(run_group_service, node, context, groups_started)
             snapshot: list[Any] = [None]
             services.start_soon(_refresh_cluster_status, context, snapshot)
             self.metrics.watch_cluster(lambda: snapshot[0])

@@ -363,7 +363,7 @@ class ClusterNode:
                         epoch = None
                         continue
             with trio.move_on_at(max(next_heartbeat, trio.current_time() + retry_s)):
-                await self._wait_controller_change(driver_version, applied_version)
+                await self.wait_controller_change(driver_version, applied_version)
 
     def _became_active(self, epoch: int) -> None:
         if self.active.is_set() and self.broker_epoch == epoch:
@@ -382,7 +382,9 @@ class ClusterNode:
             raise NotControllerError(self.node_id, self.controller.leader_id)
         await target.report_leader(topic, partition, leader, epoch, in_sync)
 
-    async def _wait_controller_change(self, driver_version: int, applied_version: int) -> None:
+    async def wait_controller_change(self, driver_version: int, applied_version: int) -> None:
+        """Return at the next change of the metadata group (leader, role) or of the applied
+        metadata since `controller.driver.change_version` and `controller.changes.version`."""
         async with trio.open_nursery() as nursery:
 
             async def driver_changed() -> None:

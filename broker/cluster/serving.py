@@ -12,20 +12,32 @@ single node; this module adapts the `ClusterNode` to it. Rules:
    replica's fetch waiters on every change of its group (high watermark, role, leader).
 3. `ClusterTopics` answers the handlers' topic queries from the metadata cache. Changes are not
    made here: they go to the controller (broker/handlers/cluster.py).
+4. Consumer groups (`run_group_service`): the controller leader creates `__consumer_offsets` once
+   enough brokers are ACTIVE to give it min(3, brokers) replicas; every broker starts its
+   `GroupService` once the topic is in its metadata. The service loads the partitions this broker
+   leads and follows their leadership (broker/consumer_groups/service.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 import trio
 
+from broker.appended import Appended
 from broker.config import LogConfig
+from broker.consumer_groups.service import (
+    OFFSETS_TOPIC,
+    OFFSETS_TOPIC_CONFIGS,
+    GroupService,
+    group_config_of,
+)
 from broker.controller.state import TopicInfo
 from broker.errors import BrokerError, ErrorCode
-from broker.handlers.context import Appended, BrokerContext, PartitionState
+from broker.handlers.context import BrokerContext, PartitionState
 from broker.raft.driver import RaftDriver
 from broker.topics import TopicRecord
 
@@ -33,6 +45,12 @@ from .node import ClusterNode
 from .replicas import Replica
 
 logger = logging.getLogger(__name__)
+
+# Replicas of __consumer_offsets (Kafka's offsets.topic.replication.factor), fewer if the
+# cluster has fewer brokers.
+OFFSETS_TOPIC_REPLICATION_FACTOR: Final = 3
+# Bound on the wait between two looks at whether __consumer_offsets can be created.
+OFFSETS_TOPIC_RECHECK_S: Final = 1.0
 
 
 class ReplicaPartitionState(PartitionState):
@@ -119,6 +137,40 @@ async def _wake_waiters(state: ReplicaPartitionState) -> None:
             state.notify()
             await driver.wait_changed(version)
     state.notify()
+
+
+async def run_group_service(
+    node: ClusterNode,
+    context: BrokerContext,
+    on_started: Callable[[GroupService], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Create `__consumer_offsets` if needed, then run the group service (rule 4)."""
+    task_status.started()
+    config = context.config
+    controller = node.controller
+    while controller.cache.topic(OFFSETS_TOPIC) is None:
+        version = controller.changes.version
+        driver_version = controller.driver.change_version
+        replicas = min(OFFSETS_TOPIC_REPLICATION_FACTOR, len(node.voters))
+        if controller.is_leader and len(controller.machine.active_broker_ids()) >= replicas:
+            try:
+                await controller.create_topic(
+                    OFFSETS_TOPIC,
+                    config.offsets_topic_partitions,
+                    replicas,
+                    OFFSETS_TOPIC_CONFIGS,
+                )
+            except BrokerError as exc:  # lost the controller, or a racing create: look again
+                logger.info("node %d: creating %s: %s", node.node_id, OFFSETS_TOPIC, exc)
+            continue
+        with trio.move_on_after(OFFSETS_TOPIC_RECHECK_S):
+            await node.wait_controller_change(driver_version, version)
+    service = GroupService(context, config=group_config_of(config))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        on_started(service)
 
 
 class ClusterTopics:

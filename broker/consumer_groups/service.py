@@ -2,13 +2,18 @@
 
 One `GroupCoordinatorCore` per partition of `__consumer_offsets` this broker leads (on a single
 broker: every partition). The service carries out the core's contract (coordinator.py):
-- Load: at start-up each partition's log is replayed into `LoadPartition`, with a coordinator
-  epoch that grows on every start (kept in LMDB, `KeySpace.GROUPS`), so member ids handed out
-  after a restart never collide with persisted ones.
-- Persist: `PersistRecords` is appended at once, as one msgpack batch, in the order the core
-  emitted it; a writer task per partition then waits for it to be durable (`LogFlusher`) and feeds
-  `RecordsPersisted(token)` in that same order, or `AppendFailed(token)` if the append or the
-  fsync failed.
+- Load: a partition is loaded when this broker leads it and every entry of earlier leaderships is
+  committed (its high watermark has reached its log end): its log is replayed into a fresh core's
+  `LoadPartition`. The coordinator epoch grows with every leadership, so member ids handed out by
+  a later coordinator never collide with persisted ones: on a single node it is a start counter
+  kept in LMDB (`KeySpace.GROUPS`); in a cluster, the partition's Raft term. When the broker
+  stops leading the partition its core is unloaded (waiting requests get NOT_COORDINATOR) and
+  replaced by an unloaded one, which answers NOT_COORDINATOR until the next leadership.
+- Persist: `PersistRecords` is appended at once, as one batch, in the order the core emitted it
+  (`PartitionState.append`: the local log, or a Raft proposal); a writer task per partition then
+  waits for it to be acknowledged as acks=all would be (durable here, or committed by the group)
+  and feeds `RecordsPersisted(token)` in that same order, or `AppendFailed(token)`, to the core
+  that asked for it (a core from an earlier leadership ignores it).
 - Respond: every `Respond*` goes to the request that waits for it, by `request_id`. Handlers
   submit an event synchronously (so pipelined requests take effect in arrival order) and await the
   answer, bounded by a timeout the handler chooses (the rebalance timeout for JoinGroup).
@@ -17,8 +22,8 @@ broker: every partition). The service carries out the core's contract (coordinat
   broker's graceful stop.
 Time is the wall clock in ms (commit timestamps are persisted and compared after restarts).
 
-The seam for replication: `coordinator_partition(group_id, N)` picks the core; a broker that does
-not lead that partition will answer NOT_COORDINATOR (FindCoordinator names the leader).
+`coordinator_partition(group_id, N)` picks the core; a broker that does not lead that partition
+answers NOT_COORDINATOR (FindCoordinator names the leader).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any, Final
 
 import trio
 
+from broker.appended import Appended
 from broker.consumer_groups.actions import (
     PersistRecords,
     RespondDescribeGroups,
@@ -71,6 +77,8 @@ METRICS_REFRESH_MS: Final = 1_000
 # Bytes read per step while replaying a partition at load.
 LOAD_READ_BYTES: Final = 4 * 1024 * 1024
 EPOCH_KEY: Final = b"coordinator_epoch"
+# A leadership watcher looks again this often even without a change (a replica appearing).
+LEADERSHIP_RECHECK_S: Final = 0.5
 
 
 def is_internal_topic(name: str) -> bool:
@@ -161,13 +169,15 @@ class GroupService:
         record = context.topics.get(OFFSETS_TOPIC)
         assert record is not None, "ensure_offsets_topic before the service starts"
         self.partition_count: int = record.partition_count
-        self._cores = {p: GroupCoordinatorCore(config) for p in range(self.partition_count)}
+        self._cores = {p: _unloaded_core(config) for p in range(self.partition_count)}
+        # The partition state each loaded core was loaded from (its leadership).
+        self._leaderships: dict[int, Any] = {}
         self._pending: dict[int, _Pending] = {}
         self._request_ids = itertools.count(1)
-        # Per partition: (token, log end offset after the append | error) in emission order.
-        self._writes: dict[int, collections.deque[tuple[int, int | ErrorCode]]] = {
-            p: collections.deque() for p in self._cores
-        }
+        # Per partition, in emission order: (the core that asked, token, the append | error).
+        self._writes: dict[
+            int, collections.deque[tuple[GroupCoordinatorCore, int, Appended | ErrorCode]]
+        ] = {p: collections.deque() for p in self._cores}
         self._write_wanted = {p: trio.Event() for p in self._cores}
         self._unloaded = False
         self.metrics_snapshot = GroupMetricsSnapshot()
@@ -180,13 +190,15 @@ class GroupService:
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Load every partition, then run the writers and the ticker until cancelled."""
-        epoch = self._next_epoch()
+        """Follow every partition's leadership (loading and unloading cores), run the writers and
+        the ticker until cancelled. Partitions led at start are loaded before `started`."""
+        base_epoch = self._next_epoch()
         for partition in sorted(self._cores):
-            self._load(partition, epoch)
+            self._follow_leadership(partition, base_epoch)
         async with trio.open_nursery() as nursery:
             for partition in sorted(self._cores):
                 nursery.start_soon(self._write_loop, partition)
+                nursery.start_soon(self._watch_leadership, partition, base_epoch)
             nursery.start_soon(self._tick_loop)
             task_status.started()
 
@@ -200,10 +212,43 @@ class GroupService:
         self._store.put_obj(KeySpace.GROUPS, EPOCH_KEY, epoch, durable=True)
         return epoch
 
-    def _load(self, partition: int, epoch: int) -> None:
-        log = self._partition_state(partition).log
-        records = tuple(_read_all(log))
+    async def _watch_leadership(self, partition: int, base_epoch: int) -> None:
+        """Load or unload `partition`'s core whenever its leadership changes."""
+        while not self._unloaded:
+            event = trio.Event()
+            state = self._context.partitions.get((OFFSETS_TOPIC, partition))
+            if state is not None:
+                state.waiters.add(event)  # woken at every change of the partition
+            try:
+                self._follow_leadership(partition, base_epoch)
+                # The partition may also appear or be replaced (a replica starting): look again.
+                with trio.move_on_after(LEADERSHIP_RECHECK_S):
+                    await event.wait()
+            finally:
+                if state is not None:
+                    state.waiters.discard(event)
+
+    def _follow_leadership(self, partition: int, base_epoch: int) -> None:
+        if self._unloaded:
+            return
+        state = self._context.partitions.get((OFFSETS_TOPIC, partition))
+        loaded = self._leaderships.get(partition)
+        leads = state is not None and not state.removed and state.is_leader
+        if loaded is not None and (state is not loaded or not leads):
+            self._unload(partition)
+        elif loaded is None and leads:
+            assert state is not None
+            if state.high_watermark < state.log.log_end_offset:
+                return  # earlier leaderships' entries are not all committed yet: replay later
+            # A cluster's partition term grows with every leadership; a single node has one.
+            epoch = base_epoch if self._context.cluster is None else state.leader_epoch
+            self._load(partition, state, epoch)
+
+    def _load(self, partition: int, state: Any, epoch: int) -> None:
+        records = tuple(_read_all(state.log))
         started = time.monotonic()
+        self._cores[partition] = GroupCoordinatorCore(self._config)
+        self._leaderships[partition] = state
         self._feed(
             partition,
             LoadPartition(now_ms=self._clock_ms(), coordinator_epoch=epoch, records=records),
@@ -216,6 +261,12 @@ class GroupService:
             time.monotonic() - started,
             epoch,
         )
+
+    def _unload(self, partition: int) -> None:
+        self._feed(partition, UnloadPartition(now_ms=self._clock_ms()))
+        self._cores[partition] = _unloaded_core(self._config)
+        self._leaderships.pop(partition, None)
+        logger.info("%s-%d: unloaded (no longer the leader)", OFFSETS_TOPIC, partition)
 
     def unload_all(self) -> None:
         """Shutdown: answer every waiting request NOT_COORDINATOR and serve no more."""
@@ -256,30 +307,31 @@ class GroupService:
     # --- feeding the cores ---------------------------------------------------------------------
 
     def _feed(self, partition: int, event: Event) -> None:
-        actions = self._cores[partition].handle(event)
-        for action in actions:
+        self._feed_core(partition, self._cores[partition], event)
+
+    def _feed_core(self, partition: int, core: GroupCoordinatorCore, event: Event) -> None:
+        for action in core.handle(event):
             if isinstance(action, PersistRecords):
-                self._append(partition, action)
+                self._append(partition, core, action)
             else:
                 pending = self._pending.pop(action.request_id, None)
                 if pending is not None:  # None: its handler gave up (timeout, closed)
                     pending.response = action
                     pending.event.set()
 
-    def _append(self, partition: int, action: PersistRecords) -> None:
+    def _append(self, partition: int, core: GroupCoordinatorCore, action: PersistRecords) -> None:
         """Append the records as one batch now (emission order); the writer reports the outcome."""
         assert action.records, action
-        outcome: int | ErrorCode
+        outcome: Appended | ErrorCode
         try:
-            log = self._partition_state(partition).log
+            state = self._partition_state(partition)
             now_ms = self._clock_ms()
             batch = build_batch([(now_ms, r.key, r.value, None) for r in action.records])
-            result = log.append(batch)
-            outcome = result.last_offset + 1
+            outcome = state.append(batch)
         except (BrokerError, OSError) as exc:
             logger.error("%s-%d: append failed: %s", OFFSETS_TOPIC, partition, exc)
-            outcome = ErrorCode.COORDINATOR_NOT_AVAILABLE
-        self._writes[partition].append((action.token, outcome))
+            outcome = ErrorCode.NOT_COORDINATOR
+        self._writes[partition].append((core, action.token, outcome))
         self._write_wanted[partition].set()
 
     async def _write_loop(self, partition: int) -> None:
@@ -288,27 +340,26 @@ class GroupService:
             while not queue:
                 await self._write_wanted[partition].wait()
                 self._write_wanted[partition] = trio.Event()
-            token, outcome = queue[0]
+            core, token, outcome = queue[0]
             event: Event
             if isinstance(outcome, ErrorCode):
                 event = AppendFailed(now_ms=self._clock_ms(), token=token, error=outcome)
             else:
-                state = self._partition_state(partition)
                 try:
-                    # Group commit: one fsync covers every write appended meanwhile, so the
-                    # writes queued behind this one find themselves durable at once.
-                    await self._context.flusher.wait_durable(state.log, outcome)
-                    state.notify()  # readers of __consumer_offsets see the new high watermark
+                    # Group commit: one fsync (or one Raft commit) covers every write appended
+                    # meanwhile, so the writes queued behind this one find themselves done at once.
+                    await outcome.wait_acked()
                     event = RecordsPersisted(now_ms=self._clock_ms(), token=token)
                 except (BrokerError, OSError) as exc:
-                    logger.error("%s-%d: write not durable: %s", OFFSETS_TOPIC, partition, exc)
+                    logger.error("%s-%d: write not acknowledged: %s", OFFSETS_TOPIC, partition, exc)
                     event = AppendFailed(
-                        now_ms=self._clock_ms(),
-                        token=token,
-                        error=ErrorCode.COORDINATOR_NOT_AVAILABLE,
+                        now_ms=self._clock_ms(), token=token, error=ErrorCode.NOT_COORDINATOR
                     )
+                state = self._context.partitions.get((OFFSETS_TOPIC, partition))
+                if state is not None:
+                    state.notify()  # readers of __consumer_offsets see the new high watermark
             queue.popleft()
-            self._feed(partition, event)
+            self._feed_core(partition, core, event)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -326,10 +377,11 @@ class GroupService:
     # --- queries the handlers and metrics share ---------------------------------------------------
 
     def list_groups(self, states: tuple[Any, ...] = ()) -> RespondListGroups:
-        """Every group of every core (answered at once)."""
+        """Every group of every loaded core, i.e. of the partitions this broker leads (answered at
+        once; a cluster-wide list asks every broker)."""
         groups = []
         error = ErrorCode.NONE
-        for partition in sorted(self._cores):
+        for partition in sorted(self._leaderships):
             response = self.call_now(
                 partition,
                 lambda rid, now: ListGroupsRequested(request_id=rid, now_ms=now, states=states),
@@ -408,6 +460,13 @@ class GroupService:
                 f"partition {OFFSETS_TOPIC}-{partition} is not open",
             )
         return state
+
+
+def _unloaded_core(config: GroupConfig) -> GroupCoordinatorCore:
+    """A core for a partition this broker does not lead: it answers NOT_COORDINATOR."""
+    core = GroupCoordinatorCore(config)
+    core.handle(UnloadPartition(now_ms=0))
+    return core
 
 
 def _read_all(log: Any) -> Iterable[EncodedRecord]:

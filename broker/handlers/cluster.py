@@ -67,6 +67,14 @@ def cluster_metadata(ctx: BrokerContext, names: list[str]) -> codec.MetadataResp
     )
 
 
+def partition_metadata(ctx: BrokerContext, name: str, partition: int) -> codec.PartitionMetadata:
+    """One partition's metadata (rule 1); leader -1 if it has none or is unknown."""
+    for metadata in _partitions(ctx, name):
+        if metadata.partition == partition:
+            return metadata
+    return codec.PartitionMetadata(partition=partition, leader_id=-1)
+
+
 def _partitions(ctx: BrokerContext, name: str) -> tuple[codec.PartitionMetadata, ...]:
     result = []
     serving = set(ctx.cluster.cache.serving_broker_ids())

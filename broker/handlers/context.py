@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import trio
 
+from broker.appended import Appended
 from broker.config import BrokerConfig, FlushPolicy
 from broker.errors import BrokerError, ErrorCode
 
@@ -49,17 +50,6 @@ class NullMetrics:
 
     def records_out(self, topic: str, records: int, size_bytes: int) -> None:
         pass
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Appended:
-    """One batch appended by a produce. `wait_acked()` returns once acks=all is satisfied
-    (durable here, or committed by the group), or raises the BrokerError that prevents it."""
-
-    base_offset: int
-    last_offset: int
-    size_bytes: int
-    wait_acked: Callable[[], Awaitable[None]]
 
 
 class PartitionState:

@@ -39,6 +39,7 @@ from broker.consumer_groups.events import (
 from broker.consumer_groups.group import GroupState, JoinProtocol, TopicPartition
 from broker.consumer_groups.service import OFFSETS_TOPIC, GroupService
 from broker.errors import BrokerError, ErrorCode
+from broker.handlers import cluster
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred
 
@@ -121,15 +122,26 @@ def handle_find_coordinator(
         )
     service = _service(ctx)
     partition = service.partition_of(request.key)
-    state = ctx.partitions.get((OFFSETS_TOPIC, partition))
-    if state is None or state.leader_id < 0:
+    coordinator = _coordinator_of(ctx, partition)
+    if coordinator is None:
         return codec.FindCoordinatorResponse(
             error=ErrorCode.COORDINATOR_NOT_AVAILABLE,
             error_message=f"{OFFSETS_TOPIC}-{partition} has no leader yet; retry",
         )
-    # One broker: the leader is this node. With replication, look up the leader's address here.
-    host, port = ctx.advertised
-    return codec.FindCoordinatorResponse(node_id=state.leader_id, host=host, port=port)
+    node_id, (host, port) = coordinator
+    return codec.FindCoordinatorResponse(node_id=node_id, host=host, port=port)
+
+
+def _coordinator_of(ctx: BrokerContext, partition: int) -> tuple[int, tuple[str, int]] | None:
+    """The leader of `__consumer_offsets-<partition>` and its address, if it has one."""
+    if ctx.cluster is None:
+        state = ctx.partitions.get((OFFSETS_TOPIC, partition))
+        if state is None or state.leader_id < 0:
+            return None
+        return state.leader_id, ctx.advertised  # one broker: the leader is this node
+    metadata = cluster.partition_metadata(ctx, OFFSETS_TOPIC, partition)
+    address = ctx.cluster.cache.address_of(metadata.leader_id) if metadata.leader_id > 0 else None
+    return None if address is None else (metadata.leader_id, address)
 
 
 # --- membership -----------------------------------------------------------------------------------

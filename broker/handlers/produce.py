@@ -24,9 +24,10 @@ from typing import Any
 import trio
 
 from broker import codec
+from broker.appended import Appended
 from broker.consumer_groups.service import is_internal_topic
 from broker.errors import BrokerError, ErrorCode
-from broker.handlers.context import Appended, BrokerContext, PartitionState
+from broker.handlers.context import BrokerContext, PartitionState
 from broker.handlers.reply import Deferred
 from broker.log.batch import iter_batches, unpack_header
 
