@@ -2,6 +2,7 @@
 
     python -m benchmarks.throughput                       # starts its own broker
     python -m benchmarks.throughput --bootstrap HOST:PORT --records 2000000 --partitions 4
+    python -m benchmarks.throughput --brokers 3 --replication-factor 3 --acks all --partitions 3
 
 Three phases, each on a fresh topic of `--partitions` partitions:
 1. produce: `--producers` processes each send records/P records of `--record-bytes` bytes
@@ -10,11 +11,26 @@ Three phases, each on a fresh topic of `--partitions` partitions:
 3. latency: one producer sends at `--rate` records/s for `--latency-seconds` while a consumer
    in the same process reads; each value carries its send time, so latency = receive - send.
 Results print as a table and go to benchmarks/results/throughput.json (git-ignored).
+
+The latency phase also reports the produce latency: send -> acknowledgement of each record.
+
+Replication cost (`--brokers N`, N > 1): the benchmark starts an N-broker cluster
+(`client.embedded_cluster.EmbeddedCluster`, real `broker serve --node-id --peers` processes) and
+runs the three phases as two cases on that same cluster: a topic with `--replication-factor R`,
+and the baseline, a topic with replication factor 1. Same cluster, same acks, same partition count
+and record shape: the only difference is replication. Cases run `--runs` times, interleaved
+ABBA-style so that drift on a shared machine falls on both. `--single-node-baseline` adds the
+plain single-node broker (started after the cluster has stopped). Before the clock starts, every
+partition must have its preferred leader (replicas[0]) in DescribeTopics, so the Raft elections
+and the leader hand-over after creation are not timed. Each partition's log starts with Raft leader
+no-ops (control batches); the consume phase starts at the end offsets read before producing, so it
+reads exactly the records produced. Results go to benchmarks/results/throughput-cluster.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -31,12 +47,19 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from broker.errors import BrokerError
 from client import aio
 from client.blocking import Producer as BlockingProducer
 from client.embedded import EmbeddedBroker
+from client.embedded_cluster import EmbeddedCluster
 from client.types import TopicPartition
 
 RESULTS_PATH = Path(__file__).parent / "results" / "throughput.json"
+CLUSTER_RESULTS_PATH = Path(__file__).parent / "results" / "throughput-cluster.json"
+# How long topic creation may take to settle: a leader for every partition, the preferred one.
+SETTLE_TIMEOUT_S = 30.0
+# The consume phase gives up when no record arrived for this long (it reports what it read).
+CONSUME_STALL_S = 20.0
 # The latency phase stamps each value with its send time in ns (8 bytes, big-endian).
 _STAMP = struct.Struct(">q")
 # How many records the latency producer sends per tick; ticks = rate / LATENCY_BURST per second.
@@ -78,8 +101,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the latency consumer's fetch_max_wait_ms (the long poll's upper bound)",
     )
     parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--output", type=Path, default=RESULTS_PATH)
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="1: one single-node broker (as before); N > 1: an N-broker cluster, measuring "
+        "--replication-factor beside RF 1 on that cluster (with --bootstrap: that cluster)",
+    )
+    parser.add_argument("--replication-factor", type=int, default=1, help="RF of the cluster case")
+    parser.add_argument(
+        "--runs", type=int, default=1, help="cluster mode: runs of each case (interleaved)"
+    )
+    parser.add_argument(
+        "--single-node-baseline",
+        action="store_true",
+        help="cluster mode: also measure a single-node broker, after the cluster stopped",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None, help=f"default {RESULTS_PATH.name}, or "
+        f"{CLUSTER_RESULTS_PATH.name} with --brokers > 1",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.brokers < 1 or args.replication_factor < 1 or args.runs < 1:
+        parser.error("--brokers, --replication-factor and --runs must be >= 1")
+    if args.replication_factor > args.brokers:
+        parser.error(f"--replication-factor {args.replication_factor} needs as many --brokers")
+    if args.output is None:
+        args.output = RESULTS_PATH if args.brokers == 1 else CLUSTER_RESULTS_PATH
+    return args
 
 
 def topic_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -211,19 +260,39 @@ def run_produce(args: argparse.Namespace, bootstrap: str, topic: str) -> dict[st
 # --- consume --------------------------------------------------------------------------------------
 
 
-async def _consume(bootstrap: str, topic: str, partitions: int, total: int, size: int) -> dict:
+async def _consume(
+    bootstrap: str, topic: str, partitions: int, total: int, size: int,
+    start: dict[int, int] | None = None,
+) -> dict:  # fmt: skip
+    """Read `total` records back, from the beginning or from `start` (partition -> offset).
+
+    Stops early when nothing arrived for `CONSUME_STALL_S`; the result then says `stalled`.
+    """
     async with aio.Consumer(
         bootstrap, auto_offset_reset="earliest", max_poll_records=100_000
     ) as consumer:
         consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        for partition, offset in (start or {}).items():
+            consumer.seek(TopicPartition(topic, partition), offset)
         seen = 0
+        stalled = False
         with _progress() as progress:
             task = progress.add_task("consume", total=total)
             wall, cpu = time.perf_counter(), time.process_time()
+            last_progress = wall
             while seen < total:
-                seen += len(await consumer.poll(timeout_ms=5000))
-                progress.update(task, completed=seen)
+                got = len(await consumer.poll(timeout_ms=1000))
+                now = time.perf_counter()
+                if got:
+                    seen, last_progress = seen + got, now
+                    progress.update(task, completed=seen)
+                elif now - last_progress > CONSUME_STALL_S:
+                    stalled = True
+                    break
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if stalled:
+        console.print(f"[red]consume stalled: {seen:,} of {total:,} records after {wall:.1f} s")
+        return {"records": seen, "expected": total, "stalled": True, "seconds": round(wall, 3)}
     return _rates("consume", seen, size, wall, cpu)
 
 
@@ -234,13 +303,14 @@ async def _latency(args: argparse.Namespace, bootstrap: str, topic: str) -> dict
     total = int(args.rate * args.latency_seconds)
     padding = b"\0" * max(args.record_bytes - _STAMP.size, 0)
     latencies_ns: list[int] = []
+    acks_ns: list[int] = []  # produce latency: send -> acknowledgement, per record
     options = {"auto_offset_reset": "latest", "fetch_max_wait_ms": args.latency_fetch_wait_ms}
     async with aio.Consumer(bootstrap, **options) as c:
         c.assign([TopicPartition(topic, p) for p in range(args.partitions)])
         for p in range(args.partitions):
             await c.position(TopicPartition(topic, p))  # pin "latest" before sending
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_paced_send, args, bootstrap, topic, total, padding)
+            nursery.start_soon(_paced_send, args, bootstrap, topic, total, padding, acks_ns)
             with (
                 _progress(refresh_per_second=1) as progress,
                 trio.fail_after(args.latency_seconds * 4 + 30),
@@ -252,23 +322,33 @@ async def _latency(args: argparse.Namespace, bootstrap: str, topic: str) -> dict
                     latencies_ns += [now - _STAMP.unpack_from(r.value)[0] for r in records]
                     progress.update(task, completed=len(latencies_ns))
     latencies_ns.sort()
+    acks_ns.sort()
 
-    def pct(q: float) -> float:
-        return latencies_ns[min(int(q * len(latencies_ns)), len(latencies_ns) - 1)] / 1e6
+    def pct(values: list[int], q: float) -> float:
+        return round(values[min(int(q * len(values)), len(values) - 1)] / 1e6, 3)
 
     return {
         "rate_records_per_s": args.rate,
         "records": len(latencies_ns),
-        "p50_ms": round(pct(0.50), 3),
-        "p99_ms": round(pct(0.99), 3),
-        "p999_ms": round(pct(0.999), 3),
+        "p50_ms": pct(latencies_ns, 0.50),
+        "p99_ms": pct(latencies_ns, 0.99),
+        "p999_ms": pct(latencies_ns, 0.999),
         "max_ms": round(latencies_ns[-1] / 1e6, 3),
+        "produce_p50_ms": pct(acks_ns, 0.50),
+        "produce_p99_ms": pct(acks_ns, 0.99),
+        "produce_p999_ms": pct(acks_ns, 0.999),
     }
 
 
+def _acked(acks_ns: list[int], sent_ns: int, metadata: Any, error: BaseException | None) -> None:
+    if error is None:
+        acks_ns.append(time.time_ns() - sent_ns)
+
+
 async def _paced_send(
-    args: argparse.Namespace, bootstrap: str, topic: str, total: int, padding: bytes
-) -> None:
+    args: argparse.Namespace, bootstrap: str, topic: str, total: int, padding: bytes,
+    acks_ns: list[int],
+) -> None:  # fmt: skip
     # Bursts of LATENCY_BURST records on a fixed schedule: the rate is exact on average and the
     # schedule does not drift when one tick runs late.
     interval = LATENCY_BURST / args.rate
@@ -278,7 +358,9 @@ async def _paced_send(
         for tick in range(total // LATENCY_BURST):
             await trio.sleep_until(start + tick * interval)
             for _ in range(LATENCY_BURST):
-                await producer.send(topic, _STAMP.pack(time.time_ns()) + padding)
+                now = time.time_ns()
+                callback = functools.partial(_acked, acks_ns, now)
+                await producer.send(topic, _STAMP.pack(now) + padding, callback=callback)
         await producer.flush()
 
 
@@ -313,15 +395,64 @@ def _progress(refresh_per_second: float = 10) -> Progress:
     )
 
 
-def _create_topic(bootstrap: str, partitions: int, config: dict[str, Any]) -> str:
+def _create_topic(
+    bootstrap: str, partitions: int, config: dict[str, Any], replication_factor: int = 1
+) -> str:
     topic = f"bench-{uuid.uuid4().hex[:8]}"
 
     async def create() -> None:
         async with aio.AdminClient(bootstrap) as admin:
-            await admin.create_topic(topic, partitions, config=config or None)
+            await admin.create_topic(
+                topic, partitions, replication_factor=replication_factor, config=config or None
+            )
 
     trio.run(create)
     return topic
+
+
+def _settle(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """Wait until every partition of `topic` is led by its preferred leader (replicas[0]), then
+    return each partition's end offset: where the benchmark's records will start.
+
+    In a cluster a partition's log starts with Raft leader no-ops, and leadership moves to the
+    preferred leader about a second after the first election: neither should be timed.
+    """
+
+    async def settle() -> dict[int, int]:
+        async with aio.AdminClient(bootstrap) as admin:
+            with trio.fail_after(SETTLE_TIMEOUT_S):
+                while True:
+                    (description,) = await admin.describe_topics([topic])
+                    settled = len(description.partitions) == partitions and all(
+                        p.leader_id > 0 and p.replicas and p.leader_id == p.replicas[0]
+                        for p in description.partitions
+                    )
+                    if settled:
+                        break
+                    await trio.sleep(0.1)
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        # The consumer asks each partition's leader (AdminClient.list_offsets asks any broker,
+        # and a non-leader answers NOT_LEADER in a cluster).
+        async with aio.Consumer(bootstrap) as consumer:
+            with trio.fail_after(SETTLE_TIMEOUT_S):
+                while True:  # a leader that has not committed its no-op yet may answer an error
+                    try:
+                        ends = await consumer.end_offsets(tps)
+                        break
+                    except BrokerError:
+                        await trio.sleep(0.1)
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    return trio.run(settle)
+
+
+def _delete_topics(bootstrap: str, topics: list[str]) -> None:
+    async def delete() -> None:
+        async with aio.AdminClient(bootstrap) as admin:
+            for topic in topics:
+                await admin.delete_topic(topic)
+
+    trio.run(delete)
 
 
 def _cpu_seconds(pid: int | None) -> float | None:
@@ -336,35 +467,155 @@ def _cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _with_broker_cpu(result: dict[str, Any], pid: int | None, before: float | None) -> None:
-    after = _cpu_seconds(pid)
-    if before is not None and after is not None:
+def _cpu_total(pids: list[int]) -> float | None:
+    """CPU time of all the brokers together; None if any is unknown (or there are none)."""
+    seconds = [_cpu_seconds(pid) for pid in pids]
+    if not seconds or any(value is None for value in seconds):
+        return None
+    return sum(value for value in seconds if value is not None)
+
+
+def _with_broker_cpu(result: dict[str, Any], pids: list[int], before: float | None) -> None:
+    after = _cpu_total(pids)
+    if before is not None and after is not None and result["records"]:
         result["broker_cpu_us_per_record"] = round((after - before) / result["records"] * 1e6, 3)
 
 
-def run(args: argparse.Namespace, bootstrap: str, broker_pid: int | None = None) -> dict[str, Any]:
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def run_phases(
+    args: argparse.Namespace, bootstrap: str, pids: list[int], *, replication_factor: int = 1,
+    cluster: bool = False, cleanup: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Produce, consume and (unless --skip-latency) latency on fresh topics of `bootstrap`.
+
+    `cluster`: wait for preferred leaders before timing and consume from the end offsets read
+    then (past the Raft no-ops). `cleanup`: delete the topics afterwards, so that their idle
+    Raft groups do not load the next case.
+    """
     config = topic_config(args)
-    results: dict[str, Any] = {
-        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-    }
-    topic = _create_topic(bootstrap, args.partitions, config)
-    before = _cpu_seconds(broker_pid)
+    results: dict[str, Any] = {}
+    topic = _create_topic(bootstrap, args.partitions, config, replication_factor)
+    start = _settle(bootstrap, topic, args.partitions) if cluster else None
+    before = _cpu_total(pids)
     results["produce"] = run_produce(args, bootstrap, topic)
-    _with_broker_cpu(results["produce"], broker_pid, before)
+    _with_broker_cpu(results["produce"], pids, before)
     console.print(f"produce: {results['produce']}")
     total = results["produce"]["records"]
-    before = _cpu_seconds(broker_pid)
+    before = _cpu_total(pids)
     results["consume"] = trio.run(
-        _consume, bootstrap, topic, args.partitions, total, args.record_bytes
+        _consume, bootstrap, topic, args.partitions, total, args.record_bytes, start
     )
-    _with_broker_cpu(results["consume"], broker_pid, before)
+    _with_broker_cpu(results["consume"], pids, before)
     console.print(f"consume: {results['consume']}")
+    topics = [topic]
     if not args.skip_latency:
-        latency_topic = _create_topic(bootstrap, args.partitions, config)
+        latency_topic = _create_topic(bootstrap, args.partitions, config, replication_factor)
+        topics.append(latency_topic)
+        if cluster:
+            _settle(bootstrap, latency_topic, args.partitions)
         results["latency"] = trio.run(_latency, args, bootstrap, latency_topic)
         console.print(f"latency: {results['latency']}")
+    if cleanup:
+        _delete_topics(bootstrap, topics)
     return results
+
+
+def run(args: argparse.Namespace, bootstrap: str, broker_pid: int | None = None) -> dict[str, Any]:
+    """The single-broker benchmark (--brokers 1)."""
+    results: dict[str, Any] = {"params": _params(args), "machine": _machine()}
+    results.update(run_phases(args, bootstrap, [] if broker_pid is None else [broker_pid]))
+    return results
+
+
+def workload(args: argparse.Namespace) -> str:
+    return (
+        f"{args.records:,} records of {args.record_bytes} B, {args.partitions} partition(s), "
+        f"{args.producers} producer(s), acks={args.acks}, linger {args.linger_ms} ms, "
+        f"{args.brokers} broker(s), RF {args.replication_factor} vs RF 1"
+        + (f", topic config {args.topic_config}" if args.topic_config else "")
+        + ("" if args.skip_latency else f"; latency at {args.rate:,} records/s")
+    )
+
+
+def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    """Cluster mode: RF `--replication-factor` beside RF 1 on the same cluster, `--runs` times."""
+    rf = args.replication_factor
+    results: dict[str, Any] = {
+        "params": _params(args),
+        "machine": _machine(),
+        "workload": workload(args),
+        "baseline": f"RF 1 topic on the same {args.brokers}-broker cluster, same acks and "
+        "partitions",
+        "cases": {f"rf{rf}": [], "rf1": []},
+    }
+    console.print(f"workload: {results['workload']}")
+    # ABBA: run 1 is RF R then RF 1, run 2 RF 1 then RF R...: drift falls on both cases.
+    order = [rf, 1] if rf != 1 else [1]
+
+    def measure(bootstrap: str, pids: list[int]) -> None:
+        for run_index in range(args.runs):
+            for case_rf in order if run_index % 2 == 0 else order[::-1]:
+                console.rule(f"run {run_index + 1}: RF {case_rf} on {args.brokers} brokers")
+                case = run_phases(
+                    args, bootstrap, pids, replication_factor=case_rf, cluster=True, cleanup=True
+                )
+                results["cases"][f"rf{case_rf}"].append(case)
+
+    if args.bootstrap:
+        measure(args.bootstrap, [])
+    else:
+        with EmbeddedCluster(args.brokers) as cluster:
+            pids = [
+                process.pid
+                for node_id in cluster.node_ids
+                if (process := cluster.node(node_id).process) is not None
+            ]
+            console.print(f"started {args.brokers} brokers at {cluster.bootstrap} (pids {pids})")
+            measure(cluster.bootstrap, pids)
+    if args.single_node_baseline and not args.bootstrap:
+        results["cases"]["single_node"] = []
+        with EmbeddedBroker() as broker:
+            pids = [broker.process.pid] if broker.process is not None else []
+            for run_index in range(args.runs):
+                console.rule(f"run {run_index + 1}: single-node broker")
+                results["cases"]["single_node"].append(run_phases(args, broker.bootstrap, pids))
+    results["summary"] = summarize(results["cases"], rf)
+    return results
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(cases: dict[str, list[dict[str, Any]]], rf: int) -> dict[str, Any]:
+    """Per case the mean of its runs; the RF R / RF 1 ratios (of means, and run by run)."""
+    summary: dict[str, Any] = {}
+    for name, runs in cases.items():
+        produce = [r["produce"] for r in runs]
+        summary[name] = {
+            "produce_records_per_s": [p["records_per_s"] for p in produce],
+            "produce_mb_per_s": [p["mb_per_s"] for p in produce],
+            "mean_produce_records_per_s": round(_mean([p["records_per_s"] for p in produce]) or 0),
+        }
+    if rf != 1 and cases.get("rf1") and cases.get(f"rf{rf}"):
+        ours, base = cases[f"rf{rf}"], cases["rf1"]
+        summary[f"rf{rf}_over_rf1"] = round(
+            summary[f"rf{rf}"]["mean_produce_records_per_s"]
+            / summary["rf1"]["mean_produce_records_per_s"],
+            3,
+        )
+        summary[f"rf{rf}_over_rf1_per_run"] = [
+            round(a["produce"]["records_per_s"] / b["produce"]["records_per_s"], 3)
+            for a, b in zip(ours, base, strict=False)
+        ]
+    return summary
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -385,12 +636,58 @@ def print_table(results: dict[str, Any]) -> None:
             f"e2e @ {r['rate_records_per_s']:,}/s",
             f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  p99.9 {r['p999_ms']} ms",
         )
+        table.add_row(
+            f"produce @ {r['rate_records_per_s']:,}/s",
+            f"p50 {r['produce_p50_ms']} ms  p99 {r['produce_p99_ms']} ms  "
+            f"p99.9 {r['produce_p999_ms']} ms",
+        )
     Console().print(table)
+
+
+def _consume_cell(r: dict[str, Any]) -> str:
+    if r.get("stalled"):
+        return f"STALLED at {r['records']:,}/{r['expected']:,}"
+    return f"{r['records_per_s']:,}"
+
+
+def print_cluster_table(results: dict[str, Any]) -> None:
+    table = Table(title=f"replication cost: {results['workload']}")
+    for column in (
+        "case", "run", "produce rec/s", "MB/s", "broker CPU µs/rec", "consume rec/s",
+        "produce p50/p99 ms", "e2e p50/p99 ms",
+    ):  # fmt: skip
+        table.add_column(column)
+    for name, runs in results["cases"].items():
+        label = name.replace("rf", "RF ") if name.startswith("rf") else "single node"
+        for index, r in enumerate(runs, 1):
+            p, latency = r["produce"], r.get("latency")
+            table.add_row(
+                label,
+                str(index),
+                f"{p['records_per_s']:,}",
+                f"{p['mb_per_s']}",
+                f"{p.get('broker_cpu_us_per_record', '?')}",
+                _consume_cell(r["consume"]),
+                f"{latency['produce_p50_ms']} / {latency['produce_p99_ms']}" if latency else "-",
+                f"{latency['p50_ms']} / {latency['p99_ms']}" if latency else "-",
+            )
+    Console(width=max(Console().width, 120)).print(table)
+    rf = results["params"]["replication_factor"]
+    summary = results["summary"]
+    if f"rf{rf}_over_rf1" in summary:
+        ratio = summary[f"rf{rf}_over_rf1"]
+        Console().print(
+            f"RF {rf} / RF 1 produce throughput: {ratio:.0%} of the mean "
+            f"(per run: {', '.join(f'{x:.0%}' for x in summary[f'rf{rf}_over_rf1_per_run'])}); "
+            f"target >= 40%: {'met' if ratio >= 0.4 else 'NOT met'}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.bootstrap:
+    if args.brokers > 1:
+        results = run_cluster(args)
+    elif args.bootstrap:
         results = run(args, args.bootstrap)
     else:
         with EmbeddedBroker() as broker:
@@ -399,7 +696,10 @@ def main(argv: list[str] | None = None) -> None:
             results = run(args, broker.bootstrap, pid)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print_table(results)
+    if args.brokers > 1:
+        print_cluster_table(results)
+    else:
+        print_table(results)
     console.print(f"results written to {args.output}")
 
 

@@ -81,8 +81,11 @@ def _partitions(ctx: BrokerContext, name: str) -> tuple[codec.PartitionMetadata,
     for view in ctx.cluster.cache.partitions_for(name):
         leader, epoch = view.leader, view.leader_epoch
         local = ctx.partitions.get((name, view.partition))
-        if local is not None and local.leader_id in serving and local.leader_epoch > epoch:
-            leader, epoch = local.leader_id, local.leader_epoch  # rule 1: fresher than the cache
+        if local is not None and local.leader_epoch > epoch:
+            # Rule 1: this replica has seen a newer term than the last report. Its leader, if
+            # it knows one, is fresher; if not, the reported one is certainly deposed.
+            known = local.leader_id if local.leader_id in serving else None
+            leader, epoch = known, local.leader_epoch
         if leader is None:
             result.append(
                 codec.PartitionMetadata(

@@ -97,6 +97,19 @@ class ProposalTimeoutError(BrokerError):
         super().__init__(ErrorCode.REQUEST_TIMED_OUT, message)
 
 
+class LeadershipLostError(NotLeaderError):
+    """This node stopped leading before the proposal committed: its outcome is unknown here."""
+
+    def __init__(self, group: str, index: int, leader_hint: int) -> None:
+        BrokerError.__init__(
+            self,
+            ErrorCode.NOT_LEADER,
+            f"{group}: this broker lost leadership before entry {index} committed; it may or "
+            f"may not be written (the leader is now {leader_hint or 'being elected'}): retry",
+        )
+        self.leader_hint = leader_hint
+
+
 class RaftDriverStoppedError(BrokerError):
     """The driver stopped (cancelled or failed) with this proposal pending: outcome unknown."""
 
@@ -575,6 +588,16 @@ class RaftDriver:
                     )
                 )
 
+    def _fail_proposals_on_step_down(self) -> None:
+        """A deposed leader cannot learn its proposals' fate until it hears from the new leader
+        (cut off, it may never). Settle them now with a retriable NOT_LEADER, as Kafka does: a
+        client that retries may write a record twice, never lose one that was acknowledged."""
+        pending, self._proposals = self._proposals, {}
+        self._proposal_indexes = []
+        for proposal in pending.values():
+            self._counters["proposals_failed"] += 1
+            proposal._settle(LeadershipLostError(self.group, proposal.index, self.core.leader_id))
+
     def _register_proposal(self, proposal: Proposal) -> None:
         previous = self._proposals.get(proposal.index)
         if previous is not None:
@@ -615,6 +638,8 @@ class RaftDriver:
     def _notify(self) -> None:
         observed = self._observable()
         if observed != self._observed:
+            if self._observed[0] is Role.LEADER and observed[0] is not Role.LEADER:
+                self._fail_proposals_on_step_down()
             self._observed = observed
             self._change_version += 1
             self._changed.set()
