@@ -1,4 +1,5 @@
-"""Project-wide pytest options: simulation seeds and run counts (see tests/sim)."""
+"""Project-wide pytest options: simulation seeds and run counts (tests/sim), the chaos test's
+fault schedule (tests/integration/cluster/test_chaos.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         help="how many simulation seeds to run (default: the fixed CI set plus a few fresh ones)",
+    )
+    chaos = parser.getgroup("chaos")
+    chaos.addoption(
+        "--chaos-seed",
+        action="store",
+        type=int,
+        default=None,
+        help="the fault schedule of tests/integration/cluster/test_chaos.py (default: random, "
+        "printed)",
+    )
+    chaos.addoption(
+        "--chaos-seconds",
+        action="store",
+        type=float,
+        default=20.0,
+        help="how long the chaos test injects faults (CI: the default)",
     )
     parser.getgroup("raft").addoption(
         "--rewrite",
