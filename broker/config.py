@@ -332,6 +332,12 @@ class BrokerConfig(ConfigBase):
             return
         if self.node_id < 1:
             raise ConfigError("node_id", "must be >= 1 in cluster mode (--node-id N)")
+        if self.node_id not in peers:
+            raise ConfigError(
+                "peers",
+                f"does not list this broker (node {self.node_id}); --peers must name every "
+                "broker of the cluster, this one included",
+            )
         if not 1 <= len(self.cluster_id.encode()) <= 255:
             raise ConfigError("cluster_id", "must be 1 to 255 bytes")
         check_range("default_replication_factor", self.default_replication_factor, 1, 16)

@@ -180,12 +180,32 @@ def test_defaults_are_valid_and_documented() -> None:
         ({"log": 5}, "log"),
         ({"unknown": 1}, "unknown"),
         ({"log.max_batch_bytes": 64 * 1024 * 1024}, "log.max_batch_bytes"),
+        # Cluster mode: malformed peers, a node id < 1, a broker missing from its own peers.
+        ({"peers": "1@h"}, "peers"),
+        ({"peers": "x@h:1"}, "peers"),
+        ({"peers": "1@h:1,1@h:2", "node_id": 1}, "peers"),
+        ({"peers": "1@h:0", "node_id": 1}, "peers"),
+        ({"peers": "1@h:1,2@h:2"}, "node_id"),
+        ({"peers": "1@h:1,2@h:2", "node_id": 3}, "peers"),
+        (
+            {"peers": "1@h:1", "node_id": 1, "broker_session_timeout_ms": 10},
+            "broker_session_timeout_ms",
+        ),
+        ({"peers": "1@h:1", "node_id": 1, "raft_tick_ms": 0}, "raft_tick_ms"),
     ],
 )
 def test_invalid_values_name_their_key(values: dict, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         BrokerConfig.from_mapping(values)
     assert info.value.key == key
+
+
+def test_cluster_peers_parse_into_addresses() -> None:
+    config = BrokerConfig.from_mapping(
+        {"node_id": 2, "peers": " 1@10.0.0.1:9092, 2@[::1]:9093,3@b:9094 "}
+    )
+    assert config.peer_addresses == {1: ("10.0.0.1", 9092), 2: ("::1", 9093), 3: ("b", 9094)}
+    assert BrokerConfig().peer_addresses == {}  # single-node mode
 
 
 def test_sources_merge_in_order(tmp_path: Path) -> None:
