@@ -232,6 +232,9 @@ class BrokerConfig(ConfigBase):
     # broker.session.timeout.ms): a broker silent for the session timeout is fenced.
     broker_heartbeat_interval_ms: int = 1_000
     broker_session_timeout_ms: int = 6_000
+    # On SIGTERM, how long to spend handing this broker's leaderships to caught-up followers
+    # before stopping (Kafka's controlled shutdown); 0 skips it.
+    controlled_shutdown_timeout_ms: int = 5_000
     # --- consumer groups (docs/consumer-groups.md); mapped onto GroupConfig by the group service.
     # Partitions of the internal __consumer_offsets topic, fixed when the broker first creates
     # it: a group's coordinator partition is crc32(group_id) % this count.
@@ -344,6 +347,7 @@ class BrokerConfig(ConfigBase):
         check_range("raft_tick_ms", self.raft_tick_ms, 1, 10_000)
         check_range("raft_election_timeout_ticks", self.raft_election_timeout_ticks, 3, 1_000)
         check_range("broker_heartbeat_interval_ms", self.broker_heartbeat_interval_ms, 1)
+        check_range("controlled_shutdown_timeout_ms", self.controlled_shutdown_timeout_ms, 0)
         check_range(
             "broker_session_timeout_ms",
             self.broker_session_timeout_ms,

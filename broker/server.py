@@ -296,6 +296,12 @@ class Broker:
             )
             task_status.started(self.addresses)
             await self._stop_requested.wait()
+            if context.cluster is not None:
+                # Controlled shutdown: leaderships move while the peer links still work.
+                still = await context.cluster.resign(
+                    self.config.controlled_shutdown_timeout_ms / 1000
+                )
+                logger.info("stopping: leaderships handed over (%d not moved)", still)
             logger.info("stopping: no new connections; finishing in-flight requests")
             accepting.cancel()
             context.stopping = True

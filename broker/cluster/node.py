@@ -47,7 +47,7 @@ from .controller_service import (
     ControllerServiceConfig,
     NotControllerError,
 )
-from .replicas import ReplicaManager, ReplicaManagerConfig
+from .replicas import ReplicaManager, ReplicaManagerConfig, handover_target
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +309,21 @@ class ClusterNode:
             self._controller.save_snapshot()
         logs.close(clean=self._clean)
         store.close()
+
+    async def resign(self, timeout_s: float) -> int:
+        """Before a clean stop: hand this broker's partition leaderships, then the controller's,
+        to caught-up peers (bounded by `timeout_s`). Returns the partitions still led."""
+        deadline = trio.current_time() + timeout_s
+        remaining = await self.replicas.resign_leaderships(timeout_s)
+        driver = self.controller.driver
+        target = handover_target(driver) if self.controller.is_leader else None
+        if target is not None:
+            with contextlib.suppress(BrokerError):
+                driver.transfer_leadership(target)
+            with trio.move_on_at(deadline):
+                while self.controller.is_leader:
+                    await driver.wait_changed()
+        return remaining
 
     async def aclose(self) -> None:
         """Stop cleanly (flushed logs, controller snapshot) and wait until stopped."""

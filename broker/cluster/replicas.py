@@ -18,6 +18,9 @@ shared `RaftTransport`. Rules:
    (itself, its term, its in-sync replicas) whenever they change, through `reporter`. After
    `preferred_leader_delay_ms` of leading, a leader that is not its partition's preferred leader
    hands over (Raft leadership transfer) once that broker is ACTIVE and holds the whole log.
+5. A broker that stops on purpose first hands its leaderships to caught-up followers (Kafka's
+   controlled shutdown), so its partitions change leader in a round trip, not after an election
+   timeout.
 """
 
 from __future__ import annotations
@@ -76,6 +79,26 @@ class ReplicaManagerConfig(ConfigBase):
 
 # (topic, partition, leader, leader_epoch, in_sync_replicas) -> published by the controller.
 LeaderReporter = Callable[[str, int, int, int, tuple[int, ...]], Awaitable[None]]
+
+
+# While resigning leaderships at shutdown, how often to look at the transfers' progress.
+RESIGN_RECHECK_S = 0.05
+
+
+def handover_target(driver: RaftDriver) -> int | None:
+    """A voter that can take over at once: replicating, heard from within the last election
+    timeout, holding the leader's whole log. None if no follower qualifies."""
+    core = driver.core
+    last = core.log.last_index()
+    for node, progress in sorted(core.progress.items()):
+        if (
+            node != core.node_id
+            and progress.recent_active
+            and progress.state is ProgressState.REPLICATE
+            and progress.match_index >= last
+        ):
+            return node
+    return None
 
 
 class Acks(enum.IntEnum):
@@ -385,6 +408,24 @@ class ReplicaManager:
             and progress.state is ProgressState.REPLICATE
             and progress.match_index >= replica.driver.core.log.last_index()
         )
+
+    async def resign_leaderships(self, timeout_s: float) -> int:
+        """Controlled shutdown (rule 5): hand every partition this broker leads to a caught-up
+        follower, and wait until it leads none, for at most `timeout_s`. Returns how many it
+        still leads (their groups elect a leader after the election timeout instead)."""
+        with trio.move_on_after(timeout_s):
+            while True:
+                leading = [r for r in self.replicas() if r.is_leader and not r.deleting]
+                if not leading:
+                    return 0
+                for replica in leading:
+                    target = handover_target(replica.driver)
+                    if target is not None:
+                        with contextlib.suppress(BrokerError):  # deposed, or a transfer under way
+                            replica.driver.transfer_leadership(target)
+                # Transfers take a round trip or two; look again shortly (bounded above).
+                await trio.sleep(RESIGN_RECHECK_S)
+        return sum(1 for r in self.replicas() if r.is_leader)
 
     def _delete_storage(self, replica: Replica) -> None:
         # The driver has stopped, so nothing writes the log or the group's Raft keys any more.
