@@ -89,6 +89,21 @@ def validate_topic_name(name: str) -> None:
         )
 
 
+def require_partition(
+    record: TopicRecord | None, topic: str, partition: int, *, hint: str
+) -> TopicRecord:
+    """`record` if it exists and has `partition`; else UNKNOWN_TOPIC (with `hint`) or
+    UNKNOWN_PARTITION."""
+    if record is None:
+        raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {topic!r} does not exist; {hint}")
+    if not 0 <= partition < record.partition_count:
+        raise BrokerError(
+            ErrorCode.UNKNOWN_PARTITION,
+            f"topic {topic!r} has partitions 0 to {record.partition_count - 1}, not {partition}",
+        )
+    return record
+
+
 def effective_configs(log_config: LogConfig) -> dict[str, ConfigValue]:
     """A `LogConfig` under Kafka's dotted keys (for DescribeTopics)."""
     dotted = {field: alias for alias, field in LogConfig.ALIASES.items()}
@@ -179,19 +194,12 @@ class TopicManager:
 
     def require_partition(self, topic: str, partition: int) -> TopicRecord:
         """The topic of an existing partition, else UNKNOWN_TOPIC / UNKNOWN_PARTITION."""
-        record = self.topics.get(topic)
-        if record is None:
-            raise BrokerError(
-                ErrorCode.UNKNOWN_TOPIC,
-                f"topic {topic!r} does not exist; create it first (or enable auto_create_topics)",
-            )
-        if not 0 <= partition < record.partition_count:
-            raise BrokerError(
-                ErrorCode.UNKNOWN_PARTITION,
-                f"topic {topic!r} has partitions 0 to {record.partition_count - 1}, "
-                f"not {partition}",
-            )
-        return record
+        return require_partition(
+            self.topics.get(topic),
+            topic,
+            partition,
+            hint="create it first (or enable auto_create_topics)",
+        )
 
     # --- changes ---------------------------------------------------------------------------------
 

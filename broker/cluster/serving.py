@@ -36,10 +36,10 @@ from broker.consumer_groups.service import (
     group_config_of,
 )
 from broker.controller.state import TopicInfo
-from broker.errors import BrokerError, ErrorCode
+from broker.errors import BrokerError
 from broker.handlers.context import BrokerContext, PartitionState
 from broker.raft.driver import RaftDriver
-from broker.topics import TopicRecord
+from broker.topics import TopicRecord, require_partition
 
 from .node import ClusterNode
 from .replicas import Replica
@@ -188,18 +188,7 @@ class ClusterTopics:
         return self._node.cache.topic_names()
 
     def require_partition(self, topic: str, partition: int) -> TopicRecord:
-        record = self.get(topic)
-        if record is None:
-            raise BrokerError(
-                ErrorCode.UNKNOWN_TOPIC, f"topic {topic!r} does not exist; create it first"
-            )
-        if not 0 <= partition < record.partition_count:
-            raise BrokerError(
-                ErrorCode.UNKNOWN_PARTITION,
-                f"topic {topic!r} has partitions 0 to {record.partition_count - 1}, "
-                f"not {partition}",
-            )
-        return record
+        return require_partition(self.get(topic), topic, partition, hint="create it first")
 
     def _record(self, topic: TopicInfo) -> TopicRecord:
         configs: dict[str, Any] = dict(topic.configs)

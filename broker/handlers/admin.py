@@ -23,11 +23,16 @@ logger = logging.getLogger(__name__)
 
 
 def handle_metadata(ctx: BrokerContext, request: codec.MetadataRequest) -> codec.MetadataResponse:
-    host, port = ctx.advertised
     # "Every topic" leaves internal topics out (as Kafka's clients do); asked by name, they show.
     names = _public_names(ctx) if request.topics is None else list(request.topics)
-    if ctx.cluster is not None:
-        return cluster.cluster_metadata(ctx, names)
+    if ctx.cluster is None:
+        host, port = ctx.advertised
+        brokers = (codec.BrokerInfo(node_id=ctx.node_id, host=host, port=port),)
+        controller_id = ctx.node_id
+        partitions_of = _partition_metadata
+    else:
+        brokers, controller_id = cluster.brokers_and_controller(ctx)
+        partitions_of = cluster.partitions_metadata
     topics = []
     for name in names:
         try:
@@ -35,11 +40,9 @@ def handle_metadata(ctx: BrokerContext, request: codec.MetadataRequest) -> codec
         except BrokerError as exc:
             topics.append(codec.TopicMetadata(name=name, error=exc.code, error_message=exc.message))
             continue
-        topics.append(codec.TopicMetadata(name=name, partitions=_partition_metadata(ctx, record)))
+        topics.append(codec.TopicMetadata(name=name, partitions=partitions_of(ctx, record)))
     return codec.MetadataResponse(
-        brokers=(codec.BrokerInfo(node_id=ctx.node_id, host=host, port=port),),
-        controller_id=ctx.node_id,
-        topics=tuple(topics),
+        brokers=brokers, controller_id=controller_id, topics=tuple(topics)
     )
 
 
@@ -48,7 +51,7 @@ def _topic_for_metadata(ctx: BrokerContext, name: str, *, auto_create: bool) -> 
     if record is not None:
         return record
     validate_topic_name(name)
-    if auto_create and ctx.config.auto_create_topics:
+    if auto_create and ctx.config.auto_create_topics and ctx.cluster is None:
         return ctx.topics.create(name)
     raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} does not exist")
 
@@ -129,8 +132,7 @@ def handle_describe_topics(
     ctx: BrokerContext, request: codec.DescribeTopicsRequest
 ) -> codec.DescribeTopicsResponse:
     names = _public_names(ctx) if request.topics is None else list(request.topics)
-    if ctx.cluster is not None:
-        return cluster.cluster_describe_topics(ctx, names)
+    describe = _describe_partitions if ctx.cluster is None else cluster.describe_partitions
     descriptions = []
     for name in names:
         record = ctx.topics.get(name)
@@ -149,12 +151,18 @@ def handle_describe_topics(
                 partition_count=record.partition_count,
                 replication_factor=record.replication_factor,
                 configs=effective_configs(record.log_config),
-                partitions=tuple(
-                    _describe_partition(ctx, name, index) for index in range(record.partition_count)
-                ),
+                partitions=describe(ctx, record),
             )
         )
     return codec.DescribeTopicsResponse(topics=tuple(descriptions))
+
+
+def _describe_partitions(
+    ctx: BrokerContext, record: TopicRecord
+) -> tuple[codec.PartitionDescription, ...]:
+    return tuple(
+        _describe_partition(ctx, record.name, index) for index in range(record.partition_count)
+    )
 
 
 def _describe_partition(ctx: BrokerContext, topic: str, index: int) -> codec.PartitionDescription:

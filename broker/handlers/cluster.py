@@ -28,7 +28,7 @@ from broker.controller.records import BrokerState
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred
-from broker.topics import effective_configs
+from broker.topics import TopicRecord
 
 logger = logging.getLogger(__name__)
 
@@ -41,30 +41,21 @@ FORWARD_RETRY_S = 0.2
 # --- metadata -------------------------------------------------------------------------------------
 
 
-def cluster_metadata(ctx: BrokerContext, names: list[str]) -> codec.MetadataResponse:
-    node = ctx.cluster
-    cache = node.cache
+def brokers_and_controller(ctx: BrokerContext) -> tuple[tuple[codec.BrokerInfo, ...], int]:
+    """The serving brokers and the controller leader (-1: none known), from the cache."""
+    cache = ctx.cluster.cache
     brokers = []
     for node_id in cache.serving_broker_ids():
         address = cache.address_of(node_id)
         if address is not None:
             brokers.append(codec.BrokerInfo(node_id=node_id, host=address[0], port=address[1]))
-    topics = []
-    for name in names:
-        if cache.topic(name) is None:
-            topics.append(
-                codec.TopicMetadata(
-                    name=name,
-                    error=ErrorCode.UNKNOWN_TOPIC,
-                    error_message=f"topic {name!r} does not exist",
-                )
-            )
-            continue
-        topics.append(codec.TopicMetadata(name=name, partitions=_partitions(ctx, name)))
-    leader = node.controller.leader_id
-    return codec.MetadataResponse(
-        brokers=tuple(brokers), controller_id=leader or -1, topics=tuple(topics)
-    )
+    return tuple(brokers), ctx.cluster.controller.leader_id or -1
+
+
+def partitions_metadata(
+    ctx: BrokerContext, record: TopicRecord
+) -> tuple[codec.PartitionMetadata, ...]:
+    return _partitions(ctx, record.name)
 
 
 def partition_metadata(ctx: BrokerContext, name: str, partition: int) -> codec.PartitionMetadata:
@@ -259,33 +250,14 @@ async def _wait_for_cache(ctx: BrokerContext, response: Any, request: Any) -> No
 # --- describe and status --------------------------------------------------------------------------
 
 
-def cluster_describe_topics(ctx: BrokerContext, names: list[str]) -> codec.DescribeTopicsResponse:
-    descriptions = []
-    for name in names:
-        record = ctx.topics.get(name)
-        if record is None:
-            descriptions.append(
-                codec.TopicDescription(
-                    name=name,
-                    error=ErrorCode.UNKNOWN_TOPIC,
-                    error_message=f"topic {name!r} does not exist",
-                )
-            )
-            continue
-        metadata = {p.partition: p for p in _partitions(ctx, name)}
-        descriptions.append(
-            codec.TopicDescription(
-                name=name,
-                partition_count=record.partition_count,
-                replication_factor=record.replication_factor,
-                configs=effective_configs(record.log_config),
-                partitions=tuple(
-                    _describe_partition(ctx, name, index, metadata[index])
-                    for index in sorted(metadata)
-                ),
-            )
-        )
-    return codec.DescribeTopicsResponse(topics=tuple(descriptions))
+def describe_partitions(
+    ctx: BrokerContext, record: TopicRecord
+) -> tuple[codec.PartitionDescription, ...]:
+    """DescribeTopics' partitions of a cluster topic (see `_describe_partition`)."""
+    metadata = {p.partition: p for p in _partitions(ctx, record.name)}
+    return tuple(
+        _describe_partition(ctx, record.name, index, metadata[index]) for index in sorted(metadata)
+    )
 
 
 def _describe_partition(
