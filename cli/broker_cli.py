@@ -39,6 +39,10 @@ groups_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(groups_app, name="groups")
+cluster_app = typer.Typer(
+    help="Show the cluster's brokers and partition health.", no_args_is_help=True
+)
+app.add_typer(cluster_app, name="cluster")
 
 # How often `consume` wakes up to check --timeout when no records arrive.
 CONSUME_POLL_MS = 200
@@ -135,7 +139,8 @@ def topics_list(
 def topics_describe(
     name: str, as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False
 ) -> None:
-    """Show a topic's partitions, offsets, sizes and configs."""
+    """Show a topic's partitions (leader, replicas, in-sync replicas, offsets and sizes, the
+    figures from each partition's leader) and configs."""
     with _errors(), AdminClient(_state["bootstrap"]) as admin:
         description = admin.describe_topic(name)
     data = _description_dict(description)
@@ -151,6 +156,8 @@ def _description_dict(description: Any) -> dict[str, Any]:
             "partition": p.partition,
             "leader": p.leader_id,
             "replicas": list(p.replicas),
+            "isr": list(p.isr),
+            "error": p.error.name if p.error.name != "NONE" else None,
             "log_start_offset": p.log_start_offset,
             "log_end_offset": p.log_end_offset,
             "high_watermark": p.high_watermark,
@@ -177,16 +184,32 @@ def _print_description(data: dict[str, Any]) -> None:
         f"[bold]{data['name']}[/]  partitions={data['partitions']}  "
         f"replication_factor={data['replication_factor']}"
     )
-    table = Table("partition", "leader", "log start", "log end", "high watermark", "bytes")
+    table = Table(
+        "partition",
+        "leader",
+        "replicas",
+        "in-sync",
+        "log start",
+        "log end",
+        "high watermark",
+        "bytes",
+    )
     for p in data["partition_details"]:
         table.add_row(
-            *(str(p[k]) for k in ("partition", "leader", "log_start_offset", "log_end_offset")),
-            str(p["high_watermark"]),
+            str(p["partition"]),
+            str(p["leader"]) if p["leader"] >= 0 else "none",
+            _ids(p["replicas"]),
+            _ids(p["isr"]),
+            *(str(p[k]) for k in ("log_start_offset", "log_end_offset", "high_watermark")),
             str(p["size_bytes"]),
         )
     console.print(table)
     for key, value in sorted(data["configs"].items()):
         console.print(f"  {key} = {value}")
+
+
+def _ids(ids: list[int]) -> str:
+    return ",".join(map(str, ids)) or "-"
 
 
 @topics_app.command("delete")
@@ -195,6 +218,87 @@ def topics_delete(name: str) -> None:
     with _errors(), AdminClient(_state["bootstrap"]) as admin:
         admin.delete_topic(name)
     typer.echo(f"deleted topic {name!r}", err=True)
+
+
+# --- cluster --------------------------------------------------------------------------------------
+
+
+@cluster_app.command("status")
+def cluster_status(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Show the brokers (state, epoch, replicas and leaders), the controller leader, and the
+    offline and under-replicated partitions."""
+    with _errors(), AdminClient(_state["bootstrap"]) as admin:
+        status = admin.cluster_status()
+    data = _status_dict(status)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    _print_status(data)
+
+
+def _status_dict(status: Any) -> dict[str, Any]:
+    return {
+        "controller": status.controller_id if status.controller_id >= 0 else None,
+        "metadata_index": status.metadata_index,
+        "topics": status.topic_count,
+        "partitions": status.partition_count,
+        "brokers": [
+            {
+                "node_id": b.node_id,
+                "address": f"{b.host}:{b.port}",
+                "state": b.state,
+                "broker_epoch": b.broker_epoch,
+                "replicas": b.replica_count,
+                "leaders": b.leader_count,
+                "preferred_leaders": b.preferred_leader_count,
+            }
+            for b in sorted(status.brokers, key=lambda b: b.node_id)
+        ],
+        "offline_partitions": [f"{r.topic}-{r.partition}" for r in status.offline_partitions],
+        "under_replicated_partitions": [
+            f"{r.topic}-{r.partition}" for r in status.under_replicated_partitions
+        ],
+        "preferred_leader_imbalance": status.preferred_leader_imbalance_count,
+    }
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    controller = data["controller"] if data["controller"] is not None else "none"
+    console.print(
+        f"[bold]controller[/]={controller}  brokers={len(data['brokers'])}  "
+        f"topics={data['topics']}  partitions={data['partitions']}  "
+        f"metadata index={data['metadata_index']}"
+    )
+    table = Table("node", "address", "state", "epoch", "replicas", "leaders", "preferred")
+    for b in data["brokers"]:
+        node = f"{b['node_id']} *" if b["node_id"] == data["controller"] else str(b["node_id"])
+        table.add_row(
+            node,
+            b["address"],
+            b["state"],
+            str(b["broker_epoch"]),
+            str(b["replicas"]),
+            str(b["leaders"]),
+            str(b["preferred_leaders"]),
+        )
+    console.print(table)
+    console.print("  * controller leader")
+    for key, title in (
+        ("offline_partitions", "offline partitions"),
+        ("under_replicated_partitions", "under-replicated partitions"),
+    ):
+        names = data[key]
+        console.print(f"{title} ({len(names)}): {', '.join(names) if names else 'none'}")
+    if data["preferred_leader_imbalance"]:
+        console.print(
+            f"partitions not led by their preferred leader: {data['preferred_leader_imbalance']}"
+        )
 
 
 # --- groups ---------------------------------------------------------------------------------------

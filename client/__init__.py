@@ -10,10 +10,17 @@ for tests is in `client.embedded`. See docs/client.md.
 
 from client.accumulator import RecordFuture
 from client.blocking import AdminClient, Consumer, Producer
-from client.types import ConsumerRecord, RecordMetadata, TopicDescription, TopicPartition
+from client.types import (
+    ClusterStatus,
+    ConsumerRecord,
+    RecordMetadata,
+    TopicDescription,
+    TopicPartition,
+)
 
 __all__ = [
     "AdminClient",
+    "ClusterStatus",
     "Consumer",
     "ConsumerRecord",
     "Producer",

@@ -21,7 +21,7 @@ from client._loop import LoopThread
 from client.accumulator import RECORD_OVERHEAD_BYTES, DeliveryCallback, RecordFuture
 from client.aio.producer import NeedMetadataError
 from client.errors import BufferFullError
-from client.types import ConsumerRecord, TopicDescription, TopicPartition
+from client.types import ClusterStatus, ConsumerRecord, TopicDescription, TopicPartition
 
 
 class _Blocking:
@@ -198,9 +198,9 @@ class Consumer(_Blocking):
 
 
 class AdminClient(_Blocking):
-    """Topic administration (`create_topic`, `delete_topic`, `describe_topic`, `list_topics`)
-    and consumer groups (`list_groups`, `describe_group`, `delete_group`,
-    `alter_group_offsets`, `list_offsets`)."""
+    """Topic administration (`create_topic`, `delete_topic`, `describe_topic`, `list_topics`),
+    consumer groups (`list_groups`, `describe_group`, `delete_group`, `alter_group_offsets`,
+    `list_offsets`) and `cluster_status`."""
 
     def __init__(self, bootstrap: str | Sequence[str] | None = None, **options: Any) -> None:
         self._aio = aio.AdminClient(bootstrap, **options)
@@ -244,3 +244,7 @@ class AdminClient(_Blocking):
         self, partitions: list[TopicPartition], timestamp: int
     ) -> dict[TopicPartition, int]:
         return self._loop.run(self._aio.list_offsets, partitions, timestamp)
+
+    def cluster_status(self) -> ClusterStatus:
+        """Brokers, controller leader, offline and under-replicated partitions."""
+        return self._loop.run(self._aio.cluster_status)

@@ -63,6 +63,8 @@ READY_TIMEOUT_S_DEFAULT = 30.0
 READY_POLL_S = 0.1
 # One probe's requests; a broker that does not answer within it is simply not ready yet.
 PROBE_TIMEOUT_MS = 2_000
+# `ClusterBroker.state` of a registered, unfenced broker.
+ACTIVE = "active"
 # Whole-cluster start attempts when a pre-allocated port was taken by someone else meanwhile.
 START_ATTEMPTS = 3
 
@@ -72,14 +74,15 @@ class EmbeddedClusterError(EmbeddedBrokerError):
 
 
 async def cluster_members(address: str) -> set[int]:
-    """The node ids the broker at `address` lists as members: the readiness probe.
+    """The node ids the broker at `address` lists as ACTIVE members: the readiness probe.
 
-    The one place that says what "ready" means. Today it reads the brokers of a Metadata response;
-    `AdminClient.cluster_status()` will replace it once `broker serve` runs the cluster.
+    The one place that says what "ready" means: `AdminClient.cluster_status()` of that broker
+    (its own applied metadata) shows the broker registered and unfenced. A single-node broker
+    reports itself.
     """
     async with aio.AdminClient(address, request_timeout_ms=PROBE_TIMEOUT_MS) as admin:
-        response = await admin._cluster.refresh_metadata(None)
-    return {broker.node_id for broker in response.brokers}
+        status = await admin.cluster_status()
+    return {broker.node_id for broker in status.brokers if broker.state == ACTIVE}
 
 
 def free_ports(count: int, host: str = HOST) -> list[int]:
@@ -271,7 +274,7 @@ class EmbeddedCluster:
     # --- readiness --------------------------------------------------------------------------------
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Wait until every running broker, asked directly, lists every running broker.
+        """Wait until every running broker, asked directly, lists every running broker as ACTIVE.
 
         Fails at once, with its log, if a node that was started has exited; after `timeout_s`
         (default `ready_timeout_s`) with every node's log.

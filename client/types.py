@@ -41,3 +41,11 @@ class ConsumerRecord(NamedTuple):
 # high_watermark, size_bytes, segment_count).
 TopicDescription = codec.TopicDescription
 PartitionDescription = codec.PartitionDescription
+
+# `AdminClient.cluster_status()` answers the wire dataclass too: ClusterStatus(controller_id,
+# metadata_index, brokers=(ClusterBroker(node_id, host, port, state, broker_epoch, replica_count,
+# leader_count, preferred_leader_count), ...), topic_count, partition_count, offline_partitions,
+# under_replicated_partitions=(TopicPartitionRef(topic, partition), ...),
+# preferred_leader_imbalance_count). `state` is "active", "fenced" or "shutting_down".
+ClusterStatus = codec.ClusterStatusResponse
+ClusterBroker = codec.ClusterBroker

@@ -7,13 +7,21 @@ the broker wrote it (it names the offending value), so callers and the CLI can s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
+
+import trio
 
 from broker import codec
 from broker.errors import BrokerError, ErrorCode
 from client.aio._base import AsyncClientBase
-from client.types import TopicDescription, TopicPartition
+from client.aio.consumer import list_offsets
+from client.errors import ClientError
+from client.types import ClusterStatus, TopicDescription, TopicPartition
+
+# First backoff of per-leader retries (list_offsets): doubled each round up to 1 s.
+ADMIN_RETRY_BACKOFF_S = 0.05
 
 
 class AdminClient(AsyncClientBase):
@@ -58,10 +66,62 @@ class AdminClient(AsyncClientBase):
         return description
 
     async def describe_topics(self, names: list[str] | None = None) -> list[TopicDescription]:
+        """Leader, replicas and in-sync replicas of every partition come from any broker's
+        metadata; the log figures (log start/end, high watermark, size, segments) from each
+        partition's leader, asked in one DescribeTopics per leader. A leader that cannot be
+        reached leaves the figures the first broker reported (its own replica's, or -1)."""
         request = codec.DescribeTopicsRequest(topics=tuple(names) if names is not None else None)
         response: codec.DescribeTopicsResponse = await self._cluster.call_idempotent(request)
         _raise_topic_errors(response.topics)
-        return list(response.topics)
+        topics = list(response.topics)
+        answered = self._cluster.connection_node()
+        by_leader: dict[int, set[str]] = {}
+        for topic in topics:
+            for partition in topic.partitions:
+                if partition.leader_id >= 0 and partition.leader_id != answered:
+                    by_leader.setdefault(partition.leader_id, set()).add(topic.name)
+        if not by_leader:
+            return topics
+        figures: dict[tuple[str, int], codec.PartitionDescription] = {}
+        async with trio.open_nursery() as nursery:
+            for leader, leader_topics in by_leader.items():
+                nursery.start_soon(self._leader_figures, leader, sorted(leader_topics), figures)
+        return [
+            dataclasses.replace(
+                topic,
+                partitions=tuple(
+                    _with_figures(p, figures.get((topic.name, p.partition)))
+                    for p in topic.partitions
+                ),
+            )
+            for topic in topics
+        ]
+
+    async def _leader_figures(
+        self,
+        leader: int,
+        names: list[str],
+        figures: dict[tuple[str, int], codec.PartitionDescription],
+    ) -> None:
+        try:
+            response: codec.DescribeTopicsResponse = await self._cluster.call(
+                codec.DescribeTopicsRequest(topics=tuple(names)), leader
+            )
+        except (ClientError, BrokerError):
+            return  # a dead leader: keep the figures we have
+        for topic in response.topics:
+            for partition in topic.partitions:
+                if partition.leader_id == leader:  # it still leads: its figures are the truth
+                    figures[topic.name, partition.partition] = partition
+
+    async def cluster_status(self) -> ClusterStatus:
+        """The brokers (state, epoch, replicas and leaders hosted), the controller leader, and
+        the offline and under-replicated partitions, as the answering broker's metadata sees
+        them (any broker answers; a single-node broker is a cluster of one)."""
+        response: codec.ClusterStatusResponse = await self._cluster.call_idempotent(
+            codec.ClusterStatusRequest()
+        )
+        return response
 
     async def list_topics(self) -> list[str]:
         """Every topic's name, sorted."""
@@ -71,12 +131,29 @@ class AdminClient(AsyncClientBase):
     # --- consumer groups --------------------------------------------------------------------------
 
     async def list_groups(self, states: tuple[str, ...] = ()) -> list[codec.ListedGroupInfo]:
-        """Every group (optionally only those in `states`, e.g. ("Stable",)), sorted by id."""
-        response: codec.ListGroupsResponse = await self._cluster.call_idempotent(
-            codec.ListGroupsRequest(states=tuple(states))
-        )
-        _raise_error(response.error, response.error_message)
-        return sorted(response.groups, key=lambda group: group.group_id)
+        """Every group (optionally only those in `states`, e.g. ("Stable",)), sorted by id.
+
+        A broker lists the groups it coordinates, so every broker is asked (as Kafka's admin
+        client does). A broker that cannot be reached is skipped unless none answers: its groups
+        are missing from the list until it is back or its coordinator partitions have moved."""
+        metadata = await self._cluster.refresh_metadata([])
+        request = codec.ListGroupsRequest(states=tuple(states))
+        found: dict[str, codec.ListedGroupInfo] = {}
+        failures: list[ClientError] = []
+        for broker in metadata.brokers or (codec.BrokerInfo(node_id=-1, host="", port=0),):
+            node = broker.node_id if broker.node_id >= 0 else None
+            try:
+                response: codec.ListGroupsResponse = await self._cluster.call_idempotent(
+                    request, node
+                )
+            except ClientError as exc:
+                failures.append(exc)
+                continue
+            _raise_error(response.error, response.error_message)
+            found.update((group.group_id, group) for group in response.groups)
+        if failures and len(failures) == max(len(metadata.brokers), 1):
+            raise failures[0]
+        return sorted(found.values(), key=lambda group: group.group_id)
 
     async def describe_group(self, group_id: str) -> codec.DescribedGroup:
         """State, members and their assignments, and per partition: committed offset, log end
@@ -130,20 +207,8 @@ class AdminClient(AsyncClientBase):
     ) -> dict[TopicPartition, int]:
         """Per partition: the earliest offset (timestamp -2), the high watermark (-1), or the
         first offset at or after `timestamp` ms (-1 when there is none)."""
-        request = codec.ListOffsetsRequest(
-            partitions=tuple(
-                codec.ListOffsetsPartition(
-                    topic=tp.topic, partition=tp.partition, timestamp=timestamp
-                )
-                for tp in partitions
-            )
-        )
-        response: codec.ListOffsetsResponse = await self._cluster.call_idempotent(request)
-        result = {}
-        for item in response.partitions:
-            _raise_error(item.error, f"{item.topic}/{item.partition}: {item.error_message}")
-            result[TopicPartition(item.topic, item.partition)] = item.offset
-        return result
+        timestamps = {TopicPartition(*tp): timestamp for tp in partitions}
+        return await list_offsets(self._cluster, timestamps, retry_backoff_s=ADMIN_RETRY_BACKOFF_S)
 
     async def _coordinator(self, group_id: str) -> int:
         response: codec.FindCoordinatorResponse = await self._cluster.call_idempotent(
@@ -152,6 +217,21 @@ class AdminClient(AsyncClientBase):
         _raise_error(response.error, response.error_message)
         self._cluster.brokers[response.node_id] = (response.host, response.port)
         return response.node_id
+
+
+def _with_figures(
+    partition: codec.PartitionDescription, leader: codec.PartitionDescription | None
+) -> codec.PartitionDescription:
+    if leader is None:
+        return partition
+    return dataclasses.replace(
+        partition,
+        log_start_offset=leader.log_start_offset,
+        log_end_offset=leader.log_end_offset,
+        high_watermark=leader.high_watermark,
+        size_bytes=leader.size_bytes,
+        segment_count=leader.segment_count,
+    )
 
 
 def _raise_error(error: ErrorCode, message: str) -> None:

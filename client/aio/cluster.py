@@ -2,7 +2,13 @@
 
 Rules:
 - Connections are opened lazily and reopened after they die; a connection is known by the node id
-  its handshake reported, so the bootstrap connection doubles as the connection to that node.
+  its handshake reported, so the bootstrap connection doubles as the connection to that node. A
+  request for a node the metadata names goes to that node's address only (never to a stand-in,
+  which would answer NOT_LEADER); requests for no node in particular (metadata) go to the first
+  bootstrap address that accepts a connection, the next one when it dies.
+- Per-partition requests (list offsets, and the callers' own loops for produce and fetch) go to
+  each partition's leader, grouped per leader: `for_leaders` retries a partition after a metadata
+  refresh, with backoff, on a retriable error, a dead connection or an unknown leader.
 - The metadata cache maps each topic to its partitions' leaders. It is refreshed on demand:
   when a topic is first used, and whenever a request fails with NOT_LEADER, UNKNOWN_TOPIC,
   LEADER_NOT_AVAILABLE or a dead connection (`invalidate`). These are the seams for multiple
@@ -15,7 +21,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -28,7 +34,12 @@ from client.aio.connection import (
     BrokerConnection,
     open_broker_connection,
 )
-from client.errors import BrokerUnavailableError, ClientError, ConnectionLostError
+from client.errors import (
+    BrokerUnavailableError,
+    ClientClosedError,
+    ClientError,
+    ConnectionLostError,
+)
 
 CLIENT_ID_DEFAULT = "pybroker-client"
 REQUEST_TIMEOUT_MS_DEFAULT = 30_000
@@ -45,7 +56,12 @@ METADATA_STALE_CODES = frozenset(
     }
 )
 
+# Backoff between rounds of a per-leader request (`for_leaders`): doubled each round, capped.
+RETRY_BACKOFF_S_DEFAULT = 0.05
+RETRY_BACKOFF_MAX_S = 1.0
+
 R = TypeVar("R")
+P = TypeVar("P", bound=Hashable)
 
 
 class Cluster:
@@ -87,18 +103,52 @@ class Cluster:
             if existing is not None and not existing.closed:
                 return existing
             if node_id is not None and node_id in self.brokers:
-                addresses = [self.brokers[node_id], *self.bootstrap]
+                # Only that broker will do: another one would answer NOT_LEADER, and mapping it to
+                # `node_id` would send that node's requests to the wrong broker for good.
+                try:
+                    connection = await self._connect_first([self.brokers[node_id]])
+                except BrokerUnavailableError as exc:
+                    connection = await self._find_node(node_id, exc)
             else:
-                addresses = [*self.bootstrap, *self.brokers.values()]
-            connection = await self._connect_first(addresses)
-            node = connection.handshake.get("body", {}).get("node_id", -1)
+                connection = await self._connect_first([*self.bootstrap, *self.brokers.values()])
+            node = _node_of(connection)
             self._by_node[node] = connection
-            self._any = connection
+            if self._any is None or self._any.closed or node_id is None:
+                self._any = connection
             if node_id is not None and node != node_id:
-                # Single-node clusters answer for every node id the metadata names; with several
-                # brokers this is where a wrong bootstrap mapping would surface.
+                # A node id the metadata has not named yet (a single-node broker before the
+                # first metadata): the bootstrap connection stands in for it.
                 self._by_node[node_id] = connection
             return connection
+
+    async def _find_node(self, node_id: int, failure: BrokerUnavailableError) -> BrokerConnection:
+        """`node_id` through a bootstrap address whose handshake names it (the metadata's
+        address for it may be one clients cannot reach); re-raise `failure` if none does. Other
+        brokers met on the way are kept as their own nodes' connections."""
+        live = {c.address for c in self._by_node.values() if not c.closed}
+        for address in dict.fromkeys(self.bootstrap):
+            if address in live or address == self.brokers.get(node_id):
+                continue
+            try:
+                connection = await self._connect_first([address])
+            except BrokerUnavailableError:
+                continue
+            node = _node_of(connection)
+            if node == node_id:
+                return connection
+            current = self._by_node.get(node)
+            if current is None or current.closed:
+                self._by_node[node] = connection
+            else:
+                await connection.aclose()
+        raise failure
+
+    def connection_node(self) -> int | None:
+        """The node id of the broker that answers requests sent to no node in particular."""
+        if self._any is None or self._any.closed:
+            return None
+        node = _node_of(self._any)
+        return node if node >= 0 else None
 
     async def _connect_first(self, addresses: list[Address]) -> BrokerConnection:
         handshake, _ = codec.encode_request(
@@ -163,6 +213,78 @@ class Cluster:
                     raise
         raise AssertionError("unreachable")
 
+    async def for_leaders(
+        self,
+        partitions: Sequence[P],
+        send: Callable[[int, list[P]], Awaitable[dict[P, Any]]],
+        *,
+        timeout_s: float | None = None,
+        retry_backoff_s: float = RETRY_BACKOFF_S_DEFAULT,
+    ) -> dict[P, Any]:
+        """Run a per-partition request against each partition's leader; return each result.
+
+        `partitions` are `(topic, partition)` tuples (TopicPartition); `send(node_id, group)`
+        sends one request for `group` to `node_id` and returns, per partition, its result or the
+        `BrokerError` the broker stated for it (a partition left out is retried). Partitions are
+        grouped per leader and the groups sent concurrently. A partition whose leader is unknown,
+        whose broker answers a retriable error (NOT_LEADER, LEADER_NOT_AVAILABLE, UNKNOWN_TOPIC,
+        ...) or whose connection fails is retried after a metadata refresh, with backoff, until
+        `timeout_s` (default `request_timeout_ms`); then the last error is raised. A
+        non-retriable error is raised at once. UNKNOWN_TOPIC from the metadata itself is final.
+        """
+        timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
+        deadline = trio.current_time() + timeout_s
+        pending = list(dict.fromkeys(partitions))
+        results: dict[P, Any] = {}
+        backoff = retry_backoff_s
+        while True:
+            by_leader: dict[int, list[P]] = {}
+            errors: dict[P, Exception] = {}
+            try:
+                for topic in dict.fromkeys(tp[0] for tp in pending):  # type: ignore[index]
+                    if topic not in self.leaders:
+                        await self.topic_partitions(topic)
+            except ClientClosedError:
+                raise
+            except ClientError as exc:  # no broker answered the metadata request: go again
+                errors = dict.fromkeys(pending, exc)
+                pending = []
+            for tp in pending:
+                topic, partition = tp  # type: ignore[misc]
+                count = self.partition_counts.get(topic, 0)
+                if not 0 <= partition < count:
+                    raise BrokerError(
+                        ErrorCode.UNKNOWN_PARTITION,
+                        f"topic {topic!r} has partitions 0..{count - 1}, not {partition}",
+                    )
+                leader = self.leader(topic, partition)
+                if leader is None:
+                    errors[tp] = BrokerError(
+                        ErrorCode.LEADER_NOT_AVAILABLE,
+                        f"{topic}-{partition} has no leader now (an election is under way)",
+                    )
+                else:
+                    by_leader.setdefault(leader, []).append(tp)
+
+            async with trio.open_nursery() as nursery:
+                for node, group in by_leader.items():
+                    nursery.start_soon(_send_group, send, node, group, results, errors)
+            if not errors:
+                return results
+            last: Exception | None = None
+            for tp, error in errors.items():
+                if isinstance(error, BrokerError) and not error.retriable:
+                    raise error
+                last = error
+                if not isinstance(error, BrokerError) or error.code in METADATA_STALE_CODES:
+                    self.invalidate_leaders(tp[0])  # type: ignore[index]
+            assert last is not None
+            if trio.current_time() + backoff >= deadline:
+                raise last
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+            pending = list(errors)
+
     # --- metadata ---------------------------------------------------------------------------------
 
     async def refresh_metadata(self, topics: Sequence[str] | None) -> codec.MetadataResponse:
@@ -209,6 +331,10 @@ class Cluster:
         self.leaders.pop(topic, None)
         self.partition_counts.pop(topic, None)
 
+    def invalidate_leaders(self, topic: str) -> None:
+        """Forget `topic`'s leaders but keep its partition count (a leader moved)."""
+        self.leaders.pop(topic, None)
+
     def invalidate_all(self) -> None:
         """Forget every topic's leaders (after a dead connection, the cluster may have moved)."""
         self.leaders.clear()
@@ -218,12 +344,50 @@ class Cluster:
             await connection.aclose()
 
 
+async def _send_group(
+    send: Callable[[int, list[P]], Awaitable[dict[P, Any]]],
+    node: int,
+    group: list[P],
+    results: dict[P, Any],
+    errors: dict[P, Exception],
+) -> None:
+    """One leader's share of `Cluster.for_leaders`: outcomes go into `results` / `errors`."""
+    try:
+        outcome = await send(node, group)
+    except ClientClosedError:
+        raise
+    except (ClientError, BrokerError) as exc:
+        # A dead broker or connection (the leader may move), or a request-level refusal: it
+        # covers the whole group.
+        for tp in group:
+            errors[tp] = exc
+        return
+    for tp in group:
+        result = outcome.get(tp)
+        if result is None:
+            topic, partition = tp  # type: ignore[misc]
+            errors[tp] = BrokerError(
+                ErrorCode.UNKNOWN_SERVER_ERROR,
+                f"broker {node} left {topic}-{partition} out of its answer",
+            )
+        elif isinstance(result, BrokerError):
+            errors[tp] = result
+        else:
+            results[tp] = result
+
+
 def _topic_error_message(topic: str, meta: codec.TopicMetadata | None) -> str:
     detail = f" ({meta.error_message})" if meta is not None and meta.error_message else ""
     return (
         f"topic {topic!r} does not exist{detail}; create it with "
         f"'broker-cli topics create {topic} --partitions N'"
     )
+
+
+def _node_of(connection: BrokerConnection) -> int:
+    """The node id the broker reported in its handshake (-1 if none)."""
+    node = connection.handshake.get("body", {}).get("node_id", -1)
+    return node if isinstance(node, int) else -1
 
 
 def _check_handshake(connection: BrokerConnection) -> None:

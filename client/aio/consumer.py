@@ -38,7 +38,12 @@ from broker.log.batch import decode_records, decode_rows, iter_batches
 from broker.protocol import MAX_FRAME_BYTES_DEFAULT
 from client._gc import gc_paused
 from client.aio._base import AsyncClientBase
-from client.aio.cluster import CLIENT_ID_DEFAULT, METADATA_STALE_CODES, REQUEST_TIMEOUT_MS_DEFAULT
+from client.aio.cluster import (
+    CLIENT_ID_DEFAULT,
+    METADATA_STALE_CODES,
+    REQUEST_TIMEOUT_MS_DEFAULT,
+    Cluster,
+)
 from client.aio.group import (
     AUTO_COMMIT_INTERVAL_MS_DEFAULT,
     HEARTBEAT_INTERVAL_MS_DEFAULT,
@@ -46,7 +51,7 @@ from client.aio.group import (
     SESSION_TIMEOUT_MS_DEFAULT,
     GroupMember,
 )
-from client.errors import ClientError
+from client.errors import ClientClosedError, ClientError
 from client.types import ConsumerRecord, TopicPartition
 
 log = logging.getLogger("client.consumer")
@@ -338,21 +343,18 @@ class Consumer(AsyncClientBase):
 
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The high watermark of each partition (what `seek_to_end` would seek to)."""
-        return await self._list_offsets([TopicPartition(*p) for p in partitions], _LATEST)
+        return await self._list_offsets(dict.fromkeys(map(_tp, partitions), _LATEST))
 
     async def beginning_offsets(
         self, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, int]:
-        return await self._list_offsets([TopicPartition(*p) for p in partitions], _EARLIEST)
+        return await self._list_offsets(dict.fromkeys(map(_tp, partitions), _EARLIEST))
 
     async def offsets_for_times(
         self, timestamps: dict[TopicPartition, int]
     ) -> dict[TopicPartition, int]:
         """For each partition, the first offset with a timestamp >= the one given (-1: none)."""
-        result: dict[TopicPartition, int] = {}
-        for tp, ts in timestamps.items():
-            result.update(await self._list_offsets([TopicPartition(*tp)], ts))
-        return result
+        return await self._list_offsets({_tp(tp): ts for tp, ts in timestamps.items()})
 
     # --- consumer groups (client/aio/group.py) ---------------------------------------------------
 
@@ -526,36 +528,19 @@ class Consumer(AsyncClientBase):
                 + ", ".join(f"{tp.topic}/{tp.partition}" for tp, r in pending.items() if r is None)
                 + " and auto_offset_reset='none': seek() first",
             )
-        for reset in {r for r in pending.values() if r is not None}:
-            tps = [tp for tp, r in pending.items() if r == reset]
-            offsets = await self._list_offsets(tps, reset)
+        if pending:
+            offsets = await self._list_offsets(pending)  # type: ignore[arg-type]
             with self.lock:
                 for tp, offset in offsets.items():
                     state = self._states.get(tp)
-                    if state is not None and state.fetch_offset < 0 and state.reset == reset:
+                    if state is not None and state.fetch_offset < 0 and state.reset == pending[tp]:
                         state.fetch_offset = state.position = offset
 
     async def _list_offsets(
-        self, tps: list[TopicPartition], timestamp: int
+        self, timestamps: Mapping[TopicPartition, int]
     ) -> dict[TopicPartition, int]:
-        request = codec.ListOffsetsRequest(
-            partitions=tuple(
-                codec.ListOffsetsPartition(
-                    topic=tp.topic, partition=tp.partition, timestamp=timestamp
-                )
-                for tp in tps
-            )
-        )
-        leader = self._cluster.leader(tps[0].topic, tps[0].partition) if tps else None
-        response: codec.ListOffsetsResponse = await self._cluster.call_idempotent(request, leader)
-        offsets: dict[TopicPartition, int] = {}
-        for result in response.partitions:
-            if result.error is not ErrorCode.NONE:
-                if result.error in METADATA_STALE_CODES:
-                    self._cluster.invalidate(result.topic)
-                raise BrokerError(result.error, result.error_message)
-            offsets[TopicPartition(result.topic, result.partition)] = result.offset
-        return offsets
+        """ListOffsets for each partition at its timestamp, sent to each partition's leader."""
+        return await list_offsets(self._cluster, timestamps, retry_backoff_s=self.retry_backoff_s)
 
     async def _fetch_round(self) -> bool:
         """Send one fetch per leader for the partitions that have room; False if none had."""
@@ -569,25 +554,39 @@ class Consumer(AsyncClientBase):
             ]
         if not wanted:
             return False
-        by_leader: dict[int | None, list[tuple[TopicPartition, int, int]]] = {}
+        by_leader: dict[int, list[tuple[TopicPartition, int, int]]] = {}
+        errors: list[Exception] = []
         for item in wanted:
-            by_leader.setdefault(self._cluster.leader(*item[0]), []).append(item)
+            leader = self._cluster.leader(*item[0])
+            if leader is None:
+                # Leaderless (an election) or forgotten after an error: reload the leaders and
+                # come back after the backoff; the other partitions are fetched meanwhile.
+                self._cluster.invalidate_leaders(item[0].topic)
+                errors.append(
+                    BrokerError(
+                        ErrorCode.LEADER_NOT_AVAILABLE,
+                        f"{item[0].topic}/{item[0].partition}: no leader known; retrying",
+                    )
+                )
+                continue
+            by_leader.setdefault(leader, []).append(item)
         with trio.CancelScope() as scope:
             self._fetch_scope = scope
             try:
-                if len(by_leader) == 1:
-                    ((leader, items),) = by_leader.items()
-                    await self._fetch_from(leader, items)
-                else:
-                    async with trio.open_nursery() as nursery:
-                        for leader, items in by_leader.items():
-                            nursery.start_soon(self._fetch_from, leader, items)
+                # One fetch per leader; a failing leader (a dead broker) does not cancel the
+                # others' fetches: its error is raised once they are answered.
+                async with trio.open_nursery() as nursery:
+                    for leader, items in by_leader.items():
+                        nursery.start_soon(self._fetch_from, leader, items, errors)
             finally:
                 self._fetch_scope = None
+        if errors:
+            transport = [e for e in errors if isinstance(e, ClientError)]
+            raise (transport or errors)[0]
         return True
 
     async def _fetch_from(
-        self, leader: int | None, items: list[tuple[TopicPartition, int, int]]
+        self, leader: int, items: list[tuple[TopicPartition, int, int]], errors: list[Exception]
     ) -> None:
         request = codec.FetchRequest(
             partitions=tuple(
@@ -603,9 +602,17 @@ class Consumer(AsyncClientBase):
             min_bytes=self.fetch_min_bytes,
             max_bytes=self.fetch_max_bytes,
         )
-        response: codec.FetchResponse = await self._cluster.call_idempotent(
-            request, leader, extra_timeout_s=self.fetch_max_wait_ms / 1000.0
-        )
+        try:
+            response: codec.FetchResponse = await self._cluster.call(
+                request, leader, extra_timeout_s=self.fetch_max_wait_ms / 1000.0
+            )
+        except ClientClosedError:
+            raise
+        except (ClientError, BrokerError) as exc:
+            for topic in {tp.topic for tp, _, _ in items}:
+                self._cluster.invalidate_leaders(topic)  # the leader may have moved
+            errors.append(exc)
+            return
         asked = {tp: (offset, epoch) for tp, offset, epoch in items}
         got_data = False
         for result in response.partitions:
@@ -614,7 +621,9 @@ class Consumer(AsyncClientBase):
                 continue
             offset, epoch = asked[tp]
             if result.error is not ErrorCode.NONE:
-                self._partition_error(tp, epoch, result)
+                error = self._partition_error(tp, epoch, result)
+                if error is not None:
+                    errors.append(error)
                 continue
             if result.records:
                 next_offset, count = scan_fetched(result.records, offset)
@@ -635,6 +644,15 @@ class Consumer(AsyncClientBase):
                 return False  # seeked or unassigned while the fetch was in flight
             state.fetch_offset = chunk.next_offset
             if not chunk.count:
+                # Only control batches (a Raft term's leader no-op) or nothing new: no record to
+                # hand out, but the position moves past them once everything before them has
+                # been polled (Kafka does the same), so position() and commits advance.
+                if state.position == chunk.fetch_offset and not any(
+                    queued.tp == chunk.tp for queued in self._buffer
+                ):
+                    state.position = chunk.next_offset
+                else:
+                    self._buffer.append(chunk)  # _take moves the position when it gets there
                 return False
             self._buffer.append(chunk)
             self._buffered += chunk.count
@@ -642,7 +660,8 @@ class Consumer(AsyncClientBase):
 
     def _partition_error(
         self, tp: TopicPartition, epoch: int, result: codec.FetchPartitionResult
-    ) -> None:
+    ) -> BrokerError | None:
+        """Handle a partition's fetch error; return it if the fetcher must back off or raise."""
         if result.error is ErrorCode.OFFSET_OUT_OF_RANGE and self._default_reset is not None:
             log.info(
                 "%s/%s: %s; resetting to %s",
@@ -656,10 +675,45 @@ class Consumer(AsyncClientBase):
                 if state is not None and state.epoch == epoch:
                     state.fetch_offset = -1
                     state.reset = self._default_reset
-            return
+            return None
         if result.error in METADATA_STALE_CODES:
-            self._cluster.invalidate(tp.topic)
-        raise BrokerError(result.error, f"{tp.topic}/{tp.partition}: {result.error_message}")
+            self._cluster.invalidate_leaders(tp.topic)
+        return BrokerError(result.error, f"{tp.topic}/{tp.partition}: {result.error_message}")
+
+
+def _tp(partition: TopicPartition | tuple[str, int]) -> TopicPartition:
+    return TopicPartition(*partition)
+
+
+async def list_offsets(
+    cluster: Cluster, timestamps: Mapping[TopicPartition, int], *, retry_backoff_s: float
+) -> dict[TopicPartition, int]:
+    """ListOffsets for each partition at its timestamp (EARLIEST/LATEST or ms), each partition
+    asked of its leader (grouped per leader, retried on leader moves: `Cluster.for_leaders`)."""
+
+    async def send(node: int, group: list[TopicPartition]) -> dict[TopicPartition, Any]:
+        request = codec.ListOffsetsRequest(
+            partitions=tuple(
+                codec.ListOffsetsPartition(
+                    topic=tp.topic, partition=tp.partition, timestamp=timestamps[tp]
+                )
+                for tp in group
+            )
+        )
+        response: codec.ListOffsetsResponse = await cluster.call(request, node)
+        outcome: dict[TopicPartition, Any] = {}
+        for result in response.partitions:
+            tp = TopicPartition(result.topic, result.partition)
+            outcome[tp] = (
+                result.offset
+                if result.error is ErrorCode.NONE
+                else BrokerError(result.error, f"{tp.topic}/{tp.partition}: {result.error_message}")
+            )
+        return outcome
+
+    if not timestamps:
+        return {}
+    return await cluster.for_leaders(list(timestamps), send, retry_backoff_s=retry_backoff_s)
 
 
 class _Chunk:
@@ -694,8 +748,11 @@ def scan_fetched(data: bytes, fetch_offset: int) -> tuple[int, int]:
     next_offset = fetch_offset
     count = 0
     for _, header in iter_batches(data, max_batch_bytes=MAX_FETCHED_BATCH_BYTES):
-        next_offset = header.next_offset
-        if not header.is_control and next_offset > fetch_offset:
+        # A batch wholly below the fetch offset (the broker returns whole batches) neither moves
+        # the offset back nor counts; a control batch moves it forward and does not count.
+        if header.next_offset > next_offset:
+            next_offset = header.next_offset
+        if not header.is_control and header.next_offset > fetch_offset:
             count += header.record_count
     return next_offset, count
 

@@ -9,6 +9,11 @@ Rules:
   partition's queue after `retry_backoff_ms * 2**attempt` (capped), until `retries` or
   `delivery_timeout_ms` runs out; then the batch fails with the last error.
 - acks=0 gets no response: batches complete at once with offset -1 after the write.
+- Leader changes: NOT_LEADER, LEADER_NOT_AVAILABLE, UNKNOWN_TOPIC, a dead connection or an
+  unreachable leader forget the topic's leaders and start one metadata refresh per topic; a batch
+  whose partition has no leader known is not sent, just retried. With one batch per partition in
+  flight (the default) the failed batch goes back first, so order survives a failover. Not
+  idempotent: a batch whose acknowledgement was lost is stored again when retried.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ LINGER_MS_DEFAULT = 5
 BATCH_BYTES_DEFAULT = 512 * 1024
 BUFFER_MEMORY_BYTES_DEFAULT = 32 * 1024 * 1024
 MAX_BLOCK_MS_DEFAULT = 60_000
-RETRIES_DEFAULT = 10
+# Like Kafka's producer: retry retriable errors until delivery_timeout_ms, however many times
+# (a leader failover takes an election plus a metadata update).
+RETRIES_DEFAULT = 2**31 - 1
 RETRY_BACKOFF_MS_DEFAULT = 100
 RETRY_BACKOFF_MAX_MS = 1_000
 DELIVERY_TIMEOUT_MS_DEFAULT = 120_000
@@ -137,6 +144,7 @@ class Producer(AsyncClientBase):
         # (while there are any, the partition has one batch in flight at most).
         self._in_flight: dict[tuple[str, int], int] = {}
         self._retrying: dict[tuple[str, int], int] = {}
+        self._refreshing: set[str] = set()  # topics whose metadata refresh is under way
         self._wake = trio.Event()
         self._memory_freed = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -335,13 +343,32 @@ class Producer(AsyncClientBase):
                     leader = self._cluster.leader(batch.topic, batch.partition)
                     by_leader.setdefault(leader, []).append(batch)
                 for leader, group in by_leader.items():
-                    self._nursery.start_soon(self._produce, leader, group)
+                    if leader is None:
+                        self._nursery.start_soon(self._leaderless, group)
+                    else:
+                        self._nursery.start_soon(self._produce, leader, group)
                 continue
             timeout = (next_at - time.monotonic()) if next_at is not None else float("inf")
             with trio.move_on_after(max(timeout, 0.0)):
                 await self._wake.wait()
 
-    async def _produce(self, leader: int | None, batches: list[ProducerBatch]) -> None:
+    async def _leaderless(self, batches: list[ProducerBatch]) -> None:
+        """Batches whose partition has no known leader (an election, or leaders forgotten after
+        an error): not sent anywhere, retried after a metadata refresh and the backoff."""
+        try:
+            for batch in batches:
+                error = BrokerError(
+                    ErrorCode.LEADER_NOT_AVAILABLE,
+                    f"{batch.topic}/{batch.partition} has no leader known; retrying",
+                )
+                self._retry_or_fail(batch, error)
+        finally:
+            for batch in batches:
+                _count_down(self._in_flight, (batch.topic, batch.partition))
+            self._wake_up()
+        await trio.lowlevel.checkpoint()
+
+    async def _produce(self, leader: int, batches: list[ProducerBatch]) -> None:
         try:
             parts = []
             with gc_paused():
@@ -395,10 +422,14 @@ class Producer(AsyncClientBase):
 
     def _retry_or_fail(self, batch: ProducerBatch, error: Exception) -> None:
         stale = isinstance(error, BrokerError) and error.code in METADATA_STALE_CODES
-        if stale or isinstance(error, ClientError):  # a dead connection: the leader may move
-            self._cluster.invalidate(batch.topic)
-            self._nursery_start(self._refresh_topic, batch.topic)
-        retriable = getattr(error, "retriable", False)
+        transport = isinstance(error, ClientError) and not isinstance(error, ClientClosedError)
+        if stale or transport:  # a dead broker or connection: the leader may have moved
+            self._cluster.invalidate_leaders(batch.topic)
+            if batch.topic not in self._refreshing:
+                self._refreshing.add(batch.topic)
+                self._nursery_start(self._refresh_topic, batch.topic)
+        # A dead or unreachable leader is retriable: its partitions get a new leader.
+        retriable = transport or getattr(error, "retriable", False)
         now = time.monotonic()
         expired = now - batch.created_at > self.delivery_timeout_s
         if retriable and batch.attempts < self.retries and not expired:
@@ -416,6 +447,9 @@ class Producer(AsyncClientBase):
             self._counts[topic] = await self._cluster.topic_partitions(topic)
         except (ClientError, BrokerError) as exc:
             log.warning("metadata refresh for %r failed: %r", topic, exc)
+        finally:
+            self._refreshing.discard(topic)
+        self._wake_up()  # batches waiting for a leader may go now
 
     def _nursery_start(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._nursery is not None:

@@ -14,12 +14,30 @@ import trio
 
 from broker import codec
 from broker.errors import ErrorCode
-from broker.log.batch import iter_batches, set_base_offset
+from broker.log.batch import ControlType, build_control_batch, iter_batches, set_base_offset
 from broker.protocol import NEED_DATA, Frame, FrameConnection, Role
 
 
 class FakeBroker:
-    def __init__(self) -> None:
+    """One fake broker. Several make a fake cluster: give them the same `leaders` dict
+    ({(topic, partition): node id}, -1 for none; missing means this broker) and `peers` (every
+    broker, listed in metadata). A broker that does not lead a partition answers NOT_LEADER for
+    produce, fetch and list offsets, as the real one does. `kill()` stops serving and cuts every
+    connection (a SIGKILL as the client sees it)."""
+
+    def __init__(
+        self,
+        node_id: int = 1,
+        *,
+        leaders: dict[tuple[str, int], int] | None = None,
+        peers: list[FakeBroker] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.leaders = leaders if leaders is not None else {}
+        self.peers = peers
+        self.metadata_requests = 0
+        self.list_offsets_requests = 0
+        self._scope: trio.CancelScope | None = None
         self.port = 0
         self.logs: dict[tuple[str, int], list[bytes]] = {}
         self.ends: dict[tuple[str, int], int] = {}
@@ -42,11 +60,27 @@ class FakeBroker:
             self.logs[(topic, p)] = []
             self.ends[(topic, p)] = 0
 
+    def append_control(self, topic: str, partition: int) -> None:
+        """A control batch (a Raft term's leader no-op in the real broker) at the log end."""
+        key = (topic, partition)
+        data = bytearray(build_control_batch(ControlType.LEADER_NOOP, b"", timestamp_ms=0))
+        set_base_offset(data, 0, self.ends[key])
+        self.logs[key].append(bytes(data))
+        self.ends[key] += 1
+
+    def leads(self, topic: str, partition: int) -> bool:
+        return self.leaders.get((topic, partition), self.node_id) == self.node_id
+
+    def kill(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
     async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
+        with trio.CancelScope() as self._scope:
+            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
@@ -73,7 +107,10 @@ class FakeBroker:
         cid = frame.correlation_id
         if frame.api == "handshake":
             response: Any = codec.HandshakeResponse(
-                node_id=1, protocol_version=1, apis=codec.supported_apis(), max_frame_bytes=1 << 26
+                node_id=self.node_id,
+                protocol_version=1,
+                apis=codec.supported_apis(),
+                max_frame_bytes=1 << 26,
             )
             return codec.encode_response(response, correlation_id=cid)
         request = codec.decode_request(frame.header, frame.payload)
@@ -84,18 +121,34 @@ class FakeBroker:
         return codec.encode_response(response, correlation_id=cid)
 
     def _on_metadata(self, request: codec.MetadataRequest) -> codec.MetadataResponse:
+        self.metadata_requests += 1
         names = request.topics if request.topics is not None else tuple(self.topics)
         topics = []
         for name in names:
             if name not in self.topics:
                 topics.append(codec.TopicMetadata(name=name, error=ErrorCode.UNKNOWN_TOPIC))
                 continue
-            parts = tuple(
-                codec.PartitionMetadata(partition=p, leader_id=1) for p in range(self.topics[name])
-            )
-            topics.append(codec.TopicMetadata(name=name, partitions=parts))
-        brokers = (codec.BrokerInfo(node_id=1, host="127.0.0.1", port=self.port),)
-        return codec.MetadataResponse(brokers=brokers, controller_id=1, topics=tuple(topics))
+            parts = []
+            for p in range(self.topics[name]):
+                leader = self.leaders.get((name, p), self.node_id)
+                error = ErrorCode.LEADER_NOT_AVAILABLE if leader < 0 else ErrorCode.NONE
+                parts.append(codec.PartitionMetadata(partition=p, leader_id=leader, error=error))
+            topics.append(codec.TopicMetadata(name=name, partitions=tuple(parts)))
+        brokers = tuple(
+            codec.BrokerInfo(node_id=b.node_id, host="127.0.0.1", port=b.port)
+            for b in (self.peers or [self])
+        )
+        return codec.MetadataResponse(
+            brokers=brokers, controller_id=self.node_id, topics=tuple(topics)
+        )
+
+    def _not_leader(self, topic: str, partition: int) -> dict[str, Any]:
+        return {
+            "topic": topic,
+            "partition": partition,
+            "error": ErrorCode.NOT_LEADER,
+            "error_message": f"broker {self.node_id} is not the leader of {topic}-{partition}",
+        }
 
     def _on_produce(self, request: codec.ProduceRequest) -> Any:
         self.produce_requests += 1
@@ -107,6 +160,9 @@ class FakeBroker:
         results = []
         for part in request.partitions:
             key = (part.topic, part.partition)
+            if not self.leads(*key):
+                results.append(codec.ProducePartitionResult(**self._not_leader(*key)))
+                continue
             if self.fail_produce:
                 code = self.fail_produce.popleft()
                 results.append(
@@ -134,6 +190,9 @@ class FakeBroker:
         results = []
         for part in request.partitions:
             key = (part.topic, part.partition)
+            if not self.leads(*key):
+                results.append(codec.FetchPartitionResult(**self._not_leader(*key)))
+                continue
             data = b""
             offset = 0
             for batch in self.logs[key]:
@@ -152,8 +211,14 @@ class FakeBroker:
         return codec.FetchResponse(partitions=tuple(results))
 
     def _on_list_offsets(self, request: codec.ListOffsetsRequest) -> codec.ListOffsetsResponse:
+        self.list_offsets_requests += 1
         results = []
         for part in request.partitions:
+            if not self.leads(part.topic, part.partition):
+                results.append(
+                    codec.ListOffsetsPartitionResult(**self._not_leader(part.topic, part.partition))
+                )
+                continue
             end = self.ends[(part.topic, part.partition)]
             offset = 0 if part.timestamp == codec.EARLIEST_TIMESTAMP else end
             results.append(

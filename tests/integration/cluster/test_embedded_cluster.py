@@ -1,5 +1,6 @@
-"""`EmbeddedCluster`: process management on single-node brokers now, cluster formation once
-`broker serve` runs in cluster mode (the skipped tests: un-skip them then)."""
+"""`EmbeddedCluster`: process management (on single-node brokers) and cluster formation (three
+`broker serve --node-id --peers` brokers: formation, a killed node rejoining, an isolated node
+catching up)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from client import AdminClient
 from client import embedded_cluster as module
 from client.embedded_cluster import EmbeddedCluster, EmbeddedClusterError, open_embedded_cluster
 
-NEEDS_CLUSTER_MODE = pytest.mark.skip(reason="needs cluster mode in broker serve")
 WAIT_S = 30.0
 
 ClusterFactory = Callable[..., EmbeddedCluster]
@@ -162,10 +162,9 @@ async def test_trio_code_opens_a_cluster_in_a_worker_thread() -> None:
         cluster.node(1)
 
 
-# --- cluster mode (un-skip once `broker serve --node-id --peers` runs the cluster) -------------
+# --- cluster mode ---------------------------------------------------------------------------------
 
 
-@NEEDS_CLUSTER_MODE
 def test_three_nodes_form_a_cluster(make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(3)  # start() returns once every broker lists all three
     for node_id in cluster.node_ids:
@@ -179,7 +178,6 @@ def test_three_nodes_form_a_cluster(make_cluster: ClusterFactory) -> None:
         assert "replicated" in topics_of(cluster.node(node_id).bootstrap)
 
 
-@NEEDS_CLUSTER_MODE
 def test_a_killed_node_rejoins_on_restart(make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(3)
     cluster.kill(2)
@@ -190,7 +188,6 @@ def test_a_killed_node_rejoins_on_restart(make_cluster: ClusterFactory) -> None:
     wait_for_topic(cluster.node(2).bootstrap, "while-2-was-down")
 
 
-@NEEDS_CLUSTER_MODE
 def test_an_isolated_node_catches_up_after_heal(make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(3, proxies=True)
     cluster.isolate(1)

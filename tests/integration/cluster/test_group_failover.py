@@ -119,6 +119,10 @@ def test_the_group_survives_its_coordinators_broker_being_killed(cluster: Embedd
                 "the first half to be committed",
             )
             coordinator = wait_for(lambda: max(_coordinator(cluster, 1), 0), "a coordinator")
+            # Every broker lists only the groups it coordinates: the SDK asks them all.
+            other = next(n for n in cluster.node_ids if n != coordinator)
+            with AdminClient(f"{cluster.node(other).host}:{cluster.node(other).port}") as one:
+                assert GROUP in [group.group_id for group in one.list_groups()]
             cluster.kill(coordinator)
             survivors = ",".join(
                 f"{cluster.node(n).host}:{cluster.node(n).port}"
