@@ -191,7 +191,7 @@ class Broker:
             await services.start(groups.run)
             context.groups = groups
             self.metrics.watch_groups(lambda: groups.metrics_snapshot)
-            services.start_soon(self._retention_loop, logs)
+            services.start_soon(self._retention_loop, logs.apply_retention)
             metrics_address = self._start_metrics(context)
             try:
                 await self._listen(context, metrics_address, task_status)
@@ -226,6 +226,7 @@ class Broker:
             self._services = services
             await services.start(node.run)
             track_replicas(node, context, services)
+            services.start_soon(self._retention_loop, node.replicas.apply_retention)
 
             def groups_started(groups: GroupService) -> None:
                 context.groups = groups
@@ -379,12 +380,12 @@ class Broker:
                 return
             state.notify()
 
-    async def _retention_loop(self, logs: LogManager) -> None:
+    async def _retention_loop(self, apply_retention: Callable[[], int]) -> None:
         interval_s = self.config.retention_check_interval_ms / 1000
         while True:
             await trio.sleep(interval_s)
             try:
-                deleted = logs.apply_retention()
+                deleted = apply_retention()
             except OSError as exc:
                 logger.error("retention sweep failed: %s", exc)
                 continue

@@ -21,6 +21,10 @@ shared `RaftTransport`. Rules:
 5. A broker that stops on purpose first hands its leaderships to caught-up followers (Kafka's
    controlled shutdown), so its partitions change leader in a round trip, not after an election
    timeout.
+6. Retention deletes only segments wholly below what this replica has applied (committed), and
+   first records a Raft snapshot point at the new log start (`LogRaftStorage.compact_to`), so
+   the group can still answer for the term there. A follower that falls behind the leader's log
+   start is caught up by a snapshot: its log is reset to the leader's start, then replicated.
 """
 
 from __future__ import annotations
@@ -408,6 +412,29 @@ class ReplicaManager:
             and progress.state is ProgressState.REPLICATE
             and progress.match_index >= replica.driver.core.log.last_index()
         )
+
+    def apply_retention(self, now_ms: int | None = None) -> int:
+        """Retention on every hosted replica (rule 6); returns the segments deleted."""
+        deleted = 0
+        for replica in self.replicas():
+            if replica.deleting:
+                continue
+            driver = replica.driver
+            storage = driver.storage
+
+            def snapshot_to(last: int, driver: RaftDriver = driver) -> None:
+                if last > driver.storage.first_index() - 1:
+                    driver.storage.compact_to(last, driver.core.log.term(last))
+
+            try:
+                deleted += replica.log.apply_retention(
+                    now_ms,
+                    max_offset=min(driver.core.applied_index, storage.last_index()) + 1,
+                    before_delete=snapshot_to,
+                )
+            except OSError as exc:
+                logger.error("node %d: retention of %s: %s", self.node_id, replica.group, exc)
+        return deleted
 
     async def resign_leaderships(self, timeout_s: float) -> int:
         """Controlled shutdown (rule 5): hand every partition this broker leads to a caught-up

@@ -496,8 +496,11 @@ class PartitionLog:
     def _trim_epochs(self) -> bool:
         before = list(self._epochs)
         end = self.log_end_offset
-        self._epochs = [entry for entry in self._epochs if entry[1] < end]
         start = self.log_start_offset
+        # An empty log (retention or truncation took every batch) has no epoch, as `last_term`
+        # says: the next batch starts the history afresh (a Raft log keeps its term in the
+        # snapshot record, LogRaftStorage).
+        self._epochs = [entry for entry in self._epochs if entry[1] < end] if start < end else []
         # Keep the entry that covers log_start_offset, drop the ones wholly before it.
         while len(self._epochs) > 1 and self._epochs[1][1] <= start:
             self._epochs.pop(0)
@@ -644,20 +647,37 @@ class PartitionLog:
             # an outstanding ticket must not move the checkpoint past it.
             self._recovery.reopened(segment_reopened)
 
-    def apply_retention(self, now_ms: int | None = None) -> int:
-        """Delete whole, non-active segments by age, then by total size. Returns how many."""
+    def apply_retention(
+        self,
+        now_ms: int | None = None,
+        *,
+        max_offset: int | None = None,
+        before_delete: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete whole, non-active segments by age, then by total size. Returns how many.
+
+        `max_offset` (exclusive): only segments wholly below it may go (a replicated log keeps
+        what is not committed yet). `before_delete(last_offset)` runs once before anything is
+        deleted, with the last offset that will be gone (Raft records its snapshot there)."""
         now_ms = self.clock_ms() if now_ms is None else now_ms
-        deleted = 0
         retention_ms = self.config.retention_ms
         retention_bytes = self.config.retention_bytes
         excess = self.size_bytes - retention_bytes
-        while len(self.segments) > 1:
-            oldest = self.segments[0]
+        count = 0
+        while count + 1 < len(self.segments):
+            oldest = self.segments[count]
             expired = retention_ms >= 0 and oldest.max_timestamp < now_ms - retention_ms
             oversized = retention_bytes >= 0 and excess - oldest.size_bytes >= 0
-            if not (expired or oversized):
+            below = max_offset is None or self._base_offsets[count + 1] <= max_offset
+            if not ((expired or oversized) and below):
                 break
             excess -= oldest.size_bytes
+            count += 1
+        if count and before_delete is not None:
+            before_delete(self._base_offsets[count] - 1)
+        deleted = 0
+        while deleted < count:
+            oldest = self.segments[0]
             oldest.delete()
             if oldest in self._unsynced_sealed:
                 self._unsynced_sealed.remove(oldest)

@@ -278,3 +278,51 @@ async def test_single_node_cluster_registers_itself_and_serves_acks_all(tmp_path
         stored = payloads_by_offset(bytes(replica.read(0, 1 << 20).data))
         assert [stored[r.base_offset] for r in results] == [b"v%d" % n for n in range(10)]
         nursery.cancel_scope.cancel()
+
+
+async def test_retention_on_replicas_and_a_follower_behind_the_log_start_catches_up(
+    tmp_path: Path,
+) -> None:
+    # Goal: retention deletes only committed segments, after recording the Raft snapshot point at
+    # the new log start; a follower that was down while the leader's log start passed its log end
+    # is caught up by a snapshot (its log reset to the leader's start), then replicated.
+    async with trio.open_nursery() as nursery:
+        cluster = await Cluster.start(nursery, tmp_path)
+        await cluster.wait_all_active()
+        controller = cluster.controller_leader()
+        assert controller is not None
+        await controller.controller.create_topic(
+            "short", 1, 3, {"segment.bytes": 2048, "max.message.bytes": 1024, "retention.ms": 60_000}
+        )
+        await cluster.wait_partition_leader("short", 0)
+        await cluster.produce_all("short", 0, [b"a-%03d" % n for n in range(40)])
+        leader = cluster.partition_leader("short", 0)
+        assert leader is not None
+        victim = next(n for n in NODE_IDS if n != leader.driver.node_id)
+        await cluster.nodes[victim].crash()
+        behind = await cluster.produce_all("short", 0, [b"b-%03d" % n for n in range(60)])
+        await cluster.wait_converged("short", 0, count=2)
+        far_future_ms = 2**62
+        for node in cluster.running():
+            assert node.replicas.apply_retention(far_future_ms) > 0
+        leader = cluster.partition_leader("short", 0)
+        assert leader is not None
+        start = leader.log.log_start_offset
+        assert start > 0
+        # Nothing uncommitted was deleted: the active segment and everything above stay.
+        assert leader.driver.storage.first_index() == start
+        assert leader.log.segment_count >= 1
+        await cluster.restart(victim)
+        await cluster.wait_all_active()
+        await cluster.wait_converged("short", 0)
+        restarted = next(r for r in cluster.replicas_of("short", 0) if r.driver.node_id == victim)
+        assert restarted.log.log_start_offset >= start
+        data = log_bytes(restarted.log)
+        stored = payloads_by_offset(data)
+        for payload, offset in behind.items():
+            if offset >= restarted.log.log_start_offset:
+                assert stored.get(offset) == payload
+        more = await cluster.produce_all("short", 0, [b"c-%03d" % n for n in range(10)])
+        await cluster.wait_converged("short", 0)
+        assert all(offset > start for offset in more.values())
+        nursery.cancel_scope.cancel()
