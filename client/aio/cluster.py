@@ -20,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, TypeVar
@@ -98,6 +99,10 @@ class Cluster:
         existing = self._by_node.get(node_id) if node_id is not None else self._any
         if existing is not None and not existing.closed:
             return existing
+        if node_id is not None and node_id not in self.brokers:
+            # Learn where the node is first (outside the lock: the refresh needs a connection).
+            with contextlib.suppress(ClientError, BrokerError):
+                await self.refresh_metadata([])
         async with self._connect_lock:
             existing = self._by_node.get(node_id) if node_id is not None else self._any
             if existing is not None and not existing.closed:
@@ -115,10 +120,9 @@ class Cluster:
             self._by_node[node] = connection
             if self._any is None or self._any.closed or node_id is None:
                 self._any = connection
-            if node_id is not None and node != node_id:
-                # A node id the metadata has not named yet (a single-node broker before the
-                # first metadata): the bootstrap connection stands in for it.
-                self._by_node[node_id] = connection
+            # A node the metadata does not name gets whichever broker answered, for this request
+            # only: recording it under `node_id` would send that node's requests to the wrong
+            # broker for good (it answers NOT_LEADER; the caller refreshes and retries).
             return connection
 
     async def _find_node(self, node_id: int, failure: BrokerUnavailableError) -> BrokerConnection:

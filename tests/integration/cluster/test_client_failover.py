@@ -146,6 +146,45 @@ def test_topics_describe_and_cluster_status_from_the_cli(
     assert summary["offline_partitions"] == []
 
 
+def test_group_offsets_reset_from_the_cli_in_a_cluster(
+    cluster: EmbeddedCluster, topic: str
+) -> None:
+    # Goal: `groups reset-offsets` on three brokers. Its describe-then-list-offsets sequence once
+    # sent every partition's ListOffsets to the bootstrap broker (a describe of a leader the
+    # client had no address for recorded the bootstrap connection under that leader's id).
+    create_replicated(cluster, topic, 3)
+    group = f"{topic}-group"
+    with Producer(cluster.bootstrap) as producer:
+        for n in range(30):
+            producer.send(topic, b"%d" % n, partition=n % 3)
+        producer.flush()
+    tps = [TopicPartition(topic, p) for p in range(3)]
+    with Consumer(
+        cluster.bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False
+    ) as consumer:
+        consumer.subscribe([topic])
+        seen = 0
+        end = time.monotonic() + WAIT_S
+        while seen < 30:
+            assert time.monotonic() < end, f"consumed {seen} of 30"
+            seen += len(consumer.poll(timeout_ms=200))
+        consumer.commit()
+    first = cluster.node(1)
+    result = CliRunner().invoke(
+        app,
+        ["-b", f"{first.host}:{first.port}", "groups", "reset-offsets", group, "--topic", topic,
+         "--to-earliest"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with AdminClient(cluster.bootstrap) as admin:
+        starts = admin.list_offsets(tps, -2)
+        committed = {
+            TopicPartition(o.topic, o.partition): o.committed_offset
+            for o in admin.describe_group(group).offsets
+        }
+    assert committed == starts
+
+
 def test_cluster_status_through_the_sdk(cluster: EmbeddedCluster) -> None:
     with AdminClient(cluster.bootstrap) as admin:
         status = admin.cluster_status()
