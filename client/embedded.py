@@ -33,8 +33,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
+
+from client._started import StartedByWith
 
 STARTUP_TIMEOUT_S_DEFAULT = 30.0
 STOP_TIMEOUT_S_DEFAULT = 15.0
@@ -49,7 +50,7 @@ class EmbeddedBrokerError(RuntimeError):
     """The broker process did not start (its log tail is in the message)."""
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(StartedByWith):
     """A `broker serve` child process with a temporary data directory. See the module rules.
 
     Args:
@@ -221,17 +222,6 @@ class EmbeddedBroker:
             # The temporary directory holds the log and, unless the caller chose `data_dir`
             # (which lives elsewhere and is kept), the data.
             shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class Startable(Protocol):

@@ -39,13 +39,13 @@ import errno
 import os
 import socket
 from collections.abc import AsyncIterator, Collection, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 import trio
 
 from broker.errors import BrokerError
 from client import aio
+from client._started import StartedByWith
 from client.embedded import (
     LOG_TAIL_LINES,
     STARTUP_TIMEOUT_S_DEFAULT,
@@ -94,7 +94,7 @@ def free_ports(count: int, host: str = HOST) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
-class EmbeddedCluster:
+class EmbeddedCluster(StartedByWith):
     """`n` brokers on loopback, node ids 1..n. See the module rules.
 
     Args:
@@ -259,17 +259,6 @@ class EmbeddedCluster:
                 stack.callback(proxy.close)
             for node in nodes.values():  # last in, first out: brokers stop before the proxies
                 stack.callback(node.close)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- readiness --------------------------------------------------------------------------------
 

@@ -33,18 +33,18 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-from types import TracebackType
 from typing import Self
 
 import trio
 
 from client._loop import LoopThread
+from client._started import StartedByWith
 
 CHUNK_BYTES_DEFAULT = 64 * 1024
 MAX_CONNECTIONS_DEFAULT = 64
 
 
-class FaultProxy:
+class FaultProxy(StartedByWith):
     """Forward `host:port` (default: a free loopback port) to `target`. See the module rules."""
 
     def __init__(
@@ -99,17 +99,6 @@ class FaultProxy:
     def close(self) -> None:
         """Cut every connection, release the port and end the thread."""
         self._loop.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _Forwarder:

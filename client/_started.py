@@ -1,0 +1,31 @@
+"""`StartedByWith`: `with resource:` starts it and closes it, whatever happens inside.
+
+The embedded broker, the embedded cluster and the fault proxy are all started by `start()` and
+released by `close()`; this is their one `with` protocol.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+
+class StartedByWith:
+    """Mixin: `__enter__` returns `self.start()`, `__exit__` calls `self.close()`."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
