@@ -49,7 +49,7 @@ from broker.kvstore import KeySpace, KvStore
 from broker.log import batch as batch_codec
 from broker.log.manager import LogManager
 from broker.raft.config import RaftConfig
-from broker.raft.driver import RaftDriver, RaftDriverConfig
+from broker.raft.driver import RaftDriver, RaftDriverConfig, RaftTicker
 from broker.raft.errors import NotLeaderError
 from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import Configuration, Entry, EntryKind, Snapshot
@@ -149,6 +149,7 @@ class ControllerService:
         driver_config: RaftDriverConfig,
         config: ControllerServiceConfig,
         rng: random.Random,
+        ticker: RaftTicker | None = None,
     ) -> None:
         config.validate()
         self.node_id = node_id
@@ -182,6 +183,7 @@ class ControllerService:
             applied_index=self.machine.applied_index,
             on_apply=self._apply_entries,
             on_snapshot=self._install_snapshot,
+            ticker=ticker,
         )
 
     # --- state -----------------------------------------------------------------------------------

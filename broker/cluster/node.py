@@ -36,7 +36,7 @@ from broker.kvstore import KvStore
 from broker.log.manager import LogManager
 from broker.raft import wire
 from broker.raft.config import RaftConfig
-from broker.raft.driver import RaftDriverConfig
+from broker.raft.driver import RaftDriverConfig, RaftTicker
 from broker.raft.transport import RaftTransport, RaftTransportConfig
 
 from .controller_client import PeerClients, PeerRouter
@@ -192,6 +192,8 @@ class ClusterNode:
         self._replicas: ReplicaManager | None = None
         self.transport: RaftTransport | None = None
         self.peer_clients: PeerClients | None = None
+        # One timer for every Raft group of this broker (docs/raft-driver.md, rule 5).
+        self.ticker = RaftTicker(self.config.driver.tick_interval_ms)
 
     # --- parts -----------------------------------------------------------------------------------
 
@@ -239,6 +241,7 @@ class ClusterNode:
             config=config.replicas,
             rng=rng,
             reporter=self._report_leader,
+            ticker=self.ticker,
         )
         self._controller = ControllerService(
             node_id=self.node_id,
@@ -253,6 +256,7 @@ class ClusterNode:
             driver_config=config.driver,
             config=config.controller,
             rng=random.Random(rng.getrandbits(64)),
+            ticker=self.ticker,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -299,6 +303,7 @@ class ClusterNode:
             request_timeout_ms=self.config.controller.command_timeout_ms,
         )
         await nursery.start(self.transport.run)
+        await nursery.start(self.ticker.run)
         await nursery.start(self.replicas.run)
         self.controller.add_listener(self.replicas.reconcile)
         await nursery.start(self.controller.run)

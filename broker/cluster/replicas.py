@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 
@@ -47,7 +48,7 @@ from broker.log import batch as batch_codec
 from broker.log.log import PartitionLog, ReadResult
 from broker.log.manager import LogManager, partition_directory_name
 from broker.raft.config import RaftConfig
-from broker.raft.driver import RaftDriver, RaftDriverConfig, StorageOfflineError
+from broker.raft.driver import RaftDriver, RaftDriverConfig, RaftTicker, StorageOfflineError
 from broker.raft.errors import NotLeaderError
 from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import Configuration
@@ -221,6 +222,7 @@ class ReplicaManager:
         config: ReplicaManagerConfig,
         rng: random.Random,
         reporter: LeaderReporter | None = None,
+        ticker: RaftTicker | None = None,
     ) -> None:
         """`reporter` publishes a leader's report to the controller (None: nothing is reported)."""
         config.validate()
@@ -234,6 +236,7 @@ class ReplicaManager:
         self._driver_config = driver_config
         self._rng = rng
         self._reporter = reporter
+        self._ticker = ticker
         self._replicas: dict[tuple[str, int], Replica] = {}
         # Replicas whose storage failed: not restarted until the broker restarts.
         self._offline: set[tuple[str, int]] = set()
@@ -320,6 +323,7 @@ class ReplicaManager:
             raft_config=self._raft_config,
             config=self._driver_config,
             rng=random.Random(self._rng.getrandbits(64)),
+            ticker=self._ticker,
         )
         replica = Replica(topic, info, log, driver)
         self._replicas[(topic.name, info.partition)] = replica
@@ -375,7 +379,10 @@ class ReplicaManager:
                     with contextlib.suppress(BrokerError):  # deposed meanwhile: nothing to do
                         replica.driver.transfer_leadership(replica.replicas[0])
                     led_since = trio.current_time()  # once per delay, if it does not complete
-            with trio.move_on_after(interval_s):
+            # Only a leader has timed work (reports to retry, the preferred-leader rule); a
+            # follower sleeps until its group changes, which keeps idle brokers idle.
+            timeout_s = interval_s if driver.role is Role.LEADER else math.inf
+            with trio.move_on_after(timeout_s):
                 try:
                     await driver.wait_changed(version)
                 except BrokerError:

@@ -20,7 +20,9 @@ from other tasks (produce handlers, the controller, tests). The rules, from the 
    the group offline (`StorageOfflineError`): after a failed fsync nothing is known to be durable.
 5. Time is ticks: every `tick_interval_ms` of trio time, one `core.tick()`. Missed ticks (a slow
    fsync) are skipped, not replayed in a burst, so an overloaded node's clock runs slow rather
-   than firing elections all at once.
+   than firing elections all at once. A broker hosting many groups gives them one `RaftTicker`:
+   one timer puts a tick marker in every driver's inbox, so an idle driver waits on its inbox
+   alone instead of arming a timer of its own at every loop (the idle cost of a group).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import contextlib
 import dataclasses
 import heapq
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -209,6 +212,40 @@ def _wall_clock_ms() -> int:
 
 # Put in the inbox to wake an idle loop after a proposal or a transfer request.
 _WAKE = object()
+# Put in the inbox by a RaftTicker: one tick is due.
+_TICK = object()
+
+
+class RaftTicker:
+    """One timer for all the Raft groups of a broker (rule 5): every `interval_ms` it puts a tick
+    marker in each registered driver's inbox. A full inbox skips that tick (the driver is busy;
+    its clock runs slow, as with missed ticks)."""
+
+    def __init__(self, interval_ms: int) -> None:
+        check_range("interval_ms", interval_ms, 1)
+        self.interval_ms = interval_ms
+        self._drivers: set[RaftDriver] = set()
+
+    def register(self, driver: RaftDriver) -> None:
+        self._drivers.add(driver)
+
+    def unregister(self, driver: RaftDriver) -> None:
+        self._drivers.discard(driver)
+
+    @property
+    def driver_count(self) -> int:
+        return len(self._drivers)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        interval = self.interval_ms / 1000
+        next_tick = trio.current_time() + interval
+        task_status.started()
+        while True:
+            await trio.sleep_until(next_tick)
+            for driver in list(self._drivers):
+                driver.tick_nowait()
+            now = trio.current_time()
+            next_tick += interval * (int((now - next_tick) // interval) + 1)
 
 
 class RaftDriver:
@@ -229,11 +266,13 @@ class RaftDriver:
         on_snapshot: Callable[[Snapshot], None] | None = None,
         log_syncer: LogSyncer | None = None,
         clock_ms: Callable[[], int] = _wall_clock_ms,
+        ticker: RaftTicker | None = None,
     ) -> None:
         """`on_apply` gets committed entries in order, after they are durable here (the
         controller and group coordinator apply their records in it; it must not block).
         `on_snapshot` gets an installed snapshot (state-machine groups restore `data`).
-        `applied_index`: what the state machine already holds durably (skip re-applying)."""
+        `applied_index`: what the state machine already holds durably (skip re-applying).
+        `ticker`: a shared timer (rule 5); without one the driver keeps its own."""
         self.config = config or RaftDriverConfig()
         self.config.validate()
         self.group = group
@@ -250,6 +289,8 @@ class RaftDriver:
         self._on_snapshot = on_snapshot
         self._sync_log = log_syncer or ThreadLogSyncer()
         self._clock_ms = clock_ms
+        self._ticker = ticker
+        self._ticks_due = 0
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[object](
             self.config.inbox_messages_max
         )
@@ -431,6 +472,8 @@ class RaftDriver:
         assert not self._running, "run() once per driver"
         self._running = True
         self.transport.register(self.group, self)
+        if self._ticker is not None:
+            self._ticker.register(self)
         stopped: BrokerError = RaftDriverStoppedError(
             f"{self.group}: the Raft driver stopped; the outcome of pending proposals is unknown"
         )
@@ -442,6 +485,8 @@ class RaftDriver:
             raise
         finally:
             self.transport.unregister(self.group, self)
+            if self._ticker is not None:
+                self._ticker.unregister(self)
             self._stop(stopped)
 
     async def _loop(self) -> None:
@@ -449,16 +494,23 @@ class RaftDriver:
         next_tick = trio.current_time() + interval
         while True:
             # Block for input only when the core has nothing to do; otherwise just drain what is
-            # there, so inbound acknowledgements are never starved by a stream of proposals.
+            # there, so inbound acknowledgements are never starved by a stream of proposals. With
+            # a shared ticker, ticks arrive as inbox items and there is no deadline to arm.
             idle = not self.core.has_ready()
-            for message in await self._receive_inputs(next_tick if idle else None):
+            deadline = (math.inf if self._ticker is not None else next_tick) if idle else None
+            for message in await self._receive_inputs(deadline):
                 self.core.step(message)
-            now = trio.current_time()
-            if now >= next_tick:
+            if self._ticker is not None:
+                tick = self._ticks_due > 0
+                self._ticks_due = 0
+            else:
+                now = trio.current_time()
+                tick = now >= next_tick
+                if tick:
+                    next_tick += interval * (int((now - next_tick) // interval) + 1)
+            if tick:
                 self.core.tick(now_ms=self._clock_ms())
                 self._counters["ticks"] += 1
-                missed = int((now - next_tick) // interval)
-                next_tick += interval * (missed + 1)
             if self.core.has_ready():
                 await self._commit_round()
             self._notify()
@@ -468,19 +520,24 @@ class RaftDriver:
         messages: list[Message] = []
         if deadline is None:
             await trio.lowlevel.checkpoint()
+        elif deadline == math.inf:
+            self._take(await self._inbox_receive.receive(), messages)
         else:
             with trio.move_on_at(deadline):
-                item = await self._inbox_receive.receive()
-                if item is not _WAKE:
-                    messages.append(item)  # type: ignore[arg-type]
+                self._take(await self._inbox_receive.receive(), messages)
         while len(messages) < self.config.messages_per_iteration_max:
             try:
                 item = self._inbox_receive.receive_nowait()
             except trio.WouldBlock:
                 break
-            if item is not _WAKE:
-                messages.append(item)  # type: ignore[arg-type]
+            self._take(item, messages)
         return messages
+
+    def _take(self, item: object, messages: list[Message]) -> None:
+        if item is _TICK:
+            self._ticks_due += 1
+        elif item is not _WAKE:
+            messages.append(item)  # type: ignore[arg-type]
 
     async def _commit_round(self) -> None:
         """Group commit: take and write every pending Ready, fsync once, then send and apply."""
@@ -644,6 +701,11 @@ class RaftDriver:
             self._change_version += 1
             self._changed.set()
             self._changed = trio.Event()
+
+    def tick_nowait(self) -> None:
+        """From the shared `RaftTicker`: one tick is due (skipped if the inbox is full)."""
+        with contextlib.suppress(trio.WouldBlock):
+            self._inbox_send.send_nowait(_TICK)
 
     def _wake(self) -> None:
         # A full inbox wakes the loop anyway.

@@ -13,7 +13,7 @@ from broker.kvstore import KvStore
 from broker.log import batch as batch_codec
 from broker.log.log import PartitionLog
 from broker.raft.config import RaftConfig
-from broker.raft.driver import LogSyncer, RaftDriver, RaftDriverConfig
+from broker.raft.driver import LogSyncer, RaftDriver, RaftDriverConfig, RaftTicker
 from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import Configuration, Message
 
@@ -102,6 +102,7 @@ class Node:
         raft_config: RaftConfig | None = None,
         syncer: LogSyncer | None = None,
         on_apply: Callable[..., None] | None = None,
+        ticker: RaftTicker | None = None,
     ) -> None:
         self.events: list[tuple[str, object]] = []
         self.transport = FakeTransport(self.events)
@@ -119,6 +120,7 @@ class Node:
             rng=random.Random(1),
             log_syncer=syncer or self.syncer,
             on_apply=on_apply,
+            ticker=ticker,
         )
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from broker.raft.config import RaftConfig
 from broker.raft.driver import (
     RaftDriverConfig,
     RaftDriverStoppedError,
+    RaftTicker,
     ThreadLogSyncer,
 )
 from broker.raft.errors import NotLeaderError, ProposalDroppedError
@@ -220,6 +221,30 @@ async def test_ticks_elect_a_single_voter_and_apply_its_entries(
         assert node.log.flushed_offset == written.index + 1
         assert driver.statistics().ticks >= 10
         nursery.cancel_scope.cancel()
+    node.close()
+
+
+async def test_a_shared_ticker_drives_every_registered_group(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Goal: with a RaftTicker the driver arms no timer of its own: it ticks exactly when the
+    # ticker says, so a group whose ticker is not running never starts an election, and a
+    # stopped driver is no longer ticked.
+    ticker = RaftTicker(100)
+    node = Node(tmp_path, voters=(1,), config=RaftDriverConfig(tick_interval_ms=100), ticker=ticker)
+    driver = node.driver
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        await trio.sleep(5)  # mock clock: five seconds with no ticker running
+        assert driver.statistics().ticks == 0 and driver.role is not Role.LEADER
+        started = trio.current_time()
+        await nursery.start(ticker.run)
+        await _until(node, lambda: driver.role is Role.LEADER)
+        # The randomized election timeout is in [10, 20) ticks of 100 ms.
+        assert 1.0 <= trio.current_time() - started < 2.1
+        assert driver.statistics().ticks >= 10
+        nursery.cancel_scope.cancel()
+    assert ticker.driver_count == 0  # unregistered when its run() ended
     node.close()
 
 
