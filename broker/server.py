@@ -224,6 +224,7 @@ class Broker:
         self.context = context
         async with trio.open_nursery() as services:
             self._services = services
+            context.spawn = services.start_soon
             await services.start(node.run)
             track_replicas(node, context, services)
             services.start_soon(self._retention_loop, node.replicas.apply_retention)

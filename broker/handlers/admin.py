@@ -51,8 +51,13 @@ def _topic_for_metadata(ctx: BrokerContext, name: str, *, auto_create: bool) -> 
     if record is not None:
         return record
     validate_topic_name(name)
-    if auto_create and ctx.config.auto_create_topics and ctx.cluster is None:
-        return ctx.topics.create(name)
+    if auto_create and ctx.config.auto_create_topics:
+        if ctx.cluster is None:
+            return ctx.topics.create(name)
+        cluster.create_in_background(ctx, name)
+        raise BrokerError(
+            ErrorCode.LEADER_NOT_AVAILABLE, f"topic {name!r} is being created; retry shortly"
+        )
     raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} does not exist")
 
 

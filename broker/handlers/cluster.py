@@ -121,6 +121,29 @@ def cluster_create_topics(ctx: BrokerContext, request: codec.CreateTopicsRequest
     return Deferred(lambda: _on_controller(ctx, request, codec.CreateTopicsResponse, run_here))
 
 
+def create_in_background(ctx: BrokerContext, name: str) -> None:
+    """Auto-creation (Metadata with `allow_auto_create` and `auto_create_topics` on): create
+    `name` with the broker defaults through the controller, in the background; the client's
+    retries find it once created. One creation per name at a time."""
+    if name in ctx.topics_being_created or ctx.spawn is None:
+        return
+    ctx.topics_being_created.add(name)
+    deferred = cluster_create_topics(
+        ctx, codec.CreateTopicsRequest(topics=(codec.NewTopic(name=name),))
+    )
+
+    async def run() -> None:
+        try:
+            response = await deferred.run()
+            result = response.topics[0]
+            if result.error not in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS):
+                logger.warning("auto-creating topic %s: %s", name, result.error_message)
+        finally:
+            ctx.topics_being_created.discard(name)
+
+    ctx.spawn(run)
+
+
 async def _create_one(ctx: BrokerContext, topic: codec.NewTopic, *, validate_only: bool) -> None:
     partitions = topic.partitions if topic.partitions != -1 else ctx.config.default_partitions
     factor = (

@@ -133,6 +133,8 @@ class BrokerContext:
 
     # The cluster node (broker.cluster.node.ClusterNode) in cluster mode; None on a single node.
     cluster: Any = None
+    # Cluster mode: topics an auto-creation is under way for (handlers/cluster.py).
+    topics_being_created: set[str] = dataclasses.field(default_factory=set)
 
     def add_partition(self, topic: str, partition: int, log: Any) -> PartitionState:
         assert self.flusher is not None, "local partitions belong to a single-node broker"

@@ -291,10 +291,16 @@ class Cluster:
 
     # --- metadata ---------------------------------------------------------------------------------
 
-    async def refresh_metadata(self, topics: Sequence[str] | None) -> codec.MetadataResponse:
-        """Fetch metadata for `topics` (None: all) and update the cache."""
+    async def refresh_metadata(
+        self, topics: Sequence[str] | None, *, allow_auto_create: bool = False
+    ) -> codec.MetadataResponse:
+        """Fetch metadata for `topics` (None: all) and update the cache. `allow_auto_create`
+        lets a broker with `auto_create_topics` on create the unknown ones."""
         async with self._metadata_lock:
-            request = codec.MetadataRequest(topics=tuple(topics) if topics is not None else None)
+            request = codec.MetadataRequest(
+                topics=tuple(topics) if topics is not None else None,
+                allow_auto_create=allow_auto_create,
+            )
             response: codec.MetadataResponse = await self.call_idempotent(request)
             for broker in response.brokers:
                 self.brokers[broker.node_id] = (broker.host, broker.port)
@@ -307,18 +313,29 @@ class Cluster:
                     self.invalidate(topic.name)
             return response
 
-    async def topic_partitions(self, topic: str) -> int:
+    async def topic_partitions(self, topic: str, *, auto_create: bool = False) -> int:
         """The partition count of `topic`, from the cache or the broker.
 
-        Raises `BrokerError(UNKNOWN_TOPIC)` naming the topic and how to create it.
+        With `auto_create` (producers), a broker with `auto_create_topics` on creates an unknown
+        topic; a cluster answers LEADER_NOT_AVAILABLE while its controller does, and this waits
+        for it (with backoff, within the request timeout). Raises `BrokerError(UNKNOWN_TOPIC)`
+        naming the topic and how to create it.
         """
         count = self.partition_counts.get(topic)
         if count is not None and topic in self.leaders:
             return count
-        response = await self.refresh_metadata([topic])
-        for meta in response.topics:
-            if meta.name == topic and meta.error is not ErrorCode.NONE:
+        deadline = trio.current_time() + self.request_timeout_s
+        backoff = RETRY_BACKOFF_S_DEFAULT
+        while True:
+            response = await self.refresh_metadata([topic], allow_auto_create=auto_create)
+            meta = next((m for m in response.topics if m.name == topic), None)
+            if meta is None or meta.error is ErrorCode.NONE:
+                break
+            being_created = auto_create and meta.error is ErrorCode.LEADER_NOT_AVAILABLE
+            if not being_created or trio.current_time() + backoff >= deadline:
                 raise BrokerError(meta.error, _topic_error_message(topic, meta))
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
         count = self.partition_counts.get(topic)
         if count is None:
             raise BrokerError(ErrorCode.UNKNOWN_TOPIC, _topic_error_message(topic, None))

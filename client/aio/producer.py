@@ -258,8 +258,9 @@ class Producer(AsyncClientBase):
         return await future
 
     async def load_topic(self, topic: str) -> int:
-        """Make sure `topic`'s partition count is known (raises UNKNOWN_TOPIC if it is not)."""
-        count = await self._cluster.topic_partitions(topic)
+        """Make sure `topic`'s partition count is known (raises UNKNOWN_TOPIC if it is not and
+        the broker does not create topics on demand: `auto_create_topics`)."""
+        count = await self._cluster.topic_partitions(topic, auto_create=True)
         self._counts[topic] = count
         return count
 
@@ -444,7 +445,7 @@ class Producer(AsyncClientBase):
 
     async def _refresh_topic(self, topic: str) -> None:
         try:
-            self._counts[topic] = await self._cluster.topic_partitions(topic)
+            self._counts[topic] = await self._cluster.topic_partitions(topic, auto_create=True)
         except (ClientError, BrokerError) as exc:
             log.warning("metadata refresh for %r failed: %r", topic, exc)
         finally:
