@@ -292,7 +292,10 @@ async def test_retention_on_replicas_and_a_follower_behind_the_log_start_catches
         controller = cluster.controller_leader()
         assert controller is not None
         await controller.controller.create_topic(
-            "short", 1, 3, {"segment.bytes": 2048, "max.message.bytes": 1024, "retention.ms": 60_000}
+            "short",
+            1,
+            3,
+            {"segment.bytes": 2048, "max.message.bytes": 1024, "retention.ms": 60_000},
         )
         await cluster.wait_partition_leader("short", 0)
         await cluster.produce_all("short", 0, [b"a-%03d" % n for n in range(40)])
