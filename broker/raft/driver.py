@@ -9,6 +9,10 @@ from other tasks (produce handlers, the controller, tests). The rules, from the 
    durable in LMDB on return) and `advance()`s it, then runs ONE fsync of the partition log for all
    of them (group commit: everything that arrived during the previous fsync shares the next one),
    and only then sends their messages, applies their committed entries and reports `persisted`.
+   One exception (Raft thesis §10.2.1): a leader's AppendRequests leave BEFORE its own fsync, so
+   the followers' writes overlap the leader's. This is safe because the core counts the leader's
+   own log only once `persisted` reports it; a commit before then is a majority of followers that
+   hold the entries durably. Votes, acknowledgements and everything else wait for the fsync.
 2. Never block the core. Sends go to the transport's bounded per-peer queues; a refused send is
    reported with `report_unreachable`. Inbound messages arrive through a bounded inbox; when it is
    full they are dropped (Raft retransmits).
@@ -47,7 +51,14 @@ from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore
 from broker.raft.errors import NotLeaderError, ProposalDroppedError
 from broker.raft.log_storage import LogRaftStorage
-from broker.raft.messages import Configuration, Entry, InstallSnapshot, Message, Snapshot
+from broker.raft.messages import (
+    AppendRequest,
+    Configuration,
+    Entry,
+    InstallSnapshot,
+    Message,
+    Snapshot,
+)
 from broker.raft.ready import RaftStatistics, RandomSource, Ready, Role
 
 logger = logging.getLogger(__name__)
@@ -552,14 +563,20 @@ class RaftDriver:
             must_sync = must_sync or ready.must_sync
         self._counters["readys"] += len(readys)
         log = self.storage.log
-        if must_sync and log.config.flush_policy is FlushPolicy.ALWAYS:
+        sent_early = must_sync and log.config.flush_policy is FlushPolicy.ALWAYS
+        if sent_early:
+            # Rule 1's exception: the leader's appends go out while its own fsync runs.
+            for ready in readys:
+                for message in ready.messages:
+                    if isinstance(message, AppendRequest):
+                        self._send(message)
             await self._fsync(log)
             # Cancelled during the fsync? It completed (the thread always finishes) and is recorded;
             # stop now rather than send: the rule is simply that a cancelled driver sends nothing
             # more, which also covers a syncer that did not complete.
             await trio.lowlevel.checkpoint_if_cancelled()
         for ready in readys:
-            self._complete(ready)
+            self._complete(ready, appends_sent=sent_early)
         last = readys[-1]
         self.core.persisted(last.last_index, last.last_term)
 
@@ -587,10 +604,12 @@ class RaftDriver:
             ) from exc
         self._counters["fsyncs"] += 1
 
-    def _complete(self, ready: Ready) -> None:
-        """After the fsync covering `ready`: send its messages, then apply what it committed."""
+    def _complete(self, ready: Ready, *, appends_sent: bool) -> None:
+        """After the fsync covering `ready`: send its messages (but the AppendRequests already
+        sent, rule 1), then apply what it committed."""
         for message in ready.messages:
-            self._send(message)
+            if not (appends_sent and isinstance(message, AppendRequest)):
+                self._send(message)
         if ready.snapshot is not None:
             if self._on_snapshot is not None:
                 self._on_snapshot(ready.snapshot)

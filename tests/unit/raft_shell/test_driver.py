@@ -72,7 +72,7 @@ async def _ack_all(node: Node) -> None:
     node.driver.deliver_nowait(AppendResponse(2, 1, last.term, True, match))
 
 
-async def test_votes_and_appends_leave_only_after_their_fsync(tmp_path: Path) -> None:
+async def test_votes_leave_after_their_fsync_a_leaders_appends_before_it(tmp_path: Path) -> None:
     node = Node(tmp_path)
     driver, transport, syncer = node.driver, node.transport, node.syncer
     async with trio.open_nursery() as nursery:
@@ -96,21 +96,25 @@ async def test_votes_and_appends_leave_only_after_their_fsync(tmp_path: Path) ->
         position = transport.events.index(("send", transport.of_type(VoteRequest)[-1]))
         assert ("fsync-done", 0) in transport.events[:position]
 
-        # Elected: the leader's no-op is appended, held in its fsync, and not replicated yet.
+        # Elected: the leader's no-op is appended and held in its fsync. Its AppendRequests leave
+        # meanwhile (thesis §10.2.1), but the leader does not count its own copy until the fsync:
+        # one follower's acknowledgement is not a majority without it.
         syncer.hold()
         driver.deliver_nowait(VoteResponse(2, 1, 1, True))
         with trio.fail_after(5):
             await syncer.started.wait()
-        await trio.testing.wait_all_tasks_blocked()
-        assert driver.role is Role.LEADER
-        assert node.log.log_end_offset == 1  # written to the page cache...
-        assert not transport.of_type(AppendRequest)  # ...but not sent
-        assert driver.core.durable_index == -1  # and not reported persisted
-        syncer.release()
         await transport.wait_for(lambda: len(transport.of_type(AppendRequest)) == 2)
-        assert driver.core.durable_index == 0  # persisted() followed the fsync
+        assert driver.role is Role.LEADER
+        assert node.log.log_end_offset == 1  # written to the page cache
+        assert driver.core.durable_index == -1  # not reported persisted
         sends = [i for i, (kind, m) in enumerate(transport.events) if isinstance(m, AppendRequest)]
-        assert ("fsync-done", 1) in transport.events[: sends[0]]
+        assert ("fsync-done", 1) not in transport.events[: sends[0]]
+        driver.deliver_nowait(AppendResponse(2, 1, 1, True, 0))
+        await trio.testing.wait_all_tasks_blocked()
+        assert driver.core.commit_index == -1  # the follower alone is not a majority of three
+        syncer.release()
+        await _until(node, lambda: driver.core.durable_index == 0)  # persisted() after the fsync
+        await _until(node, lambda: driver.high_watermark == 1)  # now leader + follower commit
         nursery.cancel_scope.cancel()
     node.close()
 
@@ -264,7 +268,7 @@ async def test_propose_times_out_when_the_followers_never_answer(
     node.close()
 
 
-async def test_cancelled_during_a_threaded_fsync_sends_nothing(tmp_path: Path) -> None:
+async def test_cancelled_during_a_threaded_fsync_sends_nothing_but_appends(tmp_path: Path) -> None:
     # The real ThreadLogSyncer, its worker thread held inside the fsync; real clock, slow ticks.
     hold = threading.Event()
     entered = threading.Event()
@@ -289,9 +293,11 @@ async def test_cancelled_during_a_threaded_fsync_sends_nothing(tmp_path: Path) -
         nursery.cancel_scope.cancel()
         # The cancel cannot interrupt the thread: let the fsync finish now.
         release.set()
-    # The fsync completed and was recorded on the log, but nothing it covered was sent.
+    # The fsync completed and was recorded on the log, but nothing it covered was sent, except
+    # the leader's AppendRequests, which leave before its own fsync (rule 1's exception).
     assert node.log.flushed_offset == node.log.log_end_offset == proposal.index + 1
-    assert len(transport.sent) == sent_before
+    after = transport.sent[sent_before:]
+    assert after and all(isinstance(message, AppendRequest) for message in after), after
     assert proposal.done
     with pytest.raises(RaftDriverStoppedError):
         await proposal.wait_committed()
