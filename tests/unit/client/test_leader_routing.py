@@ -28,7 +28,9 @@ class ScriptedCluster(Cluster):
         self.script = script
         self.refreshes = 0
 
-    async def refresh_metadata(self, topics: Sequence[str] | None) -> codec.MetadataResponse:
+    async def refresh_metadata(
+        self, topics: Sequence[str] | None, *, allow_auto_create: bool = False
+    ) -> codec.MetadataResponse:
         leaders = self.script[min(self.refreshes, len(self.script) - 1)]
         self.refreshes += 1
         self.leaders["t"] = list(leaders)
