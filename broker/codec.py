@@ -1195,12 +1195,15 @@ class BrokerRegistrationResponse:
 
 @_message
 class BrokerHeartbeatRequest:
-    """`want_active`: the broker has applied its own registration and asks to be unfenced."""
+    """`want_active`: the broker has applied its own registration and asks to be unfenced.
+    `shutting_down`: it is stopping on purpose (controlled shutdown): mark it SHUTTING_DOWN, so
+    no leadership is handed back to it."""
 
     API: ClassVar[ApiKey] = ApiKey.BROKER_HEARTBEAT
     node_id: int
     broker_epoch: int
     want_active: bool = True
+    shutting_down: bool = False
 
 
 @_message

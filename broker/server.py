@@ -159,7 +159,7 @@ class Broker:
             topics = TopicManager(self.config, store, KeySpace.TOPICS)
             topics.load_records()
             logs = LogManager.open(data_dir, self.config.log, config_for=topics.config_for)
-            _flush_recovered(logs)
+            logs.flush_recovered()
             await self._serve(topics, logs, task_status, store)
             clean = True
         finally:
@@ -387,7 +387,7 @@ class Broker:
             await trio.sleep(interval_s)
             try:
                 deleted = apply_retention()
-            except OSError as exc:
+            except (OSError, lmdb.Error) as exc:
                 logger.error("retention sweep failed: %s", exc)
                 continue
             if deleted:
@@ -610,18 +610,6 @@ async def _refresh_cluster_status(context: BrokerContext, snapshot: list[Any]) -
     while True:
         snapshot[0] = cluster_status(context)
         await trio.sleep(CLUSTER_STATUS_REFRESH_S)
-
-
-def _flush_recovered(logs: LogManager) -> None:
-    """Make what survived an unclean stop durable before serving it.
-
-    After a crash a log's flushed offset is only its recovery checkpoint, so under
-    `flush.policy=always` its high watermark would hide records that were acknowledged before the
-    crash until the next fsync. One fsync per such log at start-up settles it.
-    """
-    for log in logs.logs():
-        if log.flushed_offset < log.log_end_offset:
-            log.flush()
 
 
 def _partition_errors(response: Any) -> list[str]:

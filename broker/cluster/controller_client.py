@@ -121,9 +121,14 @@ class RemoteController:
         response = _check(await self._clients.call(self._peer, request), self._peer)
         return int(response.broker_epoch)
 
-    async def heartbeat(self, node_id: int, broker_epoch: int, *, want_active: bool) -> BrokerState:
+    async def heartbeat(
+        self, node_id: int, broker_epoch: int, *, want_active: bool, shutting_down: bool = False
+    ) -> BrokerState:
         request = codec.BrokerHeartbeatRequest(
-            node_id=node_id, broker_epoch=broker_epoch, want_active=want_active
+            node_id=node_id,
+            broker_epoch=broker_epoch,
+            want_active=want_active,
+            shutting_down=shutting_down,
         )
         response = _check(await self._clients.call(self._peer, request), self._peer)
         return BrokerState(response.state)

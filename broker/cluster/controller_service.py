@@ -362,10 +362,13 @@ class ControllerService:
             )
             await self._propose(records)
 
-    async def heartbeat(self, node_id: int, broker_epoch: int, *, want_active: bool) -> BrokerState:
-        """A broker's heartbeat (rule 5): note it, unfence the broker if it asks (it has caught up
-        with its own registration), and return its state. BrokerError(STALE_BROKER_EPOCH) if the
-        epoch is not the broker's current registration: it must register again."""
+    async def heartbeat(
+        self, node_id: int, broker_epoch: int, *, want_active: bool, shutting_down: bool = False
+    ) -> BrokerState:
+        """A broker's heartbeat (rule 5): note it, mark it SHUTTING_DOWN if it is stopping, else
+        unfence it if it asks (it has caught up with its own registration), and return its
+        state. BrokerError(STALE_BROKER_EPOCH) if the epoch is not the broker's current
+        registration: it must register again."""
         info = self._require_leader().broker(node_id)
         if info is None or info.broker_epoch != broker_epoch:
             raise BrokerError(
@@ -374,7 +377,9 @@ class ControllerService:
                 "register again",
             )
         self._heartbeats[node_id] = trio.current_time()
-        if want_active and info.state is BrokerState.FENCED:
+        if shutting_down and info.state is not BrokerState.SHUTTING_DOWN:
+            await self.set_broker_state(node_id, BrokerState.SHUTTING_DOWN, broker_epoch)
+        elif want_active and not shutting_down and info.state is BrokerState.FENCED:
             await self.set_broker_state(node_id, BrokerState.ACTIVE, broker_epoch)
         current = self.machine.broker(node_id)
         return current.state if current is not None else BrokerState.FENCED

@@ -126,7 +126,7 @@ class ControllerEndpoint(Protocol):
     ) -> int: ...
 
     async def heartbeat(
-        self, node_id: int, broker_epoch: int, *, want_active: bool
+        self, node_id: int, broker_epoch: int, *, want_active: bool, shutting_down: bool = False
     ) -> BrokerState: ...
 
     async def report_leader(
@@ -192,6 +192,8 @@ class ClusterNode:
         self._replicas: ReplicaManager | None = None
         self.transport: RaftTransport | None = None
         self.peer_clients: PeerClients | None = None
+        # Set by `resign()`: heartbeats then ask for SHUTTING_DOWN, never to be unfenced.
+        self.shutting_down = False
         # One timer for every Raft group of this broker (docs/raft-driver.md, rule 5).
         self.ticker = RaftTicker(self.config.driver.tick_interval_ms)
 
@@ -269,7 +271,10 @@ class ClusterNode:
             self.config.log,
             config_for=lambda topic: metadata_config if topic == METADATA_TOPIC else None,
         )
+        # Raft counts a log as durable up to its end at open: make it so after a crash.
+        logs.flush_recovered()
         self.starts += 1
+        self.shutting_down = False
         self._clean = True
         self._stopped = trio.Event()
         self.active = trio.Event()
@@ -319,13 +324,22 @@ class ClusterNode:
         """Before a clean stop: hand this broker's partition leaderships, then the controller's,
         to caught-up peers (bounded by `timeout_s`). Returns the partitions still led."""
         deadline = trio.current_time() + timeout_s
-        remaining = await self.replicas.resign_leaderships(timeout_s)
+        # SHUTTING_DOWN first, so that no peer hands a preferred leadership back to us meanwhile.
+        self.shutting_down = True
+        endpoint = self.router.controller_of(self.controller.leader_id)
+        if endpoint is not None and self.broker_epoch is not None:
+            with trio.move_on_at(deadline), contextlib.suppress(BrokerError):
+                await endpoint.heartbeat(
+                    self.node_id, self.broker_epoch, want_active=False, shutting_down=True
+                )
+        remaining = await self.replicas.resign_leaderships(deadline - trio.current_time())
         driver = self.controller.driver
         target = handover_target(driver) if self.controller.is_leader else None
         if target is not None:
             with contextlib.suppress(BrokerError):
                 driver.transfer_leadership(target)
-            with trio.move_on_at(deadline):
+            # A stopped driver raises its stop error: nothing is left to hand over then.
+            with trio.move_on_at(deadline), contextlib.suppress(BrokerError):
                 while self.controller.is_leader:
                     await driver.wait_changed()
         return remaining
@@ -373,7 +387,12 @@ class ClusterNode:
                         )
                         asked_active = False
                         continue
-                    await target.heartbeat(self.node_id, epoch, want_active=caught_up)
+                    await target.heartbeat(
+                        self.node_id,
+                        epoch,
+                        want_active=caught_up and not self.shutting_down,
+                        shutting_down=self.shutting_down,
+                    )
                     asked_active = caught_up
                     next_heartbeat = trio.current_time() + heartbeat_s
                 except BrokerError as exc:

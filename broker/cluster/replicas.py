@@ -37,6 +37,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable
 
+import lmdb
 import trio
 
 from broker.config import MIB, ConfigBase, LogConfig, check_range
@@ -51,7 +52,7 @@ from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriver, RaftDriverConfig, RaftTicker, StorageOfflineError
 from broker.raft.errors import NotLeaderError
 from broker.raft.log_storage import LogRaftStorage
-from broker.raft.messages import Configuration
+from broker.raft.messages import NODE_NONE, Configuration
 from broker.raft.progress import ProgressState
 from broker.raft.ready import Role
 from broker.raft.transport import RaftTransport
@@ -90,20 +91,27 @@ LeaderReporter = Callable[[str, int, int, int, tuple[int, ...]], Awaitable[None]
 RESIGN_RECHECK_S = 0.05
 
 
-def handover_target(driver: RaftDriver) -> int | None:
-    """A voter that can take over at once: replicating, heard from within the last election
-    timeout, holding the leader's whole log. None if no follower qualifies."""
+def can_take_over(driver: RaftDriver, node: int) -> bool:
+    """Whether voter `node` can take this leader's place at once: replicating, heard from within
+    the last election timeout, holding the leader's whole log. Anything else would stall the
+    group's proposals for a transfer timeout (a crashed broker keeps its last match index in
+    the progress table)."""
     core = driver.core
-    last = core.log.last_index()
-    for node, progress in sorted(core.progress.items()):
-        if (
-            node != core.node_id
-            and progress.recent_active
-            and progress.state is ProgressState.REPLICATE
-            and progress.match_index >= last
-        ):
-            return node
-    return None
+    progress = core.progress.get(node)
+    return (
+        node != core.node_id
+        and progress is not None
+        and progress.recent_active
+        and progress.state is ProgressState.REPLICATE
+        and progress.match_index >= core.log.last_index()
+    )
+
+
+def handover_target(driver: RaftDriver) -> int | None:
+    """A voter that can take over at once (`can_take_over`), or None."""
+    return next(
+        (node for node in sorted(driver.core.progress) if can_take_over(driver, node)), None
+    )
 
 
 class Acks(enum.IntEnum):
@@ -154,7 +162,7 @@ class Replica:
         """Exclusive end of the committed (and applied here) offsets."""
         return self.driver.high_watermark
 
-    def check_batch(self, batch: bytes | bytearray) -> None:
+    def check_batch(self, batch: bytes | bytearray | memoryview) -> None:
         # The core trusts its caller with the batch (CRC, bounds): this is the produce gate.
         header = batch_codec.validate_batch(batch, max_batch_bytes=self.log.config.max_batch_bytes)
         if header.size_bytes != len(batch):
@@ -410,14 +418,10 @@ class ReplicaManager:
         # whole log: a transfer to anything else would stall the group's proposals for nothing
         # (a crashed broker keeps its last match index in our progress table).
         info = self._state.broker(preferred) if self._state is not None else None
-        progress = replica.driver.core.progress.get(preferred)
         return (
             info is not None
             and info.state is BrokerState.ACTIVE
-            and progress is not None
-            and progress.recent_active
-            and progress.state is ProgressState.REPLICATE
-            and progress.match_index >= replica.driver.core.log.last_index()
+            and can_take_over(replica.driver, preferred)
         )
 
     def apply_retention(self, now_ms: int | None = None) -> int:
@@ -439,7 +443,7 @@ class ReplicaManager:
                     max_offset=min(driver.core.applied_index, storage.last_index()) + 1,
                     before_delete=snapshot_to,
                 )
-            except OSError as exc:
+            except (OSError, lmdb.Error) as exc:  # this replica waits for the next sweep
                 logger.error("node %d: retention of %s: %s", self.node_id, replica.group, exc)
         return deleted
 
@@ -453,6 +457,8 @@ class ReplicaManager:
                 if not leading:
                     return 0
                 for replica in leading:
+                    if replica.driver.core.transfer_target != NODE_NONE:
+                        continue  # under way: asking again would restart its timeout
                     target = handover_target(replica.driver)
                     if target is not None:
                         with contextlib.suppress(BrokerError):  # deposed, or a transfer under way

@@ -99,11 +99,15 @@ class ReplicaPartitionState(PartitionState):
             f"the leader is {known}: refresh metadata"
         )
 
+    def check(self, data: bytes | memoryview) -> None:
+        # The Raft core trusts its caller with the batch: this is the produce gate (CRC, size,
+        # one data batch with consecutive offsets).
+        self.replica.check_batch(data)
+
     def append(self, data: bytes | memoryview) -> Appended:
-        batch = bytes(data)
-        self.replica.check_batch(batch)
-        proposal = self.driver.propose_nowait(batch)
-        return Appended(proposal.base_offset, proposal.index, len(batch), proposal.wait_committed)
+        """Propose one batch (checked by `check` when it comes from a client)."""
+        proposal = self.driver.propose_nowait(bytes(data))
+        return Appended(proposal.base_offset, proposal.index, len(data), proposal.wait_committed)
 
 
 def track_replicas(node: ClusterNode, context: BrokerContext, nursery: trio.Nursery) -> None:

@@ -324,7 +324,12 @@ class GroupService:
         assert action.records, action
         outcome: Appended | ErrorCode
         try:
-            state = self._partition_state(partition)
+            # The leadership the core was loaded from: a replica started since is not ours yet.
+            state = self._leaderships.get(partition)
+            if state is None:
+                raise BrokerError(
+                    ErrorCode.NOT_COORDINATOR, f"{OFFSETS_TOPIC}-{partition} is not loaded here"
+                )
             now_ms = self._clock_ms()
             batch = build_batch([(now_ms, r.key, r.value, None) for r in action.records])
             outcome = state.append(batch)
@@ -451,15 +456,6 @@ class GroupService:
                     )
         statistics = tuple((p, core.statistics()) for p, core in sorted(self._cores.items()))
         return GroupMetricsSnapshot(tuple(samples), statistics)
-
-    def _partition_state(self, partition: int) -> Any:
-        state = self._context.partitions.get((OFFSETS_TOPIC, partition))
-        if state is None:
-            raise BrokerError(
-                ErrorCode.COORDINATOR_NOT_AVAILABLE,
-                f"partition {OFFSETS_TOPIC}-{partition} is not open",
-            )
-        return state
 
 
 def _unloaded_core(config: GroupConfig) -> GroupCoordinatorCore:

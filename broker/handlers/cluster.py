@@ -230,7 +230,10 @@ async def _call_while_leading(ctx: BrokerContext, leader: int, request: Any) -> 
         async def call() -> None:
             nonlocal response, failure
             try:
-                response = await ctx.cluster.peer_clients.call(leader, request)
+                # The controller spends up to its command timeout: wait that long on top.
+                response = await ctx.cluster.peer_clients.call(
+                    leader, request, extra_timeout_s=controller.config.command_timeout_ms / 1000
+                )
             except BrokerError as exc:
                 failure = exc
             nursery.cancel_scope.cancel()
@@ -377,7 +380,10 @@ def handle_broker_registration(
 def handle_broker_heartbeat(ctx: BrokerContext, request: codec.BrokerHeartbeatRequest) -> Deferred:
     async def call(controller: Any) -> codec.BrokerHeartbeatResponse:
         state: BrokerState = await controller.heartbeat(
-            request.node_id, request.broker_epoch, want_active=request.want_active
+            request.node_id,
+            request.broker_epoch,
+            want_active=request.want_active,
+            shutting_down=request.shutting_down,
         )
         return codec.BrokerHeartbeatResponse(state=state.value)
 

@@ -92,8 +92,13 @@ class PartitionState:
             f"node {self.leader_id} is: refresh metadata"
         )
 
+    def check(self, data: bytes | memoryview) -> None:
+        """Refuse a produced batch this partition would not take (BrokerError), before any batch
+        of the request is appended. A local log validates as it appends, and a request's
+        batches were already validated together (`iter_batches`): nothing more to do here."""
+
     def append(self, data: bytes | memoryview) -> Appended:
-        """Append one validated-by-the-log batch now (in the connection's reader)."""
+        """Append one batch now (in the connection's reader); the log validates it."""
         result = self.log.append(data)
         end_offset = result.last_offset + 1
         return Appended(

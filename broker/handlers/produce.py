@@ -114,6 +114,8 @@ def _append(ctx: BrokerContext, state: PartitionState, records: bytes) -> tuple[
                 records, validate=True, max_batch_bytes=log.config.max_batch_bytes
             )
         ]
+    for data, _ in batches:
+        state.check(data)  # all of them first: a partition's batches are written all or none
     base_offset = -1
     last: Appended | None = None
     for data, header in batches:

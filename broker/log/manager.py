@@ -167,6 +167,19 @@ class LogManager:
         fsync_directory(self.logs_dir)
         shutil.rmtree(doomed, ignore_errors=True)
 
+    def flush_recovered(self) -> None:
+        """Make what survived an unclean stop durable before it is served or counted.
+
+        After a crash a log's flushed offset is only its recovery checkpoint, and the tail above
+        it may be in the page cache only. A single node would hide acknowledged records until
+        the next fsync (its high watermark is the flushed offset); a Raft replica would count the
+        tail as its durable copy and could help commit entries a power loss then takes. One fsync
+        per such log at start-up settles both.
+        """
+        for log in self.logs():
+            if log.flushed_offset < log.log_end_offset:
+                log.flush()
+
     def apply_retention(self, now_ms: int | None = None) -> int:
         """Run retention over every log; returns the number of segments deleted."""
         now_ms = self.clock_ms() if now_ms is None else now_ms

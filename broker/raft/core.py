@@ -124,6 +124,11 @@ class RaftCore:
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
+    @property
+    def transfer_target(self) -> int:
+        """The voter a leadership transfer under way goes to (NODE_NONE: none)."""
+        return self._transfer_target
+
     def tick(self, *, now_ms: int | None = None) -> None:
         """Advance logical time by one tick; `now_ms` (if given) stamps control batches."""
         self._check_not_in_ready()

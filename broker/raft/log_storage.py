@@ -176,8 +176,9 @@ class LogRaftStorage:
     def compact_to(self, index: int, term: int, data: bytes = b"") -> None:
         """Record that everything up to `index` (of `term`) is covered by a snapshot.
 
-        Called by the driver before retention deletes segments below `index + 1`, so that
-        `term(first_index - 1)` can still be answered afterwards.
+        Called before retention deletes segments below `index + 1` (`PartitionLog.apply_retention`'s
+        `before_delete`, from `ReplicaManager.apply_retention`), so that `term(first_index - 1)`
+        can still be answered afterwards.
         """
         configuration = self._snapshot.configuration
         for config_index, config in self._configurations:

@@ -16,7 +16,7 @@ import trio
 from broker import codec
 from broker.config import LogConfig
 from broker.errors import ErrorCode
-from broker.log.batch import decode_records, iter_batches
+from broker.log.batch import build_batch, decode_records, iter_batches
 from broker.log.manager import LogManager
 from client.embedded_cluster import EmbeddedCluster
 from tests.log_reading import log_bytes
@@ -247,5 +247,44 @@ def test_a_stopping_broker_hands_its_leaderships_over_first(cluster: EmbeddedClu
 
     async def still_writable() -> None:
         await _produce_until_acked(cluster, [b"y"], ask=survivor, not_in=(leader,))
+        # It asked to be SHUTTING_DOWN first, so no leadership was handed back to it; silent
+        # now, it stays so (only ACTIVE brokers are fenced) until it registers again.
+        client = await _connect(cluster, survivor)
+        status = await client.request(codec.ClusterStatusRequest())
+        await client.aclose()
+        states = {broker.node_id: broker.state for broker in status.brokers}
+        assert states[leader] == "shutting_down", states
 
     trio.run(still_writable)
+
+
+def test_a_produce_with_a_refused_batch_writes_none_of_its_partitions_batches(
+    cluster: EmbeddedCluster,
+) -> None:
+    # Goal: all or nothing per partition in a cluster too. The second batch (a control batch,
+    # which only the broker may write) is refused, and the valid first one is not proposed.
+    async def scenario() -> None:
+        client, _ = await _setup(cluster)
+        await _produce_until_acked(cluster, [b"ok"], ask=1)
+        leader = await _stable_leader(cluster)
+        writer = await _connect(cluster, leader)
+        before = await _end_offset(writer)
+        records = make_batch([b"valid"]) + build_batch([(0, None, b"x", None)], control=True)
+        refused = await writer.produce(TOPIC, 0, records)
+        assert refused.error is ErrorCode.INVALID_RECORD, refused
+        await _produce_until_acked(cluster, [b"after"], ask=leader)
+        response = await writer.request(codec.DescribeTopicsRequest(topics=(TOPIC,)))
+        log_end = response.topics[0].partitions[0].log_end_offset
+        # Only "after" was added (at most a leader no-op besides, if leadership moved).
+        assert before + 1 <= log_end <= before + 2
+        for connection in (client, writer):
+            await connection.aclose()
+
+    trio.run(scenario)
+    values = _data_values_of_converged(cluster)
+    assert b"valid" not in values and values[-1] == b"after"
+
+
+def _data_values_of_converged(cluster: EmbeddedCluster) -> list[bytes]:
+    _replica_logs(cluster)  # waits for convergence and stops the brokers
+    return _data_values(cluster.node(1).data_dir)
