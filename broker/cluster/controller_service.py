@@ -404,16 +404,27 @@ class ControllerService:
                 last = self._heartbeats.setdefault(info.node_id, now)
                 if info.state is not BrokerState.ACTIVE or now - last < timeout_s:
                     continue
-                logger.warning(
-                    "node %d: fencing broker %d: no heartbeat for %.1f s",
-                    self.node_id,
-                    info.node_id,
-                    now - last,
-                )
                 try:
-                    await self.set_broker_state(info.node_id, BrokerState.FENCED, info.broker_epoch)
+                    await self._fence_if_silent(info.node_id, info.broker_epoch, timeout_s)
                 except BrokerError as exc:  # deposed, or the broker re-registered meanwhile
                     logger.info("node %d: fencing broker %d: %s", self.node_id, info.node_id, exc)
+
+    async def _fence_if_silent(self, node_id: int, broker_epoch: int, timeout_s: float) -> None:
+        """Fence `node_id` unless it heartbeated while this waited for the command lock."""
+        async with self._command_lock:
+            silent_s = trio.current_time() - self._heartbeats.get(node_id, trio.current_time())
+            if silent_s < timeout_s:
+                return
+            logger.warning(
+                "node %d: fencing broker %d: no heartbeat for %.1f s",
+                self.node_id,
+                node_id,
+                silent_s,
+            )
+            records = self._require_leader().prepare_set_broker_state(
+                node_id, BrokerState.FENCED, broker_epoch=broker_epoch
+            )
+            await self._propose(records)
 
     async def report_leader(
         self,

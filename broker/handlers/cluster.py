@@ -194,12 +194,14 @@ async def _on_controller(
     controller = node.controller
     names = [getattr(topic, "name", topic) for topic in request.topics]
     error = BrokerError(ErrorCode.NOT_CONTROLLER, "no controller leader is known yet; retry")
+    leads_here = False
     with trio.move_on_after(controller.config.command_timeout_ms / 1000):
         while True:
             version = controller.driver.change_version
             leader = controller.leader_id
             if leader == node.node_id and controller.is_leader:
-                return await run_here()
+                leads_here = True
+                break
             if leader:
                 try:
                     response = await _call_while_leading(ctx, leader, request)
@@ -212,6 +214,10 @@ async def _on_controller(
             # No leader, a refusal or a failover: go again once the metadata group changes.
             with trio.move_on_after(FORWARD_RETRY_S):
                 await controller.driver.wait_changed(version)
+    if leads_here:
+        # Outside the forwarding deadline: each command has its own timeout, and each topic
+        # gets its own outcome (a cut-short loop would report topics it created as failed).
+        return await run_here()
     code = error.code if error.code.retriable else ErrorCode.NOT_CONTROLLER
     return response_type(
         topics=tuple(

@@ -202,8 +202,26 @@ def test_a_killed_follower_restarts_and_catches_up(cluster: EmbeddedCluster) -> 
             await _produce_until_acked(cluster, batch, ask=leader, not_in=(follower,))
 
     trio.run(phase_two)
+
+    async def fenced() -> None:
+        # Its heartbeats stopped: after the session timeout (2 s here) the controller fences it,
+        # so Metadata no longer names it as a leader or an in-sync replica.
+        client = await _connect(cluster, leader)
+        with trio.fail_after(WAIT_S):
+            while True:
+                status = await client.request(codec.ClusterStatusRequest())
+                states = {broker.node_id: broker.state for broker in status.brokers}
+                if states[follower] == "fenced":
+                    break
+                await trio.sleep(0.05)
+            metadata = await client.request(codec.MetadataRequest(topics=(TOPIC,)))
+        await client.aclose()
+        assert follower not in metadata.topics[0].partitions[0].isr
+        assert follower not in [broker.node_id for broker in metadata.brokers]
+
+    trio.run(fenced)
     cluster.start(follower)
-    cluster.wait_ready()
+    cluster.wait_ready()  # ACTIVE again: registered anew, caught up, unfenced
 
     async def caught_up() -> None:
         leader_client = await _connect(cluster, await _stable_leader(cluster))
