@@ -6,18 +6,19 @@ released by `close()`; this is their one `with` protocol.
 
 from __future__ import annotations
 
+import abc
 from types import TracebackType
 from typing import Self
 
 
-class StartedByWith:
+class StartedByWith(abc.ABC):
     """Mixin: `__enter__` returns `self.start()`, `__exit__` calls `self.close()`."""
 
-    def start(self) -> Self:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start(self) -> Self: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
     def __enter__(self) -> Self:
         return self.start()
