@@ -63,7 +63,6 @@ class ReplicaPartitionState(PartitionState):
         self.replica = replica
         self._node = node
         self.waiters: set[trio.Event] = set()
-        self.durability_wanted = trio.Event()
         self.removed = False
 
     @property
