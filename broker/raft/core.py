@@ -580,6 +580,10 @@ class RaftCore:
         elif isinstance(message, VoteResponse):
             if message.pre_vote != (self.role is Role.PRE_CANDIDATE):
                 return
+            if message.pre_vote and message.granted and message.term != self.term + 1:
+                # A grant carries the term it was asked for; one from an earlier round (delayed
+                # or duplicated) says nothing about this one and must not win it (thesis §9.6).
+                return
             self._votes.setdefault(message.source, message.granted)
             self._poll()
 

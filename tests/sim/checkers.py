@@ -1,37 +1,100 @@
-"""Safety and liveness checks the simulator runs after every event (Raft paper Figure 3).
+"""Safety and liveness checks the simulator runs after every event (Raft paper Figure 3, thesis).
 
-- Election safety: at most one leader per term.
-- Log matching: an (index, term) pair names one batch with one predecessor, on every node, forever
+Every check is written here from the paper, never by calling the code it checks: the majority
+arithmetic, the membership rule and the state-machine digest are this module's own, and the core is
+only read (its term, vote, role, commit index, log and progress), never asked to judge itself.
+Each failure names its invariant (`SimulationFailure.invariant`), which the self-test of
+test_simulation.py uses to prove that each broken core trips the invariant meant to catch it.
+
+- election safety: at most one leader per term.
+- one vote per term: a node grants one candidate per term, across restarts; terms never go back,
+  also across restarts; a term rises only on a newer term a peer sent, or by one for a campaign
+  that (with pre-vote) won a pre-vote majority first (thesis §9.6).
+- durability order: no message outruns the disk: its term, a granted vote or a candidacy, and an
+  append acknowledgement are durable on the sender when it leaves (Figure 2).
+- stale term: a message of an older term changes nothing on its receiver (§5.1).
+- log matching: an (index, term) pair names one batch with one predecessor, on every node, forever
   (checked when entries are written, which by induction gives identical prefixes).
-- Leader completeness / state machine safety: a committed entry is never changed, and every node
-  that becomes leader holds every entry committed before.
-- Electoral safety of commits: no node lacking the newest committed entry has a log at least as
-  up to date as a majority of the voters that committed it (so no election can overwrite it).
-- Acknowledged writes: an entry the leader commits (and so acknowledges to its client) is durable on
-  a majority of the voters it committed with, and stays so.
-- Commit indexes never go backwards on a node that did not crash.
+- commit clamp: a node's commit index always names an entry that is committed (§5.3, etcd's
+  commitTo(min(committed, lastnewi))).
+- leader completeness / state machine safety: a committed entry never changes, every new leader
+  holds every committed entry, and every node that applies through an index has applied the same
+  history (a digest of the applied prefix).
+- electoral safety: no node lacking the newest committed entry has a log at least as up to date as
+  a majority of the voters that committed it (so no election can overwrite it).
+- durable majority: a committed (and so acknowledged) entry is durable on a majority of the voters
+  it committed with, when committed and at every later step.
+- snapshots: a snapshot's index, term, configuration and state are those of the committed prefix.
+- membership (thesis §4.1): each configuration in a log differs from the one before it by one node
+  and keeps a voter, and a log holds at most one configuration beyond the committed prefix.
+- check-quorum (thesis §6.2): a leader that has not heard from a majority for two election
+  timeouts of its own ticks has stepped down.
+- liveness once healed, and pre-vote stability: an isolated follower raises no term and rejoins
+  without deposing a healthy leader.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
-from broker.raft import quorum
 from broker.raft.core import RaftCore, Role
-from broker.raft.messages import Entry
+from broker.raft.messages import (
+    AppendResponse,
+    Configuration,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    Snapshot,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+    describe,
+)
 from broker.raft.storage import CompactedError, MemoryStorage, StorageError
 
 if TYPE_CHECKING:
     from tests.sim.simulator import SimNode, Simulation
 
+# What a node's state looks like to a message of an older term: none of it may change (§5.1).
+Observation = tuple[object, ...]
+
 
 class SimulationFailure(AssertionError):
-    def __init__(self, seed: int, message: str) -> None:
+    def __init__(self, seed: int, message: str, *, invariant: str) -> None:
         super().__init__(
-            f"simulation seed {seed} failed: {message}\n"
+            f"simulation seed {seed} failed [{invariant}]: {message}\n"
             f"reproduce with: pytest tests/sim --seed {seed}"
         )
         self.seed = seed
+        self.invariant = invariant
+
+
+def majority(voter_count: int) -> int:
+    """More than half of `voter_count` voters: the checker's own arithmetic, not quorum.py's."""
+    return voter_count // 2 + 1
+
+
+def apply_digest(state: bytes, entry: Entry) -> bytes:
+    """The simulated state machine: a digest chained over the applied entries and their offsets."""
+    return hashlib.blake2b(
+        state + entry.index.to_bytes(8, "big") + entry.data, digest_size=16
+    ).digest()
+
+
+def changed_nodes(old: Configuration, new: Configuration) -> list[int]:
+    """Nodes whose role (voter, learner or absent) differs: written here from thesis §4.1."""
+
+    def role(configuration: Configuration, node: int) -> int:
+        return 2 if node in configuration.voters else int(node in configuration.learners)
+
+    members = sorted(set(old.voters + old.learners + new.voters + new.learners))
+    return [node for node in members if role(old, node) != role(new, node)]
+
+
+def is_pre_vote(message: Message) -> bool:
+    return isinstance(message, VoteRequest | VoteResponse) and message.pre_vote
 
 
 class Checker:
@@ -42,44 +105,77 @@ class Checker:
         # (index, term) -> (batch bytes, previous index, previous term)
         self.registry: dict[tuple[int, int], tuple[bytes, int, int]] = {}
         self.committed: dict[int, tuple[int, bytes]] = {}
+        self.committed_configurations: dict[int, Configuration] = {}
+        self.commit_terms: dict[int, int] = {}  # index -> term of the leader that committed it
         self.committed_max = -1
         # (index, term) -> the voters it was durable on a majority of when committed
         self.commit_voters: dict[tuple[int, int], tuple[int, ...]] = {}
+        # voters -> the newest entry committed with them; durable holding is prefix-closed for
+        # committed entries (log matching), so checking the newest one checks them all.
+        self.newest_committed: dict[tuple[int, ...], tuple[int, int]] = {}
+        self.durable_version_total = 0
         self.acknowledged: dict[tuple[int, int], bool] = {}
         self.commit_seen: dict[int, int] = {}
+        self.term_seen: dict[int, int] = {}
+        # The highest term a node ever sent (outside pre-vote): a restart must not go below it.
+        self.term_floor: dict[int, int] = {}
+        self.votes: dict[tuple[int, int], int] = {}  # (voter, term) -> the candidate granted
+        self.pre_votes: dict[int, dict[int, dict[int, bool]]] = {}  # node -> term -> granters
         self.leader_commit_seen: dict[tuple[int, int], int] = {}
+        self.leader_since: dict[int, int] = {}  # leader -> its tick count when elected
+        self.heard: dict[int, dict[int, int]] = {}  # leader -> peer -> tick count last heard
+        # The applied-prefix digest through each entry index, from the first node that applied it.
+        self.digests: dict[int, bytes] = {}
         self.healed_payload_target = -1
         self.steps = 0
+        # The node the current event can change (None: any); set by the simulator.
+        self.touched: int | None = None
+        self.step_message: Message | None = None
         # The newest entry a leader committed, with the voters it committed with; checked for
         # electoral safety whenever a log changed (a write, a crash, a compaction).
         self.newest_commit: tuple[int, int, tuple[int, ...]] | None = None
         self.logs_changed = False
 
-    def fail(self, message: str) -> None:
-        raise SimulationFailure(self.sim.seed, f"{message}\n{self.sim.failure_report()}")
+    def fail(self, invariant: str, message: str) -> None:
+        raise SimulationFailure(
+            self.sim.seed, f"{message}\n{self.sim.failure_report()}", invariant=invariant
+        )
 
     # --- notifications -------------------------------------------------------------------------
 
     def on_append(self, node: SimNode, view: MemoryStorage, entries: list[Entry]) -> None:
         self.logs_changed = True
+        configuration_written = False
         for entry in entries:
             previous_index = entry.base_index - 1
             value = (entry.data, previous_index, view.term(previous_index))
             known = self.registry.setdefault((entry.index, entry.term), value)
             if known != value:
                 self.fail(
-                    f"log matching: node {node.node_id} wrote {entry.index}@{entry.term} after "
+                    "log matching",
+                    f"node {node.node_id} wrote {entry.index}@{entry.term} after "
                     f"{previous_index}@{value[2]} (or with other bytes) but another node holds it "
-                    f"after {known[1]}@{known[2]}"
+                    f"after {known[1]}@{known[2]}",
                 )
+            configuration_written |= entry.kind is EntryKind.CONFIGURATION
+        if configuration_written:
+            self._check_membership(node.node_id, view)
 
     def on_apply(self, node: SimNode, entry: Entry) -> None:
+        """`node` applied `entry`; its state (`node.state`) already includes it."""
         if entry.base_index != node.applied_index + 1:
             self.fail(
+                "state machine safety",
                 f"node {node.node_id} applied {entry.base_index}..{entry.index} right after "
-                f"{node.applied_index}: applied entries must be contiguous"
+                f"{node.applied_index}: applied entries must be contiguous",
             )
         self._record_committed(node.node_id, entry)
+        known = self.digests.setdefault(entry.index, node.state)
+        if known != node.state:
+            self.fail(
+                "state machine safety",
+                f"node {node.node_id} applied through {entry.index} a history other nodes did not",
+            )
         key = (entry.index, entry.term)
         payload = self.sim.proposal_owner.get(key)
         if payload is not None:
@@ -90,45 +186,311 @@ class Checker:
             self.acknowledged[key] = True
             self._check_on_majority(entry.index, entry.term, self.commit_voters.get(key))
 
+    def on_send(self, node: SimNode, message: Message) -> None:
+        """A message leaves `node`: what it claims must already be on the node's disk."""
+        if is_pre_vote(message):
+            return  # a pre-vote neither records a vote nor changes a term (thesis §9.6)
+        durable = node.disk.durable.hard_state
+        if message.term > durable.term:
+            self.fail(
+                "durability order",
+                f"node {node.node_id} sent {describe(message)} before its term was durable "
+                f"(durable {durable})",
+            )
+        if isinstance(message, VoteResponse) and message.granted:
+            self._check_vote(node.node_id, message.term, message.target, durable)
+        elif isinstance(message, VoteRequest):
+            self._check_vote(node.node_id, message.term, node.node_id, durable)
+        elif isinstance(message, AppendResponse) and message.success:
+            durable_last = node.disk.durable.last_index()
+            if message.match_index > durable_last:
+                self.fail(
+                    "durability order",
+                    f"node {node.node_id} acknowledged {message.match_index} holding only "
+                    f"{durable_last} durably: {describe(message)}",
+                )
+        self.term_floor[node.node_id] = max(self.term_floor.get(node.node_id, 0), message.term)
+
+    def _check_vote(self, node_id: int, term: int, candidate: int, durable: HardState) -> None:
+        if durable.term == term and durable.vote != candidate:
+            self.fail(
+                "durability order",
+                f"node {node_id} voted for {candidate} in term {term} before that vote was "
+                f"durable (durable {durable})",
+            )
+        known = self.votes.setdefault((node_id, term), candidate)
+        if known != candidate:
+            self.fail(
+                "one vote per term",
+                f"node {node_id} voted for {known} and then for {candidate} in term {term}",
+            )
+
+    def before_deliver(self, node: SimNode, core: RaftCore, message: Message) -> Observation | None:
+        """Note what the delivery may change; returns the receiver's state if `message` is stale."""
+        self.step_message = message
+        if isinstance(message, VoteResponse) and message.pre_vote and message.granted:
+            terms = self.pre_votes.setdefault(node.node_id, {})
+            terms.setdefault(message.term, {})[message.source] = True
+        if core.role is Role.LEADER and message.term == core.term:
+            self.heard.setdefault(node.node_id, {})[message.source] = node.ticks
+        if message.term < core.term:
+            return self._observe(core)
+        return None
+
+    def check_stale_ignored(self, node: SimNode, message: Message, before: Observation) -> None:
+        core = node.core
+        assert core is not None, "a delivery does not crash its receiver"
+        after = self._observe(core)
+        if after != before:
+            self.fail(
+                "stale term",
+                f"node {node.node_id} in term {before[0]} acted on {describe(message)} from an "
+                f"older term: (term, vote, role, leader, commit, last index, last term, progress) "
+                f"went from {before} to {after}",
+            )
+
+    @staticmethod
+    def _observe(core: RaftCore) -> Observation:
+        progress = tuple(
+            (peer, state.match_index, state.next_index, state.state)
+            for peer, state in core.progress.items()
+        )
+        return (
+            core.term,
+            core.vote,
+            core.role,
+            core.leader_id,
+            core.commit_index,
+            core.log.last_index(),
+            core.log.last_term(),
+            progress,
+        )
+
+    def on_start(self, node: SimNode) -> None:
+        core = node.core
+        assert core is not None
+        floor = self.term_floor.get(node.node_id, 0)
+        if core.term < floor:
+            self.fail(
+                "one vote per term",
+                f"node {node.node_id} restarted in term {core.term}, below term {floor} it had "
+                "already sent messages in: its term went back",
+            )
+        self.term_seen[node.node_id] = core.term
+
     def on_crash(self, node: SimNode) -> None:
         self.logs_changed = True
         self.commit_seen.pop(node.node_id, None)
+        self.term_seen.pop(node.node_id, None)
+        self.pre_votes.pop(node.node_id, None)
 
     def on_heal(self) -> None:
         self.healed_payload_target = len(self.sim.payloads) + 2
+
+    # --- state machine and snapshots -----------------------------------------------------------
+
+    def digest_at(self, index: int) -> bytes:
+        """The state after applying the committed prefix through entry `index`."""
+        if index < 0:
+            return b""
+        digest = self.digests.get(index)
+        if digest is None:
+            self.fail("snapshot", f"no node applied through {index}, yet a snapshot is there")
+        assert digest is not None
+        return digest
+
+    def state_at(self, snapshot: Snapshot, node_id: int) -> bytes:
+        """The state a node restores from `snapshot` (its bytes, or for a data partition the
+        prefix the log reset stands for)."""
+        if self.sim.options.snapshot_data and snapshot.index >= 0:
+            self.check_snapshot(node_id, snapshot, "restored")
+            return snapshot.data
+        return self.digest_at(snapshot.index)
+
+    def check_snapshot(self, node_id: int, snapshot: Snapshot, how: str) -> None:
+        index = snapshot.index
+        known = self.committed.get(index)
+        expected_data = self.digest_at(index) if self.sim.options.snapshot_data else b""
+        expected = (
+            None if known is None else known[0],
+            self.configuration_at(index),
+            expected_data,
+        )
+        actual = (snapshot.term, snapshot.configuration, snapshot.data)
+        if actual != expected:
+            self.fail(
+                "snapshot",
+                f"node {node_id} {how} a snapshot at {index} with (term, configuration, state) "
+                f"{actual}; the committed prefix through {index} has {expected}",
+            )
+
+    def configuration_at(self, index: int) -> Configuration:
+        """The configuration of the committed prefix through `index`."""
+        found_index, found = -1, self.sim.bootstrap
+        for configuration_index, configuration in self.committed_configurations.items():
+            if found_index < configuration_index <= index:
+                found_index, found = configuration_index, configuration
+        return found
+
+    # --- membership (thesis §4.1) --------------------------------------------------------------
+
+    def _check_membership(self, node_id: int, view: MemoryStorage) -> None:
+        previous = view.snapshot().configuration
+        uncommitted: list[int] = []
+        for entry in view.all_entries:
+            configuration = entry.configuration
+            if configuration is None:
+                continue
+            changed = changed_nodes(previous, configuration)
+            if len(changed) != 1 or not configuration.voters:
+                self.fail(
+                    "membership",
+                    f"node {node_id} holds configuration {configuration} at {entry.index}@"
+                    f"{entry.term}, changing nodes {changed} of {previous}: one node at a time",
+                )
+            if entry.index > self.committed_max:
+                uncommitted.append(entry.index)
+            previous = configuration
+        if len(uncommitted) > 1:
+            self.fail(
+                "membership",
+                f"node {node_id} holds {len(uncommitted)} uncommitted configuration changes "
+                f"(at {uncommitted}; committed through {self.committed_max}): at most one",
+            )
 
     # --- after every step ----------------------------------------------------------------------
 
     def after_step(self) -> None:
         self.steps += 1
-        for node_id, node in self.sim.nodes.items():
-            core = node.core
-            if core is None:
-                continue
-            core.validate()
-            previous = self.commit_seen.get(node_id, -1)
-            if core.commit_index < previous:
-                self.fail(
-                    f"node {node_id} commit index went back from {previous} to "
-                    f"{core.commit_index} without a crash"
-                )
-            self.commit_seen[node_id] = core.commit_index
-            if core.role is Role.LEADER:
-                self._check_leader(core)
+        nodes = self.sim.nodes
+        for node_id in nodes if self.touched is None else (self.touched,):
+            node = nodes[node_id]
+            if node.core is not None:
+                self._check_node(node, node.core)
+        self.step_message = None
         if self.logs_changed and self.newest_commit is not None:
             self.logs_changed = False
             self._check_electorally_safe(*self.newest_commit)
+        version_total = sum(node.disk.durable_version for node in nodes.values())
+        if version_total != self.durable_version_total:
+            self.durable_version_total = version_total
+            for voters, (index, term) in self.newest_committed.items():
+                self._check_on_majority(index, term, voters)
+
+    def _check_node(self, node: SimNode, core: RaftCore) -> None:
+        node_id = node.node_id
+        core.validate()
+        if core.role is Role.LEADER:
+            self._check_leader(core)
+            if self.sim.options.check_quorum:
+                self._check_quorum_deadline(node, core)
+        elif (core.term, node_id) in self.leader_commit_seen:
+            # A leader that removed itself steps down in the very step its removal commits
+            # (thesis §4.2.2): that commit is still a leader's, with the new voters.
+            self._record_leader_commits(core)
+        previous = self.commit_seen.get(node_id, -1)
+        if core.commit_index < previous:
+            self.fail(
+                "commit monotonic",
+                f"node {node_id} commit index went back from {previous} to "
+                f"{core.commit_index} without a crash",
+            )
+        if core.commit_index != previous:
+            self._check_commit_is_committed(node, core)
+        self.commit_seen[node_id] = core.commit_index
+        term_before = self.term_seen.get(node_id, core.term)
+        if core.term < term_before:
+            self.fail("one vote per term", f"node {node_id} term went back to {core.term}")
+        if core.term > term_before:
+            self._check_term_raise(node, core, term_before)
+        self.term_seen[node_id] = core.term
+
+    def _check_commit_is_committed(self, node: SimNode, core: RaftCore) -> None:
+        # A follower commits min(leader commit, last entry this request proved shared); beyond
+        # that its log may be a stale divergent tail, and "committing" it would apply wrong data.
+        index = core.commit_index
+        view = node.disk.view
+        if index <= view.snapshot().index:
+            return  # inside a snapshot, which check_snapshot compares with the committed prefix
+        held = view.term(index)
+        known = self.committed.get(index)
+        if known is None or known[0] != held:
+            self.fail(
+                "commit clamp",
+                f"node {node.node_id} commit index {index} names its entry {index}@{held}, which "
+                f"is not committed (committed there: {None if known is None else known[0]})",
+            )
+
+    def _check_term_raise(self, node: SimNode, core: RaftCore, before: int) -> None:
+        message = self.step_message
+        if message is not None and message.target != node.node_id:
+            message = None
+        adopted = before
+        if message is not None and not (is_pre_vote(message) and getattr(message, "granted", 1)):
+            adopted = max(before, message.term)  # §5.1: a newer term a peer sent
+        if core.term <= adopted:
+            return
+        campaigning = core.role in (Role.CANDIDATE, Role.LEADER) and core.vote == node.node_id
+        if core.term != adopted + 1 or not campaigning:
+            self.fail(
+                "term cause",
+                f"node {node.node_id} ({core.role.value}) raised its term {before} -> {core.term} "
+                "without a newer-term message or a campaign",
+            )
+        if self.sim.options.pre_vote and not isinstance(message, TimeoutNow):
+            granters = self.pre_votes.get(node.node_id, {}).get(core.term, {})
+            voters = core.configuration.voters
+            granted = sum(1 for voter in voters if voter == node.node_id or voter in granters)
+            if granted < majority(len(voters)):
+                self.fail(
+                    "term cause",
+                    f"node {node.node_id} campaigned in term {core.term} with pre-vote grants of "
+                    f"only {granted} of voters {voters} (thesis §9.6)",
+                )
+        terms = self.pre_votes.get(node.node_id, {})
+        for term in [term for term in terms if term <= core.term]:
+            del terms[term]
+
+    def _check_quorum_deadline(self, node: SimNode, core: RaftCore) -> None:
+        """Thesis §6.2: flags of who was heard reset every election timeout, so a leader that last
+        heard from a majority at tick t has failed a check, and stepped down, by t + 2 timeouts."""
+        voters = core.configuration.voters
+        needed = majority(len(voters)) - (1 if node.node_id in voters else 0)
+        if needed <= 0:
+            return
+        elected = self.leader_since[node.node_id]
+        heard = self.heard.get(node.node_id, {})
+        latest = sorted(
+            (heard.get(voter, elected) for voter in voters if voter != node.node_id), reverse=True
+        )
+        silent_ticks = node.ticks - latest[needed - 1]
+        window = 2 * self.sim.options.election_timeout_ticks
+        if silent_ticks > window:
+            self.fail(
+                "check-quorum",
+                f"node {node.node_id} still leads term {core.term} though it heard from a "
+                f"majority of voters {voters} last {silent_ticks} ticks ago (window {window})",
+            )
 
     def _check_leader(self, core: RaftCore) -> None:
         leader = self.leaders_by_term.setdefault(core.term, core.node_id)
         if leader != core.node_id:
-            self.fail(f"two leaders in term {core.term}: nodes {leader} and {core.node_id}")
+            self.fail(
+                "election safety",
+                f"two leaders in term {core.term}: nodes {leader} and {core.node_id}",
+            )
         key = (core.term, core.node_id)
         if key not in self.checked_leaders:
             self.checked_leaders[key] = True
+            self.leader_since[core.node_id] = self.sim.nodes[core.node_id].ticks
+            self.heard[core.node_id] = {}
             self._check_completeness(core)
             self.sim.on_new_leader(core)
             self.leader_commit_seen[key] = core.commit_index
+        self._record_leader_commits(core)
+
+    def _record_leader_commits(self, core: RaftCore) -> None:
+        key = (core.term, core.node_id)
         seen = self.leader_commit_seen[key]
         if core.commit_index > seen:
             self.leader_commit_seen[key] = core.commit_index
@@ -136,8 +498,10 @@ class Checker:
             self.sim.on_leader_commit(core)
             for entry in core.log.entries(seen + 1, core.commit_index + 1, 1 << 62):
                 self._record_committed(core.node_id, entry)
+                self.commit_terms.setdefault(entry.index, core.term)
                 self.commit_voters[(entry.index, entry.term)] = voters
                 self._check_on_majority(entry.index, entry.term, voters)
+            self.newest_committed[voters] = (core.commit_index, core.log.term(core.commit_index))
             self.newest_commit = (core.commit_index, core.log.term(core.commit_index), voters)
             self.logs_changed = True
 
@@ -147,7 +511,9 @@ class Checker:
         indexes = sorted(self.committed)[-20:] + sorted(i for i, _ in self.acknowledged)
         for index in indexes:
             term = self.committed[index][0] if index in self.committed else None
-            if term is None:
+            if term is None or self.commit_terms.get(index, 0) >= core.term:
+                # Completeness binds leaders of LATER terms than the commit: a candidate of an
+                # older term can still win with votes granted before that commit happened.
                 continue
             if index < core.log.first_index():
                 continue  # inside the leader's snapshot, which only ever covers committed entries
@@ -157,26 +523,31 @@ class Checker:
                 held = None
             if held != term:
                 self.fail(
-                    f"leader completeness: node {core.node_id} leads term {core.term} without "
-                    f"committed entry {index}@{term} (it holds {held})"
+                    "leader completeness",
+                    f"node {core.node_id} leads term {core.term} without "
+                    f"committed entry {index}@{term} (it holds {held})",
                 )
 
     def _record_committed(self, node_id: int, entry: Entry) -> None:
         known = self.committed.setdefault(entry.index, (entry.term, entry.data))
         if known != (entry.term, entry.data):
             self.fail(
+                "state machine safety",
                 f"committed entry changed: node {node_id} has {entry.index}@{entry.term} where "
-                f"{entry.index}@{known[0]} was committed"
+                f"{entry.index}@{known[0]} was committed",
             )
+        if entry.configuration is not None:
+            self.committed_configurations[entry.index] = entry.configuration
         self.committed_max = max(self.committed_max, entry.index)
 
     def _check_on_majority(self, index: int, term: int, voters: tuple[int, ...] | None) -> None:
         if voters is None:
             return
         holders = [voter for voter in voters if self._durable_has(voter, index, term)]
-        if len(holders) < quorum.majority(len(voters)):
+        if len(holders) < majority(len(voters)):
             self.fail(
-                f"entry {index}@{term} committed but durable only on {holders} of voters {voters}"
+                "durable majority",
+                f"entry {index}@{term} committed but durable only on {holders} of voters {voters}",
             )
 
     def _check_electorally_safe(self, index: int, term: int, voters: tuple[int, ...]) -> None:
@@ -193,18 +564,19 @@ class Checker:
             node = self.sim.nodes[voter]
             log = node.disk.view if node.core is not None else node.disk.durable
             voter_logs.append(self._last_position(log))
-        majority = quorum.majority(len(voters))
+        needed = majority(len(voters))
         for node_id, node in self.sim.nodes.items():
             for log in (node.disk.view, node.disk.durable):
                 if self._storage_has(log, index, term):
                     continue
                 position = self._last_position(log)
                 supporters = sum(1 for other in voter_logs if position >= other)
-                if supporters >= majority:
+                if supporters >= needed:
                     self.fail(
+                        "electoral safety",
                         f"committed entry {index}@{term} is missing on node {node_id}, whose log "
                         f"ending at {position[1]}@{position[0]} could win the votes of "
-                        f"{supporters} of voters {voters}"
+                        f"{supporters} of voters {voters}",
                     )
 
     @staticmethod
@@ -238,7 +610,7 @@ class Checker:
     def check_liveness(self) -> None:
         problems = self._liveness_problems()
         if problems:
-            self.fail("liveness: after healing, within the tick bound: " + "; ".join(problems))
+            self.fail("liveness", "after healing, within the tick bound: " + "; ".join(problems))
 
     def _liveness_problems(self) -> list[str]:
         problems = []
@@ -264,3 +636,25 @@ class Checker:
         if len(self.sim.payloads) < self.healed_payload_target:
             problems.append("the proposals made after healing are not all in yet")
         return problems
+
+    def check_stable(
+        self, leader: RaftCore, terms: dict[int, int], *, isolated: int, rejoined: bool
+    ) -> None:
+        """Pre-vote (thesis §9.6): while `leader` stays healthy, terms do not inflate: the leader
+        keeps its term and no node goes beyond it, neither the isolated follower (its pre-votes
+        fail) nor, once it rejoined, anyone. (A node behind, such as a removed node that never
+        learned of its removal, may still catch up to the leader's term.)"""
+        moment = "after rejoining" if rejoined else "while isolated"
+        if leader.role is not Role.LEADER or self.sim.nodes[leader.node_id].core is not leader:
+            self.fail(
+                "pre-vote stability",
+                f"leader {leader.node_id} of term {terms[leader.node_id]} lost leadership {moment} "
+                f"by follower {isolated}",
+            )
+        for node_id, node in self.sim.nodes.items():
+            if node.core is not None and node.core.term > terms[leader.node_id]:
+                self.fail(
+                    "pre-vote stability",
+                    f"node {node_id} went from term {terms.get(node_id)} to {node.core.term} "
+                    f"with follower {isolated} {moment} and leader {leader.node_id} healthy",
+                )

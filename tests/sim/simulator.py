@@ -1,10 +1,17 @@
 """Deterministic simulation of a Raft group: one seed drives the network, the disks, the clocks,
 crashes, partitions, membership changes and the clients (TigerBeetle's VOPR, etcd's `network`).
 
-A run is a safety phase with every fault enabled, then a liveness phase with faults healed. After
-EVERY event the `Checker` (checkers.py) verifies Raft's safety properties; a violation raises
-`SimulationFailure` with the seed and the command that replays it. Nothing here reads a real clock
-or an unseeded random source, and nothing iterates a set or a str-keyed dict to make a decision.
+A run is a safety phase with every fault enabled, then a liveness phase with faults healed, then
+(with pre-vote) a stability phase that isolates one follower. After EVERY event the `Checker`
+(checkers.py) verifies Raft's safety properties; a violation raises `SimulationFailure` with the
+seed and the command that replays it. Nothing here reads a real clock or an unseeded random source,
+and nothing iterates a set or a str-keyed dict to make a decision.
+
+The driver side (`_process_ready`) behaves like `broker/raft/driver.py`: a Ready that `must_sync`
+waits for an fsync, but its AppendRequests leave at once (thesis §10.2.1, the real driver's rule);
+a Ready that need not sync is sent right away and its writes stay unsynced until a later fsync, so
+a crash may lose them. A core that under-reports `must_sync` or counts its own unsynced entry
+therefore shows up as a message that outran its disk or a commit that is not on a durable majority.
 """
 
 from __future__ import annotations
@@ -19,15 +26,17 @@ from broker.log import batch as batch_codec
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore, Ready, Role
 from broker.raft.errors import ConfigurationChangeError, NotLeaderError, ProposalDroppedError
-from broker.raft.messages import Configuration, Entry, Message, describe
+from broker.raft.messages import AppendRequest, Configuration, Entry, Message, describe
 from broker.raft.storage import MemoryStorage
-from tests.sim.checkers import Checker, SimulationFailure
+from tests.sim.checkers import Checker, SimulationFailure, apply_digest
 
 # Virtual time units per tick at the nominal tick rate; nodes tick at 80%-120% of it.
 TICK_TIME = 100
 # Client payloads proposed but not yet seen committed; no new ones beyond this (a producer's
 # bounded in-flight requests). It also bounds the backlog the liveness phase must drain.
 CLIENT_PENDING_MAX = 20
+# Events a failure report prints: enough to see the crash, election or message that broke it.
+TRACE_LINES_REPORTED = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +110,9 @@ class SimDisk:
         self.durable = MemoryStorage(configuration)
         self.view = self.durable.copy()
         self.unsynced: list[tuple[str, Any]] = []
+        # Bumped whenever `durable` changes (sync, crash, compaction), so the checker re-verifies
+        # that committed entries are still on a durable majority only when that could change.
+        self.durable_version = 0
 
     def write(self, ready: Ready, on_append: Callable[[MemoryStorage, list[Entry]], None]) -> None:
         if ready.snapshot is not None:
@@ -119,6 +131,7 @@ class SimDisk:
         for operation in self.unsynced:
             self._apply(self.durable, operation)
         self.unsynced = []
+        self.durable_version += 1
 
     def crash(self, rng: random.Random) -> None:
         survivors = rng.randrange(len(self.unsynced) + 1) if rng.random() < 0.5 else 0
@@ -130,12 +143,18 @@ class SimDisk:
                 self._apply(self.durable, ("append", payload[: rng.randrange(1, len(payload))]))
         self.unsynced = []
         self.view = self.durable.copy()
+        self.durable_version += 1
+
+    def holds_unsynced_log_writes(self) -> bool:
+        """Whether an append or snapshot awaits an fsync (a lazy hard-state write may linger)."""
+        return any(kind != "hard_state" for kind, _ in self.unsynced)
 
     def compact(self, index: int, data: bytes) -> None:
         # Retention only touches synced data, so the view and the durable state agree on it.
-        assert not self.unsynced
+        assert not self.holds_unsynced_log_writes()
         self.durable.compact(index, data)
         self.view.compact(index, data)
+        self.durable_version += 1
 
     @staticmethod
     def _apply(storage: MemoryStorage, operation: tuple[str, Any]) -> None:
@@ -159,6 +178,11 @@ class SimNode:
     waiting: list[Ready] = dataclasses.field(default_factory=list)
     fsync_scheduled: bool = False
     applied_index: int = -1
+    # The state machine: a digest chained over every applied entry (checkers.apply_digest), so
+    # two nodes that applied different prefixes, or a snapshot of the wrong prefix, differ.
+    state: bytes = b""
+    # Ticks this incarnation of the node has taken: the clock of its check-quorum deadline.
+    ticks: int = 0
 
 
 @dataclasses.dataclass
@@ -232,18 +256,66 @@ class Simulation:
             deadline = self.time + self.options.liveness_ticks * TICK_TIME
             self._run_until(deadline, stop_when_live=True)
             self.checker.check_liveness()
+            if self.options.pre_vote:
+                self._stability_phase()
         except SimulationFailure:
             raise
         except AssertionError as exc:
-            raise SimulationFailure(self.seed, f"assertion in core or checker: {exc!r}") from exc
+            raise SimulationFailure(
+                self.seed,
+                f"assertion in core or checker: {exc!r}\n{self.failure_report()}",
+                invariant="core assertion",
+            ) from exc
 
     def _run_until(self, end_time: int, *, stop_when_live: bool = False) -> None:
+        handlers = {
+            "tick": self._on_tick,
+            "deliver": self._on_deliver,
+            "fsync": self._on_fsync,
+            "client": self._on_client,
+            "fault": self._on_fault,
+            "crash": self._on_crash,
+            "restart": self._on_restart,
+        }
+        checker = self.checker
         while self.events and self.events[0][0] <= end_time:
             self.time, _, kind, payload = heapq.heappop(self.events)
-            getattr(self, f"_on_{kind}")(payload)
-            self.checker.after_step()
-            if stop_when_live and self.checker.is_live():
+            # Each event names the one node it can change (None: possibly several), so the checks
+            # of unchanged nodes are skipped: the state they would check is what they checked.
+            if kind in ("tick", "fsync"):
+                checker.touched = payload
+            else:
+                checker.touched = payload.target if kind == "deliver" else None
+            handlers[kind](payload)
+            checker.after_step()
+            if stop_when_live and checker.is_live():
                 return
+
+    def _stability_phase(self) -> None:
+        """Pre-vote (thesis §9.6): a follower cut off from a healthy leader must not raise its term
+        while isolated and, with check-quorum, must rejoin without deposing the leader."""
+        leader = self._current_leader()
+        assert leader is not None, "the liveness phase ended with a live leader"
+        followers = [voter for voter in leader.configuration.voters if voter != leader.node_id]
+        if not followers:
+            return
+        isolated = self.rng.choice(followers)
+        terms = {n: node.core.term for n, node in self.nodes.items() if node.core is not None}
+        self.blocked = {(isolated, n) for n in self.node_ids} | {
+            (n, isolated) for n in self.node_ids
+        }
+        self.trace(f"stability: isolate {isolated} from leader {leader.node_id}")
+        window = 3 * self.options.election_timeout_ticks * TICK_TIME
+        self._run_until(self.time + window)
+        self.checker.check_stable(leader, terms, isolated=isolated, rejoined=False)
+        if not self.options.check_quorum:
+            return  # without the lease, a rejoining node's pre-vote may legitimately win
+        self.blocked = set()
+        self.trace(f"stability: {isolated} rejoins")
+        deadline = self.time + self.options.liveness_ticks * TICK_TIME
+        self._run_until(deadline, stop_when_live=True)
+        self.checker.check_liveness()
+        self.checker.check_stable(leader, terms, isolated=isolated, rejoined=True)
 
     def _schedule(self, delay: int, kind: str, payload: Any) -> None:
         self.sequence += 1
@@ -253,6 +325,8 @@ class Simulation:
         return int(self.rng.expovariate(1.0 / mean)) + 1
 
     def trace(self, line: str) -> None:
+        # Callers format lines only under `if self.trace_enabled` where that is costly (every
+        # delivery); tracing is off for CI runs and on for the replay of a failing seed.
         if self.trace_enabled:
             self.trace_lines.append(f"{self.time:>8} {line}")
 
@@ -267,36 +341,56 @@ class Simulation:
         )
         node.core.now_ms = self.time
         node.applied_index = node.core.applied_index
+        node.state = self.checker.state_at(node.disk.view.snapshot(), node.node_id)
+        node.ticks = 0
         node.waiting = []
+        self.checker.on_start(node)
         self._process_ready(node)
 
     def _process_ready(self, node: SimNode) -> None:
+        """The driver loop of RaftDriver._commit_round: write each Ready, then either send it at
+        once (nothing to sync, nothing queued before it) or queue it behind one fsync, sending its
+        AppendRequests now (a leader replicates while its own fsync runs, thesis §10.2.1)."""
         core = node.core
         assert core is not None
+        on_append = self._on_append_for(node)
         while core.has_ready():
             ready = core.ready()
-            node.disk.write(
-                ready, lambda view, entries: self.checker.on_append(node, view, entries)
-            )
-            if node.disk.unsynced or node.waiting:
-                node.waiting.append(ready)
-                if not node.fsync_scheduled:
-                    node.fsync_scheduled = True
-                    latency = self.rng.randrange(1, 2 * node.fsync_latency + 1)
-                    self._schedule(latency, "fsync", node.node_id)
-                core.advance(ready)
-            else:
-                core.advance(ready)
-                self._complete(node, ready)
-            core.validate()
+            if ready.snapshot is not None:
+                self.checker.check_snapshot(node.node_id, ready.snapshot, "installed")
+            node.disk.write(ready, on_append)
+            core.advance(ready)
+            if not (ready.must_sync or node.waiting):
+                self._complete(node, ready, appends_sent=False)
+                continue
+            node.waiting.append(ready)
+            for message in ready.messages:
+                if isinstance(message, AppendRequest):
+                    self._send(message)
+            if not node.fsync_scheduled:
+                node.fsync_scheduled = True
+                latency = self.rng.randrange(1, 2 * node.fsync_latency + 1)
+                self._schedule(latency, "fsync", node.node_id)
 
-    def _complete(self, node: SimNode, ready: Ready) -> None:
-        """After the fsync covering `ready`: send its messages, apply its commits."""
+    def _on_append_for(self, node: SimNode) -> Callable[[MemoryStorage, list[Entry]], None]:
+        checker = self.checker
+
+        def on_append(view: MemoryStorage, entries: list[Entry]) -> None:
+            checker.on_append(node, view, entries)
+
+        return on_append
+
+    def _complete(self, node: SimNode, ready: Ready, *, appends_sent: bool) -> None:
+        """After the fsync covering `ready`: send its messages (but the AppendRequests that left
+        before the fsync), apply its commits, and report the log end durable."""
         for message in ready.messages:
-            self._send(message)
+            if not (appends_sent and isinstance(message, AppendRequest)):
+                self._send(message)
         if ready.snapshot is not None:
             node.applied_index = max(node.applied_index, ready.snapshot.index)
+            node.state = self.checker.state_at(ready.snapshot, node.node_id)
         for entry in ready.committed_entries:
+            node.state = apply_digest(node.state, entry)
             self.checker.on_apply(node, entry)
             node.applied_index = entry.index
         assert node.core is not None
@@ -310,7 +404,7 @@ class Simulation:
         node.disk.sync()
         waiting, node.waiting = node.waiting, []
         for ready in waiting:
-            self._complete(node, ready)
+            self._complete(node, ready, appends_sent=True)
         self._process_ready(node)
 
     def _on_tick(self, node_id: int) -> None:
@@ -318,18 +412,27 @@ class Simulation:
         self._schedule(node.tick_period, "tick", node_id)
         if node.core is None:
             return
+        node.ticks += 1
         node.core.tick(now_ms=self.time)
         self._process_ready(node)
 
     def _on_deliver(self, message: Message) -> None:
         node = self.nodes[message.target]
-        if node.core is None:
+        core = node.core
+        if core is None:
             return
-        self.trace(describe(message))
-        node.core.step(message)
+        if self.trace_enabled:
+            self.trace(describe(message))
+        checker = self.checker
+        checker.touched = node.node_id
+        stale = checker.before_deliver(node, core, message)
+        core.step(message)
         self._process_ready(node)
+        if stale is not None:
+            checker.check_stale_ignored(node, message, stale)
 
     def _send(self, message: Message) -> None:
+        self.checker.on_send(self.nodes[message.source], message)
         if (message.source, message.target) in self.blocked:
             source = self.nodes[message.source].core
             if source is not None and self.rng.random() < 0.5:
@@ -380,6 +483,7 @@ class Simulation:
 
     def _propose(self, leader: RaftCore, payload: Payload) -> None:
         node = self.nodes[leader.node_id]
+        self.checker.touched = leader.node_id
         value = f"payload-{payload.payload_id}".encode()
         record_count = 1 + payload.payload_id % 3
         batch = batch_codec.build_batch([(self.time, None, value, None)] * record_count)
@@ -389,9 +493,10 @@ class Simulation:
             return
         payload.proposals.append((entry.index, entry.term))
         self.proposal_owner[(entry.index, entry.term)] = payload
-        self.trace(
-            f"propose {leader.node_id} {entry.index}@{entry.term} payload={payload.payload_id}"
-        )
+        if self.trace_enabled:
+            self.trace(
+                f"propose {leader.node_id} {entry.index}@{entry.term} payload={payload.payload_id}"
+            )
         self._process_ready(node)
         if self.faults_enabled and self.rng.random() < self.options.crash_after_propose_probability:
             # Crash a leader while its newest entries are on a minority: Figure 8's opening move.
@@ -534,22 +639,56 @@ class Simulation:
 
     def _fault_compact(self) -> None:
         node = self.nodes[self.rng.choice(self.node_ids)]
-        if node.core is None or node.disk.unsynced or node.waiting:
+        if node.core is None or node.disk.holds_unsynced_log_writes() or node.waiting:
             return
         view = node.disk.view
         candidates = [e.index for e in view.all_entries if e.index <= node.applied_index]
         if len(candidates) < 2:
             return
         index = candidates[self.rng.randrange(len(candidates) - 1)]
-        data = f"state-through-{index}".encode() if self.options.snapshot_data else b""
+        # A state-machine group snapshots its state (here the digest of what it applied); a data
+        # partition's snapshot carries no bytes and means "the log starts after index".
+        data = self.checker.digest_at(index) if self.options.snapshot_data else b""
         self.trace(f"compact {node.node_id} through {index}")
         node.disk.compact(index, data)
+        self.checker.check_snapshot(node.node_id, node.disk.durable.snapshot(), "compacted")
 
     def _fault_membership(self) -> None:
+        """Propose membership changes: mostly one permitted one-node step, sometimes changes the
+        core must refuse (two nodes at once, no change at all, a second change while the first is
+        uncommitted). The checker's membership invariant judges whatever the core accepted."""
         leader = self._current_leader()
         if leader is None:
             return
-        configuration = leader.configuration
+        current = leader.configuration
+        first = self._one_node_step(current)
+        action = self.rng.choice(["step", "step", "two-in-a-row", "two-at-once", "unchanged"])
+        if first is None:
+            return
+        if action == "step":
+            proposals = [first]
+        elif action == "two-in-a-row":
+            second = self._one_node_step(first)
+            proposals = [first] if second is None else [first, second]
+        elif action == "two-at-once":
+            second = self._one_node_step(first)
+            proposals = [second if second is not None else current]
+        else:
+            proposals = [current]
+        for configuration in proposals:
+            try:
+                entry = leader.propose_configuration(configuration)
+            except (ConfigurationChangeError, NotLeaderError, ProposalDroppedError):
+                self.trace(f"configuration {configuration} refused ({action})")
+                continue
+            self.trace(
+                f"configuration {entry.index}@{entry.term}: {entry.configuration} ({action})"
+            )
+        self._process_ready(self.nodes[leader.node_id])
+
+    def _one_node_step(self, configuration: Configuration) -> Configuration | None:
+        # A permitted change (thesis §4.1): add a learner, promote one, or remove a node, never
+        # going below 3 voters so that the liveness phase keeps a fault-tolerant group.
         voters, learners = list(configuration.voters), list(configuration.learners)
         outsiders = [n for n in self.node_ids if n not in voters and n not in learners]
         action = self.rng.choice(["add-learner", "promote", "remove"])
@@ -564,13 +703,8 @@ class Simulation:
         elif action == "remove" and learners:
             learners.remove(self.rng.choice(learners))
         else:
-            return
-        try:
-            entry = leader.propose_configuration(Configuration.of(voters, learners))
-        except (ConfigurationChangeError, NotLeaderError, ProposalDroppedError):
-            return
-        self.trace(f"configuration {entry.index}@{entry.term}: {entry.configuration}")
-        self._process_ready(self.nodes[leader.node_id])
+            return None
+        return Configuration.of(voters, learners)
 
     def _heal(self) -> None:
         """End of the safety phase: no new faults, network whole, every node up, disks quick."""
@@ -584,5 +718,7 @@ class Simulation:
         self.trace("healed: liveness phase")
 
     def failure_report(self) -> str:
-        tail = "\n".join(self.trace_lines[-40:])
-        return f"{self.options}\nlast events:\n{tail}"
+        if not self.trace_enabled:
+            return f"{self.options}\n(tracing was off: the replay of this seed prints the events)"
+        tail = "\n".join(self.trace_lines[-TRACE_LINES_REPORTED:])
+        return f"{self.options}\nlast {TRACE_LINES_REPORTED} events:\n{tail}"

@@ -1,7 +1,8 @@
 """Deterministic simulation of Raft groups: safety under faults, then liveness once healed.
 
-Each seed fixes the whole run (swarm options, faults, timings). A failure names its seed and the
-command that replays it: `pytest tests/sim --seed N`.
+Each seed fixes the whole run (swarm options, faults, timings). A failure names its seed, the
+invariant it broke and the command that replays it: `pytest tests/sim --seed N`; the report is
+that of a replay with tracing on, so it ends with the run's last events.
 """
 
 from __future__ import annotations
@@ -11,16 +12,35 @@ import dataclasses
 import pytest
 
 from broker.raft.core import RaftCore
-from broker.raft.messages import VoteRequest
+from tests.sim.broken_cores import BROKEN_CORES, BrokenCore, SlowBacktrackingCore
 from tests.sim.checkers import SimulationFailure
 from tests.sim.conftest import FIXED_SEEDS
 from tests.sim.simulator import Simulation
 
+# A correct variant the clamp's broken core builds on: it must pass these seeds itself, or the
+# self-test would credit the checker with a bug the variant (not the clamp) introduced.
+CORRECT_VARIANT_SEEDS = FIXED_SEEDS[:20]
+
+
+def run_seed(seed: int, core_class: type[RaftCore] = RaftCore) -> Simulation:
+    """Run one seed; on a failure, replay it with tracing on and raise the replay's report."""
+    simulation = Simulation(seed, core_class=core_class)
+    try:
+        simulation.run()
+    except SimulationFailure as failure:
+        replay = Simulation(seed, core_class=core_class, trace=True)
+        with pytest.raises(SimulationFailure) as replayed:
+            replay.run()
+        # Determinism: the replay breaks the same invariant at the same point.
+        assert replayed.value.invariant == failure.invariant
+        assert str(replayed.value).splitlines()[0] == str(failure).splitlines()[0]
+        raise replayed.value from None
+    return simulation
+
 
 def test_simulation_seed(simulation_seed: int) -> None:
     """Goal: every safety invariant holds after every event, and the group recovers when healed."""
-    simulation = Simulation(simulation_seed)
-    simulation.run()
+    simulation = run_seed(simulation_seed)
     assert simulation.checker.steps > 0
     assert simulation.checker.committed_max >= 0, "nothing was ever committed"
 
@@ -35,47 +55,42 @@ def test_simulation_is_deterministic() -> None:
     assert first.checker.committed == second.checker.committed
 
 
-class VoteWithoutLogCheckCore(RaftCore):
-    """A known-wrong rule: grant votes without the §5.4.1 "candidate's log is up to date" check."""
-
-    def _handle_vote_request(self, message: VoteRequest) -> None:
-        pretend = dataclasses.replace(
-            message, last_index=self.log.last_index(), last_term=self.log.last_term()
-        )
-        super()._handle_vote_request(pretend)
-
-
-def test_simulator_catches_a_wrong_election_rule() -> None:
-    """Goal: the simulator is strong enough to find a real safety bug within the CI seed budget."""
-    for seed in FIXED_SEEDS:
+def first_failure(core_class: type[RaftCore]) -> tuple[int, SimulationFailure] | None:
+    """The first CI seed (1-based count) on which the simulator rejects `core_class`."""
+    for count, seed in enumerate(FIXED_SEEDS, start=1):
         try:
-            Simulation(seed, core_class=VoteWithoutLogCheckCore).run()
+            Simulation(seed, core_class=core_class).run()
         except SimulationFailure as failure:
-            assert "leader completeness" in str(failure) or "committed" in str(failure)
-            assert f"pytest tests/sim --seed {seed}" in str(failure)
-            return
-    pytest.fail("no seed of the CI budget caught the wrong election rule")
+            return count, failure
+    return None
 
 
-class CountReplicasCore(RaftCore):
-    """Figure 8's known-wrong rule: commit whatever a majority holds, whatever its term (§5.4.2)."""
+@pytest.mark.parametrize(
+    "broken", BROKEN_CORES, ids=[broken.core_class.__name__ for broken in BROKEN_CORES]
+)
+def test_simulator_rejects_broken_core(broken: BrokenCore) -> None:
+    """Goal: the checker's self-test. Each deliberately broken core (one wrong rule, see
+    broken_cores.py) is rejected within the CI seeds, by the invariant meant for its class."""
+    found = first_failure(broken.core_class)
+    if found is None:
+        pytest.fail(f"no CI seed caught {broken.core_class.__name__}: {broken.invariants}")
+    count, failure = found
+    assert failure.invariant in broken.invariants, (count, str(failure))
+    assert f"pytest tests/sim --seed {failure.seed}" in str(failure)
 
-    def _may_commit(self, index: int) -> bool:
-        return True
+
+@pytest.mark.parametrize("seed", CORRECT_VARIANT_SEEDS)
+def test_slow_backtracking_variant_is_correct(seed: int) -> None:
+    """Goal: the correct leader variant under NoCommitClampCore passes on its own."""
+    run_seed(seed, SlowBacktrackingCore)
 
 
-def test_simulator_catches_the_figure8_commit_rule() -> None:
-    """Goal: the simulator finds Figure 8's bug (committing an earlier term's entry by counting
-    replicas) within the CI seed budget. The wrong rule fires in most runs, but turning it into
-    visible damage needs a node holding a later term's entry at the wrong moment; the electoral
-    safety check flags that as soon as it exists, in about 2% of seeds."""
-    for seed in FIXED_SEEDS:
-        try:
-            Simulation(seed, core_class=CountReplicasCore).run()
-        except SimulationFailure as failure:
-            assert "committed entry" in str(failure) or "leader completeness" in str(failure)
-            return
-    pytest.fail("no seed of the CI budget caught the Figure 8 commit rule")
+def test_failure_report_replays_with_the_last_events() -> None:
+    """Goal: a failing seed's report is a traced replay: it ends with the events before it."""
+    with pytest.raises(SimulationFailure) as failure:
+        run_seed(FIXED_SEEDS[0], BROKEN_CORES[0].core_class)
+    assert "last 60 events:" in str(failure.value)
+    assert "Request" in str(failure.value)  # message deliveries are among the events
 
 
 @pytest.mark.slow

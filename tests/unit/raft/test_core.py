@@ -24,6 +24,7 @@ from broker.raft.messages import (
 )
 from broker.raft.raft_log import RaftLog
 from broker.raft.storage import CompactedError, MemoryStorage
+from tests.sim.broken_cores import NoCommitClampCore
 from tests.unit.raft.interaction import InteractionEnv, parse_script
 from tests.unit.raft.test_interaction import TESTDATA
 
@@ -109,20 +110,59 @@ def test_vote_is_persisted_with_the_response() -> None:
     core.advance(ready)
 
 
-def test_follower_clamps_the_leader_commit_to_its_last_new_entry() -> None:
-    """STYLE §7.4 / etcd commitTo(min(committed, lastnewi)): entries beyond may still diverge."""
-    core = make_core(node_id=2, voters=(1, 2, 3), check_quorum=False)
-    first = assign_entry(batch(), base_index=0, term=1)
-    second = assign_entry(batch(), base_index=1, term=1)
-    core.step(AppendRequest(1, 2, 1, -1, 0, (first, second), commit_index=1))
-    drain(core)
-    assert core.commit_index == 1
-    # A stale divergent tail beyond the message's entries must not become committed.
+def follower_with_a_stale_tail(core_class: type[RaftCore]) -> RaftCore:
+    """Node 2 holds 0@1 1@1 (shared with the next leader) and a stale tail 2@1, commit 0; node 3
+    then leads term 2 and resends only 1@1, announcing commit 2 (its own entry 2@2)."""
+    core = core_class(
+        node_id=2,
+        storage=MemoryStorage(Configuration.of((1, 2, 3))),
+        config=RaftConfig(check_quorum=False),
+        rng=random.Random(2),
+    )
+    shared = (
+        assign_entry(batch(), base_index=0, term=1),
+        assign_entry(batch(), base_index=1, term=1),
+    )
     stale = assign_entry(batch(b"stale"), base_index=2, term=1)
-    core.step(AppendRequest(1, 2, 1, 1, 1, (stale,), commit_index=1))
+    core.step(AppendRequest(1, 2, 1, -1, 0, (*shared, stale), commit_index=0))
     drain(core)
-    core.step(AppendRequest(1, 2, 1, 0, 1, (), commit_index=9))
-    assert core.commit_index == 1  # only through prev_index 0... and never backwards
+    assert core.commit_index == 0
+    # prev_index 0 is not below the commit index 0: this takes the clamp's path, not the early
+    # return for old messages.
+    core.step(AppendRequest(3, 2, 2, 0, 1, shared[1:], commit_index=2))
+    drain(core)
+    assert core.log.last_index() == 2, "the request matched, so the stale tail is still there"
+    return core
+
+
+def test_follower_clamps_the_leader_commit_to_its_last_new_entry() -> None:
+    """STYLE §7.4 / etcd commitTo(min(committed, lastnewi)): entries beyond the last one this
+    request proved shared may be a stale divergent tail; committing 2@1 would apply data the
+    leader (which committed 2@2) never wrote."""
+    assert follower_with_a_stale_tail(RaftCore).commit_index == 1
+    # The scenario really reaches the clamp: the simulator's broken core commits the tail.
+    assert follower_with_a_stale_tail(NoCommitClampCore).commit_index == 2
+
+
+def test_a_stale_pre_vote_grant_does_not_win_a_later_round() -> None:
+    """Regression (found by the simulator's term-cause invariant, seed 67): a granted pre-vote
+    answer carries the term it was asked for. A delayed grant from an earlier round used to count
+    toward the current one, so a node raised its term without a pre-vote majority (thesis §9.6)."""
+    core = make_core(node_id=1, voters=(1, 2, 3), pre_vote=True)
+    core.campaign()  # pre-vote for term 1
+    drain(core)
+    core.step(VoteResponse(2, 1, 1, True, True))
+    drain(core)
+    assert (core.role, core.term) == (Role.CANDIDATE, 1)
+    core.campaign()  # the term-1 election stalls; pre-vote for term 2
+    drain(core)
+    assert (core.role, core.term) == (Role.PRE_CANDIDATE, 1)
+    core.step(VoteResponse(2, 1, 1, True, True))  # the round-1 grant, duplicated and delayed
+    drain(core)
+    assert (core.role, core.term) == (Role.PRE_CANDIDATE, 1)
+    core.step(VoteResponse(3, 1, 2, True, True))  # a grant for this round wins it
+    drain(core)
+    assert (core.role, core.term) == (Role.CANDIDATE, 2)
 
 
 def test_rejection_carries_the_fast_backtracking_hint() -> None:
@@ -153,7 +193,7 @@ def test_proposals_are_bounded_and_refused_off_the_leader() -> None:
     core = make_core(voters=(1, 2), uncommitted_bytes_max=300)
     core.campaign()
     drain(core)
-    core.step(VoteResponse(2, 1, core.term, True, True))
+    core.step(VoteResponse(2, 1, core.term + 1, True, True))  # a grant carries the asked term
     drain(core)
     core.step(VoteResponse(2, 1, core.term, True, False))
     drain(core)
