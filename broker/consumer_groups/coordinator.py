@@ -100,12 +100,22 @@ class GroupCoordinatorCore:
     """All groups of one coordinator partition. See the module docstring for the caller's duties.
 
     With `validate=True` (tests, simulation) the whole state is checked after every event.
+    `first_member_sequence` continues the member id sequence of an earlier core loaded with the
+    same coordinator epoch (the shell reloading a partition whose core failed): ids it handed out
+    but never wrote must not be handed out again.
     """
 
-    def __init__(self, config: GroupConfig | None = None, *, validate: bool = False) -> None:
+    def __init__(
+        self,
+        config: GroupConfig | None = None,
+        *,
+        validate: bool = False,
+        first_member_sequence: int = 1,
+    ) -> None:
         config = config if config is not None else GroupConfig()
         config.validate()
-        self._state = CoordinatorState(config)
+        assert first_member_sequence >= 1, first_member_sequence
+        self._state = CoordinatorState(config, next_member_sequence=first_member_sequence)
         self._validate = validate
 
     # --- the interface ----------------------------------------------------------------------------
@@ -130,6 +140,11 @@ class GroupCoordinatorCore:
     @functools.singledispatchmethod
     def _dispatch(self, event: Event) -> None:
         raise AssertionError(f"unknown event {event!r}")
+
+    @property
+    def next_member_sequence(self) -> int:
+        """The sequence number of the next member id: a successor core starts from here."""
+        return self._state.next_member_sequence
 
     def next_deadline_ms(self) -> int | None:
         """The earliest `now_ms` at which a `Tick` has something to do (None: nothing loaded)."""
@@ -235,8 +250,11 @@ class GroupCoordinatorCore:
             self._answer_write(write, ErrorCode.NONE)
         elif write.kind is WriteKind.DELETION:
             for group_id in write.group_ids:
-                if state.groups[group_id].state is DEAD:
-                    assert not state.groups[group_id].pending_tokens
+                # Only the write that made the group Dead removes it: an earlier deletion write
+                # of the same group (retention's tombstones for some expired offsets) may be
+                # reported first, while the DeleteGroups tombstones are still in flight.
+                if state.groups[group_id].deletion_write == write.token:
+                    assert not state.groups[group_id].pending_tokens, group_id
                     del state.groups[group_id]
             self._answer_write(write, ErrorCode.NONE)
 
@@ -256,8 +274,12 @@ class GroupCoordinatorCore:
                 membership.fence(state, member, event.error, event.now_ms)
         elif write.kind is WriteKind.DELETION:
             for group_id in write.group_ids:
-                if state.groups[group_id].state is DEAD:
-                    state.set_state(state.groups[group_id], EMPTY, event.now_ms)
+                # Only the failure of the write that made the group Dead revives it; a failed
+                # earlier write leaves a later deletion under way.
+                dead = state.groups[group_id]
+                if dead.deletion_write == write.token:
+                    dead.deletion_write = None
+                    state.set_state(dead, EMPTY, event.now_ms)
         # EMPTIED needs nothing: the group is Empty whatever the partition says, and its next
         # transition writes the metadata again.
         self._answer_write(write, event.error)
@@ -421,6 +443,7 @@ class GroupCoordinatorCore:
         retention_ms = state.config.offsets_retention_ms
         records: list[GroupRecord] = []
         touched: list[str] = []
+        dying: list[str] = []
         for group_id in sorted(state.groups):
             group = state.groups[group_id]
             if group.state is not EMPTY or group.pending_tokens:
@@ -441,12 +464,12 @@ class GroupCoordinatorCore:
                 if not tombstones:
                     del state.groups[group_id]  # nothing was ever written: nothing to erase
                     continue
-                state.set_state(group, DEAD, now_ms)
+                dying.append(group_id)
                 records += tombstones
-            if expired or group.state is DEAD:
+            if expired or group_id in dying:
                 touched.append(group_id)
         if records:
-            state.write(WriteKind.DELETION, tuple(touched), records)
+            state.write_deletion(tuple(touched), tuple(dying), records, now_ms)
 
     # --- admin ------------------------------------------------------------------------------------
 
@@ -515,7 +538,6 @@ class GroupCoordinatorCore:
                 del state.groups[group_id]  # never written: gone at once
                 refused.append(GroupResult(group_id, ErrorCode.NONE))
             else:
-                state.set_state(group, DEAD, event.now_ms)
                 deleting.append(group_id)
                 records += tombstones
         if not records:
@@ -524,10 +546,11 @@ class GroupCoordinatorCore:
                     request_id=event.request_id, error=ErrorCode.NONE, groups=tuple(refused)
                 )
             )
-        state.write(
-            WriteKind.DELETION,
+        state.write_deletion(
+            tuple(deleting),
             tuple(deleting),
             records,
+            event.now_ms,
             request_id=event.request_id,
             refused_groups=tuple(refused),
         )
@@ -558,6 +581,12 @@ def _validate_group(state: CoordinatorState, group: Group) -> None:
     assert group.pending_tokens == sorted(group.pending_tokens)
     assert all(token in state.writes for token in group.pending_tokens)
     kind = group.state
+    # Dead exactly while the tombstones that killed it are in flight, and nothing is written for
+    # a Dead group after them: their outcome is the last word on it (removed or Empty again).
+    assert (kind is DEAD) == (group.deletion_write is not None), group
+    if group.deletion_write is not None:
+        assert state.writes[group.deletion_write].kind is WriteKind.DELETION, group
+        assert group.pending_tokens[-1] == group.deletion_write, group
     if kind in (EMPTY, DEAD):
         assert not members and group.leader_id is None, group
         assert group.assignment_write is None

@@ -89,7 +89,10 @@ class Group:
     Deadlines are absolute `now_ms` values: `join_deadline_ms` ends PreparingRebalance (the
     rebalance timeout), `delay_deadline_ms` is the initial rebalance delay of a group that was
     Empty, `sync_deadline_ms` bounds CompletingRebalance. `assignment_write` is the token of the
-    write carrying the leader's assignment; `pending_tokens` lists every unreplicated write of this
+    write carrying the leader's assignment; `deletion_write` the token of the tombstones that made
+    the group Dead (it is Dead exactly while that write is pending, and only that write's outcome
+    removes or revives it: an earlier write of the group, such as retention's tombstones for a few
+    expired offsets, may complete first); `pending_tokens` lists every unreplicated write of this
     group, oldest first.
     """
 
@@ -106,6 +109,7 @@ class Group:
     delay_deadline_ms: int | None = None
     sync_deadline_ms: int | None = None
     assignment_write: int | None = None
+    deletion_write: int | None = None
     pending_tokens: list[int] = dataclasses.field(default_factory=list)
 
     def add(self, member: Member) -> None:

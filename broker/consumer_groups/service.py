@@ -20,6 +20,13 @@ broker: every partition). The service carries out the core's contract (coordinat
 - Tick: `Tick(now_ms)` at the cores' next deadline, and at least every `TICK_INTERVAL_MS`.
 - Shutdown: `unload_all()` answers every waiting request NOT_COORDINATOR, so no join holds the
   broker's graceful stop.
+- Containment: a core that raises (a broken invariant is a bug in the core, not in the request) is
+  logged with its traceback and discarded: every request waiting on it is answered
+  NOT_COORDINATOR (retriable: clients find the coordinator again and retry), later reports for it
+  are ignored, and the leadership watcher reloads the partition from its log, which is the truth.
+  One bad event costs that partition's waiting requests a retry; it never stops the service or
+  the broker. A core that raises while loading is not reloaded until the leadership changes:
+  replaying the same log would fail the same way.
 Time is the wall clock in ms (commit timestamps are persisted and compared after restarts).
 
 `coordinator_partition(group_id, N)` picks the core; a broker that does not lead that partition
@@ -33,6 +40,7 @@ import dataclasses
 import itertools
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -137,12 +145,18 @@ class GroupMetricsSnapshot:
 
 
 class _Pending:
-    """A request waiting for its response from a core."""
+    """A request waiting for its response from a core.
 
-    __slots__ = ("event", "response")
+    It remembers the core it was fed to and the request itself, so that if that core breaks the
+    service can still answer it (`request.reject`).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("core", "event", "request", "response")
+
+    def __init__(self, core: GroupCoordinatorCore) -> None:
+        self.core = core
         self.event = trio.Event()
+        self.request: Request | None = None
         self.response: Response | None = None
 
 
@@ -179,6 +193,14 @@ class GroupService:
             int, collections.deque[tuple[GroupCoordinatorCore, int, Appended | ErrorCode]]
         ] = {p: collections.deque() for p in self._cores}
         self._write_wanted = {p: trio.Event() for p in self._cores}
+        # Cores that raised: discarded, their late reports ignored (see "Containment").
+        self._broken: weakref.WeakSet[GroupCoordinatorCore] = weakref.WeakSet()
+        # Per partition: the leadership whose load raised (not retried until it changes), the
+        # next member id sequence (a reload in the same epoch continues it), and the event that
+        # wakes its leadership watcher.
+        self._unloadable: dict[int, Any] = {}
+        self._member_sequences: dict[int, int] = {}
+        self._watcher_wakeups: dict[int, trio.Event] = {}
         self._unloaded = False
         self.metrics_snapshot = GroupMetricsSnapshot()
         self._metrics_due_ms = 0
@@ -215,7 +237,7 @@ class GroupService:
     async def _watch_leadership(self, partition: int, base_epoch: int) -> None:
         """Load or unload `partition`'s core whenever its leadership changes."""
         while not self._unloaded:
-            event = trio.Event()
+            event = self._watcher_wakeups[partition] = trio.Event()
             state = self._context.partitions.get((OFFSETS_TOPIC, partition))
             if state is not None:
                 state.waiters.add(event)  # woken at every change of the partition
@@ -236,7 +258,7 @@ class GroupService:
         leads = state is not None and not state.removed and state.is_leader
         if loaded is not None and (state is not loaded or not leads):
             self._unload(partition)
-        elif loaded is None and leads:
+        elif loaded is None and leads and self._unloadable.get(partition) is not state:
             assert state is not None
             if state.high_watermark < state.log.log_end_offset:
                 return  # earlier leaderships' entries are not all committed yet: replay later
@@ -247,12 +269,25 @@ class GroupService:
     def _load(self, partition: int, state: Any, epoch: int) -> None:
         records = tuple(_read_all(state.log))
         started = time.monotonic()
-        self._cores[partition] = GroupCoordinatorCore(self._config)
+        core = GroupCoordinatorCore(
+            self._config, first_member_sequence=self._member_sequences.get(partition, 1)
+        )
+        self._cores[partition] = core
         self._leaderships[partition] = state
         self._feed(
             partition,
             LoadPartition(now_ms=self._clock_ms(), coordinator_epoch=epoch, records=records),
         )
+        if core in self._broken:
+            self._unloadable[partition] = state
+            logger.error(
+                "%s-%d: its %d record(s) cannot be loaded; the partition's groups are not served "
+                "until its leadership changes (or the broker restarts)",
+                OFFSETS_TOPIC,
+                partition,
+                len(records),
+            )
+            return
         logger.info(
             "%s-%d: loaded %d record(s) in %.3f s (coordinator epoch %d)",
             OFFSETS_TOPIC,
@@ -264,8 +299,7 @@ class GroupService:
 
     def _unload(self, partition: int) -> None:
         self._feed(partition, UnloadPartition(now_ms=self._clock_ms()))
-        self._cores[partition] = _unloaded_core(self._config)
-        self._leaderships.pop(partition, None)
+        self._retire(partition, self._cores[partition])
         logger.info("%s-%d: unloaded (no longer the leader)", OFFSETS_TOPIC, partition)
 
     def unload_all(self) -> None:
@@ -287,9 +321,10 @@ class GroupService:
         Returns the pending answer: `response` is already set if the core answered at once.
         """
         request_id = next(self._request_ids)
-        pending = _Pending()
+        pending = _Pending(self._cores[partition])
         self._pending[request_id] = pending
-        self._feed(partition, build(request_id, self._clock_ms()))
+        pending.request = build(request_id, self._clock_ms())
+        self._feed(partition, pending.request)
         return pending
 
     async def wait(self, pending: _Pending, timeout_s: float) -> Response | None:
@@ -310,14 +345,57 @@ class GroupService:
         self._feed_core(partition, self._cores[partition], event)
 
     def _feed_core(self, partition: int, core: GroupCoordinatorCore, event: Event) -> None:
-        for action in core.handle(event):
+        if core in self._broken:
+            return  # a late report (or tick) for a core discarded after it raised
+        try:
+            actions = core.handle(event)
+        except Exception:
+            # A bug in the core (a broken invariant), met while handling `event`: contain it to
+            # this partition. `handle` returns its actions only at the end, so nothing the core
+            # ordered during the failed call has been carried out.
+            logger.exception(
+                "%s-%d: the group coordinator failed on %s; discarding it, answering its waiting "
+                "requests NOT_COORDINATOR, reloading the partition from its log",
+                OFFSETS_TOPIC,
+                partition,
+                type(event).__name__,
+            )
+            self._discard(partition, core)
+            return
+        for action in actions:
             if isinstance(action, PersistRecords):
                 self._append(partition, core, action)
             else:
-                pending = self._pending.pop(action.request_id, None)
-                if pending is not None:  # None: its handler gave up (timeout, closed)
-                    pending.response = action
-                    pending.event.set()
+                self._deliver(action)
+
+    def _deliver(self, response: Response) -> None:
+        pending = self._pending.pop(response.request_id, None)
+        if pending is not None:  # None: its handler gave up (timeout, closed)
+            pending.response = response
+            pending.event.set()
+
+    def _discard(self, partition: int, core: GroupCoordinatorCore) -> None:
+        """Containment: `core` raised. Answer everything waiting on it with a retriable error,
+        ignore it from now on, and have the leadership watcher load the partition afresh."""
+        self._broken.add(core)
+        waiting = [p for p in self._pending.values() if p.core is core and p.request is not None]
+        for pending in waiting:
+            assert pending.request is not None
+            self._deliver(pending.request.reject(ErrorCode.NOT_COORDINATOR))
+        if self._cores[partition] is core:
+            self._retire(partition, core)
+            wakeup = self._watcher_wakeups.get(partition)
+            if wakeup is not None:
+                wakeup.set()
+
+    def _retire(self, partition: int, core: GroupCoordinatorCore) -> None:
+        """Replace `partition`'s core by one answering NOT_COORDINATOR until the watcher loads
+        it again; that load continues `core`'s member id sequence (it may have the same epoch)."""
+        self._member_sequences[partition] = max(
+            self._member_sequences.get(partition, 1), core.next_member_sequence
+        )
+        self._cores[partition] = _unloaded_core(self._config)
+        self._leaderships.pop(partition, None)
 
     def _append(self, partition: int, core: GroupCoordinatorCore, action: PersistRecords) -> None:
         """Append the records as one batch now (emission order); the writer reports the outcome."""

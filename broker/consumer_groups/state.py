@@ -150,6 +150,36 @@ class CoordinatorState:
             member_id=member_id,
         )
 
+    def write_deletion(
+        self,
+        group_ids: tuple[str, ...],
+        dying: tuple[str, ...],
+        records: list[GroupRecord],
+        now_ms: int,
+        *,
+        request_id: int | None = None,
+        refused_groups: tuple[GroupResult, ...] = (),
+    ) -> int:
+        """Order tombstones for `group_ids`; the `dying` ones turn Dead until this write's outcome.
+
+        The others only lose some offsets (retention) and stay Empty. Each dying group remembers
+        this token: the group is removed when *this* write is replicated and is Empty again if
+        *it* fails, whatever becomes of the group's earlier writes still in flight (retention
+        tombstones ordered before a DeleteGroups complete first and must not remove the group).
+        """
+        token = self.write(
+            WriteKind.DELETION,
+            group_ids,
+            records,
+            request_id=request_id,
+            refused_groups=refused_groups,
+        )
+        for group_id in dying:
+            group = self.groups[group_id]
+            self.set_state(group, GroupState.DEAD, now_ms)
+            group.deletion_write = token
+        return token
+
     def join_response(self, group: Group, member: Member, request_id: int) -> RespondJoin:
         """The successful JoinGroup answer for `member` in the group's current generation."""
         is_leader = member.member_id == group.leader_id

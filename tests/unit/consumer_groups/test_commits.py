@@ -3,6 +3,8 @@ DescribeGroups behave as documented, and nothing is acknowledged before it is in
 
 from __future__ import annotations
 
+import pytest
+
 from broker.consumer_groups.events import (
     DeleteGroupsRequested,
     DescribeGroupsRequested,
@@ -281,3 +283,74 @@ def test_commit_keeps_a_member_alive() -> None:
         h.commit({tp("t", 0): 1}, member_id=member, generation=generation)
     assert h.heartbeat(member, generation) is ErrorCode.NONE
     assert DELAY_MS  # the group formed after the initial delay
+
+
+def _retention_write_in_flight() -> Harness:
+    """Group "s" with two offsets, t/1 expired and t/0 not: the retention scan has ordered the
+    tombstone for t/1 alone (the group stays Empty), and that write is still in flight."""
+    h = Harness(fast_config(offsets_retention_ms=HOUR_MS, offsets_retention_check_interval_ms=1))
+    h.commit({tp("t", 1): 7}, group_id="s")
+    h.tick(HOUR_MS * 2 // 3)
+    h.commit({tp("t", 0): 3}, group_id="s")
+    h.auto_persist = False
+    h.tick(HOUR_MS * 2 // 3)
+    (write,) = h.pending
+    assert [decode_record(r).topic_partition for r in write.records] == [tp("t", 1)]
+    return h
+
+
+def _state(h: Harness, group_id: str) -> GroupState | None:
+    listed = h.response(h.request(ListGroupsRequested)).groups
+    return next((g.state for g in listed if g.group_id == group_id), None)
+
+
+@pytest.mark.parametrize("retention_ok", [True, False], ids=["retention-ok", "retention-fails"])
+@pytest.mark.parametrize("deletion_ok", [True, False], ids=["deletion-ok", "deletion-fails"])
+def test_only_the_deletions_own_write_removes_or_revives_the_group(
+    retention_ok: bool, deletion_ok: bool
+) -> None:
+    # Issue 17: retention's partial tombstones were reported first and removed the group while
+    # the DeleteGroups tombstones were still in flight (AssertionError in _on_persisted), and a
+    # failed retention write revived a group that the deletion was killing.
+    h = _retention_write_in_flight()
+    deletion = h.request(DeleteGroupsRequested, group_ids=("s",))
+    assert _state(h, "s") is GroupState.DEAD and len(h.pending) == 2
+    racing = h.commit({tp("t", 2): 1}, group_id="s")
+    assert h.response(racing).error is ErrorCode.COORDINATOR_NOT_AVAILABLE, "retriable"
+    h.persist_next() if retention_ok else h.fail_next()
+    assert _state(h, "s") is GroupState.DEAD, "the deletion is still under way"
+    assert h.response(deletion) is None
+    h.persist_next() if deletion_ok else h.fail_next()
+    (result,) = h.response(deletion).groups
+    if deletion_ok:
+        assert result.error is ErrorCode.NONE
+        assert _state(h, "s") is None and "s" not in replay(h.log).group_ids()
+        assert fetch(h, "s") == {}
+    else:
+        assert result.error is ErrorCode.COORDINATOR_NOT_AVAILABLE
+        assert _state(h, "s") is GroupState.EMPTY
+        kept = {tp("t", 0): 3} if retention_ok else {tp("t", 0): 3, tp("t", 1): 7}
+        assert fetch(h, "s") == kept
+    assert replay(h.log) == h.core._state.store
+
+
+def test_a_commit_racing_a_delete_is_answered_either_way() -> None:
+    # The documented choice (docs/consumer-groups.md, DeleteGroups): a commit ordered before the
+    # deletion is acknowledged and then erased by it; one arriving while the group is Dead gets
+    # COORDINATOR_NOT_AVAILABLE, and its retry after the tombstones creates a fresh group.
+    h = Harness()
+    h.commit({tp("t", 0): 4}, group_id="s")
+    h.auto_persist = False
+    before = h.commit({tp("t", 1): 5}, group_id="s")
+    deletion = h.request(DeleteGroupsRequested, group_ids=("s",))
+    during = h.commit({tp("t", 2): 6}, group_id="s")
+    assert h.response(during).error is ErrorCode.COORDINATOR_NOT_AVAILABLE
+    h.persist_all()
+    assert errors(h, before) == {tp("t", 1): ErrorCode.NONE}
+    assert h.response(deletion).groups[0].error is ErrorCode.NONE
+    assert h.arrivals.index(h.response(before)) < h.arrivals.index(h.response(deletion))
+    assert fetch(h, "s") == {}
+    retried = h.commit({tp("t", 2): 6}, group_id="s")
+    h.persist_all()
+    assert errors(h, retried) == {tp("t", 2): ErrorCode.NONE}
+    assert fetch(h, "s") == {tp("t", 2): 6}

@@ -94,6 +94,7 @@ class GroupMachine(RuleBasedStateMachine):
         self.acked: dict[tuple[str, object], tuple[int, int]] = {}
         # commit request id -> (offset, now_ms): what an acknowledgement of it promises
         self.offsets: dict[int, tuple[int, int]] = {}
+        self.answered: set[int] = set()  # request ids that got their response
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class GroupMachine(RuleBasedStateMachine):
 
     def deliver(self, response: Response) -> None:
         index, incarnation, _kind, extra = self.requests[response.request_id]
+        self.answered.add(response.request_id)
         if isinstance(response, RespondOffsetCommit):
             for result in response.partitions:
                 if response.error is ErrorCode.NONE and result.error is ErrorCode.NONE:
@@ -383,6 +385,17 @@ class GroupMachine(RuleBasedStateMachine):
         assert set(flat) <= set(self.acked), "an offset nobody was told about"
 
     @invariant()
+    def every_commit_and_delete_is_answered_or_waits_for_its_write(self) -> None:
+        """No write is left unanswered (issue 17: a delete racing commits and retention)."""
+        waiting = {w.request_id for w in self.h.core._state.writes.values()}
+        unanswered = {
+            rid
+            for rid, (_, _, kind, _) in self.requests.items()
+            if kind in ("commit", "delete") and rid not in self.answered
+        }
+        assert unanswered <= waiting, sorted(unanswered - waiting)
+
+    @invariant()
     def timers_never_ask_for_a_tick_in_the_past(self) -> None:
         """A shell that sleeps until next_deadline_ms() must never spin."""
         deadline = self.h.core.next_deadline_ms()
@@ -403,6 +416,36 @@ class GroupMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.h.core.validate()
+
+
+def test_issue17_delete_while_retention_tombstones_are_in_flight() -> None:
+    """The shortest failing sequence Hypothesis printed for issue 17, replayed rule by rule.
+
+    The second long pause expires the older offset of the simple group "s" only, so retention
+    orders tombstones for it while "s" stays Empty; the delete then orders its own tombstones.
+    The retention write completing first used to remove "s" (AssertionError: its deletion write
+    still pending). Now "s" stays Dead until its deletion is replicated, then it is gone."""
+    machine = GroupMachine()
+    machine.admin_commit(group=SIMPLE, partition=1, offset=0)
+    machine.long_pause(roll=0)
+    machine.admin_commit(group=SIMPLE, partition=0, offset=0)
+    machine.stabilize()
+    machine.long_pause(roll=0)
+    machine.persist()
+    rid = machine.h.next_request_id
+    machine.delete(group=SIMPLE)
+    machine.persist()
+    machine.committed_offsets_are_never_lost()
+    assert machine.h.response(rid) is None, "the deletion's own write is still in flight"
+    machine.persist_everything()
+    machine.committed_offsets_are_never_lost()
+    assert [(r.group_id, r.error) for r in machine.h.response(rid).groups] == [
+        (SIMPLE, ErrorCode.NONE)
+    ]
+    assert SIMPLE not in machine.h.core._state.groups
+    assert SIMPLE not in replay(machine.h.log).group_ids()
+    machine.every_commit_and_delete_is_answered_or_waits_for_its_write()
+    machine.teardown()
 
 
 TestGroupMachine = GroupMachine.TestCase
