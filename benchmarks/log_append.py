@@ -15,8 +15,12 @@ file with `os.pread` of the same size, alternating call by call, over the page c
 read pass follows a clean close and reopen, so it CRC-checks every batch once (`read_verified`,
 see docs/storage.md); the second pass reads already-verified data (`read`).
 
+`--idempotent` stamps every batch with a producer id, epoch and sequence (as an idempotent
+producer's are), so the appends also pay for the partition's producer state (`on_write`, once per
+batch; docs/transactions.md).
+
 Run: python -m benchmarks.log_append [--sizes-kib 16,256] [--mib 256] [--always-mib 32]
-     [--rounds 3] [--block 32] [--read-kib 1024] [--dir PATH]
+     [--rounds 3] [--block 32] [--read-kib 1024] [--dir PATH] [--idempotent]
 Results are printed and written to benchmarks/results/log_append.json: throughput from the
 median round, the ratio of total times, and the median of per-block (per-read) time ratios,
 which is the robust number on a machine with other load.
@@ -43,15 +47,23 @@ RECORD_BYTES = 1024
 POOL_BATCHES = 32
 
 
-def make_pool(batch_bytes: int) -> list[bytes]:
-    """Distinct batches of about `batch_bytes`, of 1 KiB records (random: incompressible)."""
+def make_pool(batch_bytes: int, *, idempotent: bool = False) -> list[bytes]:
+    """Distinct batches of about `batch_bytes`, of 1 KiB records (random: incompressible);
+    `idempotent`: each from one of 4 producer ids with consecutive sequences."""
     count = max(1, batch_bytes // RECORD_BYTES)
     # msgpack adds ~7 bytes per record and the header 61 per batch: fill the batch to the size.
     value_bytes = max(1, (batch_bytes - 70) // count - 7)
     pool = []
     for number in range(POOL_BATCHES):
         records = [(1_700_000_000_000 + number, None, os.urandom(value_bytes), None)] * count
-        pool.append(build_batch(records))
+        stamp = {}
+        if idempotent:
+            stamp = {
+                "producer_id": 1000 + number % 4,
+                "producer_epoch": 0,
+                "base_sequence": number // 4 * count,
+            }
+        pool.append(build_batch(records, **stamp))
     return pool
 
 
@@ -149,9 +161,17 @@ def _rate(size_bytes: int, batches: int, seconds: float) -> dict[str, float]:
 
 
 def run_case(
-    root: Path, batch_kib: int, mib: int, rounds: int, read_kib: int, *, always: bool, block: int
+    root: Path,
+    batch_kib: int,
+    mib: int,
+    rounds: int,
+    read_kib: int,
+    *,
+    always: bool,
+    block: int,
+    idempotent: bool = False,
 ):
-    pool = make_pool(batch_kib * 1024)
+    pool = make_pool(batch_kib * 1024, idempotent=idempotent)
     batch_bytes = len(pool[0])
     total = max(1, mib * 1024 * 1024 // batch_bytes)
     size = total * batch_bytes
@@ -187,6 +207,7 @@ def run_case(
         "batches": total,
         "bytes": size,
         "flush": "always (fsync after every append)" if always else "never (one fsync at end)",
+        "idempotent": idempotent,
     }
     for name, values in timings.items():
         if values:
@@ -206,7 +227,7 @@ def run_case(
 def _print(result: dict) -> None:
     print(
         f"  {result['batch_bytes']:>7}-byte batches x {result['batches']:>6}, "
-        f"flush={result['flush']}"
+        f"flush={result['flush']}{', idempotent' if result['idempotent'] else ''}"
     )
     rows = [
         ("append", "raw_write", "append_vs_raw"),
@@ -233,6 +254,9 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=32, help="batches per turn when alternating")
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument(
+        "--idempotent", action="store_true", help="stamp producer id, epoch and sequence"
+    )
     args = parser.parse_args()
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="log-bench-"))
     sizes = [int(size) for size in args.sizes_kib.split(",")]
@@ -249,6 +273,7 @@ def main() -> None:
                 args.read_kib,
                 always=always,
                 block=args.block,
+                idempotent=args.idempotent,
             )
             _print(result)
             results.append(result)

@@ -25,20 +25,38 @@ partition must have its preferred leader (replicas[0]) in DescribeTopics, so the
 and the leader hand-over after creation are not timed. Each partition's log starts with Raft leader
 no-ops (control batches); the consume phase starts at the end offsets read before producing, so it
 reads exactly the records produced. Results go to benchmarks/results/throughput-cluster.json.
+
+Producer cost (`--idempotent`, `--transactions N`, issue 11): the three phases run once per
+producer variant on a fresh topic, same records, acks=all and `--max-in-flight` for all:
+`plain` (enable_idempotence=False), `idempotent` (with --idempotent), `transactional` (with
+--transactions N: one transactional producer per process, committing every N records; the
+throughput phase times begin + sends + commit of every transaction, and reports the commit time).
+Variants run `--runs` times, interleaved and rotated (run 1: plain, idempotent, transactional; run
+2: idempotent, transactional, plain; ...) so that drift falls on each alike. Each variant's cost is
+1 - its records/s over plain's in the same run (the median of those per-run ratios is reported).
+InitProducerId / init_transactions happen before the clock starts. Consumers read with
+isolation_level=read_committed (the same as read_uncommitted without transactions), and the
+latency phase stamps each record with its scheduled send time, so a commit that holds the producer
+up counts in the latency of the records scheduled meanwhile. Works on one broker, on `--brokers N`
+(topics of `--replication-factor`) and with `--bootstrap`. Results go to
+benchmarks/results/throughput-cost.json (throughput-cost-cluster.json with --brokers > 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import functools
 import json
 import multiprocessing
 import os
 import platform
+import statistics
 import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +74,12 @@ from client.types import TopicPartition
 
 RESULTS_PATH = Path(__file__).parent / "results" / "throughput.json"
 CLUSTER_RESULTS_PATH = Path(__file__).parent / "results" / "throughput-cluster.json"
+COST_RESULTS_PATH = Path(__file__).parent / "results" / "throughput-cost.json"
+COST_CLUSTER_RESULTS_PATH = Path(__file__).parent / "results" / "throughput-cost-cluster.json"
+# Issue 11's targets: what each variant may cost of the plain producer's records/s.
+COST_TARGETS = {"idempotent": 0.10, "transactional": 0.25}
+# A producer process reports its progress (and a plain producer checks nothing else) this often.
+REPORT_EVERY = 65_536
 # How long topic creation may take to settle: a leader for every partition, the preferred one.
 SETTLE_TIMEOUT_S = 30.0
 # The consume phase gives up when no record arrived for this long (it reports what it read).
@@ -74,7 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--record-bytes", type=int, default=100, help="value size (S)")
     parser.add_argument("--producers", type=int, default=1, help="producer processes (P)")
     parser.add_argument("--partitions", type=int, default=1, help="topic partitions (K)")
-    parser.add_argument("--acks", default="1", choices=["0", "1", "all"])
+    parser.add_argument(
+        "--acks",
+        default=None,
+        choices=["0", "1", "all"],
+        help="default 1 (all with the cost flags)",
+    )
     parser.add_argument("--linger-ms", type=float, default=5)
     parser.add_argument("--batch-bytes", type=int, default=512 * 1024)
     parser.add_argument("--compression", choices=["gzip", "zstd", "lz4"], default=None)
@@ -83,6 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="producer max_in_flight_per_partition (1 keeps strict order across retries)",
+    )
+    parser.add_argument(
+        "--retry-backoff-ms",
+        type=int,
+        default=None,
+        help="producer retry_backoff_ms (default: the producer's); a transactional producer also "
+        "waits this long before retrying a coordinator call (CONCURRENT_TRANSACTIONS)",
     )
     parser.add_argument("--api", choices=["aio", "blocking"], default="aio")
     parser.add_argument(
@@ -110,7 +146,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--replication-factor", type=int, default=1, help="RF of the cluster case")
     parser.add_argument(
-        "--runs", type=int, default=1, help="cluster mode: runs of each case (interleaved)"
+        "--runs",
+        type=int,
+        default=1,
+        help="cluster and cost modes: runs of each case (interleaved)",
+    )
+    parser.add_argument(
+        "--idempotent",
+        action="store_true",
+        help="cost mode: measure the idempotent producer beside the plain one (acks=all)",
+    )
+    parser.add_argument(
+        "--transactions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="cost mode: measure a transactional producer committing every N records beside the "
+        "plain one (acks=all)",
     )
     parser.add_argument(
         "--single-node-baseline",
@@ -126,8 +178,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--brokers, --replication-factor and --runs must be >= 1")
     if args.replication_factor > args.brokers:
         parser.error(f"--replication-factor {args.replication_factor} needs as many --brokers")
+    if args.transactions < 0:
+        parser.error("--transactions N needs N >= 1 records per transaction")
+    args.cost = args.idempotent or args.transactions > 0
+    if args.cost:
+        if args.acks not in (None, "all"):
+            parser.error("--idempotent and --transactions compare producers at --acks all")
+        if args.single_node_baseline:
+            parser.error("--single-node-baseline is for the replication cost, not the cost mode")
+        args.acks = "all"
+    elif args.acks is None:
+        args.acks = "1"
     if args.output is None:
-        args.output = RESULTS_PATH if args.brokers == 1 else CLUSTER_RESULTS_PATH
+        if args.cost:
+            args.output = COST_RESULTS_PATH if args.brokers == 1 else COST_CLUSTER_RESULTS_PATH
+        else:
+            args.output = RESULTS_PATH if args.brokers == 1 else CLUSTER_RESULTS_PATH
     return args
 
 
@@ -140,66 +206,154 @@ def topic_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def producer_options(args: argparse.Namespace, *, linger_ms: float | None = None) -> dict[str, Any]:
-    return {
+    options = {
         "acks": args.acks if args.acks == "all" else int(args.acks),
         "linger_ms": args.linger_ms if linger_ms is None else linger_ms,
         "batch_bytes": args.batch_bytes,
         "compression": args.compression,
         "max_in_flight_per_partition": args.max_in_flight,
     }
+    if args.retry_backoff_ms is not None:
+        options["retry_backoff_ms"] = args.retry_backoff_ms
+    return options
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """How the phases produce: `DEFAULT` as the options say; the cost mode's variants force
+    idempotence on or off, and `transaction_records` > 0 commits every that many records."""
+
+    name: str
+    idempotent: bool | None = None  # None: the producer's own default for the options
+    transaction_records: int = 0
+    isolation_level: str = "read_uncommitted"
+    # The latency phase stamps records with their scheduled send time (else the actual one).
+    scheduled_stamps: bool = False
+
+    def options(self, args: argparse.Namespace, *, linger_ms: float | None = None) -> dict:
+        options = producer_options(args, linger_ms=linger_ms)
+        if self.idempotent is not None:
+            options["enable_idempotence"] = self.idempotent
+        if self.transaction_records:
+            options["transactional_id"] = f"bench-{uuid.uuid4().hex[:12]}"
+        return options
+
+
+DEFAULT = Variant("default")
+
+
+def cost_variants(args: argparse.Namespace) -> list[Variant]:
+    """plain, then idempotent (--idempotent), then transactional (--transactions N)."""
+    shared = {"isolation_level": "read_committed", "scheduled_stamps": True}
+    variants = [Variant("plain", idempotent=False, **shared)]
+    if args.idempotent:
+        variants.append(Variant("idempotent", idempotent=True, **shared))
+    if args.transactions:
+        variants.append(
+            Variant(
+                "transactional", idempotent=True, transaction_records=args.transactions, **shared
+            )
+        )
+    return variants
+
+
+def _chunks(count: int, size: int) -> Iterator[int]:
+    """`count` split into pieces of `size` (the last one smaller)."""
+    for start in range(0, count, size):
+        yield min(size, count - start)
+
+
+class _Commits:
+    """Durations of commit_transaction() calls, in seconds."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def summary(self) -> tuple[float, float, float, float]:
+        """(commits, total seconds, p50, p99)."""
+        values = sorted(self.seconds)
+        if not values:
+            return 0, 0.0, 0.0, 0.0
+        return len(values), sum(values), _quantile(values, 0.5), _quantile(values, 0.99)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """The q-quantile of sorted `values` (nearest rank)."""
+    return values[min(int(q * len(values)), len(values) - 1)]
 
 
 # --- produce --------------------------------------------------------------------------------------
 
 
 async def _produce_aio(
-    bootstrap: str, topic: str, count: int, size: int, options: dict[str, Any], sync: Any,
-    report: Callable[[int], None],
+    bootstrap: str, topic: str, count: int, size: int, options: dict[str, Any], per_txn: int,
+    sync: Any, report: Callable[[int], None], commits: _Commits,
 ) -> tuple[float, float]:  # fmt: skip
     value = os.urandom(size)
     async with aio.Producer(bootstrap, **options) as producer:
         await producer.load_topic(topic)
+        if per_txn:
+            await producer.init_transactions()
         await trio.to_thread.run_sync(sync.wait)  # everyone connected: start the clock
         wall, cpu = time.perf_counter(), time.process_time()
-        send = producer.send
-        for i in range(count):
-            await send(topic, value)
-            if not i % 65_536:
-                report(i)
+        send, done = producer.send, 0
+        for chunk in _chunks(count, per_txn or REPORT_EVERY):
+            if per_txn:
+                producer.begin_transaction()
+            for _ in range(chunk):
+                await send(topic, value)
+            if per_txn:
+                began = time.perf_counter()
+                await producer.commit_transaction()
+                commits.seconds.append(time.perf_counter() - began)
+            done += chunk
+            report(done)
         await producer.flush()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    report(count)
     return wall, cpu
 
 
 def _produce_blocking(
-    bootstrap: str, topic: str, count: int, size: int, options: dict[str, Any], sync: Any,
-    report: Callable[[int], None],
+    bootstrap: str, topic: str, count: int, size: int, options: dict[str, Any], per_txn: int,
+    sync: Any, report: Callable[[int], None], commits: _Commits,
 ) -> tuple[float, float]:  # fmt: skip
     value = os.urandom(size)
     with BlockingProducer(bootstrap, **options) as producer:
         producer.partitions_for(topic)
+        if per_txn:
+            producer.init_transactions()
         sync.wait()
         wall, cpu = time.perf_counter(), time.process_time()
-        send = producer.send
-        for i in range(count):
-            send(topic, value)
-            if not i % 65_536:
-                report(i)
+        send, done = producer.send, 0
+        for chunk in _chunks(count, per_txn or REPORT_EVERY):
+            if per_txn:
+                producer.begin_transaction()
+            for _ in range(chunk):
+                send(topic, value)
+            if per_txn:
+                began = time.perf_counter()
+                producer.commit_transaction()
+                commits.seconds.append(time.perf_counter() - began)
+            done += chunk
+            report(done)
         producer.flush()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    report(count)
     return wall, cpu
 
 
-def produce_worker(
-    bootstrap: str, topic: str, count: int, size: int, options: dict[str, Any], api: str,
-    sync: Any, progress: Any, timings: Any, index: int,
-) -> None:  # fmt: skip
-    """One producer process: connect, wait at the barrier `sync`, send, flush.
+# What each producer process writes into the shared `timings` array, in this order.
+TIMING_FIELDS = ("wall", "cpu", "commits", "commit_seconds", "commit_p50", "commit_p99")
 
-    Writes its wall-clock and CPU seconds (from the barrier to the end of the flush) into
-    `timings[2 * index]` and `timings[2 * index + 1]`.
+
+def produce_worker(
+    bootstrap: str, topic: str, count: int, size: int, options: dict[str, Any], per_txn: int,
+    api: str, sync: Any, progress: Any, timings: Any, index: int,
+) -> None:  # fmt: skip
+    """One producer process: connect (and init_transactions), wait at the barrier `sync`, send
+    (committing every `per_txn` records if > 0), flush.
+
+    Writes the `TIMING_FIELDS` (wall-clock and CPU seconds from the barrier to the end of the
+    flush; its commits) into `timings[len(TIMING_FIELDS) * index:]`.
     """
     last = [0]
 
@@ -208,20 +362,25 @@ def produce_worker(
             progress.value += done - last[0]
         last[0] = done
 
+    commits = _Commits()
+    run_args = (bootstrap, topic, count, size, options, per_txn, sync, report, commits)
     if api == "aio":
-        wall, cpu = trio.run(_produce_aio, bootstrap, topic, count, size, options, sync, report)
+        wall, cpu = trio.run(_produce_aio, *run_args)
     else:
-        wall, cpu = _produce_blocking(bootstrap, topic, count, size, options, sync, report)
-    timings[2 * index], timings[2 * index + 1] = wall, cpu
+        wall, cpu = _produce_blocking(*run_args)
+    start = len(TIMING_FIELDS) * index
+    timings[start : start + len(TIMING_FIELDS)] = [wall, cpu, *commits.summary()]
 
 
-def run_produce(args: argparse.Namespace, bootstrap: str, topic: str) -> dict[str, Any]:
+def run_produce(
+    args: argparse.Namespace, bootstrap: str, topic: str, variant: Variant = DEFAULT
+) -> dict[str, Any]:
     counter = multiprocessing.Value("q", 0)
-    timings = multiprocessing.Array("d", 2 * args.producers)
+    fields = len(TIMING_FIELDS)
+    timings = multiprocessing.Array("d", fields * args.producers)
     # Producers start together once all have connected, so process start-up is not timed.
     sync = multiprocessing.Barrier(args.producers + 1)
     share = args.records // args.producers
-    options = producer_options(args)
     workers = [
         multiprocessing.Process(
             target=produce_worker,
@@ -230,7 +389,8 @@ def run_produce(args: argparse.Namespace, bootstrap: str, topic: str) -> dict[st
                 topic,
                 share,
                 args.record_bytes,
-                options,
+                variant.options(args),  # one transactional id per process
+                variant.transaction_records,
                 args.api,
                 sync,
                 counter,
@@ -252,9 +412,25 @@ def run_produce(args: argparse.Namespace, bootstrap: str, topic: str) -> dict[st
             progress.update(task, completed=counter.value)
     if any(worker.exitcode != 0 for worker in workers):
         raise SystemExit("a producer process failed; see its traceback above")
-    wall = max(timings[0::2])
-    cpu = sum(timings[1::2])
-    return _rates("produce", total, args.record_bytes, wall, cpu)
+    per_worker = [
+        dict(zip(TIMING_FIELDS, timings[i : i + fields], strict=True))
+        for i in range(0, len(timings), fields)
+    ]
+    wall = max(w["wall"] for w in per_worker)
+    cpu = sum(w["cpu"] for w in per_worker)
+    result = _rates("produce", total, args.record_bytes, wall, cpu)
+    commits = sum(int(w["commits"]) for w in per_worker)
+    if commits:
+        # With several producers: the slowest process's percentiles.
+        result["transactions"] = commits
+        commit_seconds = sum(w["commit_seconds"] for w in per_worker)
+        result["commit_ms_mean"] = round(commit_seconds / commits * 1e3, 3)
+        result["commit_p50_ms"] = round(max(w["commit_p50"] for w in per_worker) * 1e3, 3)
+        result["commit_p99_ms"] = round(max(w["commit_p99"] for w in per_worker) * 1e3, 3)
+        result["commit_share_of_wall"] = round(
+            max(w["commit_seconds"] / w["wall"] for w in per_worker), 3
+        )
+    return result
 
 
 # --- consume --------------------------------------------------------------------------------------
@@ -262,14 +438,17 @@ def run_produce(args: argparse.Namespace, bootstrap: str, topic: str) -> dict[st
 
 async def _consume(
     bootstrap: str, topic: str, partitions: int, total: int, size: int,
-    start: dict[int, int] | None = None,
+    start: dict[int, int] | None = None, isolation_level: str = "read_uncommitted",
 ) -> dict:  # fmt: skip
     """Read `total` records back, from the beginning or from `start` (partition -> offset).
 
     Stops early when nothing arrived for `CONSUME_STALL_S`; the result then says `stalled`.
     """
     async with aio.Consumer(
-        bootstrap, auto_offset_reset="earliest", max_poll_records=100_000
+        bootstrap,
+        auto_offset_reset="earliest",
+        max_poll_records=100_000,
+        isolation_level=isolation_level,
     ) as consumer:
         consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
         for partition, offset in (start or {}).items():
@@ -299,18 +478,26 @@ async def _consume(
 # --- latency --------------------------------------------------------------------------------------
 
 
-async def _latency(args: argparse.Namespace, bootstrap: str, topic: str) -> dict[str, Any]:
+async def _latency(
+    args: argparse.Namespace, bootstrap: str, topic: str, variant: Variant = DEFAULT
+) -> dict[str, Any]:
     total = int(args.rate * args.latency_seconds)
     padding = b"\0" * max(args.record_bytes - _STAMP.size, 0)
     latencies_ns: list[int] = []
     acks_ns: list[int] = []  # produce latency: send -> acknowledgement, per record
-    options = {"auto_offset_reset": "latest", "fetch_max_wait_ms": args.latency_fetch_wait_ms}
+    options = {
+        "auto_offset_reset": "latest",
+        "fetch_max_wait_ms": args.latency_fetch_wait_ms,
+        "isolation_level": variant.isolation_level,
+    }
     async with aio.Consumer(bootstrap, **options) as c:
         c.assign([TopicPartition(topic, p) for p in range(args.partitions)])
         for p in range(args.partitions):
             await c.position(TopicPartition(topic, p))  # pin "latest" before sending
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_paced_send, args, bootstrap, topic, total, padding, acks_ns)
+            nursery.start_soon(
+                _paced_send, args, bootstrap, topic, total, padding, acks_ns, variant
+            )
             with (
                 _progress(refresh_per_second=1) as progress,
                 trio.fail_after(args.latency_seconds * 4 + 30),
@@ -347,20 +534,33 @@ def _acked(acks_ns: list[int], sent_ns: int, metadata: Any, error: BaseException
 
 async def _paced_send(
     args: argparse.Namespace, bootstrap: str, topic: str, total: int, padding: bytes,
-    acks_ns: list[int],
+    acks_ns: list[int], variant: Variant,
 ) -> None:  # fmt: skip
     # Bursts of LATENCY_BURST records on a fixed schedule: the rate is exact on average and the
-    # schedule does not drift when one tick runs late.
+    # schedule does not drift when one tick runs late. A transactional variant commits after
+    # every `transaction_records` (rounded up to whole bursts) and at the end.
     interval = LATENCY_BURST / args.rate
-    async with aio.Producer(bootstrap, **producer_options(args, linger_ms=0)) as producer:
+    per_txn = variant.transaction_records
+    async with aio.Producer(bootstrap, **variant.options(args, linger_ms=0)) as producer:
         await producer.load_topic(topic)
-        start = trio.current_time()
+        if per_txn:
+            await producer.init_transactions()
+            producer.begin_transaction()
+        start, start_ns, in_txn = trio.current_time(), time.time_ns(), 0
         for tick in range(total // LATENCY_BURST):
             await trio.sleep_until(start + tick * interval)
+            scheduled_ns = start_ns + round(tick * interval * 1e9)
             for _ in range(LATENCY_BURST):
-                now = time.time_ns()
+                now = scheduled_ns if variant.scheduled_stamps else time.time_ns()
                 callback = functools.partial(_acked, acks_ns, now)
                 await producer.send(topic, _STAMP.pack(now) + padding, callback=callback)
+            in_txn += LATENCY_BURST
+            if per_txn and in_txn >= per_txn:
+                await producer.commit_transaction()
+                producer.begin_transaction()
+                in_txn = 0
+        if per_txn:
+            await producer.commit_transaction()
         await producer.flush()
 
 
@@ -491,9 +691,10 @@ def _machine() -> dict[str, Any]:
 
 def run_phases(
     args: argparse.Namespace, bootstrap: str, pids: list[int], *, replication_factor: int = 1,
-    cluster: bool = False, cleanup: bool = False,
+    cluster: bool = False, cleanup: bool = False, variant: Variant = DEFAULT,
 ) -> dict[str, Any]:  # fmt: skip
-    """Produce, consume and (unless --skip-latency) latency on fresh topics of `bootstrap`.
+    """Produce, consume and (unless --skip-latency) latency on fresh topics of `bootstrap`,
+    producing as `variant` says.
 
     `cluster`: wait for preferred leaders before timing and consume from the end offsets read
     then (past the Raft no-ops). `cleanup`: delete the topics afterwards, so that their idle
@@ -504,14 +705,15 @@ def run_phases(
     topic = _create_topic(bootstrap, args.partitions, config, replication_factor)
     start = _settle(bootstrap, topic, args.partitions) if cluster else None
     before = _cpu_total(pids)
-    results["produce"] = run_produce(args, bootstrap, topic)
+    results["produce"] = run_produce(args, bootstrap, topic, variant)
     _with_broker_cpu(results["produce"], pids, before)
     console.print(f"produce: {results['produce']}")
     total = results["produce"]["records"]
     before = _cpu_total(pids)
     results["consume"] = trio.run(
-        _consume, bootstrap, topic, args.partitions, total, args.record_bytes, start
-    )
+        _consume, bootstrap, topic, args.partitions, total, args.record_bytes, start,
+        variant.isolation_level,
+    )  # fmt: skip
     _with_broker_cpu(results["consume"], pids, before)
     console.print(f"consume: {results['consume']}")
     topics = [topic]
@@ -520,7 +722,7 @@ def run_phases(
         topics.append(latency_topic)
         if cluster:
             _settle(bootstrap, latency_topic, args.partitions)
-        results["latency"] = trio.run(_latency, args, bootstrap, latency_topic)
+        results["latency"] = trio.run(_latency, args, bootstrap, latency_topic, variant)
         console.print(f"latency: {results['latency']}")
     if cleanup:
         _delete_topics(bootstrap, topics)
@@ -542,6 +744,27 @@ def workload(args: argparse.Namespace) -> str:
         + (f", topic config {args.topic_config}" if args.topic_config else "")
         + ("" if args.skip_latency else f"; latency at {args.rate:,} records/s")
     )
+
+
+@contextlib.contextmanager
+def _brokers(args: argparse.Namespace, count: int) -> Iterator[tuple[str, list[int]]]:
+    """(bootstrap, broker pids): `--bootstrap` (pids unknown), else `count` brokers started here
+    (one single-node broker, or an N-broker cluster), stopped on exit."""
+    if args.bootstrap:
+        yield args.bootstrap, []
+    elif count > 1:
+        with EmbeddedCluster(count) as cluster:
+            pids = [
+                process.pid
+                for node_id in cluster.node_ids
+                if (process := cluster.node(node_id).process) is not None
+            ]
+            console.print(f"started {count} brokers at {cluster.bootstrap} (pids {pids})")
+            yield cluster.bootstrap, pids
+    else:
+        with EmbeddedBroker() as broker:
+            console.print(f"started a broker at {broker.bootstrap} (data in {broker.data_dir})")
+            yield broker.bootstrap, [broker.process.pid] if broker.process is not None else []
 
 
 def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
@@ -568,24 +791,14 @@ def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 results["cases"][f"rf{case_rf}"].append(case)
 
-    if args.bootstrap:
-        measure(args.bootstrap, [])
-    else:
-        with EmbeddedCluster(args.brokers) as cluster:
-            pids = [
-                process.pid
-                for node_id in cluster.node_ids
-                if (process := cluster.node(node_id).process) is not None
-            ]
-            console.print(f"started {args.brokers} brokers at {cluster.bootstrap} (pids {pids})")
-            measure(cluster.bootstrap, pids)
+    with _brokers(args, args.brokers) as (bootstrap, pids):
+        measure(bootstrap, pids)
     if args.single_node_baseline and not args.bootstrap:
         results["cases"]["single_node"] = []
-        with EmbeddedBroker() as broker:
-            pids = [broker.process.pid] if broker.process is not None else []
+        with _brokers(args, 1) as (bootstrap, pids):
             for run_index in range(args.runs):
                 console.rule(f"run {run_index + 1}: single-node broker")
-                results["cases"]["single_node"].append(run_phases(args, broker.bootstrap, pids))
+                results["cases"]["single_node"].append(run_phases(args, bootstrap, pids))
     results["summary"] = summarize(results["cases"], rf)
     return results
 
@@ -683,20 +896,167 @@ def print_cluster_table(results: dict[str, Any]) -> None:
         )
 
 
+# --- producer cost (--idempotent, --transactions N) --------------------------------------------
+
+
+def cost_workload(args: argparse.Namespace) -> str:
+    where = (
+        f"{args.brokers} broker(s), RF {args.replication_factor}"
+        if args.brokers > 1
+        else "1 broker"
+    )
+    return (
+        f"{args.records:,} records of {args.record_bytes} B per variant, {args.partitions} "
+        f"partition(s), {args.producers} producer(s), acks=all, linger {args.linger_ms} ms, "
+        f"max in flight {args.max_in_flight}, {where}"
+        + (
+            f", retry backoff {args.retry_backoff_ms} ms"
+            if args.retry_backoff_ms is not None
+            else ""
+        )
+        + (f", {args.transactions:,} records per transaction" if args.transactions else "")
+        + (f", topic config {args.topic_config}" if args.topic_config else "")
+        + ("" if args.skip_latency else f"; latency at {args.rate:,} records/s")
+    )
+
+
+def run_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """Every cost variant on fresh topics of the same broker(s), `--runs` times, rotated."""
+    variants = cost_variants(args)
+    results: dict[str, Any] = {
+        "params": _params(args),
+        "machine": _machine(),
+        "workload": cost_workload(args),
+        "baseline": "plain: enable_idempotence=False, acks=all, in the same run",
+        "order": [],
+        "cases": {variant.name: [] for variant in variants},
+    }
+    console.print(f"workload: {results['workload']}")
+    with _brokers(args, args.brokers) as (bootstrap, pids):
+        for run_index in range(args.runs):
+            shift = run_index % len(variants)
+            order = variants[shift:] + variants[:shift]
+            results["order"].append([variant.name for variant in order])
+            for variant in order:
+                console.rule(f"run {run_index + 1}: {variant.name}")
+                case = run_phases(
+                    args, bootstrap, pids, replication_factor=args.replication_factor,
+                    cluster=args.brokers > 1, cleanup=True, variant=variant,
+                )  # fmt: skip
+                results["cases"][variant.name].append(case)
+    results["summary"] = summarize_cost(results["cases"])
+    return results
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize_cost(cases: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per variant the medians of its runs, and its cost: 1 - (its records/s / plain's records/s
+    in the same run), the median of the per-run values."""
+    summary: dict[str, Any] = {}
+    plain = cases["plain"]
+    for name, runs in cases.items():
+        produce = [r["produce"] for r in runs]
+        latency = [r["latency"] for r in runs if "latency" in r]
+        median = {
+            key: _median([p[key] for p in produce if key in p])
+            for key in (
+                "records_per_s", "mb_per_s", "client_cpu_us_per_record",
+                "broker_cpu_us_per_record", "commit_p50_ms", "commit_p99_ms",
+                "commit_share_of_wall",
+            )
+        }  # fmt: skip
+        for key in ("produce_p50_ms", "produce_p99_ms", "p50_ms", "p99_ms"):
+            median[key] = _median([r[key] for r in latency])
+        entry: dict[str, Any] = {"median": {k: v for k, v in median.items() if v is not None}}
+        if name != "plain":
+            costs = [
+                round(1 - r["produce"]["records_per_s"] / b["produce"]["records_per_s"], 3)
+                for r, b in zip(runs, plain, strict=True)
+            ]
+            entry["cost_per_run"] = costs
+            entry["cost"] = round(statistics.median(costs), 3)
+            if name in COST_TARGETS:
+                entry["target"] = COST_TARGETS[name]
+                entry["target_met"] = entry["cost"] <= COST_TARGETS[name]
+        summary[name] = entry
+    return summary
+
+
+def _pair(values: dict[str, Any] | None, low: str, high: str) -> str:
+    if not values or values.get(low) is None:
+        return "-"
+    return f"{values[low]:g} / {values[high]:g}"
+
+
+def print_cost_table(results: dict[str, Any]) -> None:
+    table = Table(title=f"producer cost: {results['workload']}")
+    for column in (
+        "variant", "run", "produce rec/s", "MB/s", "cost vs plain", "client CPU µs/rec",
+        "broker CPU µs/rec", "commit p50/p99 ms", "consume rec/s", "produce p50/p99 ms",
+        "e2e p50/p99 ms",
+    ):  # fmt: skip
+        table.add_column(column)
+    summary = results["summary"]
+    for name, runs in results["cases"].items():
+        plain = results["cases"]["plain"]
+        for index, r in enumerate(runs):
+            p, latency = r["produce"], r.get("latency")
+            cost = 1 - p["records_per_s"] / plain[index]["produce"]["records_per_s"]
+            table.add_row(
+                name,
+                str(index + 1),
+                f"{p['records_per_s']:,}",
+                f"{p['mb_per_s']}",
+                "-" if name == "plain" else f"{cost:.1%}",
+                f"{p['client_cpu_us_per_record']}",
+                f"{p.get('broker_cpu_us_per_record', '?')}",
+                _pair(p, "commit_p50_ms", "commit_p99_ms"),
+                _consume_cell(r["consume"]),
+                _pair(latency, "produce_p50_ms", "produce_p99_ms"),
+                _pair(latency, "p50_ms", "p99_ms"),
+            )
+        m = summary[name]["median"]
+        table.add_row(
+            f"[bold]{name}",
+            "median",
+            f"[bold]{m['records_per_s']:,.0f}",
+            f"{m['mb_per_s']:g}",
+            f"[bold]{summary[name]['cost']:.1%}" if "cost" in summary[name] else "-",
+            f"{m['client_cpu_us_per_record']:g}",
+            f"{m['broker_cpu_us_per_record']:g}" if "broker_cpu_us_per_record" in m else "?",
+            _pair(m, "commit_p50_ms", "commit_p99_ms"),
+            "",
+            _pair(m, "produce_p50_ms", "produce_p99_ms"),
+            _pair(m, "p50_ms", "p99_ms"),
+            end_section=True,
+        )
+    Console(width=max(Console().width, 160)).print(table)
+    for name, entry in summary.items():
+        if "target" in entry:
+            Console().print(
+                f"{name}: costs {entry['cost']:.1%} of plain's records/s (median of per-run "
+                f"costs {', '.join(f'{c:.1%}' for c in entry['cost_per_run'])}); target <= "
+                f"{entry['target']:.0%}: {'met' if entry['target_met'] else 'NOT met'}"
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.brokers > 1:
+    if args.cost:
+        results = run_cost(args)
+    elif args.brokers > 1:
         results = run_cluster(args)
-    elif args.bootstrap:
-        results = run(args, args.bootstrap)
     else:
-        with EmbeddedBroker() as broker:
-            console.print(f"started a broker at {broker.bootstrap} (data in {broker.data_dir})")
-            pid = broker.process.pid if broker.process is not None else None
-            results = run(args, broker.bootstrap, pid)
+        with _brokers(args, 1) as (bootstrap, pids):
+            results = run(args, bootstrap, pids[0] if pids else None)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
-    if args.brokers > 1:
+    if args.cost:
+        print_cost_table(results)
+    elif args.brokers > 1:
         print_cluster_table(results)
     else:
         print_table(results)

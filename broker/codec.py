@@ -72,6 +72,16 @@ class ApiKey(enum.Enum):
     BROKER_REGISTRATION = "broker_registration"
     BROKER_HEARTBEAT = "broker_heartbeat"
     LEADER_REPORT = "leader_report"
+    # Idempotence and transactions (schemas at the end of this module; docs/transactions.md).
+    # write_txn_markers is broker-to-broker (transaction coordinator -> partition leader).
+    INIT_PRODUCER_ID = "init_producer_id"
+    ADD_PARTITIONS_TO_TXN = "add_partitions_to_txn"
+    ADD_OFFSETS_TO_TXN = "add_offsets_to_txn"
+    END_TXN = "end_txn"
+    TXN_OFFSET_COMMIT = "txn_offset_commit"
+    WRITE_TXN_MARKERS = "write_txn_markers"
+    LIST_TRANSACTIONS = "list_transactions"
+    DESCRIBE_TRANSACTIONS = "describe_transactions"
 
 
 # Supported (min, max) version of each API. Bump max when adding a version; never drop min silently.
@@ -326,6 +336,20 @@ class FetchRequest:
     max_wait_ms: int = 500
     min_bytes: int = 1
     max_bytes: int = 50 * 1024 * 1024
+    # READ_UNCOMMITTED (0) reads up to the high watermark; READ_COMMITTED (1) up to the last
+    # stable offset, with the aborted transactions of the range in each partition's result.
+    isolation_level: int = 0
+
+
+# Fetch isolation levels (Kafka's values).
+READ_UNCOMMITTED: Final = 0
+READ_COMMITTED: Final = 1
+
+
+@_message
+class AbortedTransaction:
+    producer_id: int
+    first_offset: int
 
 
 @_message
@@ -339,6 +363,12 @@ class FetchPartitionResult:
     high_watermark: int = -1
     log_start_offset: int = -1
     records: bytes = b""
+    # The end of what read_committed may read (-1 for read_uncommitted fetches).
+    last_stable_offset: int = -1
+    # read_committed only: (producer id, first offset) of each aborted transaction overlapping the
+    # returned records; the consumer drops that producer's records from the first offset up to
+    # its abort marker. Ranges, not records: the broker never decodes a batch to build this.
+    aborted_transactions: tuple[AbortedTransaction, ...] = ()
 
 
 @_message
@@ -363,6 +393,8 @@ class ListOffsetsPartition:
 class ListOffsetsRequest:
     API: ClassVar[ApiKey] = ApiKey.LIST_OFFSETS
     partitions: tuple[ListOffsetsPartition, ...]
+    # READ_COMMITTED: "latest" is the last stable offset rather than the high watermark.
+    isolation_level: int = 0
 
 
 @_message
@@ -771,8 +803,9 @@ def _default_of(field: dataclasses.Field[Any]) -> Any:
 # protocol's encoding is broker/consumer_groups/assignors.py. Group states travel as Kafka's
 # names ("Empty", "Stable", ...). A request-wide failure is `error` + `error_message` in the body.
 
-# FindCoordinator key types (Kafka's): a consumer group. Transactions will add 1.
+# FindCoordinator key types (Kafka's): a consumer group, a transactional id.
 COORDINATOR_KEY_GROUP: Final = 0
+COORDINATOR_KEY_TRANSACTION: Final = 1
 
 
 @_message
@@ -974,6 +1007,9 @@ class OffsetFetchRequest:
     API: ClassVar[ApiKey] = ApiKey.OFFSET_FETCH
     group_id: str
     partitions: tuple[GroupTopicPartition, ...] | None = None
+    # KIP-447: a partition with transactional offsets still completing is answered with
+    # UNSTABLE_OFFSET_COMMIT (retriable) instead of its last stable commit.
+    require_stable: bool = False
 
 
 @_message
@@ -1250,3 +1286,225 @@ CLUSTER_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
 }
 REQUEST_TYPES.update(CLUSTER_REQUEST_TYPES)
 RESPONSE_TYPES.update(CLUSTER_RESPONSE_TYPES)
+
+
+# --- idempotence and transactions -----------------------------------------------------------------
+# The wire side of broker/transactions (docs/transactions.md), named as Kafka names them.
+# InitProducerId goes to any broker for an idempotent producer (transactional_id None) and to the
+# transaction coordinator (FindCoordinator key_type 1) for a transactional one, like
+# AddPartitionsToTxn, AddOffsetsToTxn, EndTxn and the admin List/DescribeTransactions.
+# TxnOffsetCommit goes to the group's coordinator. WriteTxnMarkers is sent by a transaction
+# coordinator to partition leaders.
+
+
+@_message
+class InitProducerIdRequest:
+    """`producer_id`/`producer_epoch` -1: a new producer instance. A transactional producer
+    recovering from TRANSACTION_ABORTED passes its current pair (KIP-360)."""
+
+    API: ClassVar[ApiKey] = ApiKey.INIT_PRODUCER_ID
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = 60_000
+    producer_id: int = -1
+    producer_epoch: int = -1
+
+
+@_message
+class InitProducerIdResponse:
+    API: ClassVar[ApiKey] = ApiKey.INIT_PRODUCER_ID
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    producer_id: int = -1
+    producer_epoch: int = -1
+
+
+@_message
+class TxnPartitionResult:
+    topic: str
+    partition: int
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class AddPartitionsToTxnRequest:
+    API: ClassVar[ApiKey] = ApiKey.ADD_PARTITIONS_TO_TXN
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    partitions: tuple[TopicPartitionRef, ...]
+
+
+@_message
+class AddPartitionsToTxnResponse:
+    API: ClassVar[ApiKey] = ApiKey.ADD_PARTITIONS_TO_TXN
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    partitions: tuple[TxnPartitionResult, ...] = ()
+
+
+@_message
+class AddOffsetsToTxnRequest:
+    API: ClassVar[ApiKey] = ApiKey.ADD_OFFSETS_TO_TXN
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    group_id: str
+
+
+@_message
+class AddOffsetsToTxnResponse:
+    API: ClassVar[ApiKey] = ApiKey.ADD_OFFSETS_TO_TXN
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class EndTxnRequest:
+    API: ClassVar[ApiKey] = ApiKey.END_TXN
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    committed: bool
+
+
+@_message
+class EndTxnResponse:
+    """The new producer epoch (KIP-890): every transaction ends with an epoch bump, so a late
+    write of the old transaction is fenced; the next transaction's sequences restart at 0."""
+
+    API: ClassVar[ApiKey] = ApiKey.END_TXN
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    producer_id: int = -1
+    producer_epoch: int = -1
+
+
+@_message
+class TxnOffsetCommitRequest:
+    """Offsets written as part of a transaction: visible (to OffsetFetch) only once it commits.
+    `generation`/`member_id` are the consumer's group metadata (KIP-447 fencing)."""
+
+    API: ClassVar[ApiKey] = ApiKey.TXN_OFFSET_COMMIT
+    transactional_id: str
+    group_id: str
+    producer_id: int
+    producer_epoch: int
+    partitions: tuple[OffsetCommitPartition, ...]
+    generation: int = -1
+    member_id: str = ""
+    group_instance_id: str | None = None
+
+
+@_message
+class TxnOffsetCommitResponse:
+    API: ClassVar[ApiKey] = ApiKey.TXN_OFFSET_COMMIT
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    partitions: tuple[OffsetCommitPartitionResult, ...] = ()
+
+
+@_message
+class TxnMarker:
+    producer_id: int
+    producer_epoch: int
+    committed: bool
+    coordinator_epoch: int
+    partitions: tuple[TopicPartitionRef, ...]
+
+
+@_message
+class WriteTxnMarkersRequest:
+    API: ClassVar[ApiKey] = ApiKey.WRITE_TXN_MARKERS
+    markers: tuple[TxnMarker, ...]
+
+
+@_message
+class TxnMarkerResult:
+    producer_id: int
+    partitions: tuple[TxnPartitionResult, ...]
+
+
+@_message
+class WriteTxnMarkersResponse:
+    """Answered per partition once each marker is acknowledged as acks=all would be."""
+
+    API: ClassVar[ApiKey] = ApiKey.WRITE_TXN_MARKERS
+    markers: tuple[TxnMarkerResult, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class ListTransactionsRequest:
+    """`states`: Kafka's state names ("Ongoing", "PrepareCommit", ...); empty: all."""
+
+    API: ClassVar[ApiKey] = ApiKey.LIST_TRANSACTIONS
+    states: tuple[str, ...] = ()
+
+
+@_message
+class ListedTransaction:
+    transactional_id: str
+    producer_id: int
+    state: str
+
+
+@_message
+class ListTransactionsResponse:
+    API: ClassVar[ApiKey] = ApiKey.LIST_TRANSACTIONS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    transactions: tuple[ListedTransaction, ...] = ()
+
+
+@_message
+class DescribeTransactionsRequest:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_TRANSACTIONS
+    transactional_ids: tuple[str, ...]
+
+
+@_message
+class TransactionDescription:
+    transactional_id: str
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    state: str = ""
+    producer_id: int = -1
+    producer_epoch: int = -1
+    transaction_timeout_ms: int = -1
+    transaction_start_ms: int = -1
+    last_update_ms: int = -1
+    partitions: tuple[TopicPartitionRef, ...] = ()
+
+
+@_message
+class DescribeTransactionsResponse:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_TRANSACTIONS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    transactions: tuple[TransactionDescription, ...] = ()
+
+
+TXN_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.INIT_PRODUCER_ID: InitProducerIdRequest,
+    ApiKey.ADD_PARTITIONS_TO_TXN: AddPartitionsToTxnRequest,
+    ApiKey.ADD_OFFSETS_TO_TXN: AddOffsetsToTxnRequest,
+    ApiKey.END_TXN: EndTxnRequest,
+    ApiKey.TXN_OFFSET_COMMIT: TxnOffsetCommitRequest,
+    ApiKey.WRITE_TXN_MARKERS: WriteTxnMarkersRequest,
+    ApiKey.LIST_TRANSACTIONS: ListTransactionsRequest,
+    ApiKey.DESCRIBE_TRANSACTIONS: DescribeTransactionsRequest,
+}
+TXN_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.INIT_PRODUCER_ID: InitProducerIdResponse,
+    ApiKey.ADD_PARTITIONS_TO_TXN: AddPartitionsToTxnResponse,
+    ApiKey.ADD_OFFSETS_TO_TXN: AddOffsetsToTxnResponse,
+    ApiKey.END_TXN: EndTxnResponse,
+    ApiKey.TXN_OFFSET_COMMIT: TxnOffsetCommitResponse,
+    ApiKey.WRITE_TXN_MARKERS: WriteTxnMarkersResponse,
+    ApiKey.LIST_TRANSACTIONS: ListTransactionsResponse,
+    ApiKey.DESCRIBE_TRANSACTIONS: DescribeTransactionsResponse,
+}
+REQUEST_TYPES.update(TXN_REQUEST_TYPES)
+RESPONSE_TYPES.update(TXN_RESPONSE_TYPES)

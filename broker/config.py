@@ -118,6 +118,9 @@ class LogConfig(ConfigBase):
     flush_policy: FlushPolicy = FlushPolicy.ALWAYS
     # With flush_policy=interval: the longest an append stays unsynced.
     flush_interval_ms: int = 1000
+    # An idempotent producer idle this long (no batch, no open transaction) is forgotten by the
+    # partition: a retry after that is no longer recognised as a duplicate (Kafka's default).
+    producer_id_expiration_ms: int = 7 * DAY_MS
 
     ALIASES = {  # noqa: RUF012 - class-level constant, not a field
         "segment.bytes": "segment_bytes",
@@ -129,6 +132,7 @@ class LogConfig(ConfigBase):
         "max.message.bytes": "max_batch_bytes",
         "flush.policy": "flush_policy",
         "flush.ms": "flush_interval_ms",
+        "producer.id.expiration.ms": "producer_id_expiration_ms",
     }
 
     def validate(self) -> None:
@@ -140,6 +144,7 @@ class LogConfig(ConfigBase):
         check_range("retention_bytes", self.retention_bytes, -1)
         check_range("max_batch_bytes", self.max_batch_bytes, 64, self.segment_bytes)
         check_range("flush_interval_ms", self.flush_interval_ms, 1)
+        check_range("producer_id_expiration_ms", self.producer_id_expiration_ms, 1)
         if not isinstance(self.flush_policy, FlushPolicy):
             raise ConfigError("flush_policy", f"expected a FlushPolicy, got {self.flush_policy!r}")
 
@@ -248,6 +253,18 @@ class BrokerConfig(ConfigBase):
     group_max_size: int = 1_000
     # Offsets of an Empty group expire after this long; -1 keeps them forever.
     offsets_retention_ms: int = 7 * DAY_MS
+    # --- transactions (docs/transactions.md); mapped onto TransactionConfig.
+    # Partitions of the internal __transaction_state topic, fixed when first created: a
+    # transactional id's coordinator partition is crc32(transactional_id) % this count.
+    transaction_state_topic_partitions: int = 8
+    # The longest transaction_timeout_ms a producer may ask for (transaction.max.timeout.ms):
+    # an open transaction holds back read_committed consumers of its partitions.
+    transaction_max_timeout_ms: int = 15 * 60_000
+    # A transactional id unused this long is forgotten (transactional.id.expiration.ms).
+    transactional_id_expiration_ms: int = 7 * DAY_MS
+    # How often the coordinators look for transactions past their timeout, to abort them
+    # (transaction.abort.timed.out.transaction.cleanup.interval.ms).
+    transaction_timeout_check_interval_ms: int = 10_000
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, base: Self | None = None) -> Self:
@@ -325,6 +342,14 @@ class BrokerConfig(ConfigBase):
         check_range("group_initial_rebalance_delay_ms", self.group_initial_rebalance_delay_ms, 0)
         check_range("group_max_size", self.group_max_size, 1, 1_000_000)
         check_range("offsets_retention_ms", self.offsets_retention_ms, -1)
+        check_range(
+            "transaction_state_topic_partitions", self.transaction_state_topic_partitions, 1, 1_000
+        )
+        check_range("transaction_max_timeout_ms", self.transaction_max_timeout_ms, 1)
+        check_range("transactional_id_expiration_ms", self.transactional_id_expiration_ms, 1)
+        check_range(
+            "transaction_timeout_check_interval_ms", self.transaction_timeout_check_interval_ms, 1
+        )
         if self.offsets_retention_ms == 0:
             raise ConfigError("offsets_retention_ms", "must be -1 (forever) or positive, got 0")
         self._validate_cluster()

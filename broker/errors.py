@@ -64,6 +64,24 @@ class ErrorCode(enum.Enum):
     OFFSET_METADATA_TOO_LARGE = (44, False)
     # A broker's heartbeat names a registration the controller no longer has: register again.
     STALE_BROKER_EPOCH = (45, True)
+    # Transactions and idempotence (docs/transactions.md).
+    # A transactional producer with this id was started again (or the coordinator aborted this
+    # transaction and bumped the epoch): this instance is a zombie and must stop.
+    PRODUCER_FENCED = (46, False)
+    # A transactional call made out of order (e.g. EndTxn with no transaction going on).
+    INVALID_TXN_STATE = (47, False)
+    # The producer id does not belong to this transactional id.
+    INVALID_PRODUCER_ID_MAPPING = (48, False)
+    # The previous transaction of this id is still completing (markers being written): retry.
+    CONCURRENT_TRANSACTIONS = (49, True)
+    # The coordinator aborted the transaction (it ran past its timeout).
+    TRANSACTION_ABORTED = (50, False)
+    # Offsets of a transaction still completing cover this partition: fetch them again shortly.
+    UNSTABLE_OFFSET_COMMIT = (51, True)
+    # A transaction marker from a coordinator of an older epoch than one already seen.
+    TRANSACTION_COORDINATOR_FENCED = (52, False)
+    # The partition has no state for this producer id (expired, or never written).
+    TRANSACTIONAL_ID_NOT_FOUND = (53, False)
 
     @property
     def wire_id(self) -> int:

@@ -38,6 +38,8 @@ class PartitionSample(NamedTuple):
     log_start_offset: int
     log_end_offset: int
     high_watermark: int
+    # End of what read_committed consumers may read: HW minus it is the LSO lag.
+    last_stable_offset: int = -1
 
 
 class _PartitionCollector(Collector):
@@ -56,6 +58,12 @@ class _PartitionCollector(Collector):
         high = GaugeMetricFamily(
             "broker_high_watermark", "End of what consumers may read, per partition", labels=labels
         )
+        lso_lag = GaugeMetricFamily(
+            "broker_last_stable_offset_lag",
+            "High watermark minus last stable offset: records read_committed consumers wait for "
+            "(open transactions)",
+            labels=labels,
+        )
         try:
             samples = list(self._source())
         except Exception:  # a scrape racing a topic deletion must not kill the endpoint
@@ -67,7 +75,9 @@ class _PartitionCollector(Collector):
             start.add_metric(key, sample.log_start_offset)
             end.add_metric(key, sample.log_end_offset)
             high.add_metric(key, sample.high_watermark)
-        yield from (size, start, end, high)
+            if sample.last_stable_offset >= 0:
+                lso_lag.add_metric(key, sample.high_watermark - sample.last_stable_offset)
+        yield from (size, start, end, high, lso_lag)
 
 
 class _ClusterCollector(Collector):
@@ -110,6 +120,37 @@ class _ClusterCollector(Collector):
             ("broker_cluster_preferred_leader_imbalance",
              "Partitions led by another broker than their preferred leader",
              status.preferred_leader_imbalance_count),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(name, documentation, value=value)
+
+
+class _TransactionCollector(Collector):
+    """The transaction coordinators' totals, from the service's snapshot (rebuilt in the trio
+    thread about once a second; a scrape never touches the cores). Counters count since this
+    broker last loaded the partitions it leads, so they restart after a failover."""
+
+    def __init__(self, source: Callable[[], Any]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            snapshot = self._source()
+        except Exception:
+            logger.exception("reading transaction metrics failed")
+            return
+        for name, documentation, value in (
+            ("broker_transactions_ongoing", "Transactions open on the coordinators here",
+             snapshot.ongoing_count),
+            ("broker_transactions_committed", "Transactions committed by the coordinators here",
+             snapshot.commit_count),
+            ("broker_transactions_aborted", "Transactions aborted by the coordinators here",
+             snapshot.abort_count),
+            ("broker_transactions_timed_out",
+             "Transactions the coordinators here aborted past their timeout",
+             snapshot.timeout_abort_count),
+            ("broker_transactions_fenced_producers",
+             "Producer instances fenced by a newer one with the same transactional id",
+             snapshot.fenced_instance_count),
         ):  # fmt: skip
             yield GaugeMetricFamily(name, documentation, value=value)
 
@@ -211,6 +252,12 @@ class BrokerMetrics:
         self.records_out_total = Counter(
             "broker_records_out", "Records fetched, by topic", ["topic"], registry=registry
         )
+        self.duplicate_batches = Counter(
+            "broker_producer_duplicate_batches",
+            "Retried batches of idempotent producers answered with their original offsets",
+            ["topic"],
+            registry=registry,
+        )
         self.connections = Gauge("broker_connections", "Open client connections", registry=registry)
         self.connections_total = Counter(
             "broker_connections_accepted", "Client connections accepted", registry=registry
@@ -257,6 +304,9 @@ class BrokerMetrics:
         children[0].inc(records)
         children[1].inc(size_bytes)
 
+    def duplicate_batch(self, topic: str) -> None:
+        self.duplicate_batches.labels(topic).inc()  # rare: retries only
+
     def forget_topic(self, topic: str) -> None:
         """Drop a deleted topic's series (a re-created topic starts from zero)."""
         for cache, metrics in (
@@ -277,6 +327,10 @@ class BrokerMetrics:
     def watch_groups(self, source: Callable[[], Any]) -> None:
         """Export consumer lag and group statistics from the group service's snapshots."""
         self.registry.register(_GroupCollector(source))
+
+    def watch_transactions(self, source: Callable[[], Any]) -> None:
+        """Export the transaction coordinators' counts from the service's snapshots."""
+        self.registry.register(_TransactionCollector(source))
 
     # --- HTTP -------------------------------------------------------------------------------------
 

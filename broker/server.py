@@ -37,12 +37,19 @@ import trio
 
 from broker import codec
 from broker.cluster.node import ClusterNode, node_config_of
-from broker.cluster.serving import ClusterTopics, run_group_service, track_replicas
+from broker.cluster.serving import ClusterTopics, run_internal_service, track_replicas
 from broker.config import BrokerConfig, parse_host_port
-from broker.consumer_groups.service import GroupService, ensure_offsets_topic, group_config_of
+from broker.consumer_groups.service import (
+    OFFSETS_TOPIC,
+    OFFSETS_TOPIC_CONFIGS,
+    GroupService,
+    ensure_offsets_topic,
+    group_config_of,
+)
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers import HANDLERS, BrokerContext, Deferred, PartitionState
-from broker.handlers.cluster import cluster_status
+from broker.handlers.cluster import cluster_status, partition_metadata
+from broker.handlers.transactions import MARKER_TIMEOUT_S
 from broker.kvstore import KeySpace, KvStore
 from broker.log.flusher import LogFlusher
 from broker.log.manager import LogManager
@@ -59,6 +66,15 @@ from broker.protocol import (
 )
 from broker.raft import wire
 from broker.topics import TopicManager
+from broker.transactions.markers import MarkerDelivery
+from broker.transactions.producer_ids import ProducerIdAllocator
+from broker.transactions.service import (
+    TRANSACTION_STATE_TOPIC,
+    TRANSACTION_STATE_TOPIC_CONFIGS,
+    TransactionService,
+    ensure_transaction_state_topic,
+)
+from broker.transactions.txn_config import TransactionConfig
 
 logger = logging.getLogger(__name__)
 
@@ -187,10 +203,16 @@ class Broker:
             topics.attach_logs(logs)
             # Consumer groups: the internal offsets topic, then the coordinators over it.
             ensure_offsets_topic(topics, self.config.offsets_topic_partitions)
+            context.producer_ids = ProducerIdAllocator(store, self.config.node_id)
             groups = GroupService(context, config=group_config_of(self.config), store=store)
             await services.start(groups.run)
             context.groups = groups
             self.metrics.watch_groups(lambda: groups.metrics_snapshot)
+            # Transactions: the internal state topic, then the coordinators over it.
+            ensure_transaction_state_topic(topics, self.config.transaction_state_topic_partitions)
+            transactions = self._transaction_service(context, store)
+            await services.start(transactions.run)
+            self._transactions_started(context, transactions)
             services.start_soon(self._retention_loop, logs.apply_retention)
             metrics_address = self._start_metrics(context)
             try:
@@ -226,6 +248,7 @@ class Broker:
             self._services = services
             context.spawn = services.start_soon
             await services.start(node.run)
+            context.producer_ids = ProducerIdAllocator(node.store, config.node_id)
             track_replicas(node, context, services)
             services.start_soon(self._retention_loop, node.replicas.apply_retention)
 
@@ -233,7 +256,24 @@ class Broker:
                 context.groups = groups
                 self.metrics.watch_groups(lambda: groups.metrics_snapshot)
 
-            await services.start(run_group_service, node, context, groups_started)
+            await services.start(
+                run_internal_service,
+                node,
+                OFFSETS_TOPIC,
+                config.offsets_topic_partitions,
+                OFFSETS_TOPIC_CONFIGS,
+                lambda: GroupService(context, config=group_config_of(config)),
+                groups_started,
+            )
+            await services.start(
+                run_internal_service,
+                node,
+                TRANSACTION_STATE_TOPIC,
+                config.transaction_state_topic_partitions,
+                TRANSACTION_STATE_TOPIC_CONFIGS,
+                lambda: self._transaction_service(context, node.store),
+                lambda service: self._transactions_started(context, service),
+            )
             snapshot: list[Any] = [None]
             services.start_soon(_refresh_cluster_status, context, snapshot)
             self.metrics.watch_cluster(lambda: snapshot[0])
@@ -245,7 +285,35 @@ class Broker:
             services.cancel_scope.cancel()
         logger.info("broker stopped (clean shutdown)")
 
+    def _transaction_service(self, context: BrokerContext, store: Any) -> TransactionService:
+        config = self.config
+        return TransactionService(
+            context,
+            config=TransactionConfig(
+                transaction_timeout_ms_max=config.transaction_max_timeout_ms,
+                transactional_id_expiration_ms=config.transactional_id_expiration_ms,
+                timeout_check_interval_ms=config.transaction_timeout_check_interval_ms,
+            ),
+            allocate_producer_id=context.producer_ids.allocate,
+            write_markers=MarkerDelivery(
+                context,
+                timeout_s=MARKER_TIMEOUT_S,
+                leader_of=lambda ctx, topic, p: partition_metadata(ctx, topic, p).leader_id,
+            ).deliver,
+            store=store,
+        )
+
+    def _transactions_started(self, context: BrokerContext, service: TransactionService) -> None:
+        context.transactions = service
+        self.metrics.watch_transactions(lambda: service.metrics_snapshot)
+
     def _start_metrics(self, context: BrokerContext) -> tuple[str, int] | None:
+        # Last stable offsets are computed in the trio thread (the producer state is not
+        # thread-safe) and read here, in prometheus-client's thread, from this dict.
+        stable: list[dict[tuple[str, int], int]] = [{}]
+        assert self._services is not None
+        self._services.start_soon(_refresh_stable_offsets, context, stable)
+
         def samples() -> list[PartitionSample]:
             return [
                 PartitionSample(
@@ -255,6 +323,7 @@ class Broker:
                     state.log.log_start_offset,
                     state.log.log_end_offset,
                     state.high_watermark,
+                    stable[0].get((state.topic, state.partition), -1),
                 )
                 for state in list(context.partitions.values())
             ]
@@ -310,6 +379,8 @@ class Broker:
             context.wake_all()
             if context.groups is not None:
                 context.groups.unload_all()  # waiting joins and syncs answer at once
+            if context.transactions is not None:
+                context.transactions.unload_all()
             for connection in list(self._connections):
                 connection.stop_reading()
             # Whatever is still running when the grace period ends is cancelled.
@@ -609,6 +680,18 @@ async def _refresh_cluster_status(context: BrokerContext, snapshot: list[Any]) -
     """Rebuild the cluster-status snapshot /metrics reads (never computed in its thread)."""
     while True:
         snapshot[0] = cluster_status(context)
+        await trio.sleep(CLUSTER_STATUS_REFRESH_S)
+
+
+async def _refresh_stable_offsets(context: BrokerContext, stable: list[dict[Any, int]]) -> None:
+    """Keep `stable[0]` (partition -> last stable offset) fresh for /metrics; the dict is
+    replaced whole, so the metrics thread never sees one half-built."""
+    while True:
+        stable[0] = {
+            key: int(state.log.producers.last_stable_offset(state.high_watermark))
+            for key, state in list(context.partitions.items())
+            if state.is_leader
+        }
         await trio.sleep(CLUSTER_STATUS_REFRESH_S)
 
 

@@ -1,4 +1,5 @@
-"""`broker-cli`: topics, consumer groups, produce and consume from the shell, on the blocking SDK.
+"""`broker-cli`: topics, consumer groups, transactions, produce and consume from the shell, on the
+blocking SDK.
 
 Rules: every command exits 0 on success and 1 with one line `error: <reason>` on stderr on a
 failure the user can act on (no traceback); typer itself exits 2 on bad arguments. Data goes to
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import enum
 import json
 import sys
 import time
@@ -39,10 +41,22 @@ groups_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(groups_app, name="groups")
+transactions_app = typer.Typer(
+    help="List and describe transactions (transactional producers).", no_args_is_help=True
+)
+app.add_typer(transactions_app, name="transactions")
 cluster_app = typer.Typer(
     help="Show the cluster's brokers and partition health.", no_args_is_help=True
 )
 app.add_typer(cluster_app, name="cluster")
+
+
+class IsolationLevel(enum.StrEnum):
+    """`consume --isolation-level` choices (Kafka's names)."""
+
+    read_uncommitted = "read_uncommitted"
+    read_committed = "read_committed"
+
 
 # How often `consume` wakes up to check --timeout when no records arrive.
 CONSUME_POLL_MS = 200
@@ -494,6 +508,74 @@ def groups_delete(group: str) -> None:
     typer.echo(f"deleted group {group!r}", err=True)
 
 
+# --- transactions ---------------------------------------------------------------------------------
+
+
+@transactions_app.command("list")
+def transactions_list(
+    state: Annotated[
+        list[str] | None,
+        typer.Option("--state", help="Only this state (Ongoing, PrepareCommit...); repeatable."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """List transactional ids with their producer id and state (every broker is asked)."""
+    with _errors(), AdminClient(_state["bootstrap"]) as admin:
+        listed = admin.list_transactions(state or None)
+    rows = [
+        {"transactional_id": t.transactional_id, "producer_id": t.producer_id, "state": t.state}
+        for t in listed
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("transactional id", "producer id", "state")
+    for row in rows:
+        table.add_row(row["transactional_id"], str(row["producer_id"]), row["state"])
+    Console().print(table)
+
+
+@transactions_app.command("describe")
+def transactions_describe(
+    transactional_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Show a transaction's state, producer id and epoch, timeout, age and partitions."""
+    with _errors(), AdminClient(_state["bootstrap"]) as admin:
+        (description,) = admin.describe_transactions([transactional_id])
+    data = _transaction_dict(description, now_ms=int(time.time() * 1000))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("field", "value")
+    for key in ("transactional_id", "state", "producer_id", "producer_epoch", "timeout_ms"):
+        table.add_row(key.replace("_", " "), str(data[key]))
+    age = data["age_ms"]
+    table.add_row("age", "-" if age is None else f"{age / 1000:.1f} s")
+    table.add_row("partitions", ", ".join(data["partitions"]) or "-")
+    Console().print(table)
+
+
+def _transaction_dict(description: Any, *, now_ms: int) -> dict[str, Any]:
+    start = description.transaction_start_ms
+    return {
+        "transactional_id": description.transactional_id,
+        "state": description.state,
+        "producer_id": description.producer_id,
+        "producer_epoch": description.producer_epoch,
+        "timeout_ms": description.transaction_timeout_ms,
+        "start_ms": start if start >= 0 else None,
+        "age_ms": max(now_ms - start, 0) if start >= 0 else None,
+        "partitions": [f"{p.topic}-{p.partition}" for p in description.partitions],
+    }
+
+
 # --- produce / consume ----------------------------------------------------------------------------
 
 
@@ -554,11 +636,24 @@ def consume(
     key_separator: Annotated[
         str | None, typer.Option("--key-separator", help="Print KEY<SEP>VALUE.")
     ] = None,
+    isolation_level: Annotated[
+        IsolationLevel,
+        typer.Option(
+            "--isolation-level",
+            help="read_committed: only committed transactional records, up to the last "
+            "stable offset.",
+        ),
+    ] = IsolationLevel.read_uncommitted,
 ) -> None:
     """Print TOPIC's records (all partitions) to stdout, one per line."""
     reset = "earliest" if from_beginning else "latest"
     seen = 0
-    with _errors(), Consumer(_state["bootstrap"], auto_offset_reset=reset) as consumer:
+    with (
+        _errors(),
+        Consumer(
+            _state["bootstrap"], auto_offset_reset=reset, isolation_level=isolation_level.value
+        ) as consumer,
+    ):
         consumer.subscribe([topic])
         last = time.monotonic()
         # Ctrl-C is the normal way to end an open-ended consume: stop, report, exit 0.

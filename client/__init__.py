@@ -10,8 +10,10 @@ for tests is in `client.embedded`. See docs/client.md.
 
 from client.accumulator import RecordFuture
 from client.blocking import AdminClient, Consumer, Producer
+from client.errors import InvalidTxnStateError, ProducerFencedError, TransactionAbortedError
 from client.types import (
     ClusterStatus,
+    ConsumerGroupMetadata,
     ConsumerRecord,
     RecordMetadata,
     TopicDescription,
@@ -22,10 +24,14 @@ __all__ = [
     "AdminClient",
     "ClusterStatus",
     "Consumer",
+    "ConsumerGroupMetadata",
     "ConsumerRecord",
+    "InvalidTxnStateError",
     "Producer",
+    "ProducerFencedError",
     "RecordFuture",
     "RecordMetadata",
     "TopicDescription",
     "TopicPartition",
+    "TransactionAbortedError",
 ]

@@ -54,17 +54,22 @@ class ProducerBatch:
     """
 
     __slots__ = (
+        "ambiguous",
         "attempts",
         "base_offset",
+        "base_sequence",
         "callbacks",
         "created_at",
         "error",
         "event",
         "partition",
         "payload",
+        "producer_epoch",
+        "producer_id",
         "records",
         "retry_at",
         "sequence",
+        "settled",
         "size_bytes",
         "topic",
         "wakers",
@@ -80,6 +85,9 @@ class ProducerBatch:
         self.created_at = created_at
         self.attempts = 0
         self.retry_at = 0.0
+        # The broker acknowledged it at this base offset, but an earlier batch of its partition
+        # is still unacknowledged: it completes after that one (callbacks fire in offset order).
+        self.settled: int | None = None
         self.base_offset = -1
         self.error: BaseException | None = None
         self.event = threading.Event()
@@ -87,6 +95,15 @@ class ProducerBatch:
         self.wakers: list[Callable[[], None]] | None = None
         # The built batch bytes, kept so that a retry resends exactly the same batch.
         self.payload: bytes | None = None
+        # Idempotence: the producer id, epoch and first sequence this batch was numbered with
+        # (-1 until its first send); a retry keeps them, so the broker recognises a duplicate.
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self.base_sequence = -1
+        # True once an attempt ended without telling whether the broker wrote the batch (a
+        # timeout, a lost connection): such a batch must not be renumbered under a new producer
+        # id, or a retry could store it twice.
+        self.ambiguous = False
 
     @property
     def done(self) -> bool:
@@ -392,6 +409,24 @@ class RecordAccumulator:
             self._sealed.clear()
             self._open.clear()
             return [batch for batch in self._incomplete if not batch.done]
+
+    def abort_unsent(self) -> list[ProducerBatch]:
+        """Take every batch not sent or waiting for a retry, for the caller to fail (a
+        transaction being aborted: nothing more of it may be written)."""
+        with self.lock:
+            taken = [*self._sealed, *self._open.values()]
+            self._sealed.clear()
+            self._open.clear()
+            return taken
+
+    def take_sealed(self, predicate: Callable[[ProducerBatch], bool]) -> list[ProducerBatch]:
+        """Remove and return the queued batches `predicate` picks (the idempotent producer
+        fails the ones whose fate is unknown when its producer id is replaced)."""
+        with self.lock:
+            taken = [batch for batch in self._sealed if predicate(batch)]
+            if taken:
+                self._sealed = deque(batch for batch in self._sealed if not predicate(batch))
+            return taken
 
     def has_unsent(self) -> bool:
         with self.lock:

@@ -21,7 +21,15 @@ from client._loop import LoopThread
 from client.accumulator import RECORD_OVERHEAD_BYTES, DeliveryCallback, RecordFuture
 from client.aio.producer import NeedMetadataError
 from client.errors import BufferFullError
-from client.types import ClusterStatus, ConsumerRecord, TopicDescription, TopicPartition
+from client.types import (
+    ClusterStatus,
+    ConsumerGroupMetadata,
+    ConsumerRecord,
+    ListedTransaction,
+    TopicDescription,
+    TopicPartition,
+    TransactionDescription,
+)
 
 
 class _Blocking:
@@ -122,6 +130,32 @@ class Producer(_Blocking):
         """The partition count of `topic` (raises UNKNOWN_TOPIC if it does not exist)."""
         return self._loop.run(self._aio.load_topic, topic)
 
+    # Transactions: see `client.aio.Producer` and docs/transactions.md.
+
+    def init_transactions(self) -> None:
+        """Register the transactional id (fencing older instances); once, before the first
+        transaction."""
+        self._loop.run(self._aio.init_transactions)
+
+    def begin_transaction(self) -> None:
+        self._aio.begin_transaction()
+
+    def send_offsets_to_transaction(
+        self,
+        offsets: Mapping[TopicPartition, int] | Mapping[tuple[str, int], int],
+        group_metadata: ConsumerGroupMetadata | str,
+    ) -> None:
+        """Commit the group's `offsets` with the transaction (consume-transform-produce)."""
+        self._loop.run(self._aio.send_offsets_to_transaction, offsets, group_metadata)
+
+    def commit_transaction(self) -> None:
+        """Flush the transaction's records, then commit it."""
+        self._loop.run(self._aio.commit_transaction)
+
+    def abort_transaction(self) -> None:
+        """Drop unsent records and abort the transaction; then begin a new one."""
+        self._loop.run(self._aio.abort_transaction)
+
 
 class Consumer(_Blocking):
     """`Consumer(bootstrap, auto_offset_reset="latest", ...)`; `assign` or `subscribe`, then
@@ -160,6 +194,10 @@ class Consumer(_Blocking):
 
     def assignment(self) -> set[TopicPartition]:
         return self._aio.assignment()
+
+    def group_metadata(self) -> ConsumerGroupMetadata:
+        """For `Producer.send_offsets_to_transaction`."""
+        return self._aio.group_metadata()
 
     def seek(self, partition: TopicPartition | tuple[str, int], offset: int) -> None:
         self._aio.seek(partition, offset)
@@ -200,7 +238,8 @@ class Consumer(_Blocking):
 class AdminClient(_Blocking):
     """Topic administration (`create_topic`, `delete_topic`, `describe_topic`, `list_topics`),
     consumer groups (`list_groups`, `describe_group`, `delete_group`, `alter_group_offsets`,
-    `list_offsets`) and `cluster_status`."""
+    `list_offsets`), transactions (`list_transactions`, `describe_transactions`) and
+    `cluster_status`."""
 
     def __init__(self, bootstrap: str | Sequence[str] | None = None, **options: Any) -> None:
         self._aio = aio.AdminClient(bootstrap, **options)
@@ -241,10 +280,21 @@ class AdminClient(_Blocking):
         self._loop.run(self._aio.alter_group_offsets, group_id, offsets)
 
     def list_offsets(
-        self, partitions: list[TopicPartition], timestamp: int
+        self,
+        partitions: list[TopicPartition],
+        timestamp: int,
+        isolation_level: str = "read_uncommitted",
     ) -> dict[TopicPartition, int]:
-        return self._loop.run(self._aio.list_offsets, partitions, timestamp)
+        return self._loop.run(self._aio.list_offsets, partitions, timestamp, isolation_level)
 
     def cluster_status(self) -> ClusterStatus:
         """Brokers, controller leader, offline and under-replicated partitions."""
         return self._loop.run(self._aio.cluster_status)
+
+    def list_transactions(self, states: Iterable[str] | None = None) -> list[ListedTransaction]:
+        return self._loop.run(self._aio.list_transactions, states)
+
+    def describe_transactions(
+        self, transactional_ids: Iterable[str]
+    ) -> list[TransactionDescription]:
+        return self._loop.run(self._aio.describe_transactions, list(transactional_ids))

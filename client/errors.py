@@ -21,8 +21,11 @@ __all__ = [
     "ConfigError",
     "ConnectionLostError",
     "ErrorCode",
+    "InvalidTxnStateError",
+    "ProducerFencedError",
     "RemoteProtocolError",
     "RequestTimedOutError",
+    "TransactionAbortedError",
 ]
 
 
@@ -70,3 +73,36 @@ class BufferFullError(ClientError):
 
 class ClientClosedError(ClientError):
     """The producer, consumer or admin client was used after `close()`."""
+
+
+# --- transactions (Kafka's exception names) -----------------------------------------------------
+# They are `BrokerError`s with the broker's code, so `except BrokerError` still covers them and
+# `err.code` tells which wire error (if any) caused them; a check the client makes locally
+# (calls out of order) uses the code the broker would have answered.
+
+
+class ProducerFencedError(BrokerError):
+    """Another producer with the same `transactional_id` started (or the broker moved this
+    producer's epoch on): this instance is a zombie. Fatal: close the producer; every later call
+    raises this again. (PRODUCER_FENCED, or INVALID_PRODUCER_EPOCH on a transactional producer.)"""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.PRODUCER_FENCED) -> None:
+        super().__init__(code, message)
+
+
+class InvalidTxnStateError(BrokerError):
+    """A transactional call out of order: `send` outside a transaction, `commit_transaction`
+    without `begin_transaction`, `begin_transaction` twice, a call before `init_transactions`.
+    Checked locally first, so nothing was sent; fix the calling code."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_TXN_STATE, message)
+
+
+class TransactionAbortedError(BrokerError):
+    """The transaction is aborted: the coordinator aborted it after `transaction_timeout_ms`
+    (TRANSACTION_ABORTED), or this record was dropped by `abort_transaction()`. Call
+    `abort_transaction()` (it re-initialises the producer), then begin a new transaction."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.TRANSACTION_ABORTED, message)

@@ -35,6 +35,17 @@ class ConsumerRecord(NamedTuple):
     headers: Any  # tuple of (str, bytes) pairs, or None
 
 
+class ConsumerGroupMetadata(NamedTuple):
+    """A group member's identity, as Kafka's `consumer.groupMetadata()`: passed to
+    `Producer.send_offsets_to_transaction` so the group coordinator can refuse offsets from a
+    member the group has since fenced (a zombie after a rebalance, KIP-447)."""
+
+    group_id: str
+    generation_id: int = -1
+    member_id: str = ""
+    group_instance_id: str | None = None
+
+
 # Topic descriptions are the wire dataclasses themselves (one definition, no twin):
 # TopicDescription(name, partition_count, replication_factor, configs, partitions, ...) with
 # PartitionDescription(partition, leader_id, replicas, log_start_offset, log_end_offset,
@@ -49,3 +60,11 @@ PartitionDescription = codec.PartitionDescription
 # preferred_leader_imbalance_count). `state` is "active", "fenced" or "shutting_down".
 ClusterStatus = codec.ClusterStatusResponse
 ClusterBroker = codec.ClusterBroker
+
+# `AdminClient.list_transactions()` answers ListedTransaction(transactional_id, producer_id, state)
+# and `describe_transactions()` TransactionDescription(transactional_id, state, producer_id,
+# producer_epoch, transaction_timeout_ms, transaction_start_ms, last_update_ms, partitions=
+# (TopicPartitionRef(topic, partition), ...)). `state` is Kafka's: "Empty", "Ongoing",
+# "PrepareCommit", "PrepareAbort", "CompleteCommit", "CompleteAbort", "Dead".
+ListedTransaction = codec.ListedTransaction
+TransactionDescription = codec.TransactionDescription

@@ -192,6 +192,9 @@ class ClusterNode:
         self._replicas: ReplicaManager | None = None
         self.transport: RaftTransport | None = None
         self.peer_clients: PeerClients | None = None
+        # The node's LMDB store while it runs (the broker's producer id allocator keeps its
+        # reservations there).
+        self.store: KvStore | None = None
         # Set by `resign()`: heartbeats then ask for SHUTTING_DOWN, never to be unfenced.
         self.shutting_down = False
         # One timer for every Raft group of this broker (docs/raft-driver.md, rule 5).
@@ -281,6 +284,7 @@ class ClusterNode:
         self.broker_epoch = None
         try:
             self._open(store, logs)
+            self.store = store
             with trio.CancelScope() as scope:
                 self._scope = scope
                 async with trio.open_nursery() as nursery:

@@ -12,10 +12,11 @@ single node; this module adapts the `ClusterNode` to it. Rules:
    replica's fetch waiters on every change of its group (high watermark, role, leader).
 3. `ClusterTopics` answers the handlers' topic queries from the metadata cache. Changes are not
    made here: they go to the controller (broker/handlers/cluster.py).
-4. Consumer groups (`run_group_service`): the controller leader creates `__consumer_offsets` once
-   enough brokers are ACTIVE to give it min(3, brokers) replicas; every broker starts its
-   `GroupService` once the topic is in its metadata. The service loads the partitions this broker
-   leads and follows their leadership (broker/consumer_groups/service.py).
+4. Internal topics (`run_internal_service`): the controller leader creates `__consumer_offsets`
+   and `__transaction_state` once enough brokers are ACTIVE to give them min(3, brokers)
+   replicas; every broker starts its `GroupService` and `TransactionService` once the topic is in
+   its metadata. Each service loads the partitions this broker leads and follows their leadership
+   (broker/consumer_groups/service.py, broker/transactions/service.py).
 """
 
 from __future__ import annotations
@@ -29,14 +30,8 @@ import trio
 
 from broker.appended import Appended
 from broker.config import LogConfig
-from broker.consumer_groups.service import (
-    OFFSETS_TOPIC,
-    OFFSETS_TOPIC_CONFIGS,
-    GroupService,
-    group_config_of,
-)
 from broker.controller.state import TopicInfo
-from broker.errors import BrokerError
+from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext, PartitionState
 from broker.raft.driver import RaftDriver
 from broker.topics import TopicRecord, require_partition
@@ -46,10 +41,10 @@ from .replicas import Replica
 
 logger = logging.getLogger(__name__)
 
-# Replicas of __consumer_offsets (Kafka's offsets.topic.replication.factor), fewer if the
-# cluster has fewer brokers.
+# Replicas of __consumer_offsets and __transaction_state (Kafka's offsets.topic.replication.factor
+# and transaction.state.log.replication.factor), fewer if the cluster has fewer brokers.
 OFFSETS_TOPIC_REPLICATION_FACTOR: Final = 3
-# Bound on the wait between two looks at whether __consumer_offsets can be created.
+# Bound on the wait between two looks at whether an internal topic can be created.
 OFFSETS_TOPIC_RECHECK_S: Final = 1.0
 
 
@@ -108,6 +103,25 @@ class ReplicaPartitionState(PartitionState):
         proposal = self.driver.propose_nowait(bytes(data))
         return Appended(proposal.base_offset, proposal.index, len(data), proposal.wait_committed)
 
+    def accept(self, header: Any, base_offset: int, term: int, *, marker: Any = None) -> None:
+        # The proposal reaches the log later (the driver writes it): until then the producer
+        # state keeps it as pending, so a retry arriving meanwhile is still a duplicate, and a
+        # late write of a transaction whose marker is pending is fenced by the marker's epoch.
+        self.log.producers.accept(header, base_offset, term, marker=marker)
+
+    async def wait_acked_to(self, end_offset: int, term: int) -> None:
+        """Wait for the commit index to pass `end_offset` while this replica still leads in
+        `term`: a leader's log is never truncated within its term, so what it held at `term`
+        below the commit index is committed. A lost leadership is NOT_LEADER (retry)."""
+        driver = self.driver
+        while True:
+            version = driver.change_version
+            if not self.is_leader or driver.term != term:
+                raise BrokerError(ErrorCode.NOT_LEADER, self.not_leader_message())
+            if self.high_watermark >= end_offset:
+                return
+            await driver.wait_changed(version)
+
 
 def track_replicas(node: ClusterNode, context: BrokerContext, nursery: trio.Nursery) -> None:
     """Start keeping `context.partitions` equal to the hosted replicas (rule 2)."""
@@ -142,35 +156,33 @@ async def _wake_waiters(state: ReplicaPartitionState) -> None:
     state.notify()
 
 
-async def run_group_service(
+async def run_internal_service(
     node: ClusterNode,
-    context: BrokerContext,
-    on_started: Callable[[GroupService], None],
+    topic: str,
+    partitions: int,
+    configs: dict[str, Any],
+    make_service: Callable[[], Any],
+    on_started: Callable[[Any], None],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Create `__consumer_offsets` if needed, then run the group service (rule 4)."""
+    """Create the internal `topic` if needed, then run the service over it (rule 4): the group
+    service over `__consumer_offsets`, the transaction coordinator over `__transaction_state`."""
     task_status.started()
-    config = context.config
     controller = node.controller
-    while controller.cache.topic(OFFSETS_TOPIC) is None:
+    while controller.cache.topic(topic) is None:
         version = controller.changes.version
         driver_version = controller.driver.change_version
         replicas = min(OFFSETS_TOPIC_REPLICATION_FACTOR, len(node.voters))
         if controller.is_leader and len(controller.machine.active_broker_ids()) >= replicas:
             try:
-                await controller.create_topic(
-                    OFFSETS_TOPIC,
-                    config.offsets_topic_partitions,
-                    replicas,
-                    OFFSETS_TOPIC_CONFIGS,
-                )
+                await controller.create_topic(topic, partitions, replicas, configs)
             except BrokerError as exc:  # lost the controller, or a racing create: look again
-                logger.info("node %d: creating %s: %s", node.node_id, OFFSETS_TOPIC, exc)
+                logger.info("node %d: creating %s: %s", node.node_id, topic, exc)
             continue
         with trio.move_on_after(OFFSETS_TOPIC_RECHECK_S):
             await node.wait_controller_change(driver_version, version)
-    service = GroupService(context, config=group_config_of(config))
+    service = make_service()
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         on_started(service)

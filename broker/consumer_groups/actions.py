@@ -1,10 +1,11 @@
 """Orders the group core gives its shell: write these records, send these responses.
 
 Every action is a frozen dataclass. A `Respond*` answers exactly one request (its `request_id`,
-chosen by the shell) and is sent as is. `PersistRecords` must be appended to the coordinator's
-__consumer_offsets partition and its outcome reported back as `RecordsPersisted(token)` or
-`AppendFailed(token)`, in the order the writes were ordered; responses that depend on a write are
-only emitted after it is reported replicated, so the shell never has to hold a response back.
+chosen by the shell) and is sent as is. `PersistRecords` and `PersistMarker` must be appended to
+the coordinator's __consumer_offsets partition, in the order they were emitted, and their outcome
+reported back as `RecordsPersisted(token)` or `AppendFailed(token)`, in that same order;
+responses that depend on a write are only emitted after it is reported replicated, so the shell
+never has to hold a response back.
 """
 
 from __future__ import annotations
@@ -18,10 +19,30 @@ from broker.errors import ErrorCode
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class PersistRecords:
-    """Append `records` (one batch) to the coordinator partition, then report the outcome."""
+    """Append `records` (one batch) to the coordinator partition, then report the outcome.
+
+    `producer_id` >= 0: a transactional offset commit. The batch is then built transactional with
+    that producer id and epoch and base sequence -1 (a coordinator's write: the partition's
+    producer state opens the transaction without sequence checks), so that the transaction's
+    marker closes it on every replica."""
 
     token: int
     records: tuple[EncodedRecord, ...]
+    producer_id: int = -1
+    producer_epoch: int = -1
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PersistMarker:
+    """Append a transaction marker (`build_marker_batch`) to the coordinator partition, through
+    the same ordered queue as `PersistRecords`, then report the outcome. Going through the core
+    keeps the store's order of application equal to the log's."""
+
+    token: int
+    producer_id: int
+    producer_epoch: int
+    commit: bool
+    coordinator_epoch: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,14 +117,32 @@ class RespondOffsetCommit:
     partitions: tuple[PartitionResult, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RespondTxnOffsetCommit(RespondOffsetCommit):
+    """TxnOffsetCommit's answer: sent once the records are replicated, when they are pending
+    (invisible to OffsetFetch until the transaction's COMMIT marker)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RespondTxnMarker:
+    """A marker's answer, once it is replicated and the producer's pending offsets are
+    committed or dropped."""
+
+    request_id: int
+    error: ErrorCode
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class FetchedOffset:
-    """A committed offset; `offset` is -1 (and metadata "") when the group has none for it."""
+    """A committed offset; `offset` is -1 (and metadata "") when the group has none for it.
+    `error` is UNSTABLE_OFFSET_COMMIT for a partition with a transaction's offsets pending when
+    the fetch required stable offsets (KIP-447)."""
 
     topic_partition: TopicPartition
     offset: int
     leader_epoch: int
     metadata: str
+    error: ErrorCode = ErrorCode.NONE
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,8 +192,11 @@ class RespondDescribeGroups:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GroupResult:
+    """`message` explains a refusal the error code alone does not (an open transaction)."""
+
     group_id: str
     error: ErrorCode
+    message: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,5 +216,6 @@ Response = (
     | RespondListGroups
     | RespondDescribeGroups
     | RespondDeleteGroups
+    | RespondTxnMarker
 )
-Action = PersistRecords | Response
+Action = PersistRecords | PersistMarker | Response

@@ -10,9 +10,11 @@ The caller's duties (the trio service):
    partition's records (and a coordinator epoch that grows per leadership) before anything else.
    Until then requests get COORDINATOR_LOAD_IN_PROGRESS. On losing leadership feed
    `UnloadPartition` (every waiting request gets NOT_COORDINATOR) and drop the core.
-2. Append each `PersistRecords` to the partition, in order, as one batch; report each outcome
-   as `RecordsPersisted(token)` (in the order ordered) or `AppendFailed(token)`. Responses that
-   depend on a write are emitted only after its report, so every response can be sent at once.
+2. Append each `PersistRecords` to the partition, in order, as one batch (transactional when it
+   names a producer), and each `PersistMarker` as a transaction marker, in the same order; report
+   each outcome as `RecordsPersisted(token)` (in the order ordered) or `AppendFailed(token)`.
+   Responses that depend on a write are emitted only after its report, so every response can be
+   sent at once.
 3. Feed `Tick(now_ms)` periodically, or at `next_deadline_ms()`: sessions, rebalance timeouts and
    offset retention are only checked then.
 Responses for a request may come from a later `handle` call (JoinGroup waits for the rebalance,
@@ -37,6 +39,8 @@ from broker.consumer_groups.actions import (
     RespondListGroups,
     RespondOffsetCommit,
     RespondOffsetFetch,
+    RespondTxnMarker,
+    RespondTxnOffsetCommit,
 )
 from broker.consumer_groups.config import GroupConfig
 from broker.consumer_groups.events import (
@@ -56,6 +60,8 @@ from broker.consumer_groups.events import (
     Request,
     SyncGroupRequested,
     Tick,
+    TxnMarkerRequested,
+    TxnOffsetCommitRequested,
     UnloadPartition,
 )
 from broker.consumer_groups.group import Group, GroupState, JoinProtocol, Member, TopicPartition
@@ -63,10 +69,12 @@ from broker.consumer_groups.offsets import (
     GroupMetadataValue,
     GroupRecord,
     GroupStore,
+    MarkerRecord,
     MemberMetadata,
     OffsetCommitRecord,
     OffsetCommitValue,
-    decode_record,
+    TransactionalRecord,
+    decode_entry,
 )
 from broker.consumer_groups.state import (
     CoordinatorState,
@@ -90,6 +98,7 @@ class GroupCoordinatorStatistics:
     member_count: int
     static_member_count: int
     offset_count: int
+    pending_txn_offset_count: int  # transactional offsets waiting for their marker
     pending_write_count: int
     rebalance_count: int
     expired_member_count: int
@@ -171,6 +180,7 @@ class GroupCoordinatorCore:
             member_count=len(members),
             static_member_count=sum(1 for m in members if m.group_instance_id is not None),
             offset_count=state.store.offset_count(),
+            pending_txn_offset_count=state.store.pending_offset_count(),
             pending_write_count=len(state.writes),
             rebalance_count=state.rebalance_count,
             expired_member_count=state.expired_member_count,
@@ -185,7 +195,7 @@ class GroupCoordinatorCore:
         assert state.status is CoreStatus.LOADING, "one core per leadership: load it once"
         # Decode everything before applying anything: a corrupt partition raises
         # CorruptGroupRecordError and leaves this core untouched (still loading).
-        records = [decode_record(encoded) for encoded in event.records]
+        records = [decode_entry(encoded) for encoded in event.records]
         for record in records:
             state.store.apply(record)
         state.coordinator_epoch = event.coordinator_epoch
@@ -229,8 +239,19 @@ class GroupCoordinatorCore:
         # must apply these records in the same order as we do now.
         assert event.token == min(state.writes), (event.token, sorted(state.writes))
         write = self._pop_write(event.token)
-        for record in write.records:
-            state.store.apply(record)
+        if write.kind is WriteKind.MARKER:
+            marker = MarkerRecord(write.producer_id, write.producer_epoch, write.commit)
+            state.store.apply(marker)
+            return self._answer_write(write, ErrorCode.NONE)
+        if write.kind is WriteKind.TXN_COMMIT:
+            # Pending offsets of the producer: invisible until its COMMIT marker.
+            for record in _offset_records(write):
+                state.store.apply(
+                    TransactionalRecord(write.producer_id, write.producer_epoch, record)
+                )
+        else:
+            for entry in write.records:
+                state.store.apply(entry)
         group = state.groups[write.group_ids[0]]
         if write.kind is WriteKind.ASSIGNMENT and group.assignment_write == write.token:
             assert group.generation == write.generation
@@ -246,7 +267,7 @@ class GroupCoordinatorCore:
                 state.respond(dataclasses.replace(response, skip_assignment=True))
                 member.pending_join = None
                 member.touch(event.now_ms)
-        elif write.kind is WriteKind.COMMIT:
+        elif write.kind in (WriteKind.COMMIT, WriteKind.TXN_COMMIT):
             self._answer_write(write, ErrorCode.NONE)
         elif write.kind is WriteKind.DELETION:
             for group_id in write.group_ids:
@@ -257,11 +278,15 @@ class GroupCoordinatorCore:
                     assert not state.groups[group_id].pending_tokens, group_id
                     del state.groups[group_id]
             self._answer_write(write, ErrorCode.NONE)
+        return None
 
     @_dispatch.register
     def _on_append_failed(self, event: AppendFailed) -> None:
         state = self._state
         write = self._pop_write(event.token)
+        if write.kind is WriteKind.MARKER:
+            # The pending offsets stay pending: the transaction coordinator retries the marker.
+            return self._answer_write(write, event.error)
         group = state.groups[write.group_ids[0]]
         if write.kind is WriteKind.ASSIGNMENT and group.assignment_write == write.token:
             membership.fail_sync(state, group, event.error, event.now_ms)
@@ -283,6 +308,7 @@ class GroupCoordinatorCore:
         # EMPTIED needs nothing: the group is Empty whatever the partition says, and its next
         # transition writes the metadata again.
         self._answer_write(write, event.error)
+        return None
 
     def _pop_write(self, token: int) -> PendingWrite:
         state = self._state
@@ -295,11 +321,16 @@ class GroupCoordinatorCore:
         """Answer the request a commit or deletion write carries (if any) with `error`."""
         if write.request_id is None:
             return
-        if write.kind is WriteKind.COMMIT:
+        if write.kind is WriteKind.MARKER:
+            self._state.respond(RespondTxnMarker(request_id=write.request_id, error=error))
+        elif write.kind in (WriteKind.COMMIT, WriteKind.TXN_COMMIT):
+            respond = (
+                RespondTxnOffsetCommit
+                if write.kind is WriteKind.TXN_COMMIT
+                else RespondOffsetCommit
+            )
             written = [
-                PartitionResult(record.topic_partition, error)
-                for record in write.records
-                if isinstance(record, OffsetCommitRecord)
+                PartitionResult(record.topic_partition, error) for record in _offset_records(write)
             ]
             results = tuple(
                 sorted(
@@ -308,9 +339,7 @@ class GroupCoordinatorCore:
                 )
             )
             self._state.respond(
-                RespondOffsetCommit(
-                    request_id=write.request_id, error=ErrorCode.NONE, partitions=results
-                )
+                respond(request_id=write.request_id, error=ErrorCode.NONE, partitions=results)
             )
         elif write.kind is WriteKind.DELETION:
             written = [GroupResult(group_id, error) for group_id in write.group_ids]
@@ -344,41 +373,64 @@ class GroupCoordinatorCore:
 
     @_dispatch.register
     def _on_commit(self, event: OffsetCommitRequested) -> None:
+        self._commit(event, WriteKind.COMMIT)
+
+    @_dispatch.register
+    def _on_txn_commit(self, event: TxnOffsetCommitRequested) -> None:
+        self._commit(event, WriteKind.TXN_COMMIT)
+
+    def _commit(self, event: OffsetCommitRequested, kind: WriteKind) -> None:
+        """OffsetCommit and TxnOffsetCommit: the same checks (but for the ones that differ, see
+        `_commit_error`) and records; a transactional one is written as that producer's batch."""
         state = self._state
         group = state.groups.get(event.group_id)
         error = self._commit_error(group, event)
         if error is not ErrorCode.NONE:
             return state.respond(event.reject(error))
         if group is None:
-            # A simple consumer (or an admin) committing for a group nobody has joined yet.
+            # A simple consumer (or an admin, or a producer) committing for a group nobody has
+            # joined yet.
             group = state.groups[event.group_id] = Group(event.group_id)
         elif event.member_id in group.members:
             group.members[event.member_id].touch(event.now_ms)  # a commit is a sign of life
         refused, records = self._commit_records(event)
         if not records:
             return state.respond(
-                RespondOffsetCommit(
-                    request_id=event.request_id, error=ErrorCode.NONE, partitions=tuple(refused)
-                )
+                dataclasses.replace(event.reject(ErrorCode.NONE), partitions=tuple(refused))
             )
+        transactional = isinstance(event, TxnOffsetCommitRequested)
         state.write(
-            WriteKind.COMMIT,
+            kind,
             (group.group_id,),
             records,
             generation=group.generation,
             request_id=event.request_id,
             refused_partitions=tuple(refused),
+            producer_id=event.producer_id if transactional else -1,
+            producer_epoch=event.producer_epoch if transactional else -1,
         )
         return None
 
     def _commit_error(self, group: Group | None, event: OffsetCommitRequested) -> ErrorCode:
-        """Whether this commit may be written at all (Kafka's doCommitOffsets checks)."""
+        """Whether this commit may be written at all (Kafka's validateOffsetCommit).
+
+        A transactional commit differs in three ways, as in Kafka: from outside the group it is
+        accepted whatever the group's state (a producer that is not a consumer of the group), it
+        is not refused during CompletingRebalance, and its producer epoch must be the newest
+        (older: INVALID_PRODUCER_EPOCH, fenced; newer while the older epoch's offsets still wait
+        for their marker: CONCURRENT_TRANSACTIONS, retriable)."""
         state = self._state
         if not event.group_id:
             return ErrorCode.INVALID_REQUEST
-        pending = sum(1 for write in state.writes.values() if write.kind is WriteKind.COMMIT)
+        commit_kinds = (WriteKind.COMMIT, WriteKind.TXN_COMMIT)
+        pending = sum(1 for write in state.writes.values() if write.kind in commit_kinds)
         if pending >= state.config.pending_commit_writes_max:
             return ErrorCode.THROTTLED
+        transactional = isinstance(event, TxnOffsetCommitRequested)
+        if transactional:
+            error = self._producer_error(event)
+            if error is not ErrorCode.NONE:
+                return error
         external = event.generation < 0 and event.member_id == NO_MEMBER_ID
         if group is None:
             return ErrorCode.NONE if external else ErrorCode.UNKNOWN_MEMBER_ID
@@ -387,13 +439,51 @@ class GroupCoordinatorCore:
         if external:
             # Simple consumers and reset-offsets write only while nobody consumes: the members'
             # own commits would otherwise race with (and silently undo) the reset.
-            return ErrorCode.NONE if group.state is EMPTY else ErrorCode.GROUP_NOT_EMPTY
+            if transactional or group.state is EMPTY:
+                return ErrorCode.NONE
+            return ErrorCode.GROUP_NOT_EMPTY
         error = membership.check_member(
             group, event.member_id, event.group_instance_id, event.generation
         )
-        if error is ErrorCode.NONE and group.state is GroupState.COMPLETING_REBALANCE:
+        completing = group.state is GroupState.COMPLETING_REBALANCE
+        if error is ErrorCode.NONE and completing and not transactional:
             return ErrorCode.REBALANCE_IN_PROGRESS
         return error
+
+    def _producer_error(self, event: TxnOffsetCommitRequested) -> ErrorCode:
+        """The producer epoch checks the partition's producer state would make of the batch."""
+        state = self._state
+        if event.producer_id < 0 or event.producer_epoch < 0:
+            return ErrorCode.INVALID_REQUEST
+        newest = state.producer_epoch_of(event.producer_id)
+        if event.producer_epoch < newest:
+            return ErrorCode.INVALID_PRODUCER_EPOCH
+        open_here = event.producer_id in state.store.pending or any(
+            write.producer_id == event.producer_id and write.kind is WriteKind.TXN_COMMIT
+            for write in state.writes.values()
+        )
+        if event.producer_epoch > newest and open_here:
+            return ErrorCode.CONCURRENT_TRANSACTIONS
+        return ErrorCode.NONE
+
+    @_dispatch.register
+    def _on_marker(self, event: TxnMarkerRequested) -> None:
+        """A marker from an older producer epoch changes nothing (the partition's producer state
+        ignores it too): refused before it is written. Any other is written, pending offsets or
+        not, so that every replica's producer state closes the transaction."""
+        state = self._state
+        if event.producer_id < 0:
+            return state.respond(event.reject(ErrorCode.INVALID_REQUEST))
+        if event.producer_epoch < state.producer_epoch_of(event.producer_id):
+            return state.respond(event.reject(ErrorCode.INVALID_PRODUCER_EPOCH))
+        state.write_marker(
+            event.producer_id,
+            event.producer_epoch,
+            event.commit,
+            event.coordinator_epoch,
+            request_id=event.request_id,
+        )
+        return None
 
     def _commit_records(
         self, event: OffsetCommitRequested
@@ -417,16 +507,32 @@ class GroupCoordinatorCore:
 
     @_dispatch.register
     def _on_fetch(self, event: OffsetFetchRequested) -> None:
-        committed = self._state.store.offsets_of(event.group_id)
-        wanted = sorted(committed) if event.partitions is None else list(event.partitions)
+        """The committed offsets; with `require_stable`, a partition with a transaction's offsets
+        pending (or being written) is UNSTABLE_OFFSET_COMMIT instead (KIP-447), so that a
+        consumer taking over never starts from an offset its predecessor's transaction is about
+        to move."""
+        state = self._state
+        committed = state.store.offsets_of(event.group_id)
+        unstable: set[TopicPartition] = set()
+        if event.require_stable:
+            unstable.update(state.store.pending_of(event.group_id))
+            for write in state.writes.values():
+                if write.kind is WriteKind.TXN_COMMIT and event.group_id in write.group_ids:
+                    unstable.update(r.topic_partition for r in _offset_records(write))
+        if event.partitions is None:
+            wanted = sorted(committed.keys() | unstable)
+        else:
+            wanted = list(event.partitions)
         offsets = []
         for tp in wanted:
             value = committed.get(tp)
-            if value is None:
+            if tp in unstable:
+                offsets.append(FetchedOffset(tp, -1, -1, "", ErrorCode.UNSTABLE_OFFSET_COMMIT))
+            elif value is None:
                 offsets.append(FetchedOffset(tp, -1, -1, ""))
             else:
                 offsets.append(FetchedOffset(tp, value.offset, value.leader_epoch, value.metadata))
-        self._state.respond(
+        state.respond(
             RespondOffsetFetch(
                 request_id=event.request_id, error=ErrorCode.NONE, offsets=tuple(offsets)
             )
@@ -449,15 +555,19 @@ class GroupCoordinatorCore:
             if group.state is not EMPTY or group.pending_tokens:
                 continue
             committed = state.store.offsets_of(group_id)
+            # A partition with a transaction's offsets pending never expires, and a group with
+            # any never goes: the marker will commit them (Kafka does the same).
+            in_transaction = state.store.pending_of(group_id)
             since_ms = group.state_timestamp_ms or 0
             expired = [
                 tp
                 for tp, value in sorted(committed.items())
                 if retention_ms >= 0
+                and tp not in in_transaction
                 and max(value.commit_timestamp_ms, since_ms) + retention_ms <= now_ms
             ]
             state.expired_offset_count += len(expired)
-            if len(expired) < len(committed):
+            if len(expired) < len(committed) or in_transaction:
                 records += [OffsetCommitRecord(group_id, tp, None) for tp in expired]
             else:
                 tombstones = state.deletion_records(group_id)
@@ -534,6 +644,14 @@ class GroupCoordinatorCore:
                 refused.append(GroupResult(group_id, ErrorCode.GROUP_ID_NOT_FOUND))
             elif group.state is not EMPTY:
                 refused.append(GroupResult(group_id, ErrorCode.GROUP_NOT_EMPTY))
+            elif producers := state.open_transactions(group_id):
+                # Tombstones written now would land before the marker, which would then bring
+                # the transaction's offsets back: wait for the transaction to end.
+                message = (
+                    f"the group has offsets in the open transaction(s) of producer id(s) "
+                    f"{', '.join(map(str, producers))}: retry once they commit or abort"
+                )
+                refused.append(GroupResult(group_id, ErrorCode.GROUP_NOT_EMPTY, message))
             elif not (tombstones := state.deletion_records(group_id)):
                 del state.groups[group_id]  # never written: gone at once
                 refused.append(GroupResult(group_id, ErrorCode.NONE))
@@ -572,6 +690,10 @@ class GroupCoordinatorCore:
         assert not missing, f"groups in the partition but not in memory: {missing}"
         if state.status is not CoreStatus.ACTIVE:
             assert not state.groups and not state.writes and state.store == GroupStore()
+
+
+def _offset_records(write: PendingWrite) -> list[OffsetCommitRecord]:
+    return [record for record in write.records if isinstance(record, OffsetCommitRecord)]
 
 
 def _validate_group(state: CoordinatorState, group: Group) -> None:

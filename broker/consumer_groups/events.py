@@ -21,6 +21,8 @@ from broker.consumer_groups.actions import (
     RespondOffsetCommit,
     RespondOffsetFetch,
     RespondSync,
+    RespondTxnMarker,
+    RespondTxnOffsetCommit,
     Response,
 )
 from broker.consumer_groups.group import (
@@ -30,7 +32,7 @@ from broker.consumer_groups.group import (
     JoinProtocol,
     TopicPartition,
 )
-from broker.consumer_groups.offsets import EncodedRecord
+from broker.consumer_groups.offsets import LogEntry
 from broker.errors import ErrorCode
 
 
@@ -44,14 +46,15 @@ class Event:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class LoadPartition(Event):
-    """This broker now leads the coordinator partition: here are all its records, oldest first.
+    """This broker now leads the coordinator partition: here are all its records (and the
+    transaction markers among them), oldest first.
 
     `coordinator_epoch` (the partition's leader epoch) must grow with every new leadership: it
     goes into the member ids this core hands out, which keeps them unique across failovers.
     """
 
     coordinator_epoch: int
-    records: tuple[EncodedRecord, ...] = ()
+    records: tuple[LogEntry, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,7 +69,8 @@ class Tick(Event):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RecordsPersisted(Event):
-    """The records of `PersistRecords(token)` are committed (replicated) in the partition."""
+    """The records of `PersistRecords(token)` (or the `PersistMarker`) are committed (replicated)
+    in the partition."""
 
     token: int
 
@@ -179,9 +183,43 @@ class OffsetCommitRequested(Request):
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TxnOffsetCommitRequested(OffsetCommitRequested):
+    """A commit inside `producer_id`'s transaction (KIP-98/KIP-447): written as a transactional
+    batch, pending until the transaction's marker. generation -1 with member id "" is a producer
+    outside any consumer group (allowed whatever the group's state); otherwise the member and
+    generation are checked as for OffsetCommit."""
+
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+
+    def reject(self, error: ErrorCode) -> Response:
+        return RespondTxnOffsetCommit(request_id=self.request_id, error=error)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TxnMarkerRequested(Request):
+    """The transaction coordinator's marker for this partition (WriteTxnMarkers): the end of
+    `producer_id`'s transaction. Written through the core so that the store applies it in log
+    order; a producer with nothing pending here is fine (the marker is still written)."""
+
+    producer_id: int
+    producer_epoch: int
+    commit: bool
+    coordinator_epoch: int
+
+    def reject(self, error: ErrorCode) -> Response:
+        return RespondTxnMarker(request_id=self.request_id, error=error)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class OffsetFetchRequested(Request):
+    """`require_stable` (KIP-447): partitions with transactional offsets still pending are
+    answered UNSTABLE_OFFSET_COMMIT (retriable) instead of their last committed offset."""
+
     group_id: str
     partitions: tuple[TopicPartition, ...] | None = None  # None: every committed partition
+    require_stable: bool = False
 
     def reject(self, error: ErrorCode) -> Response:
         return RespondOffsetFetch(request_id=self.request_id, error=error)

@@ -4,9 +4,9 @@
 is never exposed to the shell. Rules:
 - Actions are appended to `out` in the order they must be carried out; `handle()` returns them.
 - A write is registered in `writes` (and in each group's `pending_tokens`) when its
-  `PersistRecords` is emitted; its records enter `store` only when the shell reports them
-  replicated, in the order they were emitted. So `store` is always exactly what a replay of the
-  partition rebuilds.
+  `PersistRecords` (or `PersistMarker`) is emitted; its records enter `store` only when the shell
+  reports them replicated, in the order they were emitted. So `store` is always exactly what a
+  replay of the partition rebuilds (transaction markers included: they go through the core too).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from broker.consumer_groups.actions import (
     GroupResult,
     JoinedMember,
     PartitionResult,
+    PersistMarker,
     PersistRecords,
     RespondJoin,
     Response,
@@ -44,6 +45,8 @@ class WriteKind(enum.Enum):
     STATIC_REJOIN = "static-rejoin"  # a static member took over its old member id's place
     EMPTIED = "emptied"  # the group became Empty; nobody waits
     COMMIT = "commit"  # an OffsetCommit
+    TXN_COMMIT = "txn-commit"  # a TxnOffsetCommit: its offsets are pending until the marker
+    MARKER = "marker"  # a transaction marker: commits or drops a producer's pending offsets
     DELETION = "deletion"  # DeleteGroups or retention: tombstones
 
 
@@ -61,6 +64,10 @@ class PendingWrite:
     # Commits and deletions answer per partition / per group: the ones refused up front.
     refused_partitions: tuple[PartitionResult, ...] = ()
     refused_groups: tuple[GroupResult, ...] = ()
+    # TXN_COMMIT and MARKER: whose transaction (and, for a marker, its outcome).
+    producer_id: int = -1
+    producer_epoch: int = -1
+    commit: bool = False
 
 
 class CoreStatus(enum.Enum):
@@ -110,27 +117,109 @@ class CoordinatorState:
         member_id: str | None = None,
         refused_partitions: tuple[PartitionResult, ...] = (),
         refused_groups: tuple[GroupResult, ...] = (),
+        producer_id: int = -1,
+        producer_epoch: int = -1,
     ) -> int:
-        """Order a write of `records` and remember who waits for it; returns its token."""
+        """Order a write of `records` and remember who waits for it; returns its token.
+
+        `producer_id` >= 0: the records are a transactional offset commit of that producer."""
         assert records, "an empty write has nothing to wait for"
-        token = self.next_token
-        self.next_token += 1
-        self.writes[token] = PendingWrite(
-            token,
-            kind,
-            group_ids,
-            tuple(records),
-            generation,
-            request_id,
-            member_id,
-            refused_partitions,
-            refused_groups,
+        token = self._register(
+            PendingWrite(
+                self.next_token,
+                kind,
+                group_ids,
+                tuple(records),
+                generation,
+                request_id,
+                member_id,
+                refused_partitions,
+                refused_groups,
+                producer_id,
+                producer_epoch,
+            )
         )
-        for group_id in group_ids:
-            self.groups[group_id].pending_tokens.append(token)
         encoded = tuple(encode_record(record) for record in records)
-        self.out.append(PersistRecords(token=token, records=encoded))
+        self.out.append(
+            PersistRecords(
+                token=token,
+                records=encoded,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+            )
+        )
         return token
+
+    def write_marker(
+        self,
+        producer_id: int,
+        producer_epoch: int,
+        commit: bool,
+        coordinator_epoch: int,
+        *,
+        request_id: int,
+    ) -> int:
+        """Order a transaction marker. It is registered with every group whose offsets it will
+        commit or drop (pending here, or in a transactional write ordered before it), so that
+        neither retention nor a deletion acts on those groups before its outcome."""
+        groups = set(self.store.pending.get(producer_id, {}))
+        for write in self.writes.values():
+            if write.kind is WriteKind.TXN_COMMIT and write.producer_id == producer_id:
+                groups.update(write.group_ids)
+        token = self._register(
+            PendingWrite(
+                self.next_token,
+                WriteKind.MARKER,
+                tuple(sorted(groups)),
+                (),
+                request_id=request_id,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+                commit=commit,
+            )
+        )
+        self.out.append(
+            PersistMarker(
+                token=token,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+                commit=commit,
+                coordinator_epoch=coordinator_epoch,
+            )
+        )
+        return token
+
+    def _register(self, write: PendingWrite) -> int:
+        assert write.token == self.next_token
+        self.next_token += 1
+        self.writes[write.token] = write
+        for group_id in write.group_ids:
+            self.groups[group_id].pending_tokens.append(write.token)
+        return write.token
+
+    def open_transactions(self, group_id: str) -> list[int]:
+        """Producer ids with transactional offsets of `group_id` pending, being written, or
+        whose marker is being written (the marker write names the group until its outcome)."""
+        producers = {
+            producer_id for producer_id, groups in self.store.pending.items() if group_id in groups
+        }
+        producers.update(
+            write.producer_id
+            for write in self.writes.values()
+            if write.kind in (WriteKind.TXN_COMMIT, WriteKind.MARKER)
+            and group_id in write.group_ids
+        )
+        return sorted(producers)
+
+    def producer_epoch_of(self, producer_id: int) -> int:
+        """The newest epoch of `producer_id` in the partition or in a write ordered to it."""
+        epochs = [self.store.producer_epochs.get(producer_id, -1)]
+        epochs += [
+            write.producer_epoch
+            for write in self.writes.values()
+            if write.producer_id == producer_id
+        ]
+        return max(epochs)
 
     def write_metadata(
         self,

@@ -37,9 +37,19 @@ from broker.handlers.groups import (
     handle_offset_commit,
     handle_offset_fetch,
     handle_sync_group,
+    handle_txn_offset_commit,
 )
 from broker.handlers.produce import handle_produce
 from broker.handlers.reply import Deferred
+from broker.handlers.transactions import (
+    handle_add_offsets_to_txn,
+    handle_add_partitions_to_txn,
+    handle_describe_transactions,
+    handle_end_txn,
+    handle_init_producer_id,
+    handle_list_transactions,
+    handle_write_txn_markers,
+)
 
 Handler = Callable[[BrokerContext, Any], Any]
 
@@ -65,6 +75,14 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.BrokerRegistrationRequest: handle_broker_registration,
     codec.BrokerHeartbeatRequest: handle_broker_heartbeat,
     codec.LeaderReportRequest: handle_leader_report,
+    codec.InitProducerIdRequest: handle_init_producer_id,
+    codec.WriteTxnMarkersRequest: handle_write_txn_markers,
+    codec.AddPartitionsToTxnRequest: handle_add_partitions_to_txn,
+    codec.AddOffsetsToTxnRequest: handle_add_offsets_to_txn,
+    codec.EndTxnRequest: handle_end_txn,
+    codec.ListTransactionsRequest: handle_list_transactions,
+    codec.DescribeTransactionsRequest: handle_describe_transactions,
+    codec.TxnOffsetCommitRequest: handle_txn_offset_commit,
 }
 
 __all__ = ["HANDLERS", "BrokerContext", "Deferred", "Handler", "NullMetrics", "PartitionState"]

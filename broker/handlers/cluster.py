@@ -23,11 +23,11 @@ import trio
 
 from broker import codec
 from broker.cluster.controller_service import NotControllerError
-from broker.consumer_groups.service import is_internal_topic
 from broker.controller.records import BrokerState
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred
+from broker.internal_topics import is_internal_topic
 from broker.topics import TopicRecord
 
 logger = logging.getLogger(__name__)

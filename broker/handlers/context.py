@@ -42,6 +42,7 @@ class Metrics(Protocol):
 
     def records_in(self, topic: str, records: int, size_bytes: int) -> None: ...
     def records_out(self, topic: str, records: int, size_bytes: int) -> None: ...
+    def duplicate_batch(self, topic: str) -> None: ...
 
 
 class NullMetrics:
@@ -49,6 +50,9 @@ class NullMetrics:
         pass
 
     def records_out(self, topic: str, records: int, size_bytes: int) -> None:
+        pass
+
+    def duplicate_batch(self, topic: str) -> None:
         pass
 
 
@@ -108,6 +112,16 @@ class PartitionState:
             lambda: self._flusher.wait_durable(self.log, end_offset),
         )
 
+    def accept(self, header: Any, base_offset: int, term: int, *, marker: Any = None) -> None:
+        """An idempotent batch (or a transaction `marker`) was appended at `base_offset`. A local
+        log wrote it already, so its producer state has it (a replica's Raft proposal is written
+        later: see serving)."""
+
+    async def wait_acked_to(self, end_offset: int, term: int) -> None:
+        """Wait until everything below `end_offset` is acknowledged as acks=all would be (a
+        retried batch waits for its original): durable here."""
+        await self._flusher.wait_durable(self.log, end_offset)
+
     def notify(self) -> None:
         """Wake every fetch waiting on this partition (its high watermark may have moved)."""
         waiters, self.waiters = self.waiters, set()
@@ -131,6 +145,10 @@ class BrokerContext:
     spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None
     # The consumer group service (broker.consumer_groups.service.GroupService); None until started.
     groups: Any = None
+    # The transaction coordinator (broker.transactions.service.TransactionService) and this
+    # broker's producer id allocator (broker.transactions.producer_ids); None until started.
+    transactions: Any = None
+    producer_ids: Any = None
 
     @property
     def node_id(self) -> int:

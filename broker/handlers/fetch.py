@@ -45,6 +45,12 @@ def _check_fetch(request: codec.FetchRequest) -> None:
     ):
         if value < 0:
             raise BrokerError(ErrorCode.INVALID_REQUEST, f"fetch {name} must be >= 0, got {value}")
+    if request.isolation_level not in (codec.READ_UNCOMMITTED, codec.READ_COMMITTED):
+        raise BrokerError(
+            ErrorCode.INVALID_REQUEST,
+            f"isolation_level must be 0 (read_uncommitted) or 1 (read_committed), "
+            f"got {request.isolation_level}",
+        )
 
 
 async def _long_poll(
@@ -87,7 +93,9 @@ def _read_all(
     results = []
     for item in request.partitions:
         try:
-            result = _read_partition(ctx, item, remaining, first=total == 0)
+            result = _read_partition(
+                ctx, item, remaining, first=total == 0, isolation=request.isolation_level
+            )
         except BrokerError as exc:
             failed = True
             results.append(
@@ -107,11 +115,21 @@ def _read_all(
 
 
 def _read_partition(
-    ctx: BrokerContext, item: codec.FetchPartition, remaining: int, *, first: bool
+    ctx: BrokerContext,
+    item: codec.FetchPartition,
+    remaining: int,
+    *,
+    first: bool,
+    isolation: int = codec.READ_UNCOMMITTED,
 ) -> codec.FetchPartitionResult:
     state = ctx.partition(item.topic, item.partition)
     log = state.log
     high_watermark = state.high_watermark
+    # read_committed reads up to the last stable offset: nothing of a transaction still open.
+    committed = isolation == codec.READ_COMMITTED
+    last_stable = log.producers.last_stable_offset(high_watermark) if committed else -1
+    visible_end = last_stable if committed else high_watermark
+    aborted: tuple[codec.AbortedTransaction, ...] = ()
     records = b""
     limit = min(item.partition_max_bytes, remaining)
     if item.fetch_offset < log.log_start_offset or item.fetch_offset > log.log_end_offset:
@@ -121,19 +139,28 @@ def _read_partition(
             f"[{log.log_start_offset}, {log.log_end_offset}]; reset to the earliest or latest "
             "offset (list_offsets)",
         )
-    if item.fetch_offset < high_watermark and (limit > 0 or first):
-        result = log.read(item.fetch_offset, max(limit, 1), max_offset=high_watermark)
+    if item.fetch_offset < visible_end and (limit > 0 or first):
+        result = log.read(item.fetch_offset, max(limit, 1), max_offset=visible_end)
         data = result.data
         # Only the first partition with data may exceed the limits (one whole batch).
         if len(data) <= limit or first:
             records = data if isinstance(data, bytes) else bytes(data)
             _count_out(ctx, state, records)
+            if committed and records:
+                aborted = tuple(
+                    codec.AbortedTransaction(producer_id=pid, first_offset=first_offset)
+                    for pid, first_offset in log.producers.aborted_transactions(
+                        item.fetch_offset, result.next_offset
+                    )
+                )
     return codec.FetchPartitionResult(
         topic=item.topic,
         partition=item.partition,
         high_watermark=high_watermark,
         log_start_offset=log.log_start_offset,
         records=records,
+        last_stable_offset=last_stable,
+        aborted_transactions=aborted,
     )
 
 
@@ -151,7 +178,7 @@ def handle_list_offsets(
     results = []
     for item in request.partitions:
         try:
-            offset = _list_offset(ctx, item)
+            offset = _list_offset(ctx, item, request.isolation_level)
         except BrokerError as exc:
             results.append(
                 codec.ListOffsetsPartitionResult(
@@ -170,11 +197,13 @@ def handle_list_offsets(
     return codec.ListOffsetsResponse(partitions=tuple(results))
 
 
-def _list_offset(ctx: BrokerContext, item: codec.ListOffsetsPartition) -> int:
+def _list_offset(ctx: BrokerContext, item: codec.ListOffsetsPartition, isolation: int) -> int:
     state = ctx.partition(item.topic, item.partition)
     if item.timestamp == codec.EARLIEST_TIMESTAMP:
         return int(state.log.log_start_offset)
     if item.timestamp == codec.LATEST_TIMESTAMP:
+        if isolation == codec.READ_COMMITTED:
+            return int(state.log.producers.last_stable_offset(state.high_watermark))
         return state.high_watermark
     if item.timestamp < 0:
         raise BrokerError(

@@ -1,5 +1,6 @@
-"""Consumer group APIs: FindCoordinator, Join/Sync/Heartbeat/Leave, OffsetCommit/Fetch, and
-ListGroups, DescribeGroups, DeleteGroups, over the `GroupService` (broker/consumer_groups).
+"""Consumer group APIs: FindCoordinator, Join/Sync/Heartbeat/Leave, OffsetCommit/Fetch,
+TxnOffsetCommit, and ListGroups, DescribeGroups, DeleteGroups, over the `GroupService`
+(broker/consumer_groups).
 
 Each handler turns the wire request into the core's event and submits it at once, in the
 connection's reader, so pipelined requests reach the coordinator in arrival order. An answer the
@@ -35,13 +36,15 @@ from broker.consumer_groups.events import (
     OffsetToCommit,
     SyncAssignment,
     SyncGroupRequested,
+    TxnOffsetCommitRequested,
 )
 from broker.consumer_groups.group import GroupState, JoinProtocol, TopicPartition
 from broker.consumer_groups.service import OFFSETS_TOPIC, GroupService
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers import cluster
 from broker.handlers.context import BrokerContext
-from broker.handlers.reply import Deferred
+from broker.handlers.reply import Deferred, answer_when_ready
+from broker.transactions.service import TRANSACTION_STATE_TOPIC
 
 # How long a commit or deletion may wait for its write to be durable.
 COMMIT_WAIT_S: Final = 30.0
@@ -66,6 +69,11 @@ _MESSAGES: Final = {
     ErrorCode.INCONSISTENT_GROUP_PROTOCOL: "the member's protocols do not match the group's",
     ErrorCode.GROUP_MAX_SIZE_REACHED: "the group has group_max_size members already",
     ErrorCode.OFFSET_METADATA_TOO_LARGE: "offset metadata is larger than the broker allows",
+    ErrorCode.UNSTABLE_OFFSET_COMMIT: "a transaction's offsets for this partition are not "
+    "committed or aborted yet; retry",
+    ErrorCode.INVALID_PRODUCER_EPOCH: "the producer epoch is older than the partition's: fenced",
+    ErrorCode.CONCURRENT_TRANSACTIONS: "the producer's previous transaction is still completing "
+    "here; retry",
 }
 
 
@@ -94,15 +102,8 @@ def _answer(
     on_timeout: Any,
 ) -> Any:
     """Submit to the group's core; the converted answer now, or a Deferred that waits for it."""
-    pending = service.submit(service.partition_of(group_id), build)
-    if pending.response is not None:
-        return convert(pending.response)
-
-    async def wait() -> Any:
-        response = await service.wait(pending, timeout_s)
-        return on_timeout if response is None else convert(response)
-
-    return Deferred(wait)
+    waiting = service.submit(service.partition_of(group_id), build)
+    return answer_when_ready(service, waiting, convert, timeout_s, on_timeout)
 
 
 # --- FindCoordinator ------------------------------------------------------------------------------
@@ -111,35 +112,47 @@ def _answer(
 def handle_find_coordinator(
     ctx: BrokerContext, request: codec.FindCoordinatorRequest
 ) -> codec.FindCoordinatorResponse:
-    if request.key_type != codec.COORDINATOR_KEY_GROUP:
+    if request.key_type == codec.COORDINATOR_KEY_GROUP:
+        what, service, topic = "group id", ctx.groups, OFFSETS_TOPIC
+    elif request.key_type == codec.COORDINATOR_KEY_TRANSACTION:
+        what, service, topic = "transactional id", ctx.transactions, TRANSACTION_STATE_TOPIC
+    else:
         return codec.FindCoordinatorResponse(
             error=ErrorCode.INVALID_REQUEST,
-            error_message=f"key_type {request.key_type} is not supported; 0 = consumer group",
+            error_message=f"key_type {request.key_type} is not supported; 0 = consumer group, "
+            "1 = transactional id",
         )
     if not request.key:
         return codec.FindCoordinatorResponse(
-            error=ErrorCode.INVALID_REQUEST, error_message="key (the group id) must not be empty"
+            error=ErrorCode.INVALID_REQUEST, error_message=f"key (the {what}) must not be empty"
         )
-    service = _service(ctx)
+    if service is None:
+        return codec.FindCoordinatorResponse(
+            error=ErrorCode.COORDINATOR_NOT_AVAILABLE,
+            error_message=f"the coordinator for {what}s is not running yet; retry",
+        )
     partition = service.partition_of(request.key)
-    coordinator = _coordinator_of(ctx, partition)
+    coordinator = _coordinator_of(ctx, topic, partition)
     if coordinator is None:
         return codec.FindCoordinatorResponse(
             error=ErrorCode.COORDINATOR_NOT_AVAILABLE,
-            error_message=f"{OFFSETS_TOPIC}-{partition} has no leader yet; retry",
+            error_message=f"{topic}-{partition} has no leader yet; retry",
         )
     node_id, (host, port) = coordinator
     return codec.FindCoordinatorResponse(node_id=node_id, host=host, port=port)
 
 
-def _coordinator_of(ctx: BrokerContext, partition: int) -> tuple[int, tuple[str, int]] | None:
-    """The leader of `__consumer_offsets-<partition>` and its address, if it has one."""
+def _coordinator_of(
+    ctx: BrokerContext, topic: str, partition: int
+) -> tuple[int, tuple[str, int]] | None:
+    """The leader of an internal topic's partition (`__consumer_offsets`,
+    `__transaction_state`) and its address, if it has one."""
     if ctx.cluster is None:
-        state = ctx.partitions.get((OFFSETS_TOPIC, partition))
+        state = ctx.partitions.get((topic, partition))
         if state is None or state.leader_id < 0:
             return None
         return state.leader_id, ctx.advertised  # one broker: the leader is this node
-    metadata = cluster.partition_metadata(ctx, OFFSETS_TOPIC, partition)
+    metadata = cluster.partition_metadata(ctx, topic, partition)
     address = ctx.cluster.cache.address_of(metadata.leader_id) if metadata.leader_id > 0 else None
     return None if address is None else (metadata.leader_id, address)
 
@@ -288,26 +301,58 @@ def handle_leave_group(ctx: BrokerContext, request: codec.LeaveGroupRequest) -> 
 
 
 def handle_offset_commit(ctx: BrokerContext, request: codec.OffsetCommitRequest) -> Any:
-    _check_group_id(request.group_id)
-
     def build(request_id: int, now_ms: int) -> OffsetCommitRequested:
         return OffsetCommitRequested(
-            request_id=request_id,
-            now_ms=now_ms,
-            group_id=request.group_id,
-            generation=request.generation,
-            member_id=request.member_id,
-            group_instance_id=request.group_instance_id,
-            offsets=tuple(
-                OffsetToCommit(
-                    TopicPartition(p.topic, p.partition), p.offset, p.leader_epoch, p.metadata
-                )
-                for p in request.partitions
-            ),
+            request_id=request_id, now_ms=now_ms, **_commit_fields(request)
         )
 
-    def convert(response: RespondOffsetCommit) -> codec.OffsetCommitResponse:
-        return codec.OffsetCommitResponse(
+    return _commit(ctx, request.group_id, build, codec.OffsetCommitResponse)
+
+
+def handle_txn_offset_commit(ctx: BrokerContext, request: codec.TxnOffsetCommitRequest) -> Any:
+    """A transaction's offsets (KIP-447), answered once written as the producer's transactional
+    batch; they stay invisible to OffsetFetch until the transaction's COMMIT marker."""
+
+    def build(request_id: int, now_ms: int) -> TxnOffsetCommitRequested:
+        return TxnOffsetCommitRequested(
+            request_id=request_id,
+            now_ms=now_ms,
+            transactional_id=request.transactional_id,
+            producer_id=request.producer_id,
+            producer_epoch=request.producer_epoch,
+            **_commit_fields(request),
+        )
+
+    return _commit(ctx, request.group_id, build, codec.TxnOffsetCommitResponse)
+
+
+def _commit_fields(request: codec.OffsetCommitRequest | codec.TxnOffsetCommitRequest) -> Any:
+    """The event fields OffsetCommit and TxnOffsetCommit share."""
+    return {
+        "group_id": request.group_id,
+        "generation": request.generation,
+        "member_id": request.member_id,
+        "group_instance_id": request.group_instance_id,
+        "offsets": tuple(
+            OffsetToCommit(
+                TopicPartition(p.topic, p.partition), p.offset, p.leader_epoch, p.metadata
+            )
+            for p in request.partitions
+        ),
+    }
+
+
+def _commit(
+    ctx: BrokerContext,
+    group_id: str,
+    build: Callable[[int, int], OffsetCommitRequested],
+    response_type: type[codec.OffsetCommitResponse] | type[codec.TxnOffsetCommitResponse],
+) -> Any:
+    """Submit a commit; its answer (per partition) once its write is durable."""
+    _check_group_id(group_id)
+
+    def convert(response: RespondOffsetCommit) -> Any:
+        return response_type(
             error=response.error,
             error_message=_message(response.error),
             partitions=tuple(
@@ -321,11 +366,11 @@ def handle_offset_commit(ctx: BrokerContext, request: codec.OffsetCommitRequest)
             ),
         )
 
-    timed_out = codec.OffsetCommitResponse(
+    timed_out = response_type(
         error=ErrorCode.REQUEST_TIMED_OUT,
         error_message="the commit was not durable in time; it may still be applied",
     )
-    return _answer(_service(ctx), request.group_id, build, convert, COMMIT_WAIT_S, timed_out)
+    return _answer(_service(ctx), group_id, build, convert, COMMIT_WAIT_S, timed_out)
 
 
 def handle_offset_fetch(ctx: BrokerContext, request: codec.OffsetFetchRequest) -> Any:
@@ -338,7 +383,11 @@ def handle_offset_fetch(ctx: BrokerContext, request: codec.OffsetFetchRequest) -
 
     def build(request_id: int, now_ms: int) -> OffsetFetchRequested:
         return OffsetFetchRequested(
-            request_id=request_id, now_ms=now_ms, group_id=request.group_id, partitions=partitions
+            request_id=request_id,
+            now_ms=now_ms,
+            group_id=request.group_id,
+            partitions=partitions,
+            require_stable=request.require_stable,
         )
 
     def convert(response: RespondOffsetFetch) -> codec.OffsetFetchResponse:
@@ -352,6 +401,8 @@ def handle_offset_fetch(ctx: BrokerContext, request: codec.OffsetFetchRequest) -
                     offset=o.offset,
                     leader_epoch=o.leader_epoch,
                     metadata=o.metadata,
+                    error=o.error,
+                    error_message=_message(o.error),
                 )
                 for o in response.offsets
             ),
@@ -482,7 +533,7 @@ def handle_delete_groups(ctx: BrokerContext, request: codec.DeleteGroupsRequest)
                 results[result.group_id] = codec.GroupResultInfo(
                     group_id=result.group_id,
                     error=result.error,
-                    error_message=_message(result.error),
+                    error_message=result.message or _message(result.error),
                 )
         timed_out = codec.GroupResultInfo(
             group_id="", error=ErrorCode.REQUEST_TIMED_OUT, error_message="no answer in time"

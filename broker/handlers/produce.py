@@ -25,10 +25,10 @@ import trio
 
 from broker import codec
 from broker.appended import Appended
-from broker.consumer_groups.service import is_internal_topic
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext, PartitionState
 from broker.handlers.reply import Deferred
+from broker.internal_topics import is_internal_topic
 from broker.log.batch import iter_batches, unpack_header
 
 logger = logging.getLogger(__name__)
@@ -114,8 +114,15 @@ def _append(ctx: BrokerContext, state: PartitionState, records: bytes) -> tuple[
                 records, validate=True, max_batch_bytes=log.config.max_batch_bytes
             )
         ]
-    for data, _ in batches:
+    for data, header in batches:
+        if header.is_control:
+            raise BrokerError(
+                ErrorCode.INVALID_RECORD,
+                "control batches (transaction markers) are written by the broker, not produced",
+            )
         state.check(data)  # all of them first: a partition's batches are written all or none
+    if first.producer_id >= 0:
+        return _append_idempotent(ctx, state, batches)
     base_offset = -1
     last: Appended | None = None
     for data, header in batches:
@@ -125,6 +132,39 @@ def _append(ctx: BrokerContext, state: PartitionState, records: bytes) -> tuple[
         ctx.metrics.records_in(state.topic, header.record_count, last.size_bytes)
     assert last is not None
     return base_offset, last
+
+
+def _append_idempotent(
+    ctx: BrokerContext, state: PartitionState, batches: list[tuple[memoryview | bytes, Any]]
+) -> tuple[int, Appended]:
+    """One batch of an idempotent or transactional producer: the partition's producer state
+    (broker/transactions/producer_state.py) checks its epoch and sequence first. A retry of a
+    batch the partition already has is answered with the original offsets and written again
+    never (acks=all then waits for the original, as it would have); a gap, an older epoch or a
+    transaction misuse is refused with the named error."""
+    if len(batches) != 1:
+        # As Kafka: sequences are checked per batch, and a request's batches would be checked
+        # against a state none of them has reached yet.
+        raise BrokerError(
+            ErrorCode.INVALID_RECORD,
+            f"an idempotent producer sends exactly one batch per partition, got {len(batches)}",
+        )
+    data, header = batches[0]
+    term = state.leader_epoch
+    duplicate = state.log.producers.check(header, term)
+    if duplicate is not None:
+        ctx.metrics.duplicate_batch(state.topic)
+        end_offset = duplicate.last_offset + 1
+        return duplicate.base_offset, Appended(
+            duplicate.base_offset,
+            duplicate.last_offset,
+            0,
+            lambda: state.wait_acked_to(end_offset, term),
+        )
+    appended = state.append(data)
+    state.accept(header, appended.base_offset, term)
+    ctx.metrics.records_in(state.topic, header.record_count, appended.size_bytes)
+    return appended.base_offset, appended
 
 
 def _settle_without_waiting(appended: list[_Appended]) -> None:

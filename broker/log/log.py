@@ -20,6 +20,11 @@ Durability protocol:
 - Leader epochs (Raft terms) are kept as a small epoch cache `[(epoch, start_offset)]`, rewritten
   atomically when it changes (elections, truncation, retention), so `term_at` is a bisection.
 
+Producer state (`log.producers`, broker/transactions/producer_state.py): every written batch is
+fed to it in log order; it is snapshotted to `<offset>.producers` at each roll and clean close and
+rebuilt from the newest usable snapshot plus the headers after it on open and truncation
+(docs/transactions.md, "Producer state on a partition").
+
 The log is synchronous and single-threaded: call it from one thread (the trio thread); only a
 ticket's `run()` may happen elsewhere.
 """
@@ -43,6 +48,7 @@ from broker.log.batch import (
     LOG_OVERHEAD,
     BadLengthError,
     BatchHeader,
+    InvalidBatchError,
     RecordCountError,
     decode_records,
     iter_batches,
@@ -66,12 +72,23 @@ from broker.log.segment import (
     SegmentCorruptError,
 )
 from broker.log.verify import checked_batches, epoch_lookup, read_epoch_file
+from broker.transactions.producer_state import (
+    TXN_CONTROL_ATTRIBUTES,
+    Marker,
+    ProducerSnapshotError,
+    ProducerStateManager,
+    marker_of,
+)
 
 logger = logging.getLogger(__name__)
 
 CLEAN_SHUTDOWN_FILE = "clean-shutdown"
 RECOVERY_CHECKPOINT_FILE = "recovery-checkpoint"
 EPOCH_CACHE_FILE = "leader-epochs"
+# `<offset:020d>.producers`: the producer state with every batch below `offset` applied.
+PRODUCER_SNAPSHOT_SUFFIX = ".producers"
+# Snapshots kept: the newest is what a restart loads; older ones stand in if it is damaged.
+PRODUCER_SNAPSHOTS_KEPT = 3
 
 
 def wall_clock_ms() -> int:
@@ -152,6 +169,10 @@ class PartitionLog:
         self._truncation_floor: int | None = None
         self._ticket_outstanding = False
         self._closed = False
+        # Per-producer idempotence and transaction state, fed every batch written (in log
+        # order), snapshotted beside the segments (docs/transactions.md).
+        self.producers = ProducerStateManager(0)
+        self._producer_snapshots: list[int] = []
 
     # --- opening and closing --------------------------------------------------------------------
 
@@ -189,6 +210,7 @@ class PartitionLog:
             log._base_offsets.append(initial_offset)
             log._directory_changes += 1
         log._load_epochs(clean=clean)
+        log._load_producer_state()
         log.flushed_offset = log.log_end_offset if clean else log._checkpoint_floor()
         if marker.exists():
             # The marker must be gone, durably, before anything new is written: a later crash
@@ -260,6 +282,7 @@ class PartitionLog:
             self._unsynced_sealed.append(self.active)
             self.flush()
             self._recovery.store(self.log_end_offset)
+            self._save_producer_snapshot()
             write_atomically(self.directory / CLEAN_SHUTDOWN_FILE, b"")
         for segment in self.segments:
             segment.close()
@@ -351,6 +374,13 @@ class PartitionLog:
                 f"leader epoch {epoch} is below the log's last epoch {last_term}"
             )
         max_timestamp = header.max_timestamp
+        # A transaction marker's one record is decoded (refused before anything is written if
+        # it is not a valid marker); no other batch's records are.
+        marker = (
+            marker_of(batch, 0, header)
+            if header.attributes & TXN_CONTROL_ATTRIBUTES == TXN_CONTROL_ATTRIBUTES
+            else None
+        )
         if active.must_roll_before(size, base_offset + delta, max_timestamp):
             self._roll()
             active = self.segments[-1]
@@ -363,6 +393,7 @@ class PartitionLog:
         # The new base offset and epoch go out as a separate 16-byte prefix in the same
         # pwritev, so the batch itself is never copied.
         active.append_assigned(batch, base_offset, epoch, delta, max_timestamp)
+        self.producers.on_write(header, base_offset, marker)
         return AppendResult(base_offset, base_offset + delta, max_timestamp, size)
 
     def append_replicated(self, batches: bytes | bytearray | memoryview) -> AppendResult:
@@ -430,8 +461,37 @@ class PartitionLog:
             for header in headers[first:last]:
                 self._note_epoch(header.leader_epoch, header.base_offset)
             self.active.append(view[start : start + size], headers[first:last])
+            self._apply_producers(headers[first:last], view, start)
             start += size
             first = last
+
+    def _apply_producers(
+        self, headers: list[BatchHeader], data: bytes | bytearray | memoryview, position: int
+    ) -> None:
+        """Feed written batches (at `position` in `data`) to the producer state, in log order."""
+        producers = self.producers
+        for header in headers:
+            marker = None
+            if header.attributes & TXN_CONTROL_ATTRIBUTES == TXN_CONTROL_ATTRIBUTES:
+                marker = self._stored_marker(data, position, header)
+            producers.on_write(header, header.base_offset, marker)
+            position += header.size_bytes
+
+    def _stored_marker(
+        self, data: bytes | bytearray | memoryview, position: int, header: BatchHeader
+    ) -> Marker | None:
+        # A replicated (or recovered) marker is in the log whatever it holds: one that does not
+        # decode is ignored by the producer state on every replica alike, and logged.
+        try:
+            return marker_of(data, position, header)
+        except InvalidBatchError as exc:
+            logger.warning(
+                "%s: transaction marker at offset %d is ignored: %s",
+                self.directory,
+                header.base_offset,
+                exc,
+            )
+            return None
 
     def _should_roll(self, header: BatchHeader) -> bool:
         return self.active.must_roll_before(
@@ -447,6 +507,10 @@ class PartitionLog:
 
     def _roll(self) -> None:
         old = self.active
+        # Every batch of the old segment is applied: the state as of its end is snapshotted, so
+        # a restart replays at most the segments after it.
+        assert self.producers.applied_end == old.next_offset
+        self._save_producer_snapshot()
         old.seal()
         self._unsynced_sealed.append(old)
         segment = Segment.create(self.directory, old.next_offset, self.config)
@@ -623,6 +687,9 @@ class PartitionLog:
         if found is not None:
             segment.truncate_to_position(*found)
         self._after_shrink(segment_reopened=segment.base_offset)
+        # The state included the removed batches: back to the newest snapshot at or below the
+        # new end (later ones describe the removed tail) and replay from there.
+        self._load_producer_state()
 
     def reset(self, start_offset: int) -> None:
         """Drop every batch; the log restarts, empty, at `start_offset` (catch-up from behind)."""
@@ -633,6 +700,10 @@ class PartitionLog:
         self._unsynced_sealed = []
         self._epochs = []
         self._after_shrink(segment_reopened=start_offset)
+        # The batches that built the state are gone: it restarts empty (docs/transactions.md:
+        # producers whose batches all lie below the new start are unknown on this replica).
+        self._delete_producer_snapshots(lambda offset: True)
+        self.producers = ProducerStateManager(start_offset)
 
     def _after_shrink(self, *, segment_reopened: int | None) -> None:
         end = self.log_end_offset
@@ -692,7 +763,88 @@ class PartitionLog:
                 self.log_start_offset,
             )
             self._after_shrink(segment_reopened=None)
+            start = self.log_start_offset
+            self.producers.prune_below(start)
+            self._delete_producer_snapshots(lambda offset: offset < start)
+        self.producers.expire(now_ms, self.config.producer_id_expiration_ms)
         return deleted
+
+    # --- producer state -------------------------------------------------------------------------
+
+    def _producer_snapshot_path(self, offset: int) -> Path:
+        return self.directory / f"{offset:020d}{PRODUCER_SNAPSHOT_SUFFIX}"
+
+    def _save_producer_snapshot(self) -> None:
+        """Write the producer state as of `applied_end` (a batch boundary) beside the segments;
+        keep the newest `PRODUCER_SNAPSHOTS_KEPT`."""
+        offset = self.producers.applied_end
+        write_atomically(self._producer_snapshot_path(offset), self.producers.snapshot())
+        if offset not in self._producer_snapshots:
+            bisect.insort(self._producer_snapshots, offset)
+        kept = self._producer_snapshots[-PRODUCER_SNAPSHOTS_KEPT:]
+        self._delete_producer_snapshots(lambda other: other not in kept)
+
+    def _delete_producer_snapshots(self, condition: Callable[[int], bool]) -> None:
+        # Derived state, not user data: a snapshot is deleted when it no longer describes the
+        # log (above its end, below its start) or newer ones make it redundant.
+        for offset in [offset for offset in self._producer_snapshots if condition(offset)]:
+            self._producer_snapshot_path(offset).unlink(missing_ok=True)
+            self._producer_snapshots.remove(offset)
+
+    def _load_producer_state(self) -> None:
+        """Rebuild `producers`: the newest readable snapshot within the log, then the batch
+        headers after it (markers decode their one record). Snapshots above the log end describe
+        data recovery or truncation removed; a damaged one is logged and skipped, never fatal."""
+        start, end = self.log_start_offset, self.log_end_offset
+        self._producer_snapshots = sorted(
+            int(path.name[: -len(PRODUCER_SNAPSHOT_SUFFIX)])
+            for path in self.directory.glob(f"*{PRODUCER_SNAPSHOT_SUFFIX}")
+            if path.name[: -len(PRODUCER_SNAPSHOT_SUFFIX)].isdigit()
+        )
+        self._delete_producer_snapshots(lambda offset: not start <= offset <= end)
+        state = None
+        while self._producer_snapshots and state is None:
+            offset = self._producer_snapshots[-1]
+            try:
+                state = ProducerStateManager.restore(
+                    self._producer_snapshot_path(offset).read_bytes()
+                )
+                if state.applied_end != offset:
+                    raise ProducerSnapshotError(f"it says it ends at {state.applied_end}")
+            except (OSError, ProducerSnapshotError) as exc:
+                logger.warning(
+                    "%s: producer snapshot at %d is unusable (%s); using an older one or the log",
+                    self.directory,
+                    offset,
+                    exc,
+                )
+                state = None
+                self._delete_producer_snapshots(lambda other, bad=offset: other == bad)
+        if state is None:
+            state = ProducerStateManager(start)
+            if end > start:
+                logger.info("%s: rebuilding producer state from the whole log", self.directory)
+        self._replay_producers(state)
+        self.producers = state
+
+    def _replay_producers(self, state: ProducerStateManager) -> None:
+        """Apply to `state` every batch from its `applied_end` to the log end: headers only."""
+        begin = state.applied_end
+        for segment in self.segments:
+            if segment.next_offset <= begin or not segment.size_bytes:
+                continue
+            first_position = 0
+            if segment.base_offset < begin:
+                found = segment.find_batch_start(begin)
+                if found is None:
+                    continue
+                first_position = found[0]
+            for position, header in segment.walk_headers(first_position, segment.size_bytes):
+                marker = None
+                if header.attributes & TXN_CONTROL_ATTRIBUTES == TXN_CONTROL_ATTRIBUTES:
+                    data = segment.read_window(position, header.size_bytes)
+                    marker = self._stored_marker(data, 0, header)
+                state.on_write(header, header.base_offset, marker)
 
     # --- durability -----------------------------------------------------------------------------
 

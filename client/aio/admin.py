@@ -1,5 +1,5 @@
-"""The trio-native admin client: topics (create, delete, describe, list) and consumer groups
-(list, describe with lag, delete, offsets reset).
+"""The trio-native admin client: topics (create, delete, describe, list), consumer groups
+(list, describe with lag, delete, offsets reset) and transactions (list, describe).
 
 Rule: a per-topic error in a response is raised as `BrokerError(code, message)`, the message as
 the broker wrote it (it names the offending value), so callers and the CLI can show it as is.
@@ -8,7 +8,7 @@ the broker wrote it (it names the offending value), so callers and the CLI can s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
@@ -16,7 +16,7 @@ import trio
 from broker import codec
 from broker.errors import BrokerError, ErrorCode
 from client.aio._base import AsyncClientBase
-from client.aio.consumer import list_offsets
+from client.aio.consumer import isolation_level_code, list_offsets
 from client.errors import ClientError
 from client.types import ClusterStatus, TopicDescription, TopicPartition
 
@@ -136,24 +136,67 @@ class AdminClient(AsyncClientBase):
         A broker lists the groups it coordinates, so every broker is asked (as Kafka's admin
         client does). A broker that cannot be reached is skipped unless none answers: its groups
         are missing from the list until it is back or its coordinator partitions have moved."""
+        answers = await self._ask_every_broker(codec.ListGroupsRequest(states=tuple(states)))
+        found = {group.group_id: group for answer in answers for group in answer.groups}
+        return sorted(found.values(), key=lambda group: group.group_id)
+
+    async def list_transactions(
+        self, states: Iterable[str] | None = None
+    ) -> list[codec.ListedTransaction]:
+        """Every transactional id the coordinators know (optionally only those in `states`, e.g.
+        ("Ongoing",)), sorted by id. Each broker lists the ids it coordinates, so every broker
+        is asked, as for `list_groups`."""
+        request = codec.ListTransactionsRequest(states=tuple(states or ()))
+        answers = await self._ask_every_broker(request)
+        found = {t.transactional_id: t for answer in answers for t in answer.transactions}
+        return sorted(found.values(), key=lambda t: t.transactional_id)
+
+    async def describe_transactions(
+        self, transactional_ids: Iterable[str]
+    ) -> list[codec.TransactionDescription]:
+        """State, producer id and epoch, timeout, start time and partitions of each id, asked
+        of its transaction coordinator. Raises an id's error (TRANSACTIONAL_ID_NOT_FOUND...)."""
+        by_node: dict[int, list[str]] = {}
+        for transactional_id in dict.fromkeys(transactional_ids):
+            node = await self._cluster.find_coordinator(
+                transactional_id, codec.COORDINATOR_KEY_TRANSACTION
+            )
+            by_node.setdefault(node, []).append(transactional_id)
+        found: dict[str, codec.TransactionDescription] = {}
+        for node, ids in by_node.items():
+            response: codec.DescribeTransactionsResponse = await self._cluster.call_idempotent(
+                codec.DescribeTransactionsRequest(transactional_ids=tuple(ids)), node
+            )
+            _raise_error(response.error, response.error_message)
+            for description in response.transactions:
+                _raise_error(
+                    description.error,
+                    description.error_message
+                    or f"transactional id {description.transactional_id!r}: "
+                    f"{description.error.name}",
+                )
+                found[description.transactional_id] = description
+        return [found[i] for i in dict.fromkeys(transactional_ids) if i in found]
+
+    async def _ask_every_broker(self, request: Any) -> list[Any]:
+        """`request` answered by every broker (a list request whose answers each broker keeps
+        for the ids it coordinates); a broker that cannot be reached is skipped unless none
+        answers. A broker's own error is raised."""
         metadata = await self._cluster.refresh_metadata([])
-        request = codec.ListGroupsRequest(states=tuple(states))
-        found: dict[str, codec.ListedGroupInfo] = {}
+        answers: list[Any] = []
         failures: list[ClientError] = []
         for broker in metadata.brokers or (codec.BrokerInfo(node_id=-1, host="", port=0),):
             node = broker.node_id if broker.node_id >= 0 else None
             try:
-                response: codec.ListGroupsResponse = await self._cluster.call_idempotent(
-                    request, node
-                )
+                response = await self._cluster.call_idempotent(request, node)
             except ClientError as exc:
                 failures.append(exc)
                 continue
             _raise_error(response.error, response.error_message)
-            found.update((group.group_id, group) for group in response.groups)
+            answers.append(response)
         if failures and len(failures) == max(len(metadata.brokers), 1):
             raise failures[0]
-        return sorted(found.values(), key=lambda group: group.group_id)
+        return answers
 
     async def describe_group(self, group_id: str) -> codec.DescribedGroup:
         """State, members and their assignments, and per partition: committed offset, log end
@@ -203,20 +246,24 @@ class AdminClient(AsyncClientBase):
             _raise_error(result.error, f"{result.topic}/{result.partition}: {result.error_message}")
 
     async def list_offsets(
-        self, partitions: list[TopicPartition], timestamp: int
+        self,
+        partitions: list[TopicPartition],
+        timestamp: int,
+        isolation_level: str = "read_uncommitted",
     ) -> dict[TopicPartition, int]:
-        """Per partition: the earliest offset (timestamp -2), the high watermark (-1), or the
-        first offset at or after `timestamp` ms (-1 when there is none)."""
+        """Per partition: the earliest offset (timestamp -2), the high watermark (-1; with
+        `isolation_level="read_committed"` the last stable offset), or the first offset at or
+        after `timestamp` ms (-1 when there is none)."""
         timestamps = {TopicPartition(*tp): timestamp for tp in partitions}
-        return await list_offsets(self._cluster, timestamps, retry_backoff_s=ADMIN_RETRY_BACKOFF_S)
+        return await list_offsets(
+            self._cluster,
+            timestamps,
+            retry_backoff_s=ADMIN_RETRY_BACKOFF_S,
+            isolation_level=isolation_level_code(isolation_level),
+        )
 
     async def _coordinator(self, group_id: str) -> int:
-        response: codec.FindCoordinatorResponse = await self._cluster.call_idempotent(
-            codec.FindCoordinatorRequest(key=group_id)
-        )
-        _raise_error(response.error, response.error_message)
-        self._cluster.brokers[response.node_id] = (response.host, response.port)
-        return response.node_id
+        return await self._cluster.find_coordinator(group_id)
 
 
 def _with_figures(

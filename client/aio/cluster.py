@@ -147,6 +147,15 @@ class Cluster:
                 await connection.aclose()
         raise failure
 
+    def broker_apis(self) -> dict[str, Any] | None:
+        """The APIs the broker answering requests for no node in particular said it speaks in
+        its handshake (None before the first connection): a newer client skips what an older
+        broker cannot do (the idempotent producer falls back without InitProducerId)."""
+        if self._any is None:
+            return None
+        apis = self._any.handshake.get("body", {}).get("apis")
+        return apis if isinstance(apis, dict) else None
+
     def connection_node(self) -> int | None:
         """The node id of the broker that answers requests sent to no node in particular."""
         if self._any is None or self._any.closed:
@@ -185,11 +194,26 @@ class Cluster:
         Raises `BrokerError` for a request-level error, `BrokerUnavailableError`,
         `ConnectionLostError`, `RequestTimedOutError`.
         """
+        answer = await self.start_call(request, node_id, extra_timeout_s=extra_timeout_s)
+        return await answer
+
+    async def start_call(
+        self, request: Any, node_id: int | None = None, *, extra_timeout_s: float = 0.0
+    ) -> Awaitable[Any]:
+        """Write `request` now and return an awaitable of its decoded response (as `call`).
+
+        Requests started one after another by one task reach the broker in that order (the
+        idempotent producer's per-broker writer relies on it); the awaitable must be awaited.
+        """
         connection = await self.connection(node_id)
         header, payload = codec.encode_request(request, correlation_id=0)
-        frame = await connection.request(
-            header, payload, timeout_s=self.request_timeout_s + extra_timeout_s
-        )
+        pending = await connection.start_request(header, payload)
+        return self._answer(connection, header, pending, self.request_timeout_s + extra_timeout_s)
+
+    async def _answer(
+        self, connection: BrokerConnection, header: dict[str, Any], pending: Any, timeout_s: float
+    ) -> Any:
+        frame = await connection.finish_request(header, pending, timeout_s=timeout_s)
         try:
             response = codec.decode_response(frame.header, frame.payload)
         except BrokerError as exc:
@@ -199,6 +223,18 @@ class Cluster:
         if isinstance(response, codec.ErrorResponse):
             raise BrokerError(response.error, response.error_message)
         return response
+
+    async def find_coordinator(self, key: str, key_type: int = codec.COORDINATOR_KEY_GROUP) -> int:
+        """The node id of the coordinator of a group (`key_type` 0) or a transactional id (1),
+        its address learnt for `connection`. Raises its `BrokerError` (COORDINATOR_NOT_AVAILABLE
+        while the coordinator's partition has no leader: retriable)."""
+        found: codec.FindCoordinatorResponse = await self.call_idempotent(
+            codec.FindCoordinatorRequest(key=key, key_type=key_type)
+        )
+        if found.error is not ErrorCode.NONE:
+            raise BrokerError(found.error, found.error_message or found.error.name)
+        self.brokers[found.node_id] = (found.host, found.port)
+        return found.node_id
 
     async def call_oneway(self, request: Any, node_id: int | None = None) -> None:
         connection = await self.connection(node_id)

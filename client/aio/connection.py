@@ -92,9 +92,31 @@ class BrokerConnection:
         `header` must carry `api` (and whatever the codec puts there); `correlation_id` is set
         here. Raises `ConnectionLostError`, `RequestTimedOutError` or `RemoteProtocolError`.
         """
-        async with self._slots:
+        pending = await self.start_request(header, payload)
+        return await self.finish_request(header, pending, timeout_s=timeout_s)
+
+    async def start_request(self, header: dict[str, Any], payload: bytes = b"") -> _Pending:
+        """Write one request frame now and return the handle `finish_request` waits on.
+
+        Split from `request` for the idempotent producer: frames reach the broker in the order
+        their writers called this (one writer task per broker), so a partition's pipelined
+        batches arrive in sequence order, while their answers are awaited concurrently. The
+        in-flight slot taken here is released by `finish_request`, which must follow.
+        """
+        await self._slots.acquire()
+        try:
             pending = await self._send(header, payload, expect_response=True)
-            assert pending is not None
+        except BaseException:
+            self._slots.release()
+            raise
+        assert pending is not None
+        return pending
+
+    async def finish_request(
+        self, header: dict[str, Any], pending: _Pending, *, timeout_s: float = math.inf
+    ) -> Frame:
+        """Wait for the response to a `start_request` (and free its in-flight slot)."""
+        try:
             with trio.move_on_after(timeout_s):
                 await pending.event.wait()
             if not pending.event.is_set():
@@ -107,6 +129,8 @@ class BrokerConnection:
                 raise pending.error
             assert pending.frame is not None
             return pending.frame
+        finally:
+            self._slots.release()
 
     async def send_oneway(self, header: dict[str, Any], payload: bytes = b"") -> None:
         """Send a request the broker will not answer (produce with acks=0)."""

@@ -8,7 +8,12 @@ Rules:
   responses from an older epoch are dropped, and the in-flight long poll is cancelled so the new
   position takes effect at once.
 - Batches are CRC-checked and decoded in bulk (`broker.log.batch.decode_records`, one msgpack call
-  per batch); control batches are skipped, so offsets may have gaps.
+  per batch); control batches (Raft no-ops, transaction markers) are skipped, so offsets may have
+  gaps.
+- `isolation_level="read_committed"` fetches up to the last stable offset; each partition's answer
+  lists its aborted transactions (producer id, first offset), and a transactional batch of such a
+  producer from that offset up to its ABORT marker is dropped whole, by its header, never decoded
+  (`visible_batches`). The position moves past dropped batches and markers.
 - OFFSET_OUT_OF_RANGE resets the position per `auto_offset_reset` ("earliest", "latest") or, with
   "none", raises from `poll`.
 - The buffer and positions sit under one `threading.Lock` so the blocking facade's `poll` can
@@ -26,7 +31,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -34,7 +39,14 @@ import trio
 from broker import codec
 from broker.config import ConfigError
 from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import decode_records, decode_rows, iter_batches
+from broker.log.batch import (
+    BatchHeader,
+    ControlType,
+    control_type_of,
+    decode_records,
+    decode_rows,
+    iter_batches,
+)
 from broker.protocol import MAX_FRAME_BYTES_DEFAULT
 from client._gc import gc_paused
 from client.aio._base import AsyncClientBase
@@ -52,7 +64,7 @@ from client.aio.group import (
     GroupMember,
 )
 from client.errors import ClientClosedError, ClientError
-from client.types import ConsumerRecord, TopicPartition
+from client.types import ConsumerGroupMetadata, ConsumerRecord, TopicPartition
 
 log = logging.getLogger("client.consumer")
 
@@ -70,6 +82,10 @@ MAX_FETCHED_BATCH_BYTES = MAX_FRAME_BYTES_DEFAULT
 # On close, how long beyond the long-poll time to wait for the fetch in flight.
 CLOSE_GRACE_S = 1.0
 _RESETS = ("earliest", "latest", "none")
+_ISOLATION_LEVELS = {
+    "read_uncommitted": codec.READ_UNCOMMITTED,
+    "read_committed": codec.READ_COMMITTED,
+}
 _EARLIEST = codec.EARLIEST_TIMESTAMP
 _LATEST = codec.LATEST_TIMESTAMP
 
@@ -109,10 +125,14 @@ class Consumer(AsyncClientBase):
         session_timeout_ms: int = SESSION_TIMEOUT_MS_DEFAULT,
         heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS_DEFAULT,
         max_poll_interval_ms: int = MAX_POLL_INTERVAL_MS_DEFAULT,
+        isolation_level: str = "read_uncommitted",
     ) -> None:
+        """`isolation_level="read_committed"` returns only committed transactional records and
+        stops at the last stable offset (an open transaction holds later records back)."""
         super().__init__(bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
         if auto_offset_reset not in _RESETS:
             raise ConfigError("auto_offset_reset", f"expected one of {_RESETS}")
+        self.isolation_level = isolation_level_code(isolation_level)
         if max_poll_records < 1 or max_buffered_records < 1:
             raise ConfigError("max_poll_records", "max_poll_records/max_buffered_records >= 1")
         self.auto_offset_reset = auto_offset_reset
@@ -265,7 +285,9 @@ class Consumer(AsyncClientBase):
                 if chunk.records is not None:
                     self._take(chunk, out, limit)
                     continue
-            records = decode_fetched(chunk.tp, chunk.raw, chunk.fetch_offset, validate=False)
+            records = decode_fetched(
+                chunk.tp, chunk.raw, chunk.fetch_offset, chunk.aborted, validate=False
+            )
             with self.lock:
                 if chunk.records is None:  # another thread may have decoded it meanwhile
                     chunk.records, chunk.raw = records, b""
@@ -342,7 +364,8 @@ class Consumer(AsyncClientBase):
             return self._states[tp].position
 
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """The high watermark of each partition (what `seek_to_end` would seek to)."""
+        """The high watermark of each partition (what `seek_to_end` would seek to); with
+        read_committed, the last stable offset."""
         return await self._list_offsets(dict.fromkeys(map(_tp, partitions), _LATEST))
 
     async def beginning_offsets(
@@ -399,6 +422,17 @@ class Consumer(AsyncClientBase):
         """The group's committed offset of each partition (None where there is none)."""
         self._cluster  # noqa: B018 - raises if the consumer is not open
         return await self._member().committed([TopicPartition(*tp) for tp in partitions])
+
+    def group_metadata(self) -> ConsumerGroupMetadata:
+        """This member's group id, generation, member id and instance id, for
+        `Producer.send_offsets_to_transaction` (Kafka's `groupMetadata()`)."""
+        member = self._member()
+        return ConsumerGroupMetadata(
+            group_id=member.group_id,
+            generation_id=member.generation,
+            member_id=member.member_id,
+            group_instance_id=member.group_instance_id,
+        )
 
     def _positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         wanted = set(partitions)
@@ -540,7 +574,12 @@ class Consumer(AsyncClientBase):
         self, timestamps: Mapping[TopicPartition, int]
     ) -> dict[TopicPartition, int]:
         """ListOffsets for each partition at its timestamp, sent to each partition's leader."""
-        return await list_offsets(self._cluster, timestamps, retry_backoff_s=self.retry_backoff_s)
+        return await list_offsets(
+            self._cluster,
+            timestamps,
+            retry_backoff_s=self.retry_backoff_s,
+            isolation_level=self.isolation_level,
+        )
 
     async def _fetch_round(self) -> bool:
         """Send one fetch per leader for the partitions that have room; False if none had."""
@@ -601,6 +640,7 @@ class Consumer(AsyncClientBase):
             max_wait_ms=self.fetch_max_wait_ms,
             min_bytes=self.fetch_min_bytes,
             max_bytes=self.fetch_max_bytes,
+            isolation_level=self.isolation_level,
         )
         try:
             response: codec.FetchResponse = await self._cluster.call(
@@ -626,8 +666,9 @@ class Consumer(AsyncClientBase):
                     errors.append(error)
                 continue
             if result.records:
-                next_offset, count = scan_fetched(result.records, offset)
-                chunk = _Chunk(tp, epoch, result.records, offset, next_offset, count)
+                aborted = _aborted(result)
+                next_offset, count = scan_fetched(result.records, offset, aborted)
+                chunk = _Chunk(tp, epoch, result.records, offset, next_offset, count, aborted)
                 got_data |= self._buffer_chunk(chunk)
         if got_data:
             self._data.set()
@@ -681,15 +722,29 @@ class Consumer(AsyncClientBase):
         return BrokerError(result.error, f"{tp.topic}/{tp.partition}: {result.error_message}")
 
 
+def isolation_level_code(name: str) -> int:
+    """The wire value of an isolation level name; anything else is a ConfigError."""
+    if name not in _ISOLATION_LEVELS:
+        raise ConfigError(
+            "isolation_level", f"expected 'read_uncommitted' or 'read_committed', got {name!r}"
+        )
+    return _ISOLATION_LEVELS[name]
+
+
 def _tp(partition: TopicPartition | tuple[str, int]) -> TopicPartition:
     return TopicPartition(*partition)
 
 
 async def list_offsets(
-    cluster: Cluster, timestamps: Mapping[TopicPartition, int], *, retry_backoff_s: float
+    cluster: Cluster,
+    timestamps: Mapping[TopicPartition, int],
+    *,
+    retry_backoff_s: float,
+    isolation_level: int = codec.READ_UNCOMMITTED,
 ) -> dict[TopicPartition, int]:
     """ListOffsets for each partition at its timestamp (EARLIEST/LATEST or ms), each partition
-    asked of its leader (grouped per leader, retried on leader moves: `Cluster.for_leaders`)."""
+    asked of its leader (grouped per leader, retried on leader moves: `Cluster.for_leaders`).
+    READ_COMMITTED makes LATEST the last stable offset rather than the high watermark."""
 
     async def send(node: int, group: list[TopicPartition]) -> dict[TopicPartition, Any]:
         request = codec.ListOffsetsRequest(
@@ -698,7 +753,8 @@ async def list_offsets(
                     topic=tp.topic, partition=tp.partition, timestamp=timestamps[tp]
                 )
                 for tp in group
-            )
+            ),
+            isolation_level=isolation_level,
         )
         response: codec.ListOffsetsResponse = await cluster.call(request, node)
         outcome: dict[TopicPartition, Any] = {}
@@ -719,7 +775,17 @@ async def list_offsets(
 class _Chunk:
     """Fetched batches of one partition: raw until a poll decodes them, then records."""
 
-    __slots__ = ("count", "epoch", "fetch_offset", "next_offset", "raw", "records", "start", "tp")
+    __slots__ = (
+        "aborted",
+        "count",
+        "epoch",
+        "fetch_offset",
+        "next_offset",
+        "raw",
+        "records",
+        "start",
+        "tp",
+    )
 
     def __init__(
         self,
@@ -729,6 +795,7 @@ class _Chunk:
         fetch_offset: int,
         next_offset: int,
         count: int,
+        aborted: Sequence[tuple[int, int]] = (),
     ) -> None:
         self.tp = tp
         self.epoch = epoch
@@ -738,39 +805,89 @@ class _Chunk:
         self.count = count  # records, from the headers until decoded, then exact
         self.records: list[ConsumerRecord] | None = None
         self.start = 0  # records before this index were already returned by poll
+        self.aborted = aborted  # read_committed: (producer id, first offset) to drop
 
 
-def scan_fetched(data: bytes, fetch_offset: int) -> tuple[int, int]:
+def _aborted(result: codec.FetchPartitionResult) -> tuple[tuple[int, int], ...]:
+    return tuple((a.producer_id, a.first_offset) for a in result.aborted_transactions)
+
+
+def visible_batches(
+    data: bytes,
+    aborted: Sequence[tuple[int, int]] = (),
+    *,
+    validate: bool = True,
+) -> Iterator[tuple[int, BatchHeader, bool]]:
+    """Every batch of a fetched run as `(position, header, visible)`: control batches and
+    batches of aborted transactions are not visible (their offsets still count).
+
+    `aborted` is the fetch answer's (producer id, first offset) list (read_committed). As
+    Kafka's fetcher does, a producer id is aborted from the batch that reaches its first offset
+    until that producer's ABORT marker; per batch, from the header, so dropped records are never
+    decoded.
+    """
+    pending = sorted(aborted, key=lambda item: item[1])
+    aborting: set[int] = set()
+    for position, header in iter_batches(
+        data, validate=validate, max_batch_bytes=MAX_FETCHED_BATCH_BYTES
+    ):
+        if header.is_control:
+            if header.producer_id in aborting and _is_abort_marker(data, position, header):
+                aborting.discard(header.producer_id)
+            yield position, header, False
+            continue
+        if pending or aborting:
+            while pending and pending[0][1] <= header.last_offset:
+                aborting.add(pending.pop(0)[0])
+            if header.is_transactional and header.producer_id in aborting:
+                yield position, header, False
+                continue
+        yield position, header, True
+
+
+def _is_abort_marker(data: bytes, position: int, header: BatchHeader) -> bool:
+    # One control record per marker batch: decoding it is per batch, not per record.
+    records = decode_records(data, position, header=header)
+    return bool(records) and control_type_of(records[0]) is ControlType.ABORT
+
+
+def scan_fetched(
+    data: bytes, fetch_offset: int, aborted: Sequence[tuple[int, int]] = ()
+) -> tuple[int, int]:
     """CRC-check fetched batches; return the next fetch offset and a count of the records.
 
     Header work only (the CRC runs in C), so the next fetch can leave before any decoding.
     """
     next_offset = fetch_offset
     count = 0
-    for _, header in iter_batches(data, max_batch_bytes=MAX_FETCHED_BATCH_BYTES):
+    for _, header, visible in visible_batches(data, aborted):
         # A batch wholly below the fetch offset (the broker returns whole batches) neither moves
-        # the offset back nor counts; a control batch moves it forward and does not count.
+        # the offset back nor counts; a control or aborted batch moves it and does not count.
         if header.next_offset > next_offset:
             next_offset = header.next_offset
-        if not header.is_control and header.next_offset > fetch_offset:
+        if visible and header.next_offset > fetch_offset:
             count += header.record_count
     return next_offset, count
 
 
 def decode_fetched(
-    tp: TopicPartition, data: bytes, fetch_offset: int, *, validate: bool = True
+    tp: TopicPartition,
+    data: bytes,
+    fetch_offset: int,
+    aborted: Sequence[tuple[int, int]] = (),
+    *,
+    validate: bool = True,
 ) -> list[ConsumerRecord]:
     """The records at or after `fetch_offset` in a fetched run of batches.
 
-    Control batches are skipped (their offsets still count). `validate=False` skips the CRC
-    check, for data that `scan_fetched` already checked.
+    Control batches and aborted transactions' batches are skipped (their offsets still count).
+    `validate=False` skips the CRC check, for data that `scan_fetched` already checked.
     """
     topic, partition = head = (tp.topic, tp.partition)
     out: list[ConsumerRecord] = []
     with gc_paused():
-        batches = iter_batches(data, validate=validate, max_batch_bytes=MAX_FETCHED_BATCH_BYTES)
-        for position, header in batches:
-            if header.is_control or header.next_offset <= fetch_offset:
+        for position, header, visible in visible_batches(data, aborted, validate=validate):
+            if not visible or header.next_offset <= fetch_offset:
                 continue
             rows = decode_rows(data, position, header)
             if rows is None:  # Kafka's varint encoding: the general decoder

@@ -69,14 +69,14 @@ CLOSE_TIMEOUT_S: Final = 5.0
 # Attempts of a synchronous commit across coordinator moves and lost connections.
 COMMIT_ATTEMPTS: Final = 5
 
-_COORDINATOR_ERRORS: Final = frozenset(
+COORDINATOR_ERRORS: Final = frozenset(
     {
         ErrorCode.NOT_COORDINATOR,
         ErrorCode.COORDINATOR_NOT_AVAILABLE,
         ErrorCode.COORDINATOR_LOAD_IN_PROGRESS,
     }
 )
-_MEMBERSHIP_ERRORS: Final = frozenset(
+MEMBERSHIP_ERRORS: Final = frozenset(
     {
         ErrorCode.REBALANCE_IN_PROGRESS,
         ErrorCode.ILLEGAL_GENERATION,
@@ -420,7 +420,7 @@ class GroupMember:
             raise BrokerError(error, f"group {self.group_id}: {message}")
         elif error is ErrorCode.REBALANCE_IN_PROGRESS:
             self._need_join = True
-        elif error in _COORDINATOR_ERRORS or error.retriable:
+        elif error in COORDINATOR_ERRORS or error.retriable:
             self._coordinator_id = None
             raise BrokerError(error, message)
         else:
@@ -528,11 +528,11 @@ class GroupMember:
                     self._last_committed[tp] = max(offset, self._last_committed.get(tp, -1))
                 return
             error, message = failed[0]
-            if error in _COORDINATOR_ERRORS and attempt < COMMIT_ATTEMPTS - 1:
+            if error in COORDINATOR_ERRORS and attempt < COMMIT_ATTEMPTS - 1:
                 self._coordinator_id = None
                 await trio.sleep(self._consumer.retry_backoff_s)
                 continue
-            if error in _MEMBERSHIP_ERRORS:
+            if error in MEMBERSHIP_ERRORS:
                 self._need_join = True
                 self.wake()
                 raise CommitFailedError(
@@ -547,17 +547,38 @@ class GroupMember:
         wanted = list(partitions)
         if not wanted:
             return {}
-        response = await self._call(
-            codec.OffsetFetchRequest(
-                group_id=self.group_id,
-                partitions=tuple(
-                    codec.GroupTopicPartition(topic=tp.topic, partition=tp.partition)
-                    for tp in wanted
-                ),
-            )
+        request = codec.OffsetFetchRequest(
+            group_id=self.group_id,
+            partitions=tuple(
+                codec.GroupTopicPartition(topic=tp.topic, partition=tp.partition) for tp in wanted
+            ),
+            # KIP-447, always on as in Kafka >= 3: a partition whose offsets a transaction is
+            # still committing answers UNSTABLE_OFFSET_COMMIT instead of an offset that the
+            # commit is about to replace (which would make a read_committed pipeline reprocess).
+            require_stable=True,
         )
-        if response.error is not ErrorCode.NONE:
-            raise BrokerError(response.error, response.error_message)
+        deadline = trio.current_time() + self._consumer._cluster.request_timeout_s
+        backoff = self._consumer.retry_backoff_s
+        while True:
+            response = await self._call(request)
+            # Partition errors other than UNSTABLE_OFFSET_COMMIT leave the partition without a
+            # committed offset (auto_offset_reset decides), as before.
+            errors = [(response.error, response.error_message)] + [
+                (p.error, p.error_message)
+                for p in response.partitions
+                if p.error is ErrorCode.UNSTABLE_OFFSET_COMMIT
+            ]
+            failed = [(e, m) for e, m in errors if e is not ErrorCode.NONE]
+            if not failed:
+                break
+            error, message = failed[0]
+            if error is not ErrorCode.UNSTABLE_OFFSET_COMMIT or (
+                trio.current_time() + backoff >= deadline
+            ):
+                raise BrokerError(error, message or f"offset fetch for group {self.group_id}")
+            log.debug("group %s: offsets unstable (a transaction is completing)", self.group_id)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
         return {
             TopicPartition(p.topic, p.partition): p.offset
             for p in response.partitions
@@ -580,13 +601,7 @@ class GroupMember:
     async def _call(self, request: Any, *, extra_timeout_s: float = 0.0) -> Any:
         cluster = self._consumer._cluster
         if self._coordinator_id is None:
-            found: codec.FindCoordinatorResponse = await cluster.call_idempotent(
-                codec.FindCoordinatorRequest(key=self.group_id)
-            )
-            if found.error is not ErrorCode.NONE:
-                raise BrokerError(found.error, found.error_message)
-            cluster.brokers[found.node_id] = (found.host, found.port)
-            self._coordinator_id = found.node_id
+            self._coordinator_id = await cluster.find_coordinator(self.group_id)
         return await cluster.call(request, self._coordinator_id, extra_timeout_s=extra_timeout_s)
 
     async def _notify(self, name: str, partitions: set[TopicPartition]) -> None:

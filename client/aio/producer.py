@@ -2,25 +2,48 @@
 
 Rules:
 - `send_nowait` is the hot path, shared with the blocking facade (called from any thread). It
-  validates, picks the partition and appends a plain tuple to the accumulator; nothing else.
-- The sender task drains ready batches (at most one per partition in flight: ordering), builds
+  validates, picks the partition and appends a plain tuple to the accumulator; nothing else
+  (one attribute test refuses sends a transactional producer may not make now).
+- The sender task drains ready batches (at most `max_in_flight` per partition in flight), builds
   each with one `build_batch` call, groups them by leader into one Produce request per broker, and
   completes their futures from the response. Retriable failures go back to the head of their
   partition's queue after `retry_backoff_ms * 2**attempt` (capped), until `retries` or
   `delivery_timeout_ms` runs out; then the batch fails with the last error.
+- One writer task per broker writes that broker's Produce requests in the order the sender
+  drained them (`Cluster.start_call`); answers are awaited concurrently. So a partition's
+  pipelined batches reach its leader in order.
+- Idempotence (the default, as Kafka >= 3.0): before the first send, InitProducerId gives a
+  producer id and epoch; each batch is numbered at its first send with its partition's next
+  sequence (per record, as Kafka: the next batch starts at base + record count, modulo 2**31)
+  and keeps that number through every retry, so the leader answers a batch it already has with
+  its original offsets instead of storing it twice. With up to 5 batches per partition in flight,
+  a failure makes the later ones come back OUT_OF_ORDER_SEQUENCE: they are requeued behind the
+  failed one (its creation order) and resent one at a time, in sequence order. OUT_OF_ORDER_SEQUENCE
+  or UNKNOWN_PRODUCER_ID for a partition's oldest unacknowledged batch means the leader lost this
+  producer's state, and a batch that failed for good leaves a gap in the sequence: both make the
+  sender wait for its requests in flight, then ask for a new producer id (InitProducerId with the
+  current one, KIP-360); queued batches are renumbered from 0, except those whose fate is unknown
+  (an attempt timed out or lost its connection), which fail rather than risk a duplicate.
+  INVALID_PRODUCER_EPOCH / PRODUCER_FENCED is fatal. A broker without InitProducerId (older
+  than idempotence) gets a warning and a non-idempotent producer.
+- Transactions (`transactional_id`): `client/aio/transactions.py` holds the state machine. A
+  transaction's first batch to a partition waits for AddPartitionsToTxn (one request for every
+  partition waiting), then goes out with the transactional attribute; any failed batch makes the
+  transaction abortable. EndTxn's new epoch restarts every partition's sequence at 0.
 - acks=0 gets no response: batches complete at once with offset -1 after the write.
 - Leader changes: NOT_LEADER, LEADER_NOT_AVAILABLE, UNKNOWN_TOPIC, a dead connection or an
   unreachable leader forget the topic's leaders and start one metadata refresh per topic; a batch
-  whose partition has no leader known is not sent, just retried. With one batch per partition in
-  flight (the default) the failed batch goes back first, so order survives a failover. Not
-  idempotent: a batch whose acknowledgement was lost is stored again when retried.
+  whose partition has no leader known is not sent, just retried. Without idempotence (and
+  `max_in_flight_per_partition=1`, then the default) the failed batch goes back first, so order
+  survives a failover, but a batch whose acknowledgement was lost is stored again when retried.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -44,9 +67,17 @@ from client.aio.cluster import (
     METADATA_STALE_CODES,
     REQUEST_TIMEOUT_MS_DEFAULT,
 )
-from client.errors import BufferFullError, ClientClosedError, ClientError
+from client.aio.transactions import TRANSACTION_TIMEOUT_MS_DEFAULT, TransactionManager, TxnState
+from client.errors import (
+    BrokerUnavailableError,
+    BufferFullError,
+    ClientClosedError,
+    ClientError,
+    InvalidTxnStateError,
+    ProducerFencedError,
+)
 from client.partitioner import partition_for_key
-from client.types import RecordMetadata
+from client.types import ConsumerGroupMetadata, RecordMetadata, TopicPartition
 
 log = logging.getLogger("client.producer")
 
@@ -63,10 +94,44 @@ RETRY_BACKOFF_MAX_MS = 1_000
 DELIVERY_TIMEOUT_MS_DEFAULT = 120_000
 # Records in one batch; bounds the msgpack work of one build and the broker's per-batch limit.
 MAX_RECORDS_PER_BATCH_DEFAULT = 100_000
-# Batches of one partition in flight at once. 1 keeps records in send order even across
-# retries; more pipelines a busy partition, but a batch that fails while a later one succeeds
-# lands after it on retry (Kafka's max.in.flight behaviour without idempotence).
+# Batches of one partition in flight at once. Without idempotence 1 keeps records in send order
+# even across retries; more pipelines a busy partition, but a batch that fails while a later one
+# succeeds lands after it on retry (Kafka's max.in.flight behaviour without idempotence). With
+# idempotence the sequence numbers keep the order with up to 5, Kafka's default and limit.
 MAX_IN_FLIGHT_PER_PARTITION_DEFAULT = 1
+MAX_IN_FLIGHT_IDEMPOTENT_DEFAULT = 5
+MAX_IN_FLIGHT_IDEMPOTENT_LIMIT = 5
+# Sequence numbers are i32 and wrap to 0 after 2**31 - 1 (Kafka's DefaultRecordBatch).
+SEQUENCE_MODULUS = 2**31
+# Errors after which the broker certainly did not write the batch: a retry under a new producer
+# id cannot duplicate it. After any other failure (a timeout, a lost connection) its fate is
+# unknown.
+_UNWRITTEN = frozenset(
+    {
+        ErrorCode.NOT_LEADER,
+        ErrorCode.LEADER_NOT_AVAILABLE,
+        ErrorCode.UNKNOWN_TOPIC,
+        ErrorCode.UNKNOWN_PARTITION,
+        ErrorCode.BROKER_NOT_AVAILABLE,
+        ErrorCode.OUT_OF_ORDER_SEQUENCE,
+        ErrorCode.UNKNOWN_PRODUCER_ID,
+        ErrorCode.INVALID_PRODUCER_EPOCH,
+        ErrorCode.PRODUCER_FENCED,
+        ErrorCode.CORRUPT_MESSAGE,
+        ErrorCode.MESSAGE_TOO_LARGE,
+        ErrorCode.INVALID_RECORD,
+        ErrorCode.RECORD_LIST_TOO_LARGE,
+        ErrorCode.UNSUPPORTED_COMPRESSION,
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.INVALID_TXN_STATE,
+        ErrorCode.THROTTLED,
+    }
+)
+_SEQUENCE_LOST = frozenset({ErrorCode.OUT_OF_ORDER_SEQUENCE, ErrorCode.UNKNOWN_PRODUCER_ID})
+_FENCED = frozenset({ErrorCode.INVALID_PRODUCER_EPOCH, ErrorCode.PRODUCER_FENCED})
+# InitProducerId answered by a broker that has no such API (older than idempotence).
+_UNSUPPORTED = frozenset({ErrorCode.UNSUPPORTED_VERSION, ErrorCode.INVALID_REQUEST})
 # Largest single record (key + value + overhead); the broker refuses batches above its
 # max.message.bytes (1 MiB by default), so a bigger record could never be delivered.
 MAX_RECORD_BYTES_DEFAULT = MAX_BATCH_BYTES_DEFAULT - 1024
@@ -88,7 +153,9 @@ class NeedMetadataError(Exception):
 class Producer(AsyncClientBase):
     """Publish records to topics: `async with Producer("127.0.0.1:9092") as p: await p.send(...)`.
 
-    Options are Kafka's, in Python spelling (see docs/client.md for each).
+    Options are Kafka's, in Python spelling (see docs/client.md for each). Idempotent unless
+    `enable_idempotence=False` (or, left unset, a conflicting `acks`/`retries`/in-flight option);
+    transactional with `transactional_id` (see docs/transactions.md).
     """
 
     def __init__(
@@ -106,13 +173,21 @@ class Producer(AsyncClientBase):
         request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
         delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS_DEFAULT,
         max_records_per_batch: int = MAX_RECORDS_PER_BATCH_DEFAULT,
-        max_in_flight_per_partition: int = MAX_IN_FLIGHT_PER_PARTITION_DEFAULT,
+        max_in_flight_per_partition: int | None = None,
+        max_in_flight_requests_per_connection: int | None = None,
         max_record_bytes: int = MAX_RECORD_BYTES_DEFAULT,
+        enable_idempotence: bool | None = None,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = TRANSACTION_TIMEOUT_MS_DEFAULT,
         client_id: str = CLIENT_ID_DEFAULT,
         thread_safe: bool = False,
     ) -> None:
         """`thread_safe=True` lets threads other than the trio loop's call `send_nowait` (the
-        blocking facade does); without it the accumulator skips its lock."""
+        blocking facade does); without it the accumulator skips its lock.
+
+        `max_in_flight_requests_per_connection` is Kafka's name for `max_in_flight_per_partition`
+        (batches of one partition in flight): default 5 with idempotence, else 1.
+        """
         super().__init__(bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
         if acks not in _ACKS:
             raise ConfigError("acks", f"expected 'all', 1 or 0, got {acks!r}")
@@ -121,10 +196,23 @@ class Producer(AsyncClientBase):
         _positive("batch_bytes", batch_bytes)
         _positive("buffer_memory_bytes", buffer_memory_bytes)
         _positive("max_records_per_batch", max_records_per_batch)
-        _positive("max_in_flight_per_partition", max_in_flight_per_partition)
         if linger_ms < 0 or retries < 0 or retry_backoff_ms < 0 or max_block_ms < 0:
             raise ConfigError("linger_ms/retries/retry_backoff_ms/max_block_ms", "must be >= 0")
         self.acks = _ACKS[acks]
+        in_flight = _in_flight_option(
+            max_in_flight_per_partition, max_in_flight_requests_per_connection
+        )
+        self.enable_idempotence = _idempotence(
+            enable_idempotence, transactional_id, acks=acks, retries=retries, in_flight=in_flight
+        )
+        _positive("transaction_timeout_ms", transaction_timeout_ms)
+        self._in_flight_explicit = in_flight is not None
+        if in_flight is None:
+            in_flight = (
+                MAX_IN_FLIGHT_IDEMPOTENT_DEFAULT
+                if self.enable_idempotence
+                else MAX_IN_FLIGHT_PER_PARTITION_DEFAULT
+            )
         self.compression = _COMPRESSION[compression]
         self.max_block_s = max_block_ms / 1000.0
         self.retries = retries
@@ -139,7 +227,7 @@ class Producer(AsyncClientBase):
             thread_safe=thread_safe,
         )
         self._counts: dict[str, int] = {}
-        self.max_in_flight_per_partition = max_in_flight_per_partition
+        self.max_in_flight_per_partition = in_flight
         # Batches in flight per partition, and per partition the unfinished retried batches
         # (while there are any, the partition has one batch in flight at most).
         self._in_flight: dict[tuple[str, int], int] = {}
@@ -151,6 +239,32 @@ class Producer(AsyncClientBase):
         self._sends = 0
         self._wake_pending = False
         self._close_timeout_s = float("inf")
+        # One writer per broker keeps that broker's requests in drain order (see the rules).
+        self._writers: dict[int, trio.MemorySendChannel[list[ProducerBatch]]] = {}
+        # Idempotence: producer id and epoch (-1: none yet), each partition's next sequence and
+        # its numbered, unacknowledged batches in sequence order.
+        self._pid = -1
+        self._epoch = -1
+        self._bump_wanted = False
+        self._next_sequence: dict[tuple[str, int], int] = {}
+        self._unacked: dict[tuple[str, int], list[ProducerBatch]] = {}
+        # Why `send` must raise now (a fatal error, or a transactional producer outside a
+        # transaction); None almost always, so the hot path pays one attribute test.
+        self._refuse: BaseException | None = None
+        self._fatal: BaseException | None = None
+        self._txn: TransactionManager | None = None
+        # Transactional batches waiting for AddPartitionsToTxn, in drain order.
+        self._held: list[ProducerBatch] = []
+        self._adding: trio.Event | None = None
+        if transactional_id is not None:
+            self._txn = TransactionManager(
+                self,
+                transactional_id=transactional_id,
+                transaction_timeout_ms=transaction_timeout_ms,
+                retry_backoff_s=self.retry_backoff_s,
+                max_block_s=self.max_block_s,
+            )
+            self._refuse = self._txn.send_refusal()
 
     # --- hot path ---------------------------------------------------------------------------------
 
@@ -168,6 +282,8 @@ class Producer(AsyncClientBase):
 
         Thread-safe. Raises `NeedMetadataError` if the topic is not known yet.
         """
+        if self._refuse is not None:
+            raise self._refuse.with_traceback(None)
         count = self._counts.get(topic)
         if count is None:
             if self._closed:
@@ -323,6 +439,83 @@ class Producer(AsyncClientBase):
             for batch in self._acc.abort_all():
                 self._finish(batch, -1, error)
 
+    # --- transactions (client/aio/transactions.py) -----------------------------------------------
+
+    def _transactions(self) -> TransactionManager:
+        if self._txn is None:
+            raise InvalidTxnStateError(
+                "transactions need a transactional producer: Producer(..., transactional_id=...)"
+            )
+        return self._txn
+
+    async def init_transactions(self) -> None:
+        """Register `transactional_id` with its coordinator: fences older producers with the
+        same id and finishes the transaction they left open. Call once, before the first
+        `begin_transaction()`. Raises `ProducerFencedError`, or a timeout after max_block_ms."""
+        self._cluster  # noqa: B018 - raises if the producer is not open
+        await self._transactions().init_transactions()
+
+    def begin_transaction(self) -> None:
+        """Start a transaction (local: the coordinator hears of it with its first partition)."""
+        self._transactions().begin_transaction()
+
+    async def send_offsets_to_transaction(
+        self,
+        offsets: Mapping[TopicPartition, int] | Mapping[tuple[str, int], int],
+        group_metadata: ConsumerGroupMetadata | str,
+    ) -> None:
+        """Commit `offsets` ({tp: next offset to consume}) for the consumer group of
+        `group_metadata` (`consumer.group_metadata()`) as part of this transaction."""
+        await self._transactions().send_offsets_to_transaction(offsets, group_metadata)
+
+    async def commit_transaction(self) -> None:
+        """Flush the transaction's records and commit it. A failed record fails the commit (then
+        `abort_transaction()`); `ProducerFencedError` means close the producer."""
+        await self._transactions().commit_transaction()
+
+    async def abort_transaction(self) -> None:
+        """Abort the transaction: unsent records fail with `TransactionAbortedError`, the rest
+        are never visible to read_committed consumers."""
+        await self._transactions().abort_transaction()
+
+    @property
+    def producer_id_and_epoch(self) -> tuple[int, int]:
+        """The producer id and epoch from InitProducerId/EndTxn ((-1, -1) before the first)."""
+        return self._pid, self._epoch
+
+    def _set_producer_id(self, pid: int, epoch: int, *, reset_sequences: bool = True) -> None:
+        """A new producer id or epoch: every partition's sequence restarts at 0 (a batch
+        numbered under the old pair is renumbered at its next send)."""
+        self._pid, self._epoch = pid, epoch
+        if reset_sequences:
+            self._next_sequence.clear()
+            for unacked in self._unacked.values():
+                for batch in unacked:
+                    if batch.settled is not None:  # acknowledged: its wait for order ends here
+                        self._complete(batch, batch.settled, None)
+            self._unacked.clear()
+
+    def _set_fatal(self, error: BaseException) -> None:
+        """An error the producer cannot recover from (fencing): fail everything unsent and
+        refuse every later send with it."""
+        if self._fatal is None:
+            log.error("producer failed for good: %s", error)
+            self._fatal = error
+        self._refuse = self._fatal
+        for batch in self._acc.abort_unsent():
+            self._finish(batch, -1, self._fatal)
+        self._fail_held(self._fatal)
+
+    async def _drop_pending_sends(self, error: BaseException) -> None:
+        """For abort_transaction: fail what is not sent yet, then wait for what is in flight
+        (its failures are not retried while the transaction is aborting)."""
+        for batch in self._acc.abort_unsent():
+            self._finish(batch, -1, error)
+        self._fail_held(error)
+        if self._adding is not None:
+            await self._adding.wait()
+        await self.flush()
+
     # --- sender -----------------------------------------------------------------------------------
 
     async def _run_sender(self) -> None:
@@ -330,6 +523,14 @@ class Producer(AsyncClientBase):
         while True:
             self._wake = trio.Event()
             self._wake_pending = False
+            if self._needs_producer_id():
+                if self._in_flight or not self._acc.has_unsent():
+                    # A new id waits for the old one's requests to come back, and for
+                    # something to send (a producer that sends nothing asks for nothing).
+                    await self._wake.wait()
+                else:
+                    await self._init_producer_id()
+                continue
             batches, next_at = self._acc.drain(
                 time.monotonic(),
                 self._in_flight,
@@ -337,21 +538,179 @@ class Producer(AsyncClientBase):
                 retrying=self._retrying,
             )
             if batches:
-                by_leader: dict[int | None, list[ProducerBatch]] = {}
                 for batch in batches:
                     key = (batch.topic, batch.partition)
                     self._in_flight[key] = self._in_flight.get(key, 0) + 1
-                    leader = self._cluster.leader(batch.topic, batch.partition)
-                    by_leader.setdefault(leader, []).append(batch)
-                for leader, group in by_leader.items():
-                    if leader is None:
-                        self._nursery.start_soon(self._leaderless, group)
-                    else:
-                        self._nursery.start_soon(self._produce, leader, group)
+                if self.enable_idempotence:
+                    self._number(batches)
+                if self._txn is not None:
+                    batches = self._hold_new_partitions(batches)
+                self._dispatch(batches)
                 continue
             timeout = (next_at - time.monotonic()) if next_at is not None else float("inf")
             with trio.move_on_after(max(timeout, 0.0)):
                 await self._wake.wait()
+
+    def _needs_producer_id(self) -> bool:
+        # A transactional producer gets its id from init_transactions (sends are refused
+        # before), and a failed producer sends nothing more.
+        return (
+            self.enable_idempotence
+            and self._txn is None
+            and self._fatal is None
+            and (self._pid < 0 or self._bump_wanted)
+        )
+
+    async def _init_producer_id(self) -> None:
+        """InitProducerId (no transactional id) from any broker, retried with backoff; a broker
+        without the API turns idempotence off. Batches waiting longer than delivery_timeout_ms
+        fail with the last error meanwhile."""
+        apis = self._cluster.broker_apis()
+        if apis is not None and codec.ApiKey.INIT_PRODUCER_ID.value not in apis:
+            self._without_idempotence("its handshake does not list init_producer_id")
+            return
+        request = codec.InitProducerIdRequest(producer_id=self._pid, producer_epoch=self._epoch)
+        backoff = self.retry_backoff_s
+        since = time.monotonic()
+        while True:
+            last: BaseException
+            try:
+                response: codec.InitProducerIdResponse = await self._cluster.call(request)
+                error, last = response.error, BrokerError(ErrorCode.UNKNOWN_SERVER_ERROR, "-")
+                if error is not ErrorCode.NONE:
+                    last = BrokerError(error, response.error_message or error.name)
+            except ClientClosedError:
+                raise
+            except ClientError as exc:
+                error, last = ErrorCode.UNKNOWN_SERVER_ERROR, exc
+            except BrokerError as exc:
+                error, last = exc.code, exc
+            if error is ErrorCode.NONE:
+                self._bump_wanted = False
+                self._set_producer_id(response.producer_id, response.producer_epoch)
+                self._fail_unknown_fate()
+                return
+            if error in _UNSUPPORTED:
+                self._without_idempotence(f"InitProducerId answered {last}")
+                return
+            if isinstance(last, BrokerError) and not last.retriable:
+                self._set_fatal(BrokerError(last.code, f"InitProducerId failed: {last.message}"))
+                return
+            if time.monotonic() - since >= self.delivery_timeout_s:
+                for batch in self._acc.abort_unsent():
+                    self._finish(batch, -1, last)
+                since = time.monotonic()
+            log.info("InitProducerId failed (%s); retrying", last)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_BACKOFF_MAX_MS / 1000)
+
+    def _without_idempotence(self, reason: str) -> None:
+        log.warning(
+            "the broker does not support idempotent producers (%s): producing without "
+            "idempotence; a retried batch may be stored twice",
+            reason,
+        )
+        self.enable_idempotence = False
+        if not self._in_flight_explicit:
+            self.max_in_flight_per_partition = MAX_IN_FLIGHT_PER_PARTITION_DEFAULT
+
+    def _fail_unknown_fate(self) -> None:
+        """After a new producer id: queued batches numbered under the old one are renumbered at
+        their next send, except those an attempt of which may have been written (a timeout, a
+        lost connection): resent under the new id they could be stored twice, so they fail."""
+        for batch in self._acc.take_sealed(lambda b: b.ambiguous and b.producer_id >= 0):
+            self._finish(
+                batch,
+                -1,
+                BrokerError(
+                    ErrorCode.OUT_OF_ORDER_SEQUENCE,
+                    f"{batch.topic}/{batch.partition}: the broker lost this producer's sequence "
+                    "state while this batch's outcome was unknown (an earlier attempt timed out "
+                    "or lost its connection); it may or may not have been written, and is not "
+                    "resent under the new producer id, which could store it twice",
+                ),
+            )
+
+    def _number(self, batches: list[ProducerBatch]) -> None:
+        """Give each batch its partition's next sequence at its first send under the current
+        producer id and epoch; a retry keeps its numbers (and its built payload)."""
+        pid, epoch = self._pid, self._epoch
+        for batch in batches:
+            if batch.producer_id == pid and batch.producer_epoch == epoch:
+                continue
+            key = (batch.topic, batch.partition)
+            sequence = self._next_sequence.get(key, 0)
+            batch.producer_id, batch.producer_epoch, batch.base_sequence = pid, epoch, sequence
+            batch.payload = None
+            batch.ambiguous = False
+            self._next_sequence[key] = (sequence + len(batch.records)) % SEQUENCE_MODULUS
+            self._unacked.setdefault(key, []).append(batch)
+
+    def _hold_new_partitions(self, batches: list[ProducerBatch]) -> list[ProducerBatch]:
+        """Transactional: batches whose partition is not in the transaction yet wait for
+        AddPartitionsToTxn (one task adds every waiting partition); return the others."""
+        txn = self._txn
+        assert txn is not None
+        ready = []
+        for batch in batches:
+            if (batch.topic, batch.partition) in txn.partitions:
+                ready.append(batch)
+            else:
+                self._held.append(batch)
+        if self._held and self._adding is None:
+            self._adding = trio.Event()
+            self._nursery_start(self._add_partitions)
+        return ready
+
+    async def _add_partitions(self) -> None:
+        txn = self._txn
+        assert txn is not None
+        try:
+            while self._held:
+                await txn.add_partitions({(b.topic, b.partition) for b in self._held})
+                # Dispatched at once, before the sender drains again: a partition's batches
+                # still go out in order.
+                ready = [b for b in self._held if (b.topic, b.partition) in txn.partitions]
+                self._held = [b for b in self._held if (b.topic, b.partition) not in txn.partitions]
+                self._dispatch(ready)
+        except (BrokerError, ClientError) as exc:
+            self._fail_held(exc)
+        finally:
+            assert self._adding is not None
+            self._adding.set()
+            self._adding = None
+            self._wake_up()
+
+    def _fail_held(self, error: BaseException) -> None:
+        held, self._held = self._held, []
+        for batch in held:
+            _count_down(self._in_flight, (batch.topic, batch.partition))
+            self._finish(batch, -1, error)
+        if held:
+            self._wake_up()
+
+    def _dispatch(self, batches: list[ProducerBatch]) -> None:
+        """Hand batches to their leaders' writers (one Produce per leader per drain)."""
+        by_leader: dict[int | None, list[ProducerBatch]] = {}
+        for batch in batches:
+            leader = self._cluster.leader(batch.topic, batch.partition)
+            by_leader.setdefault(leader, []).append(batch)
+        for leader, group in by_leader.items():
+            if leader is None:
+                self._nursery_start(self._leaderless, group)
+                continue
+            writer = self._writers.get(leader)
+            if writer is None:
+                writer, requests = trio.open_memory_channel[list[ProducerBatch]](math.inf)
+                self._writers[leader] = writer
+                self._nursery_start(self._write_to, leader, requests)
+            writer.send_nowait(group)
+
+    async def _write_to(
+        self, leader: int, requests: trio.MemoryReceiveChannel[list[ProducerBatch]]
+    ) -> None:
+        async for batches in requests:
+            await self._produce(leader, batches)
 
     async def _leaderless(self, batches: list[ProducerBatch]) -> None:
         """Batches whose partition has no known leader (an election, or leaders forgotten after
@@ -364,26 +723,33 @@ class Producer(AsyncClientBase):
                 )
                 self._retry_or_fail(batch, error)
         finally:
-            for batch in batches:
-                _count_down(self._in_flight, (batch.topic, batch.partition))
-            self._wake_up()
+            self._settle(batches)
         await trio.lowlevel.checkpoint()
 
     async def _produce(self, leader: int, batches: list[ProducerBatch]) -> None:
+        """Build and write one Produce (in this leader's writer task, so in drain order); its
+        answer is awaited by a task of its own."""
+        answered = False
         try:
-            parts = []
+            transactional = self._txn is not None
             with gc_paused():
                 for batch in batches:
                     if batch.payload is None:
-                        batch.payload = build_batch(batch.records, compression=self.compression)
-            for batch in batches:
-                parts.append(
+                        batch.payload = build_batch(
+                            batch.records,
+                            compression=self.compression,
+                            producer_id=batch.producer_id,
+                            producer_epoch=batch.producer_epoch,
+                            base_sequence=batch.base_sequence,
+                            transactional=transactional,
+                        )
+            request = codec.ProduceRequest(
+                partitions=tuple(
                     codec.ProducePartition(
                         topic=batch.topic, partition=batch.partition, records=batch.payload
                     )
-                )
-            request = codec.ProduceRequest(
-                partitions=tuple(parts),
+                    for batch in batches
+                ),
                 acks=self.acks,
                 timeout_ms=int(self._cluster.request_timeout_s * 1000),
             )
@@ -393,16 +759,33 @@ class Producer(AsyncClientBase):
                     for batch in batches:
                         self._finish(batch, -1, None)
                     return
-                response: codec.ProduceResponse = await self._cluster.call(request, leader)
+                answer = await self._cluster.start_call(request, leader)
+            except (*_TRANSPORT_ERRORS, BrokerError) as exc:
+                for batch in batches:
+                    self._retry_or_fail(batch, exc)
+                return
+            self._nursery_start(self._await_answer, batches, answer)
+            answered = True
+        finally:
+            if not answered:
+                self._settle(batches)
+
+    async def _await_answer(self, batches: list[ProducerBatch], answer: Awaitable[Any]) -> None:
+        try:
+            try:
+                response: codec.ProduceResponse = await answer
             except (*_TRANSPORT_ERRORS, BrokerError) as exc:
                 for batch in batches:
                     self._retry_or_fail(batch, exc)
                 return
             self._handle_response(batches, response)
         finally:
-            for batch in batches:
-                _count_down(self._in_flight, (batch.topic, batch.partition))
-            self._wake_up()
+            self._settle(batches)
+
+    def _settle(self, batches: list[ProducerBatch]) -> None:
+        for batch in batches:
+            _count_down(self._in_flight, (batch.topic, batch.partition))
+        self._wake_up()
 
     def _handle_response(
         self, batches: list[ProducerBatch], response: codec.ProduceResponse
@@ -416,21 +799,43 @@ class Producer(AsyncClientBase):
                     f"the broker's produce response left out {batch.topic}/{batch.partition}",
                 )
                 self._retry_or_fail(batch, error)
-            elif result.error is ErrorCode.NONE:
+            elif result.error is ErrorCode.NONE or result.error is ErrorCode.DUPLICATE_SEQUENCE:
+                # DUPLICATE_SEQUENCE: the broker already has this batch (Kafka: a success).
                 self._finish(batch, result.base_offset, None)
             else:
                 self._retry_or_fail(batch, BrokerError(result.error, result.error_message))
 
     def _retry_or_fail(self, batch: ProducerBatch, error: Exception) -> None:
-        stale = isinstance(error, BrokerError) and error.code in METADATA_STALE_CODES
+        if self._txn is not None and self._txn.state is TxnState.ABORTING:
+            self._finish(batch, -1, error)  # the transaction is being aborted: no retries
+            return
+        code = error.code if isinstance(error, BrokerError) else None
+        # A dead or unreachable leader is retriable: its partitions get a new leader.
         transport = isinstance(error, ClientError) and not isinstance(error, ClientClosedError)
+        retriable = transport or getattr(error, "retriable", False)
+        if batch.producer_id >= 0:  # numbered: idempotent
+            if code in _FENCED:
+                self._fenced(batch, error)
+                return
+            if code in _SEQUENCE_LOST:
+                if self._txn is not None and not self._earlier_unacked(batch):
+                    self._finish(batch, -1, error)  # the transaction is abortable; abort resets
+                    return
+                # Behind an earlier failed batch: follow it. The oldest: the broker lost our
+                # state; a new producer id renumbers it (or fails it if its fate is unknown).
+                if not self._earlier_unacked(batch) and self._is_current(batch):
+                    self._bump_wanted = True
+                retriable = True
+            elif (code not in _UNWRITTEN and code is not None) or (
+                transport and not isinstance(error, BrokerUnavailableError)
+            ):
+                batch.ambiguous = True
+        stale = code in METADATA_STALE_CODES
         if stale or transport:  # a dead broker or connection: the leader may have moved
             self._cluster.invalidate_leaders(batch.topic)
             if batch.topic not in self._refreshing:
                 self._refreshing.add(batch.topic)
                 self._nursery_start(self._refresh_topic, batch.topic)
-        # A dead or unreachable leader is retriable: its partitions get a new leader.
-        retriable = transport or getattr(error, "retriable", False)
         now = time.monotonic()
         expired = now - batch.created_at > self.delivery_timeout_s
         if retriable and batch.attempts < self.retries and not expired:
@@ -442,6 +847,35 @@ class Producer(AsyncClientBase):
             self._acc.reenqueue(batch, now + backoff)
             return
         self._finish(batch, -1, error)
+
+    def _fenced(self, batch: ProducerBatch, error: Exception) -> None:
+        fenced = ProducerFencedError(
+            f"{batch.topic}/{batch.partition}: {error}; another producer took over this "
+            "producer's id or epoch: close this producer",
+            error.code if isinstance(error, BrokerError) else ErrorCode.PRODUCER_FENCED,
+        )
+        if self._txn is not None:
+            self._txn.fail(fenced)
+        else:
+            self._set_fatal(fenced)
+        self._finish(batch, -1, fenced)
+
+    def _is_current(self, batch: ProducerBatch) -> bool:
+        return batch.producer_id == self._pid and batch.producer_epoch == self._epoch
+
+    def _earlier_unacked(self, batch: ProducerBatch) -> bool:
+        """Whether a batch numbered before `batch` (same partition, id and epoch) is still
+        unacknowledged: then an OUT_OF_ORDER_SEQUENCE for `batch` is just its failure's echo."""
+        for other in self._unacked.get((batch.topic, batch.partition), ()):
+            if other is batch:
+                return False
+            if (
+                other.settled is None
+                and other.producer_id == batch.producer_id
+                and other.producer_epoch == batch.producer_epoch
+            ):
+                return True
+        return False
 
     async def _refresh_topic(self, topic: str) -> None:
         try:
@@ -457,8 +891,35 @@ class Producer(AsyncClientBase):
             self._nursery.start_soon(fn, *args)
 
     def _finish(self, batch: ProducerBatch, base_offset: int, error: BaseException | None) -> None:
+        """Complete `batch`. A numbered batch acknowledged while an earlier one of its partition
+        is still unacknowledged (several in flight, answers racing) waits for it, so that a
+        partition's futures and callbacks complete in offset order, as Kafka promises."""
+        if batch.producer_id < 0:
+            self._complete(batch, base_offset, error)
+            return
+        unacked = self._unacked.get((batch.topic, batch.partition))
+        if unacked is None or batch not in unacked:
+            self._complete(batch, base_offset, error)
+            return
+        if error is None and unacked[0] is not batch:
+            batch.settled = base_offset
+            return
+        unacked.remove(batch)
+        self._complete(batch, base_offset, error)
+        while unacked and unacked[0].settled is not None:
+            ready = unacked.pop(0)
+            self._complete(ready, ready.settled, None)
+
+    def _complete(
+        self, batch: ProducerBatch, base_offset: int, error: BaseException | None
+    ) -> None:
         if batch.attempts:
             _count_down(self._retrying, (batch.topic, batch.partition))
+        if batch.producer_id >= 0 and error is not None:
+            if self._txn is not None:
+                self._txn.fail(error)
+            elif self._is_current(batch) and self._fatal is None:
+                self._bump_wanted = True  # its sequence is a gap now: start afresh
         batch.complete(base_offset, error)
         self._acc.release(batch)
         # Wake trio tasks waiting for memory (blocking senders use the accumulator's condition).
@@ -472,6 +933,55 @@ def _count_down(counts: dict[tuple[str, int], int], key: tuple[str, int]) -> Non
         counts[key] = left
     else:
         counts.pop(key, None)
+
+
+def _in_flight_option(per_partition: int | None, per_connection: int | None) -> int | None:
+    """`max_in_flight_per_partition` or its Kafka name; None when neither is given."""
+    if per_partition is not None and per_connection is not None and per_partition != per_connection:
+        raise ConfigError(
+            "max_in_flight_requests_per_connection",
+            f"{per_connection} contradicts max_in_flight_per_partition={per_partition}; give one",
+        )
+    value = per_partition if per_partition is not None else per_connection
+    if value is not None:
+        _positive("max_in_flight_requests_per_connection", value)
+    return value
+
+
+def _idempotence(
+    wanted: bool | None,
+    transactional_id: str | None,
+    *,
+    acks: str | int,
+    retries: int,
+    in_flight: int | None,
+) -> bool:
+    """Whether the producer is idempotent: by default yes, as Kafka >= 3.0. An explicit
+    enable_idempotence=True (or a transactional_id, which needs idempotence) with a conflicting
+    option is a ConfigError; left unset, a conflicting option turns idempotence off instead
+    (Kafka >= 3.2), so `Producer(acks=1)` keeps working as before."""
+    if transactional_id is not None:
+        if not transactional_id:
+            raise ConfigError("transactional_id", "must not be empty")
+        if wanted is False:
+            raise ConfigError(
+                "enable_idempotence", "a transactional producer is idempotent; drop one option"
+            )
+    conflicts = []
+    if _ACKS[acks] != codec.ACKS_ALL:
+        conflicts.append(f"acks={acks!r} (idempotence needs acks='all')")
+    if retries == 0:
+        conflicts.append("retries=0 (idempotence retries with the same sequence numbers)")
+    if in_flight is not None and in_flight > MAX_IN_FLIGHT_IDEMPOTENT_LIMIT:
+        conflicts.append(
+            f"max_in_flight_requests_per_connection={in_flight} (at most "
+            f"{MAX_IN_FLIGHT_IDEMPOTENT_LIMIT} with idempotence)"
+        )
+    explicit = wanted is True or transactional_id is not None
+    if conflicts and explicit:
+        what = "transactional_id" if transactional_id is not None else "enable_idempotence"
+        raise ConfigError(what, "idempotence conflicts with " + "; ".join(conflicts))
+    return wanted is not False and not conflicts
 
 
 def _positive(key: str, value: int) -> None:

@@ -10,3 +10,4 @@ from client.pytest_plugin import (  # noqa: F401 - fixtures and the report hook,
     session_broker,
     unique_topic,
 )
+from tests.integration.client.fake_broker import fake  # noqa: F401 - the fake broker fixture

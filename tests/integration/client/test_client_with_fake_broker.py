@@ -7,7 +7,6 @@ connections, which a real `broker serve` cannot do on demand.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -18,14 +17,6 @@ from client.blocking import Producer as BlockingProducer
 from client.errors import BufferFullError, ClientClosedError
 from client.types import TopicPartition
 from tests.integration.client.fake_broker import FakeBroker
-
-
-@pytest.fixture
-async def fake(nursery: trio.Nursery) -> AsyncIterator[FakeBroker]:
-    broker = FakeBroker()
-    broker.create("t", 2)
-    await nursery.start(broker.serve)
-    yield broker
 
 
 async def read_all(broker: FakeBroker, topic: str, partition: int, count: int) -> list[bytes]:

@@ -7,6 +7,7 @@ editing it, and kills a broker with `FakeBroker.kill()` (its connections drop at
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 
 import pytest
@@ -106,9 +107,11 @@ async def test_the_producer_follows_a_killed_leader_and_keeps_order(fakes: FakeC
         sent_before = old.produce_requests
         rest = [await p.send("t", b"%d" % i, partition=0) for i in range(10, 40)]
         await wait_for(lambda: old.produce_requests > sent_before, "a produce in flight")
-        # ...when node 2 dies and node 1 takes over with the same log.
+        # ...when node 2 dies and node 1 takes over with the same log (and so, as a real
+        # replica rebuilds it from the log, the same producer state).
         new.logs[("t", 0)] = list(old.logs[("t", 0)])
         new.ends[("t", 0)] = old.ends[("t", 0)]
+        new.producers[("t", 0)] = copy.deepcopy(old.producers.get(("t", 0), {}))
         fakes.leaders[("t", 0)] = 1
         old.kill()
         with trio.fail_after(WAIT_S):

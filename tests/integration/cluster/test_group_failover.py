@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,33 +19,24 @@ import trio
 from broker import codec
 from client import AdminClient, Consumer, Producer
 from client.embedded_cluster import EmbeddedCluster
+from tests.integration.cluster import common
+from tests.integration.cluster.common import FAST_GROUP_BROKER_ARGS
 from tests.unit.server.wire_client import WireClient
 
 TOPIC = "work"
 GROUP = "workers"
 PARTITIONS = 6
-BROKER_ARGS = (
-    "--set", "raft_tick_ms=50",
-    "--set", "broker_heartbeat_interval_ms=200",
-    "--set", "broker_session_timeout_ms=2000",
-    "--set", "group_min_session_timeout_ms=500",
-    "--set", "group_initial_rebalance_delay_ms=0",
-)  # fmt: skip
 WAIT_S = 60.0
 
 
 @pytest.fixture
 def cluster() -> Iterator[EmbeddedCluster]:
-    with EmbeddedCluster(3, extra_args=BROKER_ARGS) as running:
+    with EmbeddedCluster(3, extra_args=FAST_GROUP_BROKER_ARGS) as running:
         yield running
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return result
+    return common.wait_for(condition, what, timeout_s)
 
 
 def _member(bootstrap: str, processed: set[bytes], stop: threading.Event, errors: list) -> None:

@@ -63,3 +63,46 @@ def test_corruption_is_caught_by_the_scan() -> None:
         scan_fetched(bytes(data), 0)
     with pytest.raises(CrcMismatchError):
         decode_fetched(TP, bytes(data), 0)
+
+
+def txn_batch(base_offset: int, count: int, producer_id: int, value: bytes) -> bytes:
+    records = [(T0, None, value, None)] * count
+    return build_batch(records, base_offset=base_offset, producer_id=producer_id,
+                       producer_epoch=0, base_sequence=0, transactional=True)  # fmt: skip
+
+
+def marker(offset: int, control_type: ControlType, producer_id: int) -> bytes:
+    data = bytearray(
+        build_control_batch(
+            control_type, b"", timestamp_ms=T0, producer_id=producer_id, transactional=True
+        )
+    )
+    data[0:8] = offset.to_bytes(8, "big")
+    return bytes(data)
+
+
+def test_read_committed_drops_aborted_batches_until_their_abort_marker() -> None:
+    # Producer 7 aborts [0, 2), producer 8 commits [2, 3) meanwhile; producer 7 then writes a
+    # transaction that commits: only the aborted range of producer 7 is dropped.
+    data = (
+        txn_batch(0, 2, 7, b"aborted")
+        + txn_batch(2, 1, 8, b"other")
+        + marker(3, ControlType.ABORT, 7)
+        + marker(4, ControlType.COMMIT, 8)
+        + txn_batch(5, 1, 7, b"later")
+        + batch(6, 1)
+        + marker(7, ControlType.COMMIT, 7)
+    )
+    aborted = [(7, 0)]
+    records = decode_fetched(TP, data, 0, aborted)
+    assert [(r.offset, r.value) for r in records] == [(2, b"other"), (5, b"later"), (6, b"v6")]
+    assert scan_fetched(data, 0, aborted) == (8, 3)
+    # Without the aborted list (read_uncommitted) everything but the markers is returned.
+    assert [r.offset for r in decode_fetched(TP, data, 0)] == [0, 1, 2, 5, 6]
+
+
+def test_an_abort_starting_after_the_fetch_offset_only_drops_from_its_first_offset() -> None:
+    data = txn_batch(0, 1, 7, b"committed") + marker(1, ControlType.COMMIT, 7)
+    data += txn_batch(2, 1, 7, b"aborted") + marker(3, ControlType.ABORT, 7)
+    assert [r.value for r in decode_fetched(TP, data, 0, [(7, 2)])] == [b"committed"]
+    assert scan_fetched(data, 0, [(7, 2)]) == (4, 1)

@@ -1,40 +1,42 @@
 """A fake shell around GroupCoordinatorCore: a clock, a list for the partition, request ids.
 
-`Harness` plays the trio service's part exactly as the core's contract asks: it keeps the
-__consumer_offsets partition as a list of records, appends each PersistRecords in order, and
-reports it persisted (at once, when `auto_persist`) or failed. Every response is kept by request
-id, and a request answered twice fails the test.
+`Harness` plays the trio service's part exactly as the core's contract asks (the shared loop is
+fake_shell.py's): it keeps the __consumer_offsets partition as a list of entries (records, with
+their producer id when written in a transaction, and transaction markers), appends each
+PersistRecords or PersistMarker in order, and reports it persisted (at once, when `auto_persist`)
+or failed. Every response is kept by request id, and a request answered twice fails the test.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 
-from broker.consumer_groups.actions import Action, PersistRecords, Response
+from broker.consumer_groups.actions import PersistMarker
 from broker.consumer_groups.assignors import Assignment, Subscription, assign_encoded
 from broker.consumer_groups.config import GroupConfig
 from broker.consumer_groups.coordinator import GroupCoordinatorCore
 from broker.consumer_groups.events import (
-    AppendFailed,
-    Event,
     HeartbeatReceived,
     JoinGroupRequested,
     LeaveGroupRequested,
     LeavingMember,
-    LoadPartition,
     OffsetCommitRequested,
     OffsetToCommit,
     RecordsPersisted,
     SyncAssignment,
     SyncGroupRequested,
-    Tick,
+    TxnMarkerRequested,
+    TxnOffsetCommitRequested,
 )
 from broker.consumer_groups.group import JoinProtocol, TopicPartition
-from broker.consumer_groups.offsets import EncodedRecord
+from broker.consumer_groups.offsets import LogEntry, MarkerRecord
 from broker.errors import ErrorCode
+
+from .fake_shell import FakeShell
 
 # Hypothesis sizes: bounded by default (the unit suite stays fast); CG_THOROUGH=1 for more.
 THOROUGH = os.environ.get("CG_THOROUGH") == "1"
@@ -76,51 +78,40 @@ def protocols_for(
     return tuple(JoinProtocol(name, metadata) for name in names)
 
 
-class Harness:
+class Harness(FakeShell):
     def __init__(
         self,
         config: GroupConfig | None = None,
         *,
-        records: tuple[EncodedRecord, ...] = (),
+        records: tuple[LogEntry, ...] = (),
         now_ms: int = 1_000_000,
         epoch: int = 1,
         load: bool = True,
     ) -> None:
-        self.core = GroupCoordinatorCore(config or fast_config(), validate=True)
-        self.now_ms = now_ms
-        self.log: list[EncodedRecord] = list(records)
-        self.pending: list[PersistRecords] = []
-        self.responses: dict[int, Response] = {}
-        self.arrivals: list[Response] = []  # every response, in the order the core emitted them
-        self.next_request_id = 1
         self.auto_persist = True
         self._persisting = False
-        if load:
-            self.handle(LoadPartition(now_ms=now_ms, coordinator_epoch=epoch, records=records))
+        core = GroupCoordinatorCore(config or fast_config(), validate=True)
+        super().__init__(core, records=records, now_ms=now_ms, epoch=epoch, load=load)
 
     # --- the shell's loop -------------------------------------------------------------------------
 
-    def handle(self, event: Event) -> list[Action]:
-        actions = self.core.handle(event)
-        for action in actions:
-            if isinstance(action, PersistRecords):
-                self.pending.append(action)
-            else:
-                assert action.request_id not in self.responses, f"answered twice: {action}"
-                self.responses[action.request_id] = action
-                self.arrivals.append(action)
+    def settle(self) -> None:
         if self.auto_persist and not self._persisting:
             self.persist_all()
-        return actions
 
     def persist_next(self) -> None:
         write = self.pending.pop(0)
-        self.log.extend(write.records)
+        if isinstance(write, PersistMarker):
+            self.log.append(MarkerRecord(write.producer_id, write.producer_epoch, write.commit))
+        else:
+            # As the service's batch: a transactional one carries its producer.
+            self.log.extend(
+                dataclasses.replace(
+                    record, producer_id=write.producer_id, producer_epoch=write.producer_epoch
+                )
+                for record in write.records
+            )
         self.handle(RecordsPersisted(now_ms=self.now_ms, token=write.token))
-
-    def fail_next(self, error: ErrorCode = ErrorCode.COORDINATOR_NOT_AVAILABLE) -> None:
-        write = self.pending.pop(0)
-        self.handle(AppendFailed(now_ms=self.now_ms, token=write.token, error=error))
 
     def persist_all(self) -> None:
         self._persisting = True
@@ -130,20 +121,7 @@ class Harness:
         finally:
             self._persisting = False
 
-    def tick(self, advance_ms: int = 0) -> list[Action]:
-        self.now_ms += advance_ms
-        return self.handle(Tick(now_ms=self.now_ms))
-
     # --- requests ---------------------------------------------------------------------------------
-
-    def request(self, cls: type[Any], **fields: Any) -> int:
-        request_id = self.next_request_id
-        self.next_request_id += 1
-        self.handle(cls(now_ms=self.now_ms, request_id=request_id, **fields))
-        return request_id
-
-    def response(self, request_id: int) -> Any:
-        return self.responses.get(request_id)
 
     def join(
         self,
@@ -217,14 +195,44 @@ class Harness:
         member_id: str = "",
         generation: int = -1,
         instance_id: str | None = None,
+        **transaction: Any,
     ) -> int:
+        """An OffsetCommit; with `transaction` fields, a TxnOffsetCommit (see `txn_commit`)."""
         return self.request(
-            OffsetCommitRequested,
+            TxnOffsetCommitRequested if transaction else OffsetCommitRequested,
             group_id=group_id,
             generation=generation,
             member_id=member_id,
             group_instance_id=instance_id,
             offsets=tuple(OffsetToCommit(p, o, metadata="m") for p, o in sorted(offsets.items())),
+            **transaction,
+        )
+
+    def txn_commit(
+        self,
+        offsets: dict[TopicPartition, int],
+        *,
+        producer_id: int,
+        producer_epoch: int = 0,
+        **fields: Any,
+    ) -> int:
+        return self.commit(
+            offsets,
+            transactional_id=f"txn-{producer_id}",
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+            **fields,
+        )
+
+    def marker(
+        self, producer_id: int, *, commit: bool, producer_epoch: int = 0, coordinator_epoch: int = 0
+    ) -> int:
+        return self.request(
+            TxnMarkerRequested,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+            commit=commit,
+            coordinator_epoch=coordinator_epoch,
         )
 
 

@@ -3,7 +3,10 @@ write outcomes and coordinator failovers, the group core keeps its promises:
 - once Stable, every partition is assigned to exactly one member of the current generation;
 - a request carrying a stale generation is refused at once;
 - an acknowledged commit is never lost: the coordinator's offsets, a replay of the partition and
-  the model of acknowledged commits agree after every step, across failovers.
+  the model of acknowledged commits agree after every step, across failovers;
+- a transaction's offsets (TxnOffsetCommit, then its marker through the core) become committed
+  offsets only once its COMMIT marker is acknowledged, never after an ABORT, and until then are
+  exactly the pending offsets of the store (and of its replay).
 Clients behave like real consumers (a leader runs the sticky/range assignor on its JoinGroup
 answer); the shell is `Harness` with writes persisted or failed by explicit rules.
 """
@@ -22,6 +25,8 @@ from broker.consumer_groups.actions import (
     RespondJoin,
     RespondOffsetCommit,
     RespondSync,
+    RespondTxnMarker,
+    RespondTxnOffsetCommit,
     Response,
 )
 from broker.consumer_groups.assignors import Assignment, assign_encoded
@@ -47,6 +52,8 @@ STATIC = {0: "i0", 1: "i1"}  # clients 0 and 1 are static members
 HEARTBEAT_MS = 3_000  # a well-behaved client heartbeats at a third of its session timeout
 RESET_ON = (ErrorCode.UNKNOWN_MEMBER_ID, ErrorCode.FENCED_INSTANCE_ID)
 REJOIN_ON = (ErrorCode.REBALANCE_IN_PROGRESS, ErrorCode.ILLEGAL_GENERATION)
+PRODUCERS = (100, 101)
+TXN_OFFSETS = 2_000  # transactional offsets are >= this, plain ones below: never confused
 
 
 @dataclasses.dataclass
@@ -95,6 +102,10 @@ class GroupMachine(RuleBasedStateMachine):
         # commit request id -> (offset, now_ms): what an acknowledgement of it promises
         self.offsets: dict[int, tuple[int, int]] = {}
         self.answered: set[int] = set()  # request ids that got their response
+        # Acknowledged transactional commits whose marker is not acknowledged yet:
+        # producer -> (group, partition) -> [offset, commit request time, overtaken by a later
+        # acknowledged plain commit].
+        self.txn_pending: dict[int, dict[tuple[str, object], list]] = {}
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -120,11 +131,21 @@ class GroupMachine(RuleBasedStateMachine):
         if isinstance(response, RespondOffsetCommit):
             for result in response.partitions:
                 if response.error is ErrorCode.NONE and result.error is ErrorCode.NONE:
-                    key = (extra, result.topic_partition)
-                    self.acked[key] = self.offsets[response.request_id]
+                    self.acknowledged_commit(response, extra, result.topic_partition)
+        if isinstance(response, RespondTxnMarker) and response.error is ErrorCode.NONE:
+            producer_id, commit = extra
+            for key, (offset, committed_ms, overtaken) in self.txn_pending.pop(
+                producer_id, {}
+            ).items():
+                if commit and not overtaken:  # a later plain commit wins (Kafka's rule)
+                    self.acked[key] = (offset, committed_ms)
         if isinstance(response, RespondDeleteGroups):
             deleted = {r.group_id for r in response.groups if r.error is ErrorCode.NONE}
             self.acked = {key: v for key, v in self.acked.items() if key[0] not in deleted}
+            open_in_deleted = [
+                key for keys in self.txn_pending.values() for key in keys if key[0] in deleted
+            ]
+            assert not open_in_deleted, f"deleted under an open transaction: {open_in_deleted}"
         if index < 0 or self.clients[index].incarnation != incarnation:
             return  # a crashed incarnation's answer: nobody is listening
         client = self.clients[index]
@@ -143,6 +164,19 @@ class GroupMachine(RuleBasedStateMachine):
             client.rejoin_needed = True
         if response.error in RESET_ON:
             client.reset()
+
+    def acknowledged_commit(self, response: RespondOffsetCommit, extra: object, part) -> None:
+        if isinstance(response, RespondTxnOffsetCommit):
+            producer_id, group = extra
+            offset, committed_ms = self.offsets[response.request_id]
+            pending = self.txn_pending.setdefault(producer_id, {})
+            pending[(group, part)] = [offset, committed_ms, False]
+            return
+        key = (extra, part)
+        self.acked[key] = self.offsets[response.request_id]
+        for pending in self.txn_pending.values():
+            if key in pending:
+                pending[key][2] = True
 
     def group_generation(self) -> int | None:
         description = self.describe()
@@ -266,6 +300,62 @@ class GroupMachine(RuleBasedStateMachine):
             lambda: self.h.commit({tp("t", partition): offset}, group_id=group),
         )
 
+    @rule(
+        producer_id=st.sampled_from(PRODUCERS),
+        group=st.sampled_from([GROUP, SIMPLE]),
+        partition=st.integers(0, 5),
+        offset=st.integers(TXN_OFFSETS, TXN_OFFSETS + 1_000),
+        member=st.one_of(st.none(), st.integers(0, CLIENTS - 1)),
+        lag=st.sampled_from([0, 0, 0, 1]),
+    )
+    def txn_commit(
+        self, producer_id: int, group: str, partition: int, offset: int, member, lag: int
+    ) -> None:
+        """A consume-transform-produce step commits its input offsets in its transaction: as a
+        member of the group (KIP-447 fencing, maybe with a stale generation) or from outside."""
+        client = None if member is None else self.clients[member]
+        member_id, generation, instance_id = "", -1, None
+        if client is not None and client.member_id and group == GROUP:
+            member_id, generation = client.member_id, client.generation - lag
+            instance_id = client.instance_id
+        stale = member_id and self.group_generation() != generation
+        rid = self.h.next_request_id
+        self.offsets[rid] = (offset, self.h.now_ms)
+        self.send(
+            None,
+            "commit",
+            (producer_id, group),
+            lambda: self.h.txn_commit(
+                {tp("t", partition): offset},
+                producer_id=producer_id,
+                group_id=group,
+                member_id=member_id,
+                generation=generation,
+                instance_id=instance_id,
+            ),
+        )
+        if stale:
+            answer = self.h.response(rid)
+            assert answer is not None and answer.error is not ErrorCode.NONE, "stale txn commit"
+
+    @rule(producer_id=st.sampled_from(PRODUCERS), commit=st.booleans())
+    def end_transaction(self, producer_id: int, commit: bool) -> None:
+        """The transaction coordinator's marker for this partition (maybe with nothing here)."""
+        self.send(
+            None,
+            "marker",
+            (producer_id, commit),
+            lambda: self.h.marker(producer_id, commit=commit),
+        )
+
+    @precondition(lambda self: any(self.txn_pending.values()))
+    @rule(which=st.integers(0, len(PRODUCERS) - 1), commit=st.booleans())
+    def end_open_transaction(self, which: int, commit: bool) -> None:
+        """As `end_transaction`, for a producer with acknowledged offsets pending (so that the
+        interesting markers are not left to chance)."""
+        open_ = sorted(producer_id for producer_id, keys in self.txn_pending.items() if keys)
+        self.end_transaction(open_[which % len(open_)], commit)
+
     @rule(index=st.integers(0, CLIENTS - 1))
     def leave(self, index: int) -> None:
         client = self.clients[index]
@@ -385,13 +475,34 @@ class GroupMachine(RuleBasedStateMachine):
         assert set(flat) <= set(self.acked), "an offset nobody was told about"
 
     @invariant()
+    def transactional_offsets_wait_for_their_marker(self) -> None:
+        """The store's pending offsets are exactly the acknowledged transactional commits whose
+        marker is not acknowledged yet (so nothing of a transaction is committed before its
+        COMMIT marker, and an ABORT leaves nothing behind: `acked` never gets its offsets)."""
+        store = self.h.core._state.store
+        pending = {
+            producer_id: {
+                (group, part): [
+                    value.value.offset,
+                    value.value.commit_timestamp_ms,
+                    value.overtaken,
+                ]
+                for group, parts in groups.items()
+                for part, value in parts.items()
+            }
+            for producer_id, groups in store.pending.items()
+        }
+        model = {producer_id: keys for producer_id, keys in self.txn_pending.items() if keys}
+        assert pending == model, (pending, model)
+
+    @invariant()
     def every_commit_and_delete_is_answered_or_waits_for_its_write(self) -> None:
         """No write is left unanswered (issue 17: a delete racing commits and retention)."""
         waiting = {w.request_id for w in self.h.core._state.writes.values()}
         unanswered = {
             rid
             for rid, (_, _, kind, _) in self.requests.items()
-            if kind in ("commit", "delete") and rid not in self.answered
+            if kind in ("commit", "delete", "marker") and rid not in self.answered
         }
         assert unanswered <= waiting, sorted(unanswered - waiting)
 
