@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -221,3 +222,35 @@ def test_cli_lists_and_describes_transactions_and_consumes_read_committed(
         assert consumed.returncode == 0, consumed.stderr
         assert consumed.stdout.split() == ["committed"]  # the open transaction is not visible
         producer.abort_transaction()
+
+
+def scrape(broker: EmbeddedBroker) -> str:
+    url = f"http://{broker.metrics_address}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def test_metrics_show_transactions_and_the_stable_offset_lag(
+    broker: EmbeddedBroker, unique_topic: str
+) -> None:
+    # Goal: /metrics counts what the coordinators did and shows how far an open transaction
+    # holds read_committed consumers back (HW - LSO).
+    create(broker.bootstrap, unique_topic)
+    with in_transaction(broker.bootstrap, unique_topic, b"a") as producer:
+        producer.commit_transaction()
+        producer.begin_transaction()
+        producer.send(unique_topic, b"b")
+        producer.send(unique_topic, b"c")
+        producer.flush()
+        deadline = time.monotonic() + READ_DEADLINE_S
+        lag_line = f'broker_last_stable_offset_lag{{partition="0",topic="{unique_topic}"}} 2.0'
+        wanted = (lag_line, "broker_transactions_committed 1.0", "broker_transactions_ongoing 1.0")
+        while not all(line in (text := scrape(broker)) for line in wanted):
+            # The metrics snapshots are refreshed about once a second.
+            assert time.monotonic() < deadline, text[-3000:]
+            time.sleep(0.1)
+        producer.abort_transaction()
+    deadline = time.monotonic() + READ_DEADLINE_S
+    while "broker_transactions_aborted 1.0" not in (text := scrape(broker)):
+        assert time.monotonic() < deadline, text[-3000:]
+        time.sleep(0.1)
