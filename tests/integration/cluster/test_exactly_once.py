@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import trio
@@ -27,7 +26,6 @@ from client import AdminClient, Consumer, Producer
 from client.embedded_cluster import EmbeddedCluster
 from client.types import TopicPartition
 from tests.integration.cluster import common
-from tests.integration.cluster.common import FAST_GROUP_BROKER_ARGS
 from tests.unit.server.wire_client import WireClient
 
 INPUT, OUTPUT, GROUP, TXN_ID = "input", "output", "ctp", "ctp-worker"
@@ -40,13 +38,11 @@ WAIT_S = 120.0
 
 
 @pytest.fixture
-def cluster() -> Iterator[EmbeddedCluster]:
-    with EmbeddedCluster(3, extra_args=FAST_GROUP_BROKER_ARGS) as running:
-        yield running
+def cluster(group_cluster: EmbeddedCluster) -> EmbeddedCluster:
+    return group_cluster
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    return common.wait_for(condition, what, timeout_s)
+wait_for = functools.partial(common.wait_for, timeout_s=WAIT_S)
 
 
 class SimulatedFailure(Exception):

@@ -9,9 +9,8 @@ them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import trio
@@ -20,7 +19,6 @@ from broker import codec
 from client import AdminClient, Consumer, Producer
 from client.embedded_cluster import EmbeddedCluster
 from tests.integration.cluster import common
-from tests.integration.cluster.common import FAST_GROUP_BROKER_ARGS
 from tests.unit.server.wire_client import WireClient
 
 TOPIC = "work"
@@ -30,13 +28,11 @@ WAIT_S = 60.0
 
 
 @pytest.fixture
-def cluster() -> Iterator[EmbeddedCluster]:
-    with EmbeddedCluster(3, extra_args=FAST_GROUP_BROKER_ARGS) as running:
-        yield running
+def cluster(group_cluster: EmbeddedCluster) -> EmbeddedCluster:
+    return group_cluster
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    return common.wait_for(condition, what, timeout_s)
+wait_for = functools.partial(common.wait_for, timeout_s=WAIT_S)
 
 
 def _member(bootstrap: str, processed: set[bytes], stop: threading.Event, errors: list) -> None:
