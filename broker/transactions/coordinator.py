@@ -20,6 +20,11 @@ Rules (docs/transactions.md, "Transaction coordinator"):
    a replay of the partition rebuilds; responses that depend on a write wait for its report. At
    most one write per transactional id is in flight; a request meeting one gets
    CONCURRENT_TRANSACTIONS (retriable), as it does while a transaction is completing (Prepare*).
+   One exception: an AddPartitions/AddOffsets from the pair an EndTxn just handed out, arriving
+   while that EndTxn's transaction is completing, is parked and handled (as if it arrived then)
+   once Complete* is persisted; the producer starts its next transaction at once, and a refusal
+   would cost it a client backoff. Parked requests are bounded (TransactionConfig) and answered
+   NOT_COORDINATOR on unload, like a parked fencing InitProducerId.
 2. Every end of a transaction bumps the producer epoch (KIP-890) in the Prepare* record itself:
    the markers carry the new epoch, so a late write of the old transaction is refused by every
    partition, and EndTxn answers the new epoch. An epoch that would pass 32767 rotates to a fresh
@@ -92,6 +97,7 @@ from broker.transactions.txn_records import (
 )
 
 State = TransactionState
+AddRequest = AddPartitionsRequested | AddOffsetsRequested
 
 
 class CoreStatus(enum.Enum):
@@ -106,7 +112,7 @@ class WriteKind(enum.Enum):
     INIT = "init"  # InitProducerId: answer the new pair
     ADD = "add"  # AddPartitions / AddOffsets: answer NONE
     PREPARE = "prepare"  # EndTxn, a timeout or a fencing InitProducerId: then write markers
-    COMPLETE = "complete"  # markers written: then a parked InitProducerId may go on
+    COMPLETE = "complete"  # markers written: then a parked InitProducerId or adds may go on
     EXPIRE = "expire"  # an idle id's tombstone
 
 
@@ -143,6 +149,8 @@ class TransactionCoordinatorStatistics:
     fenced_instance_count: int  # older instances fenced by a new one (InitProducerId)
     fenced_request_count: int  # requests answered PRODUCER_FENCED (zombies that tried)
     expired_id_count: int
+    parked_request_count: int  # requests waiting for a transaction to complete (now)
+    parked_add_count: int  # adds that waited for the previous transaction's Complete* (counter)
 
 
 def bumped(producer_id: int, producer_epoch: int, new_producer_id: int) -> tuple[int, int]:
@@ -173,12 +181,23 @@ class TransactionCoordinatorCore:
         self._write_of: dict[str, int] = {}  # transactional id -> its write in flight
         self._completions: dict[str, Completion] = {}  # exactly the Prepare* ids of the store
         self._parked: dict[str, InitProducerIdRequested] = {}  # inits waiting for a fencing abort
+        # Adds of the next transaction waiting for the previous one's Complete*, in arrival order.
+        self._parked_adds: dict[str, list[AddRequest]] = {}
         self._out: list[Action] = []
         self._next_token = 1
         self._next_timeout_check_ms = 0
         self._next_expiration_check_ms = 0
         self._counters = dict.fromkeys(
-            ("commit", "abort", "timeout", "fenced_instance", "fenced_request", "expired"), 0
+            (
+                "commit",
+                "abort",
+                "timeout",
+                "fenced_instance",
+                "fenced_request",
+                "expired",
+                "parked_add",
+            ),
+            0,
         )
 
     # --- the interface ----------------------------------------------------------------------------
@@ -235,6 +254,8 @@ class TransactionCoordinatorCore:
             fenced_instance_count=counters["fenced_instance"],
             fenced_request_count=counters["fenced_request"],
             expired_id_count=counters["expired"],
+            parked_request_count=len(self._parked) + self._parked_add_total(),
+            parked_add_count=counters["parked_add"],
         )
 
     # --- plumbing ---------------------------------------------------------------------------------
@@ -318,9 +339,13 @@ class TransactionCoordinatorCore:
                 self._respond(write.request.reject(ErrorCode.NOT_COORDINATOR))
         for request in self._parked.values():
             self._respond(request.reject(ErrorCode.NOT_COORDINATOR))
+        for queue in self._parked_adds.values():
+            for add in queue:
+                self._respond(add.reject(ErrorCode.NOT_COORDINATOR))
         self._writes.clear()
         self._write_of.clear()
         self._parked.clear()
+        self._parked_adds.clear()
         self._completions.clear()
         self._store = TransactionStore()  # the next leader replays the partition; we forget it
         self._status = CoreStatus.UNLOADED
@@ -377,6 +402,13 @@ class TransactionCoordinatorCore:
         del self._write_of[write.transactional_id]
         transactional_id, value = write.transactional_id, write.value
         self._store.apply(TransactionRecord(transactional_id, value))
+        self._apply_outcome(write, event.now_ms)
+        self._resume_parked_adds(transactional_id, event.now_ms)
+
+    def _apply_outcome(self, write: PendingWrite, now_ms: int) -> None:
+        """What a persisted write does besides changing the store: answer, go on to the next
+        step of its transaction."""
+        transactional_id, value = write.transactional_id, write.value
         if write.kind is WriteKind.EXPIRE:
             self._counters["expired"] += 1
             return
@@ -403,7 +435,7 @@ class TransactionCoordinatorCore:
             parked = self._parked.pop(transactional_id, None)
             if parked is not None:
                 # The fencing abort is done: the new instance's InitProducerId goes on.
-                self._init_bump(dataclasses.replace(parked, now_ms=event.now_ms), value)
+                self._init_bump(dataclasses.replace(parked, now_ms=now_ms), value)
 
     @_dispatch.register
     def _on_append_failed(self, event: AppendFailed) -> None:
@@ -420,9 +452,12 @@ class TransactionCoordinatorCore:
                 self._respond(parked.reject(event.error))
         elif write.kind is WriteKind.COMPLETE:
             # The markers are written; only the Complete* record is missing: write it again.
+            # Parked adds keep waiting for it.
             self._completions[transactional_id].retry_at_ms = (
                 event.now_ms + self._config.marker_retry_backoff_ms
             )
+        # A failed add of a drained parked request lets the next parked one go on.
+        self._resume_parked_adds(transactional_id, event.now_ms)
 
     # --- markers ----------------------------------------------------------------------------------
 
@@ -617,6 +652,10 @@ class TransactionCoordinatorCore:
         """Add partitions to the transaction, starting one if none is going on."""
         meta = self._store.get(event.transactional_id)
         error = self._add_error(event, partitions, meta)
+        if error is ErrorCode.CONCURRENT_TRANSACTIONS and self._may_park(event, meta):
+            self._parked_adds.setdefault(event.transactional_id, []).append(event)
+            self._counters["parked_add"] += 1
+            return None
         if error is not ErrorCode.NONE:
             return self._respond(event.reject(error))
         assert meta is not None
@@ -644,6 +683,42 @@ class TransactionCoordinatorCore:
                 last_bump=EpochBump.NONE,
             )
         return self._write(WriteKind.ADD, event.transactional_id, value, event)
+
+    def _may_park(self, event: AddRequest, meta: TransactionMetadata | None) -> bool:
+        """An add refused only because the caller's previous transaction is completing may wait
+        for its Complete* instead (rule 1): the caller holds the pair that transaction's EndTxn
+        answered, so it is that producer starting its next transaction. A timeout's or a fencing
+        abort's Prepare* bumped to a pair nobody holds, and a write in flight of any other kind
+        keeps its CONCURRENT_TRANSACTIONS."""
+        if meta is None or not meta.state.is_prepare or meta.last_bump is not EpochBump.END:
+            return False
+        if (event.producer_id, event.producer_epoch) != (meta.producer_id, meta.producer_epoch):
+            return False
+        queued = len(self._parked_adds.get(event.transactional_id, ()))
+        return (
+            queued < self._config.parked_requests_per_id_max
+            and self._parked_add_total() < self._config.parked_requests_max
+        )
+
+    def _parked_add_total(self) -> int:
+        return sum(len(queue) for queue in self._parked_adds.values())
+
+    def _resume_parked_adds(self, transactional_id: str, now_ms: int) -> None:
+        """Handle the id's parked adds, in arrival order, as if each arrived now: once the
+        previous transaction's Complete* is persisted, and each after the write of the one
+        before (so they see each other's partitions and never meet their own writes)."""
+        queue = self._parked_adds.get(transactional_id)
+        while queue and transactional_id not in self._write_of:
+            meta = self._store.get(transactional_id)
+            if meta is not None and meta.state.is_prepare:
+                return  # still completing: its Complete* write resumes them
+            request = queue.pop(0)
+            if isinstance(request, AddOffsetsRequested):
+                self._on_add_offsets(dataclasses.replace(request, now_ms=now_ms))
+            else:
+                self._on_add_partitions(dataclasses.replace(request, now_ms=now_ms))
+        if not queue:
+            self._parked_adds.pop(transactional_id, None)
 
     def _add_error(
         self,
@@ -761,7 +836,8 @@ class TransactionCoordinatorCore:
         """Assert every whole-state invariant (tests and simulations call this after each event)."""
         if self._status is not CoreStatus.ACTIVE:
             assert not self._writes and not self._write_of and not self._completions
-            assert not self._parked and self._store == TransactionStore()
+            assert not self._parked and not self._parked_adds
+            assert self._store == TransactionStore()
             return
         assert {w.transactional_id: t for t, w in self._writes.items()} == self._write_of
         assert all(token < self._next_token for token in self._writes)
@@ -777,6 +853,25 @@ class TransactionCoordinatorCore:
             assert (
                 write is not None and write.kind in (WriteKind.PREPARE, WriteKind.COMPLETE)
             ) or (meta is not None and meta.state.is_prepare), transactional_id
+        assert self._parked_add_total() <= self._config.parked_requests_max
+        for transactional_id, queue in self._parked_adds.items():
+            # Parked adds wait for the Complete* of the transaction whose EndTxn handed out their
+            # pair (its Complete* write may be in flight), or for the add drained before them.
+            assert 0 < len(queue) <= self._config.parked_requests_per_id_max, transactional_id
+            assert transactional_id not in self._parked, transactional_id
+            write = self._writes.get(self._write_of.get(transactional_id, -1))
+            meta = self._store.get(transactional_id)
+            assert meta is not None, transactional_id
+            if meta.state.is_prepare:
+                assert meta.last_bump is EpochBump.END, meta
+                assert write is None or write.kind is WriteKind.COMPLETE, write
+            else:
+                assert write is not None and write.kind is WriteKind.ADD, (transactional_id, write)
+            for add in queue:
+                assert (add.producer_id, add.producer_epoch) == (
+                    meta.producer_id,
+                    meta.producer_epoch,
+                ), (add, meta)
         for meta in self._store.metadata.values():
             _validate_metadata(meta)
         for write in self._writes.values():

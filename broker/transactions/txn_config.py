@@ -37,6 +37,14 @@ class TransactionConfig(ConfigBase):
     # Markers that failed to be written are requested again after this long (never dropped:
     # a transaction cannot complete without them).
     marker_retry_backoff_ms: int = 500
+    # AddPartitions/AddOffsets of the producer's next transaction that arrive while the previous
+    # one is still writing its markers wait (parked) for its Complete* record instead of being
+    # refused with CONCURRENT_TRANSACTIONS: a producer starts its next transaction at once, and a
+    # refusal costs it a client backoff. Parked requests hold memory until the markers land (a
+    # partition may be down for long), so they are bounded per transactional id and per
+    # coordinator partition; past either bound the request gets CONCURRENT_TRANSACTIONS again.
+    parked_requests_per_id_max: int = 4
+    parked_requests_max: int = 1_024
 
     ALIASES = {  # noqa: RUF012 - class-level constant, not a field
         "transaction.max.timeout.ms": "transaction_timeout_ms_max",
@@ -57,3 +65,5 @@ class TransactionConfig(ConfigBase):
         )
         check_range("pending_writes_max", self.pending_writes_max, 1)
         check_range("marker_retry_backoff_ms", self.marker_retry_backoff_ms, 1)
+        check_range("parked_requests_per_id_max", self.parked_requests_per_id_max, 0)
+        check_range("parked_requests_max", self.parked_requests_max, 0)

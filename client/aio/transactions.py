@@ -12,7 +12,9 @@ Rules:
   transaction coordinator, TxnOffsetCommit to the group's) are retried with backoff on a moved or
   loading coordinator (re-discovered with FindCoordinator), CONCURRENT_TRANSACTIONS (the previous
   transaction's markers are still being written), a retriable error or a lost connection, for
-  at most `max_block_ms` per call, as Kafka bounds its transactional calls.
+  at most `max_block_ms` per call, as Kafka bounds its transactional calls. CONCURRENT_TRANSACTIONS
+  is retried after a short constant backoff (`CONCURRENT_TRANSACTIONS_BACKOFF_S`), every other
+  error after `retry_backoff_ms`, doubled each attempt.
 - EndTxn answers the producer's next epoch (KIP-890) and the producer restarts every partition's
   sequence at 0. After TRANSACTION_ABORTED (or a lost producer id) `abort_transaction()` recovers
   with InitProducerId carrying the current id and epoch (KIP-360) instead of EndTxn.
@@ -50,6 +52,10 @@ log = logging.getLogger("client.transactions")
 TRANSACTION_TIMEOUT_MS_DEFAULT: Final = 60_000
 # Backoff of coordinator retries: doubled each attempt up to this.
 COORDINATOR_BACKOFF_MAX_S: Final = 1.0
+# Backoff after CONCURRENT_TRANSACTIONS, constant (Kafka's 20 ms for AddPartitionsToTxn): the
+# coordinator is finishing the previous transaction, which takes a few milliseconds (markers and
+# one record), so waiting retry_backoff_ms (100 ms) would cost most of a short transaction.
+CONCURRENT_TRANSACTIONS_BACKOFF_S: Final = 0.02
 
 _FENCED: Final = frozenset({ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH})
 # Abortable errors after which the producer needs a new epoch before its next transaction.
@@ -373,7 +379,9 @@ class TransactionManager:
                             "group rebalanced; abort the transaction and consume again"
                         )
                     raise translate_error(last, self.transactional_id)
-            if trio.current_time() + backoff >= deadline:
+            concurrent = error is ErrorCode.CONCURRENT_TRANSACTIONS
+            delay = min(CONCURRENT_TRANSACTIONS_BACKOFF_S, backoff) if concurrent else backoff
+            if trio.current_time() + delay >= deadline:
                 log.warning("%s for %r gave up: %s", what, self.transactional_id, last)
                 if isinstance(last, BrokerError):
                     raise last
@@ -381,8 +389,9 @@ class TransactionManager:
                     f"{what} for transactional id {self.transactional_id!r} did not succeed "
                     f"within max_block_ms={self.max_block_s * 1000:.0f}: {last}"
                 ) from last
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, COORDINATOR_BACKOFF_MAX_S)
+            await trio.sleep(delay)
+            if not concurrent:  # the previous transaction completing is no reason to slow down
+                backoff = min(backoff * 2, COORDINATOR_BACKOFF_MAX_S)
 
 
 def _first_error(response: Any) -> tuple[ErrorCode, str]:

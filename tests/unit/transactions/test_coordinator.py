@@ -7,6 +7,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from broker.consumer_groups.group import TopicPartition
 from broker.consumer_groups.offsets import EncodedRecord
 from broker.errors import ErrorCode
 from broker.transactions.coordinator import TransactionCoordinatorCore
@@ -42,6 +43,17 @@ State = TransactionState
 
 def started(h: TxnHarness, transactional_id: str = "t") -> tuple[int, int]:
     return h.pair(h.init(transactional_id))
+
+
+def completing(
+    h: TxnHarness, *partitions: TopicPartition, commit: bool = True
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A transaction of "t" ended and still writing its markers (the test delivers them): the
+    pair it ran with and the pair its EndTxn handed out for the next one."""
+    h.auto_markers = False
+    producer = started(h)
+    h.add(producer, *partitions)
+    return producer, h.pair(h.end(producer, commit))
 
 
 def state_of(h: TxnHarness, transactional_id: str = "t") -> TransactionMetadata:
@@ -104,17 +116,127 @@ def test_a_lost_end_txn_response_is_answered_again_and_the_opposite_is_refused()
 
 
 def test_requests_while_completing_are_concurrent_transactions() -> None:
+    """Only the next transaction's adds wait for the completion (below); the rest is refused."""
+    h = TxnHarness()
+    producer, nxt = completing(h)
+    assert h.error(h.end(nxt, True)) is ErrorCode.CONCURRENT_TRANSACTIONS
+    assert h.error(h.init()) is ErrorCode.CONCURRENT_TRANSACTIONS
+    assert ErrorCode.CONCURRENT_TRANSACTIONS.retriable
+    assert h.error(h.add(producer)) is ErrorCode.PRODUCER_FENCED, "the old pair is a zombie's"
+    h.markers_written()
+    assert h.error(h.add(nxt)) is ErrorCode.NONE
+
+
+def test_the_next_transactions_adds_wait_for_the_previous_ones_complete_record() -> None:
+    h = TxnHarness()
+    _, nxt = completing(h, tp("a", 0))
+    add = h.add(nxt, tp("b", 0))
+    offsets = h.add_offsets(nxt)
+    assert h.response(add) is None and h.response(offsets) is None
+    assert h.core.statistics().parked_request_count == 2
+    h.auto_persist = False
+    h.now_ms += 7
+    h.markers_written()
+    assert h.response(add) is None, "not before Complete* is persisted"
+    h.persist_next()
+    assert state_of(h).state is State.COMPLETE_COMMIT
+    assert len(h.pending) == 1, "the first parked add's write, the second waits for it"
+    assert h.response(add) is None and h.response(offsets) is None
+    h.persist_next()
+    assert h.error(add) is ErrorCode.NONE and h.response(offsets) is None
+    h.persist_next()
+    assert h.error(offsets) is ErrorCode.NONE
+    states = [decode_record(r).value.state for r in h.log[-3:]]  # type: ignore[union-attr]
+    assert states == [State.COMPLETE_COMMIT, State.ONGOING, State.ONGOING]
+    meta = state_of(h)
+    assert meta.partitions == (tp("__consumer_offsets", 3), tp("b", 0))
+    assert meta.start_timestamp_ms == h.now_ms, "the transaction starts when the add is handled"
+    assert (meta.producer_id, meta.producer_epoch) == nxt
+    stats = h.core.statistics()
+    assert stats.parked_request_count == 0 and stats.parked_add_count == 2
+    assert h.core.store == replay(h.log)
+
+
+def test_a_parked_add_gets_what_it_would_have_got_after_the_completion() -> None:
+    """Each parked add is handled in full once its turn comes: a bound it passes, a failed write
+    (which lets the next one go on) or a partition already added answer as they would then."""
+    h = TxnHarness(fast_config(partitions_per_transaction_max=1))
+    _, nxt = completing(h, commit=False)
+    failed = h.add(nxt, tp("a", 0))
+    added = h.add(nxt, tp("b", 0))
+    again = h.add(nxt, tp("b", 0))
+    too_many = h.add(nxt, tp("c", 0))
+    h.auto_persist = False
+    h.markers_written()
+    h.persist_next()  # CompleteAbort
+    h.fail_next(ErrorCode.NOT_COORDINATOR)
+    assert h.error(failed) is ErrorCode.NOT_COORDINATOR
+    h.persist_next()
+    assert h.error(added) is ErrorCode.NONE
+    assert h.error(again) is ErrorCode.NONE, "nothing new: answered without a write"
+    assert h.error(too_many) is ErrorCode.POLICY_VIOLATION, "and the next one goes on at once"
+    assert not h.pending
+    assert state_of(h).partitions == (tp("b", 0),)
+    assert h.core.statistics().parked_request_count == 0
+
+
+def test_parked_adds_wait_through_a_failed_complete_write() -> None:
+    h = TxnHarness()
+    _, nxt = completing(h)
+    h.auto_persist = False
+    add = h.add(nxt)
+    h.markers_written()
+    h.fail_next()
+    assert h.response(add) is None
+    h.tick(50)
+    h.persist_next()
+    assert h.response(add) is None
+    h.persist_next()
+    assert h.error(add) is ErrorCode.NONE
+
+
+def test_only_the_pair_the_end_txn_handed_out_is_parked() -> None:
+    """A timeout's Prepare* bumped to a pair nobody holds; a write in flight is not a completion:
+    both keep CONCURRENT_TRANSACTIONS."""
     h = TxnHarness()
     h.auto_markers = False
     producer = started(h)
     h.add(producer)
-    nxt = h.pair(h.end(producer, True))
-    assert h.error(h.add(nxt)) is ErrorCode.CONCURRENT_TRANSACTIONS
-    assert h.error(h.end(nxt, True)) is ErrorCode.CONCURRENT_TRANSACTIONS
-    assert h.error(h.init()) is ErrorCode.CONCURRENT_TRANSACTIONS
-    assert ErrorCode.CONCURRENT_TRANSACTIONS.retriable
+    h.tick(TIMEOUT_MS + 100)
+    meta = state_of(h)
+    assert meta.state is State.PREPARE_ABORT
+    unheld = (meta.producer_id, meta.producer_epoch)
+    assert h.error(h.add(unheld)) is ErrorCode.CONCURRENT_TRANSACTIONS
+    assert h.error(h.add(producer)) is ErrorCode.TRANSACTION_ABORTED
     h.markers_written()
-    assert h.error(h.add(nxt)) is ErrorCode.NONE
+    recovered = h.pair(h.init(producer_id=producer[0], producer_epoch=producer[1]))
+    h.add(recovered)
+    h.auto_persist = False
+    h.end(recovered, True)  # its Prepare* write in flight, not answered yet
+    assert h.error(h.add(recovered)) is ErrorCode.CONCURRENT_TRANSACTIONS
+    assert h.core.statistics().parked_add_count == 0
+
+
+def test_parked_adds_are_bounded_per_id_and_in_total() -> None:
+    h = TxnHarness(fast_config(parked_requests_per_id_max=2, parked_requests_max=3))
+    h.auto_markers = False
+    pairs = {}
+    for tid in ("t", "u"):
+        producer = started(h, tid)
+        h.add(producer, transactional_id=tid)
+        pairs[tid] = h.pair(h.end(producer, True, transactional_id=tid))
+    parked = [h.add(pairs["t"]), h.add_offsets(pairs["t"])]
+    assert h.error(h.add(pairs["t"])) is ErrorCode.CONCURRENT_TRANSACTIONS, "per id"
+    parked.append(h.add(pairs["u"], transactional_id="u"))
+    refused = h.add_offsets(pairs["u"], transactional_id="u")
+    assert h.error(refused) is ErrorCode.CONCURRENT_TRANSACTIONS, "in total"
+    assert h.core.statistics().parked_request_count == 3
+    while h.markers:
+        h.markers_written()
+    assert [h.error(rid) for rid in parked] == [ErrorCode.NONE] * 3
+    disabled = TxnHarness(fast_config(parked_requests_per_id_max=0))
+    _, nxt = completing(disabled)
+    assert disabled.error(disabled.add(nxt)) is ErrorCode.CONCURRENT_TRANSACTIONS
 
 
 def test_a_request_meeting_a_write_in_flight_waits_its_turn() -> None:
@@ -338,14 +460,19 @@ def test_failover_keeps_an_ongoing_transactions_start_so_it_still_times_out() ->
 def test_unload_answers_every_waiting_request_not_coordinator() -> None:
     h = TxnHarness()
     h.auto_markers = False
+    completing = started(h, "w")
+    h.add(completing, transactional_id="w")
+    nxt = h.pair(h.end(completing, True, transactional_id="w"))
     old = started(h)
     h.add(old)
     init = h.init()  # parked behind the fencing abort
     h.auto_persist = False
     h.add(started_pair := (old[0], old[1]), transactional_id="t")
     other = h.init("u")
+    parked = h.add_offsets(nxt, transactional_id="w")  # waits for w's CompleteCommit
     h.handle(UnloadPartition(now_ms=h.now_ms))
     assert h.error(init) is ErrorCode.NOT_COORDINATOR
+    assert h.error(parked) is ErrorCode.NOT_COORDINATOR
     assert h.error(other) is ErrorCode.NOT_COORDINATOR
     assert started_pair == old
     assert h.error(h.init("v")) is ErrorCode.NOT_COORDINATOR

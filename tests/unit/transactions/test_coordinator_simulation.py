@@ -11,7 +11,12 @@ deliveries, and time jumps past the transaction timeout. After every step:
 - partitions a client was told were added are in the transaction's Prepare* record;
 - an id's epoch never decreases (a new producer id only when the epoch ran out);
 - no two producer instances are ever handed the same (producer id, epoch);
-- every request is answered at most once.
+- every request is answered at most once;
+- an add that arrives while its id's transaction is completing (Prepare*) and is not refused at
+  once is parked: it is answered only after that transaction's Complete* is in the partition (or
+  NOT_COORDINATOR when the partition is unloaded), with the answer a second coordinator loaded
+  from the partition as it was then gives to the same request (a sequential execution), or the
+  error of its own failed write.
 A final liveness phase (no faults) must answer every request, complete every transaction and
 leave a marker with the right outcome on every partition of every decided transaction.
 A failure prints its seed; `TXN_SEED=N` runs that seed alone (`TXN_THOROUGH=1`: 2000 seeds).
@@ -38,6 +43,7 @@ from broker.transactions.txn_actions import (
 from broker.transactions.txn_events import UnloadPartition
 from broker.transactions.txn_records import (
     PRODUCER_EPOCH_MAX,
+    EpochBump,
     TransactionState,
     decode_record,
     replay,
@@ -88,6 +94,11 @@ class Simulation:
         self.latest: dict[str, Pair] = {}
         self.producer_ids: dict[int, str] = {}
         self.log_read = 0
+        # Parked adds: request id -> its id; and the answer a sequential execution gives them,
+        # known once the transaction they wait for has its Complete* in the partition.
+        self.parked: dict[int, str] = {}
+        self.sequential: dict[int, ErrorCode] = {}
+        self.unloading = False
 
     # --- clients ----------------------------------------------------------------------------------
 
@@ -99,8 +110,15 @@ class Simulation:
         rid = self.h.next_request_id
         self.requests[rid] = (instance, kind, pair, extra)
         instance.waiting = rid
+        before = self.h.core.store.get(instance.transactional_id)
         assert call() == rid
         self.absorb()
+        completing = before is not None and before.state.is_prepare
+        if kind == "add" and completing and rid not in self.answered:
+            # Parked: only the pair the EndTxn of the completing transaction handed out.
+            assert before is not None and before.last_bump is EpochBump.END, before
+            assert pair == (before.producer_id, before.producer_epoch), (pair, before)
+            self.parked[rid] = instance.transactional_id
 
     def new_instance(self) -> None:
         transactional_id = self.rng.choice(IDS)
@@ -171,6 +189,20 @@ class Simulation:
         instance.waiting = None
         tid = instance.transactional_id
         error = response.error
+        if response.request_id in self.parked:
+            expected = self.sequential.get(response.request_id)
+            if expected is None:
+                assert self.unloading and error is ErrorCode.NOT_COORDINATOR, (
+                    f"parked {response} answered before its transaction's Complete*"
+                )
+            else:
+                write_failed = error in (
+                    ErrorCode.COORDINATOR_NOT_AVAILABLE,
+                    ErrorCode.NOT_COORDINATOR,
+                )
+                assert error is expected or (expected is ErrorCode.NONE and write_failed), (
+                    f"parked {response}: a sequential execution answers {expected.name}"
+                )
         if isinstance(response, RespondInitProducerId | RespondEndTxn) and error is ErrorCode.NONE:
             handed = (response.producer_id, response.producer_epoch)
             owner = self.owners.setdefault((tid, handed), instance.number)
@@ -196,7 +228,35 @@ class Simulation:
 
     def persist(self) -> None:
         if self.h.pending:
+            persisted = len(self.h.log)
             self.h.persist_next()
+            for encoded in self.h.log[persisted:]:
+                record = decode_record(encoded)
+                if record.value is not None and record.value.state.is_complete:
+                    self.run_sequentially(record.transactional_id)
+
+    def run_sequentially(self, transactional_id: str) -> None:
+        """The answers the adds parked on `transactional_id` get from a second coordinator
+        loaded from the partition as it is now (just after the Complete*), sent one by one in
+        arrival order: what they would get had they arrived now."""
+        waiting = [
+            rid
+            for rid, tid in self.parked.items()
+            if tid == transactional_id and rid not in self.sequential and rid not in self.answered
+        ]
+        if not waiting:
+            return
+        oracle = TxnHarness(
+            self.config, records=tuple(self.h.log), now_ms=self.h.now_ms, epoch=self.epoch
+        )
+        for rid in waiting:
+            _, _, pair, extra = self.requests[rid]
+            assert pair is not None and isinstance(extra, tuple)
+            if extra == (OFFSETS,):
+                asked = oracle.add_offsets(pair, transactional_id=transactional_id)
+            else:
+                asked = oracle.add(pair, *extra, transactional_id=transactional_id)
+            self.sequential[rid] = oracle.error(asked)
 
     def fail_append(self) -> None:
         if self.h.pending:
@@ -240,8 +300,10 @@ class Simulation:
         for markers in old.markers:
             if self.rng.random() < 0.5:
                 self.land(markers, markers.partitions)
+        self.unloading = True
         old.handle(UnloadPartition(now_ms=old.now_ms))
         self.absorb()
+        self.unloading = False
         self.epoch += 1
         successor = TxnHarness(
             self.config,
@@ -381,8 +443,10 @@ def test_the_simulation_reaches_every_state_and_fault() -> None:
                 if record.value.producer_id != 7 and record.transactional_id == "t1":
                     seen.add("rotated")
         seen.update(response.error.name for response in simulation.h.responses.values())
+        if simulation.sequential:
+            seen.add("parked")
     for wanted in [s.value for s in TransactionState] + [
         "end", "timeout", "fence", "recover", "rotated", "PRODUCER_FENCED", "TRANSACTION_ABORTED",
-        "CONCURRENT_TRANSACTIONS", "INVALID_TXN_STATE", "NOT_COORDINATOR",
+        "CONCURRENT_TRANSACTIONS", "INVALID_TXN_STATE", "NOT_COORDINATOR", "parked",
     ]:  # fmt: skip
         assert wanted in seen, f"no seed reached {wanted}"
