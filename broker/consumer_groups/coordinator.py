@@ -57,7 +57,6 @@ from broker.consumer_groups.events import (
     OffsetCommitRequested,
     OffsetFetchRequested,
     RecordsPersisted,
-    Request,
     SyncGroupRequested,
     Tick,
     TxnMarkerRequested,
@@ -81,6 +80,7 @@ from broker.consumer_groups.state import (
     CoreStatus,
     PendingWrite,
     WriteKind,
+    route_event,
 )
 from broker.errors import ErrorCode
 
@@ -133,14 +133,7 @@ class GroupCoordinatorCore:
         """Apply one event; return the actions to carry out, in order."""
         state = self._state
         assert not state.out
-        if isinstance(event, Request) and state.status is not CoreStatus.ACTIVE:
-            loading = state.status is CoreStatus.LOADING
-            error = ErrorCode.COORDINATOR_LOAD_IN_PROGRESS if loading else ErrorCode.NOT_COORDINATOR
-            state.respond(event.reject(error))
-        elif state.status is CoreStatus.UNLOADED:
-            pass  # late write reports and ticks for a partition we no longer lead
-        else:
-            self._dispatch(event)
+        route_event(state.status, event, state.respond, self._dispatch)
         actions, state.out = state.out, []
         if self._validate:
             self.validate()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
+from typing import Any
 
 from broker.consumer_groups.actions import (
     Action,
@@ -25,6 +27,7 @@ from broker.consumer_groups.actions import (
     Response,
 )
 from broker.consumer_groups.config import GroupConfig
+from broker.consumer_groups.events import Event, Request
 from broker.consumer_groups.group import Group, GroupState, Member
 from broker.consumer_groups.offsets import (
     GroupMetadataRecord,
@@ -71,9 +74,31 @@ class PendingWrite:
 
 
 class CoreStatus(enum.Enum):
+    """Where a coordinator core (the group's, the transaction coordinator's) is in its life."""
+
     LOADING = "loading"  # waiting for LoadPartition: requests get COORDINATOR_LOAD_IN_PROGRESS
     ACTIVE = "active"
     UNLOADED = "unloaded"  # leadership lost: requests get NOT_COORDINATOR
+
+
+def route_event(
+    status: CoreStatus,
+    event: Event,
+    respond: Callable[[Any], None],
+    dispatch: Callable[[Event], None],
+) -> None:
+    """The lifecycle gate both coordinator cores open `handle` with: a request to a core that is
+    not active is refused (loading: retry soon; unloaded: find the coordinator again); late write
+    reports and ticks for a partition no longer led are dropped; the rest is `dispatch`ed."""
+    if isinstance(event, Request) and status is not CoreStatus.ACTIVE:
+        loading = status is CoreStatus.LOADING
+        respond(
+            event.reject(
+                ErrorCode.COORDINATOR_LOAD_IN_PROGRESS if loading else ErrorCode.NOT_COORDINATOR
+            )
+        )
+    elif status is not CoreStatus.UNLOADED:
+        dispatch(event)
 
 
 @dataclasses.dataclass(slots=True)

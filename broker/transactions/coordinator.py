@@ -49,6 +49,7 @@ import enum
 import functools
 
 from broker.consumer_groups.group import TopicPartition
+from broker.consumer_groups.state import CoreStatus, route_event
 from broker.errors import ErrorCode
 from broker.internal_topics import OFFSETS_TOPIC
 from broker.transactions.txn_actions import (
@@ -98,12 +99,6 @@ from broker.transactions.txn_records import (
 
 State = TransactionState
 AddRequest = AddPartitionsRequested | AddOffsetsRequested
-
-
-class CoreStatus(enum.Enum):
-    LOADING = "loading"  # waiting for LoadPartition: requests get COORDINATOR_LOAD_IN_PROGRESS
-    ACTIVE = "active"
-    UNLOADED = "unloaded"  # leadership lost: requests get NOT_COORDINATOR
 
 
 class WriteKind(enum.Enum):
@@ -205,14 +200,7 @@ class TransactionCoordinatorCore:
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return the actions to carry out, in order."""
         assert not self._out
-        if isinstance(event, Request) and self._status is not CoreStatus.ACTIVE:
-            loading = self._status is CoreStatus.LOADING
-            error = ErrorCode.COORDINATOR_LOAD_IN_PROGRESS if loading else ErrorCode.NOT_COORDINATOR
-            self._respond(event.reject(error))
-        elif self._status is CoreStatus.UNLOADED:
-            pass  # late write or marker reports and ticks for a partition we no longer lead
-        else:
-            self._dispatch(event)
+        route_event(self._status, event, self._respond, self._dispatch)
         actions, self._out = self._out, []
         if self._validate:
             self.validate()

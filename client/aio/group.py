@@ -446,8 +446,10 @@ class GroupMember:
             self.max_poll_interval_ms,
         )
         self._left_for_poll_timeout = True
+        # Give the partitions up before the group hears of it: once LeaveGroup is answered they
+        # may be another member's, and no two members may own one at once.
+        await self._lose()  # keeps member_id, which `_leave` names
         await self._leave()
-        await self._lose()
         if self.group_instance_id is None:
             self.member_id = ""
 
