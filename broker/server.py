@@ -40,7 +40,6 @@ from broker.cluster.node import ClusterNode, node_config_of
 from broker.cluster.serving import ClusterTopics, run_internal_service, track_replicas
 from broker.config import BrokerConfig, parse_host_port
 from broker.consumer_groups.service import (
-    OFFSETS_TOPIC,
     OFFSETS_TOPIC_CONFIGS,
     GroupService,
     ensure_offsets_topic,
@@ -50,6 +49,7 @@ from broker.errors import BrokerError, ErrorCode
 from broker.handlers import HANDLERS, BrokerContext, Deferred, PartitionState
 from broker.handlers.cluster import cluster_status, partition_metadata
 from broker.handlers.transactions import MARKER_TIMEOUT_S
+from broker.internal_topics import OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC
 from broker.kvstore import KeySpace, KvStore
 from broker.log.flusher import LogFlusher
 from broker.log.manager import LogManager
@@ -69,7 +69,6 @@ from broker.topics import TopicManager
 from broker.transactions.markers import MarkerDelivery
 from broker.transactions.producer_ids import ProducerIdAllocator
 from broker.transactions.service import (
-    TRANSACTION_STATE_TOPIC,
     TRANSACTION_STATE_TOPIC_CONFIGS,
     TransactionService,
     ensure_transaction_state_topic,

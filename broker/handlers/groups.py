@@ -39,12 +39,12 @@ from broker.consumer_groups.events import (
     TxnOffsetCommitRequested,
 )
 from broker.consumer_groups.group import GroupState, JoinProtocol, TopicPartition
-from broker.consumer_groups.service import OFFSETS_TOPIC, GroupService
+from broker.consumer_groups.service import GroupService
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers import cluster
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred, answer_when_ready
-from broker.transactions.service import TRANSACTION_STATE_TOPIC
+from broker.internal_topics import OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC
 
 # How long a commit or deletion may wait for its write to be durable.
 COMMIT_WAIT_S: Final = 30.0

@@ -25,8 +25,6 @@ from broker.transactions.txn_records import TransactionState
 
 # How long a WriteTxnMarkers waits for its markers' acknowledgements.
 MARKER_TIMEOUT_S: Final = 30.0
-
-
 # How long a coordinator request may wait for its write (and, for EndTxn, nothing more: the
 # markers are written after the answer, as in Kafka).
 COORDINATOR_TIMEOUT_S: Final = 30.0
@@ -50,18 +48,7 @@ def handle_init_producer_id(
         request.producer_epoch,
     )
 
-    def convert(response: Any) -> codec.InitProducerIdResponse:
-        return codec.InitProducerIdResponse(
-            error=response.error,
-            error_message=_message(response.error),
-            producer_id=response.producer_id,
-            producer_epoch=response.producer_epoch,
-        )
-
-    timeout = codec.InitProducerIdResponse(
-        error=ErrorCode.REQUEST_TIMED_OUT, error_message=_TIMED_OUT
-    )
-    return _answer(service, waiting, convert, timeout)
+    return _answer(service, waiting, codec.InitProducerIdResponse, _with_pair)
 
 
 def handle_add_partitions_to_txn(
@@ -78,22 +65,17 @@ def handle_add_partitions_to_txn(
         request.transactional_id, request.producer_id, request.producer_epoch, partitions
     )
 
-    def convert(response: Any) -> codec.AddPartitionsToTxnResponse:
-        return codec.AddPartitionsToTxnResponse(
-            error=response.error,
-            error_message=_message(response.error),
-            partitions=tuple(
+    def per_partition(response: Any) -> dict[str, Any]:
+        return {
+            "partitions": tuple(
                 codec.TxnPartitionResult(
                     topic=tp.topic, partition=tp.partition, error=response.error
                 )
                 for tp in partitions
-            ),
-        )
+            )
+        }
 
-    timeout = codec.AddPartitionsToTxnResponse(
-        error=ErrorCode.REQUEST_TIMED_OUT, error_message=_TIMED_OUT
-    )
-    return _answer(service, waiting, convert, timeout)
+    return _answer(service, waiting, codec.AddPartitionsToTxnResponse, per_partition)
 
 
 def handle_add_offsets_to_txn(ctx: BrokerContext, request: codec.AddOffsetsToTxnRequest) -> Any:
@@ -111,15 +93,7 @@ def handle_add_offsets_to_txn(ctx: BrokerContext, request: codec.AddOffsetsToTxn
         ctx.groups.partition_of(request.group_id),
     )
 
-    def convert(response: Any) -> codec.AddOffsetsToTxnResponse:
-        return codec.AddOffsetsToTxnResponse(
-            error=response.error, error_message=_message(response.error)
-        )
-
-    timeout = codec.AddOffsetsToTxnResponse(
-        error=ErrorCode.REQUEST_TIMED_OUT, error_message=_TIMED_OUT
-    )
-    return _answer(service, waiting, convert, timeout)
+    return _answer(service, waiting, codec.AddOffsetsToTxnResponse, lambda response: {})
 
 
 def handle_end_txn(ctx: BrokerContext, request: codec.EndTxnRequest) -> Any:
@@ -129,16 +103,7 @@ def handle_end_txn(ctx: BrokerContext, request: codec.EndTxnRequest) -> Any:
         request.transactional_id, request.producer_id, request.producer_epoch, request.committed
     )
 
-    def convert(response: Any) -> codec.EndTxnResponse:
-        return codec.EndTxnResponse(
-            error=response.error,
-            error_message=_message(response.error),
-            producer_id=response.producer_id,
-            producer_epoch=response.producer_epoch,
-        )
-
-    timeout = codec.EndTxnResponse(error=ErrorCode.REQUEST_TIMED_OUT, error_message=_TIMED_OUT)
-    return _answer(service, waiting, convert, timeout)
+    return _answer(service, waiting, codec.EndTxnResponse, _with_pair)
 
 
 def handle_list_transactions(
@@ -230,8 +195,27 @@ def _check_id(transactional_id: str) -> None:
         raise BrokerError(ErrorCode.INVALID_REQUEST, "transactional_id must not be empty")
 
 
-def _answer(service: Any, waiting: Any, convert: Callable[[Any], Any], timeout: Any) -> Any:
+def _answer(
+    service: Any,
+    waiting: Any,
+    response_type: type[Any],
+    fields: Callable[[Any], dict[str, Any]],
+) -> Any:
+    """The coordinator's answer as `response_type`: its error with a message a person can act
+    on, plus `fields(answer)`; REQUEST_TIMED_OUT if none comes within COORDINATOR_TIMEOUT_S."""
+
+    def convert(response: Any) -> Any:
+        return response_type(
+            error=response.error, error_message=_message(response.error), **fields(response)
+        )
+
+    timeout = response_type(error=ErrorCode.REQUEST_TIMED_OUT, error_message=_TIMED_OUT)
     return answer_when_ready(service, waiting, convert, COORDINATOR_TIMEOUT_S, timeout)
+
+
+def _with_pair(response: Any) -> dict[str, Any]:
+    """The producer id and epoch an InitProducerId or EndTxn answer hands out."""
+    return {"producer_id": response.producer_id, "producer_epoch": response.producer_epoch}
 
 
 def _transactions(ctx: BrokerContext) -> Any:

@@ -73,10 +73,10 @@ from broker.log.segment import (
 )
 from broker.log.verify import checked_batches, epoch_lookup, read_epoch_file
 from broker.transactions.producer_state import (
-    TXN_CONTROL_ATTRIBUTES,
     Marker,
     ProducerSnapshotError,
     ProducerStateManager,
+    is_marker,
     marker_of,
 )
 
@@ -376,11 +376,7 @@ class PartitionLog:
         max_timestamp = header.max_timestamp
         # A transaction marker's one record is decoded (refused before anything is written if
         # it is not a valid marker); no other batch's records are.
-        marker = (
-            marker_of(batch, 0, header)
-            if header.attributes & TXN_CONTROL_ATTRIBUTES == TXN_CONTROL_ATTRIBUTES
-            else None
-        )
+        marker = marker_of(batch, 0, header) if is_marker(header) else None
         if active.must_roll_before(size, base_offset + delta, max_timestamp):
             self._roll()
             active = self.segments[-1]
@@ -472,7 +468,7 @@ class PartitionLog:
         producers = self.producers
         for header in headers:
             marker = None
-            if header.attributes & TXN_CONTROL_ATTRIBUTES == TXN_CONTROL_ATTRIBUTES:
+            if is_marker(header):
                 marker = self._stored_marker(data, position, header)
             producers.on_write(header, header.base_offset, marker)
             position += header.size_bytes
@@ -841,7 +837,7 @@ class PartitionLog:
                 first_position = found[0]
             for position, header in segment.walk_headers(first_position, segment.size_bytes):
                 marker = None
-                if header.attributes & TXN_CONTROL_ATTRIBUTES == TXN_CONTROL_ATTRIBUTES:
+                if is_marker(header):
                     data = segment.read_window(position, header.size_bytes)
                     marker = self._stored_marker(data, 0, header)
                 state.on_write(header, header.base_offset, marker)

@@ -82,6 +82,7 @@ from broker.transactions.txn_events import (
     Request,
     Tick,
     UnloadPartition,
+    needs_new_producer_id,
 )
 from broker.transactions.txn_records import (
     NO_PRODUCER_EPOCH,
@@ -93,8 +94,8 @@ from broker.transactions.txn_records import (
     TransactionRecord,
     TransactionState,
     TransactionStore,
-    decode_record,
     encode_record,
+    replay,
 )
 
 State = TransactionState
@@ -152,7 +153,7 @@ def bumped(producer_id: int, producer_epoch: int, new_producer_id: int) -> tuple
     """The pair after one epoch bump: epoch + 1, or a fresh producer id with epoch 0 once the
     epoch would reach its maximum. Without a fresh id (a timeout has none) the epoch may reach
     32767; nobody is ever handed that pair, and the producer's recovery rotates it."""
-    if producer_epoch + 1 < PRODUCER_EPOCH_MAX:
+    if not needs_new_producer_id(producer_epoch):
         return producer_id, producer_epoch + 1
     if new_producer_id >= 0:
         return new_producer_id, 0
@@ -304,11 +305,9 @@ class TransactionCoordinatorCore:
     @_dispatch.register
     def _on_load(self, event: LoadPartition) -> None:
         assert self._status is CoreStatus.LOADING, "one core per leadership: load it once"
-        # Decode everything before applying anything: a corrupt partition raises
-        # CorruptTxnRecordError and leaves this core untouched (still loading).
-        records = [decode_record(encoded) for encoded in event.records]
-        for record in records:
-            self._store.apply(record)
+        # A corrupt partition raises CorruptTxnRecordError before the store is replaced, and
+        # leaves this core untouched (still loading).
+        self._store = replay(event.records)
         self._coordinator_epoch = event.coordinator_epoch
         self._status = CoreStatus.ACTIVE
         self._next_timeout_check_ms = event.now_ms + self._config.timeout_check_interval_ms
@@ -756,7 +755,7 @@ class TransactionCoordinatorCore:
             return self._respond(event.reject(ErrorCode.INVALID_TXN_STATE))
         if self._throttled():
             return self._respond(event.reject(ErrorCode.THROTTLED))
-        assert event.new_producer_id >= 0 or not _exhausts(meta.producer_epoch), (
+        assert event.new_producer_id >= 0 or not needs_new_producer_id(meta.producer_epoch), (
             "the shell passes a new producer id when the epoch runs out (needs_new_producer_id)"
         )
         return self._write_prepare(
@@ -881,10 +880,6 @@ def _validate_metadata(meta: TransactionMetadata) -> None:
         assert meta.partitions, meta
     else:
         assert not meta.partitions, meta
-
-
-def _exhausts(producer_epoch: int) -> bool:
-    return producer_epoch + 1 >= PRODUCER_EPOCH_MAX
 
 
 def _pair_response(

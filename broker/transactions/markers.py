@@ -25,7 +25,6 @@ Rules:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -34,8 +33,9 @@ import trio
 from broker import codec
 from broker.appended import Appended
 from broker.consumer_groups.group import TopicPartition
-from broker.consumer_groups.service import OFFSETS_TOPIC
+from broker.coordinator_shell import wall_clock_ms
 from broker.errors import BrokerError, ErrorCode
+from broker.internal_topics import OFFSETS_TOPIC
 from broker.log.batch import unpack_header
 from broker.transactions.producer_state import Marker, build_marker_batch
 from broker.transactions.txn_actions import WriteMarkers
@@ -52,7 +52,7 @@ def append_markers(
     """Append `marker` to each of its partitions now (rule 1); per partition, what to await.
     `__consumer_offsets` partitions are written by the group service (rule 4)."""
     out: list[tuple[codec.TopicPartitionRef, Appended | BrokerError]] = []
-    now_ms = int(time.time() * 1000)
+    now_ms = wall_clock_ms()
     for ref in marker.partitions:
         try:
             state = ctx.partition(ref.topic, ref.partition)

@@ -156,8 +156,9 @@ class AdminClient(AsyncClientBase):
     ) -> list[codec.TransactionDescription]:
         """State, producer id and epoch, timeout, start time and partitions of each id, asked
         of its transaction coordinator. Raises an id's error (TRANSACTIONAL_ID_NOT_FOUND...)."""
+        wanted = list(dict.fromkeys(transactional_ids))  # any iterable, read once
         by_node: dict[int, list[str]] = {}
-        for transactional_id in dict.fromkeys(transactional_ids):
+        for transactional_id in wanted:
             node = await self._cluster.find_coordinator(
                 transactional_id, codec.COORDINATOR_KEY_TRANSACTION
             )
@@ -176,7 +177,7 @@ class AdminClient(AsyncClientBase):
                     f"{description.error.name}",
                 )
                 found[description.transactional_id] = description
-        return [found[i] for i in dict.fromkeys(transactional_ids) if i in found]
+        return [found[i] for i in wanted if i in found]
 
     async def _ask_every_broker(self, request: Any) -> list[Any]:
         """`request` answered by every broker (a list request whose answers each broker keeps

@@ -52,6 +52,7 @@ from broker import codec
 from broker.config import ConfigError
 from broker.errors import BrokerError, ErrorCode
 from broker.log.batch import MAX_BATCH_BYTES_DEFAULT, Compression, build_batch
+from broker.transactions.producer_state import increment_sequence
 from client._gc import gc_paused
 from client.accumulator import (
     RECORD_OVERHEAD_BYTES,
@@ -67,7 +68,12 @@ from client.aio.cluster import (
     METADATA_STALE_CODES,
     REQUEST_TIMEOUT_MS_DEFAULT,
 )
-from client.aio.transactions import TRANSACTION_TIMEOUT_MS_DEFAULT, TransactionManager, TxnState
+from client.aio.transactions import (
+    FENCED_CODES,
+    TRANSACTION_TIMEOUT_MS_DEFAULT,
+    TransactionManager,
+    TxnState,
+)
 from client.errors import (
     BrokerUnavailableError,
     BufferFullError,
@@ -102,7 +108,6 @@ MAX_IN_FLIGHT_PER_PARTITION_DEFAULT = 1
 MAX_IN_FLIGHT_IDEMPOTENT_DEFAULT = 5
 MAX_IN_FLIGHT_IDEMPOTENT_LIMIT = 5
 # Sequence numbers are i32 and wrap to 0 after 2**31 - 1 (Kafka's DefaultRecordBatch).
-SEQUENCE_MODULUS = 2**31
 # Errors after which the broker certainly did not write the batch: a retry under a new producer
 # id cannot duplicate it. After any other failure (a timeout, a lost connection) its fate is
 # unknown.
@@ -129,7 +134,6 @@ _UNWRITTEN = frozenset(
     }
 )
 _SEQUENCE_LOST = frozenset({ErrorCode.OUT_OF_ORDER_SEQUENCE, ErrorCode.UNKNOWN_PRODUCER_ID})
-_FENCED = frozenset({ErrorCode.INVALID_PRODUCER_EPOCH, ErrorCode.PRODUCER_FENCED})
 # InitProducerId answered by a broker that has no such API (older than idempotence).
 _UNSUPPORTED = frozenset({ErrorCode.UNSUPPORTED_VERSION, ErrorCode.INVALID_REQUEST})
 # Largest single record (key + value + overhead); the broker refuses batches above its
@@ -643,7 +647,7 @@ class Producer(AsyncClientBase):
             batch.producer_id, batch.producer_epoch, batch.base_sequence = pid, epoch, sequence
             batch.payload = None
             batch.ambiguous = False
-            self._next_sequence[key] = (sequence + len(batch.records)) % SEQUENCE_MODULUS
+            self._next_sequence[key] = increment_sequence(sequence, len(batch.records))
             self._unacked.setdefault(key, []).append(batch)
 
     def _hold_new_partitions(self, batches: list[ProducerBatch]) -> list[ProducerBatch]:
@@ -814,7 +818,7 @@ class Producer(AsyncClientBase):
         transport = isinstance(error, ClientError) and not isinstance(error, ClientClosedError)
         retriable = transport or getattr(error, "retriable", False)
         if batch.producer_id >= 0:  # numbered: idempotent
-            if code in _FENCED:
+            if code in FENCED_CODES:
                 self._fenced(batch, error)
                 return
             if code in _SEQUENCE_LOST:

@@ -33,6 +33,7 @@ import trio
 
 from broker import codec
 from broker.errors import BrokerError, ErrorCode
+from client.aio.cluster import RETRY_BACKOFF_MAX_S
 from client.aio.group import COORDINATOR_ERRORS, MEMBERSHIP_ERRORS, CommitFailedError
 from client.errors import (
     ClientClosedError,
@@ -51,13 +52,13 @@ log = logging.getLogger("client.transactions")
 
 TRANSACTION_TIMEOUT_MS_DEFAULT: Final = 60_000
 # Backoff of coordinator retries: doubled each attempt up to this.
-COORDINATOR_BACKOFF_MAX_S: Final = 1.0
 # Backoff after CONCURRENT_TRANSACTIONS, constant (Kafka's 20 ms for AddPartitionsToTxn): the
 # coordinator is finishing the previous transaction, which takes a few milliseconds (markers and
 # one record), so waiting retry_backoff_ms (100 ms) would cost most of a short transaction.
 CONCURRENT_TRANSACTIONS_BACKOFF_S: Final = 0.02
 
-_FENCED: Final = frozenset({ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH})
+# Errors that mean another instance took over this producer's id or epoch: fatal.
+FENCED_CODES: Final = frozenset({ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH})
 # Abortable errors after which the producer needs a new epoch before its next transaction.
 _NEEDS_EPOCH_BUMP: Final = frozenset(
     {
@@ -391,7 +392,7 @@ class TransactionManager:
                 ) from last
             await trio.sleep(delay)
             if not concurrent:  # the previous transaction completing is no reason to slow down
-                backoff = min(backoff * 2, COORDINATOR_BACKOFF_MAX_S)
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
 
 
 def _first_error(response: Any) -> tuple[ErrorCode, str]:
@@ -409,7 +410,7 @@ def _first_error(response: Any) -> tuple[ErrorCode, str]:
 
 def translate_error(error: BrokerError, transactional_id: str) -> BrokerError:
     """The broker's code as Kafka's exception."""
-    if error.code in _FENCED:
+    if error.code in FENCED_CODES:
         return ProducerFencedError(
             f"transactional id {transactional_id!r}: {error.message}; another producer with this "
             "transactional id has started (or the broker bumped the epoch): close this producer",
