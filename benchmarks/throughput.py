@@ -40,6 +40,10 @@ latency phase stamps each record with its scheduled send time, so a commit that 
 up counts in the latency of the records scheduled meanwhile. Works on one broker, on `--brokers N`
 (topics of `--replication-factor`) and with `--bootstrap`. Results go to
 benchmarks/results/throughput-cost.json (throughput-cost-cluster.json with --brokers > 1).
+
+Queue throughput (`--share-group --consumers N`, issue 12): N share consumers on one partition
+beside a consumer group; see benchmarks/share_queue.py. Results go to
+benchmarks/results/throughput-share.json.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ RESULTS_PATH = Path(__file__).parent / "results" / "throughput.json"
 CLUSTER_RESULTS_PATH = Path(__file__).parent / "results" / "throughput-cluster.json"
 COST_RESULTS_PATH = Path(__file__).parent / "results" / "throughput-cost.json"
 COST_CLUSTER_RESULTS_PATH = Path(__file__).parent / "results" / "throughput-cost-cluster.json"
+SHARE_RESULTS_PATH = Path(__file__).parent / "results" / "throughput-share.json"
 # Issue 11's targets: what each variant may cost of the plain producer's records/s.
 COST_TARGETS = {"idempotent": 0.10, "transactional": 0.25}
 # A producer process reports its progress (and a plain producer checks nothing else) this often.
@@ -149,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runs",
         type=int,
         default=1,
-        help="cluster and cost modes: runs of each case (interleaved)",
+        help="cluster, cost and share-group modes: runs of each case (interleaved)",
     )
     parser.add_argument(
         "--idempotent",
@@ -170,6 +175,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cluster mode: also measure a single-node broker, after the cluster stopped",
     )
     parser.add_argument(
+        "--share-group",
+        action="store_true",
+        help="queue mode (benchmarks/share_queue.py): records/s accepted by --consumers share "
+        "consumers on one partition, beside a consumer group on the same records",
+    )
+    parser.add_argument(
+        "--consumers", type=int, default=4, help="share-group mode: share consumer processes"
+    )
+    parser.add_argument(
+        "--max-poll-records",
+        type=int,
+        default=1000,
+        help="share-group mode: max_poll_records of every consumer (1 .. 10000)",
+    )
+    parser.add_argument(
+        "--share-fetch-max-bytes",
+        type=int,
+        default=None,
+        help="share-group mode: the share consumers' fetch_max_bytes (default: the SDK's)",
+    )
+    parser.add_argument(
         "--output", type=Path, default=None, help=f"default {RESULTS_PATH.name}, or "
         f"{CLUSTER_RESULTS_PATH.name} with --brokers > 1",
     )  # fmt: skip
@@ -181,6 +207,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.transactions < 0:
         parser.error("--transactions N needs N >= 1 records per transaction")
     args.cost = args.idempotent or args.transactions > 0
+    if args.share_group:
+        if args.cost or args.single_node_baseline:
+            parser.error("--share-group does not combine with the cost or baseline flags")
+        if args.partitions != 1 or args.consumers < 1:
+            parser.error("--share-group measures one partition and --consumers >= 1")
+        if not 1 <= args.max_poll_records <= 10_000:
+            parser.error("--max-poll-records must be between 1 and 10000")
+        args.output = args.output or SHARE_RESULTS_PATH
     if args.cost:
         if args.acks not in (None, "all"):
             parser.error("--idempotent and --transactions compare producers at --acks all")
@@ -1045,7 +1079,11 @@ def print_cost_table(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.cost:
+    if args.share_group:
+        from benchmarks import share_queue  # imports this module: only in its mode
+
+        results = share_queue.run_share_group(args)
+    elif args.cost:
         results = run_cost(args)
     elif args.brokers > 1:
         results = run_cluster(args)
@@ -1054,7 +1092,9 @@ def main(argv: list[str] | None = None) -> None:
             results = run(args, bootstrap, pids[0] if pids else None)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
-    if args.cost:
+    if args.share_group:
+        share_queue.print_share_table(results)
+    elif args.cost:
         print_cost_table(results)
     elif args.brokers > 1:
         print_cluster_table(results)

@@ -82,6 +82,11 @@ class ApiKey(enum.Enum):
     WRITE_TXN_MARKERS = "write_txn_markers"
     LIST_TRANSACTIONS = "list_transactions"
     DESCRIBE_TRANSACTIONS = "describe_transactions"
+    # Share groups: queues (schemas at the end of this module; docs/queues.md).
+    SHARE_FETCH = "share_fetch"
+    SHARE_ACKNOWLEDGE = "share_acknowledge"
+    ALTER_GROUP_CONFIGS = "alter_group_configs"
+    DESCRIBE_SHARE_GROUPS = "describe_share_groups"
 
 
 # Supported (min, max) version of each API. Bump max when adding a version; never drop min silently.
@@ -806,6 +811,7 @@ def _default_of(field: dataclasses.Field[Any]) -> Any:
 # FindCoordinator key types (Kafka's): a consumer group, a transactional id.
 COORDINATOR_KEY_GROUP: Final = 0
 COORDINATOR_KEY_TRANSACTION: Final = 1
+COORDINATOR_KEY_SHARE: Final = 2  # a share group: the leader of its __share_group_state partition
 
 
 @_message
@@ -1508,3 +1514,209 @@ TXN_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
 }
 REQUEST_TYPES.update(TXN_REQUEST_TYPES)
 RESPONSE_TYPES.update(TXN_RESPONSE_TYPES)
+
+
+# --- share groups ---------------------------------------------------------------------------------
+# A share group reads topics as a queue (docs/queues.md): every request goes to the group's share
+# coordinator (FindCoordinator with COORDINATOR_KEY_SHARE). ShareFetch hands out records: raw
+# batches plus the ranges of offsets this member acquired in them, each with its delivery count
+# (the client keeps only the records inside those ranges). Acknowledgements name offset ranges,
+# never single records on the wire, and ride on the next ShareFetch or on a ShareAcknowledge.
+
+# Acknowledgement types (KIP-932's values; RENEW extends the lock).
+ACK_GAP: Final = 0  # offsets with no record the client could see (archived)
+ACK_ACCEPT: Final = 1
+ACK_RELEASE: Final = 2
+ACK_REJECT: Final = 3
+ACK_RENEW: Final = 4
+
+
+@_message
+class ShareAcknowledgementBatch:
+    """`ack_type` for every offset in [first_offset, last_offset]; `delay_ms` (RELEASE only):
+    the records become available again only after this long (retry with backoff)."""
+
+    first_offset: int
+    last_offset: int
+    ack_type: int
+    delay_ms: int = 0
+
+
+@_message
+class ShareAcknowledgePartition:
+    topic: str
+    partition: int
+    batches: tuple[ShareAcknowledgementBatch, ...]
+
+
+@_message
+class ShareFetchRequest:
+    """Acknowledge (first), then acquire up to `max_records` records of `topics`' partitions for
+    `member_id` (a client-chosen unique id; a new one joins the group). Waits up to
+    `max_wait_ms` for records when none is available."""
+
+    API: ClassVar[ApiKey] = ApiKey.SHARE_FETCH
+    group_id: str
+    member_id: str
+    topics: tuple[str, ...]
+    acknowledgements: tuple[ShareAcknowledgePartition, ...] = ()
+    max_records: int = 500
+    max_bytes: int = 50 * 1024 * 1024
+    max_wait_ms: int = 500
+    client_id: str = ""
+
+
+@_message
+class AcquiredRange:
+    first_offset: int
+    last_offset: int
+    delivery_count: int
+
+
+@_message
+class ShareFetchPartitionResult:
+    """`records`: whole batches covering `acquired`; `acknowledge_error`: the outcome of this
+    partition's acknowledgements in the request (NONE when there were none)."""
+
+    topic: str
+    partition: int
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    records: bytes = b""
+    acquired: tuple[AcquiredRange, ...] = ()
+    acknowledge_error: ErrorCode = ErrorCode.NONE
+    acknowledge_error_message: str = ""
+
+
+@_message
+class ShareFetchResponse:
+    """`lock_duration_ms`: how long the member holds what it acquired (RENEW extends it)."""
+
+    API: ClassVar[ApiKey] = ApiKey.SHARE_FETCH
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    lock_duration_ms: int = -1
+    partitions: tuple[ShareFetchPartitionResult, ...] = ()
+
+
+@_message
+class ShareAcknowledgeRequest:
+    """Acknowledge without fetching (`commit()`); `leave`: the member closes, and every record it
+    still holds is released at once (after these acknowledgements)."""
+
+    API: ClassVar[ApiKey] = ApiKey.SHARE_ACKNOWLEDGE
+    group_id: str
+    member_id: str
+    acknowledgements: tuple[ShareAcknowledgePartition, ...] = ()
+    leave: bool = False
+    client_id: str = ""
+
+
+@_message
+class ShareAcknowledgePartitionResult:
+    topic: str
+    partition: int
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class ShareAcknowledgeResponse:
+    API: ClassVar[ApiKey] = ApiKey.SHARE_ACKNOWLEDGE
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    partitions: tuple[ShareAcknowledgePartitionResult, ...] = ()
+
+
+@_message
+class AlterGroupConfigsRequest:
+    """Set a share group's configs (`share.record.lock.duration.ms`, ...); `reset` names configs
+    to return to the broker default. Validated as a whole: one bad value changes nothing."""
+
+    API: ClassVar[ApiKey] = ApiKey.ALTER_GROUP_CONFIGS
+    group_id: str
+    configs: dict[str, ConfigValue] = dataclasses.field(default_factory=dict)
+    reset: tuple[str, ...] = ()
+
+
+@_message
+class AlterGroupConfigsResponse:
+    """`configs`: the group's effective configs after the change (defaults included)."""
+
+    API: ClassVar[ApiKey] = ApiKey.ALTER_GROUP_CONFIGS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    configs: dict[str, ConfigValue] = dataclasses.field(default_factory=dict)
+
+
+@_message
+class DescribeShareGroupsRequest:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_SHARE_GROUPS
+    group_ids: tuple[str, ...]
+
+
+@_message
+class ShareMemberDescription:
+    member_id: str
+    client_id: str
+    client_host: str
+    topics: tuple[str, ...]
+    acquired_records: int
+
+
+@_message
+class SharePartitionDescription:
+    """One share partition: the window [start_offset, end_offset) of in-flight records and its
+    counts; `backlog`: records past end_offset not handed out yet (high watermark - end);
+    `oldest_available_ms`: the append time of the oldest record waiting (-1: none)."""
+
+    topic: str
+    partition: int
+    start_offset: int
+    end_offset: int
+    in_flight: int
+    available: int
+    acquired: int
+    acknowledged: int
+    archived_total: int
+    dead_lettered_total: int
+    redelivered_total: int
+    lock_expired_total: int
+    backlog: int = -1
+    oldest_available_ms: int = -1
+
+
+@_message
+class DescribedShareGroup:
+    group_id: str
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    state: str = ""
+    configs: dict[str, ConfigValue] = dataclasses.field(default_factory=dict)
+    members: tuple[ShareMemberDescription, ...] = ()
+    partitions: tuple[SharePartitionDescription, ...] = ()
+    dead_letter_writes: int = 0
+
+
+@_message
+class DescribeShareGroupsResponse:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_SHARE_GROUPS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    groups: tuple[DescribedShareGroup, ...] = ()
+
+
+SHARE_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.SHARE_FETCH: ShareFetchRequest,
+    ApiKey.SHARE_ACKNOWLEDGE: ShareAcknowledgeRequest,
+    ApiKey.ALTER_GROUP_CONFIGS: AlterGroupConfigsRequest,
+    ApiKey.DESCRIBE_SHARE_GROUPS: DescribeShareGroupsRequest,
+}
+SHARE_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.SHARE_FETCH: ShareFetchResponse,
+    ApiKey.SHARE_ACKNOWLEDGE: ShareAcknowledgeResponse,
+    ApiKey.ALTER_GROUP_CONFIGS: AlterGroupConfigsResponse,
+    ApiKey.DESCRIBE_SHARE_GROUPS: DescribeShareGroupsResponse,
+}
+REQUEST_TYPES.update(SHARE_REQUEST_TYPES)
+RESPONSE_TYPES.update(SHARE_RESPONSE_TYPES)

@@ -265,6 +265,23 @@ class BrokerConfig(ConfigBase):
     # How often the coordinators look for transactions past their timeout, to abort them
     # (transaction.abort.timed.out.transaction.cleanup.interval.ms).
     transaction_timeout_check_interval_ms: int = 10_000
+    # --- share groups (docs/queues.md); mapped onto ShareCoordinatorConfig. The share_*
+    # defaults are those of every group's configs (AlterGroupConfigs overrides them per group).
+    # Partitions of the internal __share_group_state topic, fixed when first created: a share
+    # group's coordinator partition is crc32(group_id) % this count.
+    share_state_topic_partitions: int = 8
+    # How long a member holds a record it acquired (share.record.lock.duration.ms).
+    share_record_lock_duration_ms: int = 30_000
+    # Deliveries before a record is archived, or dead-lettered (share.delivery.count.limit).
+    share_delivery_count_limit: int = 5
+    # The longest RELEASE delay a consumer may ask for (share.release.delay.max.ms).
+    share_release_delay_max_ms: int = 300_000
+    # In-flight records per share partition (group.share.partition.max.record.locks).
+    share_partition_max_record_locks: int = 20_000
+    # A share group member silent this long is removed and its records released.
+    share_session_timeout_ms: int = 45_000
+    # Members per share group (group.share.max.size).
+    share_group_max_size: int = 1_000
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, base: Self | None = None) -> Self:
@@ -350,6 +367,17 @@ class BrokerConfig(ConfigBase):
         check_range(
             "transaction_timeout_check_interval_ms", self.transaction_timeout_check_interval_ms, 1
         )
+        check_range("share_state_topic_partitions", self.share_state_topic_partitions, 1, 1_000)
+        check_range(
+            "share_record_lock_duration_ms", self.share_record_lock_duration_ms, 1_000, 3_600_000
+        )
+        check_range("share_delivery_count_limit", self.share_delivery_count_limit, 2, 10)
+        check_range("share_release_delay_max_ms", self.share_release_delay_max_ms, 0)
+        check_range(
+            "share_partition_max_record_locks", self.share_partition_max_record_locks, 1, 1_000_000
+        )
+        check_range("share_session_timeout_ms", self.share_session_timeout_ms, 1)
+        check_range("share_group_max_size", self.share_group_max_size, 1, 1_000_000)
         if self.offsets_retention_ms == 0:
             raise ConfigError("offsets_retention_ms", "must be -1 (forever) or positive, got 0")
         self._validate_cluster()

@@ -82,6 +82,9 @@ class ErrorCode(enum.Enum):
     TRANSACTION_COORDINATOR_FENCED = (52, False)
     # The partition has no state for this producer id (expired, or never written).
     TRANSACTIONAL_ID_NOT_FOUND = (53, False)
+    # Share groups (docs/queues.md): an acknowledgement names records this member does not hold
+    # (never delivered to it, already acknowledged, or its lock expired and they went to another).
+    INVALID_RECORD_STATE = (54, False)
 
     @property
     def wire_id(self) -> int:

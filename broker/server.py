@@ -48,8 +48,9 @@ from broker.consumer_groups.service import (
 from broker.errors import BrokerError, ErrorCode
 from broker.handlers import HANDLERS, BrokerContext, Deferred, PartitionState
 from broker.handlers.cluster import cluster_status, partition_metadata
+from broker.handlers.produce import handle_produce
 from broker.handlers.transactions import MARKER_TIMEOUT_S
-from broker.internal_topics import OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC
+from broker.internal_topics import OFFSETS_TOPIC, SHARE_STATE_TOPIC, TRANSACTION_STATE_TOPIC
 from broker.kvstore import KeySpace, KvStore
 from broker.log.flusher import LogFlusher
 from broker.log.manager import LogManager
@@ -65,6 +66,12 @@ from broker.protocol import (
     Role,
 )
 from broker.raft import wire
+from broker.share_groups.service import (
+    SHARE_STATE_TOPIC_CONFIGS,
+    ShareGroupService,
+    ensure_share_state_topic,
+)
+from broker.share_groups.share_config import share_config_of
 from broker.topics import TopicManager
 from broker.transactions.markers import MarkerDelivery
 from broker.transactions.producer_ids import ProducerIdAllocator
@@ -212,6 +219,11 @@ class Broker:
             transactions = self._transaction_service(context, store)
             await services.start(transactions.run)
             self._transactions_started(context, transactions)
+            # Share groups: the internal state topic, then the coordinators over it.
+            ensure_share_state_topic(topics, self.config.share_state_topic_partitions)
+            share_groups = self._share_group_service(context)
+            await services.start(share_groups.run)
+            self._share_groups_started(context, share_groups)
             services.start_soon(self._retention_loop, logs.apply_retention)
             metrics_address = self._start_metrics(context)
             try:
@@ -273,6 +285,15 @@ class Broker:
                 lambda: self._transaction_service(context, node.store),
                 lambda service: self._transactions_started(context, service),
             )
+            await services.start(
+                run_internal_service,
+                node,
+                SHARE_STATE_TOPIC,
+                config.share_state_topic_partitions,
+                SHARE_STATE_TOPIC_CONFIGS,
+                lambda: self._share_group_service(context),
+                lambda service: self._share_groups_started(context, service),
+            )
             snapshot: list[Any] = [None]
             services.start_soon(_refresh_cluster_status, context, snapshot)
             self.metrics.watch_cluster(lambda: snapshot[0])
@@ -301,6 +322,18 @@ class Broker:
             ).deliver,
             store=store,
         )
+
+    def _share_group_service(self, context: BrokerContext) -> ShareGroupService:
+        return ShareGroupService(
+            context,
+            config=share_config_of(self.config),
+            produce_here=handle_produce,
+            leader_of=lambda ctx, topic, p: partition_metadata(ctx, topic, p).leader_id,
+        )
+
+    def _share_groups_started(self, context: BrokerContext, service: ShareGroupService) -> None:
+        context.share_groups = service
+        self.metrics.watch_share_groups(lambda: service.metrics_snapshot)
 
     def _transactions_started(self, context: BrokerContext, service: TransactionService) -> None:
         context.transactions = service
@@ -380,6 +413,8 @@ class Broker:
                 context.groups.unload_all()  # waiting joins and syncs answer at once
             if context.transactions is not None:
                 context.transactions.unload_all()
+            if context.share_groups is not None:
+                context.share_groups.unload_all()
             for connection in list(self._connections):
                 connection.stop_reading()
             # Whatever is still running when the grace period ends is cancelled.

@@ -1,4 +1,4 @@
-"""The Python SDK of pybroker: blocking `Producer`, `Consumer`, `AdminClient`.
+"""The Python SDK of pybroker: blocking `Producer`, `Consumer`, `ShareConsumer`, `AdminClient`.
 
     from client import Producer, Consumer, TopicPartition
     with Producer("127.0.0.1:9092") as producer:
@@ -9,18 +9,22 @@ for tests is in `client.embedded`. See docs/client.md.
 """
 
 from client.accumulator import RecordFuture
-from client.blocking import AdminClient, Consumer, Producer
+from client.aio.share_consumer import AcknowledgementStateError
+from client.blocking import AdminClient, Consumer, Producer, ShareConsumer
 from client.errors import InvalidTxnStateError, ProducerFencedError, TransactionAbortedError
 from client.types import (
     ClusterStatus,
     ConsumerGroupMetadata,
     ConsumerRecord,
     RecordMetadata,
+    ShareGroupDescription,
+    ShareRecord,
     TopicDescription,
     TopicPartition,
 )
 
 __all__ = [
+    "AcknowledgementStateError",
     "AdminClient",
     "ClusterStatus",
     "Consumer",
@@ -31,6 +35,9 @@ __all__ = [
     "ProducerFencedError",
     "RecordFuture",
     "RecordMetadata",
+    "ShareConsumer",
+    "ShareGroupDescription",
+    "ShareRecord",
     "TopicDescription",
     "TopicPartition",
     "TransactionAbortedError",

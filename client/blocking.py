@@ -20,12 +20,15 @@ from client import aio
 from client._loop import LoopThread
 from client.accumulator import RECORD_OVERHEAD_BYTES, DeliveryCallback, RecordFuture
 from client.aio.producer import NeedMetadataError
+from client.aio.share_consumer import AcknowledgementResults, AcknowledgeType
 from client.errors import BufferFullError
 from client.types import (
     ClusterStatus,
     ConsumerGroupMetadata,
     ConsumerRecord,
     ListedTransaction,
+    ShareGroupDescription,
+    ShareRecord,
     TopicDescription,
     TopicPartition,
     TransactionDescription,
@@ -235,11 +238,48 @@ class Consumer(_Blocking):
             yield from self.poll(timeout_ms=self._aio.fetch_max_wait_ms)
 
 
+class ShareConsumer(_Blocking):
+    """`ShareConsumer(bootstrap, group_id="jobs", acknowledgement_mode="implicit", ...)`:
+    `subscribe`, then `poll()`, `acknowledge(record, "accept")` and `commit()`; see
+    `client.aio.ShareConsumer`. `on_acknowledged` runs in the consumer's loop thread."""
+
+    def __init__(self, bootstrap: str | Sequence[str] | None = None, **options: Any) -> None:
+        self._aio = aio.ShareConsumer(bootstrap, **options)
+        self._loop = LoopThread(self._aio, "pybroker-share-consumer")
+        self._loop.start()
+
+    @property
+    def member_id(self) -> str:
+        return self._aio.member_id
+
+    def subscribe(self, topics: Iterable[str]) -> None:
+        self._aio.subscribe(topics)
+
+    def subscription(self) -> set[str]:
+        return self._aio.subscription()
+
+    def poll(self, timeout_ms: float = 1000, max_records: int | None = None) -> list[ShareRecord]:
+        """Acquired records (implicit mode: accepting the previous poll's unacknowledged ones);
+        [] if none arrived within `timeout_ms`."""
+        return self._loop.run(self._aio.poll, timeout_ms, max_records)
+
+    def acknowledge(
+        self, record: ShareRecord, type: AcknowledgeType = "accept", delay_ms: int = 0
+    ) -> None:
+        """Acknowledge a record of the latest poll: "accept", "release" (after `delay_ms`),
+        "reject" or "renew"; sent with the next poll or commit(). Thread-safe."""
+        self._aio.acknowledge(record, type, delay_ms)
+
+    def commit(self) -> AcknowledgementResults:
+        """Send the pending acknowledgements and wait: per partition, None or its error."""
+        return self._loop.run(self._aio.commit)
+
+
 class AdminClient(_Blocking):
     """Topic administration (`create_topic`, `delete_topic`, `describe_topic`, `list_topics`),
     consumer groups (`list_groups`, `describe_group`, `delete_group`, `alter_group_offsets`,
-    `list_offsets`), transactions (`list_transactions`, `describe_transactions`) and
-    `cluster_status`."""
+    `list_offsets`), share groups (`alter_group_config`, `describe_share_group`), transactions
+    (`list_transactions`, `describe_transactions`) and `cluster_status`."""
 
     def __init__(self, bootstrap: str | Sequence[str] | None = None, **options: Any) -> None:
         self._aio = aio.AdminClient(bootstrap, **options)
@@ -278,6 +318,16 @@ class AdminClient(_Blocking):
 
     def alter_group_offsets(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
         self._loop.run(self._aio.alter_group_offsets, group_id, offsets)
+
+    def alter_group_config(
+        self, group_id: str, configs: Mapping[str, str | int], reset: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """Set a share group's configs; returns its effective configs (INVALID_CONFIG: none
+        changed)."""
+        return self._loop.run(self._aio.alter_group_config, group_id, configs, tuple(reset))
+
+    def describe_share_group(self, group_id: str) -> ShareGroupDescription:
+        return self._loop.run(self._aio.describe_share_group, group_id)
 
     def list_offsets(
         self,

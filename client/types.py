@@ -35,6 +35,21 @@ class ConsumerRecord(NamedTuple):
     headers: Any  # tuple of (str, bytes) pairs, or None
 
 
+class ShareRecord(NamedTuple):
+    """A record a share group handed to this member: a `ConsumerRecord`'s fields, then
+    `delivery_count`, how many times the group has handed it out (1 the first time; each
+    release or lock expiry hands it out again, up to the group's share.delivery.count.limit)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any  # tuple of (str, bytes) pairs, or None
+    delivery_count: int
+
+
 class ConsumerGroupMetadata(NamedTuple):
     """A group member's identity, as Kafka's `consumer.groupMetadata()`: passed to
     `Producer.send_offsets_to_transaction` so the group coordinator can refuse offsets from a
@@ -68,3 +83,14 @@ ClusterBroker = codec.ClusterBroker
 # "PrepareCommit", "PrepareAbort", "CompleteCommit", "CompleteAbort", "Dead".
 ListedTransaction = codec.ListedTransaction
 TransactionDescription = codec.TransactionDescription
+
+# `AdminClient.describe_share_group()` answers the wire dataclass: ShareGroupDescription(group_id,
+# state, configs (effective, defaults included), members=(ShareMemberDescription(member_id,
+# client_id, client_host, topics, acquired_records), ...), partitions=(SharePartitionDescription(
+# topic, partition, start_offset, end_offset, in_flight, available, acquired, acknowledged,
+# archived_total, dead_lettered_total, redelivered_total, lock_expired_total, backlog,
+# oldest_available_ms), ...), dead_letter_writes). `oldest_available_ms` is the append time of
+# the oldest record waiting (-1: none); `backlog` the records not handed out yet.
+ShareGroupDescription = codec.DescribedShareGroup
+ShareMemberDescription = codec.ShareMemberDescription
+SharePartitionDescription = codec.SharePartitionDescription

@@ -41,6 +41,12 @@ from broker.handlers.groups import (
 )
 from broker.handlers.produce import handle_produce
 from broker.handlers.reply import Deferred
+from broker.handlers.share import (
+    handle_alter_group_configs,
+    handle_describe_share_groups,
+    handle_share_acknowledge,
+    handle_share_fetch,
+)
 from broker.handlers.transactions import (
     handle_add_offsets_to_txn,
     handle_add_partitions_to_txn,
@@ -83,6 +89,10 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.ListTransactionsRequest: handle_list_transactions,
     codec.DescribeTransactionsRequest: handle_describe_transactions,
     codec.TxnOffsetCommitRequest: handle_txn_offset_commit,
+    codec.ShareFetchRequest: handle_share_fetch,
+    codec.ShareAcknowledgeRequest: handle_share_acknowledge,
+    codec.AlterGroupConfigsRequest: handle_alter_group_configs,
+    codec.DescribeShareGroupsRequest: handle_describe_share_groups,
 }
 
 __all__ = ["HANDLERS", "BrokerContext", "Deferred", "Handler", "NullMetrics", "PartitionState"]

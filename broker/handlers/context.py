@@ -149,6 +149,9 @@ class BrokerContext:
     # broker's producer id allocator (broker.transactions.producer_ids); None until started.
     transactions: Any = None
     producer_ids: Any = None
+    # The share group coordinator (broker.share_groups.service.ShareGroupService); None until
+    # started.
+    share_groups: Any = None
 
     @property
     def node_id(self) -> int:

@@ -44,7 +44,7 @@ from broker.errors import BrokerError, ErrorCode
 from broker.handlers import cluster
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred, answer_when_ready
-from broker.internal_topics import OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC
+from broker.internal_topics import OFFSETS_TOPIC, SHARE_STATE_TOPIC, TRANSACTION_STATE_TOPIC
 
 # How long a commit or deletion may wait for its write to be durable.
 COMMIT_WAIT_S: Final = 30.0
@@ -116,11 +116,13 @@ def handle_find_coordinator(
         what, service, topic = "group id", ctx.groups, OFFSETS_TOPIC
     elif request.key_type == codec.COORDINATOR_KEY_TRANSACTION:
         what, service, topic = "transactional id", ctx.transactions, TRANSACTION_STATE_TOPIC
+    elif request.key_type == codec.COORDINATOR_KEY_SHARE:
+        what, service, topic = "share group id", ctx.share_groups, SHARE_STATE_TOPIC
     else:
         return codec.FindCoordinatorResponse(
             error=ErrorCode.INVALID_REQUEST,
             error_message=f"key_type {request.key_type} is not supported; 0 = consumer group, "
-            "1 = transactional id",
+            "1 = transactional id, 2 = share group",
         )
     if not request.key:
         return codec.FindCoordinatorResponse(

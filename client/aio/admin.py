@@ -1,5 +1,6 @@
 """The trio-native admin client: topics (create, delete, describe, list), consumer groups
-(list, describe with lag, delete, offsets reset) and transactions (list, describe).
+(list, describe with lag, delete, offsets reset), share groups (configure, describe) and
+transactions (list, describe).
 
 Rule: a per-topic error in a response is raised as `BrokerError(code, message)`, the message as
 the broker wrote it (it names the offending value), so callers and the CLI can show it as is.
@@ -17,8 +18,9 @@ from broker import codec
 from broker.errors import BrokerError, ErrorCode
 from client.aio._base import AsyncClientBase
 from client.aio.consumer import isolation_level_code, list_offsets
+from client.aio.share_consumer import ShareCoordinator
 from client.errors import ClientError
-from client.types import ClusterStatus, TopicDescription, TopicPartition
+from client.types import ClusterStatus, ShareGroupDescription, TopicDescription, TopicPartition
 
 # First backoff of per-leader retries (list_offsets): doubled each round up to 1 s.
 ADMIN_RETRY_BACKOFF_S = 0.05
@@ -266,6 +268,40 @@ class AdminClient(AsyncClientBase):
     async def _coordinator(self, group_id: str) -> int:
         return await self._cluster.find_coordinator(group_id)
 
+    # --- share groups -----------------------------------------------------------------------------
+
+    async def alter_group_config(
+        self,
+        group_id: str,
+        configs: Mapping[str, str | int],
+        reset: Iterable[str] = (),
+    ) -> dict[str, codec.ConfigValue]:
+        """Set share group configs (`share.delivery.count.limit`, ...; see
+        broker/share_groups/share_config.py) and return the group's effective configs, defaults
+        included; `reset` names configs to return to the broker default. Validated as a whole:
+        a bad name or value raises `BrokerError(INVALID_CONFIG)` naming it, and nothing
+        changes. Asked of the group's share coordinator."""
+        request = codec.AlterGroupConfigsRequest(
+            group_id=group_id, configs=dict(configs), reset=tuple(reset)
+        )
+        response: codec.AlterGroupConfigsResponse = await self._share_coordinator(group_id).call(
+            request
+        )
+        return dict(response.configs)
+
+    async def describe_share_group(self, group_id: str) -> ShareGroupDescription:
+        """A share group's state, members, configs, dead-letter writes and, per partition, its
+        in-flight window and record counts. Raises GROUP_ID_NOT_FOUND for a group that is not
+        a share group."""
+        response: codec.DescribeShareGroupsResponse = await self._share_coordinator(group_id).call(
+            codec.DescribeShareGroupsRequest(group_ids=(group_id,)), error_of=_share_group_error
+        )
+        (group,) = response.groups
+        return group
+
+    def _share_coordinator(self, group_id: str) -> ShareCoordinator:
+        return ShareCoordinator(self._cluster, group_id, retry_backoff_s=ADMIN_RETRY_BACKOFF_S)
+
 
 def _with_figures(
     partition: codec.PartitionDescription, leader: codec.PartitionDescription | None
@@ -280,6 +316,16 @@ def _with_figures(
         size_bytes=leader.size_bytes,
         segment_count=leader.segment_count,
     )
+
+
+def _share_group_error(response: codec.DescribeShareGroupsResponse) -> tuple[ErrorCode, str]:
+    # The coordinator states a group's own errors (GROUP_ID_NOT_FOUND, NOT_COORDINATOR) per group.
+    if response.error is not ErrorCode.NONE:
+        return response.error, response.error_message
+    if len(response.groups) != 1:
+        return ErrorCode.UNKNOWN_SERVER_ERROR, f"asked for 1 group, got {len(response.groups)}"
+    (group,) = response.groups
+    return group.error, group.error_message or f"group {group.group_id!r}: {group.error.name}"
 
 
 def _raise_error(error: ErrorCode, message: str) -> None:

@@ -28,7 +28,10 @@ PURE_FILES = ["broker/log/batch.py", "broker/log/index.py", "broker/protocol.py"
               "broker/transactions/producer_state.py", "broker/transactions/coordinator.py",
               "broker/transactions/txn_records.py", "broker/transactions/txn_events.py",
               "broker/transactions/txn_actions.py",
-              "broker/transactions/txn_config.py"]  # fmt: skip
+              "broker/transactions/txn_config.py", "broker/share_groups/share_partition.py",
+              "broker/share_groups/coordinator.py", "broker/share_groups/share_records.py",
+              "broker/share_groups/share_events.py", "broker/share_groups/share_actions.py",
+              "broker/share_groups/share_config.py"]  # fmt: skip
 
 
 def _pure_modules() -> list[str]:

@@ -19,14 +19,12 @@ import threading
 import time
 
 import pytest
-import trio
 
 from broker import codec
 from client import AdminClient, Consumer, Producer
 from client.embedded_cluster import EmbeddedCluster
 from client.types import TopicPartition
 from tests.integration.cluster import common
-from tests.unit.server.wire_client import WireClient
 
 INPUT, OUTPUT, GROUP, TXN_ID = "input", "output", "ctp", "ctp-worker"
 PARTITIONS = 3
@@ -146,19 +144,7 @@ class Worker:
 
 def transaction_coordinator(cluster: EmbeddedCluster) -> int:
     """The broker that coordinates TXN_ID (-1: none known yet)."""
-    node = cluster.node(cluster.node_ids[0])
-
-    async def find() -> int:
-        client = await WireClient.connect(node.host, node.port)
-        try:
-            response = await client.request(
-                codec.FindCoordinatorRequest(key=TXN_ID, key_type=codec.COORDINATOR_KEY_TRANSACTION)
-            )
-        finally:
-            await client.aclose()
-        return int(response.node_id)
-
-    return trio.run(find)
+    return common.find_coordinator(cluster, TXN_ID, codec.COORDINATOR_KEY_TRANSACTION)
 
 
 def read_topic(bootstrap: str, topic: str, isolation_level: str) -> list[bytes]:

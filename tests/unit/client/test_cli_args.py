@@ -7,7 +7,8 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
-from cli.broker_cli import _config_value, app
+from cli.broker_cli import app
+from cli.common import config_value
 
 runner = CliRunner()
 
@@ -66,6 +67,6 @@ def test_malformed_bootstrap_is_a_config_error() -> None:
 
 
 def test_config_values_keep_numbers_numeric() -> None:
-    assert _config_value("60000") == 60000
-    assert _config_value("1_000") == 1000
-    assert _config_value("always") == "always"
+    assert config_value("60000") == 60000
+    assert config_value("1_000") == 1000
+    assert config_value("always") == "always"

@@ -1,0 +1,130 @@
+"""What every `broker-cli` command shares: the global `--bootstrap` option, the one-line error
+handling, `KEY=VALUE` config parsing, JSON-or-table output and the progress counter.
+
+Rules: a command talks to the broker inside `errors()` (or `open_admin()`, which includes it), so
+a failure the user can act on prints one line `error: <reason>` on stderr and exits 1, never a
+traceback. Data goes to stdout, progress and summaries to stderr. This module imports no other
+module of `cli/`, so every command module can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from broker.config import ConfigError
+from broker.errors import BrokerError
+from client import AdminClient
+from client._bootstrap import DEFAULT_BOOTSTRAP
+from client.errors import ClientError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# The root callback stores the global options here before typer runs the sub-command: typer
+# gives a sub-command its parent's options only through a context parameter on every command.
+_state: dict[str, str] = {"bootstrap": DEFAULT_BOOTSTRAP}
+
+# The `--json` flag of every command that can print JSON instead of text or a table.
+JsonFlag = Annotated[bool, typer.Option("--json", help="JSON output.")]
+
+
+def set_bootstrap(bootstrap: str) -> None:
+    """Remember the broker address(es) that the command about to run connects to."""
+    _state["bootstrap"] = bootstrap
+
+
+def bootstrap() -> str:
+    """The broker address(es) given with `--bootstrap` (or its environment variable)."""
+    return _state["bootstrap"]
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: MESSAGE` on stderr and exit 1: a failure the user can act on."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """Turn expected failures into one line on stderr and exit status 1."""
+    try:
+        yield
+    except BrokerError as exc:
+        fail(f"{exc.code.name}: {exc.message}")
+    except (ClientError, ConfigError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted")
+
+
+@contextlib.contextmanager
+def open_admin() -> Iterator[AdminClient]:
+    """An admin client on the `--bootstrap` brokers, its failures handled by `errors()`."""
+    with errors(), AdminClient(bootstrap()) as admin:
+        yield admin
+
+
+def show(data: dict[str, Any], *, as_json: bool, printer: Callable[[dict[str, Any]], None]) -> None:
+    """Print a description: indented JSON with `--json` (for scripts), else `printer`'s view
+    of the same dict (for people), so both always hold the same facts."""
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    printer(data)
+
+
+def headed_console(heading: str) -> Console:
+    """A rich console for a description's table view, its heading line (rich markup) printed.
+
+    rich is imported here, when a table is shown, and not at module level: its import costs
+    start-up time that `--json` and the commands without tables need not pay."""
+    from rich.console import Console
+
+    console = Console()
+    console.print(heading)
+    return console
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, to turn the broker's timestamps into ages."""
+    return int(time.time() * 1000)
+
+
+def parse_configs(items: list[str]) -> dict[str, Any]:
+    """`--config KEY=VALUE` options as a dict; a malformed one is a usage error (exit 2)."""
+    configs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--config")
+        configs[key.strip()] = config_value(value.strip())
+    return configs
+
+
+def config_value(text: str) -> Any:
+    """A config value as typed on the command line: an int if it reads as one, else the text."""
+    # Numbers travel as ints so the broker's validation sees the intended type.
+    with contextlib.suppress(ValueError):
+        return int(text.replace("_", ""))
+    return text
+
+
+@contextlib.contextmanager
+def progress(verb: str) -> Iterator[Callable[[int], None]]:
+    """A live record counter on stderr when it is a terminal; a no-op otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    with Progress(SpinnerColumn(), TextColumn(f"{verb} {{task.completed}} records"),
+                  transient=True) as counter:  # fmt: skip
+        task = counter.add_task(verb, total=None)
+        yield lambda n: counter.advance(task, n)
