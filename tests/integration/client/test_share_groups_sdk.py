@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from client import AdminClient, Consumer, Producer, ShareConsumer, TopicPartitio
 from client.embedded import EmbeddedBroker
 from client.pytest_plugin import run_broker
 from tests.integration.client.test_cli import CLI
+from tests.integration.cluster.common import wait_for
 
 DEADLINE_S = 30.0
 
@@ -271,3 +273,46 @@ def test_cli_configures_describes_and_consumes_a_share_group(broker: EmbeddedBro
     described = cli("groups", "describe", "workers")
     assert described.returncode == 0, described.stderr
     assert "jobs" in described.stdout
+
+
+def metric(broker: EmbeddedBroker, name: str, labels: str) -> float | None:
+    with urllib.request.urlopen(f"http://{broker.metrics_address}/metrics", timeout=10) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith(f"{name}{{") and labels in line:
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_show_the_queue_its_lag_and_redeliveries(share_broker: EmbeddedBroker) -> None:
+    bootstrap = share_broker.bootstrap
+    setup_queue(bootstrap, "jobs", [b"a", b"b", b"c", b"d"])
+    labels = 'group="workers",partition="0",topic="jobs"'
+    with ShareConsumer(bootstrap, group_id="workers", acknowledgement_mode="explicit") as consumer:
+        consumer.subscribe(["jobs"])
+        first = drain(consumer, 4)
+        for record in first:
+            consumer.acknowledge(record, "release", delay_ms=5_000)  # waits in the queue
+        consumer.commit()
+        # The snapshot behind /metrics is rebuilt each second: wait for one with the release.
+        wait_for(
+            lambda: metric(share_broker, "broker_share_partition_available_records", labels) == 4,
+            "4 available records on /metrics",
+            timeout_s=DEADLINE_S,
+        )
+        assert metric(share_broker, "broker_share_partition_acquired_records", labels) == 0
+        age = metric(share_broker, "broker_share_partition_oldest_available_age_seconds", labels)
+        assert age is not None and age > 0  # the records were appended before the release
+    with ShareConsumer(bootstrap, group_id="workers", acknowledgement_mode="explicit") as consumer:
+        consumer.subscribe(["jobs"])
+        again = drain(consumer, 4)
+        for record in again:
+            consumer.acknowledge(record, "accept")
+        consumer.commit()
+    assert {r.delivery_count for r in again} == {2}
+    wait_for(
+        lambda: (
+            metric(share_broker, "broker_share_partition_redelivered_records_total", labels) == 4
+        ),
+        "4 redeliveries on /metrics",
+        timeout_s=DEADLINE_S,
+    )
