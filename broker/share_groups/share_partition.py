@@ -387,20 +387,22 @@ class SharePartition:
                 break
         else:
             return outcome
-        return self._archive_waiting(self._isolate(first, last), written=True)
+        for run in self._isolate(first, last):
+            if run.state is RecordState.DEAD_LETTERING:
+                self.counters.dead_lettered += run.size
+                self.counters.archived += run.size
+                run.state = RecordState.ARCHIVED
+                outcome.changes.append(self._change(run))
+        self._coalesce()
+        self._advance()
+        return outcome
 
     def archive_dead_lettering(self) -> Outcome:
         """The dead-letter topic was removed from the group's configs: what waited for it is
         archived without it (the user chose to have no dead-letter topic)."""
-        return self._archive_waiting(list(self.runs), written=False)
-
-    def _archive_waiting(self, runs: list[Run], *, written: bool) -> Outcome:
-        """Archive the DEAD_LETTERING runs among `runs` (`written`: copied to the DLQ)."""
         outcome = Outcome()
-        for run in runs:
+        for run in self.runs:
             if run.state is RecordState.DEAD_LETTERING:
-                if written:
-                    self.counters.dead_lettered += run.size
                 self.counters.archived += run.size
                 run.state = RecordState.ARCHIVED
                 outcome.changes.append(self._change(run))
