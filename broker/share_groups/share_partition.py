@@ -176,11 +176,6 @@ class Outcome:
     dead_letters: list[DeadLetterJob] = dataclasses.field(default_factory=list)
     made_available: bool = False
 
-    def extend(self, other: Outcome) -> None:
-        self.changes += other.changes
-        self.dead_letters += other.dead_letters
-        self.made_available = self.made_available or other.made_available
-
 
 class SharePartition:
     """The in-flight window of one share partition. See the module rules."""
@@ -387,22 +382,20 @@ class SharePartition:
                 break
         else:
             return outcome
-        for run in self._isolate(first, last):
-            if run.state is RecordState.DEAD_LETTERING:
-                self.counters.dead_lettered += run.size
-                self.counters.archived += run.size
-                run.state = RecordState.ARCHIVED
-                outcome.changes.append(self._change(run))
-        self._coalesce()
-        self._advance()
-        return outcome
+        return self._archive_waiting(self._isolate(first, last), written=True)
 
     def archive_dead_lettering(self) -> Outcome:
         """The dead-letter topic was removed from the group's configs: what waited for it is
         archived without it (the user chose to have no dead-letter topic)."""
+        return self._archive_waiting(list(self.runs), written=False)
+
+    def _archive_waiting(self, runs: list[Run], *, written: bool) -> Outcome:
+        """Archive the DEAD_LETTERING runs among `runs` (`written`: copied to the DLQ)."""
         outcome = Outcome()
-        for run in self.runs:
+        for run in runs:
             if run.state is RecordState.DEAD_LETTERING:
+                if written:
+                    self.counters.dead_lettered += run.size
                 self.counters.archived += run.size
                 run.state = RecordState.ARCHIVED
                 outcome.changes.append(self._change(run))

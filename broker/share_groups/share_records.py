@@ -104,6 +104,8 @@ def decode(key: bytes, value: bytes | None) -> ShareRecord:
             )
     except (ValueError, TypeError, KeyError, IndexError, msgpack.ExtraData) as exc:
         raise UnreadableRecord(str(exc)) from exc
+    if kind == PARTITION_KIND:
+        raise UnreadableRecord("a share partition record without a value (tombstone)")
     raise UnreadableRecord(f"unknown record kind {kind!r}")
 
 
