@@ -50,6 +50,7 @@ class ApiKey(enum.Enum):
     HANDSHAKE = HANDSHAKE_API
     METADATA = "metadata"
     CREATE_TOPICS = "create_topics"
+    ALTER_TOPIC_CONFIGS = "alter_topic_configs"
     DELETE_TOPICS = "delete_topics"
     DESCRIBE_TOPICS = "describe_topics"
     PRODUCE = "produce"
@@ -72,6 +73,8 @@ class ApiKey(enum.Enum):
     BROKER_REGISTRATION = "broker_registration"
     BROKER_HEARTBEAT = "broker_heartbeat"
     LEADER_REPORT = "leader_report"
+    # `broker-cli cluster decommission` (runs on the controller leader; others forward it).
+    DECOMMISSION_BROKER = "decommission_broker"
     # Idempotence and transactions (schemas at the end of this module; docs/transactions.md).
     # write_txn_markers is broker-to-broker (transaction coordinator -> partition leader).
     INIT_PRODUCER_ID = "init_producer_id"
@@ -87,6 +90,12 @@ class ApiKey(enum.Enum):
     SHARE_ACKNOWLEDGE = "share_acknowledge"
     ALTER_GROUP_CONFIGS = "alter_group_configs"
     DESCRIBE_SHARE_GROUPS = "describe_share_groups"
+    # Partition reassignment (schemas at the end of this module; docs/reassignment.md).
+    # reassignment_completed is broker-to-controller (a partition leader's report).
+    ALTER_PARTITION_REASSIGNMENTS = "alter_partition_reassignments"
+    LIST_PARTITION_REASSIGNMENTS = "list_partition_reassignments"
+    REASSIGNMENT_COMPLETED = "reassignment_completed"
+    REBALANCE = "rebalance"
 
 
 # Supported (min, max) version of each API. Bump max when adding a version; never drop min silently.
@@ -114,7 +123,7 @@ class UnsupportedApiError(BrokerError):
 
 
 _message = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-ConfigValue = Union[str, int, bool]  # noqa: UP007 - a runtime alias, resolved by get_type_hints
+ConfigValue = Union[str, int, bool, float]  # noqa: UP007 - a runtime alias, resolved by get_type_hints
 
 
 # --- handshake ------------------------------------------------------------------------------------
@@ -753,7 +762,7 @@ def _compile_union(tp: Any, args: tuple[Any, ...]) -> _Converter:
 
         return _Converter(encode_optional, decode_optional)
     # A union of scalars (config values): the wire value must be exactly one of them.
-    assert all(choice in (str, int, bool) for choice in choices), f"unsupported union {tp!r}"
+    assert all(choice in (str, int, bool, float) for choice in choices), f"unsupported union {tp!r}"
     names = " or ".join(choice.__name__ for choice in choices)
 
     def decode_scalar(value: Any, payload: bytes, path: str) -> Any:
@@ -1215,6 +1224,9 @@ class ClusterStatusResponse:
     offline_partitions: tuple[TopicPartitionRef, ...] = ()
     under_replicated_partitions: tuple[TopicPartitionRef, ...] = ()
     preferred_leader_imbalance_count: int = 0
+    # The metadata group's voters as the answering broker's log has them (the other brokers
+    # follow it as learners).
+    controller_voters: tuple[int, ...] = ()
 
 
 @_message
@@ -1278,14 +1290,32 @@ class LeaderReportResponse:
     leader_hint: int = 0
 
 
+@_message
+class DecommissionBrokerRequest:
+    """Start moving every replica (and the controller vote) off `node_id`, then remove it."""
+
+    API: ClassVar[ApiKey] = ApiKey.DECOMMISSION_BROKER
+    node_id: int
+
+
+@_message
+class DecommissionBrokerResponse:
+    API: ClassVar[ApiKey] = ApiKey.DECOMMISSION_BROKER
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
 CLUSTER_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
     ApiKey.CLUSTER_STATUS: ClusterStatusRequest,
+    ApiKey.DECOMMISSION_BROKER: DecommissionBrokerRequest,
     ApiKey.BROKER_REGISTRATION: BrokerRegistrationRequest,
     ApiKey.BROKER_HEARTBEAT: BrokerHeartbeatRequest,
     ApiKey.LEADER_REPORT: LeaderReportRequest,
 }
 CLUSTER_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
     ApiKey.CLUSTER_STATUS: ClusterStatusResponse,
+    ApiKey.DECOMMISSION_BROKER: DecommissionBrokerResponse,
     ApiKey.BROKER_REGISTRATION: BrokerRegistrationResponse,
     ApiKey.BROKER_HEARTBEAT: BrokerHeartbeatResponse,
     ApiKey.LEADER_REPORT: LeaderReportResponse,
@@ -1720,3 +1750,178 @@ SHARE_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
 }
 REQUEST_TYPES.update(SHARE_REQUEST_TYPES)
 RESPONSE_TYPES.update(SHARE_RESPONSE_TYPES)
+
+
+# --- partition reassignment -----------------------------------------------------------------------
+# Kafka's AlterPartitionReassignments / ListPartitionReassignments (KIP-455), plus the partition
+# leader's completion report and a rebalance plan (docs/reassignment.md). Alter and rebalance run
+# on the controller leader; any other broker forwards them there. `replicas=None` cancels.
+
+
+@_message
+class ReassignPartition:
+    topic: str
+    partition: int
+    replicas: tuple[int, ...] | None = None
+
+
+@_message
+class AlterPartitionReassignmentsRequest:
+    """`throttle_bytes_per_s`: replication to the new replicas (0: the brokers' default)."""
+
+    API: ClassVar[ApiKey] = ApiKey.ALTER_PARTITION_REASSIGNMENTS
+    partitions: tuple[ReassignPartition, ...]
+    throttle_bytes_per_s: int = 0
+
+
+@_message
+class ReassignPartitionResult:
+    topic: str
+    partition: int
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class AlterPartitionReassignmentsResponse:
+    API: ClassVar[ApiKey] = ApiKey.ALTER_PARTITION_REASSIGNMENTS
+    partitions: tuple[ReassignPartitionResult, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+@_message
+class ListPartitionReassignmentsRequest:
+    """`topics=None`: every topic."""
+
+    API: ClassVar[ApiKey] = ApiKey.LIST_PARTITION_REASSIGNMENTS
+    topics: tuple[str, ...] | None = None
+
+
+@_message
+class ReplicaProgress:
+    """A replica as the partition leader sees it: `match_offset` (-1: nothing yet), the offsets
+    it lags the leader's log end by, and an estimate of the bytes it holds."""
+
+    node_id: int
+    match_offset: int = -1
+    lag_offsets: int = -1
+    caught_up_bytes: int = -1
+    role: str = ""
+
+
+@_message
+class PartitionReassignmentStatus:
+    """`progress` is filled when the answering broker leads the partition (the client asks
+    each leader); `log_size_bytes` is then the leader's log size."""
+
+    topic: str
+    partition: int
+    replicas: tuple[int, ...]
+    target_replicas: tuple[int, ...]
+    adding_replicas: tuple[int, ...]
+    removing_replicas: tuple[int, ...]
+    leader_id: int = -1
+    throttle_bytes_per_s: int = 0
+    log_end_offset: int = -1
+    log_size_bytes: int = -1
+    progress: tuple[ReplicaProgress, ...] = ()
+
+
+@_message
+class ListPartitionReassignmentsResponse:
+    API: ClassVar[ApiKey] = ApiKey.LIST_PARTITION_REASSIGNMENTS
+    reassignments: tuple[PartitionReassignmentStatus, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class ReassignmentCompletedRequest:
+    API: ClassVar[ApiKey] = ApiKey.REASSIGNMENT_COMPLETED
+    topic: str
+    partition: int
+    replicas: tuple[int, ...]
+
+
+@_message
+class ReassignmentCompletedResponse:
+    API: ClassVar[ApiKey] = ApiKey.REASSIGNMENT_COMPLETED
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+@_message
+class RebalanceRequest:
+    """Even replicas and preferred leaders over the ACTIVE brokers; `dry_run`: plan only."""
+
+    API: ClassVar[ApiKey] = ApiKey.REBALANCE
+    dry_run: bool = False
+    throttle_bytes_per_s: int = 0
+    move_count_max: int = 1000
+
+
+@_message
+class RebalanceMove:
+    topic: str
+    partition: int
+    replicas: tuple[int, ...]
+    target_replicas: tuple[int, ...]
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class RebalanceResponse:
+    API: ClassVar[ApiKey] = ApiKey.REBALANCE
+    moves: tuple[RebalanceMove, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+REASSIGNMENT_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.ALTER_PARTITION_REASSIGNMENTS: AlterPartitionReassignmentsRequest,
+    ApiKey.LIST_PARTITION_REASSIGNMENTS: ListPartitionReassignmentsRequest,
+    ApiKey.REASSIGNMENT_COMPLETED: ReassignmentCompletedRequest,
+    ApiKey.REBALANCE: RebalanceRequest,
+}
+REASSIGNMENT_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
+    ApiKey.ALTER_PARTITION_REASSIGNMENTS: AlterPartitionReassignmentsResponse,
+    ApiKey.LIST_PARTITION_REASSIGNMENTS: ListPartitionReassignmentsResponse,
+    ApiKey.REASSIGNMENT_COMPLETED: ReassignmentCompletedResponse,
+    ApiKey.REBALANCE: RebalanceResponse,
+}
+REQUEST_TYPES.update(REASSIGNMENT_REQUEST_TYPES)
+RESPONSE_TYPES.update(REASSIGNMENT_RESPONSE_TYPES)
+
+
+# --- topic configs --------------------------------------------------------------------------------
+
+
+@_message
+class AlterTopicConfigsRequest:
+    """Set a topic's config overrides (`cleanup.policy`, `retention.ms`, ...) and return `reset`
+    ones to the broker default. Validated as a whole: one bad value changes nothing. The
+    effective configs are read back with DescribeTopics."""
+
+    API: ClassVar[ApiKey] = ApiKey.ALTER_TOPIC_CONFIGS
+    topic: str
+    configs: dict[str, ConfigValue] = dataclasses.field(default_factory=dict)
+    reset: tuple[str, ...] = ()
+
+
+@_message
+class AlterTopicConfigsResponse:
+    API: ClassVar[ApiKey] = ApiKey.ALTER_TOPIC_CONFIGS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    # The topic's overrides after the change (dotted keys).
+    configs: dict[str, ConfigValue] = dataclasses.field(default_factory=dict)
+    leader_hint: int = 0
+
+
+REQUEST_TYPES[ApiKey.ALTER_TOPIC_CONFIGS] = AlterTopicConfigsRequest
+RESPONSE_TYPES[ApiKey.ALTER_TOPIC_CONFIGS] = AlterTopicConfigsResponse

@@ -64,6 +64,11 @@ def _coerce(field: dataclasses.Field[Any], key: str, value: Any) -> Any:
         if lowered in {"false", "0", "no", "off"}:
             return False
         raise ConfigError(key, f"expected true or false, got {value!r}")
+    if kind == "float" and isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError as exc:
+            raise ConfigError(key, f"expected a number, got {value!r}") from exc
     if kind == "FlushPolicy" and isinstance(value, str):
         try:
             return FlushPolicy(value.lower())
@@ -121,6 +126,15 @@ class LogConfig(ConfigBase):
     # An idempotent producer idle this long (no batch, no open transaction) is forgotten by the
     # partition: a retry after that is no longer recognised as a duplicate (Kafka's default).
     producer_id_expiration_ms: int = 7 * DAY_MS
+    # "delete": retention removes old segments; "compact": the log cleaner keeps the latest
+    # record per key in closed segments (and retention deletes nothing); "compact,delete": both.
+    cleanup_policy: str = "delete"
+    # A compacted log is cleaned once its dirty (never cleaned) bytes are at least this share of
+    # its closed segments' bytes (Kafka's min.cleanable.dirty.ratio).
+    min_cleanable_dirty_ratio: float = 0.5
+    # A tombstone (null value) stays readable this long after the pass that first cleaned it,
+    # so that consumers which were behind still see the delete (delete.retention.ms).
+    delete_retention_ms: int = DAY_MS
 
     ALIASES = {  # noqa: RUF012 - class-level constant, not a field
         "segment.bytes": "segment_bytes",
@@ -133,7 +147,20 @@ class LogConfig(ConfigBase):
         "flush.policy": "flush_policy",
         "flush.ms": "flush_interval_ms",
         "producer.id.expiration.ms": "producer_id_expiration_ms",
+        "cleanup.policy": "cleanup_policy",
+        "min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio",
+        "delete.retention.ms": "delete_retention_ms",
     }
+
+    @property
+    def compacted(self) -> bool:
+        """Whether the log cleaner compacts this log."""
+        return "compact" in self.cleanup_policy.split(",")
+
+    @property
+    def deletes(self) -> bool:
+        """Whether time and size retention delete this log's old segments."""
+        return "delete" in self.cleanup_policy.split(",")
 
     def validate(self) -> None:
         check_range("segment_bytes", self.segment_bytes, 1 * KIB, 2**31 - 1)
@@ -147,6 +174,21 @@ class LogConfig(ConfigBase):
         check_range("producer_id_expiration_ms", self.producer_id_expiration_ms, 1)
         if not isinstance(self.flush_policy, FlushPolicy):
             raise ConfigError("flush_policy", f"expected a FlushPolicy, got {self.flush_policy!r}")
+        if self.cleanup_policy not in CLEANUP_POLICIES:
+            raise ConfigError(
+                "cleanup_policy",
+                f"expected one of {', '.join(CLEANUP_POLICIES)}, got {self.cleanup_policy!r}",
+            )
+        ratio = self.min_cleanable_dirty_ratio
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio <= 1:
+            raise ConfigError(
+                "min_cleanable_dirty_ratio", f"must be a number from 0 to 1, got {ratio!r}"
+            )
+        check_range("delete_retention_ms", self.delete_retention_ms, 0)
+
+
+# The values of cleanup.policy, as Kafka spells them.
+CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
 
 
 def parse_host_port(key: str, value: str) -> tuple[str, int]:
@@ -175,6 +217,29 @@ def parse_peers(key: str, value: str) -> dict[int, tuple[str, int]]:
             raise ConfigError(key, f"node {node_id} needs a real port, not 0")
         peers[node_id] = (host, port)
     return peers
+
+
+def parse_node_ids(key: str, value: str) -> list[int]:
+    """`1,2,3` as sorted distinct node ids (>= 1); raise `ConfigError` naming `key`."""
+    ids: list[int] = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        if not item.isdigit() or not 1 <= int(item) <= 2**31 - 1:
+            raise ConfigError(key, f"expected node ids >= 1 separated by commas, got {item!r}")
+        if int(item) in ids:
+            raise ConfigError(key, f"node {item} is listed twice")
+        ids.append(int(item))
+    return sorted(ids)
+
+
+def parse_bootstrap(key: str, value: str) -> list[tuple[str, int]]:
+    """`HOST:PORT[,HOST:PORT]` as addresses (real ports); raise `ConfigError` naming `key`."""
+    addresses = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        host, port = parse_host_port(key, item)
+        if port == 0:
+            raise ConfigError(key, f"{item!r} needs a real port, not 0")
+        addresses.append((host, port))
+    return addresses
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -220,11 +285,36 @@ class BrokerConfig(ConfigBase):
     shutdown_timeout_ms: int = 30_000
     # Defaults for every topic's log; a topic's own configs override them.
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
-    # --- cluster mode (docs/cluster.md); all of these are ignored while `peers` is empty.
-    # The initial controller voters, `1@HOST:PORT,2@HOST:PORT,...`: where this broker reaches
-    # each other broker (their client port, or a proxy in front of it). Non-empty = cluster mode;
-    # every broker of the cluster must be listed. `node_id` must then be >= 1.
+    # --- log cleaner (compaction of cleanup.policy=compact topics; docs/storage.md).
+    log_cleaner_enabled: bool = True
+    # How often the cleaner looks for the dirtiest compacted log (log.cleaner.backoff.ms).
+    log_cleaner_backoff_ms: int = 15_000
+    # Bytes per second the cleaner reads plus writes, all logs together
+    # (log.cleaner.io.max.bytes.per.second): it never starves produce and fetch of the disk.
+    log_cleaner_io_bytes_per_second: int = 32 * MIB
+    # Distinct keys one pass maps (the bound on the cleaner's memory, Kafka's dedupe buffer): a
+    # pass covers whole segments until this many keys are mapped; the rest waits for the next.
+    log_cleaner_keys_max: int = 1_000_000
+    # --- cluster mode (docs/cluster.md); ignored while `peers` and `bootstrap` are empty.
+    # The brokers that start the cluster, `1@HOST:PORT,2@HOST:PORT,...`: where this broker
+    # reaches each of them (their client port, or a proxy in front of it). Non-empty = cluster
+    # mode; every initial broker must be listed. `node_id` must then be >= 1. Brokers added
+    # later are learned from the metadata.
     peers: str = ""
+    # The controller voters among `peers`, `1,2,3` (the metadata log's Raft voters); empty: all
+    # of `peers`. The other brokers follow the metadata log as Raft learners and never vote.
+    controller_voters: str = ""
+    # Join a running cluster instead of `peers`: `HOST:PORT[,HOST:PORT]` of any of its brokers.
+    # The broker finds the controller leader there, registers, and learns every peer's address
+    # from the metadata (docs/cluster.md "Membership").
+    bootstrap: str = ""
+    # Metadata records applied between two snapshots of the controller state; each snapshot
+    # also compacts the metadata log (whole segments below it are deleted), so a restart
+    # replays the snapshot plus at most about this many records.
+    metadata_snapshot_interval_records: int = 1000
+    # Segment size of the metadata log: compaction deletes whole segments only, so this bounds
+    # what the log keeps below its latest snapshot.
+    metadata_log_segment_bytes: int = 8 * MIB
     # Brokers refuse peers of another cluster.
     cluster_id: str = "pybroker"
     # Replicas of a topic created without a replication factor.
@@ -233,6 +323,9 @@ class BrokerConfig(ConfigBase):
     # (randomised up to twice that), leaders heartbeat every tick.
     raft_tick_ms: int = 100
     raft_election_timeout_ticks: int = 10
+    # Quiescence (docs/raft.md): a partition group with nothing to replicate stops ticking and
+    # heartbeating; the broker-to-broker link liveness wakes it when a peer is lost.
+    raft_quiesce: bool = True
     # Broker liveness with the controller (Kafka's broker.heartbeat.interval.ms and
     # broker.session.timeout.ms): a broker silent for the session timeout is fenced.
     broker_heartbeat_interval_ms: int = 1_000
@@ -240,6 +333,13 @@ class BrokerConfig(ConfigBase):
     # On SIGTERM, how long to spend handing this broker's leaderships to caught-up followers
     # before stopping (Kafka's controlled shutdown); 0 skips it.
     controlled_shutdown_timeout_ms: int = 5_000
+    # Partition reassignment (docs/reassignment.md): replication to a new replica while it
+    # catches up, in bytes per second, unless the reassignment names its own throttle (Kafka's
+    # leader.replication.throttled.rate); 0 is unlimited.
+    reassignment_throttle_bytes_per_s: int = 100 * MIB
+    # A partition leader that is not its preferred leader hands leadership back to it once
+    # that broker is ACTIVE and caught up (Kafka's auto.leader.rebalance.enable).
+    auto_leader_rebalance_enable: bool = True
     # --- consumer groups (docs/consumer-groups.md); mapped onto GroupConfig by the group service.
     # Partitions of the internal __consumer_offsets topic, fixed when the broker first creates
     # it: a group's coordinator partition is crc32(group_id) % this count.
@@ -345,6 +445,13 @@ class BrokerConfig(ConfigBase):
         check_range("retention_check_interval_ms", self.retention_check_interval_ms, 10)
         check_range("fetch_max_wait_ms_max", self.fetch_max_wait_ms_max, 0)
         check_range("shutdown_timeout_ms", self.shutdown_timeout_ms, 0)
+        if not isinstance(self.log_cleaner_enabled, bool):
+            raise ConfigError("log_cleaner_enabled", "expected true or false")
+        check_range("log_cleaner_backoff_ms", self.log_cleaner_backoff_ms, 10)
+        check_range(
+            "log_cleaner_io_bytes_per_second", self.log_cleaner_io_bytes_per_second, 1 * KIB
+        )
+        check_range("log_cleaner_keys_max", self.log_cleaner_keys_max, 1, 100_000_000)
         if not isinstance(self.log, LogConfig):
             raise ConfigError("log", f"expected log settings, got {self.log!r}")
         self.log.validate()
@@ -384,23 +491,58 @@ class BrokerConfig(ConfigBase):
 
     def _validate_cluster(self) -> None:
         peers = parse_peers("peers", self.peers)
-        if not peers:
+        bootstrap = parse_bootstrap("bootstrap", self.bootstrap)
+        voters = parse_node_ids("controller_voters", self.controller_voters)
+        if not peers and not bootstrap:
+            if voters:
+                raise ConfigError("controller_voters", "needs --peers (the brokers they are among)")
             return
         if self.node_id < 1:
             raise ConfigError("node_id", "must be >= 1 in cluster mode (--node-id N)")
-        if self.node_id not in peers:
+        if peers and bootstrap:
+            raise ConfigError(
+                "bootstrap",
+                "give --peers (start or restart a cluster member) or --bootstrap (join a running "
+                "cluster), not both",
+            )
+        if bootstrap and voters:
+            raise ConfigError(
+                "controller_voters",
+                "a broker joining with --bootstrap learns the controller voters from the cluster; "
+                "drop --controller-voters",
+            )
+        if peers and self.node_id not in peers:
             raise ConfigError(
                 "peers",
                 f"does not list this broker (node {self.node_id}); --peers must name every "
                 "broker of the cluster, this one included",
             )
+        outsiders = sorted(set(voters) - set(peers))
+        if outsiders:
+            raise ConfigError(
+                "controller_voters",
+                f"names brokers {outsiders} that are not in --peers {sorted(peers)}; the voters "
+                "must be brokers of the cluster",
+            )
+        check_range(
+            "metadata_snapshot_interval_records", self.metadata_snapshot_interval_records, 1
+        )
+        check_range("metadata_log_segment_bytes", self.metadata_log_segment_bytes, 64 * KIB)
         if not 1 <= len(self.cluster_id.encode()) <= 255:
             raise ConfigError("cluster_id", "must be 1 to 255 bytes")
         check_range("default_replication_factor", self.default_replication_factor, 1, 16)
         check_range("raft_tick_ms", self.raft_tick_ms, 1, 10_000)
         check_range("raft_election_timeout_ticks", self.raft_election_timeout_ticks, 3, 1_000)
+        if not isinstance(self.raft_quiesce, bool):
+            raise ConfigError("raft_quiesce", f"expected true or false, got {self.raft_quiesce!r}")
         check_range("broker_heartbeat_interval_ms", self.broker_heartbeat_interval_ms, 1)
         check_range("controlled_shutdown_timeout_ms", self.controlled_shutdown_timeout_ms, 0)
+        check_range("reassignment_throttle_bytes_per_s", self.reassignment_throttle_bytes_per_s, 0)
+        if not isinstance(self.auto_leader_rebalance_enable, bool):
+            raise ConfigError(
+                "auto_leader_rebalance_enable",
+                f"expected true or false, got {self.auto_leader_rebalance_enable!r}",
+            )
         check_range(
             "broker_session_timeout_ms",
             self.broker_session_timeout_ms,
@@ -410,6 +552,22 @@ class BrokerConfig(ConfigBase):
     @property
     def peer_addresses(self) -> dict[int, tuple[str, int]]:
         return parse_peers("peers", self.peers)
+
+    @property
+    def is_cluster(self) -> bool:
+        """Cluster mode: `peers` (a member) or `bootstrap` (joining a running cluster)."""
+        return bool(self.peers or self.bootstrap)
+
+    @property
+    def controller_voter_ids(self) -> list[int]:
+        """The configured controller voters; all of `peers` when none are given."""
+        return parse_node_ids("controller_voters", self.controller_voters) or sorted(
+            self.peer_addresses
+        )
+
+    @property
+    def bootstrap_addresses(self) -> list[tuple[str, int]]:
+        return parse_bootstrap("bootstrap", self.bootstrap)
 
     def check_log_config(self, key: str, log: LogConfig) -> None:
         """A topic's batches must fit in a frame with room for the header."""

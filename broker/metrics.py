@@ -8,8 +8,8 @@ time from a callback, so the hot path pays nothing for them.
 Records are counted from batch headers' `record_count`: the broker never decodes records.
 
 Threading: the HTTP endpoint is prometheus-client's own small server thread. It only reads: counter
-updates are thread-safe in prometheus-client, and the partition callback copies the partition list
-before walking it.
+updates are thread-safe in prometheus-client, and the partition, cluster, Raft and controller views
+are computed in the trio thread at scrape time (broker/observability/scrape.py).
 """
 
 from __future__ import annotations
@@ -22,12 +22,27 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from broker.observability.cluster_metrics import ControllerCollector
+from broker.observability.raft_metrics import (
+    KIND_METADATA,
+    KIND_PARTITION,
+    RaftCollector,
+    RaftLatencyObserver,
+    node_raft_sources,
+)
+from broker.observability.scrape import TrioScrape
+
 logger = logging.getLogger(__name__)
 
 # Request latency buckets in seconds: from 100 µs (a cached metadata answer) to 30 s (long polls).
 LATENCY_BUCKETS_SECONDS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+# fsync buckets in seconds: from 50 µs (a battery-backed cache) to 10 s (a disk in trouble).
+FSYNC_BUCKETS_SECONDS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 10.0,
 )  # fmt: skip
 
 
@@ -333,6 +348,12 @@ class BrokerMetrics:
         self.records_out_total = Counter(
             "broker_records_out", "Records fetched, by topic", ["topic"], registry=registry
         )
+        # Set to read the count at scrape time (docs/storage.md, "Metadata damage").
+        self.stray_logs = Gauge(
+            "broker_stray_logs",
+            "Partition log directories the metadata does not know: kept on disk, not served",
+            registry=registry,
+        )
         self.duplicate_batches = Counter(
             "broker_producer_duplicate_batches",
             "Retried batches of idempotent producers answered with their original offsets",
@@ -346,6 +367,20 @@ class BrokerMetrics:
         self.protocol_errors = Counter(
             "broker_protocol_errors",
             "Connections closed because of a framing error",
+            registry=registry,
+        )
+        self.fsync_latency = Histogram(
+            "broker_log_fsync_duration_seconds",
+            "Time the broker waited for one fsync of a partition log (group commit: one fsync "
+            "may cover many appends)",
+            buckets=FSYNC_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        self.raft_append_latency = Histogram(
+            "broker_raft_append_latency_seconds",
+            "Time from a leader's proposal of an entry to its commit, by group kind",
+            ["kind"],
+            buckets=LATENCY_BUCKETS_SECONDS,
             registry=registry,
         )
         self._api_children: dict[str, tuple[Any, Any]] = {}
@@ -416,6 +451,23 @@ class BrokerMetrics:
     def watch_transactions(self, source: Callable[[], Any]) -> None:
         """Export the transaction coordinators' counts from the service's snapshots."""
         self.registry.register(_TransactionCollector(source))
+
+    def fsync_done(self, seconds: float) -> None:
+        """One fsync of a partition log completed (LogFlusher's `on_fsync`)."""
+        self.fsync_latency.observe(seconds)
+
+    def watch_cluster_node(self, scrape: TrioScrape, node: Any) -> None:
+        """Export a `ClusterNode`'s Raft groups and controller, read in the trio thread at scrape
+        time (the drivers' latencies come through `raft_observers`)."""
+        self.registry.register(RaftCollector(scrape, node_raft_sources(node)))
+        self.registry.register(ControllerCollector(scrape, node))
+
+    def raft_observers(self) -> tuple[RaftLatencyObserver, RaftLatencyObserver]:
+        """(partitions, metadata): what the drivers of each kind report their latencies to."""
+        return (
+            RaftLatencyObserver(self.fsync_latency, self.raft_append_latency, KIND_PARTITION),
+            RaftLatencyObserver(self.fsync_latency, self.raft_append_latency, KIND_METADATA),
+        )
 
     # --- HTTP -------------------------------------------------------------------------------------
 

@@ -52,9 +52,12 @@ from broker.handlers.produce import handle_produce
 from broker.handlers.transactions import MARKER_TIMEOUT_S
 from broker.internal_topics import OFFSETS_TOPIC, SHARE_STATE_TOPIC, TRANSACTION_STATE_TOPIC
 from broker.kvstore import KeySpace, KvStore
+from broker.log.cleaner_service import cleaner_for, replica_candidates, single_node_candidates
 from broker.log.flusher import LogFlusher
 from broker.log.manager import LogManager
 from broker.metrics import BrokerMetrics, PartitionSample
+from broker.observability.raft_metrics import observe_raft_latencies
+from broker.observability.scrape import TrioScrape
 from broker.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -87,8 +90,6 @@ logger = logging.getLogger(__name__)
 METADATA_DIRECTORY = "meta.lmdb"
 # Held (flock) while a broker uses the data directory.
 LOCK_FILE = ".lock"
-# How often the cluster-status metrics are rebuilt.
-CLUSTER_STATUS_REFRESH_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,9 +135,11 @@ def _lock_data_dir(data_dir: Path) -> int:
 class Broker:
     """A single-node broker. `await nursery.start(broker.run)` returns its `BrokerAddresses`."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, *, recover_topics: bool = False) -> None:
         config.validate()
         self.config = config
+        # `broker serve --recover-topics`: re-register stray logs as topics (docs/storage.md).
+        self.recover_topics = recover_topics
         self.metrics = BrokerMetrics()
         self._stop_requested = trio.Event()
         # Set when run() has returned, whatever the reason.
@@ -168,11 +171,17 @@ class Broker:
             self.stopped.set()
 
     async def _run_locked(self, data_dir: Path, task_status: trio.TaskStatus[Any]) -> None:
-        if self.config.peers:
+        if self.config.is_cluster:
+            if self.recover_topics:
+                raise StartupError(
+                    "--recover-topics is for a single-node broker: a cluster member rebuilds "
+                    "its metadata from the controller on its own (docs/storage.md)"
+                )
             await self._run_cluster(data_dir, task_status)
             return
         try:
-            store = KvStore.open(data_dir / METADATA_DIRECTORY)
+            # Raises MetadataStoreError (naming the file and what to do) if it is damaged.
+            store = KvStore.open(data_dir / METADATA_DIRECTORY, verify=True)
         except lmdb.Error as exc:
             raise StartupError(f"cannot open the metadata store in {data_dir}: {exc}") from exc
         clean = False
@@ -198,7 +207,7 @@ class Broker:
         task_status: trio.TaskStatus[Any],
         store: KvStore | None = None,
     ) -> None:
-        flusher = LogFlusher(logs.logs)
+        flusher = LogFlusher(logs.logs, on_fsync=self.metrics.fsync_done)
         context = BrokerContext(self.config, topics, flusher, self.metrics)
         self.context = context
         async with trio.open_nursery() as services:
@@ -206,7 +215,8 @@ class Broker:
             await services.start(flusher.run)
             topics.on_partition_added = self._partition_added
             topics.on_partition_removed = self._partition_removed
-            topics.attach_logs(logs)
+            topics.attach_logs(logs, recover=self.recover_topics)
+            self.metrics.stray_logs.set_function(lambda: len(topics.stray_logs))
             # Consumer groups: the internal offsets topic, then the coordinators over it.
             ensure_offsets_topic(topics, self.config.offsets_topic_partitions)
             context.producer_ids = ProducerIdAllocator(store, self.config.node_id)
@@ -225,6 +235,8 @@ class Broker:
             await services.start(share_groups.run)
             self._share_groups_started(context, share_groups)
             services.start_soon(self._retention_loop, logs.apply_retention)
+            if self.config.log_cleaner_enabled:
+                services.start_soon(cleaner_for(self.config, single_node_candidates(logs)).run)
             metrics_address = self._start_metrics(context)
             try:
                 await self._listen(context, metrics_address, task_status)
@@ -251,6 +263,8 @@ class Broker:
             data_dir,
             node_config_of(config),
             serve_peers=False,
+            controller_voters=config.controller_voter_ids,
+            bootstrap=config.bootstrap_addresses,
         )
         context = BrokerContext(config, ClusterTopics(node, config.log), None, self.metrics)
         context.cluster = node
@@ -262,6 +276,8 @@ class Broker:
             context.producer_ids = ProducerIdAllocator(node.store, config.node_id)
             track_replicas(node, context, services)
             services.start_soon(self._retention_loop, node.replicas.apply_retention)
+            if config.log_cleaner_enabled:
+                services.start_soon(cleaner_for(config, replica_candidates(node.replicas)).run)
 
             def groups_started(groups: GroupService) -> None:
                 context.groups = groups
@@ -294,9 +310,10 @@ class Broker:
                 lambda: self._share_group_service(context),
                 lambda service: self._share_groups_started(context, service),
             )
-            snapshot: list[Any] = [None]
-            services.start_soon(_refresh_cluster_status, context, snapshot)
-            self.metrics.watch_cluster(lambda: snapshot[0])
+            scrape = TrioScrape.current()
+            self.metrics.watch_cluster(lambda: scrape.run(lambda: cluster_status(context)))
+            self.metrics.watch_cluster_node(scrape, node)
+            services.start_soon(observe_raft_latencies, node, *self.metrics.raft_observers())
             metrics_address = self._start_metrics(context)
             try:
                 await self._listen(context, metrics_address, task_status, listeners)
@@ -340,11 +357,9 @@ class Broker:
         self.metrics.watch_transactions(lambda: service.metrics_snapshot)
 
     def _start_metrics(self, context: BrokerContext) -> tuple[str, int] | None:
-        # Last stable offsets are computed in the trio thread (the producer state is not
-        # thread-safe) and read here, in prometheus-client's thread, from this dict.
-        stable: list[dict[tuple[str, int], int]] = [{}]
-        assert self._services is not None
-        self._services.start_soon(_refresh_stable_offsets, context, stable)
+        # Read at scrape time in the trio thread (the producer state is not thread-safe): an idle
+        # broker nobody scrapes spends nothing here.
+        scrape = TrioScrape.current()
 
         def samples() -> list[PartitionSample]:
             return [
@@ -355,12 +370,14 @@ class Broker:
                     state.log.log_start_offset,
                     state.log.log_end_offset,
                     state.high_watermark,
-                    stable[0].get((state.topic, state.partition), -1),
+                    int(state.log.producers.last_stable_offset(state.high_watermark))
+                    if state.is_leader
+                    else -1,
                 )
-                for state in list(context.partitions.values())
+                for state in context.partitions.values()
             ]
 
-        self.metrics.watch_partitions(samples)
+        self.metrics.watch_partitions(lambda: scrape.run(samples) or [])
         if not self.config.metrics_listen:
             return None
         host, port = parse_host_port("metrics_listen", self.config.metrics_listen)
@@ -710,25 +727,6 @@ class _Connection:
                 raise
 
 
-async def _refresh_cluster_status(context: BrokerContext, snapshot: list[Any]) -> None:
-    """Rebuild the cluster-status snapshot /metrics reads (never computed in its thread)."""
-    while True:
-        snapshot[0] = cluster_status(context)
-        await trio.sleep(CLUSTER_STATUS_REFRESH_S)
-
-
-async def _refresh_stable_offsets(context: BrokerContext, stable: list[dict[Any, int]]) -> None:
-    """Keep `stable[0]` (partition -> last stable offset) fresh for /metrics; the dict is
-    replaced whole, so the metrics thread never sees one half-built."""
-    while True:
-        stable[0] = {
-            key: int(state.log.producers.last_stable_offset(state.high_watermark))
-            for key, state in list(context.partitions.items())
-            if state.is_leader
-        }
-        await trio.sleep(CLUSTER_STATUS_REFRESH_S)
-
-
 def _partition_errors(response: Any) -> list[str]:
     """Error names inside a response, for the error counter."""
     items: tuple[Any, ...] = getattr(response, "partitions", None) or getattr(
@@ -745,13 +743,18 @@ def _peer_name(stream: trio.SocketStream) -> str:
     return f"{host}:{port}"
 
 
-async def serve(config: BrokerConfig, *, on_ready: Callable[[BrokerAddresses], None]) -> None:
+async def serve(
+    config: BrokerConfig,
+    *,
+    on_ready: Callable[[BrokerAddresses], None],
+    recover_topics: bool = False,
+) -> None:
     """Run a broker until SIGINT/SIGTERM, then shut it down gracefully (for `broker serve`).
 
     A second signal during the shutdown cancels what is left (an unclean shutdown: the logs are
     recovered on the next start).
     """
-    broker = Broker(config)
+    broker = Broker(config, recover_topics=recover_topics)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 

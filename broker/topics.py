@@ -6,9 +6,17 @@ topic's own overrides are stored: its effective `LogConfig` is the broker's log 
 overrides applied, so changing a broker default changes every topic that does not override it.
 
 Rules:
-- Order makes crashes harmless: create the logs, then write the record (durably); delete the
-  record (durably), then the logs. On open, logs without a record are orphans of a crash and are
-  removed; a record whose logs are missing gets empty logs.
+- Order makes crashes harmless, and only what is positively marked is ever removed. Create: write
+  the record (durably), then the logs; a record whose logs are missing gets empty logs. Delete:
+  mark the record `deleting` (durably), delete the logs, then the record; a marked record found on
+  open has its deletion finished.
+- A log the records do not know (a "stray": its record was lost or is unreadable) is never
+  deleted and never served: it is released (closed, kept on disk), logged with what to do, and
+  counted in `stray_logs`. `attach_logs(recover=True)` (`broker serve --recover-topics`)
+  re-registers strays as topics (partition count from the directories, default configs). An
+  internal topic's strays are adopted by its creation at start-up (its name and configs are the
+  broker's own); any other create over a stray directory is refused. See docs/storage.md,
+  "Metadata damage".
 - Every refusal is a `BrokerError` with a code and a message that names the offending value.
 - Synchronous and trio-free: the server calls it from the trio thread.
 - This is the seam for replication: `leader_id` is this node until the controller assigns leaders.
@@ -23,15 +31,18 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
+import msgpack
+
 from broker.config import BrokerConfig, ConfigError, LogConfig
 from broker.errors import BrokerError, ErrorCode
+from broker.internal_topics import is_internal_topic
 
 logger = logging.getLogger(__name__)
 
 TOPIC_NAME_LENGTH_MAX: Final = 249
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
 # Values a topic config may take on the wire and in the store.
-ConfigValue = str | int | bool
+ConfigValue = str | int | bool | float
 
 
 class LogStore(Protocol):
@@ -41,6 +52,9 @@ class LogStore(Protocol):
     def get(self, topic: str, partition: int) -> Any: ...
     def partitions(self) -> list[tuple[str, int]]: ...
     def delete(self, topic: str, partition: int) -> None: ...
+    def release(self, topic: str, partition: int) -> Any: ...
+    def adopt(self, topic: str, partition: int, config: LogConfig) -> Any: ...
+    def update_config(self, topic: str, config: LogConfig) -> None: ...
 
 
 class MetadataStore(Protocol):
@@ -62,13 +76,16 @@ class TopicRecord:
     configs: Mapping[str, ConfigValue]
     log_config: LogConfig
 
-    def to_stored(self) -> dict[str, Any]:
-        return {
+    def to_stored(self, *, deleting: bool = False) -> dict[str, Any]:
+        stored: dict[str, Any] = {
             "name": self.name,
             "partition_count": self.partition_count,
             "replication_factor": self.replication_factor,
             "configs": dict(self.configs),
         }
+        if deleting:
+            stored["deleting"] = True
+        return stored
 
 
 def validate_topic_name(name: str) -> None:
@@ -129,41 +146,102 @@ class TopicManager:
         self.on_partition_added: Callable[[str, int, Any], None] | None = None
         # Called with (topic, partition, log) just before a partition log is deleted.
         self.on_partition_removed: Callable[[str, int, Any], None] | None = None
+        # Records marked `deleting` (a delete a crash interrupted), finished by attach_logs.
+        self._unfinished_deletes: dict[str, TopicRecord] = {}
+        # Logs on disk the records do not know: kept, unserved (see the module rules).
+        self.stray_logs: dict[tuple[str, int], Any] = {}
 
     # --- loading ----------------------------------------------------------------------------------
 
     def load_records(self) -> None:
         """Read every topic record from the store (before the logs are opened: `config_for`)."""
         for key, _ in self.store.items(self.space):
-            stored = self.store.get_obj(self.space, key)
             try:
+                stored = self.store.get_obj(self.space, key)
                 record = self._record_from_stored(stored)
-            except (BrokerError, ConfigError, KeyError, TypeError, ValueError) as exc:
-                # A record we cannot read must not stop the broker; its data stays on disk.
-                logger.error("topic record %r is unreadable and is skipped: %s", key, exc)
+            except (
+                BrokerError,
+                ConfigError,
+                KeyError,
+                TypeError,
+                ValueError,
+                msgpack.UnpackException,
+            ) as exc:
+                # UnicodeDecodeError is a ValueError. The topic's logs become strays: kept.
+                logger.error(
+                    "topic record %r is unreadable and is skipped; its logs are kept on disk "
+                    "unserved (start with --recover-topics to re-register them): %s",
+                    key,
+                    exc,
+                )
                 continue
-            self.topics[record.name] = record
+            if stored.get("deleting"):
+                self._unfinished_deletes[record.name] = record
+            else:
+                self.topics[record.name] = record
 
     def config_for(self, topic: str) -> LogConfig | None:
         """A topic's effective log config (for `LogManager.open(config_for=...)`)."""
         record = self.topics.get(topic)
         return record.log_config if record is not None else None
 
-    def attach_logs(self, logs: LogStore) -> None:
+    def attach_logs(self, logs: LogStore, *, recover: bool = False) -> None:
         """Reconcile the opened logs with the records (see the module rules) and announce them."""
         self.logs = logs
+        for record in self._unfinished_deletes.values():
+            logger.info("finishing the deletion of topic %s", record.name)
+            self._delete_logs(record, announce=False)
+            self.store.delete(self.space, record.name.encode(), durable=True)
+        self._unfinished_deletes.clear()
+        strays: dict[str, list[int]] = {}
         for topic, partition in logs.partitions():
             record = self.topics.get(topic)
             if record is None or partition >= record.partition_count:
-                logger.warning(
-                    "removing the log of %s-%d: no such topic partition (left by an interrupted "
-                    "create or delete)",
-                    topic,
-                    partition,
-                )
-                logs.delete(topic, partition)
+                strays.setdefault(topic, []).append(partition)
+        if recover:
+            for topic, partitions in strays.items():
+                self._recover(topic, partitions)
+        else:
+            for topic, partitions in strays.items():
+                for partition in partitions:
+                    self._release(topic, partition)
         for record in self.topics.values():
             self._open_partitions(record)
+        if self.stray_logs:
+            logger.warning(
+                "%d stray log(s) kept unserved: %s. Start once with `broker serve "
+                "--recover-topics` to re-register them as topics (default configs), or move "
+                "them out of the data directory (docs/storage.md, 'Metadata damage')",
+                len(self.stray_logs),
+                ", ".join(str(directory) for directory in self.stray_logs.values()),
+            )
+
+    def _release(self, topic: str, partition: int) -> None:
+        assert self.logs is not None
+        directory = self.logs.release(topic, partition)
+        self.stray_logs[(topic, partition)] = directory
+        logger.warning(
+            "keeping %s unserved: the metadata has no topic partition %s-%d (lost or unreadable "
+            "metadata, or a partition beyond the topic's count)",
+            directory,
+            topic,
+            partition,
+        )
+
+    def _recover(self, topic: str, partitions: list[int]) -> None:
+        """Re-register `topic` from its stray partition logs (`--recover-topics`)."""
+        existing = self.topics.get(topic)
+        count = max(max(partitions) + 1, existing.partition_count if existing else 0)
+        configs = dict(existing.configs) if existing else {}
+        record = TopicRecord(topic, count, 1, configs, self._log_config(configs))
+        self.store.put_obj(self.space, topic.encode(), record.to_stored(), durable=True)
+        self.topics[topic] = record
+        logger.warning(
+            "recovered topic %s from its log directories: %d partition(s), configs %s",
+            topic,
+            count,
+            configs or "default",
+        )
 
     def _record_from_stored(self, stored: Any) -> TopicRecord:
         configs = dict(stored["configs"])
@@ -179,7 +257,11 @@ class TopicManager:
         assert self.logs is not None, "attach_logs first"
         for partition in range(record.partition_count):
             log = self.logs.get(record.name, partition)
-            if log is None:
+            if log is None and (record.name, partition) in self.stray_logs:
+                del self.stray_logs[(record.name, partition)]
+                log = self.logs.adopt(record.name, partition, record.log_config)
+                logger.warning("adopted the stray log of %s-%d", record.name, partition)
+            elif log is None:
                 log = self.logs.create(record.name, partition, record.log_config)
             if self.on_partition_added is not None:
                 self.on_partition_added(record.name, partition, log)
@@ -237,29 +319,77 @@ class TopicManager:
         if validate_only:
             return record
         assert self.logs is not None, "attach_logs first"
-        for partition in range(count):
-            log = self.logs.create(name, partition, record.log_config)
-            if self.on_partition_added is not None:
-                self.on_partition_added(name, partition, log)
+        strays = sorted(p for t, p in self.stray_logs if t == name)
+        if strays and not is_internal_topic(name):
+            raise BrokerError(
+                ErrorCode.TOPIC_ALREADY_EXISTS,
+                f"topic {name!r} has log directories on disk the metadata does not know "
+                f"(partitions {strays}); restart with --recover-topics to re-register them, or "
+                "move them out of the data directory",
+            )
         self.store.put_obj(self.space, name.encode(), record.to_stored(), durable=True)
         self.topics[name] = record
+        try:
+            self._open_partitions(record)
+        except BaseException:
+            del self.topics[name]
+            self.store.put_obj(
+                self.space, name.encode(), record.to_stored(deleting=True), durable=True
+            )
+            for partition in strays:  # adopted: back to strays, kept; only new logs go
+                if self.logs.get(name, partition) is not None:
+                    self._release(name, partition)
+            self._delete_logs(record, announce=True)
+            self.store.delete(self.space, name.encode(), durable=True)
+            raise
         logger.info("created topic %s with %d partition(s), configs %s", name, count, overrides)
         return record
+
+    def alter_configs(
+        self, name: str, configs: Mapping[str, ConfigValue], reset: tuple[str, ...] = ()
+    ) -> TopicRecord:
+        """Set `configs` and drop the `reset` overrides of topic `name`, validated as a whole
+        (INVALID_CONFIG names the key; nothing changes then), persisted, and applied to the
+        topic's open logs (a new `cleanup.policy` or retention takes effect at the next sweep).
+        """
+        record = self.topics.get(name)
+        if record is None:
+            raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} does not exist")
+        # A key set anew or reset replaces the old override under either spelling.
+        replaced = {_field_of(key) for key in (*reset, *configs)}
+        overrides = {k: v for k, v in record.configs.items() if _field_of(k) not in replaced}
+        overrides.update(configs)
+        altered = dataclasses.replace(
+            record, configs=overrides, log_config=self._log_config(overrides)
+        )
+        self.store.put_obj(self.space, name.encode(), altered.to_stored(), durable=True)
+        self.topics[name] = altered
+        if self.logs is not None:
+            self.logs.update_config(name, altered.log_config)
+        logger.info("altered configs of topic %s: %s", name, overrides or "default")
+        return altered
 
     def delete(self, name: str) -> None:
         record = self.topics.get(name)
         if record is None:
             raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} does not exist")
         assert self.logs is not None, "attach_logs first"
-        self.store.delete(self.space, name.encode(), durable=True)
+        self.store.put_obj(self.space, name.encode(), record.to_stored(deleting=True), durable=True)
         del self.topics[name]
-        for partition in range(record.partition_count):
-            log = self.logs.get(name, partition)
-            if self.on_partition_removed is not None:
-                self.on_partition_removed(name, partition, log)
-            if log is not None:
-                self.logs.delete(name, partition)
+        self._delete_logs(record, announce=True)
+        self.store.delete(self.space, name.encode(), durable=True)
         logger.info("deleted topic %s", name)
+
+    def _delete_logs(self, record: TopicRecord, *, announce: bool) -> None:
+        """Delete the logs of a topic whose record is marked `deleting`; `announce` tells
+        `on_partition_removed` (not for logs never announced as added)."""
+        assert self.logs is not None
+        for partition in range(record.partition_count):
+            log = self.logs.get(record.name, partition)
+            if announce and self.on_partition_removed is not None:
+                self.on_partition_removed(record.name, partition, log)
+            if log is not None:
+                self.logs.delete(record.name, partition)
 
     def _log_config(self, overrides: Mapping[str, ConfigValue]) -> LogConfig:
         try:
@@ -279,6 +409,11 @@ def _config_int(key: str, value: Any) -> int:
         raise BrokerError(
             ErrorCode.INVALID_CONFIG, f"invalid config {key!r}: expected an integer, got {value!r}"
         ) from None
+
+
+def _field_of(key: str) -> str:
+    """The LogConfig field a config key names (`retention.ms` and `retention_ms` alike)."""
+    return LogConfig.ALIASES.get(key, key.replace(".", "_").replace("-", "_"))
 
 
 def _key_named(overrides: Mapping[str, Any], field: str) -> str:

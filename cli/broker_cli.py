@@ -17,6 +17,7 @@ from cli.cluster import cluster_app
 from cli.common import set_bootstrap
 from cli.consume import consume
 from cli.groups import groups_app
+from cli.partitions import partitions_app, rebalance
 from cli.produce import produce
 from cli.topics import topics_app
 from cli.transactions import transactions_app
@@ -36,6 +37,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(groups_app, name="groups")
 app.add_typer(transactions_app, name="transactions")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(partitions_app, name="partitions")
+cluster_app.command("rebalance")(rebalance)
 
 
 @app.callback()

@@ -2,10 +2,10 @@
 
 Configuration comes from, in increasing precedence: the defaults of `BrokerConfig`, a TOML file
 (`--config`), `--set key=value` options, then the dedicated flags (`--listen`, `--data-dir`,
-`--metrics-listen`, `--node-id`, `--peers`). An invalid value is refused before anything starts,
-with the key named and exit status 2. Once listening, the broker prints one readiness line to
-stdout (format in docs/protocol.md) and logs to stderr. SIGINT/SIGTERM shut it down gracefully
-(exit 0).
+`--metrics-listen`, `--node-id`, `--peers`, `--controller-voters`, `--bootstrap`). An invalid
+value is refused before anything starts, with the key named and exit status 2. Once listening,
+the broker prints one readiness line to stdout (format in docs/protocol.md) and logs to stderr.
+SIGINT/SIGTERM shut it down gracefully (exit 0).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import trio
 import typer
 
 from broker.config import BrokerConfig, ConfigError
+from broker.kvstore import MetadataStoreError
 from broker.server import BrokerAddresses, StartupError, serve
 
 app = typer.Typer(
@@ -93,7 +94,21 @@ def serve_command(
         str | None,
         typer.Option(
             help="Cluster mode: every broker as ID@HOST:PORT, comma-separated, e.g. "
-            "1@10.0.0.1:9092,2@10.0.0.2:9092,3@10.0.0.3:9092 (the initial controller voters)"
+            "1@10.0.0.1:9092,2@10.0.0.2:9092,3@10.0.0.3:9092 (the brokers that start the cluster)"
+        ),
+    ] = None,
+    controller_voters: Annotated[
+        str | None,
+        typer.Option(
+            help="The controller voters among --peers, e.g. 1,2,3 (default: all of them); the "
+            "other brokers follow the metadata log without voting"
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            help="Join a running cluster instead of --peers: HOST:PORT[,HOST:PORT] of any of its "
+            "brokers (with --node-id and --listen)"
         ),
     ] = None,
     config: Annotated[
@@ -111,9 +126,18 @@ def serve_command(
         Path | None, typer.Option(help="Also write the READY line to this file once listening")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    recover_topics: Annotated[
+        bool,
+        typer.Option(
+            "--recover-topics",
+            help="Single node: re-register as topics the log directories the metadata does not "
+            "know (after meta.lmdb was lost or moved aside; default configs; docs/storage.md)",
+        ),
+    ] = False,
 ) -> None:
     """Run a broker until SIGINT or SIGTERM: a single node, or with --node-id and --peers a member
-    of a replicated cluster (run the same command again on the same --data-dir to rejoin)."""
+    of a replicated cluster (run the same command again on the same --data-dir to rejoin), or
+    with --node-id and --bootstrap a broker joining a running cluster."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -129,6 +153,8 @@ def serve_command(
                 "metrics_listen": metrics_listen,
                 "node_id": None if node_id is None else str(node_id),
                 "peers": peers,
+                "controller_voters": controller_voters,
+                "bootstrap": bootstrap,
             },
         )
     except ConfigError as exc:
@@ -144,8 +170,8 @@ def serve_command(
 
     failures: list[BaseException] = []
     try:
-        trio.run(lambda: serve(broker_config, on_ready=on_ready))
-    except* (OSError, StartupError) as group:
+        trio.run(lambda: serve(broker_config, on_ready=on_ready, recover_topics=recover_topics))
+    except* (OSError, StartupError, MetadataStoreError) as group:
         # Raised inside the broker's nurseries, so they arrive as an exception group.
         failures.extend(_leaves(group))
     if failures:

@@ -97,13 +97,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def parse_configs(items: list[str]) -> dict[str, Any]:
-    """`--config KEY=VALUE` options as a dict; a malformed one is a usage error (exit 2)."""
+def parse_configs(items: list[str], *, option: str = "--config") -> dict[str, Any]:
+    """`--config KEY=VALUE` (or `option`) values as a dict; a malformed one is a usage error
+    (exit 2)."""
     configs: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--config")
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
         configs[key.strip()] = config_value(value.strip())
     return configs
 

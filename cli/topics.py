@@ -117,6 +117,28 @@ def _ids(ids: list[int]) -> str:
     return ",".join(map(str, ids)) or "-"
 
 
+@topics_app.command("alter-config")
+def topics_alter_config(
+    name: str,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Config KEY=VALUE to set (repeatable)."),
+    ] = None,
+    delete: Annotated[
+        list[str] | None,
+        typer.Option("--delete", help="Config KEY to return to the broker default (repeatable)."),
+    ] = None,
+) -> None:
+    """Change a topic's configs, e.g. `--set cleanup.policy=compact --delete retention.ms`."""
+    configs = parse_configs(set_ or [], option="--set")
+    if not configs and not delete:
+        raise typer.BadParameter("give at least one --set KEY=VALUE or --delete KEY")
+    with open_admin() as admin:
+        overrides = admin.alter_topic_configs(name, configs, reset=tuple(delete or ()))
+    shown = ", ".join(f"{key}={value}" for key, value in sorted(overrides.items()))
+    typer.echo(f"topic {name!r} configs: {shown or 'all defaults'}", err=True)
+
+
 @topics_app.command("delete")
 def topics_delete(name: str) -> None:
     """Delete a topic and all its data."""

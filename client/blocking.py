@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -295,6 +296,12 @@ class AdminClient(_Blocking):
     ) -> None:
         self._loop.run(self._aio.create_topic, name, partitions, replication_factor, config)
 
+    def alter_topic_configs(
+        self, name: str, configs: Mapping[str, Any] | None = None, *, reset: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        alter = functools.partial(self._aio.alter_topic_configs, name, configs, reset=reset)
+        return self._loop.run(alter)
+
     def delete_topic(self, name: str) -> None:
         self._loop.run(self._aio.delete_topic, name)
 
@@ -340,6 +347,41 @@ class AdminClient(_Blocking):
     def cluster_status(self) -> ClusterStatus:
         """Brokers, controller leader, offline and under-replicated partitions."""
         return self._loop.run(self._aio.cluster_status)
+
+    def decommission_broker(self, node_id: int) -> None:
+        """Start moving everything off broker `node_id`, then remove it (see the aio client)."""
+        self._loop.run(self._aio.decommission_broker, node_id)
+
+    def alter_partition_reassignments(
+        self,
+        reassignments: Mapping[tuple[str, int], Iterable[int] | None],
+        *,
+        throttle_bytes_per_s: int = 0,
+    ) -> None:
+        """Move partitions to new replicas (None: cancel); see the trio client's docstring."""
+        self._loop.run(
+            functools.partial(
+                self._aio.alter_partition_reassignments,
+                reassignments,
+                throttle_bytes_per_s=throttle_bytes_per_s,
+            )
+        )
+
+    def list_partition_reassignments(self, topics: Iterable[str] | None = None) -> list[Any]:
+        return self._loop.run(self._aio.list_partition_reassignments, topics)
+
+    def rebalance(
+        self, *, dry_run: bool = False, throttle_bytes_per_s: int = 0, move_count_max: int = 1000
+    ) -> list[Any]:
+        """Even replicas and preferred leaders; returns the planned (and started) moves."""
+        return self._loop.run(
+            functools.partial(
+                self._aio.rebalance,
+                dry_run=dry_run,
+                throttle_bytes_per_s=throttle_bytes_per_s,
+                move_count_max=move_count_max,
+            )
+        )
 
     def list_transactions(self, states: Iterable[str] | None = None) -> list[ListedTransaction]:
         return self._loop.run(self._aio.list_transactions, states)

@@ -10,6 +10,11 @@
         cluster.isolate(1)                     # node 1 neither reaches nor is reached by its peers
         cluster.heal()
 
+    with EmbeddedCluster(3, controller_voters=(1, 2, 3)) as cluster:
+        node_id = cluster.add_broker()         # node 4: `broker serve --bootstrap ...`
+        cluster.wait_ready()                   # it is registered and ACTIVE everywhere
+        cluster.retire(2)                      # after `cluster decommission 2`: stop, forget
+
 Rules:
 - Node ids are 1..n (Raft numbers brokers from 1). Node i is one `client.embedded.EmbeddedBroker`
   (its temporary data dir and log, its stop and kill) running `broker serve --node-id i --listen
@@ -25,6 +30,11 @@ Rules:
   answers over its own link to i, through proxy (j, i)), so blocking `link(i, j)` alone cuts one
   direction. Clients connect directly (`bootstrap`): a partition is between brokers only, and an
   isolated broker still answers clients, which is the stale-leader case tests want.
+- `add_broker()` starts one more broker that joins the running cluster with `--bootstrap` (the
+  running brokers' addresses) instead of `--peers`, on a fresh port, as the next node id. It is
+  not a controller voter. Not with `proxies=True` (nothing would carry its links).
+  `retire(node_id)` stops a broker and forgets it (after it was decommissioned): `wait_ready`
+  and `bootstrap` no longer include it.
 - `close()` (and leaving the `with`) stops every broker and proxy and removes every temporary
   directory, whatever failed before, including a failed `start()`.
 - Trio code: `async with open_embedded_cluster(...)`, and run the blocking methods (start, stop,
@@ -98,8 +108,9 @@ class EmbeddedCluster(StartedByWith):
     """`n` brokers on loopback, node ids 1..n. See the module rules.
 
     Args:
-        n: number of brokers (all of them initial controller voters).
+        n: number of brokers that start the cluster.
         peers: False runs independent single-node brokers (no `--node-id`/`--peers`).
+        controller_voters: the controller voters among them (`--controller-voters`); default all.
         proxies: put a `FaultProxy` on every broker-to-broker link (`isolate`, `partition`).
         extra_args, env, startup_timeout_s, stop_timeout_s: as `EmbeddedBroker`, for every node.
         ready_timeout_s: how long `start()` and `wait_ready()` wait for the membership.
@@ -111,6 +122,7 @@ class EmbeddedCluster(StartedByWith):
         *,
         peers: bool = True,
         proxies: bool = False,
+        controller_voters: Sequence[int] = (),
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         startup_timeout_s: float = STARTUP_TIMEOUT_S_DEFAULT,
@@ -122,6 +134,7 @@ class EmbeddedCluster(StartedByWith):
         self.node_ids = tuple(range(1, n + 1))
         self.peers = peers
         self.proxies = proxies
+        self.controller_voters = tuple(controller_voters)
         self.extra_args = list(extra_args)
         self.env = env
         self.startup_timeout_s = startup_timeout_s
@@ -143,7 +156,7 @@ class EmbeddedCluster(StartedByWith):
             return self._nodes[node_id]
         except KeyError:
             raise EmbeddedClusterError(
-                f"no node {node_id}: node ids are 1..{len(self.node_ids)}"
+                f"no node {node_id}: the nodes are {list(self.node_ids)}"
                 + ("" if self._nodes else " (the cluster is not started)")
             ) from None
 
@@ -226,7 +239,46 @@ class EmbeddedCluster(StartedByWith):
             else f"{peer}@{HOST}:{port}"
             for peer, port in port_of.items()
         )
-        return ["--node-id", str(node_id), "--peers", peers]
+        voters = ["--controller-voters", ",".join(map(str, self.controller_voters))]
+        return [
+            "--node-id",
+            str(node_id),
+            "--peers",
+            peers,
+            *(voters if self.controller_voters else []),
+        ]
+
+    def add_broker(self) -> int:
+        """Start one more broker, joining the running cluster with `--bootstrap`; its node id
+        (the next one). Does not wait: `wait_ready()` waits until every broker lists it ACTIVE."""
+        if self.proxies or not self.peers:
+            raise EmbeddedClusterError("add_broker needs a cluster without proxies")
+        node_id = max(self.node_ids) + 1
+        running = [node.bootstrap for node in self._nodes.values() if node.running]
+        if not running:
+            raise EmbeddedClusterError("no running broker to join through")
+        (port,) = free_ports(1)
+        self._nodes[node_id] = EmbeddedBroker(
+            port=port,
+            extra_args=[
+                *("--node-id", str(node_id), "--bootstrap", ",".join(running)),
+                *self.extra_args,
+            ],
+            env=self.env,
+            startup_timeout_s=self.startup_timeout_s,
+            stop_timeout_s=self.stop_timeout_s,
+        )
+        self.node_ids = (*self.node_ids, node_id)
+        self._start_node(node_id)
+        return node_id
+
+    def retire(self, node_id: int) -> None:
+        """Stop node `node_id` (decommissioned) and forget it: it is no longer waited for nor
+        in `bootstrap`. Its files are removed with it."""
+        node = self.node(node_id)
+        self.node_ids = tuple(other for other in self.node_ids if other != node_id)
+        del self._nodes[node_id]
+        node.close()
 
     def _start_node(self, node_id: int) -> None:
         node = self.node(node_id)

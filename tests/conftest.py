@@ -1,5 +1,6 @@
 """Project-wide pytest options: simulation seeds and run counts (tests/sim), the chaos test's
-fault schedule (tests/integration/cluster/test_chaos.py)."""
+fault schedule (tests/integration/cluster/test_chaos.py); each test's call report kept on its
+item (`item.rep_call`), so fixtures can attach broker logs to a failure."""
 
 from __future__ import annotations
 
@@ -44,3 +45,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite tests/unit/raft/testdata/*.txt with the traces the code produces now",
     )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    report: pytest.TestReport = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -72,7 +72,8 @@ class PeerClients:
         if address is None:
             raise BrokerError(
                 ErrorCode.BROKER_NOT_AVAILABLE,
-                f"broker {peer} is not in --peers of broker {self._node_id}; list every broker",
+                f"broker {self._node_id} knows no address of broker {peer} (not in --peers, "
+                "not registered in its metadata yet)",
             )
         lock = self._locks.setdefault(peer, trio.Lock())
         async with lock:
@@ -92,6 +93,18 @@ class PeerClients:
             self._connections[peer] = connection
             return connection
 
+    def add_peer(self, peer: int, address: tuple[str, int]) -> None:
+        """Reach `peer` at `address` from now on (learned from the metadata or a bootstrap
+        broker); a peer already known keeps its address (it may be a proxy)."""
+        self._peers.setdefault(peer, address)
+
+    def remove_peer(self, peer: int) -> None:
+        """Forget a decommissioned peer (its connection closes)."""
+        self._peers.pop(peer, None)
+        connection = self._connections.pop(peer, None)
+        if connection is not None:
+            self._nursery.start_soon(connection.aclose)
+
     def _drop(self, peer: int, connection: BrokerConnection) -> None:
         if self._connections.get(peer) is connection:
             del self._connections[peer]
@@ -105,6 +118,48 @@ def _check(response: Any, peer: int) -> Any:
     if response.error is ErrorCode.NOT_CONTROLLER:
         raise NotControllerError(peer, response.leader_hint)
     raise BrokerError(response.error, response.error_message)
+
+
+async def discover_cluster(
+    nursery: trio.Nursery,
+    node_id: int,
+    bootstrap: Sequence[tuple[str, int]],
+    *,
+    timeout_s: float,
+) -> codec.ClusterStatusResponse:
+    """`--bootstrap`: ask each address in turn for its ClusterStatus until one names a
+    controller leader; the answer lists every broker's address. Raises BrokerError
+    (BROKER_NOT_AVAILABLE) naming every failure if none does."""
+    failures = []
+    handshake = codec.HandshakeRequest(client_id=f"broker-{node_id}")
+    header, _ = codec.encode_request(handshake, correlation_id=0)
+    for address in bootstrap:
+        where = f"{address[0]}:{address[1]}"
+        try:
+            connection = await open_broker_connection(
+                nursery, address, header, connect_timeout_s=timeout_s
+            )
+        except ClientError as exc:
+            failures.append(f"{where}: {exc}")
+            continue
+        try:
+            request_header, payload = codec.encode_request(
+                codec.ClusterStatusRequest(), correlation_id=0
+            )
+            frame = await connection.request(request_header, payload, timeout_s=timeout_s)
+            status = codec.decode_response(frame.header, frame.payload)
+        except (ClientError, BrokerError) as exc:
+            failures.append(f"{where}: {exc}")
+            continue
+        finally:
+            await connection.aclose()
+        if isinstance(status, codec.ClusterStatusResponse) and status.controller_id > 0:
+            return status
+        failures.append(f"{where}: no controller leader known there yet")
+    raise BrokerError(
+        ErrorCode.BROKER_NOT_AVAILABLE,
+        "no --bootstrap broker named a controller leader: " + "; ".join(failures),
+    )
 
 
 class RemoteController:
@@ -147,6 +202,14 @@ class RemoteController:
             leader_id=leader,
             leader_epoch=leader_epoch,
             in_sync=tuple(in_sync_replicas),
+        )
+        _check(await self._clients.call(self._peer, request), self._peer)
+
+    async def complete_reassignment(
+        self, topic: str, partition: int, replicas: Sequence[int]
+    ) -> None:
+        request = codec.ReassignmentCompletedRequest(
+            topic=topic, partition=partition, replicas=tuple(replicas)
         )
         _check(await self._clients.call(self._peer, request), self._peer)
 

@@ -24,6 +24,7 @@ partition log under the node's data dir, voters = the initial peers) and the bro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -35,6 +36,7 @@ from typing import Any, Final
 import trio
 
 from broker.config import ConfigBase, LogConfig, check_range
+from broker.controller import reassignment
 from broker.controller.cache import MetadataCache
 from broker.controller.records import (
     BrokerState,
@@ -79,6 +81,9 @@ class ControllerServiceConfig(ConfigBase):
     registration_retry_ms: int = 200
     # How often a broker heartbeats to the controller leader (Kafka: broker.heartbeat.interval.ms).
     heartbeat_interval_ms: int = 1_000
+    # How often the controller leader re-checks membership (metadata-group configuration,
+    # decommissions) when no change wakes it (broker/cluster/membership.py).
+    membership_check_interval_ms: int = 500
     # An ACTIVE broker whose heartbeats stop for this long is fenced: it no longer counts as a
     # leader or an in-sync replica in Metadata, nor as live for placement
     # (Kafka: broker.session.timeout.ms).
@@ -89,8 +94,31 @@ class ControllerServiceConfig(ConfigBase):
         check_range("command_timeout_ms", self.command_timeout_ms, 1)
         check_range("registration_retry_ms", self.registration_retry_ms, 1)
         check_range("heartbeat_interval_ms", self.heartbeat_interval_ms, 1)
+        check_range("membership_check_interval_ms", self.membership_check_interval_ms, 1)
         # Fencing after fewer than two missed heartbeats would fence healthy brokers.
         check_range("session_timeout_ms", self.session_timeout_ms, 2 * self.heartbeat_interval_ms)
+
+
+# Leader reports proposed as one metadata entry at most (each record is ~100 bytes).
+LEADER_REPORT_BATCH_MAX: Final = 500
+
+
+@dataclasses.dataclass(slots=True)
+class _LeaderReport:
+    """One queued `report_leader` call and, once `done`, its outcome (`error` None: applied)."""
+
+    topic: str
+    partition: int
+    leader: int
+    leader_epoch: int
+    in_sync_replicas: tuple[int, ...]
+    done: bool = False
+    error: BrokerError | None = None
+
+    def settle(self, error: BrokerError | None) -> None:
+        """Record the outcome; the first one settled stands."""
+        if not self.done:
+            self.done, self.error = True, error
 
 
 class NotControllerError(BrokerError):
@@ -139,6 +167,7 @@ class ControllerService:
         *,
         node_id: int,
         voters: Sequence[int],
+        learners: Sequence[int] = (),
         store: KvStore,
         logs: LogManager,
         transport: RaftTransport,
@@ -157,21 +186,39 @@ class ControllerService:
         self._store = store
         self._limits = limits
         self._log_defaults = log_defaults
-        self.machine = self._restore()
+        log = logs.get(METADATA_TOPIC, METADATA_PARTITION) or logs.create(
+            METADATA_TOPIC, METADATA_PARTITION, metadata_log_config
+        )
+        # No time or size retention on the metadata log: compaction (rule 2) deletes the whole
+        # segments below a snapshot, through `apply_retention` with retention_bytes 0.
+        log.config = dataclasses.replace(log.config, retention_ms=-1, retention_bytes=0)
+        # The initial configuration of a new metadata log: the controller voters, and every
+        # other broker known at start-up as a learner (rule 6). A log that exists keeps its own.
+        storage = LogRaftStorage(
+            log,
+            store,
+            METADATA_GROUP,
+            Configuration.of(list(voters), [node for node in learners if node not in voters]),
+        )
+        self.machine = self._restore(storage.snapshot())
         # The applied index the LMDB snapshot held at start-up (0: none), for status and tests.
         self.restored_index = self.machine.applied_index
         self._cache = MetadataCache(self.machine)
         self._listeners: list[MetadataListener] = []
         self._records_since_snapshot = 0
+        # Records of the log as it was at start-up handed to `on_apply` (applied, or skipped as
+        # already in the snapshot): what a restart replays (tests bound it by one interval).
+        self.replayed_record_count = 0
+        self._log_end_at_start = storage.last_index()
+        # Metadata-log compactions since start-up (rule 2).
+        self.compaction_count = 0
         self._command_lock = trio.Lock()
+        # Leader reports waiting to be proposed together (report_leader).
+        self._leader_reports: list[_LeaderReport] = []
         self.changes = ChangeNotifier()
         # On the leader: when each broker last heartbeated (trio clock, seconds). Not in the log:
         # a new leader gives every broker a full session timeout (rule 5).
         self._heartbeats: dict[int, float] = {}
-        log = logs.get(METADATA_TOPIC, METADATA_PARTITION) or logs.create(
-            METADATA_TOPIC, METADATA_PARTITION, metadata_log_config
-        )
-        storage = LogRaftStorage(log, store, METADATA_GROUP, Configuration.of(list(voters)))
         self.driver = RaftDriver(
             group=METADATA_GROUP,
             node_id=node_id,
@@ -202,6 +249,25 @@ class ControllerService:
     def is_leader(self) -> bool:
         return self.driver.role is Role.LEADER
 
+    async def wait_changed(self, driver_version: int, applied_version: int) -> None:
+        """Return at the next change of the metadata group (leader, role, commit) or of the
+        applied metadata since `driver.change_version` and `changes.version`."""
+        async with trio.open_nursery() as nursery:
+
+            async def driver_changed() -> None:
+                # A stopped driver raises its stop error: a change too (the node is stopping, or
+                # the controller's own task reports the failure).
+                with contextlib.suppress(BrokerError):
+                    await self.driver.wait_changed(driver_version)
+                nursery.cancel_scope.cancel()
+
+            async def applied() -> None:
+                await self.changes.wait(applied_version)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(driver_changed)
+            nursery.start_soon(applied)
+
     def add_listener(self, listener: MetadataListener) -> None:
         """Call `listener(machine)` after every applied entry (and once now, for restored state)."""
         self._listeners.append(listener)
@@ -222,14 +288,20 @@ class ControllerService:
 
     # --- applying the log ------------------------------------------------------------------------
 
-    def _restore(self) -> ControllerStateMachine:
-        data = self._store.get(KeySpace.CONTROLLER, SNAPSHOT_KEY)
-        if data is None:
-            return ControllerStateMachine(self._limits, log_defaults=self._log_defaults)
-        # A corrupt snapshot raises ControllerSnapshotError: the broker must not start on it.
-        return ControllerStateMachine.from_bytes(
-            data, self._limits, log_defaults=self._log_defaults
-        )
+    def _restore(self, raft_snapshot: Snapshot) -> ControllerStateMachine:
+        # The newer of the two copies of the state: the LMDB snapshot, and the one the metadata
+        # log was compacted to (or installed from the leader), which the log no longer holds.
+        machine = ControllerStateMachine(self._limits, log_defaults=self._log_defaults)
+        for data in (self._store.get(KeySpace.CONTROLLER, SNAPSHOT_KEY), raft_snapshot.data):
+            if not data:
+                continue
+            # A corrupt snapshot raises ControllerSnapshotError: the broker must not start on it.
+            restored = ControllerStateMachine.from_bytes(
+                data, self._limits, log_defaults=self._log_defaults
+            )
+            if restored.applied_index > machine.applied_index:
+                machine = restored
+        return machine
 
     def _apply_entries(self, entries: Sequence[Entry]) -> None:
         for entry in entries:
@@ -237,6 +309,8 @@ class ControllerService:
                 continue  # leader no-ops and configuration changes carry no metadata
             applied = 0
             for record in batch_codec.decode_records(entry.data):
+                if record.offset <= self._log_end_at_start:
+                    self.replayed_record_count += 1
                 # Already in the LMDB snapshot (rule 1). Offset 0 is never a record: a new
                 # metadata log starts with the first leader's no-op, so index 0 is free as
                 # the machine's "nothing applied" value.
@@ -257,13 +331,35 @@ class ControllerService:
                 continue
             self._records_since_snapshot += applied
             if self._records_since_snapshot >= self.config.snapshot_interval_records:
-                # Between entries, as the state machine requires; not durable by itself: a lost
-                # snapshot only means a longer replay.
-                self._store.put(
-                    KeySpace.CONTROLLER, SNAPSHOT_KEY, self.machine.to_bytes(), durable=False
-                )
-                self._records_since_snapshot = 0
+                self._snapshot_and_compact(entry)
             self._notify_listeners()
+
+    def _snapshot_and_compact(self, entry: Entry) -> None:
+        """Rule 2: snapshot the state as of `entry` (just applied, so between entries) and
+        compact the metadata log to it: Raft's snapshot point moves to the entry (a follower
+        behind it gets an InstallSnapshot carrying these bytes) and every whole segment below
+        it is deleted, so a restart replays the snapshot plus a short tail."""
+        data = self.machine.to_bytes()
+        # Not durable by itself; the compaction's durable LMDB write below syncs it too, before
+        # any segment is deleted (LMDB commits in order).
+        self._store.put(KeySpace.CONTROLLER, SNAPSHOT_KEY, data, durable=False)
+        self._records_since_snapshot = 0
+        storage = self.driver.storage
+        if entry.index <= storage.first_index() - 1:
+            return  # a snapshot installed from the leader already covers it
+        storage.compact_to(entry.index, entry.term, data)
+        # retention_bytes 0 (set at open): every whole segment below the snapshot goes.
+        deleted = storage.log.apply_retention(max_offset=entry.index + 1)
+        self.compaction_count += 1
+        logger.info(
+            "node %d: metadata snapshot at index %d (%d bytes); %d segment(s) deleted, the log "
+            "starts at %d",
+            self.node_id,
+            entry.index,
+            len(data),
+            deleted,
+            storage.log.log_start_offset,
+        )
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         # A leader sends the state bytes when this broker is behind its log start.
@@ -339,6 +435,21 @@ class ControllerService:
             records = self._require_leader().prepare_delete_topic(name)
             await self._propose(records)
 
+    async def alter_topic_configs(
+        self, name: str, configs: Mapping[str, Any], reset: Sequence[str] = ()
+    ) -> TopicInfo:
+        """Set and reset config overrides of a topic (prepare_alter_configs); its applied
+        `TopicInfo`. Every broker hosting a replica applies the new configs to its log when it
+        applies the records. Raises NotControllerError or BrokerError (UNKNOWN_TOPIC,
+        INVALID_CONFIG)."""
+        async with self._command_lock:
+            records = self._require_leader().prepare_alter_configs(name, configs, reset)
+            await self._propose(records)
+        topic = self.machine.topic(name)
+        if topic is None:
+            raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} was deleted concurrently")
+        return topic
+
     async def register_broker(self, node_id: int, host: str, port: int, incarnation: int) -> int:
         """Register (or re-register) a broker; returns its broker epoch. NotControllerError
         elsewhere; BrokerError(INVALID_REQUEST) for a bad or conflicting address."""
@@ -361,6 +472,25 @@ class ControllerService:
                 node_id, state, broker_epoch=broker_epoch
             )
             await self._propose(records)
+
+    async def decommission_broker(self, node_id: int) -> None:
+        """Mark `node_id` DECOMMISSIONING (`BrokerDecommissioning`); the `MembershipService`
+        on the leader then moves its replicas and its vote away and removes it. NotControllerError
+        elsewhere; BrokerError(INVALID_REQUEST) for an unknown broker or the last active one."""
+        async with self._command_lock:
+            records = self._require_leader().prepare_decommission_broker(node_id)
+            await self._propose(records)
+
+    async def unregister_broker(self, node_id: int) -> None:
+        """Remove a decommissioned broker that hosts nothing (`BrokerUnregistered`)."""
+        async with self._command_lock:
+            records = self._require_leader().prepare_unregister_broker(node_id)
+            await self._propose(records)
+
+    @property
+    def configuration(self) -> Configuration:
+        """The metadata group's configuration in force here (the last one in its log)."""
+        return self.driver.core.configuration
 
     async def heartbeat(
         self, node_id: int, broker_epoch: int, *, want_active: bool, shutting_down: bool = False
@@ -434,9 +564,115 @@ class ControllerService:
         leader_epoch: int,
         in_sync_replicas: Sequence[int],
     ) -> None:
-        """Publish a partition group's leader (prepare_leader_change); NOT_LEADER when stale."""
+        """Publish a partition group's leader (prepare_leader_change); NOT_LEADER when stale.
+
+        Reports are group-committed: while one batch of them is being proposed, the reports
+        that arrive queue, and the first of them to get the command lock proposes every queued
+        report (up to `LEADER_REPORT_BATCH_MAX`) as one metadata entry. A thousand new
+        partitions electing at once cost a few metadata commits, not a thousand in a row.
+        """
+        report = _LeaderReport(topic, partition, leader, leader_epoch, tuple(in_sync_replicas))
+        self._leader_reports.append(report)
         async with self._command_lock:
-            records = self._require_leader().prepare_leader_change(
-                topic, partition, leader, leader_epoch, in_sync_replicas
+            if not report.done:
+                batch = self._leader_reports[:LEADER_REPORT_BATCH_MAX]
+                del self._leader_reports[:LEADER_REPORT_BATCH_MAX]
+                await self._publish_leader_reports(batch)
+        if report.error is not None:
+            raise report.error
+
+    async def _publish_leader_reports(self, batch: list[_LeaderReport]) -> None:
+        """Propose `batch` as one entry (the command lock held); each report gets its outcome:
+        its own refusal, the proposal's failure, or None once applied."""
+        # What the reports not refused one by one get if the proposal never returns (cancelled):
+        # a retriable error, so their waiters report again.
+        outcome: BrokerError | None = BrokerError(
+            ErrorCode.REQUEST_TIMED_OUT, "the leader report was not published; report it again"
+        )
+        try:
+            machine = self._require_leader()
+            records: list[MetadataRecord] = []
+            for report in batch:
+                try:
+                    records += machine.prepare_leader_change(
+                        report.topic,
+                        report.partition,
+                        report.leader,
+                        report.leader_epoch,
+                        report.in_sync_replicas,
+                    )
+                except BrokerError as exc:
+                    report.settle(exc)
+            await self._propose(records)
+            outcome = None
+        except BrokerError as exc:
+            outcome = exc
+        finally:
+            for report in batch:
+                report.settle(outcome)
+
+    # --- partition reassignment (broker/controller/reassignment.py, docs/reassignment.md) ------
+
+    async def alter_partition_reassignments(
+        self,
+        moves: Sequence[tuple[str, int, Sequence[int] | None]],
+        *,
+        throttle_bytes_per_s: int = 0,
+    ) -> list[BrokerError | None]:
+        """Start (or with replicas None, cancel) the reassignment of each (topic, partition,
+        replicas); every accepted one is proposed in ONE batch. Returns, per move, None or the
+        BrokerError that refused it. NotControllerError off the leader; a proposal timeout
+        raises REQUEST_TIMED_OUT (retrying is safe: a repeated move is a no-op)."""
+        outcomes: list[BrokerError | None] = []
+        async with self._command_lock:
+            machine = self._require_leader()
+            records: list[MetadataRecord] = []
+            for topic, partition, replicas in moves:
+                try:
+                    records += reassignment.prepare_reassignment(
+                        machine,
+                        topic,
+                        partition,
+                        replicas,
+                        throttle_bytes_per_s=throttle_bytes_per_s,
+                    )
+                except BrokerError as exc:
+                    outcomes.append(exc)
+                    continue
+                outcomes.append(None)
+            await self._propose(records)
+        return outcomes
+
+    async def complete_reassignment(
+        self, topic: str, partition: int, replicas: Sequence[int]
+    ) -> None:
+        """A partition leader's report that its group's voters are exactly `replicas`: record
+        the reassignment's completion (reassignment.prepare_completion's errors otherwise)."""
+        async with self._command_lock:
+            records = reassignment.prepare_completion(
+                self._require_leader(), topic, partition, replicas
             )
             await self._propose(records)
+
+    async def rebalance(
+        self, *, dry_run: bool, throttle_bytes_per_s: int = 0, move_count_max: int
+    ) -> list[tuple[reassignment.Move, BrokerError | None]]:
+        """Plan (`reassignment.plan_rebalance` over the ACTIVE brokers; partitions already
+        moving are left alone) and, unless `dry_run`, submit the moves."""
+        machine = self._require_leader()
+        partitions = [
+            (topic.name, info.partition, info.replicas)
+            for topic in machine.topics()
+            for info in topic.partitions
+            if info.replicas and not info.target_replicas
+        ]
+        moves = reassignment.plan_rebalance(
+            partitions, machine.active_broker_ids(), move_count_max=move_count_max
+        )
+        if dry_run or not moves:
+            return [(move, None) for move in moves]
+        outcomes = await self.alter_partition_reassignments(
+            [(move.topic, move.partition, move.target_replicas) for move in moves],
+            throttle_bytes_per_s=throttle_bytes_per_s,
+        )
+        return list(zip(moves, outcomes, strict=True))

@@ -13,6 +13,12 @@ peer traffic in this slice), the `ControllerService` (metadata log) and the `Rep
 3. Stopping: cancelling `run()` (or `aclose()`) is a clean stop: controller state snapshotted to
    LMDB, logs flushed and marked clean. `crash()` stops with no flush and no marker, as a kill -9
    would leave the files (what reached the page cache stays).
+4. Membership (docs/cluster.md "Membership"): the metadata group's voters are the configured
+   controller voters; every other broker is a learner. A broker started with `bootstrap` instead
+   of `peers` first asks a bootstrap broker for the brokers' addresses, the voters and the
+   controller leader, then registers there; every broker learns its peers' addresses from the
+   registrations it applies (and forgets decommissioned ones), so Raft links reach brokers that
+   joined later. The `MembershipService` (controller leader) does the rest.
 """
 
 from __future__ import annotations
@@ -27,10 +33,17 @@ from typing import Protocol
 
 import trio
 
-from broker.config import MIB, BrokerConfig, ConfigBase, ConfigError, LogConfig, check_range
+from broker.config import (
+    MIB,
+    BrokerConfig,
+    ConfigBase,
+    ConfigError,
+    LogConfig,
+    check_range,
+)
 from broker.controller.cache import MetadataCache
 from broker.controller.records import BrokerState
-from broker.controller.state import ControllerConfig
+from broker.controller.state import ControllerConfig, ControllerStateMachine
 from broker.errors import BrokerError, ErrorCode
 from broker.kvstore import KvStore
 from broker.log.manager import LogManager
@@ -39,14 +52,17 @@ from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriverConfig, RaftTicker
 from broker.raft.transport import RaftTransport, RaftTransportConfig
 
-from .controller_client import PeerClients, PeerRouter
+from .controller_client import PeerClients, PeerRouter, discover_cluster
 from .controller_service import (
+    METADATA_PARTITION,
     METADATA_TOPIC,
     ChangeNotifier,
     ControllerService,
     ControllerServiceConfig,
     NotControllerError,
 )
+from .membership import MembershipService
+from .reassignment import ReassignmentConfig, ReassignmentService
 from .replicas import ReplicaManager, ReplicaManagerConfig, handover_target
 
 logger = logging.getLogger(__name__)
@@ -57,8 +73,8 @@ META_DIRECTORY = "meta.lmdb"
 
 
 def _metadata_log_default() -> LogConfig:
-    # The metadata log is small; smaller segments keep a future compaction cheap.
-    return LogConfig(segment_bytes=64 * MIB)
+    # Compaction deletes whole segments below a snapshot: small segments keep the log short.
+    return LogConfig(segment_bytes=8 * MIB)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,6 +92,7 @@ class ClusterNodeConfig(ConfigBase):
     controller: ControllerServiceConfig = dataclasses.field(default_factory=ControllerServiceConfig)
     limits: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
     replicas: ReplicaManagerConfig = dataclasses.field(default_factory=ReplicaManagerConfig)
+    reassignment: ReassignmentConfig = dataclasses.field(default_factory=ReassignmentConfig)
 
     def validate(self) -> None:
         if not 1 <= len(self.cluster_id.encode()) <= wire.CLUSTER_ID_BYTES_MAX:
@@ -89,6 +106,7 @@ class ClusterNodeConfig(ConfigBase):
             self.controller,
             self.limits,
             self.replicas,
+            self.reassignment,
         ):
             part.validate()
         # A heartbeat must not wait longer than one tick in the transport (docs/raft-driver.md).
@@ -105,16 +123,34 @@ def node_config_of(config: BrokerConfig) -> ClusterNodeConfig:
     return ClusterNodeConfig(
         cluster_id=config.cluster_id,
         log=config.log,
-        raft=RaftConfig(election_timeout_ticks=config.raft_election_timeout_ticks),
+        metadata_log=LogConfig(
+            segment_bytes=config.metadata_log_segment_bytes,
+            max_batch_bytes=min(config.metadata_log_segment_bytes, LogConfig().max_batch_bytes),
+        ),
+        raft=RaftConfig(
+            election_timeout_ticks=config.raft_election_timeout_ticks, quiesce=config.raft_quiesce
+        ),
         driver=RaftDriverConfig(tick_interval_ms=config.raft_tick_ms),
         transport=RaftTransportConfig(
-            heartbeat_interval_ms=config.raft_tick_ms, max_frame_bytes=config.max_frame_bytes
+            heartbeat_interval_ms=config.raft_tick_ms,
+            # The link liveness stands in for quiet groups' heartbeats: one election timeout.
+            peer_timeout_ms=config.raft_tick_ms * config.raft_election_timeout_ticks,
+            max_frame_bytes=config.max_frame_bytes,
         ),
         controller=ControllerServiceConfig(
             heartbeat_interval_ms=config.broker_heartbeat_interval_ms,
             session_timeout_ms=config.broker_session_timeout_ms,
+            snapshot_interval_records=config.metadata_snapshot_interval_records,
         ),
         limits=ControllerConfig(partition_count_per_topic_max=config.max_partitions_per_topic),
+        replicas=(
+            ReplicaManagerConfig()
+            if config.auto_leader_rebalance_enable
+            else ReplicaManagerConfig(preferred_leader_delay_ms=0)
+        ),
+        reassignment=ReassignmentConfig(
+            throttle_bytes_per_s=config.reassignment_throttle_bytes_per_s
+        ),
     )
 
 
@@ -136,6 +172,10 @@ class ControllerEndpoint(Protocol):
         leader: int,
         leader_epoch: int,
         in_sync_replicas: Sequence[int],
+    ) -> None: ...
+
+    async def complete_reassignment(
+        self, topic: str, partition: int, replicas: Sequence[int]
     ) -> None: ...
 
 
@@ -160,13 +200,18 @@ class ClusterNode:
         listeners: list[trio.SocketListener] | None = None,
         serve_peers: bool = True,
         seed: int | None = None,
+        controller_voters: Sequence[int] = (),
+        bootstrap: Sequence[tuple[str, int]] = (),
     ) -> None:
-        """`peers`: the initial controller voters and where their peer listeners are (this node
-        may be among them). `listeners`: already-open sockets for the first start (tests bind
-        port 0 and learn the port before telling the peers). `serve_peers=False`: the broker's
-        client listener hands peer connections to `transport.serve_inbound` (one port for both),
-        so the node opens no listener. `router`: how commands reach the controller leader
-        (default: `PeerRouter`, over the client protocol). `seed`: deterministic Raft timers."""
+        """`peers`: the brokers that start the cluster and where their peer listeners are (this
+        node may be among them). `controller_voters`: the metadata group's voters among them
+        (default: all); the others are learners. `bootstrap`: join a running cluster through
+        these brokers instead (`peers` empty; rule 4). `listeners`: already-open sockets for
+        the first start (tests bind port 0 and learn the port before telling the peers).
+        `serve_peers=False`: the broker's client listener hands peer connections to
+        `transport.serve_inbound` (one port for both), so the node opens no listener.
+        `router`: how commands reach the controller leader (default: `PeerRouter`, over the
+        client protocol). `seed`: deterministic Raft timers."""
         self.config = config or ClusterNodeConfig()
         self.config.validate()
         assert node_id > 0, node_id
@@ -174,7 +219,15 @@ class ClusterNode:
         self.host = listen[0]
         self.port = listeners[0].socket.getsockname()[1] if listeners else listen[1]
         self.peers = {peer: address for peer, address in sorted(peers.items()) if peer != node_id}
-        self.voters = sorted({*self.peers, node_id})
+        self.bootstrap = list(bootstrap)
+        assert not (self.peers and self.bootstrap), "peers or bootstrap, not both"
+        members = sorted({*self.peers, node_id})
+        self.voters = sorted(controller_voters) if controller_voters else members
+        assert set(self.voters) <= set(members), (self.voters, members)
+        self.learners = [node for node in members if node not in self.voters]
+        # The controller leader a bootstrap broker named (0: none): whom to register with while
+        # this broker's own metadata log knows no leader yet (it is not a learner yet).
+        self._controller_hint = 0
         self.data_dir = data_dir
         self._router = router
         self._listeners = listeners
@@ -190,6 +243,9 @@ class ClusterNode:
         self._stopped = trio.Event()
         self._controller: ControllerService | None = None
         self._replicas: ReplicaManager | None = None
+        self._reassignments: ReassignmentService | None = None
+        # The controller leader's membership rounds (runs on every broker, acts on the leader).
+        self.membership: MembershipService | None = None
         self.transport: RaftTransport | None = None
         self.peer_clients: PeerClients | None = None
         # The node's LMDB store while it runs (the broker's producer id allocator keeps its
@@ -251,23 +307,35 @@ class ClusterNode:
         self._controller = ControllerService(
             node_id=self.node_id,
             voters=self.voters,
+            learners=self.learners,
             store=store,
             logs=logs,
             transport=self.transport,
             log_defaults=config.log,
             metadata_log_config=config.metadata_log,
             limits=config.limits,
-            raft_config=config.raft,
+            # The metadata group stays awake: it is one group (its heartbeats cost nothing
+            # measurable), and every broker's registration heartbeats need its leader anyway.
+            raft_config=dataclasses.replace(config.raft, quiesce=False),
             driver_config=config.driver,
             config=config.controller,
             rng=random.Random(rng.getrandbits(64)),
             ticker=self.ticker,
         )
+        self._reassignments = ReassignmentService(
+            node_id=self.node_id,
+            controller=self._controller,
+            replicas=self._replicas,
+            reporter=self._complete_reassignment,
+            config=config.reassignment,
+            tick_interval_ms=config.driver.tick_interval_ms,
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the node until cancelled; see the module docstring for start order and stopping."""
         assert not self.running, "run() one at a time"
-        store = KvStore.open(self.data_dir / META_DIRECTORY)
+        # Raises MetadataStoreError (naming the file and what to do) if it is damaged.
+        store = KvStore.open(self.data_dir / META_DIRECTORY, verify=True)
         metadata_config = self.config.metadata_log
         logs = LogManager.open(
             self.data_dir,
@@ -283,10 +351,12 @@ class ClusterNode:
         self.active = trio.Event()
         self.broker_epoch = None
         try:
-            self._open(store, logs)
-            self.store = store
             with trio.CancelScope() as scope:
                 self._scope = scope
+                if self.bootstrap and logs.get(METADATA_TOPIC, METADATA_PARTITION) is None:
+                    await self._discover()
+                self._open(store, logs)
+                self.store = store
                 async with trio.open_nursery() as nursery:
                     await self._start_parts(nursery)
                     self.running = True
@@ -298,6 +368,52 @@ class ClusterNode:
             self._close(store, logs)
             self._stopped.set()
             self.changes.notify()
+
+    async def _discover(self) -> None:
+        """Rule 4: before a joining broker's first start, learn from a `bootstrap` broker where
+        every broker is, which of them vote, and who leads the controller. Retried until one
+        answers (the cluster may be starting too)."""
+        retry_s = self.config.controller.registration_retry_ms / 1000
+        timeout_s = self.config.controller.command_timeout_ms / 1000
+        while True:
+            try:
+                async with trio.open_nursery() as nursery:
+                    status = await discover_cluster(
+                        nursery, self.node_id, self.bootstrap, timeout_s=timeout_s
+                    )
+                break
+            except BrokerError as exc:
+                logger.warning("node %d: joining: %s; retrying", self.node_id, exc)
+                await trio.sleep(retry_s)
+        self.peers = {
+            broker.node_id: (broker.host, broker.port)
+            for broker in status.brokers
+            if broker.node_id != self.node_id
+        }
+        self.voters = sorted(status.controller_voters) or [status.controller_id]
+        # Until the leader's log tells it otherwise, this broker is a learner: it never votes.
+        self.learners = sorted({*self.peers, self.node_id} - set(self.voters))
+        self._controller_hint = status.controller_id
+        logger.info(
+            "node %d: joining the cluster of brokers %s (controller voters %s, leader %d)",
+            self.node_id,
+            sorted(self.peers),
+            self.voters,
+            status.controller_id,
+        )
+
+    def _learn_peers(self, machine: ControllerStateMachine) -> None:
+        """Rule 4: every registered broker is a peer, at the address it registered; a removed
+        one is forgotten. A metadata listener, so it runs after every applied entry."""
+        assert self.transport is not None and self.peer_clients is not None
+        for info in machine.brokers():
+            if info.node_id != self.node_id:
+                self.transport.add_peer(info.node_id, (info.host, info.port))
+                self.peer_clients.add_peer(info.node_id, (info.host, info.port))
+        for peer in self.transport.peer_ids:
+            if machine.broker(peer) is None and machine.removed_incarnation(peer) is not None:
+                self.transport.remove_peer(peer)
+                self.peer_clients.remove_peer(peer)
 
     async def _start_parts(self, nursery: trio.Nursery) -> None:
         assert self.transport is not None
@@ -314,8 +430,17 @@ class ClusterNode:
         await nursery.start(self.transport.run)
         await nursery.start(self.ticker.run)
         await nursery.start(self.replicas.run)
+        self.controller.add_listener(self._learn_peers)
         self.controller.add_listener(self.replicas.reconcile)
         await nursery.start(self.controller.run)
+        self.membership = MembershipService(
+            self.controller,
+            voter_count_target=len(self.voters),
+            interval_ms=self.config.controller.membership_check_interval_ms,
+        )
+        await nursery.start(self.membership.run)
+        assert self._reassignments is not None
+        await nursery.start(self._reassignments.run)
 
     def _close(self, store: KvStore, logs: LogManager) -> None:
         if self._clean and self._controller is not None:
@@ -376,12 +501,23 @@ class ClusterNode:
         while True:
             driver_version = self.controller.driver.change_version
             applied_version = self.controller.changes.version
-            info = self.controller.machine.broker(self.node_id)
+            machine = self.controller.machine
+            if machine.removed_incarnation(self.node_id) == incarnation:
+                logger.warning(
+                    "node %d: this broker was decommissioned and removed from the cluster; stop it",
+                    self.node_id,
+                )
+                await trio.sleep_forever()
+            info = machine.broker(self.node_id)
             caught_up = epoch is not None and info is not None and info.broker_epoch == epoch
+            if caught_up:
+                self.replicas.metadata_caught_up()  # lets replica deletions go ahead
             if caught_up and info is not None and info.state is BrokerState.ACTIVE:
                 self._became_active(info.broker_epoch)
             due = trio.current_time() >= next_heartbeat or (caught_up and not asked_active)
-            target = self.router.controller_of(self.controller.leader_id) if due else None
+            # A joining broker knows no leader until it is a learner: the one it was told of.
+            leader = self.controller.leader_id or self._controller_hint
+            target = self.router.controller_of(leader) if due else None
             if target is not None:
                 next_heartbeat = trio.current_time() + retry_s
                 try:
@@ -402,6 +538,8 @@ class ClusterNode:
                 except BrokerError as exc:
                     # No controller yet, a failover, a timeout: try again after a change.
                     logger.debug("node %d: membership: %s", self.node_id, exc)
+                    if isinstance(exc, NotControllerError) and exc.leader_hint:
+                        self._controller_hint = exc.leader_hint
                     if exc.code is ErrorCode.STALE_BROKER_EPOCH:
                         epoch = None
                         continue
@@ -425,21 +563,16 @@ class ClusterNode:
             raise NotControllerError(self.node_id, self.controller.leader_id)
         await target.report_leader(topic, partition, leader, epoch, in_sync)
 
+    async def _complete_reassignment(
+        self, topic: str, partition: int, replicas: tuple[int, ...]
+    ) -> None:
+        """A partition leader's completion report, sent to the controller leader."""
+        target = self.router.controller_of(self.controller.leader_id)
+        if target is None:
+            raise NotControllerError(self.node_id, self.controller.leader_id)
+        await target.complete_reassignment(topic, partition, replicas)
+
     async def wait_controller_change(self, driver_version: int, applied_version: int) -> None:
         """Return at the next change of the metadata group (leader, role) or of the applied
         metadata since `controller.driver.change_version` and `controller.changes.version`."""
-        async with trio.open_nursery() as nursery:
-
-            async def driver_changed() -> None:
-                # A stopped driver raises its stop error: a change too (the node is stopping, or
-                # the controller's own task reports the failure).
-                with contextlib.suppress(BrokerError):
-                    await self.controller.driver.wait_changed(driver_version)
-                nursery.cancel_scope.cancel()
-
-            async def applied() -> None:
-                await self.controller.changes.wait(applied_version)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(driver_changed)
-            nursery.start_soon(applied)
+        await self.controller.wait_changed(driver_version, applied_version)

@@ -25,6 +25,11 @@ shared `RaftTransport`. Rules:
    first records a Raft snapshot point at the new log start (`LogRaftStorage.compact_to`), so
    the group can still answer for the term there. A follower that falls behind the leader's log
    start is caught up by a snapshot: its log is reset to the leader's start, then replicated.
+7. Replica storage is deleted only once the metadata has caught up with the controller
+   (`metadata_caught_up`, called by the node when it sees its own registration applied): until
+   then an unwanted replica (a topic deleted, or re-created under a new id, in a replay still under
+   way, e.g. after `meta.lmdb` was lost) keeps running and its log stays on disk. A log directory
+   no applied topic names is never started, so never deleted here (docs/storage.md).
 """
 
 from __future__ import annotations
@@ -114,6 +119,18 @@ def handover_target(driver: RaftDriver) -> int | None:
     )
 
 
+def _initial_configuration(node_id: int, info: PartitionInfo) -> Configuration:
+    """The Raft configuration a NEW group member starts from (a restart uses its stored one).
+
+    While a reassignment is under way, a replica with no Raft state yet starts as a learner of
+    the others: it must not campaign before the leader's log, and the configuration entries in
+    it, reach it (they then say what it really is)."""
+    others = [node for node in info.replicas if node != node_id]
+    if info.target_replicas and others:
+        return Configuration.of(others, [node_id])
+    return Configuration.of(list(info.replicas))
+
+
 class Acks(enum.IntEnum):
     """How much of the replication a produce waits for (Kafka's acks values)."""
 
@@ -138,10 +155,15 @@ class Replica:
         self.topic_id = topic.topic_id
         self.partition = info.partition
         self.replicas = info.replicas
+        # The topic's config overrides the log's config was built from (a ConfigSet changes them).
+        self.configs = topic.configs
         self.log = log
         self.driver = driver
         self.scope = trio.CancelScope()
         self.deleting = False
+        # A reassignment is under way: its leader moves the group (broker/cluster/reassignment.py)
+        # and the preferred-leader rule waits until it completes.
+        self.reassigning = bool(info.target_replicas)
         self.stopped = trio.Event()
 
     @property
@@ -250,6 +272,8 @@ class ReplicaManager:
         self._offline: set[tuple[str, int]] = set()
         self._state: ControllerStateMachine | None = None
         self._nursery: trio.Nursery | None = None
+        # Rule 7: no replica storage is deleted before the metadata has caught up.
+        self._deletions_allowed = False
         self.changes = ChangeNotifier()
 
     # --- lookups ---------------------------------------------------------------------------------
@@ -286,6 +310,12 @@ class ReplicaManager:
         self._state = machine
         self._reconcile()
 
+    def metadata_caught_up(self) -> None:
+        """The applied metadata has caught up with the controller: deletions may go ahead."""
+        if not self._deletions_allowed:
+            self._deletions_allowed = True
+            self._reconcile()
+
     def _reconcile(self) -> None:
         if self._state is None or self._nursery is None:
             return
@@ -298,7 +328,17 @@ class ReplicaManager:
         for key, replica in list(self._replicas.items()):
             want = wanted.get(key)
             if want is None or want[0].topic_id != replica.topic_id:
-                self._stop(replica, delete=True)
+                if self._deletions_allowed:  # else held (rule 7)
+                    self._stop(replica, delete=True)
+            else:
+                # A reassignment changes the replica set of a running group (its in-sync set
+                # and preferred leader follow it).
+                replica.replicas = want[1].replicas
+                replica.reassigning = bool(want[1].target_replicas)
+                if want[0].configs != replica.configs:
+                    # `topics alter-config`: the next append, roll, sweep and clean use it.
+                    replica.configs = want[0].configs
+                    replica.log.config = self._log_config(want[0])
         for key, (topic, info) in wanted.items():
             # A key still in _replicas is running or still stopping (rule 2).
             if key in self._replicas or key in self._offline:
@@ -315,14 +355,16 @@ class ReplicaManager:
 
     def _start(self, topic: TopicInfo, info: PartitionInfo) -> None:
         assert self._nursery is not None
-        config = LogConfig.from_mapping(dict(topic.configs), base=self._log_defaults)
+        config = self._log_config(topic)
         log = self._logs.get(topic.name, info.partition)
         if log is None:
             log = self._logs.create(topic.name, info.partition, config)
         else:
             log.config = config  # opened from disk with the defaults before the state was known
         group = partition_directory_name(topic.name, info.partition)
-        storage = LogRaftStorage(log, self._store, group, Configuration.of(list(info.replicas)))
+        storage = LogRaftStorage(
+            log, self._store, group, _initial_configuration(self.node_id, info)
+        )
         driver = RaftDriver(
             group=group,
             node_id=self.node_id,
@@ -337,6 +379,9 @@ class ReplicaManager:
         self._replicas[(topic.name, info.partition)] = replica
         self._nursery.start_soon(self._run_replica, replica, name=f"replica {group}")
         self.changes.notify()
+
+    def _log_config(self, topic: TopicInfo) -> LogConfig:
+        return LogConfig.from_mapping(dict(topic.configs), base=self._log_defaults)
 
     def _stop(self, replica: Replica, *, delete: bool) -> None:
         replica.deleting = replica.deleting or delete
@@ -388,8 +433,13 @@ class ReplicaManager:
                         replica.driver.transfer_leadership(replica.replicas[0])
                     led_since = trio.current_time()  # once per delay, if it does not complete
             # Only a leader has timed work (reports to retry, the preferred-leader rule); a
-            # follower sleeps until its group changes, which keeps idle brokers idle.
-            timeout_s = interval_s if driver.role is Role.LEADER else math.inf
+            # follower sleeps until its group changes, which keeps idle brokers idle. So does a
+            # quiet preferred leader: its in-sync set cannot change until the group wakes, and
+            # waking is a change (docs/raft-driver.md, rule 6).
+            timed = driver.role is Role.LEADER and (
+                not driver.core.quiescent or replica.replicas[0] != self.node_id
+            )
+            timeout_s = interval_s if timed else math.inf
             with trio.move_on_after(timeout_s):
                 try:
                     await driver.wait_changed(version)
@@ -411,6 +461,8 @@ class ReplicaManager:
         delay_ms = self.config.preferred_leader_delay_ms
         preferred = replica.replicas[0]
         if not replica.is_leader or delay_ms == 0 or preferred == self.node_id:
+            return False
+        if replica.reassigning:
             return False
         if led_s * 1000 < delay_ms:
             return False

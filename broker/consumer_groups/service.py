@@ -59,9 +59,15 @@ __all__ = [
     "group_config_of",
 ]
 
-# The internal topic's own configs: commits must never be deleted by time or size retention
-# (compaction is not built yet), and an acknowledged commit must be on disk.
-OFFSETS_TOPIC_CONFIGS: Final = {"retention.ms": -1, "retention.bytes": -1, "flush.policy": "always"}
+# The internal topic's own configs: commits are never deleted by time or size retention, the log
+# cleaner keeps the latest record per key (docs/storage.md), and an acknowledged commit must be
+# on disk.
+OFFSETS_TOPIC_CONFIGS: Final = {
+    "retention.ms": -1,
+    "retention.bytes": -1,
+    "flush.policy": "always",
+    "cleanup.policy": "compact",
+}
 EPOCH_KEY: Final = b"coordinator_epoch"
 
 

@@ -122,14 +122,20 @@ def check_topic_id(record: str, value: Any) -> None:
 
 
 def check_config_value(record: str, key: str, value: Any) -> None:
-    """A config value is a str, int or bool that msgpack can carry."""
+    """A config value is a str, int, bool or finite float (min.cleanable.dirty.ratio) that
+    msgpack can carry."""
     if isinstance(value, bool):
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _fail(record, f"configs[{key!r}]", f"expected a finite number: {value!r}")
         return
     if isinstance(value, int):
         check_int(record, f"configs[{key!r}]", value, -INT64_MAX - 1, INT64_MAX)
         return
     if not isinstance(value, str) or len(value) > CONFIG_VALUE_LENGTH_MAX:
-        raise _fail(record, f"configs[{key!r}]", f"expected a short str, int or bool: {value!r}")
+        expected = "expected a short str, int or bool (or a finite float)"
+        raise _fail(record, f"configs[{key!r}]", f"{expected}: {value!r}")
 
 
 def check_config_items(record: str, value: Any) -> None:
@@ -175,10 +181,10 @@ def canonical_configs(configs: Mapping[str, Any], log_defaults: LogConfig) -> Co
         if not isinstance(key, str):
             raise BrokerError(ErrorCode.INVALID_CONFIG, f"config key {key!r} is not a string")
         value = configs[key]
-        if value is None or not isinstance(value, str | int | bool):
+        if value is None or not isinstance(value, str | int | bool | float):
             raise BrokerError(
                 ErrorCode.INVALID_CONFIG,
-                f"invalid config {key!r}: expected a string, integer or boolean, got {value!r}",
+                f"invalid config {key!r}: expected a string, number or boolean, got {value!r}",
             )
         canonical = canonical_config_key(key)
         if canonical in written_by_key:
@@ -382,6 +388,94 @@ class ConfigSet:
             check_config_value("ConfigSet", self.key, self.value)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerDecommissioning:
+    """`broker-cli cluster decommission`: the broker is leaving the cluster for good. It gets no
+    new replicas, the controller moves its replicas away (and its controller vote, if it has
+    one), then records `BrokerUnregistered`. The mark outlives the broker's re-registrations."""
+
+    node_id: int
+
+    # Type ids 8-19 are membership's (broker/controller/membership.py).
+    TYPE_ID = 8
+    VERSION = 0
+
+    def __post_init__(self) -> None:
+        check_int("BrokerDecommissioning", "node_id", self.node_id, 1, INT32_MAX)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerUnregistered:
+    """A decommissioned broker is gone: no partition has a replica on it any more. That process
+    (`incarnation`) may not register again; a new process with the same id may (a new machine)."""
+
+    node_id: int
+    incarnation: int
+
+    TYPE_ID = 9
+    VERSION = 0
+
+    def __post_init__(self) -> None:
+        check_int("BrokerUnregistered", "node_id", self.node_id, 1, INT32_MAX)
+        check_int("BrokerUnregistered", "incarnation", self.incarnation, 0, INT64_MAX)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PartitionReassignmentStarted:
+    """A partition's replicas are moving to `target_replicas` (KIP-455; broker/controller/
+    reassignment.py). `replicas` is the union of where it is and where it goes (the brokers that
+    must host it meanwhile), `adding_replicas` the brokers that did not host it before the move.
+    A cancellation is this record with the original replicas as target. `throttle_bytes_per_s`
+    bounds replication to the new replicas (0: the brokers' default)."""
+
+    topic: str
+    topic_id: str
+    partition: int
+    replicas: tuple[int, ...]
+    target_replicas: tuple[int, ...]
+    adding_replicas: tuple[int, ...]
+    throttle_bytes_per_s: int = 0
+
+    # Type ids 20+ are reassignment's (other record families take the ids below).
+    TYPE_ID = 20
+    VERSION = 0
+
+    def __post_init__(self) -> None:
+        name = "PartitionReassignmentStarted"
+        check_str(name, "topic", self.topic, TOPIC_NAME_LENGTH_MAX)
+        check_topic_id(name, self.topic_id)
+        check_int(name, "partition", self.partition, 0, INT32_MAX - 1)
+        check_node_ids(name, "replicas", self.replicas)
+        check_node_ids(name, "target_replicas", self.target_replicas)
+        check_node_ids(name, "adding_replicas", self.adding_replicas, allow_empty=True)
+        check_int(name, "throttle_bytes_per_s", self.throttle_bytes_per_s, 0, INT64_MAX)
+        if not set(self.target_replicas) <= set(self.replicas):
+            raise _fail(name, "target_replicas", "must be among the replicas")
+        if not set(self.adding_replicas) <= set(self.target_replicas):
+            raise _fail(name, "adding_replicas", "must be among the target replicas")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PartitionReassignmentCompleted:
+    """The partition's Raft group now has exactly `replicas` (the reassignment's target) as
+    voters: the reassignment is over, and brokers left out stop and delete their replica."""
+
+    topic: str
+    topic_id: str
+    partition: int
+    replicas: tuple[int, ...]
+
+    TYPE_ID = 21
+    VERSION = 0
+
+    def __post_init__(self) -> None:
+        name = "PartitionReassignmentCompleted"
+        check_str(name, "topic", self.topic, TOPIC_NAME_LENGTH_MAX)
+        check_topic_id(name, self.topic_id)
+        check_int(name, "partition", self.partition, 0, INT32_MAX - 1)
+        check_node_ids(name, "replicas", self.replicas)
+
+
 MetadataRecord: TypeAlias = (
     BrokerRegistered
     | BrokerStateChanged
@@ -390,6 +484,10 @@ MetadataRecord: TypeAlias = (
     | PartitionAssignment
     | PartitionLeaderChanged
     | ConfigSet
+    | BrokerDecommissioning
+    | BrokerUnregistered
+    | PartitionReassignmentStarted
+    | PartitionReassignmentCompleted
 )
 RECORD_TYPES: Final[tuple[type[MetadataRecord], ...]] = (
     BrokerRegistered,
@@ -399,6 +497,10 @@ RECORD_TYPES: Final[tuple[type[MetadataRecord], ...]] = (
     PartitionAssignment,
     PartitionLeaderChanged,
     ConfigSet,
+    BrokerDecommissioning,
+    BrokerUnregistered,
+    PartitionReassignmentStarted,
+    PartitionReassignmentCompleted,
 )
 _BY_TYPE_ID: Final[dict[int, type[MetadataRecord]]] = {cls.TYPE_ID: cls for cls in RECORD_TYPES}
 assert len(_BY_TYPE_ID) == len(RECORD_TYPES), "record type ids must be unique"
@@ -408,6 +510,8 @@ assert len(_BY_TYPE_ID) == len(RECORD_TYPES), "record type ids must be unique"
 _TO_WIRE: Final[dict[str, Callable[[Any], Any]]] = {
     "replicas": list,
     "in_sync_replicas": list,
+    "target_replicas": list,
+    "adding_replicas": list,
     "configs": dict,
     "state": lambda state: state.value,
 }
@@ -434,6 +538,8 @@ def _broker_state(value: Any) -> BrokerState:
 _FROM_WIRE: Final[dict[str, Callable[[Any], Any]]] = {
     "replicas": _tuple_of,
     "in_sync_replicas": _tuple_of,
+    "target_replicas": _tuple_of,
+    "adding_replicas": _tuple_of,
     "configs": _config_items,
     "state": _broker_state,
 }

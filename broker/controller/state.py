@@ -18,22 +18,24 @@ on every broker, so replicas can be compared byte for byte. Pure: no I/O, clock 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 import msgpack
 
 from broker.config import LogConfig, check_range
-from broker.controller import placement
+from broker.controller import placement, reassignment
 from broker.controller.records import (
     INT32_MAX,
     INT64_MAX,
     PORT_MAX,
     REPLICA_COUNT_MAX,
     TOPIC_NAME_LENGTH_MAX,
+    BrokerDecommissioning,
     BrokerRegistered,
     BrokerState,
     BrokerStateChanged,
+    BrokerUnregistered,
     ConfigItems,
     ConfigSet,
     ConfigValue,
@@ -41,6 +43,8 @@ from broker.controller.records import (
     MetadataRecordError,
     PartitionAssignment,
     PartitionLeaderChanged,
+    PartitionReassignmentCompleted,
+    PartitionReassignmentStarted,
     TopicCreated,
     TopicDeleted,
     canonical_config_key,
@@ -93,6 +97,9 @@ class BrokerInfo:
     incarnation: int
     broker_epoch: int
     state: BrokerState
+    # Marked by `BrokerDecommissioning`: leaving for good; no new replicas go to it. Kept across
+    # the broker's re-registrations until `BrokerUnregistered` removes it.
+    decommissioning: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,6 +114,12 @@ class PartitionInfo:
     leader: int | None = None
     leader_epoch: int = 0
     in_sync_replicas: tuple[int, ...] = ()
+    # A reassignment under way (broker/controller/reassignment.py): where the replicas go (empty:
+    # none), which of them are new to the partition, and the replication throttle (0: default).
+    # Meanwhile `replicas` is the union of the old and the target replicas.
+    target_replicas: tuple[int, ...] = ()
+    adding_replicas: tuple[int, ...] = ()
+    reassignment_throttle_bytes_per_s: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -168,16 +181,23 @@ class ControllerStateMachine:
         self._brokers: dict[int, BrokerInfo] = {}
         self._topics: dict[str, TopicInfo] = {}
         self._topic_names_by_id: dict[str, str] = {}
+        # node id -> incarnation of the process that was decommissioned (BrokerUnregistered):
+        # that process may not register again.
+        self._removed_incarnations: dict[int, int] = {}
         self._applied_record_count = 0
         self._skipped_record_count = 0
         self._appliers: dict[type, Callable[[Any, int], bool]] = {
             BrokerRegistered: self._apply_broker_registered,
             BrokerStateChanged: self._apply_broker_state_changed,
+            BrokerDecommissioning: self._apply_broker_decommissioning,
+            BrokerUnregistered: self._apply_broker_unregistered,
             TopicCreated: self._apply_topic_created,
             TopicDeleted: self._apply_topic_deleted,
             PartitionAssignment: self._apply_partition_assignment,
             PartitionLeaderChanged: self._apply_partition_leader_changed,
             ConfigSet: self._apply_config_set,
+            PartitionReassignmentStarted: self._apply_reassignment,
+            PartitionReassignmentCompleted: self._apply_reassignment,
         }
 
     # --- queries ----------------------------------------------------------------------------------
@@ -195,8 +215,22 @@ class ControllerStateMachine:
         return [self._brokers[node_id] for node_id in sorted(self._brokers)]
 
     def active_broker_ids(self) -> list[int]:
-        """Brokers in state ACTIVE, sorted: the default live set for placement."""
-        return [info.node_id for info in self.brokers() if info.state is BrokerState.ACTIVE]
+        """Brokers in state ACTIVE and not decommissioning, sorted: the default live set for
+        placement (a decommissioning broker is being emptied, not filled)."""
+        return [
+            info.node_id
+            for info in self.brokers()
+            if info.state is BrokerState.ACTIVE and not info.decommissioning
+        ]
+
+    def removed_incarnation(self, node_id: int) -> int | None:
+        """The incarnation of `node_id`'s decommissioned process (None: never removed)."""
+        return self._removed_incarnations.get(node_id)
+
+    def hosts_replicas(self, node_id: int) -> bool:
+        """Whether any partition has a replica on `node_id` (reassignments under way included:
+        their `replicas` are the union of the old and the target ones)."""
+        return any(node_id in p.replicas for t in self._topics.values() for p in t.partitions)
 
     def topic(self, name: str) -> TopicInfo | None:
         return self._topics.get(name)
@@ -249,9 +283,39 @@ class ControllerStateMachine:
             record.port,
         ):
             return False  # the same registration proposed twice (a retry across a failover)
+        if self._removed_incarnations.get(record.node_id) == record.incarnation:
+            return False  # the decommissioned process itself, still running
         self._brokers[record.node_id] = BrokerInfo(
-            record.node_id, record.host, record.port, record.incarnation, index, BrokerState.FENCED
+            record.node_id,
+            record.host,
+            record.port,
+            record.incarnation,
+            index,
+            BrokerState.FENCED,
+            decommissioning=known is not None and known.decommissioning,
         )
+        return True
+
+    def _apply_broker_decommissioning(self, record: BrokerDecommissioning, index: int) -> bool:
+        known = self._brokers.get(record.node_id)
+        if known is None or known.decommissioning:
+            return False
+        self._brokers[record.node_id] = dataclasses.replace(known, decommissioning=True)
+        return True
+
+    def _apply_broker_unregistered(self, record: BrokerUnregistered, index: int) -> bool:
+        known = self._brokers.get(record.node_id)
+        # Only an emptied, decommissioning broker goes: a replica left on it would name an
+        # unregistered broker (and a record racing a new reassignment must not strand one).
+        if (
+            known is None
+            or not known.decommissioning
+            or known.incarnation != record.incarnation  # it restarted meanwhile: proposed again
+            or self.hosts_replicas(record.node_id)
+        ):
+            return False
+        del self._brokers[record.node_id]
+        self._removed_incarnations[record.node_id] = record.incarnation
         return True
 
     def _apply_broker_state_changed(self, record: BrokerStateChanged, index: int) -> bool:
@@ -306,6 +370,21 @@ class ControllerStateMachine:
             leader_epoch=record.leader_epoch,
             in_sync_replicas=record.in_sync_replicas,
         )
+        self._replace_partition(record.topic, updated)
+        return True
+
+    def _apply_reassignment(
+        self, record: PartitionReassignmentStarted | PartitionReassignmentCompleted, index: int
+    ) -> bool:
+        current = self._current_partition(record.topic, record.topic_id, record.partition)
+        if current is None or any(node not in self._brokers for node in record.replicas):
+            return False
+        if isinstance(record, PartitionReassignmentStarted):
+            updated = reassignment.apply_started(current, record)
+        else:
+            updated = reassignment.apply_completed(current, record)
+        if updated is None:
+            return False
         self._replace_partition(record.topic, updated)
         return True
 
@@ -374,6 +453,12 @@ class ControllerStateMachine:
                     "its own --listen address (or stop broker "
                     f"{other.node_id} first)",
                 )
+        if self._removed_incarnations.get(node_id) == incarnation:
+            raise BrokerError(
+                ErrorCode.INVALID_REQUEST,
+                f"broker {node_id} was decommissioned and removed from the cluster; stop this "
+                "process (to bring the machine back, start a new broker process)",
+            )
         known = self._brokers.get(node_id)
         if known is not None and (known.incarnation, known.host, known.port) == (
             incarnation,
@@ -382,6 +467,51 @@ class ControllerStateMachine:
         ):
             return []
         return [BrokerRegistered(node_id, host, port, incarnation)]
+
+    def prepare_decommission_broker(self, node_id: int) -> list[MetadataRecord]:
+        """The record that starts decommissioning `node_id`; [] if it already is.
+
+        Raises BrokerError(INVALID_REQUEST) if the broker is not registered, or if no other
+        ACTIVE broker would be left to take its replicas. Whether every partition finds a new
+        home is checked when the moves are planned (`reassignment.plan_decommission`).
+        """
+        _require_int(node_id, 1, INT32_MAX, ErrorCode.INVALID_REQUEST, "node id")
+        known = self._brokers.get(node_id)
+        if known is None:
+            registered = ", ".join(str(node) for node in sorted(self._brokers)) or "none"
+            raise BrokerError(
+                ErrorCode.INVALID_REQUEST,
+                f"broker {node_id} is not registered (registered brokers: {registered})",
+            )
+        if known.decommissioning:
+            return []
+        if not [node for node in self.active_broker_ids() if node != node_id]:
+            raise BrokerError(
+                ErrorCode.INVALID_REQUEST,
+                f"broker {node_id} is the only active broker left; add a broker before "
+                "decommissioning it",
+            )
+        return [BrokerDecommissioning(node_id)]
+
+    def prepare_unregister_broker(self, node_id: int) -> list[MetadataRecord]:
+        """The record that removes a decommissioned broker; [] if it is already gone.
+
+        Raises BrokerError(INVALID_REQUEST) unless it is decommissioning and hosts no replica.
+        """
+        known = self._brokers.get(node_id)
+        if known is None:
+            return []
+        if not known.decommissioning:
+            raise BrokerError(
+                ErrorCode.INVALID_REQUEST,
+                f"broker {node_id} is not being decommissioned; decommission it first",
+            )
+        if self.hosts_replicas(node_id):
+            raise BrokerError(
+                ErrorCode.INVALID_REQUEST,
+                f"broker {node_id} still hosts replicas; wait for their reassignments",
+            )
+        return [BrokerUnregistered(node_id, known.incarnation)]
 
     def prepare_set_broker_state(
         self, node_id: int, state: BrokerState, *, broker_epoch: int
@@ -496,32 +626,40 @@ class ControllerStateMachine:
         topic = self._require_topic(name)
         return [TopicDeleted(name, topic.topic_id)]
 
-    def prepare_set_config(
-        self, topic: str, key: str, value: ConfigValue | None
+    def prepare_alter_configs(
+        self,
+        topic: str,
+        configs: Mapping[str, ConfigValue],
+        reset: Sequence[str] = (),
     ) -> list[MetadataRecord]:
-        """The record that sets (or, with None, removes) one config override of a topic.
+        """The records that set `configs` and remove the `reset` overrides of a topic: one
+        `ConfigSet` per key whose value changes ([] if none does).
 
-        The topic's overrides with the change applied are validated together, as Kafka does, so
-        e.g. max.message.bytes cannot exceed segment.bytes. [] if nothing would change. Raises
-        BrokerError with UNKNOWN_TOPIC or INVALID_CONFIG (naming the key).
+        The topic's overrides with every change applied are validated together, as Kafka does, so
+        e.g. max.message.bytes cannot exceed segment.bytes and one bad value changes nothing.
+        Raises BrokerError with UNKNOWN_TOPIC or INVALID_CONFIG (naming the key as written).
         """
         info = self._require_topic(topic)
-        canonical_key = canonical_config_key(key)
+        written = {canonical_config_key(key): key for key in (*reset, *configs)}
         overrides: dict[str, Any] = dict(info.configs)
-        if value is None:
-            overrides.pop(canonical_key, None)
-        else:
-            overrides[canonical_key] = value
+        for key in reset:
+            overrides.pop(canonical_config_key(key), None)
+        for key, value in configs.items():
+            overrides[canonical_config_key(key)] = value
         try:
-            validated = canonical_configs(overrides, self.log_defaults)
+            validated = dict(canonical_configs(overrides, self.log_defaults))
         except BrokerError as exc:
             # Name the key as the user wrote it, not its canonical spelling.
-            message = exc.message.replace(repr(canonical_key), repr(key))
+            message = exc.message
+            for canonical_key, key in written.items():
+                message = message.replace(repr(canonical_key), repr(key))
             raise BrokerError(exc.code, message) from None
-        new_value = dict(validated).get(canonical_key)
-        if new_value == dict(info.configs).get(canonical_key):
-            return []
-        return [ConfigSet(topic, info.topic_id, canonical_key, new_value)]
+        current = dict(info.configs)
+        return [
+            ConfigSet(topic, info.topic_id, key, validated.get(key))
+            for key in sorted(written)
+            if validated.get(key) != current.get(key)
+        ]
 
     def prepare_leader_change(
         self,
@@ -598,8 +736,12 @@ class ControllerStateMachine:
 
     def to_bytes(self) -> bytes:
         """The whole replicated state as deterministic msgpack (docs/controller.md, Snapshots)."""
+        # A decommissioning broker's row has one more field, and "removed_brokers" is there
+        # only once a broker was removed: a snapshot of a cluster that never decommissioned a
+        # broker is byte for byte what brokers without decommissioning wrote.
         brokers = [
             [b.node_id, b.host, b.port, b.incarnation, b.broker_epoch, b.state.value]
+            + ([True] if b.decommissioning else [])
             for b in self.brokers()
         ]
         topics = [
@@ -608,10 +750,7 @@ class ControllerStateMachine:
                 t.topic_id,
                 t.replication_factor,
                 dict(t.configs),
-                [
-                    [list(p.replicas), p.leader, p.leader_epoch, list(p.in_sync_replicas)]
-                    for p in t.partitions
-                ],
+                [_partition_row(p) for p in t.partitions],
             ]
             for t in self.topics()
         ]
@@ -621,6 +760,11 @@ class ControllerStateMachine:
             "brokers": brokers,
             "topics": topics,
         }
+        if self._removed_incarnations:
+            snapshot["removed_brokers"] = [
+                [node_id, self._removed_incarnations[node_id]]
+                for node_id in sorted(self._removed_incarnations)
+            ]
         return msgpack.packb(snapshot, use_bin_type=True)
 
     @classmethod
@@ -648,11 +792,10 @@ class ControllerStateMachine:
         return machine
 
     def _load(self, snapshot: Any) -> None:
-        if not isinstance(snapshot, dict) or set(snapshot) != {
-            "format",
-            "applied_index",
-            "brokers",
-            "topics",
+        required = {"format", "applied_index", "brokers", "topics"}
+        if not isinstance(snapshot, dict) or not required <= set(snapshot) <= {
+            *required,
+            "removed_brokers",
         }:
             raise ControllerSnapshotError("not a controller snapshot")
         if snapshot["format"] != SNAPSHOT_FORMAT:
@@ -662,11 +805,17 @@ class ControllerStateMachine:
             )
         check_int("snapshot", "applied_index", snapshot["applied_index"], 0, INT64_MAX)
         self._applied_index = snapshot["applied_index"]
-        for row in _rows(snapshot["brokers"], 6, "broker"):
+        brokers = snapshot["brokers"]
+        if not isinstance(brokers, list):
+            raise ControllerSnapshotError("expected a list of broker rows")
+        for row in brokers:
             info = _broker_from_row(row)
             if info.node_id in self._brokers:
                 raise ControllerSnapshotError(f"broker {info.node_id} appears twice")
             self._brokers[info.node_id] = info
+        for node_id, incarnation in _rows(snapshot.get("removed_brokers", []), 2, "removed broker"):
+            BrokerUnregistered(node_id, incarnation)  # the record's checks
+            self._removed_incarnations[node_id] = incarnation
         for row in _rows(snapshot["topics"], 5, "topic"):
             topic = _topic_from_row(row)
             if topic.name in self._topics or topic.topic_id in self._topic_names_by_id:
@@ -679,10 +828,16 @@ class ControllerStateMachine:
         are not part of it."""
         if not isinstance(other, ControllerStateMachine):
             return NotImplemented
-        return (self._applied_index, self._brokers, self._topics) == (
+        return (
+            self._applied_index,
+            self._brokers,
+            self._topics,
+            self._removed_incarnations,
+        ) == (
             other._applied_index,
             other._brokers,
             other._topics,
+            other._removed_incarnations,
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable
@@ -727,6 +882,10 @@ class ControllerStateMachine:
                 problems.append(f"{where}: in-sync {info.in_sync_replicas} not all replicas")
             if info.leader is not None and info.leader not in info.in_sync_replicas:
                 problems.append(f"{where}: leader {info.leader} is not in sync")
+            if not set(info.target_replicas) <= set(info.replicas) or not set(
+                info.adding_replicas
+            ) <= set(info.target_replicas):
+                problems.append(f"{where}: reassignment target not among the replicas")
         return problems
 
 
@@ -786,12 +945,66 @@ def _rows(value: Any, width: int, what: str) -> list[list[Any]]:
     return value
 
 
-def _broker_from_row(row: list[Any]) -> BrokerInfo:
-    node_id, host, port, incarnation, broker_epoch, state = row
+def _broker_from_row(row: Any) -> BrokerInfo:
+    # Six fields, or seven for a decommissioning broker (the seventh is then True).
+    if not isinstance(row, list) or len(row) not in (6, 7) or row[6:] not in ([], [True]):
+        raise ControllerSnapshotError(
+            f"expected broker rows of 6 fields (7 when decommissioning), got {row!r:.200}"
+        )
+    node_id, host, port, incarnation, broker_epoch, state = row[:6]
     # Reuse the record checks: a snapshot row holds what a BrokerRegistered held.
     BrokerRegistered(node_id, host, port, incarnation)
     check_int("snapshot broker", "broker_epoch", broker_epoch, 0, INT64_MAX)
-    return BrokerInfo(node_id, host, port, incarnation, broker_epoch, BrokerState(state))
+    return BrokerInfo(
+        node_id,
+        host,
+        port,
+        incarnation,
+        broker_epoch,
+        BrokerState(state),
+        decommissioning=len(row) == 7,
+    )
+
+
+def _partition_row(p: PartitionInfo) -> list[Any]:
+    row = [list(p.replicas), p.leader, p.leader_epoch, list(p.in_sync_replicas)]
+    if p.target_replicas:
+        # Only a partition being reassigned has the three more fields: a snapshot without any
+        # reassignment is byte for byte what brokers without reassignment wrote.
+        row += [
+            list(p.target_replicas),
+            list(p.adding_replicas),
+            p.reassignment_throttle_bytes_per_s,
+        ]
+    return row
+
+
+def _reassigning_partition_from_row(number: int, row: list[Any]) -> PartitionInfo:
+    base = _topic_partition_from_row(number, row[:4])
+    target, adding, throttle = row[4:]
+    target = tuple(target) if isinstance(target, list) else target
+    adding = tuple(adding) if isinstance(adding, list) else adding
+    check_node_ids("snapshot partition", "target_replicas", target)
+    check_node_ids("snapshot partition", "adding_replicas", adding, allow_empty=True)
+    check_int("snapshot partition", "reassignment_throttle", throttle, 0, INT64_MAX)
+    return dataclasses.replace(
+        base,
+        target_replicas=target,
+        adding_replicas=adding,
+        reassignment_throttle_bytes_per_s=throttle,
+    )
+
+
+def _topic_partition_from_row(number: int, row: list[Any]) -> PartitionInfo:
+    replicas, leader, leader_epoch, in_sync = row
+    replicas = tuple(replicas) if isinstance(replicas, list) else replicas
+    in_sync = tuple(in_sync) if isinstance(in_sync, list) else in_sync
+    check_node_ids("snapshot partition", "replicas", replicas, allow_empty=True)
+    check_node_ids("snapshot partition", "in_sync_replicas", in_sync, allow_empty=True)
+    if leader is not None:
+        check_int("snapshot partition", "leader", leader, 1, INT32_MAX)
+    check_int("snapshot partition", "leader_epoch", leader_epoch, 0, INT64_MAX)
+    return PartitionInfo(number, replicas, leader, leader_epoch, in_sync)
 
 
 def _topic_from_row(row: list[Any]) -> TopicInfo:
@@ -804,14 +1017,12 @@ def _topic_from_row(row: list[Any]) -> TopicInfo:
     items = tuple(sorted(configs.items(), key=lambda item: str(item[0])))
     check_config_items("snapshot topic", items)
     partitions: list[PartitionInfo] = []
-    for number, partition_row in enumerate(_rows(partition_rows, 4, "partition")):
-        replicas, leader, leader_epoch, in_sync = partition_row
-        replicas = tuple(replicas) if isinstance(replicas, list) else replicas
-        in_sync = tuple(in_sync) if isinstance(in_sync, list) else in_sync
-        check_node_ids("snapshot partition", "replicas", replicas, allow_empty=True)
-        check_node_ids("snapshot partition", "in_sync_replicas", in_sync, allow_empty=True)
-        if leader is not None:
-            check_int("snapshot partition", "leader", leader, 1, INT32_MAX)
-        check_int("snapshot partition", "leader_epoch", leader_epoch, 0, INT64_MAX)
-        partitions.append(PartitionInfo(number, replicas, leader, leader_epoch, in_sync))
+    if not isinstance(partition_rows, list):
+        raise ControllerSnapshotError(f"topic {name!r}: partitions are not a list")
+    for number, partition_row in enumerate(partition_rows):
+        if isinstance(partition_row, list) and len(partition_row) == 7:
+            partitions.append(_reassigning_partition_from_row(number, partition_row))
+            continue
+        (partition_row,) = _rows([partition_row], 4, "partition")
+        partitions.append(_topic_partition_from_row(number, partition_row))
     return TopicInfo(name, topic_id, replication_factor, items, tuple(partitions))

@@ -24,6 +24,7 @@ from broker.handlers.cluster import (
     handle_broker_registration,
     handle_leader_report,
 )
+from broker.handlers.configs import handle_alter_topic_configs
 from broker.handlers.context import BrokerContext, NullMetrics, PartitionState
 from broker.handlers.fetch import handle_fetch, handle_list_offsets
 from broker.handlers.groups import (
@@ -39,7 +40,14 @@ from broker.handlers.groups import (
     handle_sync_group,
     handle_txn_offset_commit,
 )
+from broker.handlers.membership import handle_decommission_broker
 from broker.handlers.produce import handle_produce
+from broker.handlers.reassignment import (
+    handle_alter_partition_reassignments,
+    handle_list_partition_reassignments,
+    handle_reassignment_completed,
+    handle_rebalance,
+)
 from broker.handlers.reply import Deferred
 from broker.handlers.share import (
     handle_alter_group_configs,
@@ -64,6 +72,7 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.CreateTopicsRequest: handle_create_topics,
     codec.DeleteTopicsRequest: handle_delete_topics,
     codec.DescribeTopicsRequest: handle_describe_topics,
+    codec.AlterTopicConfigsRequest: handle_alter_topic_configs,
     codec.ProduceRequest: handle_produce,
     codec.FetchRequest: handle_fetch,
     codec.ListOffsetsRequest: handle_list_offsets,
@@ -81,6 +90,7 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.BrokerRegistrationRequest: handle_broker_registration,
     codec.BrokerHeartbeatRequest: handle_broker_heartbeat,
     codec.LeaderReportRequest: handle_leader_report,
+    codec.DecommissionBrokerRequest: handle_decommission_broker,
     codec.InitProducerIdRequest: handle_init_producer_id,
     codec.WriteTxnMarkersRequest: handle_write_txn_markers,
     codec.AddPartitionsToTxnRequest: handle_add_partitions_to_txn,
@@ -93,6 +103,10 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.ShareAcknowledgeRequest: handle_share_acknowledge,
     codec.AlterGroupConfigsRequest: handle_alter_group_configs,
     codec.DescribeShareGroupsRequest: handle_describe_share_groups,
+    codec.AlterPartitionReassignmentsRequest: handle_alter_partition_reassignments,
+    codec.ListPartitionReassignmentsRequest: handle_list_partition_reassignments,
+    codec.ReassignmentCompletedRequest: handle_reassignment_completed,
+    codec.RebalanceRequest: handle_rebalance,
 }
 
 __all__ = ["HANDLERS", "BrokerContext", "Deferred", "Handler", "NullMetrics", "PartitionState"]

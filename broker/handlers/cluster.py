@@ -317,6 +317,8 @@ def _describe_partition(
 def cluster_status(ctx: BrokerContext) -> codec.ClusterStatusResponse:
     node = ctx.cluster
     statistics = node.cache.statistics(controller_leader=node.controller.leader_id or None)
+    # A decommissioning broker shows as such, whatever its liveness (docs/cluster.md).
+    leaving = {info.node_id for info in node.cache.brokers() if info.decommissioning}
     return codec.ClusterStatusResponse(
         controller_id=statistics.controller_leader or -1,
         metadata_index=statistics.metadata_index,
@@ -325,7 +327,7 @@ def cluster_status(ctx: BrokerContext) -> codec.ClusterStatusResponse:
                 node_id=row.node_id,
                 host=row.host,
                 port=row.port,
-                state=row.state.value,
+                state="decommissioning" if row.node_id in leaving else row.state.value,
                 broker_epoch=row.broker_epoch,
                 replica_count=row.replica_count,
                 leader_count=row.leader_count,
@@ -338,6 +340,7 @@ def cluster_status(ctx: BrokerContext) -> codec.ClusterStatusResponse:
         offline_partitions=_refs(statistics.offline_partitions),
         under_replicated_partitions=_refs(statistics.under_replicated_partitions),
         preferred_leader_imbalance_count=statistics.preferred_leader_imbalance_count,
+        controller_voters=node.controller.configuration.voters,
     )
 
 

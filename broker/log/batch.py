@@ -221,10 +221,13 @@ def validate_batch(
         )
     last_offset_delta = fields[6]
     record_count = fields[12]
-    if last_offset_delta < 0 or record_count < 1:
+    if last_offset_delta < 0 or record_count < 0:
+        # record_count 0 is a batch the log cleaner emptied: it keeps its offsets and epoch (a
+        # Raft entry). Producers cannot send one: appends require last_offset_delta ==
+        # record_count - 1.
         raise RecordCountError(
             f"batch at byte {position} has record_count {record_count} and "
-            f"last_offset_delta {last_offset_delta}; a batch holds at least one record"
+            f"last_offset_delta {last_offset_delta}; both must be at least 0"
         )
     if record_count > last_offset_delta + 1 or record_count > max_records:
         raise RecordCountError(
@@ -471,7 +474,8 @@ def decode_rows(
     """The raw `(timestamp_delta, key, value, headers)` rows of a msgpack-encoded batch.
 
     One C call decodes the whole batch; callers that build their own record objects (the
-    consumer) add `header.base_offset + i` and `header.base_timestamp + row[0]` themselves, so
+    consumer) add `header.base_offset + i` (or `+ row[4]` when not `is_dense(header)`: a
+    compacted batch) and `header.base_timestamp + row[0]` themselves, so
     each record is allocated once. Returns None for Kafka's varint encoding (use `decode_records`).
     """
     if header.magic != MAGIC_MSGPACK:
@@ -518,10 +522,32 @@ def decode_records(
         return _decode_kafka_records(bytes(raw), header)
     base_offset = header.base_offset
     base_timestamp = header.base_timestamp
+    if not is_dense(header):
+        # A compacted batch: each row carries its offset delta as a fifth element (rows
+        # without one, from older writers, count from the base).
+        return [
+            Record(
+                base_offset + (row[4] if len(row) > 4 else i),
+                base_timestamp + row[0],
+                row[1],
+                row[2],
+                row[3],
+            )
+            for i, row in enumerate(rows)
+        ]
     return [
         Record(base_offset + i, base_timestamp + row[0], row[1], row[2], row[3])
         for i, row in enumerate(rows)
     ]
+
+
+def is_dense(header: BatchHeader) -> bool:
+    """Whether a batch's records have consecutive offsets (every batch but a compacted one).
+
+    In a msgpack batch that is not dense (the log cleaner removed records) each row is
+    `[timestamp_delta, key, value, headers, offset_delta]`; dense rows omit the offset delta.
+    """
+    return header.record_count == header.last_offset_delta + 1
 
 
 def _read_varint(data: bytes, position: int) -> tuple[int, int]:
@@ -578,3 +604,27 @@ def _decode_kafka_records(data: bytes, header: BatchHeader) -> list[Record]:
             )
         )
     return records
+
+
+def repack_batch(header: BatchHeader, rows: Sequence[Sequence[Any]]) -> bytes:
+    """A msgpack batch holding `rows` under `header`'s offsets, epoch, attributes, timestamps
+    and producer fields, compressed with the header's codec and with a fresh CRC.
+
+    The log cleaner's re-encoding: rows of a batch that is not dense (fewer rows than offsets)
+    must carry their offset delta as a fifth element (`is_dense`).
+    """
+    assert len(rows) <= header.last_offset_delta + 1
+    body = compress(header.compression, msgpack.packb(list(rows), use_bin_type=True))
+    return _pack(
+        body,
+        base_offset=header.base_offset,
+        leader_epoch=header.leader_epoch,
+        attributes=header.attributes,
+        last_offset_delta=header.last_offset_delta,
+        base_timestamp=header.base_timestamp,
+        max_timestamp=header.max_timestamp,
+        producer_id=header.producer_id,
+        producer_epoch=header.producer_epoch,
+        base_sequence=header.base_sequence,
+        record_count=len(rows),
+    )

@@ -20,6 +20,7 @@ proves nothing (the PostgreSQL "fsyncgate" lesson).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import trio
@@ -42,7 +43,10 @@ class LogFlusher:
         *,
         tick_ms: int = TICK_MS_DEFAULT,
         clock_ms: Callable[[], float] | None = None,
+        on_fsync: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_fsync` is told each completed fsync's duration in seconds, as the broker waits
+        for it (worker-thread hand-off included): the broker's fsync latency histogram."""
         assert tick_ms > 0
         self._logs = logs
         self._tick_ms = tick_ms
@@ -50,6 +54,7 @@ class LogFlusher:
         self._in_flight: dict[int, trio.Event] = {}
         self._failed: dict[int, OSError] = {}
         self._last_flush_ms: dict[int, float] = {}
+        self._on_fsync = on_fsync
         self.fsync_count = 0
 
     async def wait_durable(self, log: PartitionLog, end_offset: int) -> None:
@@ -75,6 +80,7 @@ class LogFlusher:
         self._in_flight[id(log)] = done
         try:
             ticket = log.begin_flush(include_active=include_active)
+            started = time.perf_counter()
             try:
                 # Not cancellable: once started, the fsync finishes and its result is recorded.
                 await trio.to_thread.run_sync(ticket.run)
@@ -88,6 +94,8 @@ class LogFlusher:
                 raise
             log.complete_flush(ticket)
             self.fsync_count += 1
+            if self._on_fsync is not None:
+                self._on_fsync(time.perf_counter() - started)
             self._last_flush_ms[id(log)] = self._clock_ms()
         finally:
             del self._in_flight[id(log)]

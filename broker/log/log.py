@@ -56,6 +56,7 @@ from broker.log.batch import (
     set_leader_epoch,
     validate_batch,
 )
+from broker.log.cleaner import recover_swaps
 from broker.log.durability import (
     FlushTicket,
     RecoveryCheckpoint,
@@ -198,6 +199,9 @@ class PartitionLog:
         marker = directory / CLEAN_SHUTDOWN_FILE
         clean = marker.exists() and not full_scan
         checkpoint_path = directory / RECOVERY_CHECKPOINT_FILE
+        # A crash during a cleaner's swap: complete it (committed) or discard it, before any
+        # segment is read (docs/storage.md, "Compaction").
+        recover_swaps(directory)
         log._recovery = RecoveryCheckpoint(checkpoint_path, read_checkpoint(checkpoint_path))
         bases = sorted(
             int(path.name[: -len(LOG_SUFFIX)])
@@ -654,6 +658,34 @@ class PartitionLog:
                     return max(record.offset, self.log_start_offset)
         return None
 
+    # --- compaction (broker/log/cleaner.py) ------------------------------------------------------
+
+    def segment_slot(self, base_offset: int) -> int | None:
+        """The position in `segments` of the sealed segment starting at `base_offset`, if any."""
+        slot = bisect.bisect_left(self._base_offsets, base_offset)
+        if slot >= len(self.segments) - 1 or self._base_offsets[slot] != base_offset:
+            return None  # gone, or the active segment (never cleaned)
+        return slot
+
+    def replace_segment(self, slot: int, base_offset: int) -> None:
+        """Open the segment whose cleaned files were just swapped in at `slot`, in place of the
+        old one. Same offsets and epochs, fewer records: the epoch cache, the producer state and
+        the recovery checkpoint stay as they are. The new files were fsynced before the swap and
+        every batch was CRC-checked when they were written."""
+        old = self.segments[slot]
+        assert old.base_offset == base_offset and old.sealed
+        replacement, note = Segment.open(
+            self.directory, base_offset, self.config, writable=False, recover=False
+        )
+        assert note is None, f"{self.directory}: swapped segment {base_offset}: {note}"
+        assert replacement.next_offset == old.next_offset, "cleaning keeps every offset"
+        replacement.verified_bytes = replacement.size_bytes
+        old.close()
+        self.segments[slot] = replacement
+        if old in self._unsynced_sealed:
+            self._unsynced_sealed.remove(old)
+        self._directory_changes += 1
+
     # --- truncation, reset, retention -----------------------------------------------------------
 
     def truncate(self, offset: int) -> None:
@@ -727,8 +759,9 @@ class PartitionLog:
         what is not committed yet). `before_delete(last_offset)` runs once before anything is
         deleted, with the last offset that will be gone (Raft records its snapshot there)."""
         now_ms = self.clock_ms() if now_ms is None else now_ms
-        retention_ms = self.config.retention_ms
-        retention_bytes = self.config.retention_bytes
+        # cleanup.policy=compact alone: retention never deletes (the cleaner keeps the latest).
+        retention_ms = self.config.retention_ms if self.config.deletes else -1
+        retention_bytes = self.config.retention_bytes if self.config.deletes else -1
         excess = self.size_bytes - retention_bytes
         count = 0
         while count + 1 < len(self.segments):

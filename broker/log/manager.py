@@ -3,8 +3,11 @@
 Layout: `<data_dir>/logs/<topic>-<partition>/` holds one `PartitionLog`. The partition number is
 what follows the last `-`, so topic names may contain dashes. A deleted partition's directory is
 first renamed to `<topic>-<partition>.<n>.deleting` (one atomic step), then removed; a restart
-finishes any removal a crash interrupted. Topic names are checked here as well as by the server,
-because they become path components.
+finishes any removal a crash interrupted. Only directories so marked are ever removed on open: a
+directory the metadata does not know (a "stray" log, after a lost or damaged metadata store) is
+the metadata owner's to judge, which `release`s it (closed, kept on disk, not served) or
+`adopt`s it again. `create` never reuses a directory that is already on disk. Topic names are
+checked here as well as by the server, because they become path components.
 """
 
 from __future__ import annotations
@@ -128,6 +131,12 @@ class LogManager:
                 ErrorCode.TOPIC_ALREADY_EXISTS, f"partition {topic}-{partition} already exists"
             )
         directory = self.logs_dir / partition_directory_name(topic, partition)
+        if directory.exists():
+            raise BrokerError(
+                ErrorCode.TOPIC_ALREADY_EXISTS,
+                f"cannot create partition {topic}-{partition}: {directory} is already on disk "
+                "(a stray log the metadata does not know; see docs/storage.md, 'Metadata damage')",
+            )
         log = PartitionLog.open(
             directory,
             config if config is not None else self._config(topic),
@@ -136,6 +145,19 @@ class LogManager:
         )
         fsync_directory(self.logs_dir)
         self._logs[key] = log
+        return log
+
+    def release(self, topic: str, partition: int) -> Path:
+        """Close a log and forget it, keeping its directory on disk; returns the directory."""
+        log = self._logs.pop((topic, partition))
+        log.close(clean=True)
+        return log.directory
+
+    def adopt(self, topic: str, partition: int, config: LogConfig) -> PartitionLog:
+        """Open a released log's directory again, as the log of `topic`-`partition`."""
+        directory = self.logs_dir / partition_directory_name(topic, partition)
+        log = PartitionLog.open(directory, config, clock_ms=self.clock_ms)
+        self._logs[(topic, partition)] = log
         return log
 
     def get(self, topic: str, partition: int) -> PartitionLog | None:

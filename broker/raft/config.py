@@ -50,6 +50,13 @@ class RaftConfig:
     # A follower that has not acknowledged a snapshot (or log reset) after this many ticks is
     # probed again, which re-sends it: the InstallSnapshot may have been lost.
     snapshot_timeout_ticks: int = 50
+    # Quiescence (CockroachDB's): a leader whose followers all hold its whole log, committed,
+    # sends one last heartbeat flagged `quiesce` and the group stops ticking: no heartbeats, no
+    # election timers. A write, a message, a vote or a peer reported dead by the broker-to-broker
+    # liveness (`report_peer_dead`) wakes it. Liveness only: safety does not depend on it. Off,
+    # every group heartbeats every `heartbeat_ticks` forever; on, the driver must report dead
+    # peers, or a quiet group whose leader died never elects another.
+    quiesce: bool = True
 
     def validate(self) -> None:
         _check_int("election_timeout_ticks", self.election_timeout_ticks, 2)
@@ -60,6 +67,6 @@ class RaftConfig:
         _check_int("uncommitted_bytes_max", self.uncommitted_bytes_max, 1)
         _check_int("transfer_timeout_ticks", self.transfer_timeout_ticks, 1)
         _check_int("snapshot_timeout_ticks", self.snapshot_timeout_ticks, 1)
-        for key in ("pre_vote", "check_quorum"):
+        for key in ("pre_vote", "check_quorum", "quiesce"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, f"expected true or false, got {getattr(self, key)!r}")

@@ -7,6 +7,12 @@ up inside the core until the driver drains them with `ready()`, handles them, th
 No I/O, clock or randomness lives here: time is ticks (plus a `now_ms` the driver passes for batch
 timestamps) and randomness is an injected `random.Random`, so a seed replays a run exactly.
 
+Quiescence (CockroachDB's, `RaftConfig.quiesce`): a leader with nothing to replicate sends one
+last heartbeat flagged `quiesce` and stops ticking; its followers stop their election timers. A
+proposal, any message of the current term, a vote, a campaign, or `report_peer_dead` (the broker's
+link liveness) wakes the group. It changes only WHEN things happen, never what a message or a
+vote may do, so safety is untouched; the simulator checks that a quiet group still elects.
+
 Section numbers cite the Raft paper (Ongaro & Ousterhout 2014, "§5.2") and Ongaro's thesis (2014,
 "thesis §9.6") for pre-vote, check-quorum, leadership transfer and membership changes.
 """
@@ -41,6 +47,7 @@ from broker.raft.progress import Progress, ProgressState
 from broker.raft.raft_log import RaftLog
 from broker.raft.ready import RaftStatistics, RandomSource, Ready, Role
 from broker.raft.storage import CompactedError, RaftStorage
+from broker.raft.throttle import SendThrottle
 
 # Bytes of committed entries handed to the driver per Ready: bounds apply batches (principle 5).
 APPLY_BYTES_MAX = 8 * 1024 * 1024
@@ -110,6 +117,14 @@ class RaftCore:
         self._replication_pending = False
         self._commit_broadcast_pending = False
         self._ready_in_flight: Ready | None = None
+        # Replication byte budgets of throttled followers (reassignment's new replicas).
+        self._send_throttle = SendThrottle()
+        # Quiet group: tick() does nothing until something wakes it (see the module docstring).
+        self._quiescent = False
+        # Peers the broker-to-broker liveness reports down (until it, or a message, says they
+        # are back): a leader may go quiet without them (CockroachDB quiesces ignoring non-live
+        # followers), so a dead broker does not keep thousands of its groups heartbeating.
+        self._dead_peers: set[int] = set()
         self._persisted_hard_state = initial.hard_state
         self._counters: collections.Counter[str] = collections.Counter()
         self._reset_election_timeout()
@@ -125,6 +140,17 @@ class RaftCore:
         return self.role is Role.LEADER
 
     @property
+    def quiescent(self) -> bool:
+        """The group is quiet here: ticks do nothing (the driver may stop ticking it at all)."""
+        return self._quiescent
+
+    @property
+    def configuration_change_pending(self) -> bool:
+        """A membership change (or this leader's first entry) is not committed yet, so
+        `propose_configuration` would be refused (thesis §4.1's one-change-at-a-time rule)."""
+        return self._pending_configuration_index > self.commit_index
+
+    @property
     def transfer_target(self) -> int:
         """The voter a leadership transfer under way goes to (NODE_NONE: none)."""
         return self._transfer_target
@@ -134,6 +160,8 @@ class RaftCore:
         self._check_not_in_ready()
         if now_ms is not None:
             self.now_ms = now_ms
+        if self._quiescent:
+            return
         if self.role is Role.LEADER:
             self._tick_leader()
         else:
@@ -143,6 +171,13 @@ class RaftCore:
         """Handle one message from a peer (already decoded and addressed to this node)."""
         self._check_not_in_ready()
         assert message.target == self.node_id, message
+        if self._dead_peers:
+            self._dead_peers.discard(message.source)  # evidently back
+        if self._quiescent and message.term >= self.term and not _is_quiesce(message):
+            # Anything of the current term or newer means the group has work (a new leader, a
+            # vote, an answer a quiet leader did not expect). A stale message wakes nothing: an
+            # older term must change nothing here.
+            self._wake()
         if not self._step_term(message):
             return
         if isinstance(message, VoteRequest):
@@ -167,6 +202,7 @@ class RaftCore:
         """
         self._check_not_in_ready()
         self._check_can_propose(len(batch))
+        self._wake()
         entry = assign_entry(batch, base_index=self.log.last_index() + 1, term=self.term)
         assert entry.kind is EntryKind.NORMAL, "clients cannot propose Raft control batches"
         self._append_as_leader(entry)
@@ -184,6 +220,7 @@ class RaftCore:
         self._check_not_in_ready()
         self._check_can_propose(0)
         self._check_configuration_change(configuration)
+        self._wake()
         batch = batch_codec.build_control_batch(
             batch_codec.ControlType.RAFT_CONFIGURATION,
             configuration.encode(),
@@ -205,6 +242,7 @@ class RaftCore:
             raise NotLeaderError(self.leader_id)
         if target == self.node_id or target not in self.configuration.voters:
             raise ConfigurationChangeError(f"node {target} is not another voter of this group")
+        self._wake()
         self._transfer_target = target
         self._transfer_elapsed = 0
         if self.progress[target].match_index == self.log.last_index():
@@ -232,6 +270,39 @@ class RaftCore:
         if self.role is Role.LEADER and progress and progress.state is ProgressState.REPLICATE:
             progress.become_probe()
 
+    def report_peer_dead(self, peer: int) -> None:
+        """The broker-to-broker liveness says `peer` is down (its link broke, or it was silent for
+        an election timeout). A quiet group must not wait for heartbeats that will not come:
+        - a follower whose leader is `peer` wakes and forgets that leader, so its lease no longer
+          holds off the other voters' campaigns (a vote still needs a majority: liveness only);
+        - a leader with `peer` among its followers wakes, so check-quorum runs again (it steps
+          down if a majority is gone) and it stays awake until every follower answers again.
+        """
+        self._check_not_in_ready()
+        if peer != self.node_id:
+            self._dead_peers.add(peer)
+        if self.role is Role.LEADER:
+            progress = self.progress.get(peer)
+            if progress is not None and peer != self.node_id:
+                self._wake()
+                # Not heard from until it answers: no quiescing without it, and it counts against
+                # the next check-quorum.
+                progress.recent_active = False
+        elif self.leader_id == peer:
+            self._wake()
+            self.leader_id = NODE_NONE
+
+    def report_peer_alive(self, peer: int) -> None:
+        """The liveness hears from `peer` again (it restarted, or the partition healed). A quiet
+        leader that went quiet without it wakes to catch it up, and goes quiet again once it
+        holds the whole log. (A message from `peer` says the same; this needs no message.)"""
+        self._check_not_in_ready()
+        if peer not in self._dead_peers:
+            return
+        self._dead_peers.discard(peer)
+        if self.role is Role.LEADER and peer in self.progress:
+            self._wake()
+
     def report_snapshot(self, peer: int, *, success: bool) -> None:
         """The driver finished (or failed) streaming a snapshot to `peer`."""
         progress = self.progress.get(peer)
@@ -242,6 +313,11 @@ class RaftCore:
                 progress.pending_snapshot_index = -1
             progress.become_probe()
             progress.probe_sent = success  # wait for the follower's answer after a success
+
+    def set_replication_throttle(self, node: int, bytes_per_tick: int) -> None:
+        """Limit what this node, while leading, sends `node` to `bytes_per_tick` of entries per
+        tick on average (0: no limit). Used to throttle a new replica's catch-up (throttle.py)."""
+        self._send_throttle.set_rate(node, bytes_per_tick)
 
     def has_ready(self) -> bool:
         unstable_entries, unstable_snapshot = self.log.unstable()
@@ -327,6 +403,9 @@ class RaftCore:
             snapshots_installed=counters["snapshots_installed"],
             entries_truncated=counters["entries_truncated"],
             uncommitted_bytes=self._uncommitted_bytes,
+            quiescent=self._quiescent,
+            quiesced=counters["quiesced"],
+            woken=counters["woken"],
         )
 
     def validate(self) -> None:
@@ -346,6 +425,15 @@ class RaftCore:
                 assert progress.match_index <= last_index, (node, progress)
         indexes = [index for index, _ in self._configurations]
         assert indexes == sorted(indexes)
+        if self._quiescent:
+            assert self.role in (Role.LEADER, Role.FOLLOWER), self.role
+            if self.role is Role.LEADER:
+                assert self._transfer_target == NODE_NONE
+                assert self.commit_index == last_index == self.durable_index, (
+                    self.commit_index,
+                    last_index,
+                    self.durable_index,
+                )
 
     # --- ticks ---------------------------------------------------------------------------------
 
@@ -366,6 +454,9 @@ class RaftCore:
             if self.config.check_quorum and not self._quorum_active():
                 self._become_follower(self.term, NODE_NONE)
                 return
+        for node in self._send_throttle.refill():
+            if node in self.progress and node != self.node_id:
+                self._send_append(node, send_if_empty=False)  # its budget is positive again
         if self._transfer_target != NODE_NONE:
             self._transfer_elapsed += 1
             if self._transfer_elapsed >= self.config.transfer_timeout_ticks:
@@ -379,7 +470,58 @@ class RaftCore:
                     progress.become_probe()
         if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
-            self._broadcast_heartbeat()
+            if self._can_quiesce():
+                self._quiesce()
+            else:
+                self._broadcast_heartbeat()
+
+    # --- quiescence (CockroachDB's replica quiescence) ------------------------------------------
+
+    def _can_quiesce(self) -> bool:
+        """Whether this leader may go quiet: nothing left to replicate, commit or tell anyone.
+
+        Every follower the liveness does not report dead holds the whole log durably (match =
+        last index) and is active (heard from in this check-quorum window), those and the leader
+        are a majority of the voters, the leader's own copy is durable and committed, and no
+        transfer or send is pending. Then the quiesce heartbeat's commit index is the last
+        index, which each follower can check against its own log. A dead follower is caught up
+        when it comes back: `report_peer_alive`, or its first message, wakes the leader.
+        """
+        if not self.config.quiesce or self._transfer_target != NODE_NONE:
+            return False
+        if self._replication_pending or self._commit_broadcast_pending:
+            return False
+        last_index = self.log.last_index()
+        if not self.commit_index == self.durable_index == last_index:
+            return False
+        caught_up = {self.node_id: True}
+        for node, progress in self.progress.items():
+            if node == self.node_id or node in self._dead_peers:
+                continue
+            if not (progress.match_index == last_index and progress.recent_active):
+                return False
+            caught_up[node] = True
+        return quorum.has_quorum(self.configuration.voters, caught_up)
+
+    def _quiesce(self) -> None:
+        for node in self.progress:
+            if node != self.node_id:
+                self._send(
+                    Heartbeat(self.node_id, node, self.term, self.commit_index, quiesce=True)
+                )
+        self._quiescent = True
+        self._counters["quiesced"] += 1
+
+    def _wake(self) -> None:
+        if not self._quiescent:
+            return
+        self._quiescent = False
+        self._counters["woken"] += 1
+        # A fresh election timeout from now: the quiet period says nothing about a leader's (or
+        # a majority's) absence, the liveness layer watched for that meanwhile. A leader keeps
+        # its followers' `recent_active` flags for the same reason, but a follower reported dead
+        # loses its flag (`report_peer_dead`), so the group stays awake while it is gone.
+        self._election_elapsed = 0
 
     def _quorum_active(self) -> bool:
         active = {node: progress.recent_active for node, progress in self.progress.items()}
@@ -499,6 +641,7 @@ class RaftCore:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._reset_election_timeout()
+        self._quiescent = False
         self._votes = {}
         self.progress = {}
         self._transfer_target = NODE_NONE
@@ -563,7 +706,17 @@ class RaftCore:
             self.leader_id = message.source
             # The leader sends min(its commit, our match): a prefix we share with it.
             self._commit_to(min(message.commit_index, self.log.last_index()))
-            self._send(HeartbeatResponse(self.node_id, message.source, self.term))
+            if (
+                message.quiesce
+                and self.config.quiesce
+                and self.commit_index == message.commit_index
+            ):
+                # The leader went quiet holding this commit as its last index, and so do we: stop
+                # the election timer. No answer (the leader expects none); anything else we
+                # would have to say, we say by waking it.
+                self._quiescent = True
+            else:
+                self._send(HeartbeatResponse(self.node_id, message.source, self.term))
         elif isinstance(message, InstallSnapshot):
             self._election_elapsed = 0
             self.leader_id = message.source
@@ -793,13 +946,15 @@ class RaftCore:
         prev_index = progress.next_index - 1
         try:
             prev_term = self.log.term(prev_index)
-            entries = self.log.entries(
-                progress.next_index, self.log.last_index() + 1, self.config.append_bytes_max
-            )
+            # A throttled follower's request is cut to its budget (at least one entry goes).
+            size_max = self._send_throttle.allowance(node, self.config.append_bytes_max)
+            entries = self.log.entries(progress.next_index, self.log.last_index() + 1, size_max)
         except CompactedError:
             return self._send_snapshot(node, progress)
         if not entries and not send_if_empty:
             return False
+        if entries and not self._send_throttle.may_send(node):
+            return False  # throttled: the next tick's refill resumes it
         self._send(
             AppendRequest(
                 self.node_id,
@@ -812,7 +967,9 @@ class RaftCore:
             )
         )
         if entries:
-            progress.sent_entries(entries[-1].index, sum(entry.size_bytes for entry in entries))
+            size_bytes = sum(entry.size_bytes for entry in entries)
+            progress.sent_entries(entries[-1].index, size_bytes)
+            self._send_throttle.spent(node, size_bytes)
         elif progress.state is ProgressState.PROBE:
             progress.probe_sent = True
         return bool(entries)
@@ -881,3 +1038,8 @@ class RaftCore:
 
     def _check_not_in_ready(self) -> None:
         assert self._ready_in_flight is None, "call advance() before feeding the core again"
+
+
+def _is_quiesce(message: Message) -> bool:
+    # A repeated (duplicated, delayed) quiesce heartbeat keeps a quiet follower quiet.
+    return isinstance(message, Heartbeat) and message.quiesce

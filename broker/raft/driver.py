@@ -25,8 +25,12 @@ from other tasks (produce handlers, the controller, tests). The rules, from the 
 5. Time is ticks: every `tick_interval_ms` of trio time, one `core.tick()`. Missed ticks (a slow
    fsync) are skipped, not replayed in a burst, so an overloaded node's clock runs slow rather
    than firing elections all at once. A broker hosting many groups gives them one `RaftTicker`:
-   one timer puts a tick marker in every driver's inbox, so an idle driver waits on its inbox
-   alone instead of arming a timer of its own at every loop (the idle cost of a group).
+   one timer puts a tick marker in every AWAKE driver's inbox, so an idle driver waits on its
+   inbox alone instead of arming a timer of its own at every loop (the idle cost of a group).
+6. Quiescence (docs/raft.md): a quiet core (`core.quiescent`) is taken off the ticker (without
+   one, the loop waits for its inbox with no deadline), so a quiet group costs no wakeup at all
+   until a proposal, a message or `report_peer_dead` (from the transport's link liveness) wakes
+   it; the loop then puts it back on the ticker.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ __all__ = [
     "RaftDriverConfig",
     "RaftDriverStatistics",
     "RaftDriverStoppedError",
+    "RaftObserver",
     "StorageOfflineError",
     "ThreadLogSyncer",
 ]
@@ -153,6 +158,14 @@ class MessageSender(Protocol):
 LogSyncer = Callable[[PartitionLog], Awaitable[None]]
 
 
+class RaftObserver(Protocol):
+    """Told the latencies a driver measures (broker/observability feeds them to /metrics)."""
+
+    def fsync_done(self, seconds: float) -> None: ...
+
+    def proposal_committed(self, seconds: float) -> None: ...
+
+
 class ThreadLogSyncer:
     """The default fsync: one flush ticket of the log, run in a worker thread.
 
@@ -184,6 +197,8 @@ class Proposal:
     base_offset: int
     _done: trio.Event = dataclasses.field(default_factory=trio.Event)
     _error: BrokerError | None = None
+    # When it was proposed (perf_counter seconds): the start of its propose-to-commit latency.
+    proposed_s: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
     def done(self) -> bool:
@@ -235,13 +250,14 @@ class RaftTicker:
     def __init__(self, interval_ms: int) -> None:
         check_range("interval_ms", interval_ms, 1)
         self.interval_ms = interval_ms
-        self._drivers: set[RaftDriver] = set()
+        # The awake drivers (a dict keeps them in registration order); quiet ones are absent.
+        self._drivers: dict[RaftDriver, None] = {}
 
     def register(self, driver: RaftDriver) -> None:
-        self._drivers.add(driver)
+        self._drivers[driver] = None
 
     def unregister(self, driver: RaftDriver) -> None:
-        self._drivers.discard(driver)
+        self._drivers.pop(driver, None)
 
     @property
     def driver_count(self) -> int:
@@ -301,6 +317,8 @@ class RaftDriver:
         self._sync_log = log_syncer or ThreadLogSyncer()
         self._clock_ms = clock_ms
         self._ticker = ticker
+        # Whether this driver is on the ticker now (rule 6: only while its core is awake).
+        self._on_ticker = False
         self._ticks_due = 0
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[object](
             self.config.inbox_messages_max
@@ -313,6 +331,8 @@ class RaftDriver:
         self._observed = self._observable()
         self._running = False
         self._stopped_error: BrokerError | None = None
+        # Set by the broker's metrics (broker/observability/raft_metrics.py); None: not measured.
+        self.observer: RaftObserver | None = None
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "fsyncs",
@@ -371,7 +391,8 @@ class RaftDriver:
         return self._change_version
 
     async def wait_changed(self, since_version: int | None = None) -> None:
-        """Return at the next change of role, leader, term, high watermark, log end or durable end.
+        """Return at the next change of role, leader, term, high watermark, log end, durable end
+        or quiescence (the group going quiet or waking).
 
         With `since_version` (a `change_version` read earlier), return at once if a change
         happened since: a task that checks a condition, then starts waiting later (e.g. from
@@ -472,6 +493,20 @@ class RaftDriver:
     def report_snapshot_failed(self, peer: int) -> None:
         self.core.report_snapshot(peer, success=False)
 
+    def report_peer_dead(self, peer: int) -> None:
+        """From the transport's link liveness: `peer` is down. Wakes a quiet group that depends
+        on it (rule 6); the loop puts the group back on the ticker."""
+        if self._stopped_error is None:
+            self.core.report_peer_dead(peer)
+            self._wake()
+
+    def report_peer_alive(self, peer: int) -> None:
+        """From the transport's link liveness: `peer` is back. Wakes a leader that went quiet
+        without it, to catch it up (rule 6)."""
+        if self._stopped_error is None:
+            self.core.report_peer_alive(peer)
+            self._wake()
+
     # --- the loop --------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -483,8 +518,7 @@ class RaftDriver:
         assert not self._running, "run() once per driver"
         self._running = True
         self.transport.register(self.group, self)
-        if self._ticker is not None:
-            self._ticker.register(self)
+        self._follow_quiescence()
         stopped: BrokerError = RaftDriverStoppedError(
             f"{self.group}: the Raft driver stopped; the outcome of pending proposals is unknown"
         )
@@ -498,6 +532,7 @@ class RaftDriver:
             self.transport.unregister(self.group, self)
             if self._ticker is not None:
                 self._ticker.unregister(self)
+                self._on_ticker = False
             self._stop(stopped)
 
     async def _loop(self) -> None:
@@ -508,7 +543,8 @@ class RaftDriver:
             # there, so inbound acknowledgements are never starved by a stream of proposals. With
             # a shared ticker, ticks arrive as inbox items and there is no deadline to arm.
             idle = not self.core.has_ready()
-            deadline = (math.inf if self._ticker is not None else next_tick) if idle else None
+            timed = self._ticker is None and not self.core.quiescent
+            deadline = (next_tick if timed else math.inf) if idle else None
             for message in await self._receive_inputs(deadline):
                 self.core.step(message)
             if self._ticker is not None:
@@ -525,6 +561,18 @@ class RaftDriver:
             if self.core.has_ready():
                 await self._commit_round()
             self._notify()
+            self._follow_quiescence()
+
+    def _follow_quiescence(self) -> None:
+        """Rule 6: on the shared ticker exactly while the core is awake."""
+        awake = not self.core.quiescent
+        if self._ticker is None or awake == self._on_ticker:
+            return
+        if awake:
+            self._ticker.register(self)
+        else:
+            self._ticker.unregister(self)
+        self._on_ticker = awake
 
     async def _receive_inputs(self, deadline: float | None) -> list[Message]:
         """Inbound messages: wait until `deadline` for the first (None: don't wait), then drain."""
@@ -591,6 +639,7 @@ class RaftDriver:
             self.storage.set_hard_state(ready.hard_state)
 
     async def _fsync(self, log: PartitionLog) -> None:
+        started = time.perf_counter()
         try:
             await self._sync_log(log)
         except OSError as exc:
@@ -603,6 +652,8 @@ class RaftDriver:
                 f"{self.group}: fsync of {log.directory} failed ({exc}); restart the broker"
             ) from exc
         self._counters["fsyncs"] += 1
+        if self.observer is not None:
+            self.observer.fsync_done(time.perf_counter() - started)
 
     def _complete(self, ready: Ready, *, appends_sent: bool) -> None:
         """After the fsync covering `ready`: send its messages (but the AppendRequests already
@@ -644,6 +695,8 @@ class RaftDriver:
                 del self._proposals[entry.index]
                 proposal._settle(None)
                 self._counters["proposals_committed"] += 1
+                if self.observer is not None:
+                    self.observer.proposal_committed(time.perf_counter() - proposal.proposed_s)
         while self._proposal_indexes and self._proposal_indexes[0] <= index:
             lost = self._proposals.pop(heapq.heappop(self._proposal_indexes), None)
             if lost is None:
@@ -709,6 +762,7 @@ class RaftDriver:
             self._high_watermark,
             core.log.last_index(),
             core.durable_index,
+            core.quiescent,
         )
 
     def _notify(self) -> None:

@@ -230,6 +230,10 @@ class Heartbeat:
     term: int
     # min(leader commit, follower's match): safe to adopt without a log check.
     commit_index: int
+    # The leader's last heartbeat before its group goes quiet (CockroachDB's quiescence): every
+    # follower holds the leader's whole log and `commit_index` is its last index. A follower
+    # whose term and commit index match stops its election timer and does not answer.
+    quiesce: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -292,7 +296,7 @@ def describe(message: Message) -> str:
             f"hint={message.hint_index}@{message.hint_term}"
         )
     if isinstance(message, Heartbeat):
-        return f"{head} commit={message.commit_index}"
+        return f"{head} commit={message.commit_index}" + (" quiesce" if message.quiesce else "")
     if isinstance(message, InstallSnapshot):
         snapshot = message.snapshot
         return f"{head} snapshot={snapshot.index}@{snapshot.term} bytes={len(snapshot.data)}"

@@ -81,3 +81,7 @@ class RaftStatistics:
     snapshots_installed: int
     entries_truncated: int
     uncommitted_bytes: int
+    # The group is quiet (docs/raft.md, "Quiescence"), and how often it went quiet and woke.
+    quiescent: bool = False
+    quiesced: int = 0
+    woken: int = 0

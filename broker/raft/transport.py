@@ -14,6 +14,12 @@ Shape (etcd's rafthttp stream, redpanda's heartbeat_manager):
   the group's endpoint with `deliver_nowait`; a full inbox drops the message (Raft tolerates loss,
   and one slow group must not stall the connection every group shares).
 - A protocol error from a peer closes that connection and is logged; the transport stays up.
+- Link liveness (what stands in for the heartbeats of quiet groups, docs/raft.md "Quiescence"):
+  the heartbeats frame goes to every connected peer every interval, empty if no group has a
+  heartbeat to send: one node-level heartbeat per peer link. Any frame from a peer means it is
+  alive (`PeerLiveness`); a peer silent for `peer_timeout_ms`, or whose link broke (a killed
+  process's sockets close at once), is reported dead to every group (`report_peer_dead`), which
+  wakes the quiet groups it leads so that they elect a new leader as usual.
 
 Test hook: `drop_traffic_with(peers)` silently drops everything to and from those peers, as a
 network partition does (used to build divergent logs in the integration tests).
@@ -41,6 +47,7 @@ from broker.protocol import (
     Role,
 )
 from broker.raft import wire
+from broker.raft.liveness import PeerLiveness
 from broker.raft.messages import Heartbeat, HeartbeatResponse, InstallSnapshot, Message
 
 logger = logging.getLogger(__name__)
@@ -62,6 +69,9 @@ class RaftTransportConfig(ConfigBase):
     # Heartbeats of all groups for one peer are flushed as one frame this often; keep it at the
     # drivers' tick interval so a heartbeat waits at most one tick.
     heartbeat_interval_ms: int = 100
+    # A peer heard from by no frame for this long (node heartbeats go every interval) is dead:
+    # quiet groups it leads wake and elect. Keep it at the groups' election timeout.
+    peer_timeout_ms: int = 1_000
     # Items per heartbeats frame: thousands of shared groups still make bounded headers.
     heartbeats_per_frame_max: int = 10_000
     # Reconnect backoff after a failed connect or a broken link: doubles up to the max.
@@ -80,6 +90,7 @@ class RaftTransportConfig(ConfigBase):
         check_range("peer_queue_messages_max", self.peer_queue_messages_max, 1)
         check_range("peer_queue_bytes_max", self.peer_queue_bytes_max, 1)
         check_range("heartbeat_interval_ms", self.heartbeat_interval_ms, 1)
+        check_range("peer_timeout_ms", self.peer_timeout_ms, 2 * self.heartbeat_interval_ms)
         check_range("heartbeats_per_frame_max", self.heartbeats_per_frame_max, 1)
         check_range("reconnect_backoff_initial_ms", self.reconnect_backoff_initial_ms, 1)
         check_range(
@@ -104,6 +115,15 @@ class RaftEndpoint(Protocol):
 
     def report_snapshot_failed(self, peer: int) -> None: ...
 
+    def report_peer_dead(self, peer: int) -> None:
+        """The link liveness lost `peer` (wakes a quiet group that depends on it)."""
+        ...
+
+    def report_peer_alive(self, peer: int) -> None:
+        """The link liveness hears from `peer` again (wakes a leader that went quiet without
+        it)."""
+        ...
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TransportStatistics:
@@ -122,6 +142,8 @@ class TransportStatistics:
     messages_dropped_unknown_group: int
     connections_failed: int
     protocol_errors: int
+    peers_alive: tuple[int, ...] = ()
+    peers_reported_dead: int = 0
 
 
 Connector = Callable[[int, str, int], Awaitable[trio.abc.Stream]]
@@ -176,7 +198,13 @@ class _PeerLink:
         return True
 
     def signal_heartbeats(self) -> None:
-        if self.heartbeats and not self.heartbeats_signalled:
+        # Connected, the frame goes even when empty: it is the node-level heartbeat.
+        due = self.connected or bool(self.heartbeats)
+        if (
+            due
+            and not self.heartbeats_signalled
+            and self.peer not in self.transport.partitioned_peers
+        ):
             try:
                 self.send_channel.send_nowait(_HEARTBEATS_DUE)
                 self.heartbeats_signalled = True
@@ -200,6 +228,7 @@ class _PeerLink:
             else:
                 if await self._run_connection(stream):
                     backoff_ms = config.reconnect_backoff_initial_ms
+            self.transport.link_lost(self.peer)
             await trio.sleep(backoff_ms / 1000)
             backoff_ms = min(backoff_ms * 2, config.reconnect_backoff_max_ms)
 
@@ -317,7 +346,8 @@ class _PeerLink:
         items = [(group, message) for (group, _), message in pending.items()]
         per_frame = self.transport.config.heartbeats_per_frame_max
         size = 0
-        for start in range(0, len(items), per_frame):
+        # At least one frame, empty when no group has a heartbeat: the node-level heartbeat.
+        for start in range(0, max(len(items), 1), per_frame):
             header = wire.encode_heartbeats(
                 self.transport.node_id,
                 self.peer,
@@ -382,6 +412,13 @@ class RaftTransport:
         self._endpoints: dict[str, RaftEndpoint] = {}
         self._partitioned: frozenset[int] = frozenset()
         self.counters: collections.Counter[str] = collections.Counter()
+        timeout_ticks = math.ceil(self.config.peer_timeout_ms / self.config.heartbeat_interval_ms)
+        self._liveness = PeerLiveness(list(self._links), timeout_ticks=timeout_ticks)
+        # Inbound connections open per peer: the link is lost when the last one closes.
+        self._inbound: collections.Counter[int] = collections.Counter()
+        # Set while `run()` runs: links of peers added later (`add_peer`) start in it.
+        self._nursery: trio.Nursery | None = None
+        self._link_scopes: dict[int, trio.CancelScope] = {}
 
     # --- groups ---------------------------------------------------------------------------------
 
@@ -427,11 +464,47 @@ class RaftTransport:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every outbound link and the heartbeat flusher until cancelled."""
-        async with trio.open_nursery() as nursery:
-            for link in self._links.values():
-                nursery.start_soon(link.run)
-            nursery.start_soon(self._flush_heartbeats_forever)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for link in self._links.values():
+                    nursery.start_soon(self._run_link, link)
+                nursery.start_soon(self._flush_heartbeats_forever)
+                task_status.started()
+        finally:
+            self._nursery = None
+
+    async def _run_link(self, link: _PeerLink) -> None:
+        with trio.CancelScope() as scope:
+            self._link_scopes[link.peer] = scope
+            await link.run()
+
+    # --- membership (brokers that join or leave a running cluster, docs/cluster.md) ------------
+
+    def add_peer(self, peer: int, address: tuple[str, int]) -> None:
+        """Link to `peer` at `address` from now on, and accept its inbound link. A peer already
+        known keeps its address (the one given at start-up may be a proxy in front of it)."""
+        assert peer > 0 and peer != self.node_id, peer
+        if peer in self._links:
+            return
+        link = _PeerLink(self, peer, address)
+        self._links[peer] = link
+        # Quiet groups it leads are woken by the link liveness when it dies: watch it too.
+        self._liveness.add(peer)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_link, link)
+
+    def remove_peer(self, peer: int) -> None:
+        """Forget `peer` (decommissioned): its link stops, its inbound links are refused."""
+        self._links.pop(peer, None)
+        self._liveness.remove(peer)
+        scope = self._link_scopes.pop(peer, None)
+        if scope is not None:
+            scope.cancel()
+
+    @property
+    def peer_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(self._links))
 
     async def _flush_heartbeats_forever(self) -> None:
         interval = self.config.heartbeat_interval_ms / 1000
@@ -441,6 +514,30 @@ class RaftTransport:
             # Skip missed intervals rather than bursting: heartbeats only need to be regular.
             deadline += interval * max(1, math.ceil((trio.current_time() - deadline) / interval))
             self.flush_heartbeats()
+            for peer in self._liveness.tick():
+                self._report_peer_dead(peer, "silent")
+
+    def link_lost(self, peer: int) -> None:
+        """A link to or from `peer` broke: it is dead to this broker until heard from again."""
+        if self._liveness.link_lost(peer):
+            self._report_peer_dead(peer, "link lost")
+
+    def _report_peer_dead(self, peer: int, why: str) -> None:
+        self.counters["peers_reported_dead"] += 1
+        logger.info(
+            "node %d: peer %d is down (%s): waking the groups that depend on it",
+            self.node_id,
+            peer,
+            why,
+        )
+        for endpoint in list(self._endpoints.values()):
+            endpoint.report_peer_dead(peer)
+
+    def _report_peer_alive(self, peer: int) -> None:
+        self.counters["peers_reported_alive"] += 1
+        logger.info("node %d: peer %d is back: waking the groups it follows", self.node_id, peer)
+        for endpoint in list(self._endpoints.values()):
+            endpoint.report_peer_alive(peer)
 
     def flush_heartbeats(self) -> None:
         """Hand every peer's pending heartbeats to its writer (one frame per peer)."""
@@ -472,7 +569,13 @@ class RaftTransport:
                     return
                 peer = await self._accept_handshake(stream, frames, first_frame)
                 if peer:
-                    await self._read_frames(stream, frames, peer)
+                    self._inbound[peer] += 1
+                    try:
+                        await self._read_frames(stream, frames, peer)
+                    finally:
+                        self._inbound[peer] -= 1
+                        if not self._inbound[peer]:
+                            self.link_lost(peer)
             except RemoteProtocolError as exc:
                 self.counters["protocol_errors"] += 1
                 logger.warning("node %d: closing link from peer %d: %s", self.node_id, peer, exc)
@@ -505,6 +608,8 @@ class RaftTransport:
             self.counters["frames_received"] += 1
             if peer in self._partitioned:
                 continue
+            if self._liveness.heard_from(peer):
+                self._report_peer_alive(peer)
             for group, message in wire.decode_frame(frame.header, frame.payload):
                 if message.source != peer or message.target != self.node_id:
                     raise wire.WireFormatError(
@@ -552,6 +657,8 @@ class RaftTransport:
             messages_dropped_unknown_group=counters["messages_dropped_unknown_group"],
             connections_failed=counters["connections_failed"],
             protocol_errors=counters["protocol_errors"],
+            peers_alive=tuple(peer for peer in self._links if self._liveness.is_alive(peer)),
+            peers_reported_dead=counters["peers_reported_dead"],
         )
 
 

@@ -10,7 +10,8 @@ Frames (the header's `api`):
                      snapshot data for an InstallSnapshot)
     raft_heartbeats  every Heartbeat and HeartbeatResponse one broker has for another, for all the
                      groups they share (redpanda's heartbeat_manager): {source, target,
-                     heartbeats: [[group, term, commit_index]...], responses: [[group, term]...]}
+                     heartbeats: [[group, term, commit_index, quiesce]...],
+                     responses: [[group, term]...]}
 
 Rules:
 - Decoding is strict: every field is type- and range-checked, batches are CRC-checked, entries
@@ -114,7 +115,13 @@ _SCALARS: Final[dict[type, tuple[str, tuple[tuple[str, str], ...]]]] = {
     ),
     Heartbeat: (
         "heartbeat",
-        (("source", "node"), ("target", "node"), ("term", "term"), ("commit_index", "index")),
+        (
+            ("source", "node"),
+            ("target", "node"),
+            ("term", "term"),
+            ("commit_index", "index"),
+            ("quiesce", "bool"),
+        ),
     ),
     HeartbeatResponse: (
         "heartbeat_response",
@@ -177,7 +184,7 @@ def encode_heartbeats(
     for group, message in items:
         assert (message.source, message.target) == (source, target), (message, source, target)
         if isinstance(message, Heartbeat):
-            heartbeats.append([group, message.term, message.commit_index])
+            heartbeats.append([group, message.term, message.commit_index, message.quiesce])
         else:
             responses.append([group, message.term])
     return {
@@ -325,12 +332,15 @@ def _decode_heartbeats(header: dict[str, Any]) -> list[tuple[str, Message]]:
         raise WireFormatError("heartbeats frame needs 'heartbeats' and 'responses' lists")
     result: list[tuple[str, Message]] = []
     for item in heartbeats:
-        if not isinstance(item, list) or len(item) != 3:
-            raise WireFormatError(f"heartbeat item must be [group, term, commit], got {item!r}")
+        if not isinstance(item, list) or len(item) != 4:
+            raise WireFormatError(
+                f"heartbeat item must be [group, term, commit, quiesce], got {item!r}"
+            )
         group = _check_name("heartbeat.group", item[0], GROUP_NAME_BYTES_MAX)
         term = _check("heartbeat.term", item[1], "term")
         commit = _check("heartbeat.commit_index", item[2], "index")
-        result.append((group, Heartbeat(source, target, term, commit)))
+        quiesce = _check("heartbeat.quiesce", item[3], "bool")
+        result.append((group, Heartbeat(source, target, term, commit, quiesce)))
     for item in responses:
         if not isinstance(item, list) or len(item) != 2:
             raise WireFormatError(f"heartbeat response must be [group, term], got {item!r}")

@@ -71,11 +71,13 @@ from broker.share_groups.share_partition import AckRange, AckType
 logger = logging.getLogger(__name__)
 
 # The internal topic's own configs, as __consumer_offsets': acknowledgements must never be
-# deleted by retention (compaction is not built yet), and an acknowledged one must be on disk.
+# deleted by retention (the log cleaner keeps the latest record per key), and an acknowledged
+# one must be on disk.
 SHARE_STATE_TOPIC_CONFIGS: Final = {
     "retention.ms": -1,
     "retention.bytes": -1,
     "flush.policy": "always",
+    "cleanup.policy": "compact",
 }
 # How long an acknowledgement (or config change) waits for its write.
 WRITE_TIMEOUT_S: Final = 30.0

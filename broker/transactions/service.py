@@ -73,12 +73,13 @@ __all__ = [
 ]
 
 # The internal topic's own configs, as __consumer_offsets': a transaction's state must never be
-# deleted by time or size retention (compaction is not built yet), and an acknowledged state
-# change must be on disk.
+# deleted by time or size retention (the log cleaner keeps the latest record per transactional
+# id), and an acknowledged state change must be on disk.
 TRANSACTION_STATE_TOPIC_CONFIGS: Final = {
     "retention.ms": -1,
     "retention.bytes": -1,
     "flush.policy": "always",
+    "cleanup.policy": "compact",
 }
 EPOCH_KEY: Final = b"transaction_coordinator_epoch"
 

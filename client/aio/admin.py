@@ -24,6 +24,8 @@ from client.types import ClusterStatus, ShareGroupDescription, TopicDescription,
 
 # First backoff of per-leader retries (list_offsets): doubled each round up to 1 s.
 ADMIN_RETRY_BACKOFF_S = 0.05
+# How long a controller request (reassignments, rebalance) retries while no controller answers.
+CONTROLLER_RETRY_TIMEOUT_S = 30.0
 
 
 class AdminClient(AsyncClientBase):
@@ -54,6 +56,21 @@ class AdminClient(AsyncClientBase):
         response: codec.CreateTopicsResponse = await self._cluster.call(request)
         _raise_topic_errors(response.topics)
         self._cluster.invalidate(name)
+
+    async def alter_topic_configs(
+        self,
+        name: str,
+        configs: Mapping[str, Any] | None = None,
+        *,
+        reset: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """Set config overrides of topic `name` (`cleanup.policy`, `retention.ms`, ...) and
+        return `reset` ones to the broker default; returns the topic's overrides after. Raises
+        UNKNOWN_TOPIC or INVALID_CONFIG (naming the key; nothing changed) as `BrokerError`."""
+        response: codec.AlterTopicConfigsResponse = await self._on_controller(
+            codec.AlterTopicConfigsRequest(topic=name, configs=dict(configs or {}), reset=reset)
+        )
+        return dict(response.configs)
 
     async def delete_topic(self, name: str) -> None:
         response: codec.DeleteTopicsResponse = await self._cluster.call(
@@ -301,6 +318,96 @@ class AdminClient(AsyncClientBase):
 
     def _share_coordinator(self, group_id: str) -> ShareCoordinator:
         return ShareCoordinator(self._cluster, group_id, retry_backoff_s=ADMIN_RETRY_BACKOFF_S)
+
+    # --- partition reassignment (docs/reassignment.md) -------------------------------------------
+
+    async def alter_partition_reassignments(
+        self,
+        reassignments: Mapping[tuple[str, int], Iterable[int] | None],
+        *,
+        throttle_bytes_per_s: int = 0,
+    ) -> None:
+        """Move each (topic, partition) to its replicas (preferred leader first); None cancels
+        the reassignment under way. `throttle_bytes_per_s` bounds replication to the new
+        replicas (0: the brokers' default). Returns once the controller recorded the moves (they
+        then run in the background: `list_partition_reassignments`). Raises BrokerError naming
+        every refused partition (the others were started)."""
+        request = codec.AlterPartitionReassignmentsRequest(
+            partitions=tuple(
+                codec.ReassignPartition(
+                    topic=topic,
+                    partition=partition,
+                    replicas=tuple(replicas) if replicas is not None else None,
+                )
+                for (topic, partition), replicas in sorted(reassignments.items())
+            ),
+            throttle_bytes_per_s=throttle_bytes_per_s,
+        )
+        response: codec.AlterPartitionReassignmentsResponse = await self._on_controller(request)
+        refused = [r for r in response.partitions if r.error is not ErrorCode.NONE]
+        if refused:
+            raise BrokerError(
+                refused[0].error,
+                "; ".join(f"{r.topic}-{r.partition}: {r.error_message}" for r in refused),
+            )
+
+    async def list_partition_reassignments(
+        self, topics: Iterable[str] | None = None
+    ) -> list[codec.PartitionReassignmentStatus]:
+        """The reassignments under way (of `topics`, or all), by (topic, partition): replicas,
+        target, adding and removing replicas, and each replica's progress as the partition's
+        leader reports it (match offset, lag, bytes caught up); every leader is asked."""
+        request = codec.ListPartitionReassignmentsRequest(
+            topics=tuple(topics) if topics is not None else None
+        )
+        answers = await self._ask_every_broker(request)
+        found: dict[tuple[str, int], codec.PartitionReassignmentStatus] = {}
+        for answer in answers:
+            for status in answer.reassignments:
+                key = (status.topic, status.partition)
+                # A leader's answer carries the progress; keep it over a follower's.
+                if key not in found or (status.progress and not found[key].progress):
+                    found[key] = status
+        return [found[key] for key in sorted(found)]
+
+    async def rebalance(
+        self,
+        *,
+        dry_run: bool = False,
+        throttle_bytes_per_s: int = 0,
+        move_count_max: int = 1000,
+    ) -> list[codec.RebalanceMove]:
+        """Even replicas and preferred leaders over the ACTIVE brokers: the controller plans the
+        moves (fewest first) and, unless `dry_run`, starts them as reassignments. Returns the
+        moves, each with the error that refused it, if any."""
+        request = codec.RebalanceRequest(
+            dry_run=dry_run,
+            throttle_bytes_per_s=throttle_bytes_per_s,
+            move_count_max=move_count_max,
+        )
+        response: codec.RebalanceResponse = await self._on_controller(request)
+        return list(response.moves)
+
+    async def decommission_broker(self, node_id: int) -> None:
+        """Start decommissioning broker `node_id`: the controller moves its replicas (and its
+        controller vote) away, then removes it; follow it in `cluster_status()` (the broker is
+        "decommissioning", then gone). Raises BrokerError (INVALID_REQUEST: unknown broker, the
+        last active one)."""
+        await self._on_controller(codec.DecommissionBrokerRequest(node_id=node_id))
+
+    async def _on_controller(self, request: Any) -> Any:
+        """`request` answered by the controller (any broker forwards it there), retried while
+        no controller answers (NOT_CONTROLLER, REQUEST_TIMED_OUT), for a bounded time."""
+        backoff_s = ADMIN_RETRY_BACKOFF_S
+        deadline = trio.current_time() + CONTROLLER_RETRY_TIMEOUT_S
+        while True:
+            response = await self._cluster.call(request)
+            if not response.error.retriable or trio.current_time() + backoff_s > deadline:
+                break
+            await trio.sleep(backoff_s)
+            backoff_s = min(1.0, backoff_s * 2)
+        _raise_error(response.error, response.error_message)
+        return response
 
 
 def _with_figures(

@@ -890,7 +890,9 @@ def decode_fetched(
             if not visible or header.next_offset <= fetch_offset:
                 continue
             rows = decode_rows(data, position, header)
-            if rows is None:  # Kafka's varint encoding: the general decoder
+            if rows is None or header.record_count != header.last_offset_delta + 1:
+                # Kafka's varint encoding, or a compacted batch (rows carry offset deltas):
+                # the general decoder.
                 records = decode_records(data, position, header=header)
                 out += [
                     _new_record(ConsumerRecord, head + record)

@@ -453,8 +453,16 @@ class Checker:
 
     def _check_quorum_deadline(self, node: SimNode, core: RaftCore) -> None:
         """Thesis §6.2: flags of who was heard reset every election timeout, so a leader that last
-        heard from a majority at tick t has failed a check, and stepped down, by t + 2 timeouts."""
+        heard from a majority at tick t has failed a check, and stepped down, by t + 2 timeouts.
+
+        A quiet leader does not tick: the link liveness watches its followers instead, and wakes
+        it when one is lost. The deadline therefore counts from the last tick it was quiet."""
         voters = core.configuration.voters
+        if core.quiescent:
+            heard = self.heard.setdefault(node.node_id, {})
+            for voter in voters:
+                heard[voter] = node.ticks
+            return
         needed = majority(len(voters)) - (1 if node.node_id in voters else 0)
         if needed <= 0:
             return
@@ -636,6 +644,48 @@ class Checker:
         if len(self.sim.payloads) < self.healed_payload_target:
             problems.append("the proposals made after healing are not all in yet")
         return problems
+
+    def _quiet_members(self) -> bool:
+        cores = [node.core for node in self.sim.nodes.values() if node.core is not None]
+        leaders = [core for core in cores if core.role is Role.LEADER]
+        if len(leaders) != 1:
+            return False
+        members = leaders[0].configuration.members
+        return all(core.quiescent for core in cores if core.node_id in members)
+
+    def is_quiet(self) -> bool:
+        return self.is_live() and self._quiet_members()
+
+    def check_quiet(self) -> None:
+        """Quiescence's own liveness: a healed, caught-up group with no writes goes quiet."""
+        if not self.is_quiet():
+            problems = self._liveness_problems() or ["some members are not quiescent"]
+            self.fail(
+                "quiescence", "after healing, the group did not go quiet: " + "; ".join(problems)
+            )
+
+    def has_new_leader(self, old: int) -> bool:
+        """A leader other than `old` that every other live voter of its configuration follows."""
+        nodes = self.sim.nodes
+        cores = {n: node.core for n, node in nodes.items() if node.core is not None}
+        for core in cores.values():
+            if core.role is not Role.LEADER or core.node_id == old:
+                continue
+            if all(
+                voter == old
+                or voter not in cores
+                or (cores[voter].term == core.term and cores[voter].leader_id == core.node_id)
+                for voter in core.configuration.voters
+            ):
+                return True
+        return False
+
+    def check_new_leader(self, old: int) -> None:
+        if not self.has_new_leader(old):
+            self.fail(
+                "quiet failover",
+                f"the quiet group did not elect a leader in place of node {old} within the bound",
+            )
 
     def check_stable(
         self, leader: RaftCore, terms: dict[int, int], *, isolated: int, rejoined: bool

@@ -2,10 +2,15 @@
 crashes, partitions, membership changes and the clients (TigerBeetle's VOPR, etcd's `network`).
 
 A run is a safety phase with every fault enabled, then a liveness phase with faults healed, then
-(with pre-vote) a stability phase that isolates one follower. After EVERY event the `Checker`
-(checkers.py) verifies Raft's safety properties; a violation raises `SimulationFailure` with the
-seed and the command that replays it. Nothing here reads a real clock or an unseeded random source,
-and nothing iterates a set or a str-keyed dict to make a decision.
+(with pre-vote) a stability phase that isolates one follower. Half the seeds run with quiescence
+(docs/raft.md): every node then also keeps a `PeerLiveness` fed by node-level heartbeats over the
+same faulty network (as the transport's link liveness does), reports dead peers to its core, and
+the run ends with a quiet-failover phase: the group goes quiet, then its leader crashes or is cut
+off, and the rest must elect a leader (the quiet group must not wait for heartbeats forever).
+
+After EVERY event the `Checker` (checkers.py) verifies Raft's safety properties; a violation raises
+`SimulationFailure` with the seed and the command that replays it. Nothing here reads a real clock
+or an unseeded random source, and nothing iterates a set or a str-keyed dict to make a decision.
 
 The driver side (`_process_ready`) behaves like `broker/raft/driver.py`: a Ready that `must_sync`
 waits for an fsync, but its AppendRequests leave at once (thesis §10.2.1, the real driver's rule);
@@ -26,6 +31,7 @@ from broker.log import batch as batch_codec
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore, Ready, Role
 from broker.raft.errors import ConfigurationChangeError, NotLeaderError, ProposalDroppedError
+from broker.raft.liveness import PeerLiveness
 from broker.raft.messages import AppendRequest, Configuration, Entry, Message, describe
 from broker.raft.storage import MemoryStorage
 from tests.sim.checkers import Checker, SimulationFailure, apply_digest
@@ -37,6 +43,9 @@ TICK_TIME = 100
 CLIENT_PENDING_MAX = 20
 # Events a failure report prints: enough to see the crash, election or message that broke it.
 TRACE_LINES_REPORTED = 60
+# Quiescence is drawn from its own generator (seeded from the run's seed), so turning it on for
+# half the seeds leaves every other option of those seeds as it was.
+QUIESCE_SEED_SALT = 0x51E7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +75,8 @@ class SimOptions:
     crash_after_election_probability: float
     uncommitted_bytes_max: int
     downtime_mean: int  # a crashed node restarts after about this long (virtual time)
+    # Quiescence with link liveness (drawn separately, see QUIESCE_SEED_SALT).
+    quiesce: bool = False
 
     @classmethod
     def from_seed(cls, rng: random.Random) -> SimOptions:
@@ -183,6 +194,8 @@ class SimNode:
     state: bytes = b""
     # Ticks this incarnation of the node has taken: the clock of its check-quorum deadline.
     ticks: int = 0
+    # With quiescence: which peers this incarnation hears from (node heartbeats, any message).
+    liveness: PeerLiveness | None = None
 
 
 @dataclasses.dataclass
@@ -201,10 +214,19 @@ class Simulation:
         *,
         core_class: type[RaftCore] = RaftCore,
         trace: bool = False,
+        quiesce: bool | None = None,
     ) -> None:
+        """`quiesce` forces quiescence on or off (None: the seed draws it, half the seeds)."""
         self.seed = seed
         self.rng = random.Random(seed)
-        self.options = SimOptions.from_seed(self.rng)
+        self.options = dataclasses.replace(
+            SimOptions.from_seed(self.rng),
+            quiesce=random.Random(seed ^ QUIESCE_SEED_SALT).random() < 0.5
+            if quiesce is None
+            else quiesce,
+        )
+        # How the quiet-failover phase took the leader away ("crash", "isolate"), once it ran.
+        self.quiet_failover: str | None = None
         self.core_class = core_class
         self.trace_enabled = trace
         self.trace_lines: list[str] = []
@@ -221,6 +243,7 @@ class Simulation:
             append_bytes_max=options.append_bytes_max,
             transfer_timeout_ticks=2 * options.election_timeout_ticks,
             uncommitted_bytes_max=options.uncommitted_bytes_max,
+            quiesce=options.quiesce,
         )
         voters = list(range(1, options.voter_count + 1))
         self.node_ids = list(range(1, options.voter_count + options.spare_count + 1))
@@ -258,6 +281,8 @@ class Simulation:
             self.checker.check_liveness()
             if self.options.pre_vote:
                 self._stability_phase()
+            if self.options.quiesce:
+                self._quiet_failover_phase()
         except SimulationFailure:
             raise
         except AssertionError as exc:
@@ -267,7 +292,13 @@ class Simulation:
                 invariant="core assertion",
             ) from exc
 
-    def _run_until(self, end_time: int, *, stop_when_live: bool = False) -> None:
+    def _run_until(
+        self,
+        end_time: int,
+        *,
+        stop_when_live: bool = False,
+        stop_when: Callable[[], bool] | None = None,
+    ) -> None:
         handlers = {
             "tick": self._on_tick,
             "deliver": self._on_deliver,
@@ -276,6 +307,7 @@ class Simulation:
             "fault": self._on_fault,
             "crash": self._on_crash,
             "restart": self._on_restart,
+            "alive": self._on_alive,
         }
         checker = self.checker
         while self.events and self.events[0][0] <= end_time:
@@ -284,11 +316,15 @@ class Simulation:
             # of unchanged nodes are skipped: the state they would check is what they checked.
             if kind in ("tick", "fsync"):
                 checker.touched = payload
+            elif kind == "alive":
+                checker.touched = payload[1]
             else:
                 checker.touched = payload.target if kind == "deliver" else None
             handlers[kind](payload)
             checker.after_step()
             if stop_when_live and checker.is_live():
+                return
+            if stop_when is not None and stop_when():
                 return
 
     def _stability_phase(self) -> None:
@@ -317,6 +353,38 @@ class Simulation:
         self.checker.check_liveness()
         self.checker.check_stable(leader, terms, isolated=isolated, rejoined=True)
 
+    def _quiet_failover_phase(self) -> None:
+        """Quiescence with faults: once the healed group is quiet (no ticks, no heartbeats), its
+        leader crashes or is cut off from everyone. The others hear of it only through their
+        link liveness, and must still elect a leader all live voters follow; then the old leader
+        comes back and the group must be live (and may go quiet) again."""
+        bound = self.options.liveness_ticks * TICK_TIME
+        self.blocked = set()  # the stability phase may leave its follower isolated
+        self._run_until(self.time + bound, stop_when=self.checker.is_quiet)
+        self.checker.check_quiet()
+        leader = self._current_leader()
+        assert leader is not None
+        old = leader.node_id
+        if len(leader.configuration.voters) < 3:
+            return  # no majority survives the loss of the leader
+        how = self.rng.choice(["crash", "isolate"])
+        self.quiet_failover = how
+        self.trace(f"quiet failover: {how} leader {old} of term {leader.term}")
+        if how == "crash":
+            self._crash(self.nodes[old], "quiet leader")
+            self.events = [e for e in self.events if not (e[2] == "restart" and e[3] == old)]
+            heapq.heapify(self.events)
+        else:
+            self.blocked = {(old, n) for n in self.node_ids} | {(n, old) for n in self.node_ids}
+        self._run_until(self.time + bound, stop_when=lambda: self.checker.has_new_leader(old))
+        self.checker.check_new_leader(old)
+        self.blocked = set()
+        if self.nodes[old].core is None:
+            self._start(self.nodes[old])
+        self.trace(f"quiet failover: {old} is back")
+        self._run_until(self.time + bound, stop_when_live=True)
+        self.checker.check_liveness()
+
     def _schedule(self, delay: int, kind: str, payload: Any) -> None:
         self.sequence += 1
         heapq.heappush(self.events, (self.time + max(0, delay), self.sequence, kind, payload))
@@ -344,6 +412,10 @@ class Simulation:
         node.state = self.checker.state_at(node.disk.view.snapshot(), node.node_id)
         node.ticks = 0
         node.waiting = []
+        if self.options.quiesce:
+            peers = [peer for peer in self.node_ids if peer != node.node_id]
+            timeout = self.options.election_timeout_ticks
+            node.liveness = PeerLiveness(peers, timeout_ticks=timeout)
         self.checker.on_start(node)
         self._process_ready(node)
 
@@ -415,6 +487,44 @@ class Simulation:
         node.ticks += 1
         node.core.tick(now_ms=self.time)
         self._process_ready(node)
+        if node.liveness is not None:
+            self._tick_liveness(node)
+
+    def _tick_liveness(self, node: SimNode) -> None:
+        """The transport's side of quiescence: one node heartbeat per peer per tick over the
+        faulty network, and dead peers reported to the core."""
+        for peer in node.liveness.peers if node.liveness is not None else ():
+            self._send_alive(node.node_id, peer)
+        assert node.liveness is not None and node.core is not None
+        for peer in node.liveness.tick():
+            self._report_peer_dead(node, peer, "silent")
+
+    def _report_peer_dead(self, node: SimNode, peer: int, why: str) -> None:
+        assert node.core is not None
+        self.trace(f"{node.node_id}: peer {peer} dead ({why})")
+        node.core.report_peer_dead(peer)
+        self._process_ready(node)
+
+    def _heard_from(self, node: SimNode, peer: int) -> None:
+        """The liveness hears `peer`; back from the dead, it is reported alive to the core."""
+        assert node.liveness is not None and node.core is not None
+        if node.liveness.heard_from(peer):
+            self.trace(f"{node.node_id}: peer {peer} alive again")
+            node.core.report_peer_alive(peer)
+            self._process_ready(node)
+
+    def _send_alive(self, source: int, target: int) -> None:
+        if (source, target) in self.blocked:
+            return
+        if self.faults_enabled and self.rng.random() < self.drop_probability:
+            return
+        self._schedule(self.rng.randrange(1, self.options.delay_max + 1), "alive", (source, target))
+
+    def _on_alive(self, link: tuple[int, int]) -> None:
+        source, target = link
+        node = self.nodes[target]
+        if node.core is not None and node.liveness is not None:
+            self._heard_from(node, source)
 
     def _on_deliver(self, message: Message) -> None:
         node = self.nodes[message.target]
@@ -425,6 +535,8 @@ class Simulation:
             self.trace(describe(message))
         checker = self.checker
         checker.touched = node.node_id
+        if node.liveness is not None:
+            self._heard_from(node, message.source)  # any frame on the link counts
         stale = checker.before_deliver(node, core, message)
         core.step(message)
         self._process_ready(node)
@@ -589,6 +701,15 @@ class Simulation:
         node.waiting = []
         node.disk.crash(self.rng)
         self.checker.on_crash(node)
+        if self.options.quiesce:
+            # Half the time the peers' links break at once (the process's sockets close);
+            # otherwise they find out from its silence.
+            for other in self.nodes.values():
+                if other.core is None or other.liveness is None or self.rng.random() < 0.5:
+                    continue
+                link_up = (node.node_id, other.node_id) not in self.blocked
+                if link_up and other.liveness.link_lost(node.node_id):
+                    self._report_peer_dead(other, node.node_id, "link lost")
         self._schedule(self._exponential(self.options.downtime_mean), "restart", node.node_id)
 
     def on_new_leader(self, core: RaftCore) -> None:

@@ -93,6 +93,28 @@ def test_failure_report_replays_with_the_last_events() -> None:
     assert "Request" in str(failure.value)  # message deliveries are among the events
 
 
+def test_quiet_groups_elect_when_their_leader_crashes_or_is_cut_off() -> None:
+    """Goal: quiescence with faults. On the CI seeds that draw quiescence, the group went quiet
+    after healing (else the run fails), and its leader was both crashed and isolated across the
+    seeds; each time the others, hearing of it only through their link liveness, elected."""
+    ways = []
+    for seed in FIXED_SEEDS[:30]:
+        simulation = run_seed(seed)
+        if simulation.options.quiesce:
+            ways.append(simulation.quiet_failover)
+    assert "crash" in ways and "isolate" in ways, ways
+
+
+@pytest.mark.slow
+def test_quiescence_long_runs() -> None:
+    """Goal: quiescence forced on for a bounded set of extra seeds (all faults, then a quiet
+    failover each)."""
+    for seed in range(20_000, 20_100):
+        simulation = Simulation(seed, quiesce=True)
+        simulation.run()
+        assert simulation.quiet_failover is not None or simulation.options.voter_count < 3
+
+
 @pytest.mark.slow
 def test_simulation_long_runs() -> None:
     """Goal: longer safety phases on a bounded set of extra seeds (CI runs this size)."""

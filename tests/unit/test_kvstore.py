@@ -1,4 +1,5 @@
-"""KvStore: key spaces are separate, values round-trip, durable writes survive a killed process."""
+"""KvStore: key spaces are separate, values round-trip, durable writes survive a killed process,
+and a damaged store is refused with a message naming the file (never mapped into a crash)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from broker.kvstore import KeySpace, KvStore
+import pytest
+
+from broker.kvstore import DATA_FILE, KeySpace, KvStore, MetadataStoreError
 
 
 def test_spaces_are_separate_and_values_round_trip(tmp_path: Path) -> None:
@@ -77,3 +80,48 @@ def test_durable_put_survives_a_killed_process(tmp_path: Path) -> None:
     store = KvStore.open(path)
     assert store.get(KeySpace.RAFT, b"term") == b"7"
     store.close()
+
+
+def _filled_store(path: Path) -> Path:
+    store = KvStore.open(path)
+    store.put_many(KeySpace.TOPICS, [(b"t%04d" % i, b"v" * 100) for i in range(2000)])
+    store.close()
+    return path / DATA_FILE
+
+
+def test_truncated_data_file_is_refused_before_mapping(tmp_path: Path) -> None:
+    # Mapping it would be a SIGBUS on the first read past the end: refused with the file named.
+    data_file = _filled_store(tmp_path / "meta.lmdb")
+    with data_file.open("r+b") as handle:
+        handle.truncate(handle.seek(0, 2) // 2)
+    with pytest.raises(MetadataStoreError, match="truncated") as refused:
+        KvStore.open(tmp_path / "meta.lmdb")
+    assert str(data_file) in str(refused.value)
+    assert "--recover-topics" in str(refused.value)
+
+
+def test_file_that_is_not_lmdb_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "meta.lmdb").mkdir()
+    (tmp_path / "meta.lmdb" / DATA_FILE).write_bytes(b"\x00" * 10_000)
+    with pytest.raises(MetadataStoreError, match="not an LMDB data file"):
+        KvStore.open(tmp_path / "meta.lmdb")
+
+
+def test_garbled_pages_are_refused_by_the_verifying_child(tmp_path: Path) -> None:
+    # Page pointers into garbage may crash LMDB; the child reading it through dies instead of us.
+    data_file = _filled_store(tmp_path / "meta.lmdb")
+    size = data_file.stat().st_size
+    with data_file.open("r+b") as handle:
+        handle.seek(2 * 4096)
+        handle.write(b"\xff" * (size - 2 * 4096))
+    with pytest.raises(MetadataStoreError) as refused:
+        KvStore.open(tmp_path / "meta.lmdb", verify=True)
+    assert str(data_file) in str(refused.value)
+
+
+def test_verify_accepts_a_sound_store_and_a_new_one(tmp_path: Path) -> None:
+    _filled_store(tmp_path / "meta.lmdb")
+    store = KvStore.open(tmp_path / "meta.lmdb", verify=True)
+    assert len(store.items(KeySpace.TOPICS)) == 2000
+    store.close()
+    KvStore.open(tmp_path / "new.lmdb", verify=True).close()

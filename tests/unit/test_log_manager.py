@@ -124,3 +124,28 @@ def test_flush_recovered_makes_a_crashed_logs_tail_durable(tmp_path: Path) -> No
     manager.flush_recovered()
     assert log.flushed_offset == log.log_end_offset == 3
     manager.close()
+
+
+def test_release_keeps_the_directory_and_adopt_serves_it_again(tmp_path: Path) -> None:
+    manager = LogManager.open(tmp_path, LogConfig())
+    manager.create("t", 0).append(_batch(b"a"))
+    directory = manager.release("t", 0)
+    assert manager.get("t", 0) is None and directory.is_dir()
+    with pytest.raises(BrokerError) as refused:
+        manager.create("t", 0)  # never a fresh log over a directory on disk
+    assert refused.value.code is ErrorCode.TOPIC_ALREADY_EXISTS
+    assert str(directory) in str(refused.value)
+    log = manager.adopt("t", 0, LogConfig())
+    assert log.log_end_offset == 1
+    manager.close()
+
+
+def test_open_keeps_directories_not_marked_for_deletion(tmp_path: Path) -> None:
+    manager = LogManager.open(tmp_path, LogConfig())
+    manager.create("kept", 0).append(_batch(b"a"))
+    manager.close()
+    (tmp_path / "logs" / "gone-0.1.deleting").mkdir()
+    manager = LogManager.open(tmp_path, LogConfig())
+    assert manager.partitions() == [("kept", 0)]
+    assert not (tmp_path / "logs" / "gone-0.1.deleting").exists()
+    manager.close()

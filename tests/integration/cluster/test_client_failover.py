@@ -78,8 +78,12 @@ def test_a_consumer_reads_every_record_and_steps_over_control_batches(
         # A leadership change (the preferred leader taking over) may append another no-op
         # meanwhile: the position must reach the log end as it is now, with no record returned.
         wait_until(
-            lambda: consumer.poll(timeout_ms=50) == []
-            and all(consumer.position(tp) == end for tp, end in consumer.end_offsets(tps).items()),
+            lambda: (
+                consumer.poll(timeout_ms=50) == []
+                and all(
+                    consumer.position(tp) == end for tp, end in consumer.end_offsets(tps).items()
+                )
+            ),
             f"positions never stepped over the control batches: {ends}",
         )
         assert consumer.beginning_offsets(tps) == dict.fromkeys(tps, 0)
@@ -100,8 +104,12 @@ def test_a_consumer_reads_every_record_and_steps_over_control_batches(
             (m.partition, m.offset) for m in acked
         }
         wait_until(
-            lambda: consumer.poll(timeout_ms=50) == []
-            and all(consumer.position(tp) == end for tp, end in consumer.end_offsets(tps).items()),
+            lambda: (
+                consumer.poll(timeout_ms=50) == []
+                and all(
+                    consumer.position(tp) == end for tp, end in consumer.end_offsets(tps).items()
+                )
+            ),
             "positions never reached the log end after the last record",
         )
         # Timestamp lookups go to the leaders too (a no-op batch may carry the first timestamp).

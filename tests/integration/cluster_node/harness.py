@@ -75,22 +75,28 @@ class Cluster:
         self.nodes = nodes
 
     @classmethod
-    async def start(cls, nursery: trio.Nursery, tmp_path: Path) -> Cluster:
+    async def start(
+        cls,
+        nursery: trio.Nursery,
+        tmp_path: Path,
+        node_ids: tuple[int, ...] = NODE_IDS,
+        config: ClusterNodeConfig = CONFIG,
+    ) -> Cluster:
         listeners = {
-            node_id: await trio.open_tcp_listeners(0, host="127.0.0.1") for node_id in NODE_IDS
+            node_id: await trio.open_tcp_listeners(0, host="127.0.0.1") for node_id in node_ids
         }
         peers = {
             node_id: ("127.0.0.1", sockets[0].socket.getsockname()[1])
             for node_id, sockets in listeners.items()
         }
         router = InProcessRouter()
-        for node_id in NODE_IDS:
+        for node_id in node_ids:
             router.nodes[node_id] = ClusterNode(
                 node_id,
                 peers[node_id],
                 peers,
                 tmp_path / f"node{node_id}",
-                CONFIG,
+                config,
                 router=router,
                 listeners=listeners[node_id],
                 seed=node_id,

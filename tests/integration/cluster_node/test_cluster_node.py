@@ -176,6 +176,39 @@ async def test_topic_placement_produce_and_delete(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_concurrent_leader_reports_share_metadata_entries(tmp_path: Path) -> None:
+    # Goal: leader reports are group-committed. Forty reports made at once (as forty new
+    # partitions electing at once make them) cost the metadata log a couple of entries, not
+    # forty commits in a row, and each is applied.
+    partitions = 40
+    async with trio.open_nursery() as nursery:
+        cluster = await Cluster.start(nursery, tmp_path)
+        await cluster.wait_all_active()
+        leader = cluster.controller_leader()
+        assert leader is not None
+        controller = leader.controller
+        topic = await controller.create_topic("many", partitions, 3)
+        index_before = controller.driver.core.log.last_index()
+        epoch = 1_000  # above any term the topic's own groups reach meanwhile
+        async with trio.open_nursery() as reporters:
+            for info in topic.partitions:
+                reporters.start_soon(
+                    controller.report_leader, "many", info.partition, info.replicas[0], epoch,
+                    info.replicas,
+                )  # fmt: skip
+        log = controller.driver.storage.log
+        entries = 0
+        for _, header in batch_codec.iter_batches(log_bytes(log)):
+            entries += header.base_offset > index_before
+        assert entries < partitions // 4, f"{partitions} reports took {entries} metadata entries"
+        published = controller.machine.topic("many")
+        assert published is not None
+        assert all(
+            (p.leader, p.leader_epoch) == (p.replicas[0], epoch) for p in published.partitions
+        )
+        nursery.cancel_scope.cancel()
+
+
 async def test_partition_leader_crash_failover_and_restart_catch_up(tmp_path: Path) -> None:
     # Goal: crashing the broker that leads a partition elects a new leader within a few election
     # timeouts, produce carries on, nothing acknowledged is lost; the crashed broker restarts from

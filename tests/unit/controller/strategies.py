@@ -5,9 +5,11 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from broker.controller.records import (
+    BrokerDecommissioning,
     BrokerRegistered,
     BrokerState,
     BrokerStateChanged,
+    BrokerUnregistered,
     ConfigSet,
     MetadataRecord,
     PartitionAssignment,
@@ -51,6 +53,8 @@ records: st.SearchStrategy[MetadataRecord] = st.one_of(
         st.integers(0, 2**63 - 1),
     ),
     st.builds(BrokerStateChanged, node_ids, epochs, st.sampled_from(BrokerState)),
+    st.builds(BrokerDecommissioning, node_ids),
+    st.builds(BrokerUnregistered, node_ids, epochs),
     st.builds(
         TopicCreated,
         topic_names,

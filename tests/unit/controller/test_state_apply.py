@@ -82,7 +82,7 @@ def test_records_for_a_deleted_topic_do_not_touch_its_successor(cluster: Metadat
     cluster.create_topic("t", 1, 3, number=1)
     machine = cluster.machine
     stale_report = machine.prepare_leader_change("t", 0, 1, 1, [1, 2, 3])
-    stale_config = machine.prepare_set_config("t", "retention.ms", 5)
+    stale_config = machine.prepare_alter_configs("t", {"retention.ms": 5})
     cluster.commit(machine.prepare_delete_topic("t"))
     cluster.create_topic("t", 1, 3, number=2)
     cluster.commit(stale_report + stale_config)
@@ -271,7 +271,9 @@ def _prepare(machine: ControllerStateMachine, command: tuple) -> list[MetadataRe
         return machine.prepare_delete_topic(command[1])
     if kind == "config":
         _, name, (key, value) = command
-        return machine.prepare_set_config(name, key, value)
+        if value is None:
+            return machine.prepare_alter_configs(name, {}, [key])
+        return machine.prepare_alter_configs(name, {key: value})
     _, name, partition, leader_pick, epoch, isr_mask = command
     topic = machine.topic(name)
     if topic is None or partition >= topic.partition_count:

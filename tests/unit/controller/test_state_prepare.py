@@ -176,8 +176,8 @@ def test_topic_ids_must_be_fresh_and_well_formed(cluster: MetadataLog) -> None:
         ({"flush.policy": "sometimes"}, "invalid config 'flush.policy': expected one of"),
         ({"segment.bytes": 1}, "invalid config 'segment.bytes': must be between"),
         ({"max.message.bytes": 2**30 + 1}, "invalid config 'max.message.bytes': must be between"),
-        ({"retention.ms": None}, "invalid config 'retention.ms': expected a string, integer"),
-        ({"retention.ms": 1.5}, "invalid config 'retention.ms': expected a string, integer"),
+        ({"retention.ms": None}, "invalid config 'retention.ms': expected a string, number or"),
+        ({"retention.ms": 1.5}, "invalid config 'retention.ms': expected an integer, got 1.5"),
         ({"retention.ms": 1, "retention_ms": 2}, "the same setting as"),
     ],
 )
@@ -222,35 +222,61 @@ def test_delete_topic(cluster: MetadataLog) -> None:
 def test_set_and_remove_a_config(cluster: MetadataLog) -> None:
     cluster.create_topic("t", 1, 1, number=3)
     machine = cluster.machine
-    assert machine.prepare_set_config("t", "retention_ms", "5000") == [
+    assert machine.prepare_alter_configs("t", {"retention_ms": "5000"}) == [
         ConfigSet("t", topic_id(3), "retention.ms", 5000)
     ]
-    cluster.commit(machine.prepare_set_config("t", "retention.ms", 5000))
-    assert machine.prepare_set_config("t", "retention.ms", 5000) == []  # no change
-    assert machine.prepare_set_config("t", "retention.ms", None) == [
+    cluster.commit(machine.prepare_alter_configs("t", {"retention.ms": 5000}))
+    assert machine.prepare_alter_configs("t", {"retention.ms": 5000}) == []  # no change
+    assert machine.prepare_alter_configs("t", {}, ["retention.ms"]) == [
         ConfigSet("t", topic_id(3), "retention.ms", None)
     ]
-    assert machine.prepare_set_config("t", "segment.ms", None) == []  # not set: nothing to do
+    assert machine.prepare_alter_configs("t", {}, ["segment.ms"]) == []  # not set: nothing to do
 
 
 def test_set_config_errors(cluster: MetadataLog) -> None:
     cluster.create_topic("t", 1, 1, **{"segment.bytes": 1 << 20})
     machine = cluster.machine
-    refused(ErrorCode.UNKNOWN_TOPIC, lambda: machine.prepare_set_config("nope", "retention.ms", 1))
+    refused(
+        ErrorCode.UNKNOWN_TOPIC, lambda: machine.prepare_alter_configs("nope", {"retention.ms": 1})
+    )
     message = refused(
-        ErrorCode.INVALID_CONFIG, lambda: machine.prepare_set_config("t", "colour", "red")
+        ErrorCode.INVALID_CONFIG, lambda: machine.prepare_alter_configs("t", {"colour": "red"})
     )
     assert message.startswith("invalid config 'colour': unknown key")
     message = refused(
-        ErrorCode.INVALID_CONFIG, lambda: machine.prepare_set_config("t", "retention_ms", -9)
+        ErrorCode.INVALID_CONFIG, lambda: machine.prepare_alter_configs("t", {"retention_ms": -9})
     )
     assert message == "invalid config 'retention_ms': must be at least -1, got -9"
     # Validated together with the topic's other overrides: larger than its segment.bytes.
     message = refused(
         ErrorCode.INVALID_CONFIG,
-        lambda: machine.prepare_set_config("t", "max.message.bytes", 2 << 20),
+        lambda: machine.prepare_alter_configs("t", {"max.message.bytes": 2 << 20}),
     )
     assert "'max.message.bytes': must be between 64 and 1048576" in message
+
+
+def test_alter_configs_is_validated_as_a_whole(cluster: MetadataLog) -> None:
+    # A float override (min.cleanable.dirty.ratio) stays valid when another key changes later;
+    # several keys change in one call, and one bad value refuses them all.
+    cluster.create_topic("t", 1, 1, number=3, **{"min.cleanable.dirty.ratio": "0.25"})
+    machine = cluster.machine
+    records = machine.prepare_alter_configs(
+        "t", {"cleanup.policy": "compact", "retention_ms": 9}, ["min.cleanable.dirty.ratio"]
+    )
+    assert records == [
+        ConfigSet("t", topic_id(3), "cleanup.policy", "compact"),
+        ConfigSet("t", topic_id(3), "min.cleanable.dirty.ratio", None),
+        ConfigSet("t", topic_id(3), "retention.ms", 9),
+    ]
+    message = refused(
+        ErrorCode.INVALID_CONFIG,
+        lambda: machine.prepare_alter_configs("t", {"cleanup.policy": "compact", "segment.ms": 0}),
+    )
+    assert message.startswith("invalid config 'segment.ms'")
+    cluster.commit(machine.prepare_alter_configs("t", {"cleanup.policy": "compact"}))
+    topic = machine.topic("t")
+    assert topic is not None
+    assert dict(topic.configs) == {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": 0.25}
 
 
 # --- brokers -------------------------------------------------------------------------------------

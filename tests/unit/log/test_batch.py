@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.config import LogConfig
 from broker.errors import ErrorCode
 from broker.log.batch import (
     CRC_START,
@@ -35,6 +36,7 @@ from broker.log.batch import (
     unpack_header,
     validate_batch,
 )
+from broker.log.log import PartitionLog
 
 from .conftest import PROFILE
 from .helpers import reseal_crc
@@ -245,7 +247,20 @@ def test_crc_mismatch():
         validate_batch(batch)
 
 
-@pytest.mark.parametrize(("count", "delta"), [(0, 0), (-1, 0), (3, 1), (1, -1)])
+def test_an_emptied_batch_is_valid_but_never_a_produced_one(tmp_path):
+    # record_count 0 is what the log cleaner leaves of a batch whose records all went: it keeps
+    # the batch's offsets (a Raft entry); a producer's batch must have consecutive offsets.
+    batch = _batch()
+    struct.pack_into(">i", batch, 57, 0)
+    reseal_crc(batch)
+    assert validate_batch(batch).record_count == 0
+    log = PartitionLog.open(tmp_path, LogConfig())
+    with pytest.raises(RecordCountError):
+        log.append(batch)
+    log.close()
+
+
+@pytest.mark.parametrize(("count", "delta"), [(-1, 0), (3, 1), (1, -1)])
 def test_record_count_out_of_bounds(count, delta):
     batch = _batch()
     struct.pack_into(">i", batch, 57, count)

@@ -15,6 +15,7 @@ from broker.log.log import (
     OffsetMismatchError,
     PartitionLog,
 )
+from broker.log.segment import INDEX_MAP_INITIAL_BYTES
 
 from .helpers import BASE_TS, make_batch, small_config
 
@@ -103,6 +104,43 @@ def test_replicated_run_never_overfills_an_index(tmp_path):
     for n in range(30):
         assert log.offset_for_timestamp(BASE_TS + n) == n
     log.close()
+
+
+def test_index_files_grow_on_demand_up_to_their_maximum(tmp_path):
+    # The mappings start at INDEX_MAP_INITIAL_BYTES and double as entries arrive; the segment
+    # rolls only when an index reaches index_bytes_max, every entry is kept across growths, and
+    # a reopen (without a clean close) finds them all.
+    maximum = 4 * INDEX_MAP_INITIAL_BYTES
+    config = small_config(segment_bytes=10**8, index_interval_bytes=0, index_bytes_max=maximum)
+    log = PartitionLog.open(tmp_path, config)
+    active = log.segments[-1]
+    assert active.index_path.stat().st_size == INDEX_MAP_INITIAL_BYTES
+    count = INDEX_MAP_INITIAL_BYTES // 8 + 100  # past the first mapping of the offset index
+    log.append_replicated(
+        b"".join(make_batch([BASE_TS + n], base_offset=n, leader_epoch=0) for n in range(count))
+    )
+    assert len(log.segments) == 1
+    assert active.index.entry_count == count
+    assert INDEX_MAP_INITIAL_BYTES < active.index_path.stat().st_size <= maximum
+    assert active.time_index.entry_count == count
+    for n in (0, count // 2, count - 1):
+        assert log.read(n, 1).base_offset == n
+        assert log.offset_for_timestamp(BASE_TS + n) == n
+    # Fill the time index (12-byte entries) to its maximum: the next batch rolls.
+    more = maximum // 12 - count
+    log.append_replicated(
+        b"".join(
+            make_batch([BASE_TS + n], base_offset=n, leader_epoch=0)
+            for n in range(count, count + more + 1)
+        )
+    )
+    assert len(log.segments) == 2
+    assert log.segments[0].time_index.entry_count == maximum // 12
+    log.close(clean=False)
+    reopened = PartitionLog.open(tmp_path, config)
+    assert reopened.log_end_offset == count + more + 1
+    assert reopened.offset_for_timestamp(BASE_TS + count + 7) == count + 7
+    reopened.close()
 
 
 def test_offsets_far_from_the_segment_base_roll_the_segment(tmp_path):

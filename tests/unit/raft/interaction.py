@@ -90,7 +90,8 @@ class InteractionEnv:
         self.cores: dict[int, RaftCore] = {}
         self.queue: list[Message] = []
         self.blocked: list[tuple[int, int]] = []
-        self.config = RaftConfig(election_timeout_ticks=10, heartbeat_ticks=1)
+        # Quiescence off: these scripts pin per-tick heartbeats; test_quiescence.py covers it.
+        self.config = RaftConfig(election_timeout_ticks=10, heartbeat_ticks=1, quiesce=False)
         self.output: list[str] = []
         self.proposal_count = 0
 

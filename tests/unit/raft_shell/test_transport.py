@@ -36,6 +36,8 @@ class Endpoint:
         self.received: list[Message] = []
         self.unreachable: list[int] = []
         self.snapshot_failed: list[int] = []
+        self.dead_peers: list[int] = []
+        self.alive_peers: list[int] = []
         self.accept = True
         self._changed = trio.Event()
 
@@ -54,6 +56,16 @@ class Endpoint:
 
     def report_snapshot_failed(self, peer: int) -> None:
         self.snapshot_failed.append(peer)
+
+    def report_peer_dead(self, peer: int) -> None:
+        self.dead_peers.append(peer)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def report_peer_alive(self, peer: int) -> None:
+        self.alive_peers.append(peer)
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         with trio.fail_after(10):
@@ -140,9 +152,7 @@ async def test_heartbeats_of_all_groups_travel_as_one_frame_per_peer_per_interva
         leader = transports[1]
         for round_number in range(3):
             frames_before = leader.statistics().heartbeat_frames_sent
-            received_before = {
-                node: transports[node].statistics().frames_received for node in (2, 3)
-            }
+            sent_before = leader.statistics().frames_sent
             for group in groups:
                 for peer in (2, 3):
                     # An older heartbeat of the same group is superseded before it is sent.
@@ -156,9 +166,9 @@ async def test_heartbeats_of_all_groups_travel_as_one_frame_per_peer_per_interva
                     )
                 )
             await trio.testing.wait_all_tasks_blocked()
+            # One frame per peer, and nothing else: 101 heartbeats in 2 frames.
             assert leader.statistics().heartbeat_frames_sent == frames_before + 2
-            for node in (2, 3):
-                assert transports[node].statistics().frames_received == received_before[node] + 1
+            assert leader.statistics().frames_sent == sent_before + 2
         for endpoint in endpoints.values():
             heartbeats = [m for m in endpoint.received if isinstance(m, Heartbeat)]
             assert [m.commit_index for m in heartbeats] == [0, 1, 2]
@@ -332,6 +342,100 @@ async def test_drop_traffic_with_partitions_both_directions(
         transports[1].drop_traffic_with(())
         transports[1].send("g", TimeoutNow(1, 2, 2))
         await endpoints[2].wait_for(lambda: endpoints[2].received == [TimeoutNow(1, 2, 2)])
+        nursery.cancel_scope.cancel()
+
+
+async def test_link_liveness_reports_a_silent_or_disconnected_peer_dead_to_every_group(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Goal: the node-level heartbeat (an empty heartbeats frame per peer per interval) keeps
+    peers alive with no group heartbeating; silence for peer_timeout_ms, or a link that breaks,
+    is reported to every group once (it wakes quiet groups, docs/raft.md "Quiescence")."""
+    async with trio.open_nursery() as nursery:
+        transports = _mesh(nursery, (1, 2, 3), peer_timeout_ms=500)
+        endpoints = {(node, group): Endpoint() for node in (1, 2, 3) for group in ("a", "b")}
+        for (node, group), endpoint in endpoints.items():
+            transports[node].register(group, endpoint)
+        for transport in transports.values():
+            await nursery.start(transport.run)
+        await trio.sleep(3)  # 30 intervals, no group traffic at all
+        for node, transport in transports.items():
+            statistics = transport.statistics()
+            assert statistics.peers_alive == tuple(p for p in (1, 2, 3) if p != node)
+            assert statistics.heartbeat_frames_sent >= 2 * 25  # one (empty) frame per peer
+        assert all(endpoint.dead_peers == [] for endpoint in endpoints.values())
+        # Node 2 goes silent for nodes 1 and 3 (a partition): dead after the timeout, once.
+        started = trio.current_time()
+        for node in (1, 3):
+            transports[node].drop_traffic_with([2])
+        await endpoints[(1, "a")].wait_for(lambda: endpoints[(1, "a")].dead_peers == [2])
+        assert 0.5 <= trio.current_time() - started <= 0.7
+        await trio.sleep(1)
+        for node in (1, 3):
+            assert endpoints[(node, "a")].dead_peers == endpoints[(node, "b")].dead_peers == [2]
+            assert transports[node].statistics().peers_alive == (tuple({1, 3} - {node}))
+        assert all(endpoint.alive_peers == [] for endpoint in endpoints.values())
+        # The partition heals: node 2 is heard again and reported alive to every group, once.
+        for node in (1, 3):
+            transports[node].drop_traffic_with([])
+        for node in (1, 3):
+            for group in ("a", "b"):
+                endpoint = endpoints[(node, group)]
+                await endpoint.wait_for(lambda endpoint=endpoint: endpoint.alive_peers == [2])
+        await trio.sleep(1)
+        assert endpoints[(1, "a")].alive_peers == [2]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_added_at_runtime_is_watched_by_the_link_liveness(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Goal: a broker that joined later (`add_peer`) is watched like the initial peers: when it
+    goes silent, every group hears it is dead (else the quiet groups it leads never fail over);
+    a removed peer is not reported."""
+    async with trio.open_nursery() as nursery:
+        transports = _mesh(nursery, (1, 2, 3), peer_timeout_ms=500)
+        # Node 1 started before node 3 joined: it knows only node 2.
+        transports[1] = RaftTransport(
+            node_id=1,
+            cluster_id=CLUSTER,
+            peers={2: ("memory", 2)},
+            config=RaftTransportConfig(**{**_fields(CONFIG), "peer_timeout_ms": 500}),  # type: ignore[arg-type]
+            connector=transports[2].connector,
+        )
+        endpoint = Endpoint()
+        transports[1].register("g", endpoint)
+        for transport in transports.values():
+            await nursery.start(transport.run)
+        transports[1].add_peer(3, ("memory", 3))
+        await trio.sleep(2)
+        assert transports[1].statistics().peers_alive == (2, 3)
+        transports[1].drop_traffic_with([3])
+        await endpoint.wait_for(lambda: endpoint.dead_peers == [3])
+        transports[1].remove_peer(3)
+        transports[1].drop_traffic_with([2])
+        await endpoint.wait_for(lambda: endpoint.dead_peers == [3, 2])
+        assert transports[1].statistics().peers_alive == ()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_closed_link_reports_the_peer_dead_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Goal: a killed broker's sockets close, and that alone reports it dead (no timeout)."""
+    async with trio.open_nursery() as nursery:
+        transports = _mesh(nursery, (1, 2), peer_timeout_ms=60_000)
+        endpoint = Endpoint()
+        transports[1].register("g", endpoint)
+        await nursery.start(transports[1].run)
+        async with trio.open_nursery() as peer:
+            await peer.start(transports[2].run)
+            await trio.sleep(0.5)
+            assert transports[1].statistics().frames_received > 0
+            started = trio.current_time()
+            peer.cancel_scope.cancel()  # the link node 2 opened closes
+        await endpoint.wait_for(lambda: endpoint.dead_peers == [2])
+        assert trio.current_time() - started < 0.2
         nursery.cancel_scope.cancel()
 
 

@@ -115,8 +115,9 @@ def test_delete_removes_record_and_logs(tmp_path: Path) -> None:
     close(handles)
 
 
-def test_orphan_logs_are_removed_and_missing_logs_recreated(tmp_path: Path) -> None:
-    # Goal: a crash between "create logs" and "write record" leaves nothing behind.
+def test_logs_without_a_record_are_kept_unserved(tmp_path: Path) -> None:
+    # Goal: a log the metadata does not know (lost or damaged metadata) is never deleted or
+    # served; it is reported as a stray (tests/unit/test_topic_strays.py has the rest).
     store = KvStore.open(tmp_path / "meta.lmdb")
     logs = LogManager.open(tmp_path, LogConfig())
     logs.create("orphan", 0)
@@ -124,6 +125,8 @@ def test_orphan_logs_are_removed_and_missing_logs_recreated(tmp_path: Path) -> N
     store.close()
     topics, handles = open_topics(tmp_path)
     assert topics.names() == []
+    assert list(topics.stray_logs) == [("orphan", 0)]
+    assert (tmp_path / "logs" / "orphan-0").is_dir()
     _, logs = handles
     assert logs.partitions() == []
     close(handles)
