@@ -169,6 +169,11 @@ class KvStore:
                 for _ in txn.cursor():
                     pass
 
+    def sync(self) -> None:
+        """Make every committed write durable (writes with `durable=False` are not, until this).
+        Thread-safe: `StoreSyncer` runs it in a worker thread."""
+        self._env.sync(True)
+
     def close(self) -> None:
         self._env.sync(True)
         self._env.close()

@@ -60,6 +60,7 @@ from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import NODE_NONE, Configuration
 from broker.raft.progress import ProgressState
 from broker.raft.ready import Role
+from broker.raft.store_sync import StoreSyncer
 from broker.raft.transport import RaftTransport
 
 from .controller_service import ChangeNotifier
@@ -259,6 +260,8 @@ class ReplicaManager:
         self.node_id = node_id
         self.config = config
         self._store = store
+        # One LMDB sync for the terms and votes of every hosted group at once (store_sync.py).
+        self._store_syncer = StoreSyncer(store)
         self._logs = logs
         self._transport = transport
         self._log_defaults = log_defaults
@@ -374,6 +377,7 @@ class ReplicaManager:
             config=self._driver_config,
             rng=random.Random(self._rng.getrandbits(64)),
             ticker=self._ticker,
+            store_syncer=self._store_syncer,
         )
         replica = Replica(topic, info, log, driver)
         self._replicas[(topic.name, info.partition)] = replica

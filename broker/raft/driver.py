@@ -5,10 +5,13 @@ from other tasks (produce handlers, the controller, tests). The rules, from the 
 (broker/raft/ready.py, docs/raft.md) and STYLE §7.2:
 
 1. Persist before send. The loop takes Readys until none is pending, writes each (snapshot ->
-   `log.reset`, entries -> `storage.append`, hard state -> `storage.set_hard_state`, term and vote
-   durable in LMDB on return) and `advance()`s it, then runs ONE fsync of the partition log for all
-   of them (group commit: everything that arrived during the previous fsync shares the next one),
-   and only then sends their messages, applies their committed entries and reports `persisted`.
+   `log.reset`, entries -> `storage.append`, hard state -> `storage.set_hard_state`, written to
+   LMDB unsynced) and `advance()`s it; if a term or vote changed it awaits the broker's shared
+   `StoreSyncer` (one LMDB fsync in a worker thread for every group that voted meanwhile, so an
+   election storm is not a thousand fsyncs in a row on the trio thread); then it runs ONE fsync of
+   the partition log for all of them (group commit: everything that arrived during the previous
+   fsync shares the next one), and only then sends their messages, applies their committed
+   entries and reports `persisted`. A new term or vote is therefore durable before any message.
    One exception (Raft thesis §10.2.1): a leader's AppendRequests leave BEFORE its own fsync, so
    the followers' writes overlap the leader's. This is safe because the core counts the leader's
    own log only once `persisted` reports it; a commit before then is a majority of followers that
@@ -64,6 +67,7 @@ from broker.raft.messages import (
     Snapshot,
 )
 from broker.raft.ready import RaftStatistics, RandomSource, Ready, Role
+from broker.raft.store_sync import StoreSyncer
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +226,8 @@ class RaftDriverStatistics:
     core: RaftStatistics
     high_watermark: int
     fsyncs: int
+    # LMDB syncs this group awaited for a new term or vote (shared with other groups).
+    hard_state_syncs: int
     readys: int
     messages_sent: int
     messages_refused: int
@@ -294,12 +300,15 @@ class RaftDriver:
         log_syncer: LogSyncer | None = None,
         clock_ms: Callable[[], int] = _wall_clock_ms,
         ticker: RaftTicker | None = None,
+        store_syncer: StoreSyncer | None = None,
     ) -> None:
         """`on_apply` gets committed entries in order, after they are durable here (the
         controller and group coordinator apply their records in it; it must not block).
         `on_snapshot` gets an installed snapshot (state-machine groups restore `data`).
         `applied_index`: what the state machine already holds durably (skip re-applying).
-        `ticker`: a shared timer (rule 5); without one the driver keeps its own."""
+        `ticker`: a shared timer (rule 5); without one the driver keeps its own.
+        `store_syncer`: the broker's shared LMDB sync for terms and votes (rule 1); without
+        one the driver keeps its own."""
         self.config = config or RaftDriverConfig()
         self.config.validate()
         self.group = group
@@ -315,6 +324,7 @@ class RaftDriver:
         self._on_apply = on_apply
         self._on_snapshot = on_snapshot
         self._sync_log = log_syncer or ThreadLogSyncer()
+        self._store_syncer = store_syncer or StoreSyncer(storage.store)
         self._clock_ms = clock_ms
         self._ticker = ticker
         # Whether this driver is on the ticker now (rule 6: only while its core is awake).
@@ -336,6 +346,7 @@ class RaftDriver:
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "fsyncs",
+                "hard_state_syncs",
                 "readys",
                 "messages_sent",
                 "messages_refused",
@@ -610,6 +621,10 @@ class RaftDriver:
             readys.append(ready)
             must_sync = must_sync or ready.must_sync
         self._counters["readys"] += len(readys)
+        if self.storage.hard_state_unsynced:
+            # A new term or vote is on disk before any message of these Readys leaves (rule 1).
+            await self._sync_hard_state()
+            await trio.lowlevel.checkpoint_if_cancelled()
         log = self.storage.log
         sent_early = must_sync and log.config.flush_policy is FlushPolicy.ALWAYS
         if sent_early:
@@ -637,6 +652,17 @@ class RaftDriver:
             self.storage.append(ready.entries)
         if ready.hard_state is not None:
             self.storage.set_hard_state(ready.hard_state)
+
+    async def _sync_hard_state(self) -> None:
+        try:
+            await self._store_syncer.sync()
+        except OSError as exc:
+            logger.error("%s: LMDB sync failed, stopping the group: %s", self.group, exc)
+            raise StorageOfflineError(
+                f"{self.group}: the sync of the term and vote failed ({exc}); restart the broker"
+            ) from exc
+        self.storage.hard_state_unsynced = False
+        self._counters["hard_state_syncs"] += 1
 
     async def _fsync(self, log: PartitionLog) -> None:
         started = time.perf_counter()

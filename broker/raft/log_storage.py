@@ -9,9 +9,12 @@ read and written in place. What the log itself cannot answer lives in LMDB under
     <group>/configs   [[index, configuration], ...]    configuration entries at or after the start
 
 Durability: the log's data is made durable by the driver's fsync (`PartitionLog.flush` or the
-group-commit `LogFlusher`); LMDB writes of term and vote are durable when `set_hard_state` returns,
-because a vote must never be forgotten. A change of the commit index alone is written without an
-fsync: commit knowledge is a cache the core re-learns (it clamps it to the stored log on restart).
+group-commit `LogFlusher`). A vote must never be forgotten, but `set_hard_state` writes term and
+vote to LMDB *without* a sync and sets `hard_state_unsynced`: the driver awaits the broker's shared
+`StoreSyncer` (one LMDB fsync for every group's votes, in a worker thread) before any message of
+that Ready leaves, and clears the flag. A change of the commit index alone needs no sync at all:
+commit knowledge is a cache the core re-learns (it clamps it to the stored log on restart). A new
+group's first snapshot record is not synced either: lost in a crash, it is derived again, equal.
 
 This is the disk-backed twin of `MemoryStorage`: the same reads (the `RaftStorage` protocol) and the
 same driver-side writes (`append`, `truncate`, `set_hard_state`, `apply_snapshot`, `compact_to`).
@@ -47,7 +50,8 @@ class LogRaftStorage:
         if saved_snapshot is None:
             # A new group: the empty log's start is the snapshot point, at term 0.
             self._snapshot = Snapshot(log.log_start_offset - 1, 0, configuration)
-            self._put(b"snapshot", self._encode_snapshot(self._snapshot), durable=True)
+            # Not synced (module docstring): after a crash it is derived again, the same.
+            self._put(b"snapshot", self._encode_snapshot(self._snapshot), durable=False)
         else:
             self._snapshot = self._decode_snapshot(saved_snapshot)
         saved_configs = self._get(b"configs")
@@ -58,6 +62,8 @@ class LogRaftStorage:
         )
         saved_hard = self._get(b"hard")
         self.hard_state = HardState() if saved_hard is None else HardState(*saved_hard)
+        # A term or vote written to LMDB but not yet synced (set_hard_state).
+        self.hard_state_unsynced = False
         self._reconcile_with_log()
 
     def _reconcile_with_log(self) -> None:
@@ -155,13 +161,19 @@ class LogRaftStorage:
             self._save_configurations()
 
     def set_hard_state(self, hard_state: HardState) -> None:
-        # Term and vote must survive a crash before any message of the Ready leaves; the commit
-        # index alone is a cache and may be written lazily.
-        durable = (hard_state.term, hard_state.vote) != (self.hard_state.term, self.hard_state.vote)
+        # Term and vote must survive a crash before any message of the Ready leaves: flagged for
+        # the driver's shared sync (module docstring). The commit index alone is a cache.
+        if (hard_state.term, hard_state.vote) != (self.hard_state.term, self.hard_state.vote):
+            self.hard_state_unsynced = True
         self.hard_state = hard_state
         self._put(
-            b"hard", [hard_state.term, hard_state.vote, hard_state.commit_index], durable=durable
+            b"hard", [hard_state.term, hard_state.vote, hard_state.commit_index], durable=False
         )
+
+    @property
+    def store(self) -> KvStore:
+        """The broker's LMDB store this group's records live in (shared by its groups)."""
+        return self._store
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Install a snapshot: the log restarts, empty, at `snapshot.index + 1` (log.reset)."""

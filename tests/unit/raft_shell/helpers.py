@@ -16,6 +16,7 @@ from broker.raft.config import RaftConfig
 from broker.raft.driver import LogSyncer, RaftDriver, RaftDriverConfig, RaftTicker
 from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import Configuration, Message
+from broker.raft.store_sync import StoreSyncer
 
 GROUP = "t-0"
 LOG_CONFIG = LogConfig(segment_bytes=64 * KIB, index_bytes_max=4 * KIB)
@@ -59,6 +60,19 @@ class FakeTransport:
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         while not predicate():
             await self._changed.wait()
+
+
+class RecordingStoreSyncer(StoreSyncer):
+    """The LMDB sync of terms and votes, inline (safe under the autojump clock), recorded as
+    ("store-sync", None) in `events` once done (to check it precedes the messages)."""
+
+    def __init__(self, store: KvStore, events: list[tuple[str, object]]) -> None:
+        super().__init__(store, in_thread=False)
+        self.events = events
+
+    async def sync(self) -> None:
+        await super().sync()
+        self.events.append(("store-sync", None))
 
 
 class GatedSyncer:
@@ -121,6 +135,7 @@ class Node:
             log_syncer=syncer or self.syncer,
             on_apply=on_apply,
             ticker=ticker,
+            store_syncer=RecordingStoreSyncer(self.store, self.events),
         )
 
     def close(self) -> None:

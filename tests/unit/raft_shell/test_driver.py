@@ -95,6 +95,11 @@ async def test_votes_leave_after_their_fsync_a_leaders_appends_before_it(tmp_pat
         )
         position = transport.events.index(("send", transport.of_type(VoteRequest)[-1]))
         assert ("fsync-done", 0) in transport.events[:position]
+        # The new term and self-vote were synced to LMDB before the vote requests left; the
+        # pre-votes (no hard state change) waited for no sync.
+        assert ("store-sync", None) in transport.events[:position]
+        first_send = transport.events.index(("send", transport.of_type(VoteRequest)[0]))
+        assert ("store-sync", None) not in transport.events[:first_send]
 
         # Elected: the leader's no-op is appended and held in its fsync. Its AppendRequests leave
         # meanwhile (thesis §10.2.1), but the leader does not count its own copy until the fsync:
