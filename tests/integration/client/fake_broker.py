@@ -26,7 +26,7 @@ import trio
 from broker import codec
 from broker.errors import ErrorCode
 from broker.log.batch import ControlType, build_control_batch, iter_batches, set_base_offset
-from broker.protocol import NEED_DATA, Frame, FrameConnection, Role
+from wire.framing import NEED_DATA, Frame, FrameConnection, Role
 
 SEQUENCE_MODULUS = 2**31
 
@@ -241,6 +241,19 @@ class FakeBroker:
         return codec.MetadataResponse(
             brokers=brokers, controller_id=self.node_id, topics=tuple(topics)
         )
+
+    def _on_cluster_status(
+        self, request: codec.ClusterStatusRequest
+    ) -> codec.ClusterStatusResponse:
+        # A cluster of one that is always ready: what `broker-cli` asks before each command.
+        broker = codec.ClusterBroker(
+            node_id=self.node_id, host="127.0.0.1", port=self.port, state="active",
+            broker_epoch=0, replica_count=0, leader_count=0, preferred_leader_count=0,
+        )  # fmt: skip
+        return codec.ClusterStatusResponse(
+            controller_id=self.node_id, metadata_index=0, brokers=(broker,),
+            topic_count=len(self.topics), partition_count=sum(self.topics.values()),
+        )  # fmt: skip
 
     def _not_leader(self, topic: str, partition: int) -> dict[str, Any]:
         return {
