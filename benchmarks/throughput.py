@@ -1,5 +1,6 @@
 """Throughput and end-to-end latency of the SDK against a real broker.
 
+    broker-bench                                          # the same as the next line
     python -m benchmarks.throughput                       # starts its own broker
     python -m benchmarks.throughput --bootstrap HOST:PORT --records 2000000 --partitions 4
     python -m benchmarks.throughput --brokers 3 --replication-factor 3 --acks all --partitions 3
@@ -10,7 +11,10 @@ Three phases, each on a fresh topic of `--partitions` partitions:
 2. consume: one consumer reads every record back from the beginning;
 3. latency: one producer sends at `--rate` records/s for `--latency-seconds` while a consumer
    in the same process reads; each value carries its send time, so latency = receive - send.
-Results print as a table and go to benchmarks/results/throughput.json (git-ignored).
+Results print as a table and go to benchmarks/results/throughput.json (git-ignored; `--output`
+writes elsewhere). Producer options default to the SDK's (`acks=all`, idempotent, its linger,
+batch size and in-flight limit), so the figures are what an application gets out of the box.
+Every phase, the untimed set-up steps included, shows a rich progress bar on stderr.
 
 The latency phase also reports the produce latency: send -> acknowledgement of each record.
 
@@ -71,6 +75,7 @@ from rich.table import Table
 
 from broker.errors import BrokerError
 from client import aio
+from client.aio.producer import BATCH_BYTES_DEFAULT, LINGER_MS_DEFAULT
 from client.blocking import Producer as BlockingProducer
 from client.embedded import EmbeddedBroker
 from client.embedded_cluster import EmbeddedCluster
@@ -105,18 +110,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=1, help="topic partitions (K)")
     parser.add_argument(
         "--acks",
-        default=None,
+        default="all",
         choices=["0", "1", "all"],
-        help="default 1 (all with the cost flags)",
+        help="producer acks (default all, as the SDK's producer)",
     )
-    parser.add_argument("--linger-ms", type=float, default=5)
-    parser.add_argument("--batch-bytes", type=int, default=512 * 1024)
+    parser.add_argument("--linger-ms", type=float, default=LINGER_MS_DEFAULT)
+    parser.add_argument("--batch-bytes", type=int, default=BATCH_BYTES_DEFAULT)
     parser.add_argument("--compression", choices=["gzip", "zstd", "lz4"], default=None)
     parser.add_argument(
         "--max-in-flight",
         type=int,
-        default=1,
-        help="producer max_in_flight_per_partition (1 keeps strict order across retries)",
+        default=None,
+        help="producer max_in_flight_per_partition (default: the producer's, 5 when idempotent "
+        "else 1; the cost mode uses 1 for every variant unless given, to compare like for like)",
     )
     parser.add_argument(
         "--retry-backoff-ms",
@@ -216,13 +222,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--max-poll-records must be between 1 and 10000")
         args.output = args.output or SHARE_RESULTS_PATH
     if args.cost:
-        if args.acks not in (None, "all"):
+        if args.acks != "all":
             parser.error("--idempotent and --transactions compare producers at --acks all")
         if args.single_node_baseline:
             parser.error("--single-node-baseline is for the replication cost, not the cost mode")
-        args.acks = "all"
-    elif args.acks is None:
-        args.acks = "1"
+        if args.max_in_flight is None:
+            args.max_in_flight = 1
     if args.output is None:
         if args.cost:
             args.output = COST_RESULTS_PATH if args.brokers == 1 else COST_CLUSTER_RESULTS_PATH
@@ -245,8 +250,9 @@ def producer_options(args: argparse.Namespace, *, linger_ms: float | None = None
         "linger_ms": args.linger_ms if linger_ms is None else linger_ms,
         "batch_bytes": args.batch_bytes,
         "compression": args.compression,
-        "max_in_flight_per_partition": args.max_in_flight,
     }
+    if args.max_in_flight is not None:
+        options["max_in_flight_per_partition"] = args.max_in_flight
     if args.retry_backoff_ms is not None:
         options["retry_backoff_ms"] = args.retry_backoff_ms
     return options
@@ -435,9 +441,10 @@ def run_produce(
         for index in range(args.producers)
     ]
     total = share * args.producers
-    for worker in workers:
-        worker.start()
-    sync.wait()
+    with _step(f"starting {args.producers} producer process(es)"):
+        for worker in workers:
+            worker.start()
+        sync.wait()
     with _progress() as progress:
         task = progress.add_task("produce", total=total)
         while any(worker.is_alive() for worker in workers):
@@ -629,6 +636,21 @@ def _progress(refresh_per_second: float = 10) -> Progress:
     )
 
 
+@contextlib.contextmanager
+def _step(description: str) -> Iterator[None]:
+    """An untimed step (starting brokers, creating or settling topics): a pulsing bar on stderr,
+    so that a wait of several seconds never looks like a hang."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        progress.add_task(description, total=None)
+        yield
+
+
 def _create_topic(
     bootstrap: str, partitions: int, config: dict[str, Any], replication_factor: int = 1
 ) -> str:
@@ -640,7 +662,8 @@ def _create_topic(
                 topic, partitions, replication_factor=replication_factor, config=config or None
             )
 
-    trio.run(create)
+    with _step(f"creating topic {topic}"):
+        trio.run(create)
     return topic
 
 
@@ -677,7 +700,8 @@ def _settle(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
                         await trio.sleep(0.1)
         return {tp.partition: offset for tp, offset in ends.items()}
 
-    return trio.run(settle)
+    with _step(f"waiting for the preferred leaders of {topic}"):
+        return trio.run(settle)
 
 
 def _delete_topics(bootstrap: str, topics: list[str]) -> None:
@@ -686,7 +710,8 @@ def _delete_topics(bootstrap: str, topics: list[str]) -> None:
             for topic in topics:
                 await admin.delete_topic(topic)
 
-    trio.run(delete)
+    with _step(f"deleting {', '.join(topics)}"):
+        trio.run(delete)
 
 
 def _cpu_seconds(pid: int | None) -> float | None:
@@ -786,8 +811,11 @@ def _brokers(args: argparse.Namespace, count: int) -> Iterator[tuple[str, list[i
     (one single-node broker, or an N-broker cluster), stopped on exit."""
     if args.bootstrap:
         yield args.bootstrap, []
-    elif count > 1:
-        with EmbeddedCluster(count) as cluster:
+        return
+    with contextlib.ExitStack() as stack:
+        if count > 1:
+            with _step(f"starting {count} brokers"):
+                cluster = stack.enter_context(EmbeddedCluster(count))
             pids = [
                 process.pid
                 for node_id in cluster.node_ids
@@ -795,8 +823,9 @@ def _brokers(args: argparse.Namespace, count: int) -> Iterator[tuple[str, list[i
             ]
             console.print(f"started {count} brokers at {cluster.bootstrap} (pids {pids})")
             yield cluster.bootstrap, pids
-    else:
-        with EmbeddedBroker() as broker:
+        else:
+            with _step("starting a broker"):
+                broker = stack.enter_context(EmbeddedBroker())
             console.print(f"started a broker at {broker.bootstrap} (data in {broker.data_dir})")
             yield broker.bootstrap, [broker.process.pid] if broker.process is not None else []
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Final, Union
 
 from broker.errors import BrokerError, ErrorCode
-from broker.protocol import HANDSHAKE_API, PROTOCOL_VERSION
+from wire.framing import HANDSHAKE_API, PROTOCOL_VERSION
 
 I64_MIN: Final = -(2**63)
 I64_MAX: Final = 2**63 - 1
@@ -51,6 +51,9 @@ class ApiKey(enum.Enum):
     METADATA = "metadata"
     CREATE_TOPICS = "create_topics"
     ALTER_TOPIC_CONFIGS = "alter_topic_configs"
+    # Kafka's CreatePartitions and DeleteRecords (schemas at the end of this module).
+    CREATE_PARTITIONS = "create_partitions"
+    DELETE_RECORDS = "delete_records"
     DELETE_TOPICS = "delete_topics"
     DESCRIBE_TOPICS = "describe_topics"
     PRODUCE = "produce"
@@ -814,7 +817,7 @@ def _default_of(field: dataclasses.Field[Any]) -> Any:
 # classic membership protocol (JoinGroup, SyncGroup, Heartbeat, LeaveGroup), offsets
 # (OffsetCommit, OffsetFetch) and administration (ListGroups, DescribeGroups, DeleteGroups).
 # Member metadata and assignments are opaque bytes to the broker (payload slices); the consumer
-# protocol's encoding is broker/consumer_groups/assignors.py. Group states travel as Kafka's
+# protocol's encoding is wire/assignors.py. Group states travel as Kafka's
 # names ("Empty", "Stable", ...). A request-wide failure is `error` + `error_message` in the body.
 
 # FindCoordinator key types (Kafka's): a consumer group, a transactional id.
@@ -1925,3 +1928,66 @@ class AlterTopicConfigsResponse:
 
 REQUEST_TYPES[ApiKey.ALTER_TOPIC_CONFIGS] = AlterTopicConfigsRequest
 RESPONSE_TYPES[ApiKey.ALTER_TOPIC_CONFIGS] = AlterTopicConfigsResponse
+
+
+# --- partitions admin -----------------------------------------------------------------------------
+# CreatePartitions raises a topic's partition count (never lowers it), as Kafka's does; in a cluster
+# it runs on the controller leader. DeleteRecords moves the log start of partitions forward; the
+# client sends each partition to its leader, as Kafka's admin client does.
+
+
+@_message
+class CreatePartitionsRequest:
+    """Raise `topic`'s partition count to `partition_count` (the new total, as Kafka's)."""
+
+    API: ClassVar[ApiKey] = ApiKey.CREATE_PARTITIONS
+    topic: str
+    partition_count: int
+    validate_only: bool = False
+
+
+@_message
+class CreatePartitionsResponse:
+    API: ClassVar[ApiKey] = ApiKey.CREATE_PARTITIONS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+@_message
+class DeleteRecordsPartition:
+    """Delete the records of `partition` below `offset` (-1: below the high watermark)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@_message
+class DeleteRecordsRequest:
+    API: ClassVar[ApiKey] = ApiKey.DELETE_RECORDS
+    partitions: tuple[DeleteRecordsPartition, ...] = ()
+
+
+@_message
+class DeleteRecordsPartitionResult:
+    topic: str
+    partition: int
+    # The partition's log start offset after the deletion (-1 on error).
+    low_watermark: int = -1
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class DeleteRecordsResponse:
+    API: ClassVar[ApiKey] = ApiKey.DELETE_RECORDS
+    partitions: tuple[DeleteRecordsPartitionResult, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+REQUEST_TYPES[ApiKey.CREATE_PARTITIONS] = CreatePartitionsRequest
+RESPONSE_TYPES[ApiKey.CREATE_PARTITIONS] = CreatePartitionsResponse
+REQUEST_TYPES[ApiKey.DELETE_RECORDS] = DeleteRecordsRequest
+RESPONSE_TYPES[ApiKey.DELETE_RECORDS] = DeleteRecordsResponse

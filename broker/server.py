@@ -52,22 +52,13 @@ from broker.handlers.produce import handle_produce
 from broker.handlers.transactions import MARKER_TIMEOUT_S
 from broker.internal_topics import OFFSETS_TOPIC, SHARE_STATE_TOPIC, TRANSACTION_STATE_TOPIC
 from broker.kvstore import KeySpace, KvStore
+from broker.listen_errors import cannot_listen
 from broker.log.cleaner_service import cleaner_for, replica_candidates, single_node_candidates
 from broker.log.flusher import LogFlusher
 from broker.log.manager import LogManager
 from broker.metrics import BrokerMetrics, PartitionSample
 from broker.observability.raft_metrics import observe_raft_latencies
 from broker.observability.scrape import TrioScrape
-from broker.protocol import (
-    NEED_DATA,
-    PROTOCOL_VERSION,
-    ConnectionState,
-    Frame,
-    FrameConnection,
-    LocalProtocolError,
-    RemoteProtocolError,
-    Role,
-)
 from broker.raft import wire
 from broker.share_groups.service import (
     SHARE_STATE_TOPIC_CONFIGS,
@@ -84,6 +75,16 @@ from broker.transactions.service import (
     ensure_transaction_state_topic,
 )
 from broker.transactions.txn_config import TransactionConfig
+from wire.framing import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    ConnectionState,
+    Frame,
+    FrameConnection,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Role,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,9 @@ class Broker:
                 )
             await self._run_cluster(data_dir, task_status)
             return
+        # Bind first, as the cluster path does: a taken port fails at once, in one line, before
+        # the logs are opened and recovered.
+        listeners = await self._open_listeners()
         try:
             # Raises MetadataStoreError (naming the file and what to do) if it is damaged.
             store = KvStore.open(data_dir / METADATA_DIRECTORY, verify=True)
@@ -191,7 +195,7 @@ class Broker:
             topics.load_records()
             logs = LogManager.open(data_dir, self.config.log, config_for=topics.config_for)
             logs.flush_recovered()
-            await self._serve(topics, logs, task_status, store)
+            await self._serve(topics, logs, task_status, store, listeners)
             clean = True
         finally:
             if logs is not None:
@@ -206,6 +210,7 @@ class Broker:
         logs: LogManager,
         task_status: trio.TaskStatus[Any],
         store: KvStore | None = None,
+        listeners: list[trio.SocketListener] | None = None,
     ) -> None:
         flusher = LogFlusher(logs.logs, on_fsync=self.metrics.fsync_done)
         context = BrokerContext(self.config, topics, flusher, self.metrics)
@@ -239,7 +244,7 @@ class Broker:
                 services.start_soon(cleaner_for(self.config, single_node_candidates(logs)).run)
             metrics_address = self._start_metrics(context)
             try:
-                await self._listen(context, metrics_address, task_status)
+                await self._listen(context, metrics_address, task_status, listeners)
             finally:
                 self.metrics.close()
             services.cancel_scope.cancel()
@@ -381,11 +386,22 @@ class Broker:
         if not self.config.metrics_listen:
             return None
         host, port = parse_host_port("metrics_listen", self.config.metrics_listen)
-        return self.metrics.serve(host, port)
+        try:
+            return self.metrics.serve(host, port)
+        except OSError as exc:
+            role, option = "/metrics", "--metrics-listen ('' disables it)"
+            raise StartupError(
+                cannot_listen(role, self.config.metrics_listen, option, exc)
+            ) from None
 
     async def _open_listeners(self) -> list[trio.SocketListener]:
         host, port = parse_host_port("listen", self.config.listen)
-        return await trio.open_tcp_listeners(port, host=host)
+        try:
+            return await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            # In a cluster the one port serves clients and the other brokers' Raft links.
+            role = "clients and peers" if self.config.is_cluster else "clients"
+            raise StartupError(cannot_listen(role, self.config.listen, "--listen", exc)) from None
 
     async def _listen(
         self,

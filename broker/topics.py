@@ -253,9 +253,9 @@ class TopicManager:
             log_config=self._log_config(configs),
         )
 
-    def _open_partitions(self, record: TopicRecord) -> None:
+    def _open_partitions(self, record: TopicRecord, *, first: int = 0) -> None:
         assert self.logs is not None, "attach_logs first"
-        for partition in range(record.partition_count):
+        for partition in range(first, record.partition_count):
             log = self.logs.get(record.name, partition)
             if log is None and (record.name, partition) in self.stray_logs:
                 del self.stray_logs[(record.name, partition)]
@@ -368,6 +368,43 @@ class TopicManager:
             self.logs.update_config(name, altered.log_config)
         logger.info("altered configs of topic %s: %s", name, overrides or "default")
         return altered
+
+    def add_partitions(
+        self, name: str, partition_count: int, *, validate_only: bool = False
+    ) -> TopicRecord:
+        """Raise topic `name` to `partition_count` partitions (the new total, as Kafka's
+        CreatePartitions): the count is persisted first, then the new logs are created and
+        announced. Raises UNKNOWN_TOPIC, or INVALID_PARTITIONS when the count does not grow or
+        passes max_partitions_per_topic."""
+        record = self.topics.get(name)
+        if record is None:
+            raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} does not exist")
+        limit = self.config.max_partitions_per_topic
+        if not record.partition_count < partition_count <= limit:
+            raise BrokerError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"topic {name!r} has {record.partition_count} partition(s); the new count must "
+                f"be larger and at most {limit} (max_partitions_per_topic), got "
+                f"{partition_count}: partitions can be added, never removed",
+            )
+        strays = sorted(p for t, p in self.stray_logs if t == name and p >= record.partition_count)
+        if strays:
+            raise BrokerError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"topic {name!r} has log directories on disk for partitions {strays} the "
+                "metadata does not know; restart with --recover-topics to re-register them, or "
+                "move them out of the data directory",
+            )
+        grown = dataclasses.replace(record, partition_count=partition_count)
+        if validate_only:
+            return grown
+        # A crash after the put reopens the topic with its new count: attach_logs creates the
+        # logs still missing, so the change is whole either way.
+        self.store.put_obj(self.space, name.encode(), grown.to_stored(), durable=True)
+        self.topics[name] = grown
+        self._open_partitions(grown, first=record.partition_count)
+        logger.info("topic %s: partitions %d -> %d", name, record.partition_count, partition_count)
+        return grown
 
     def delete(self, name: str) -> None:
         record = self.topics.get(name)

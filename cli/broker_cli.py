@@ -1,6 +1,8 @@
 """`broker-cli`: topics, consumer and share groups, transactions, produce and consume from the
 shell, on the blocking SDK. This module is the entry point (`cli.broker_cli:app`): the root app,
-its global `--bootstrap` option, and the wiring of the commands, each group in its own module.
+its global options (`--bootstrap`; `--wait-timeout`, how long a command waits for a cluster that is
+still starting, cli/cluster_wait.py; `--version`), and the wiring of the commands, each group in
+its own module.
 
 Rules: every command exits 0 on success and 1 with one line `error: <reason>` on stderr on a
 failure the user can act on (no traceback); typer itself exits 2 on bad arguments. Data goes to
@@ -14,14 +16,19 @@ from typing import Annotated
 import typer
 
 from cli.cluster import cluster_app
-from cli.common import set_bootstrap
+from cli.cluster_wait import WAIT_TIMEOUT_S_DEFAULT
+from cli.common import set_global_options
 from cli.consume import consume
 from cli.groups import groups_app
 from cli.partitions import partitions_app, rebalance
 from cli.produce import produce
 from cli.topics import topics_app
 from cli.transactions import transactions_app
+from cli.version import version_flag
 from client._bootstrap import BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP
+
+# `--wait-timeout` from the environment: scripts set it once for every command they run.
+WAIT_TIMEOUT_ENV = "BROKER_WAIT_TIMEOUT"
 
 app = typer.Typer(
     name="broker-cli",
@@ -52,8 +59,20 @@ def main(
             help="Broker address(es), HOST:PORT[,HOST:PORT...].",
         ),
     ] = DEFAULT_BOOTSTRAP,
+    wait_timeout: Annotated[
+        float,
+        typer.Option(
+            "--wait-timeout",
+            envvar=WAIT_TIMEOUT_ENV,
+            min=0,
+            help="Seconds a command waits for the cluster to be ready (a broker answers, the "
+            "controller has a leader, the brokers have registered) before it gives up; 0: do "
+            "not wait.",
+        ),
+    ] = WAIT_TIMEOUT_S_DEFAULT,
+    version: Annotated[bool, version_flag("broker-cli")] = False,
 ) -> None:
-    set_bootstrap(bootstrap)
+    set_global_options(bootstrap=bootstrap, wait_timeout_s=wait_timeout)
 
 
 if __name__ == "__main__":

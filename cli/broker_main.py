@@ -4,8 +4,10 @@ Configuration comes from, in increasing precedence: the defaults of `BrokerConfi
 (`--config`), `--set key=value` options, then the dedicated flags (`--listen`, `--data-dir`,
 `--metrics-listen`, `--node-id`, `--peers`, `--controller-voters`, `--bootstrap`). An invalid
 value is refused before anything starts, with the key named and exit status 2. Once listening,
-the broker prints one readiness line to stdout (format in docs/protocol.md) and logs to stderr.
-SIGINT/SIGTERM shut it down gracefully (exit 0).
+the broker prints one readiness line to stdout (format in docs/protocol.md) and logs to stderr,
+or to `--log-file` (so brokers started in the background of a shell do not write over the
+commands run in it). A broker that cannot start (a port taken, a locked data directory) says why
+in one line on stderr and exits 1. SIGINT/SIGTERM shut it down gracefully (exit 0).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import typer
 from broker.config import BrokerConfig, ConfigError
 from broker.kvstore import MetadataStoreError
 from broker.server import BrokerAddresses, StartupError, serve
+from cli.version import version_flag
 
 app = typer.Typer(
     name="broker",
@@ -36,7 +39,7 @@ EXIT_STARTUP = 1
 
 
 @app.callback()
-def main() -> None:
+def main(version: Annotated[bool, version_flag("broker")] = False) -> None:
     """A Kafka-class message broker. Start one with `broker serve`."""
 
 
@@ -126,6 +129,10 @@ def serve_command(
         Path | None, typer.Option(help="Also write the READY line to this file once listening")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_file: Annotated[
+        Path | None,
+        typer.Option(help="Append the log to this file instead of stderr (created if missing)"),
+    ] = None,
     recover_topics: Annotated[
         bool,
         typer.Option(
@@ -138,12 +145,8 @@ def serve_command(
     """Run a broker until SIGINT or SIGTERM: a single node, or with --node-id and --peers a member
     of a replicated cluster (run the same command again on the same --data-dir to rejoin), or
     with --node-id and --bootstrap a broker joining a running cluster."""
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
+        _configure_logging(log_level, log_file)
         broker_config = load_config(
             config_file=config,
             settings=settings or [],
@@ -176,13 +179,32 @@ def serve_command(
         failures.extend(_leaves(group))
     if failures:
         reasons = "; ".join(str(failure) for failure in failures)
-        typer.echo(
-            f"broker: cannot start (listen {broker_config.listen}, metrics "
-            f"{broker_config.metrics_listen or 'disabled'}, data {broker_config.data_dir}): "
-            f"{reasons}",
-            err=True,
-        )
+        # A StartupError names what failed and what to do; a bare OSError needs the context.
+        if not all(isinstance(failure, StartupError) for failure in failures):
+            reasons = (
+                f"{reasons} (listen {broker_config.listen}, metrics "
+                f"{broker_config.metrics_listen or 'disabled'}, data {broker_config.data_dir})"
+            )
+        typer.echo(f"broker: cannot start: {reasons}", err=True)
         raise typer.Exit(EXIT_STARTUP)
+
+
+def _configure_logging(log_level: str, log_file: Path | None) -> None:
+    """Log at `log_level` to `log_file` (appended) or stderr; raises `ConfigError` for a file
+    that cannot be opened, before anything starts."""
+    level = getattr(logging, log_level.upper(), logging.INFO)
+    handler: logging.Handler
+    if log_file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("--log-file", f"cannot open {log_file}: {exc.strerror}") from exc
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[handler]
+    )
 
 
 def _leaves(error: BaseException) -> list[BaseException]:

@@ -3,13 +3,16 @@ handling, `KEY=VALUE` config parsing, JSON-or-table output and the progress coun
 
 Rules: a command talks to the broker inside `errors()` (or `open_admin()`, which includes it), so
 a failure the user can act on prints one line `error: <reason>` on stderr and exits 1, never a
-traceback. Data goes to stdout, progress and summaries to stderr. This module imports no other
-module of `cli/`, so every command module can import it without a cycle.
+traceback. Data goes to stdout, progress and summaries to stderr. A command gets the broker
+addresses from `bootstrap()`, which first waits for the cluster (`cli/cluster_wait.py`). This module
+imports no other module of `cli/` but `cli.cluster_wait` (which imports none), so every command
+module can import it without a cycle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -20,6 +23,7 @@ import typer
 
 from broker.config import ConfigError
 from broker.errors import BrokerError
+from cli.cluster_wait import WAIT_TIMEOUT_S_DEFAULT, wait_for_cluster
 from client import AdminClient
 from client._bootstrap import DEFAULT_BOOTSTRAP
 from client.errors import ClientError
@@ -27,22 +31,44 @@ from client.errors import ClientError
 if TYPE_CHECKING:
     from rich.console import Console
 
-# The root callback stores the global options here before typer runs the sub-command: typer
-# gives a sub-command its parent's options only through a context parameter on every command.
-_state: dict[str, str] = {"bootstrap": DEFAULT_BOOTSTRAP}
+
+@dataclasses.dataclass
+class _GlobalOptions:
+    """The root callback stores the global options here before typer runs the sub-command: typer
+    gives a sub-command its parent's options only through a context parameter on every command."""
+
+    bootstrap: str = DEFAULT_BOOTSTRAP
+    wait_timeout_s: float = WAIT_TIMEOUT_S_DEFAULT
+    # Set once the cluster answered ready, so a command that connects twice waits once.
+    cluster_ready: bool = False
+
+
+_state = _GlobalOptions()
 
 # The `--json` flag of every command that can print JSON instead of text or a table.
 JsonFlag = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
-def set_bootstrap(bootstrap: str) -> None:
-    """Remember the broker address(es) that the command about to run connects to."""
-    _state["bootstrap"] = bootstrap
+def set_global_options(*, bootstrap: str, wait_timeout_s: float) -> None:
+    """Remember the broker address(es) the command about to run connects to, and how long it
+    waits for them to be ready."""
+    _state.bootstrap, _state.wait_timeout_s = bootstrap, wait_timeout_s
+    _state.cluster_ready = False
 
 
 def bootstrap() -> str:
-    """The broker address(es) given with `--bootstrap` (or its environment variable)."""
-    return _state["bootstrap"]
+    """The broker address(es) given with `--bootstrap` (or its environment variable), once the
+    cluster there is ready.
+
+    The first call waits for the cluster, up to `--wait-timeout` seconds (0: not at all), and on
+    giving up exits 1 with one line naming what it waited for. Waiting here, where every command
+    gets its addresses just before it connects, makes every command that talks to a broker wait
+    and no other (`--help`, a usage error)."""
+    if not _state.cluster_ready and _state.wait_timeout_s > 0:
+        with errors():
+            wait_for_cluster(_state.bootstrap, _state.wait_timeout_s)
+        _state.cluster_ready = True
+    return _state.bootstrap
 
 
 def fail(message: str) -> NoReturn:
@@ -123,9 +149,13 @@ def progress(verb: str) -> Iterator[Callable[[int], None]]:
     if not sys.stderr.isatty():
         yield lambda n: None
         return
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
+    # Drawn on stderr, and stdout left alone: rich would otherwise route stdout's lines (the
+    # records of `consume > file`) through its stderr console.
     with Progress(SpinnerColumn(), TextColumn(f"{verb} {{task.completed}} records"),
+                  console=Console(stderr=True), redirect_stdout=False,
                   transient=True) as counter:  # fmt: skip
         task = counter.add_task(verb, total=None)
         yield lambda n: counter.advance(task, n)

@@ -2,20 +2,23 @@
 groups; `configure` and the share group view of `describe` come from share_groups.py.
 
 Rules: `describe` asks for a share group first and falls back to the consumer group of that
-name. `reset-offsets` refuses a group with members (unless `--dry-run`): their next commit would
-overwrite the new offsets.
+name. `reset-offsets` follows kafka-consumer-groups.sh: it prints the plan and changes nothing
+unless given `--execute` (the plan itself is cli/offset_reset.py); `--execute` refuses a group
+with members, whose next commit would overwrite the new offsets.
 """
 
 from __future__ import annotations
 
-import datetime
+import contextlib
 import json
+import sys
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
 
 from broker.errors import BrokerError
-from cli import share_groups
+from cli import offset_reset, share_groups
 from cli.common import JsonFlag, fail, headed_console, now_ms, open_admin, show
 from client import AdminClient
 from client.types import TopicPartition
@@ -67,7 +70,7 @@ groups_app.command("configure")(share_groups.groups_configure)
 
 
 def _group_dict(description: Any) -> dict[str, Any]:
-    from broker.consumer_groups.assignors import Assignment
+    from wire.assignors import Assignment
 
     members = []
     for m in description.members:
@@ -139,54 +142,158 @@ def _print_group(data: dict[str, Any]) -> None:
 @groups_app.command("reset-offsets")
 def groups_reset_offsets(
     group: str,
-    topic: Annotated[str, typer.Option("--topic", "-t", help="Reset every partition of TOPIC.")],
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--topic",
+            "-t",
+            metavar="TOPIC[:P,...]",
+            help="TOPIC (every partition) or TOPIC:P,P,... (those partitions); repeatable.",
+        ),
+    ] = None,
+    all_topics: Annotated[
+        bool, typer.Option("--all-topics", help="Every topic the group has committed offsets for.")
+    ] = False,
     to_earliest: Annotated[bool, typer.Option("--to-earliest", help="The oldest record.")] = False,
     to_latest: Annotated[bool, typer.Option("--to-latest", help="The log end.")] = False,
     to_offset: Annotated[
-        int | None, typer.Option("--to-offset", min=0, help="This offset (clamped to the log).")
+        int | None,
+        typer.Option("--to-offset", min=0, metavar="N", help="This offset (clamped to the log)."),
+    ] = None,
+    shift_by: Annotated[
+        int | None,
+        typer.Option(
+            "--shift-by",
+            metavar="N",
+            help="The committed offset plus N (N < 0: back; clamped to the log).",
+        ),
     ] = None,
     to_datetime: Annotated[
         str | None,
         typer.Option(
-            "--to-datetime", help="The first record at or after an ISO time (UTC if naive)."
+            "--to-datetime",
+            metavar="ISO8601",
+            help="The first record at or after an ISO 8601 time (UTC unless it names a zone).",
         ),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the new offsets only.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan only (the default).")
+    ] = False,
+    execute: Annotated[bool, typer.Option("--execute", help="Commit the new offsets.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Set GROUP's committed offsets for TOPIC. Refused while the group has members."""
-    chosen = [to_earliest, to_latest, to_offset is not None, to_datetime is not None]
-    if sum(chosen) != 1:
-        raise typer.BadParameter(
-            "give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime"
+    """Plan, and with --execute commit, new offsets for GROUP, as kafka-consumer-groups.sh
+    --reset-offsets: per partition the committed offset and the new one. Without --execute
+    nothing changes. --execute is refused while the group has members."""
+    try:
+        spec = offset_reset.choose_spec(
+            to_earliest=to_earliest,
+            to_latest=to_latest,
+            to_offset=to_offset,
+            shift_by=shift_by,
+            to_datetime=to_datetime,
         )
-    timestamp_ms = _parse_datetime_ms(to_datetime) if to_datetime is not None else None
-    with open_admin() as admin:
+        topics = offset_reset.parse_topic_specs(topic or ())
+    except offset_reset.ResetError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if bool(topics) == all_topics:
+        raise typer.BadParameter("give --topic (one or more) or --all-topics")
+    if dry_run and execute:
+        raise typer.BadParameter("give --dry-run or --execute, not both")
+    with open_admin() as admin, _stages() as stage:
+        stage(f"reading the state and offsets of group {group!r}")
         state = _group_state(admin, group)
-        if state not in _INACTIVE_STATES and not dry_run:
+        if state not in _INACTIVE_STATES and execute:
             fail(
                 f"group {group!r} is active (state {state}); stop its consumers and wait for "
                 "their session timeout before resetting its offsets"
             )
-        count = admin.describe_topic(topic).partition_count
-        partitions = [TopicPartition(topic, p) for p in range(count)]
+        committed = admin.list_consumer_group_offsets(group)
+        current = {tp: o.offset for tp, o in committed.items()}
+        partitions = _partitions_to_reset(admin, group, topics, current, stage)
+        stage(f"reading the log start and end of {len(partitions)} partition(s)")
         earliest = admin.list_offsets(partitions, -2)
         latest = admin.list_offsets(partitions, -1)
-        if to_earliest:
-            target = dict(earliest)
-        elif to_latest:
-            target = dict(latest)
-        elif to_offset is not None:
-            target = {tp: min(max(to_offset, earliest[tp]), latest[tp]) for tp in partitions}
-        else:
-            assert timestamp_ms is not None
-            found = admin.list_offsets(partitions, timestamp_ms)
-            target = {tp: latest[tp] if found[tp] < 0 else found[tp] for tp in partitions}
-        if not dry_run:
-            admin.alter_group_offsets(group, target)
-    for tp, offset in sorted(target.items()):
-        typer.echo(f"{tp.topic}\t{tp.partition}\t{offset}")
-    verb = "would reset" if dry_run else "reset"
-    typer.echo(f"{verb} {len(target)} partition(s) of {topic!r} for group {group!r}", err=True)
+        at_time = None
+        if spec.kind == "to-datetime":
+            stage(f"finding the offsets at {to_datetime}")
+            at_time = admin.list_offsets(partitions, spec.value)
+        try:
+            plan = offset_reset.plan_reset(
+                spec, partitions, current=current, earliest=earliest, latest=latest,
+                at_time=at_time,
+            )  # fmt: skip
+        except offset_reset.ResetError as exc:
+            fail(str(exc))
+        if execute:
+            stage(f"committing {len(plan)} offset(s) for group {group!r}")
+            admin.alter_consumer_group_offsets(group, {row.partition: row.new for row in plan})
+    rows = [
+        {"topic": row.partition.topic, "partition": row.partition.partition,
+         "current_offset": row.current, "new_offset": row.new}
+        for row in plan
+    ]  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps({"group": group, "executed": execute, "partitions": rows}))
+    else:
+        _print_plan(group, rows)
+    if execute:
+        typer.echo(f"reset {len(plan)} partition(s) of group {group!r}", err=True)
+        return
+    note = "" if state in _INACTIVE_STATES else f"; the group is {state}: stop its consumers first"
+    typer.echo(
+        f"nothing changed: add --execute to commit these {len(plan)} offset(s){note}", err=True
+    )
+
+
+def _partitions_to_reset(
+    admin: AdminClient,
+    group: str,
+    topics: dict[str, tuple[int, ...] | None],
+    current: dict[TopicPartition, int],
+    stage: Callable[[str], None],
+) -> list[TopicPartition]:
+    """The partitions the `--topic` values name (checked against the topics), or with
+    `--all-topics` (no `topics`) every partition the group has committed."""
+    if not topics:
+        if not current:
+            fail(f"group {group!r} has no committed offsets; name the topics with --topic")
+        return sorted(current)
+    stage(f"describing {len(topics)} topic(s)")
+    counts = {d.name: d.partition_count for d in admin.describe_topics(sorted(topics))}
+    try:
+        return offset_reset.select_partitions(topics, counts)
+    except offset_reset.ResetError as exc:
+        fail(str(exc))
+
+
+def _print_plan(group: str, rows: list[dict[str, Any]]) -> None:
+    # Plain aligned columns, as kafka-consumer-groups.sh prints them: easy to read and to cut.
+    group_width = max(len("GROUP"), len(group))
+    topic_width = max([len("TOPIC"), *(len(row["topic"]) for row in rows)])
+    typer.echo(
+        f"{'GROUP':<{group_width}}  {'TOPIC':<{topic_width}}  PARTITION  CURRENT-OFFSET  NEW-OFFSET"
+    )
+    for row in rows:
+        current = "-" if row["current_offset"] is None else str(row["current_offset"])
+        typer.echo(
+            f"{group:<{group_width}}  {row['topic']:<{topic_width}}  "
+            f"{row['partition']:<9}  {current:<14}  {row['new_offset']}"
+        )
+
+
+@contextlib.contextmanager
+def _stages() -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr naming the step under way, when stderr is a terminal (a cluster
+    that is electing coordinators can take seconds per step); a no-op otherwise, so scripts
+    and pipes see only the plan and the summary."""
+    if not sys.stderr.isatty():
+        yield lambda text: None
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status("starting") as status:
+        yield lambda text: status.update(f"{text}...")
 
 
 def _group_state(admin: AdminClient, group: str) -> str:
@@ -197,19 +304,6 @@ def _group_state(admin: AdminClient, group: str) -> str:
         if exc.code.name == "GROUP_ID_NOT_FOUND":
             return "Dead"
         raise
-
-
-def _parse_datetime_ms(text: str) -> int:
-    try:
-        moment = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is not an ISO date-time (e.g. 2026-01-31T12:00:00)",
-            param_hint="--to-datetime",
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return int(moment.timestamp() * 1000)
 
 
 @groups_app.command("delete")

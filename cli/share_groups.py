@@ -27,7 +27,7 @@ from broker.share_groups.share_config import (
     RELEASE_DELAY_MAX,
 )
 from cli.common import JsonFlag, bootstrap, headed_console, open_admin
-from cli.records import CONSUME_POLL_MS, Reader, record_fields, record_text
+from cli.records import CONSUME_POLL_MS, FormatKind, Reader, RecordFormat
 from client import AdminClient, ShareConsumer
 from client.types import ShareGroupDescription, ShareRecord
 
@@ -243,9 +243,10 @@ def open_share_reader(topic: str, share_group: str) -> Iterator[Reader]:
         yield Reader(poll, printed, share_record_line)
 
 
-def share_record_line(record: ShareRecord, as_json: bool, key_separator: str | None) -> str:
+def share_record_line(record: ShareRecord, fmt: RecordFormat) -> str:
     """A share group's record also shows its delivery count: a `delivery_count` field in JSON,
-    a `Delivery:N<TAB>` prefix in text (like Kafka's console share consumer)."""
-    if as_json:
-        return json.dumps({**record_fields(record), "delivery_count": record.delivery_count})
-    return f"Delivery:{record.delivery_count}\t{record_text(record, key_separator)}"
+    a `Delivery:N<TAB>` prefix in the value format (like Kafka's console share consumer); a
+    template prints what it names."""
+    if fmt.kind is FormatKind.value:
+        return f"Delivery:{record.delivery_count}\t{fmt.line(record)}"
+    return fmt.line(record, delivery_count=record.delivery_count)

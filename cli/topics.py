@@ -1,4 +1,5 @@
-"""`broker-cli topics`: create, list, describe and delete topics.
+"""`broker-cli topics`: create, list, describe, alter and delete topics, add partitions, delete
+records.
 
 `describe` builds one dict of the topic's partitions and configs, printed as JSON or as a table
 (rich is imported only then, to keep the other commands' start-up fast).
@@ -12,8 +13,12 @@ from typing import Annotated, Any
 import typer
 
 from cli.common import JsonFlag, headed_console, open_admin, parse_configs, show
+from client import TopicAlreadyExistsError, TopicPartition
 
-topics_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
+topics_app = typer.Typer(
+    help="Create, list, describe, alter and delete topics; add partitions; delete records.",
+    no_args_is_help=True,
+)
 
 
 @topics_app.command("create")
@@ -27,11 +32,23 @@ def topics_create(
         list[str] | None,
         typer.Option("--config", "-c", help="Topic config KEY=VALUE (repeatable)."),
     ] = None,
+    if_not_exists: Annotated[
+        bool,
+        typer.Option(
+            "--if-not-exists", help="Succeed without changes if the topic exists already."
+        ),
+    ] = False,
 ) -> None:
     """Create a topic."""
     configs = parse_configs(config or [])
     with open_admin() as admin:
-        admin.create_topic(name, partitions, replication_factor, configs)
+        try:
+            admin.create_topic(name, partitions, replication_factor, configs)
+        except TopicAlreadyExistsError:
+            if not if_not_exists:
+                raise
+            typer.echo(f"topic {name!r} exists already", err=True)
+            return
     typer.echo(f"created topic {name!r} with {partitions} partition(s)", err=True)
 
 
@@ -137,6 +154,52 @@ def topics_alter_config(
         overrides = admin.alter_topic_configs(name, configs, reset=tuple(delete or ()))
     shown = ", ".join(f"{key}={value}" for key, value in sorted(overrides.items()))
     typer.echo(f"topic {name!r} configs: {shown or 'all defaults'}", err=True)
+
+
+@topics_app.command("add-partitions")
+def topics_add_partitions(
+    name: str,
+    partitions: Annotated[
+        int,
+        typer.Option(
+            "--partitions",
+            "-p",
+            min=1,
+            help="The new partition count (total, as kafka-topics --alter --partitions).",
+        ),
+    ],
+) -> None:
+    """Raise a topic's partition count to --partitions (never lowers it). Producers and
+    consumers see the new partitions at their next metadata refresh."""
+    with open_admin() as admin:
+        before = admin.describe_topic(name).partition_count
+        admin.create_partitions(name, partitions)
+    typer.echo(f"topic {name!r}: partitions {before} -> {partitions}", err=True)
+
+
+@topics_app.command("delete-records")
+def topics_delete_records(
+    name: str,
+    partition: Annotated[int, typer.Option("--partition", "-p", min=0, help="Partition.")],
+    before: Annotated[
+        int,
+        typer.Option(
+            "--before",
+            min=-1,
+            help="Delete the records below this offset (-1: below the high watermark).",
+        ),
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete a partition's records below an offset (Kafka's DeleteRecords): its log start
+    offset moves there and consumers can no longer read below it."""
+    with open_admin() as admin:
+        start = admin.delete_records({(name, partition): before})[TopicPartition(name, partition)]
+    if as_json:
+        typer.echo(json.dumps({"topic": name, "partition": partition, "log_start_offset": start}))
+    typer.echo(
+        f"{name}-{partition}: records below {start} deleted; log start offset {start}", err=True
+    )
 
 
 @topics_app.command("delete")

@@ -11,11 +11,17 @@ for tests is in `client.embedded`. See docs/client.md.
 from client.accumulator import RecordFuture
 from client.aio.share_consumer import AcknowledgementStateError
 from client.blocking import AdminClient, Consumer, Producer, ShareConsumer
-from client.errors import InvalidTxnStateError, ProducerFencedError, TransactionAbortedError
+from client.errors import (
+    InvalidTxnStateError,
+    ProducerFencedError,
+    TopicAlreadyExistsError,
+    TransactionAbortedError,
+)
 from client.types import (
     ClusterStatus,
     ConsumerGroupMetadata,
     ConsumerRecord,
+    OffsetAndMetadata,
     RecordMetadata,
     ShareGroupDescription,
     ShareRecord,
@@ -31,6 +37,7 @@ __all__ = [
     "ConsumerGroupMetadata",
     "ConsumerRecord",
     "InvalidTxnStateError",
+    "OffsetAndMetadata",
     "Producer",
     "ProducerFencedError",
     "RecordFuture",
@@ -38,6 +45,7 @@ __all__ = [
     "ShareConsumer",
     "ShareGroupDescription",
     "ShareRecord",
+    "TopicAlreadyExistsError",
     "TopicDescription",
     "TopicPartition",
     "TransactionAbortedError",

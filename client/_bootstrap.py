@@ -1,7 +1,8 @@
 """Parsing the `bootstrap` argument shared by every client and `broker-cli`.
 
 Accepted: "HOST:PORT", "HOST:PORT,HOST:PORT", or a list of "HOST:PORT" strings; an IPv6 host goes
-in brackets ("[::1]:9092"). A port is required: a silent default would hide typos.
+in brackets ("[::1]:9092"). A port is required: a silent default would hide typos. Every client
+takes it as its first argument or, as kafka-python does, as `bootstrap_servers=`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ def parse_bootstrap(bootstrap: str | Sequence[str] | None) -> list[Address]:
     if not addresses:
         raise ConfigError("bootstrap", "no broker address given; expected HOST:PORT[,HOST:PORT]")
     return addresses
+
+
+def choose_bootstrap(
+    bootstrap: str | Sequence[str] | None, bootstrap_servers: str | Sequence[str] | None
+) -> str | Sequence[str] | None:
+    """The address list of a client given positionally (`bootstrap`) or, as in kafka-python,
+    as `bootstrap_servers=`; both at once is a `ConfigError` rather than a silent choice."""
+    if bootstrap is not None and bootstrap_servers is not None:
+        raise ConfigError(
+            "bootstrap_servers",
+            "given twice (as bootstrap and as bootstrap_servers); pass only one",
+        )
+    return bootstrap if bootstrap is not None else bootstrap_servers
 
 
 def _parse_one(item: str) -> Address:

@@ -19,7 +19,9 @@ Rules:
   exceeded; the caller waits on `memory_freed` (blocking) or its own trio event, then retries.
 - Delivery: one `ProducerBatch` per batch carries the outcome; `RecordFuture(batch, index)` is the
   per-record view, created only when the caller asks for one.
-No trio here, so both the blocking facade and the trio core share it.
+Everything but `ProducerBatch.wait` is plain thread-safe Python, so the blocking facade and the
+trio core share it; `wait` is the one bridge to trio, kept here with the batch it waits on so that
+nothing below the producer imports `client.aio`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Container, Mapping
 from typing import Any
+
+import trio
 
 from client.partitioner import StickyPartitioner
 from client.types import RecordMetadata
@@ -132,6 +136,23 @@ class ProducerBatch:
             self.wakers.append(waker)
             return True
 
+    async def wait(self) -> None:
+        """Return once the batch is complete (successfully or not); safe from any trio loop.
+
+        Batches complete in their producer's trio thread. A waiter is woken through its own
+        loop's token (`run_sync_soon` is thread-safe, and also correct when that thread is this
+        one), so awaiting works from the producer's loop and from any other.
+        """
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            return
+        event = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        if self.add_waker(lambda: token.run_sync_soon(event.set)):
+            await event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
     def complete(self, base_offset: int, error: BaseException | None) -> None:
         """Record the outcome, wake every waiter and run the delivery callbacks (I/O thread)."""
         with _callback_lock:
@@ -198,10 +219,8 @@ class RecordFuture(tuple[ProducerBatch, int]):
         self[0].add_callback(self[1], callback)
 
     def __await__(self) -> Any:
-        from client.aio._wait import wait_batch  # trio only when someone awaits
-
         batch, index = self
-        yield from wait_batch(batch).__await__()
+        yield from batch.wait().__await__()
         if batch.error is not None:
             raise batch.error
         return batch.metadata(index)

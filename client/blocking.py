@@ -22,12 +22,14 @@ from client._loop import LoopThread
 from client.accumulator import RECORD_OVERHEAD_BYTES, DeliveryCallback, RecordFuture
 from client.aio.producer import NeedMetadataError
 from client.aio.share_consumer import AcknowledgementResults, AcknowledgeType
-from client.errors import BufferFullError
+from client.errors import BrokerError, BufferFullError, ErrorCode
+from client.serialization import serialize
 from client.types import (
     ClusterStatus,
     ConsumerGroupMetadata,
     ConsumerRecord,
     ListedTransaction,
+    OffsetAndMetadata,
     ShareGroupDescription,
     ShareRecord,
     TopicDescription,
@@ -55,7 +57,8 @@ class _Blocking:
 
 
 class Producer(_Blocking):
-    """`Producer(bootstrap, acks="all", linger_ms=5, batch_bytes=..., compression=None, ...)`.
+    """`Producer(bootstrap, acks="all", linger_ms=5, batch_bytes=..., compression=None, ...)`;
+    kafka-python's `bootstrap_servers=`, `key_serializer=` and `value_serializer=` work too.
 
     `send()` returns a `RecordFuture` (`.result(timeout)` -> RecordMetadata); `callback(metadata,
     error)` runs in the producer's I/O thread and must be quick and must not call the producer.
@@ -70,21 +73,33 @@ class Producer(_Blocking):
     def send(
         self,
         topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
+        value: Any,
+        key: Any = None,
         headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
         callback: DeliveryCallback | None = None,
     ) -> RecordFuture:
-        """Queue a record; blocks up to `max_block_ms` for buffer memory, then `BufferFullError`."""
+        """Queue a record; blocks up to `max_block_ms` for buffer memory, then `BufferFullError`.
+
+        `key`/`value` are bytes (or str), or any object with `key_serializer`/`value_serializer`.
+        """
+        if self._aio._serializers is not None:
+            key, value = serialize(*self._aio._serializers, topic, key, value)
         try:
-            future = self._aio.send_nowait(
+            future = self._aio._append(
                 topic, value, key, headers, partition, timestamp_ms, callback
             )
         except NeedMetadataError:
             self._loop.run(self._aio.load_topic, topic)
-            future = self._aio.send_nowait(
+            future = self._aio._append(
+                topic, value, key, headers, partition, timestamp_ms, callback
+            )
+        except BrokerError as exc:
+            if exc.code is not ErrorCode.UNKNOWN_PARTITION:
+                raise
+            self._loop.run(self._aio.reload_topic, topic)  # still out of range: raised again
+            future = self._aio._append(
                 topic, value, key, headers, partition, timestamp_ms, callback
             )
         if future is not None:
@@ -113,7 +128,7 @@ class Producer(_Blocking):
                     f"{self._aio.max_block_s * 1000:.0f}: the broker is not keeping up or not "
                     "reachable; flush(), slow down or raise buffer_memory_bytes"
                 )
-            future = self._aio.send_nowait(topic, value, key, *rest)
+            future = self._aio._append(topic, value, key, *rest)
             if future is not None:
                 return future
 
@@ -162,8 +177,9 @@ class Producer(_Blocking):
 
 
 class Consumer(_Blocking):
-    """`Consumer(bootstrap, auto_offset_reset="latest", ...)`; `assign` or `subscribe`, then
-    `poll()` or iterate."""
+    """`Consumer(bootstrap, auto_offset_reset="latest", ...)`; `assign` or `subscribe` (topics or
+    `pattern=`), then `poll()` or iterate; `key_deserializer=`/`value_deserializer=` as in
+    kafka-python."""
 
     def __init__(self, bootstrap: str | Sequence[str] | None = None, **options: Any) -> None:
         self._aio = aio.Consumer(bootstrap, **options)
@@ -173,17 +189,42 @@ class Consumer(_Blocking):
     def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
         self._aio.assign(partitions)
 
-    def subscribe(self, topics: Iterable[str] | re.Pattern[str], listener: Any = None) -> None:
-        """With a `group_id`: join the group; `listener` callbacks run in the loop thread."""
-        self._aio.subscribe(topics, listener)
+    def subscribe(
+        self,
+        topics: Iterable[str] | re.Pattern[str] = (),
+        pattern: str | re.Pattern[str] | None = None,
+        listener: Any = None,
+    ) -> None:
+        """Read `topics` or the topics matching `pattern`, now and as they are created; with a
+        `group_id`, join the group (`listener` callbacks run in the loop thread)."""
+        self._aio.subscribe(topics, pattern, listener)
 
-    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+    def unsubscribe(self) -> None:
+        """Stop reading everything; with a group, give the partitions up and leave it."""
+        self._aio.unsubscribe()
+
+    def subscription(self) -> set[str]:
+        return self._aio.subscription()
+
+    def pause(self, *partitions: TopicPartition | tuple[str, int]) -> None:
+        """Stop fetching these partitions; keep calling poll() (it returns the others)."""
+        self._aio.pause(*partitions)
+
+    def resume(self, *partitions: TopicPartition | tuple[str, int]) -> None:
+        self._aio.resume(*partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return self._aio.paused()
+
+    def commit(
+        self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata] | None = None
+    ) -> None:
         """Commit (default: everything poll() returned) and wait; see `client.aio.Consumer`."""
         self._loop.run(self._aio.commit, offsets)
 
     def commit_async(
         self,
-        offsets: Mapping[TopicPartition, int] | None = None,
+        offsets: Mapping[TopicPartition, int | OffsetAndMetadata] | None = None,
         callback: Callable[[BaseException | None], Any] | None = None,
     ) -> None:
         """Start a commit; `callback(error or None)` runs in the loop thread when it is done."""
@@ -192,9 +233,10 @@ class Consumer(_Blocking):
         self._loop.call_soon(lambda: self._aio.commit_async(offsets, callback))
 
     def committed(
-        self, partitions: Iterable[TopicPartition | tuple[str, int]]
-    ) -> dict[TopicPartition, int | None]:
-        return self._loop.run(self._aio.committed, list(partitions))
+        self, partitions: TopicPartition | Iterable[TopicPartition | tuple[str, int]]
+    ) -> OffsetAndMetadata | dict[TopicPartition, OffsetAndMetadata | None] | None:
+        """One partition: its `OffsetAndMetadata` or None; several: a dict of them."""
+        return self._loop.run(self._aio.committed, partitions)
 
     def assignment(self) -> set[TopicPartition]:
         return self._aio.assignment()
@@ -277,8 +319,10 @@ class ShareConsumer(_Blocking):
 
 
 class AdminClient(_Blocking):
-    """Topic administration (`create_topic`, `delete_topic`, `describe_topic`, `list_topics`),
-    consumer groups (`list_groups`, `describe_group`, `delete_group`, `alter_group_offsets`,
+    """Topic administration (`create_topic`, `delete_topic`, `describe_topic`, `list_topics`,
+    `describe_configs`, `alter_configs`, `create_partitions`, `delete_records`),
+    consumer groups (`list_groups`, `describe_group`, `delete_group`,
+    `list_consumer_group_offsets`, `alter_consumer_group_offsets`,
     `list_offsets`), share groups (`alter_group_config`, `describe_share_group`), transactions
     (`list_transactions`, `describe_transactions`) and `cluster_status`."""
 
@@ -293,8 +337,26 @@ class AdminClient(_Blocking):
         partitions: int = -1,
         replication_factor: int = 1,
         config: Mapping[str, Any] | None = None,
+        *,
+        exist_ok: bool = False,
     ) -> None:
-        self._loop.run(self._aio.create_topic, name, partitions, replication_factor, config)
+        create = functools.partial(self._aio.create_topic, exist_ok=exist_ok)
+        self._loop.run(create, name, partitions, replication_factor, config)
+
+    def describe_configs(self, topic: str) -> dict[str, Any]:
+        return self._loop.run(self._aio.describe_configs, topic)
+
+    def alter_configs(
+        self, topic: str, configs: Mapping[str, Any] | None = None, delete: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        return self._loop.run(self._aio.alter_configs, topic, configs, tuple(delete))
+
+    def create_partitions(self, topic: str, new_total: int, *, validate_only: bool = False) -> None:
+        create = functools.partial(self._aio.create_partitions, validate_only=validate_only)
+        self._loop.run(create, topic, new_total)
+
+    def delete_records(self, offsets: Mapping[tuple[str, int], int]) -> dict[TopicPartition, int]:
+        return self._loop.run(self._aio.delete_records, offsets)
 
     def alter_topic_configs(
         self, name: str, configs: Mapping[str, Any] | None = None, *, reset: tuple[str, ...] = ()
@@ -323,8 +385,17 @@ class AdminClient(_Blocking):
     def delete_group(self, group_id: str) -> None:
         self._loop.run(self._aio.delete_group, group_id)
 
-    def alter_group_offsets(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
-        self._loop.run(self._aio.alter_group_offsets, group_id, offsets)
+    def list_consumer_group_offsets(
+        self, group_id: str, partitions: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The group's committed offsets (of `partitions`, or all); no entry without a commit."""
+        return self._loop.run(self._aio.list_consumer_group_offsets, group_id, partitions)
+
+    def alter_consumer_group_offsets(
+        self, group_id: str, offsets: Mapping[TopicPartition, int | OffsetAndMetadata]
+    ) -> None:
+        """Set the committed offsets of a group without members (else GROUP_NOT_EMPTY)."""
+        self._loop.run(self._aio.alter_consumer_group_offsets, group_id, offsets)
 
     def alter_group_config(
         self, group_id: str, configs: Mapping[str, str | int], reset: Iterable[str] = ()

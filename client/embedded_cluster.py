@@ -54,6 +54,7 @@ from typing import Any, Self
 import trio
 
 from broker.errors import BrokerError
+from broker.listen_errors import PORT_IN_USE
 from client import aio
 from client._started import StartedByWith
 from client.embedded import (
@@ -205,7 +206,8 @@ class EmbeddedCluster(StartedByWith):
                 self._launch(free_ports(len(self.node_ids)))
                 return
             except EmbeddedClusterError as exc:
-                if attempt == START_ATTEMPTS or os.strerror(errno.EADDRINUSE) not in str(exc):
+                taken = PORT_IN_USE in str(exc) or os.strerror(errno.EADDRINUSE) in str(exc)
+                if attempt == START_ATTEMPTS or not taken:
                     raise
                 self.close()  # a port was taken meanwhile: fresh ports, fresh data directories
 

@@ -4,13 +4,22 @@ Rules: every failure a user can meet is a named exception whose message says wha
 Errors the *broker* returns keep their wire identity: they are `broker.errors.BrokerError` with an
 `ErrorCode` (`.code`, `.retriable`, `.message`), so one `except BrokerError` covers them all and
 `err.code is ErrorCode.UNKNOWN_TOPIC` tells them apart. Errors that happen on the client side
-(no connection, a local timeout, a full buffer, use after close) derive from `ClientError`.
+(no connection, a local timeout, a full buffer, use after close) derive from `ClientError`; the
+transport ones (no connection, lost connection, timeout, garbage) are defined in `wire.errors`,
+beside the connection that raises them, and re-exported here.
 """
 
 from __future__ import annotations
 
 from broker.config import ConfigError
 from broker.errors import BrokerError, ErrorCode
+from wire.errors import (
+    BrokerUnavailableError,
+    ClientError,
+    ConnectionLostError,
+    RemoteProtocolError,
+    RequestTimedOutError,
+)
 
 __all__ = [
     "BrokerError",
@@ -25,42 +34,9 @@ __all__ = [
     "ProducerFencedError",
     "RemoteProtocolError",
     "RequestTimedOutError",
+    "TopicAlreadyExistsError",
     "TransactionAbortedError",
 ]
-
-
-class ClientError(Exception):
-    """A failure detected on the client side (not an error code sent by the broker)."""
-
-
-class BrokerUnavailableError(ClientError):
-    """No broker answered at any bootstrap address (connection refused, unknown host, timeout)."""
-
-    def __init__(self, addresses: str, reason: str = "") -> None:
-        detail = f" ({reason})" if reason else ""
-        super().__init__(f"cannot reach broker at {addresses}: is 'broker serve' running?{detail}")
-        self.addresses = addresses
-        self.reason = reason
-
-
-class ConnectionLostError(ClientError):
-    """The connection dropped while a request was in flight; its outcome is unknown.
-
-    Retriable: producers retry the batch (ordering is kept by one in-flight batch per partition),
-    other requests are retried by the caller's retry policy.
-    """
-
-    retriable = True
-
-
-class RemoteProtocolError(ClientError):
-    """The broker sent bytes we cannot parse; the connection is closed. Report it as a bug."""
-
-
-class RequestTimedOutError(ClientError):
-    """No response within `request_timeout_ms`; raise the timeout or check the broker's load."""
-
-    retriable = True
 
 
 class BufferFullError(ClientError):
@@ -106,3 +82,14 @@ class TransactionAbortedError(BrokerError):
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.TRANSACTION_ABORTED, message)
+
+
+# --- admin (Kafka's exception names) -------------------------------------------------------------
+
+
+class TopicAlreadyExistsError(BrokerError):
+    """`create_topic` of a name that is taken (TOPIC_ALREADY_EXISTS). A `BrokerError`, so code
+    written before it existed still catches it; pass `exist_ok=True` to ignore it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.TOPIC_ALREADY_EXISTS, message)

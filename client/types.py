@@ -6,6 +6,7 @@ list comprehension, and a tuple is the cheapest Python object that still has nam
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 from broker import codec
@@ -48,6 +49,30 @@ class ShareRecord(NamedTuple):
     value: bytes | None
     headers: Any  # tuple of (str, bytes) pairs, or None
     delivery_count: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OffsetAndMetadata:
+    """A group's committed position in one partition, as Kafka's `OffsetAndMetadata`: `offset` is
+    the next record the group will read (last processed + 1), `metadata` free text the
+    application stores with it (who committed, a checkpoint id). `Consumer.commit` and
+    `AdminClient.alter_consumer_group_offsets` take it; `Consumer.committed` and
+    `AdminClient.list_consumer_group_offsets` answer it. The broker bounds `metadata`
+    (`offset_metadata_bytes_max`). A negative offset is refused here, as Kafka does."""
+
+    offset: int
+    metadata: str = ""
+
+    @classmethod
+    def of(cls, value: int | OffsetAndMetadata) -> OffsetAndMetadata:
+        """`value` itself, or a plain offset with empty metadata (APIs take either)."""
+        return value if isinstance(value, OffsetAndMetadata) else cls(value)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.offset, int) or self.offset < 0:
+            raise ValueError(f"offset must be an int >= 0, got {self.offset!r}")
+        if not isinstance(self.metadata, str):
+            raise TypeError(f"metadata must be a str, got {type(self.metadata).__name__}")
 
 
 class ConsumerGroupMetadata(NamedTuple):

@@ -2,7 +2,8 @@
 
 A broker that is not the controller leader still has to register, heartbeat, report partition
 leaders and forward CreateTopics/DeleteTopics (KIP-590's forwarding). It does so over the ordinary
-client protocol (broker/codec.py), on the same port peers use for Raft, at the address `--peers`
+client protocol (broker/codec.py) over `wire.connection`, the connection the SDK uses too (the
+broker never imports the client), on the same port peers use for Raft, at the address `--peers`
 gives for the leader. Rules:
 
 1. One connection per peer, opened on first use and dropped on any failure (the next call opens a
@@ -23,8 +24,8 @@ import trio
 from broker import codec
 from broker.controller.records import BrokerState
 from broker.errors import BrokerError, ErrorCode
-from client.aio.connection import BrokerConnection, open_broker_connection
-from client.errors import ClientError
+from wire.connection import BrokerConnection, open_broker_connection
+from wire.errors import ClientError
 
 from .controller_service import ControllerService, NotControllerError
 

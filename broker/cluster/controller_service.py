@@ -450,6 +450,19 @@ class ControllerService:
             raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} was deleted concurrently")
         return topic
 
+    async def create_partitions(self, name: str, partition_count: int) -> TopicInfo:
+        """Raise a topic to `partition_count` partitions (prepare_create_partitions); its applied
+        `TopicInfo`. The brokers placed on the new partitions start their replicas when they
+        apply the records, as for a new topic. Raises NotControllerError or BrokerError
+        (UNKNOWN_TOPIC, INVALID_PARTITIONS, INVALID_REPLICATION_FACTOR, POLICY_VIOLATION)."""
+        async with self._command_lock:
+            records = self._require_leader().prepare_create_partitions(name, partition_count)
+            await self._propose(records)
+        topic = self.machine.topic(name)
+        if topic is None:
+            raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} was deleted concurrently")
+        return topic
+
     async def register_broker(self, node_id: int, host: str, port: int, incarnation: int) -> int:
         """Register (or re-register) a broker; returns its broker epoch. NotControllerError
         elsewhere; BrokerError(INVALID_REQUEST) for a bad or conflicting address."""

@@ -220,6 +220,20 @@ class Replica:
             raise NotLeaderError(self.leader_id)
         return self.log.read(offset, max_bytes, max_offset=self.driver.high_watermark)
 
+    def deletable_end(self) -> int:
+        """Segments wholly below this offset (exclusive) may be deleted (retention,
+        DeleteRecords): what this replica has committed and applied."""
+        driver = self.driver
+        return min(driver.core.applied_index, driver.storage.last_index()) + 1
+
+    def snapshot_before_delete(self, last: int) -> None:
+        """Record the Raft snapshot point at `last` before the segments up to it are deleted, so
+        the group can still answer for the entry just below its log (docs/cluster.md,
+        "Retention")."""
+        storage = self.driver.storage
+        if last > storage.first_index() - 1:
+            storage.compact_to(last, self.driver.core.log.term(last))
+
     def in_sync_replicas(self, term_start_index: int) -> tuple[int, ...]:
         """On the leader: itself, and the followers replicating that have acknowledged the log up
         to where this term began (an approximation of Kafka's ISR without a lag-time rule)."""
@@ -486,18 +500,11 @@ class ReplicaManager:
         for replica in self.replicas():
             if replica.deleting:
                 continue
-            driver = replica.driver
-            storage = driver.storage
-
-            def snapshot_to(last: int, driver: RaftDriver = driver) -> None:
-                if last > driver.storage.first_index() - 1:
-                    driver.storage.compact_to(last, driver.core.log.term(last))
-
             try:
                 deleted += replica.log.apply_retention(
                     now_ms,
-                    max_offset=min(driver.core.applied_index, storage.last_index()) + 1,
-                    before_delete=snapshot_to,
+                    max_offset=replica.deletable_end(),
+                    before_delete=replica.snapshot_before_delete,
                 )
             except (OSError, lmdb.Error) as exc:  # this replica waits for the next sweep
                 logger.error("node %d: retention of %s: %s", self.node_id, replica.group, exc)

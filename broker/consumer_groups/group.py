@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-# "No generation" and "no member id": a member before its first join, a commit from outside.
-NO_GENERATION = -1
+# Part of the group vocabulary, defined with the consumer protocol that both sides share.
+from wire.assignors import NO_GENERATION as NO_GENERATION
+from wire.assignors import TopicPartition as TopicPartition
+
+# "No member id": a member before its first join, a commit from outside.
 NO_MEMBER_ID = ""
 
 
@@ -23,14 +26,6 @@ class GroupState(enum.Enum):
     COMPLETING_REBALANCE = "CompletingRebalance"
     STABLE = "Stable"
     DEAD = "Dead"
-
-
-@dataclasses.dataclass(frozen=True, slots=True, order=True)
-class TopicPartition:
-    """One partition of one topic; ordered by (topic, partition) so that sorting is total."""
-
-    topic: str
-    partition: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -30,7 +30,6 @@ from typing import Any, Final
 
 from broker.appended import Appended
 from broker.consumer_groups.actions import RespondDescribeGroups, RespondListGroups, Response
-from broker.consumer_groups.assignors import Assignment
 from broker.consumer_groups.config import GroupConfig
 from broker.consumer_groups.coordinator import GroupCoordinatorCore, GroupCoordinatorStatistics
 from broker.consumer_groups.events import (
@@ -48,6 +47,7 @@ from broker.coordinator_shell import (
 )
 from broker.errors import BrokerError, ErrorCode
 from broker.internal_topics import OFFSETS_TOPIC
+from wire.assignors import Assignment
 
 __all__ = [
     "OFFSETS_TOPIC",

@@ -333,6 +333,27 @@ class PartitionAssignment:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PartitionsCreated:
+    """A topic grew to `partition_count` partitions (Kafka's CreatePartitions; never shrinks).
+
+    Like `TopicCreated`, the `PartitionAssignment` records of the new partitions follow it in the
+    same metadata-log entry; brokers start their replicas from those, as for a new topic.
+    """
+
+    topic: str
+    topic_id: str
+    partition_count: int
+
+    TYPE_ID = 10
+    VERSION = 0
+
+    def __post_init__(self) -> None:
+        check_str("PartitionsCreated", "topic", self.topic, TOPIC_NAME_LENGTH_MAX)
+        check_topic_id("PartitionsCreated", self.topic_id)
+        check_int("PartitionsCreated", "partition_count", self.partition_count, 1, INT32_MAX)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PartitionLeaderChanged:
     """What a partition's Raft group reported: its leader, the leader's term, its in-sync replicas.
 
@@ -488,6 +509,7 @@ MetadataRecord: TypeAlias = (
     | BrokerUnregistered
     | PartitionReassignmentStarted
     | PartitionReassignmentCompleted
+    | PartitionsCreated
 )
 RECORD_TYPES: Final[tuple[type[MetadataRecord], ...]] = (
     BrokerRegistered,
@@ -501,6 +523,7 @@ RECORD_TYPES: Final[tuple[type[MetadataRecord], ...]] = (
     BrokerUnregistered,
     PartitionReassignmentStarted,
     PartitionReassignmentCompleted,
+    PartitionsCreated,
 )
 _BY_TYPE_ID: Final[dict[int, type[MetadataRecord]]] = {cls.TYPE_ID: cls for cls in RECORD_TYPES}
 assert len(_BY_TYPE_ID) == len(RECORD_TYPES), "record type ids must be unique"

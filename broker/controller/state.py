@@ -45,6 +45,7 @@ from broker.controller.records import (
     PartitionLeaderChanged,
     PartitionReassignmentCompleted,
     PartitionReassignmentStarted,
+    PartitionsCreated,
     TopicCreated,
     TopicDeleted,
     canonical_config_key,
@@ -194,6 +195,7 @@ class ControllerStateMachine:
             TopicCreated: self._apply_topic_created,
             TopicDeleted: self._apply_topic_deleted,
             PartitionAssignment: self._apply_partition_assignment,
+            PartitionsCreated: self._apply_partitions_created,
             PartitionLeaderChanged: self._apply_partition_leader_changed,
             ConfigSet: self._apply_config_set,
             PartitionReassignmentStarted: self._apply_reassignment,
@@ -344,6 +346,16 @@ class ControllerStateMachine:
             return False
         del self._topics[record.name]
         del self._topic_names_by_id[record.topic_id]
+        return True
+
+    def _apply_partitions_created(self, record: PartitionsCreated, index: int) -> bool:
+        topic = self._current_topic(record.topic, record.topic_id)
+        if topic is None or record.partition_count <= topic.partition_count:
+            return False  # a deleted topic, or a racing CreatePartitions already grew it
+        added = tuple(
+            PartitionInfo(number) for number in range(topic.partition_count, record.partition_count)
+        )
+        self._topics[record.topic] = dataclasses.replace(topic, partitions=topic.partitions + added)
         return True
 
     def _apply_partition_assignment(self, record: PartitionAssignment, index: int) -> bool:
@@ -620,6 +632,40 @@ class ControllerStateMachine:
                 f"limit of {self.config.partition_count_max} (partition_count_max); delete "
                 "unused topics, use fewer partitions or raise the limit",
             )
+
+    def prepare_create_partitions(
+        self, name: str, partition_count: int, live_brokers: Collection[int] | None = None
+    ) -> list[MetadataRecord]:
+        """The records that raise topic `name` to `partition_count` partitions (the new total):
+        PartitionsCreated, then one PartitionAssignment per new partition, placed on the
+        `live_brokers` (default: the ACTIVE ones) as a new topic's are. Propose them as one
+        batch. Raises BrokerError with UNKNOWN_TOPIC, INVALID_PARTITIONS (not above the current
+        count, or above partition_count_per_topic_max), INVALID_REPLICATION_FACTOR (too few live
+        brokers) or POLICY_VIOLATION (partition_count_max)."""
+        topic = self._require_topic(name)
+        current = topic.partition_count
+        limit = self.config.partition_count_per_topic_max
+        _require_int(partition_count, 1, limit, ErrorCode.INVALID_PARTITIONS, "partition count")
+        if partition_count <= current:
+            raise BrokerError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"topic {name!r} has {current} partition(s); the new count must be larger "
+                f"(got {partition_count}): partitions can be added, never removed",
+            )
+        self._check_partition_count(partition_count - current)
+        live = sorted(set(live_brokers)) if live_brokers is not None else self.active_broker_ids()
+        assert all(node in self._brokers for node in live), f"unregistered brokers in {live}"
+        _check_replication_factor(topic.replication_factor, live)
+        existing = (p.replicas for info in self.topics() for p in info.partitions)
+        assignments = placement.assign_replicas(
+            live, existing, partition_count - current, topic.replication_factor
+        )
+        records: list[MetadataRecord] = [PartitionsCreated(name, topic.topic_id, partition_count)]
+        records += [
+            PartitionAssignment(name, topic.topic_id, current + number, replicas)
+            for number, replicas in enumerate(assignments)
+        ]
+        return records
 
     def prepare_delete_topic(self, name: str) -> list[MetadataRecord]:
         """The record that deletes a topic; raises BrokerError(UNKNOWN_TOPIC) if there is none."""

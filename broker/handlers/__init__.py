@@ -41,6 +41,7 @@ from broker.handlers.groups import (
     handle_txn_offset_commit,
 )
 from broker.handlers.membership import handle_decommission_broker
+from broker.handlers.partitions_admin import handle_create_partitions, handle_delete_records
 from broker.handlers.produce import handle_produce
 from broker.handlers.reassignment import (
     handle_alter_partition_reassignments,
@@ -73,6 +74,8 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.DeleteTopicsRequest: handle_delete_topics,
     codec.DescribeTopicsRequest: handle_describe_topics,
     codec.AlterTopicConfigsRequest: handle_alter_topic_configs,
+    codec.CreatePartitionsRequest: handle_create_partitions,
+    codec.DeleteRecordsRequest: handle_delete_records,
     codec.ProduceRequest: handle_produce,
     codec.FetchRequest: handle_fetch,
     codec.ListOffsetsRequest: handle_list_offsets,

@@ -81,6 +81,9 @@ class ControlType(enum.IntEnum):
     COMMIT = 1
     LEADER_NOOP = 2
     RAFT_CONFIGURATION = 3
+    # DeleteRecords in a cluster: the partition's new log start, replicated as a Raft entry
+    # (broker/log/log_start.py).
+    LOG_START = 4
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from broker.log.durability import (
     read_checkpoint,
     write_atomically,
 )
+from broker.log.log_start import log_start_of
 from broker.log.segment import (
     LOG_SUFFIX,
     NO_TIMESTAMP,
@@ -86,6 +87,9 @@ logger = logging.getLogger(__name__)
 CLEAN_SHUTDOWN_FILE = "clean-shutdown"
 RECOVERY_CHECKPOINT_FILE = "recovery-checkpoint"
 EPOCH_CACHE_FILE = "leader-epochs"
+# The offset DeleteRecords moved the log start to (`delete_records`), when it lies inside a
+# segment kept for Raft: written atomically, read at open.
+LOG_START_FILE = "log-start-offset"
 # `<offset:020d>.producers`: the producer state with every batch below `offset` applied.
 PRODUCER_SNAPSHOT_SUFFIX = ".producers"
 # Snapshots kept: the newest is what a restart loads; older ones stand in if it is damaged.
@@ -174,6 +178,8 @@ class PartitionLog:
         # order), snapshotted beside the segments (docs/transactions.md).
         self.producers = ProducerStateManager(0)
         self._producer_snapshots: list[int] = []
+        # DeleteRecords' floor (persisted in LOG_START_FILE): clients are served from here on.
+        self._records_deleted_below = 0
 
     # --- opening and closing --------------------------------------------------------------------
 
@@ -203,6 +209,7 @@ class PartitionLog:
         # segment is read (docs/storage.md, "Compaction").
         recover_swaps(directory)
         log._recovery = RecoveryCheckpoint(checkpoint_path, read_checkpoint(checkpoint_path))
+        log._records_deleted_below = read_checkpoint(directory / LOG_START_FILE)
         bases = sorted(
             int(path.name[: -len(LOG_SUFFIX)])
             for path in directory.glob(f"*{LOG_SUFFIX}")
@@ -275,7 +282,7 @@ class PartitionLog:
 
     def _checkpoint_floor(self) -> int:
         # After an unclean open, what is known durable: everything below the recovery checkpoint.
-        return max(self.log_start_offset, min(self._checkpoint, self.log_end_offset))
+        return max(self.local_start_offset, min(self._checkpoint, self.log_end_offset))
 
     def close(self, *, clean: bool = True) -> None:
         """Close the log. `clean` syncs everything and writes the clean-shutdown marker."""
@@ -303,8 +310,18 @@ class PartitionLog:
         return self.segments[-1]
 
     @property
-    def log_start_offset(self) -> int:
+    def local_start_offset(self) -> int:
+        """The first offset still stored in a segment: where Raft's entries start."""
         return self.segments[0].base_offset
+
+    @property
+    def log_start_offset(self) -> int:
+        """The first offset served to clients: the first stored one, or the later one
+        `delete_records` set (Kafka's log start offset; whole segments below it are deleted,
+        the rest of the segment holding it stays for Raft). Never above the log end: a follower
+        behind a deletion serves from where its log ends once it catches up."""
+        floor = min(self._records_deleted_below, self.log_end_offset)
+        return max(self.local_start_offset, floor)
 
     @property
     def log_end_offset(self) -> int:
@@ -317,7 +334,7 @@ class PartitionLog:
     @property
     def last_term(self) -> int:
         """Leader epoch of the last batch; -1 when the log holds no batch."""
-        if self.log_end_offset == self.log_start_offset:
+        if self.log_end_offset == self.local_start_offset:
             return -1
         return self._epochs[-1][0] if self._epochs else -1
 
@@ -330,10 +347,10 @@ class PartitionLog:
         return len(self.segments)
 
     def term_at(self, offset: int) -> int:
-        """Leader epoch of the batch holding `offset` (log_start_offset <= offset < end)."""
-        if not self.log_start_offset <= offset < self.log_end_offset:
+        """Leader epoch of the batch holding `offset` (local_start_offset <= offset < end)."""
+        if not self.local_start_offset <= offset < self.log_end_offset:
             raise OffsetOutOfRangeError(
-                f"offset {offset} is outside the log [{self.log_start_offset}, "
+                f"offset {offset} is outside the log [{self.local_start_offset}, "
                 f"{self.log_end_offset})"
             )
         slot = bisect.bisect_right(self._epochs, offset, key=lambda entry: entry[1]) - 1
@@ -392,6 +409,8 @@ class PartitionLog:
             self._note_epoch(epoch, base_offset)
         # The new base offset and epoch go out as a separate 16-byte prefix in the same
         # pwritev, so the batch itself is never copied.
+        if marker is None and header.is_control:
+            self._stored_log_start(batch, 0, header, base_offset)
         active.append_assigned(batch, base_offset, epoch, delta, max_timestamp)
         self.producers.on_write(header, base_offset, marker)
         return AppendResult(base_offset, base_offset + delta, max_timestamp, size)
@@ -460,6 +479,7 @@ class PartitionLog:
             # (and is trimmed on open), but never behind it.
             for header in headers[first:last]:
                 self._note_epoch(header.leader_epoch, header.base_offset)
+            self._apply_log_starts(headers[first:last], view, start)
             self.active.append(view[start : start + size], headers[first:last])
             self._apply_producers(headers[first:last], view, start)
             start += size
@@ -476,6 +496,43 @@ class PartitionLog:
                 marker = self._stored_marker(data, position, header)
             producers.on_write(header, header.base_offset, marker)
             position += header.size_bytes
+
+    def _apply_log_starts(
+        self, headers: list[BatchHeader], data: bytes | bytearray | memoryview, position: int
+    ) -> None:
+        for header in headers:
+            if header.is_control and not is_marker(header):
+                self._stored_log_start(data, position, header, header.base_offset)
+            position += header.size_bytes
+
+    def _stored_log_start(
+        self,
+        data: bytes | bytearray | memoryview,
+        position: int,
+        header: BatchHeader,
+        base_offset: int,
+    ) -> None:
+        # DeleteRecords replicated through Raft (broker/log/log_start.py): every replica raises
+        # its log start as it writes the entry, durably BEFORE the entry itself, so a crash never
+        # leaves the entry without its effect. A value that does not decode is ignored alike on
+        # every replica, and logged.
+        try:
+            offset = log_start_of(data, position, header)
+        except InvalidBatchError as exc:
+            logger.warning(
+                "%s: log start entry at offset %d is ignored: %s",
+                self.directory,
+                base_offset,
+                exc,
+            )
+            return
+        if offset is not None:
+            self._raise_log_start(offset)
+
+    def _raise_log_start(self, offset: int) -> None:
+        if offset > self._records_deleted_below:
+            self._records_deleted_below = offset
+            write_atomically(self.directory / LOG_START_FILE, str(offset).encode())
 
     def _stored_marker(
         self, data: bytes | bytearray | memoryview, position: int, header: BatchHeader
@@ -542,7 +599,7 @@ class PartitionLog:
         )
         if last_epoch is not None and (
             not self._epochs
-            or self._epochs[0][1] > self.log_start_offset
+            or self._epochs[0][1] > self.local_start_offset
             or self._epochs[-1][0] != last_epoch
         ):
             logger.warning(
@@ -560,7 +617,7 @@ class PartitionLog:
     def _trim_epochs(self) -> bool:
         before = list(self._epochs)
         end = self.log_end_offset
-        start = self.log_start_offset
+        start = self.local_start_offset
         # An empty log (retention or truncation took every batch) has no epoch, as `last_term`
         # says: the next batch starts the history afresh (a Raft log keeps its term in the
         # snapshot record, LogRaftStorage).
@@ -575,9 +632,9 @@ class PartitionLog:
     # --- reading --------------------------------------------------------------------------------
 
     def _check_read(self, offset: int) -> None:
-        if not self.log_start_offset <= offset <= self.log_end_offset:
+        if not self.local_start_offset <= offset <= self.log_end_offset:
             raise OffsetOutOfRangeError(
-                f"offset {offset} is outside the log [{self.log_start_offset}, "
+                f"offset {offset} is outside the log [{self.local_start_offset}, "
                 f"{self.log_end_offset}]; seek to a valid offset (ListOffsets earliest/latest)"
             )
 
@@ -696,8 +753,8 @@ class PartitionLog:
         """
         if offset >= self.log_end_offset:
             return
-        if offset <= self.log_start_offset:
-            self.reset(self.log_start_offset)
+        if offset <= self.local_start_offset:
+            self.reset(self.local_start_offset)
             return
         slot = bisect.bisect_right(self._base_offsets, offset) - 1
         while slot > 0 and self.segments[slot].size_bytes == 0:
@@ -735,7 +792,7 @@ class PartitionLog:
 
     def _after_shrink(self, *, segment_reopened: int | None) -> None:
         end = self.log_end_offset
-        self.flushed_offset = max(self.log_start_offset, min(self.flushed_offset, end))
+        self.flushed_offset = max(self.local_start_offset, min(self.flushed_offset, end))
         if self._ticket_outstanding:
             self._truncation_floor = min(end, self._truncation_floor or end)
         self._directory_changes += 1
@@ -753,7 +810,8 @@ class PartitionLog:
         max_offset: int | None = None,
         before_delete: Callable[[int], None] | None = None,
     ) -> int:
-        """Delete whole, non-active segments by age, then by total size. Returns how many.
+        """Delete whole, non-active segments by age, then by total size, and those wholly below
+        the `delete_records` floor. Returns how many.
 
         `max_offset` (exclusive): only segments wholly below it may go (a replicated log keeps
         what is not committed yet). `before_delete(last_offset)` runs once before anything is
@@ -768,11 +826,46 @@ class PartitionLog:
             oldest = self.segments[count]
             expired = retention_ms >= 0 and oldest.max_timestamp < now_ms - retention_ms
             oversized = retention_bytes >= 0 and excess - oldest.size_bytes >= 0
+            # Wholly below DeleteRecords' floor (a replica that was behind when it was set).
+            deleted_records = self._base_offsets[count + 1] <= self._records_deleted_below
             below = max_offset is None or self._base_offsets[count + 1] <= max_offset
-            if not ((expired or oversized) and below):
+            if not ((expired or oversized or deleted_records) and below):
                 break
             excess -= oldest.size_bytes
             count += 1
+        deleted = self._delete_oldest_segments(count, before_delete, reason="retention")
+        self.producers.expire(now_ms, self.config.producer_id_expiration_ms)
+        return deleted
+
+    def delete_records(
+        self,
+        before_offset: int,
+        *,
+        max_offset: int | None = None,
+        before_delete: Callable[[int], None] | None = None,
+    ) -> int:
+        """DeleteRecords: clients are no longer served offsets below `before_offset` (the log
+        start moves there, durably), and every whole segment below it is deleted. Returns the
+        new log start offset.
+
+        The caller checks `before_offset` against the high watermark (Kafka refuses offsets
+        above it). On a replica that is behind, the floor is kept and applies as its log grows.
+        `max_offset` and `before_delete` are as for `apply_retention`: a replicated log deletes
+        only committed segments, after Raft recorded its snapshot point."""
+        assert before_offset >= 0, before_offset
+        self._raise_log_start(before_offset)
+        limit = before_offset if max_offset is None else min(before_offset, max_offset)
+        count = 0
+        while count + 1 < len(self.segments) and self._base_offsets[count + 1] <= limit:
+            count += 1
+        self._delete_oldest_segments(count, before_delete, reason="delete-records")
+        return self.log_start_offset
+
+    def _delete_oldest_segments(
+        self, count: int, before_delete: Callable[[int], None] | None, *, reason: str
+    ) -> int:
+        # Retention and DeleteRecords alike: whole segments from the oldest, never the active one.
+        assert 0 <= count < len(self.segments), (count, len(self.segments))
         if count and before_delete is not None:
             before_delete(self._base_offsets[count] - 1)
         deleted = 0
@@ -786,16 +879,16 @@ class PartitionLog:
             deleted += 1
         if deleted:
             logger.info(
-                "%s: retention deleted %d segment(s); log now starts at %d",
+                "%s: %s deleted %d segment(s); the first stored offset is now %d",
                 self.directory,
+                reason,
                 deleted,
-                self.log_start_offset,
+                self.local_start_offset,
             )
             self._after_shrink(segment_reopened=None)
-            start = self.log_start_offset
+            start = self.local_start_offset
             self.producers.prune_below(start)
             self._delete_producer_snapshots(lambda offset: offset < start)
-        self.producers.expire(now_ms, self.config.producer_id_expiration_ms)
         return deleted
 
     # --- producer state -------------------------------------------------------------------------
@@ -824,7 +917,7 @@ class PartitionLog:
         """Rebuild `producers`: the newest readable snapshot within the log, then the batch
         headers after it (markers decode their one record). Snapshots above the log end describe
         data recovery or truncation removed; a damaged one is logged and skipped, never fatal."""
-        start, end = self.log_start_offset, self.log_end_offset
+        start, end = self.local_start_offset, self.log_end_offset
         self._producer_snapshots = sorted(
             int(path.name[: -len(PRODUCER_SNAPSHOT_SUFFIX)])
             for path in self.directory.glob(f"*{PRODUCER_SNAPSHOT_SUFFIX}")
@@ -922,7 +1015,7 @@ class PartitionLog:
             ]
         if ticket.sync_directory or ticket.checkpoint is not None:
             self._directory_synced = max(self._directory_synced, ticket.directory_changes)
-        assert self.log_start_offset <= self.flushed_offset <= self.log_end_offset
+        assert self.local_start_offset <= self.flushed_offset <= self.log_end_offset
 
     def abort_flush(self) -> None:
         """Forget the outstanding ticket after its `run()` failed; nothing is marked durable."""

@@ -49,7 +49,7 @@ class LogRaftStorage:
         saved_snapshot = self._get(b"snapshot")
         if saved_snapshot is None:
             # A new group: the empty log's start is the snapshot point, at term 0.
-            self._snapshot = Snapshot(log.log_start_offset - 1, 0, configuration)
+            self._snapshot = Snapshot(log.local_start_offset - 1, 0, configuration)
             # Not synced (module docstring): after a crash it is derived again, the same.
             self._put(b"snapshot", self._encode_snapshot(self._snapshot), durable=False)
         else:
@@ -69,8 +69,8 @@ class LogRaftStorage:
     def _reconcile_with_log(self) -> None:
         # Retention must record a snapshot (compact_to) before deleting segments; otherwise the
         # term just below the log start is unknown and Raft cannot go on with this log.
-        assert self._snapshot.index + 1 >= self.log.log_start_offset, (
-            f"{self.log.directory}: the log starts at {self.log.log_start_offset} but the Raft "
+        assert self._snapshot.index + 1 >= self.log.local_start_offset, (
+            f"{self.log.directory}: the log starts at {self.log.local_start_offset} but the Raft "
             f"snapshot covers only up to {self._snapshot.index}"
         )
         # Configurations may be ahead of the log after a crash (saved before the batch's fsync):

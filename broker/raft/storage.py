@@ -4,7 +4,7 @@ The core only READS storage (etcd's Storage); the driver WRITES it from each `Re
 truncation, hard state, snapshot/reset) and fsyncs. Every read maps onto one partition-log call,
 so the production implementation over `PartitionLog` + LMDB is thin:
 
-    first_index()          -> log.log_start_offset
+    first_index()          -> log.local_start_offset
     last_index()           -> log.log_end_offset - 1
     term(index)            -> log.term_at(index) (snapshot term at first_index - 1)
     entries(lo, hi, max)   -> log.read(lo, max, max_offset=hi - 1), whole batches

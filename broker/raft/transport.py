@@ -38,7 +38,10 @@ from typing import Any, Protocol
 import trio
 
 from broker.config import MIB, ConfigBase, ConfigError, check_range
-from broker.protocol import (
+from broker.raft import wire
+from broker.raft.liveness import PeerLiveness
+from broker.raft.messages import Heartbeat, HeartbeatResponse, InstallSnapshot, Message
+from wire.framing import (
     MAX_FRAME_BYTES_DEFAULT,
     NEED_DATA,
     Frame,
@@ -46,9 +49,6 @@ from broker.protocol import (
     RemoteProtocolError,
     Role,
 )
-from broker.raft import wire
-from broker.raft.liveness import PeerLiveness
-from broker.raft.messages import Heartbeat, HeartbeatResponse, InstallSnapshot, Message
 
 logger = logging.getLogger(__name__)
 

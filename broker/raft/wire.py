@@ -1,6 +1,6 @@
 """Raft messages on the broker-to-broker wire: msgpack headers, record batches as raw payload.
 
-A peer link reuses the client framing of `broker/protocol.py` (`u32 length | header | payload`).
+A peer link reuses the client framing of `wire/framing.py` (`u32 length | header | payload`).
 This module only maps messages to and from `(header, payload)`; it does no I/O (pure).
 
 Frames (the header's `api`):
@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from broker.log import batch as batch_codec
-from broker.protocol import HANDSHAKE_API, PROTOCOL_VERSION, RemoteProtocolError
 from broker.raft.messages import (
     AppendRequest,
     AppendResponse,
@@ -44,6 +43,7 @@ from broker.raft.messages import (
     VoteResponse,
     entry_from_batch,
 )
+from wire.framing import HANDSHAKE_API, PROTOCOL_VERSION, RemoteProtocolError
 
 RAFT_API: Final = "raft"
 HEARTBEATS_API: Final = "raft_heartbeats"

@@ -13,6 +13,7 @@ from typing import Self
 
 import trio
 
+from client._bootstrap import choose_bootstrap
 from client.aio.cluster import CLIENT_ID_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT, Cluster
 from client.errors import ClientClosedError
 
@@ -20,12 +21,14 @@ from client.errors import ClientClosedError
 class AsyncClientBase:
     def __init__(
         self,
-        bootstrap: str | Sequence[str] | None,
+        bootstrap: str | Sequence[str] | None = None,
         *,
         client_id: str = CLIENT_ID_DEFAULT,
         request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
+        bootstrap_servers: str | Sequence[str] | None = None,
     ) -> None:
-        self._bootstrap = bootstrap
+        """`bootstrap_servers` is kafka-python's name for `bootstrap` (give one of them)."""
+        self._bootstrap = choose_bootstrap(bootstrap, bootstrap_servers)
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
         self._stack: contextlib.AsyncExitStack | None = None

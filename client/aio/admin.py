@@ -1,6 +1,6 @@
 """The trio-native admin client: topics (create, delete, describe, list), consumer groups
-(list, describe with lag, delete, offsets reset), share groups (configure, describe) and
-transactions (list, describe).
+(list, describe with lag, delete, list and alter committed offsets), share groups (configure,
+describe) and transactions (list, describe).
 
 Rule: a per-topic error in a response is raised as `BrokerError(code, message)`, the message as
 the broker wrote it (it names the offending value), so callers and the CLI can show it as is.
@@ -19,8 +19,14 @@ from broker.errors import BrokerError, ErrorCode
 from client.aio._base import AsyncClientBase
 from client.aio.consumer import isolation_level_code, list_offsets
 from client.aio.share_consumer import ShareCoordinator
-from client.errors import ClientError
-from client.types import ClusterStatus, ShareGroupDescription, TopicDescription, TopicPartition
+from client.errors import ClientError, TopicAlreadyExistsError
+from client.types import (
+    ClusterStatus,
+    OffsetAndMetadata,
+    ShareGroupDescription,
+    TopicDescription,
+    TopicPartition,
+)
 
 # First backoff of per-leader retries (list_offsets): doubled each round up to 1 s.
 ADMIN_RETRY_BACKOFF_S = 0.05
@@ -39,9 +45,12 @@ class AdminClient(AsyncClientBase):
         config: Mapping[str, Any] | None = None,
         *,
         validate_only: bool = False,
+        exist_ok: bool = False,
     ) -> None:
-        """Create `name`; `partitions=-1` takes the broker default. Raises TOPIC_ALREADY_EXISTS,
-        INVALID_PARTITIONS, INVALID_CONFIG... as `BrokerError`."""
+        """Create `name`; `partitions=-1` takes the broker default. Raises
+        `TopicAlreadyExistsError` (a `BrokerError`) unless `exist_ok`, in which case an existing
+        topic is left as it is (its partitions and configs are not compared); INVALID_PARTITIONS,
+        INVALID_CONFIG... as `BrokerError`."""
         request = codec.CreateTopicsRequest(
             topics=(
                 codec.NewTopic(
@@ -54,8 +63,16 @@ class AdminClient(AsyncClientBase):
             validate_only=validate_only,
         )
         response: codec.CreateTopicsResponse = await self._cluster.call(request)
-        _raise_topic_errors(response.topics)
         self._cluster.invalidate(name)
+        for result in response.topics:
+            if result.error is ErrorCode.TOPIC_ALREADY_EXISTS:
+                if exist_ok:
+                    return
+                raise TopicAlreadyExistsError(
+                    result.error_message
+                    or f"topic {name!r} already exists; pass exist_ok=True to accept that"
+                )
+        _raise_topic_errors(response.topics)
 
     async def alter_topic_configs(
         self,
@@ -71,6 +88,74 @@ class AdminClient(AsyncClientBase):
             codec.AlterTopicConfigsRequest(topic=name, configs=dict(configs or {}), reset=reset)
         )
         return dict(response.configs)
+
+    async def describe_configs(self, topic: str) -> dict[str, Any]:
+        """Kafka's DescribeConfigs for one topic: its effective configs (dotted keys, defaults
+        included), as `describe_topic(topic).configs`. Raises UNKNOWN_TOPIC as `BrokerError`."""
+        description = await self.describe_topic(topic)
+        return dict(description.configs)
+
+    async def alter_configs(
+        self,
+        topic: str,
+        configs: Mapping[str, Any] | None = None,
+        delete: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        """Kafka's (incremental) AlterConfigs for one topic: set `configs`, return the `delete`d
+        keys to the broker default, validated as a whole; returns the topic's overrides after.
+        The same as `alter_topic_configs(topic, configs, reset=delete)`."""
+        return await self.alter_topic_configs(topic, configs, reset=tuple(delete))
+
+    async def create_partitions(
+        self, topic: str, new_total: int, *, validate_only: bool = False
+    ) -> None:
+        """Kafka's CreatePartitions: raise `topic` to `new_total` partitions (the new count, not
+        how many to add). Producers and consumers see the new partitions at their next metadata
+        refresh (`metadata_max_age_ms`). Raises INVALID_PARTITIONS (the count does not grow:
+        partitions are never removed; or passes the broker's limit), UNKNOWN_TOPIC... as
+        `BrokerError`."""
+        await self._on_controller(
+            codec.CreatePartitionsRequest(
+                topic=topic, partition_count=new_total, validate_only=validate_only
+            )
+        )
+        self._cluster.invalidate(topic)
+
+    async def delete_records(
+        self, offsets: Mapping[tuple[str, int], int]
+    ) -> dict[TopicPartition, int]:
+        """Kafka's DeleteRecords: per (topic, partition), delete the records below `offset` (-1:
+        below the high watermark); returns each partition's new log start offset (its low
+        watermark). Asked of each partition's leader. Raises the first partition's error as
+        `BrokerError` (OFFSET_OUT_OF_RANGE for an offset above the high watermark,
+        UNKNOWN_TOPIC...)."""
+        wanted = {TopicPartition(*tp): offset for tp, offset in offsets.items()}
+
+        async def send(node: int, group: list[TopicPartition]) -> dict[TopicPartition, Any]:
+            request = codec.DeleteRecordsRequest(
+                partitions=tuple(
+                    codec.DeleteRecordsPartition(
+                        topic=tp.topic, partition=tp.partition, offset=wanted[tp]
+                    )
+                    for tp in group
+                )
+            )
+            response: codec.DeleteRecordsResponse = await self._cluster.call(request, node)
+            _raise_error(response.error, response.error_message)
+            return {
+                TopicPartition(r.topic, r.partition): r.low_watermark
+                if r.error is ErrorCode.NONE
+                else BrokerError(
+                    r.error, r.error_message or f"{r.topic}-{r.partition}: {r.error.name}"
+                )
+                for r in response.partitions
+            }
+
+        if not wanted:
+            return {}
+        return await self._cluster.for_leaders(
+            list(wanted), send, retry_backoff_s=ADMIN_RETRY_BACKOFF_S
+        )
 
     async def delete_topic(self, name: str) -> None:
         response: codec.DeleteTopicsResponse = await self._cluster.call(
@@ -220,14 +305,12 @@ class AdminClient(AsyncClientBase):
 
     async def describe_group(self, group_id: str) -> codec.DescribedGroup:
         """State, members and their assignments, and per partition: committed offset, log end
-        offset and lag. Raises GROUP_ID_NOT_FOUND for an unknown group."""
-        node = await self._coordinator(group_id)
-        response: codec.DescribeGroupsResponse = await self._cluster.call_idempotent(
-            codec.DescribeGroupsRequest(group_ids=(group_id,)), node
+        offset and lag. Raises GROUP_ID_NOT_FOUND for an unknown group. Follows the
+        coordinator while it moves, as `list_consumer_group_offsets` does."""
+        response: codec.DescribeGroupsResponse = await self._group_coordinator(group_id).call(
+            codec.DescribeGroupsRequest(group_ids=(group_id,)), error_of=_single_group_error
         )
-        _raise_error(response.error, response.error_message)
         (group,) = response.groups
-        _raise_error(group.error, group.error_message or f"group {group_id!r}: {group.error.name}")
         return group
 
     async def delete_group(self, group_id: str) -> None:
@@ -240,30 +323,61 @@ class AdminClient(AsyncClientBase):
         for result in response.groups:
             _raise_error(result.error, f"group {group_id!r}: {result.error_message}")
 
-    async def alter_group_offsets(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
-        """Set a group's committed offsets from outside the group (reset-offsets).
+    async def list_consumer_group_offsets(
+        self, group_id: str, partitions: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The group's committed offsets (Kafka's `listConsumerGroupOffsets`): of `partitions`,
+        or of every partition it has committed. A partition without a commit, and a group the
+        coordinator does not know, have no entry. Offsets a transaction is still committing are
+        not shown until its marker is written (the last stable commit is)."""
+        request = codec.OffsetFetchRequest(
+            group_id=group_id,
+            partitions=None
+            if partitions is None
+            else tuple(codec.GroupTopicPartition(topic=t, partition=p) for t, p in partitions),
+        )
+        response: codec.OffsetFetchResponse = await self._group_coordinator(group_id).call(
+            request, error_of=_partitions_error
+        )
+        return {
+            TopicPartition(p.topic, p.partition): OffsetAndMetadata(p.offset, p.metadata)
+            for p in response.partitions
+            if p.offset >= 0
+        }
+
+    async def alter_consumer_group_offsets(
+        self, group_id: str, offsets: Mapping[TopicPartition, int | OffsetAndMetadata]
+    ) -> None:
+        """Set a group's committed offsets from outside the group (Kafka's
+        `alterConsumerGroupOffsets`; `broker-cli groups reset-offsets --execute`): each value an
+        offset (the next record to read) or an `OffsetAndMetadata`. All or nothing per request:
+        one record batch in `__consumer_offsets`.
 
         Only while the group has no members: an active group answers GROUP_NOT_EMPTY, so a
-        reset never races with the members' own commits.
+        reset never races with the members' own commits. A group that does not exist is
+        created Empty with these offsets.
         """
-        node = await self._coordinator(group_id)
         request = codec.OffsetCommitRequest(
             group_id=group_id,
             partitions=tuple(
-                codec.OffsetCommitPartition(topic=tp.topic, partition=tp.partition, offset=offset)
-                for tp, offset in sorted(offsets.items())
+                codec.OffsetCommitPartition(
+                    topic=topic, partition=partition, offset=value.offset, metadata=value.metadata
+                )
+                for (topic, partition), value in sorted(
+                    (tuple(tp), _offset_and_metadata(v)) for tp, v in offsets.items()
+                )
             ),
         )
-        response: codec.OffsetCommitResponse = await self._cluster.call(request, node)
-        if response.error is ErrorCode.GROUP_NOT_EMPTY:
+        try:
+            await self._group_coordinator(group_id).call(request, error_of=_partitions_error)
+        except BrokerError as exc:
+            if exc.code is not ErrorCode.GROUP_NOT_EMPTY:
+                raise
             raise BrokerError(
                 ErrorCode.GROUP_NOT_EMPTY,
                 f"group {group_id!r} has active members; stop its consumers (and wait for their "
-                "session timeout) before resetting its offsets",
-            )
-        _raise_error(response.error, response.error_message)
-        for result in response.partitions:
-            _raise_error(result.error, f"{result.topic}/{result.partition}: {result.error_message}")
+                "session timeout) before altering its offsets",
+            ) from None
 
     async def list_offsets(
         self,
@@ -284,6 +398,15 @@ class AdminClient(AsyncClientBase):
 
     async def _coordinator(self, group_id: str) -> int:
         return await self._cluster.find_coordinator(group_id)
+
+    def _group_coordinator(self, group_id: str) -> ShareCoordinator:
+        """The consumer group's coordinator, found again (with backoff) while it moves."""
+        return ShareCoordinator(
+            self._cluster,
+            group_id,
+            retry_backoff_s=ADMIN_RETRY_BACKOFF_S,
+            key_type=codec.COORDINATOR_KEY_GROUP,
+        )
 
     # --- share groups -----------------------------------------------------------------------------
 
@@ -311,7 +434,7 @@ class AdminClient(AsyncClientBase):
         in-flight window and record counts. Raises GROUP_ID_NOT_FOUND for a group that is not
         a share group."""
         response: codec.DescribeShareGroupsResponse = await self._share_coordinator(group_id).call(
-            codec.DescribeShareGroupsRequest(group_ids=(group_id,)), error_of=_share_group_error
+            codec.DescribeShareGroupsRequest(group_ids=(group_id,)), error_of=_single_group_error
         )
         (group,) = response.groups
         return group
@@ -425,7 +548,9 @@ def _with_figures(
     )
 
 
-def _share_group_error(response: codec.DescribeShareGroupsResponse) -> tuple[ErrorCode, str]:
+def _single_group_error(
+    response: codec.DescribeShareGroupsResponse | codec.DescribeGroupsResponse,
+) -> tuple[ErrorCode, str]:
     # The coordinator states a group's own errors (GROUP_ID_NOT_FOUND, NOT_COORDINATOR) per group.
     if response.error is not ErrorCode.NONE:
         return response.error, response.error_message
@@ -433,6 +558,22 @@ def _share_group_error(response: codec.DescribeShareGroupsResponse) -> tuple[Err
         return ErrorCode.UNKNOWN_SERVER_ERROR, f"asked for 1 group, got {len(response.groups)}"
     (group,) = response.groups
     return group.error, group.error_message or f"group {group.group_id!r}: {group.error.name}"
+
+
+def _partitions_error(response: Any) -> tuple[ErrorCode, str]:
+    # OffsetCommit and OffsetFetch state the group's errors on the response and a partition's
+    # (OFFSET_METADATA_TOO_LARGE, a negative offset...) on the partition: the first one counts.
+    if response.error is not ErrorCode.NONE:
+        return response.error, response.error_message
+    for result in response.partitions:
+        if result.error is not ErrorCode.NONE:
+            detail = result.error_message or result.error.name
+            return result.error, f"{result.topic}/{result.partition}: {detail}"
+    return ErrorCode.NONE, ""
+
+
+def _offset_and_metadata(value: int | OffsetAndMetadata) -> OffsetAndMetadata:
+    return value if isinstance(value, OffsetAndMetadata) else OffsetAndMetadata(value)
 
 
 def _raise_error(error: ErrorCode, message: str) -> None:

@@ -30,16 +30,16 @@ import trio
 from broker import codec
 from broker.errors import BrokerError, ErrorCode
 from client._bootstrap import Address, format_addresses, parse_bootstrap
-from client.aio.connection import (
-    MAX_IN_FLIGHT_DEFAULT,
-    BrokerConnection,
-    open_broker_connection,
-)
 from client.errors import (
     BrokerUnavailableError,
     ClientClosedError,
     ClientError,
     ConnectionLostError,
+)
+from wire.connection import (
+    MAX_IN_FLIGHT_DEFAULT,
+    BrokerConnection,
+    open_broker_connection,
 )
 
 CLIENT_ID_DEFAULT = "pybroker-client"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import threading
 import time
@@ -47,7 +48,6 @@ from broker.log.batch import (
     decode_rows,
     iter_batches,
 )
-from broker.protocol import MAX_FRAME_BYTES_DEFAULT
 from client._gc import gc_paused
 from client.aio._base import AsyncClientBase
 from client.aio.cluster import (
@@ -63,8 +63,16 @@ from client.aio.group import (
     SESSION_TIMEOUT_MS_DEFAULT,
     GroupMember,
 )
+from client.aio.metadata_refresh import (
+    METADATA_MAX_AGE_MS_DEFAULT,
+    RefreshSchedule,
+    compile_pattern,
+    subscribed_partition_counts,
+)
 from client.errors import ClientClosedError, ClientError
-from client.types import ConsumerGroupMetadata, ConsumerRecord, TopicPartition
+from client.serialization import Deserializer, deserialize_records
+from client.types import ConsumerGroupMetadata, ConsumerRecord, OffsetAndMetadata, TopicPartition
+from wire.framing import MAX_FRAME_BYTES_DEFAULT
 
 log = logging.getLogger("client.consumer")
 
@@ -91,13 +99,14 @@ _LATEST = codec.LATEST_TIMESTAMP
 
 
 class _PartitionState:
-    __slots__ = ("epoch", "fetch_offset", "position", "reset")
+    __slots__ = ("epoch", "fetch_offset", "paused", "position", "reset")
 
     def __init__(self, reset: int | None) -> None:
         self.epoch = 0
         self.fetch_offset = -1  # -1: unknown until `reset` is resolved
         self.position = -1
         self.reset = reset  # EARLIEST/LATEST timestamp to resolve, or None
+        self.paused = False  # pause(): not fetched, nothing buffered
 
 
 class Consumer(AsyncClientBase):
@@ -126,10 +135,24 @@ class Consumer(AsyncClientBase):
         heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS_DEFAULT,
         max_poll_interval_ms: int = MAX_POLL_INTERVAL_MS_DEFAULT,
         isolation_level: str = "read_uncommitted",
+        metadata_max_age_ms: int = METADATA_MAX_AGE_MS_DEFAULT,
+        key_deserializer: Deserializer | None = None,
+        value_deserializer: Deserializer | None = None,
+        bootstrap_servers: str | Sequence[str] | None = None,
     ) -> None:
         """`isolation_level="read_committed"` returns only committed transactional records and
-        stops at the last stable offset (an open transaction holds later records back)."""
-        super().__init__(bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
+        stops at the last stable offset (an open transaction holds later records back).
+
+        `metadata_max_age_ms`: how often a subscription looks for new topics and partitions
+        (sooner while a subscribed topic does not exist). `key_deserializer`/`value_deserializer`:
+        `f(bytes) -> object` applied to each record (`client.serialization`).
+        `bootstrap_servers`: kafka-python's name for `bootstrap`."""
+        super().__init__(
+            bootstrap,
+            client_id=client_id,
+            request_timeout_ms=request_timeout_ms,
+            bootstrap_servers=bootstrap_servers,
+        )
         if auto_offset_reset not in _RESETS:
             raise ConfigError("auto_offset_reset", f"expected one of {_RESETS}")
         self.isolation_level = isolation_level_code(isolation_level)
@@ -147,6 +170,13 @@ class Consumer(AsyncClientBase):
         self.lock = threading.Lock()
         self._states: dict[TopicPartition, _PartitionState] = {}
         self._subscribed: list[str] = []
+        self._pattern: re.Pattern[str] | None = None
+        self._refresh = RefreshSchedule(max_age_ms=metadata_max_age_ms, backoff_ms=retry_backoff_ms)
+        self._deserializers = (
+            (key_deserializer, value_deserializer)
+            if key_deserializer is not None or value_deserializer is not None
+            else None
+        )
         # Fetched chunks in arrival order; each is decoded by the first poll that reaches it.
         self._buffer: deque[_Chunk] = deque()
         self._buffered = 0
@@ -170,6 +200,7 @@ class Consumer(AsyncClientBase):
                 max_poll_interval_ms=max_poll_interval_ms,
                 enable_auto_commit=enable_auto_commit,
                 auto_commit_interval_ms=auto_commit_interval_ms,
+                metadata_max_age_ms=metadata_max_age_ms,
             )
 
     # --- assignment and positions (thread-safe, synchronous) -----------------------------------
@@ -178,28 +209,117 @@ class Consumer(AsyncClientBase):
         """Read exactly these partitions, from `auto_offset_reset` unless you `seek`."""
         wanted = [TopicPartition(*tp) for tp in partitions]
         with self.lock:
-            self._subscribed = []
+            self._subscribed, self._pattern = [], None
             self._states = {tp: self._states.get(tp) or self._new_state() for tp in wanted}
             self._drop_buffered(lambda tp: tp not in self._states)
         self._signal()
 
-    def subscribe(self, topics: Iterable[str] | re.Pattern[str], listener: Any = None) -> None:
-        """Read `topics` (or, with a group, every topic matching a compiled pattern).
+    def subscribe(
+        self,
+        topics: Iterable[str] | re.Pattern[str] = (),
+        pattern: str | re.Pattern[str] | None = None,
+        listener: Any = None,
+    ) -> None:
+        """Read `topics`, or every topic whose whole name matches `pattern` (a regular
+        expression, as kafka-python's `subscribe(pattern=...)`; a compiled pattern may also be
+        passed as `topics`). Topics created and partitions added later are picked up (see
+        `metadata_max_age_ms`), including topics that do not exist yet when this is called.
 
         With a `group_id` the group shares the partitions among its members and `listener`
         (see `client.aio.group.ConsumerRebalanceListener`) hears of every change; without one,
-        every partition of `topics` is read.
+        every partition is read by this consumer.
         """
+        if isinstance(topics, re.Pattern):
+            topics, pattern = (), topics
+        if isinstance(topics, str):
+            raise TypeError(f"subscribe() takes a list of topics, not the string {topics!r}")
+        if pattern is not None and topics:
+            raise ClientError("subscribe() takes topics or a pattern, not both")
+        compiled = compile_pattern(pattern) if pattern is not None else None
         if self._group is not None:
-            self._group.subscribe(topics, listener)
+            self._group.subscribe(compiled if compiled is not None else topics, listener)
             return
-        if isinstance(topics, re.Pattern) or listener is not None:
-            raise ClientError("pattern subscriptions and listeners need a group_id")
+        if listener is not None:
+            raise ClientError(
+                "a rebalance listener needs a group: create the Consumer with group_id"
+            )
         with self.lock:
-            self._subscribed = list(topics)
-            self._states = {tp: s for tp, s in self._states.items() if tp.topic in self._subscribed}
+            self._subscribed, self._pattern = list(topics), compiled
+            self._states = {
+                tp: s for tp, s in self._states.items() if self._subscribes_to(tp.topic)
+            }
             self._drop_buffered(lambda tp: tp not in self._states)
+        self._refresh.request()
         self._signal()
+
+    def _subscribes_to(self, topic: str) -> bool:
+        # Caller holds the lock.
+        if self._pattern is not None:
+            return not topic.startswith("__") and self._pattern.fullmatch(topic) is not None
+        return topic in self._subscribed
+
+    def unsubscribe(self) -> None:
+        """Stop reading every topic and partition (subscribed or assigned); with a group, give
+        the partitions up (committing what poll() returned, as a rebalance does) and leave it."""
+        if self._group is not None:
+            self._group.unsubscribe()
+        with self.lock:
+            self._subscribed, self._pattern = [], None
+            self._states = {}
+            self._drop_buffered(lambda tp: True)
+        self._signal()
+
+    def subscription(self) -> set[str]:
+        """The topics subscribed to (with a pattern: those it matched at the last refresh)."""
+        if self._group is not None:
+            return self._group.subscription()
+        with self.lock:
+            if self._pattern is None:
+                return set(self._subscribed)
+            return {tp.topic for tp in self._states}
+
+    def pause(self, *partitions: TopicPartition | tuple[str, int]) -> None:
+        """Stop fetching `partitions` (assigned ones) until `resume`; poll() returns none of
+        their records meanwhile. Positions are kept, and so is group membership: keep calling
+        poll() while paused (Kafka's flow control for a slow downstream)."""
+        self._set_paused(partitions, paused=True)
+
+    def resume(self, *partitions: TopicPartition | tuple[str, int]) -> None:
+        """Fetch `partitions` again, from where poll() left them."""
+        self._set_paused(partitions, paused=False)
+
+    def paused(self) -> set[TopicPartition]:
+        """The assigned partitions that are paused (a rebalance forgets pauses, as in Kafka)."""
+        with self.lock:
+            return {tp for tp, state in self._states.items() if state.paused}
+
+    def _set_paused(
+        self, partitions: Iterable[TopicPartition | tuple[str, int]], *, paused: bool
+    ) -> None:
+        tps = [TopicPartition(*tp) for tp in partitions]
+        with self.lock:
+            states = [self._assigned(tp) for tp in tps]
+            for state in states:
+                if state.paused == paused:
+                    continue
+                state.paused = paused
+                if paused:
+                    # Buffered records are dropped and fetched again on resume, from the
+                    # position: the buffer stays in offset order with no held-back chunks.
+                    state.epoch += 1
+                    if state.position >= 0:
+                        state.fetch_offset = state.position
+            if paused:
+                chosen = set(tps)
+                self._drop_buffered(lambda tp: tp in chosen)
+        self._signal()
+
+    def _assigned(self, tp: TopicPartition) -> _PartitionState:
+        # Caller holds the lock.
+        state = self._states.get(tp)
+        if state is None:
+            raise ClientError(f"{tp.topic}/{tp.partition} is not assigned; assign() it first")
+        return state
 
     def assignment(self) -> set[TopicPartition]:
         with self.lock:
@@ -228,11 +348,7 @@ class Consumer(AsyncClientBase):
                 else [TopicPartition(*p) for p in partitions]
             )
             for tp in tps:
-                state = self._states.get(tp)
-                if state is None:
-                    raise ClientError(
-                        f"{tp.topic}/{tp.partition} is not assigned; assign() it first"
-                    )
+                state = self._assigned(tp)
                 state.epoch += 1
                 state.fetch_offset = state.position = offset
                 state.reset = reset
@@ -276,8 +392,10 @@ class Consumer(AsyncClientBase):
         out: list[ConsumerRecord] = []
         while len(out) < limit:
             with self.lock:
-                error, self._error = self._error, None
-                if error is not None:
+                if self._error is not None:
+                    if out:
+                        break  # return what was taken; the next poll raises
+                    error, self._error = self._error, None
                     raise error
                 chunk = self._head_chunk()
                 if chunk is None:
@@ -288,8 +406,19 @@ class Consumer(AsyncClientBase):
             records = decode_fetched(
                 chunk.tp, chunk.raw, chunk.fetch_offset, chunk.aborted, validate=False
             )
+            refused = None
+            if self._deserializers is not None:
+                records, refused = deserialize_records(records, *self._deserializers)
+                if refused is not None and not records:
+                    # The chunk stays undecoded at the head: the position stays on the refused
+                    # record and every poll raises again, until a seek() moves past it.
+                    if out:
+                        break
+                    raise refused
             with self.lock:
                 if chunk.records is None:  # another thread may have decoded it meanwhile
+                    if refused is not None:
+                        self._end_chunk_at(chunk, refused.offset)
                     chunk.records, chunk.raw = records, b""
                     self._buffered += len(records) - chunk.count
                     chunk.count = len(records)
@@ -298,6 +427,19 @@ class Consumer(AsyncClientBase):
         if resume:
             self._signal()
         return out
+
+    def _end_chunk_at(self, chunk: _Chunk, offset: int) -> None:
+        """Cut `chunk` before `offset` (a record the deserializer refused) and fetch that
+        partition again from there: the records before it are returned, then poll() meets the
+        refused record again, alone, and raises. Caller holds the lock."""
+        chunk.next_offset = offset
+        state = self._states.get(chunk.tp)
+        if state is None or state.epoch != chunk.epoch:
+            return
+        state.fetch_offset = offset
+        self._buffer = deque(c for c in self._buffer if c is chunk or c.tp != chunk.tp)
+        self._buffered = sum(c.count - c.start for c in self._buffer)
+        self._signal()
 
     def _head_chunk(self) -> _Chunk | None:
         # Caller holds the lock. Chunks of unassigned or re-positioned partitions are dropped.
@@ -354,9 +496,7 @@ class Consumer(AsyncClientBase):
         """The offset of the next record `poll` will return for `partition`."""
         tp = TopicPartition(*partition)
         with self.lock:
-            state = self._states.get(tp)
-            if state is None:
-                raise ClientError(f"{tp.topic}/{tp.partition} is not assigned; assign() it first")
+            state = self._assigned(tp)
             if state.position >= 0:
                 return state.position
         await self._resolve_resets()
@@ -386,15 +526,18 @@ class Consumer(AsyncClientBase):
             raise ClientError("commits need a group: create the Consumer with group_id=...")
         return self._group
 
-    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+    async def commit(
+        self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata] | None = None
+    ) -> None:
         """Commit `offsets` (default: the position of every assigned partition, i.e. everything
-        poll() returned so far) and wait until it is durable. Call it after processing."""
+        poll() returned so far) and wait until it is durable. Call it after processing. A value
+        is the next offset to read, or an `OffsetAndMetadata` to store a note with it."""
         self._cluster  # noqa: B018 - raises if the consumer is not open
         await self._member().commit(offsets)
 
     def commit_async(
         self,
-        offsets: Mapping[TopicPartition, int] | None = None,
+        offsets: Mapping[TopicPartition, int | OffsetAndMetadata] | None = None,
         callback: Callable[[BaseException | None], Any] | None = None,
     ) -> None:
         """Start a commit without waiting; `callback(error or None)` runs when it is done."""
@@ -417,10 +560,15 @@ class Consumer(AsyncClientBase):
         nursery.start_soon(run)
 
     async def committed(
-        self, partitions: Iterable[TopicPartition | tuple[str, int]]
-    ) -> dict[TopicPartition, int | None]:
-        """The group's committed offset of each partition (None where there is none)."""
+        self, partitions: TopicPartition | Iterable[TopicPartition | tuple[str, int]]
+    ) -> OffsetAndMetadata | dict[TopicPartition, OffsetAndMetadata | None] | None:
+        """The group's committed offset and metadata: for one partition (kafka-python's
+        `committed(tp)`) an `OffsetAndMetadata` or None; for several (Java's `committed(set)`)
+        a dict of them, None where the group has no commit."""
         self._cluster  # noqa: B018 - raises if the consumer is not open
+        if _is_partition(partitions):
+            tp = TopicPartition(*partitions)  # type: ignore[misc]
+            return (await self._member().committed([tp]))[tp]
         return await self._member().committed([TopicPartition(*tp) for tp in partitions])
 
     def group_metadata(self) -> ConsumerGroupMetadata:
@@ -514,7 +662,16 @@ class Consumer(AsyncClientBase):
                 continue
             self._failing_since = None
             if not fetched and not self._closing:
-                await self._changed.wait()
+                with trio.move_on_after(self._until_refresh_s()):
+                    await self._changed.wait()
+
+    def _until_refresh_s(self) -> float:
+        """How long the idle fetcher may sleep before the subscription's next metadata look."""
+        with self.lock:
+            subscribed = bool(self._subscribed) or self._pattern is not None
+        if not subscribed:
+            return math.inf
+        return max(self._refresh.next_at - time.monotonic(), 0.0)
 
     def _report(self, exc: BaseException) -> None:
         # Transport trouble (a broker restarting, a lost connection) is retried quietly and
@@ -535,22 +692,32 @@ class Consumer(AsyncClientBase):
             self._failing_since = None
 
     async def _resolve_subscriptions(self) -> None:
-        # Also (re)loads the leaders of assigned topics the metadata cache forgot after an
-        # error (NOT_LEADER, a dead connection): fetches route by leader.
+        """Read every partition of the subscribed topics (without a group): when the refresh is
+        due, look the subscription up and add new topics' and new partitions' states. Also
+        (re)loads the leaders of assigned topics the metadata cache forgot after an error
+        (NOT_LEADER, a dead connection): fetches route by leader."""
         with self.lock:
-            topics = list(self._subscribed)
-            assigned = {tp.topic for tp in self._states} - set(topics)
+            topics, pattern = list(self._subscribed), self._pattern
+            assigned = {tp.topic for tp in self._states}
+        if (topics or pattern is not None) and self._refresh.due(time.monotonic()):
+            counts = await subscribed_partition_counts(self._cluster, topics, pattern)
+            missing = sorted(set(topics) - set(counts))
+            self._refresh.done(
+                time.monotonic(), complete=bool(counts) if pattern is not None else not missing
+            )
+            if missing:
+                log.info("subscribed topics %s do not exist (yet); looking again soon", missing)
+            with self.lock:
+                for topic, count in counts.items():
+                    if self._subscribes_to(topic):
+                        for partition in range(count):
+                            tp = TopicPartition(topic, partition)
+                            if tp not in self._states:
+                                self._states[tp] = self._new_state()
+            assigned.update(counts)
         for topic in assigned:
             if topic not in self._cluster.leaders:
                 await self._cluster.topic_partitions(topic)
-        for topic in topics:
-            count = await self._cluster.topic_partitions(topic)
-            with self.lock:
-                if topic in self._subscribed:
-                    for partition in range(count):
-                        tp = TopicPartition(topic, partition)
-                        if tp not in self._states:
-                            self._states[tp] = self._new_state()
 
     async def _resolve_resets(self) -> None:
         with self.lock:
@@ -589,7 +756,7 @@ class Consumer(AsyncClientBase):
             wanted = [
                 (tp, state.fetch_offset, state.epoch)
                 for tp, state in self._states.items()
-                if state.fetch_offset >= 0
+                if state.fetch_offset >= 0 and not state.paused
             ]
         if not wanted:
             return False
@@ -733,6 +900,16 @@ def isolation_level_code(name: str) -> int:
 
 def _tp(partition: TopicPartition | tuple[str, int]) -> TopicPartition:
     return TopicPartition(*partition)
+
+
+def _is_partition(value: object) -> bool:
+    """One (topic, partition) pair, as opposed to a collection of them."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )
 
 
 async def list_offsets(

@@ -2,7 +2,7 @@
 
 `GroupMember` is one consumer's side of Kafka's classic group protocol. It runs as one background
 task in the consumer's nursery (`run`): find the coordinator, join (the leader runs the assignor,
-`broker.consumer_groups.assignors.assign_encoded`), sync, then heartbeat every
+`wire.assignors.assign_encoded`), sync, then heartbeat every
 `heartbeat_interval_ms`, auto-commit every `auto_commit_interval_ms`, and rejoin when the
 coordinator says REBALANCE_IN_PROGRESS.
 
@@ -31,27 +31,50 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Protocol
 
 import trio
 
 from broker import codec
 from broker.config import ConfigError
-from broker.consumer_groups.assignors import (
+from broker.errors import BrokerError, ErrorCode
+from client.aio.cluster import Cluster
+from client.aio.metadata_refresh import RefreshSchedule, subscribed_partition_counts
+from client.errors import ClientError
+from client.types import OffsetAndMetadata, TopicPartition
+from wire.assignors import (
     ASSIGNORS,
     CONSUMER_PROTOCOL_TYPE,
     Assignment,
     Subscription,
     assign_encoded,
 )
-from broker.consumer_groups.group import TopicPartition as CoreTopicPartition
-from broker.errors import BrokerError, ErrorCode
-from client.errors import ClientError
-from client.types import TopicPartition
+from wire.assignors import TopicPartition as CoreTopicPartition
 
-if TYPE_CHECKING:
-    from client.aio.consumer import Consumer
+
+class GroupHost(Protocol):
+    """What a `GroupMember` needs from the consumer it serves (`client.aio.consumer.Consumer`).
+
+    Declared here, not imported, so the layers read top to bottom: the consumer builds on the
+    group, and the group knows its consumer only through this interface.
+    """
+
+    retry_backoff_s: float
+    _client_id: str
+    _cluster: Cluster
+    _token: trio.lowlevel.TrioToken | None
+
+    def _positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]: ...
+
+    def _add_partitions(self, positions: Mapping[TopicPartition, int | None]) -> None: ...
+
+    def _remove_partitions(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def _call_in_loop(self, fn: Callable[[], Any]) -> None: ...
+
+    def _fail(self, exc: BaseException) -> None: ...
+
 
 log = logging.getLogger("client.group")
 
@@ -59,8 +82,6 @@ SESSION_TIMEOUT_MS_DEFAULT: Final = 10_000
 HEARTBEAT_INTERVAL_MS_DEFAULT: Final = 3_000
 MAX_POLL_INTERVAL_MS_DEFAULT: Final = 300_000
 AUTO_COMMIT_INTERVAL_MS_DEFAULT: Final = 5_000
-# How often a pattern subscription looks for new matching topics.
-PATTERN_REFRESH_MS: Final = 3_000
 # Added to a JoinGroup's request timeout: the broker may hold it for the rebalance timeout plus
 # its initial rebalance delay.
 JOIN_MARGIN_S: Final = 10.0
@@ -109,7 +130,7 @@ class GroupMember:
 
     def __init__(
         self,
-        consumer: Consumer,
+        consumer: GroupHost,
         *,
         group_id: str,
         group_instance_id: str | None,
@@ -119,7 +140,10 @@ class GroupMember:
         max_poll_interval_ms: int,
         enable_auto_commit: bool,
         auto_commit_interval_ms: int,
+        metadata_max_age_ms: int,
     ) -> None:
+        """`metadata_max_age_ms`: how often the subscription is checked for new topics and
+        partitions (sooner while a subscribed topic is missing; `client.aio.metadata_refresh`)."""
         if not group_id:
             raise ConfigError("group_id", "must not be empty")
         if assignor not in ASSIGNORS:
@@ -151,6 +175,15 @@ class GroupMember:
         self._topics: list[str] = []
         self._pattern: re.Pattern[str] | None = None
         self._resolved: list[str] = []
+        # The leader's view at its last assignment: every member's topics and their partition
+        # counts (a missing topic is absent). A change makes the leader rejoin, which rebalances.
+        self._leader = False
+        self._group_topics: list[str] = []
+        self._assigned_counts: dict[str, int] = {}
+        self._refresh = RefreshSchedule(
+            max_age_ms=metadata_max_age_ms, backoff_ms=round(consumer.retry_backoff_s * 1000)
+        )
+        self._need_leave = False
         self._listener: Any = None
         # Offsets.
         self.consumed: dict[TopicPartition, int] = {}
@@ -160,7 +193,6 @@ class GroupMember:
         self._left_for_poll_timeout = False
         self._next_heartbeat = 0.0
         self._next_auto_commit = 0.0
-        self._next_pattern_check = 0.0
         self._wake = trio.Event()
         self._closing = False
         self._abandoned = False
@@ -177,6 +209,16 @@ class GroupMember:
         self._listener = listener
         self._last_poll = time.monotonic()
         self._need_join = True
+        self._need_leave = False
+        self._refresh.request()
+        self.wake()
+
+    def unsubscribe(self) -> None:
+        """Give up every partition (commit, `on_partitions_revoked`) and leave the group, in the
+        background task; a later `subscribe` joins again."""
+        self._pattern, self._topics, self._resolved = None, [], []
+        self._need_join = False
+        self._need_leave = True
         self.wake()
 
     def subscription(self) -> set[str]:
@@ -207,19 +249,21 @@ class GroupMember:
         """Close like a crash: no last commit and no LeaveGroup (tests of failure handling)."""
         self._abandoned = True
 
-    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+    async def commit(
+        self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata] | None = None
+    ) -> None:
         """Commit `offsets` (default: the positions of every owned partition) and wait for it.
 
         Raises `CommitFailedError` if the group rebalanced meanwhile, `BrokerError` otherwise.
         """
         if offsets is None:
             offsets = self._consumer._positions(self.owned)
-        await self._commit({TopicPartition(*tp): offset for tp, offset in offsets.items()})
+        await self._commit({TopicPartition(*tp): value for tp, value in offsets.items()})
 
     async def committed(
         self, partitions: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, int | None]:
-        """The group's committed offset per partition (None where it has none)."""
+    ) -> dict[TopicPartition, OffsetAndMetadata | None]:
+        """The group's committed offset and metadata per partition (None where it has none)."""
         wanted = [TopicPartition(*tp) for tp in partitions]
         fetched = await self._fetch_committed(wanted)
         return {tp: fetched.get(tp) for tp in wanted}
@@ -244,6 +288,9 @@ class GroupMember:
                     await self._wake.wait()
 
     async def _step(self) -> None:
+        if self._need_leave:
+            await self._unsubscribe()
+            return
         if not self._topics and self._pattern is None:
             await self._wake.wait()
             return
@@ -254,10 +301,8 @@ class GroupMember:
         if self._left_for_poll_timeout:
             await self._wake.wait()
             return
-        if self._pattern is not None and now >= self._next_pattern_check:
-            self._next_pattern_check = now + PATTERN_REFRESH_MS / 1000
-            if await self._resolve_pattern() != self._resolved:
-                self._need_join = True
+        if self.generation >= 0 and self._refresh.due(now) and await self._subscription_changed():
+            self._need_join = True
         if self._need_join or self.generation < 0:
             await self._join_and_sync()
             return
@@ -270,7 +315,7 @@ class GroupMember:
             self._next_heartbeat,
             self._next_auto_commit if self.enable_auto_commit else math.inf,
             self._last_poll + self.max_poll_interval_s + 0.001,
-            self._next_pattern_check if self._pattern is not None else math.inf,
+            self._refresh.next_at,
         )
         with trio.move_on_after(max(wait_until - time.monotonic(), 0.0)):
             await self._wake.wait()
@@ -281,7 +326,11 @@ class GroupMember:
         previously_owned = set(self.owned)
         if not self.cooperative and self.owned:
             await self._revoke(set(self.owned))
-        topics = await self._resolve_pattern() if self._pattern is not None else self._topics
+        if self._pattern is not None:
+            topics = sorted(await subscribed_partition_counts(self._cluster, (), self._pattern))
+            found = bool(topics)
+        else:
+            topics, found = self._topics, True
         self._resolved = list(topics)
         subscription = Subscription(
             topics=tuple(topics),
@@ -309,9 +358,11 @@ class GroupMember:
             return
         self.member_id, self.generation = join.member_id, join.generation
         self.protocol_name = join.protocol_name
+        self._leader = join.leader_id == join.member_id
         assignments: tuple[codec.SyncGroupAssignment, ...] = ()
-        if join.leader_id == join.member_id and not join.skip_assignment:
+        if self._leader and not join.skip_assignment:
             assignments = await self._assign(join)
+            found &= set(self._group_topics) <= set(self._assigned_counts)
         sync = await self._call(
             codec.SyncGroupRequest(
                 group_id=self.group_id,
@@ -328,6 +379,7 @@ class GroupMember:
             await self._membership_error(sync.error, sync.error_message, "sync")
             return
         self._need_join = False
+        self._refresh.done(time.monotonic(), complete=found)
         self.rebalance_count += 1
         partitions = {TopicPartition(tp.topic, tp.partition) for tp in _decode(sync.assignment)}
         await self._apply_assignment(partitions)
@@ -351,16 +403,15 @@ class GroupMember:
             raise BrokerError(
                 ErrorCode.INCONSISTENT_GROUP_PROTOCOL, f"undecodable member subscription: {exc}"
             ) from exc
-        cluster = self._consumer._cluster
-        counts: dict[str, int] = {}
-        for topic in topics:
-            cluster.invalidate(topic)  # new partitions must be seen by this rebalance
-            try:
-                counts[topic] = await cluster.topic_partitions(topic)
-            except BrokerError as exc:
-                if exc.code is not ErrorCode.UNKNOWN_TOPIC:
-                    raise
-                log.warning("group %s: subscribed topic %r does not exist", self.group_id, topic)
+        # Fresh counts: partitions added since the last rebalance must be handed out by this one.
+        counts = await subscribed_partition_counts(self._cluster, topics)
+        for topic in sorted(set(topics) - set(counts)):
+            log.warning(
+                "group %s: subscribed topic %r does not exist (yet); looking again soon",
+                self.group_id,
+                topic,
+            )
+        self._group_topics, self._assigned_counts = topics, counts
         encoded = assign_encoded(join.protocol_name, members, counts)
         return tuple(
             codec.SyncGroupAssignment(member_id=member_id, assignment=data)
@@ -374,7 +425,8 @@ class GroupMember:
             # Cooperative: give these up now; a follow-up rebalance hands them to their new owner.
             await self._revoke(revoked)
             self._need_join = True
-        positions = await self._fetch_committed(sorted(added))
+        committed = await self._fetch_committed(sorted(added))
+        positions = {tp: value.offset for tp, value in committed.items()}
         self._last_committed.update(positions)
         self._consumer._add_partitions({tp: positions.get(tp) for tp in added})
         self.owned = set(partitions)
@@ -492,16 +544,19 @@ class GroupMember:
         except (ClientError, BrokerError) as exc:
             log.warning("group %s: auto-commit failed: %s", self.group_id, exc)
 
-    async def _commit(self, offsets: dict[TopicPartition, int], *, quiet: bool = False) -> None:
+    async def _commit(
+        self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata], *, quiet: bool = False
+    ) -> None:
+        wanted = {tp: OffsetAndMetadata.of(value) for tp, value in offsets.items()}
         if quiet:
             # Library commits: only owned partitions, and only forward: a snapshot taken before
             # the application's own commit() must never move the committed offset back.
-            offsets = {
-                tp: o
-                for tp, o in offsets.items()
-                if tp in self.owned and o > self._last_committed.get(tp, -1)
+            wanted = {
+                tp: value
+                for tp, value in wanted.items()
+                if tp in self.owned and value.offset > self._last_committed.get(tp, -1)
             }
-        if not offsets:
+        if not wanted:
             return
         request = codec.OffsetCommitRequest(
             group_id=self.group_id,
@@ -509,8 +564,10 @@ class GroupMember:
             member_id=self.member_id,
             group_instance_id=self.group_instance_id,
             partitions=tuple(
-                codec.OffsetCommitPartition(topic=tp.topic, partition=tp.partition, offset=o)
-                for tp, o in sorted(offsets.items())
+                codec.OffsetCommitPartition(
+                    topic=tp.topic, partition=tp.partition, offset=v.offset, metadata=v.metadata
+                )
+                for tp, v in sorted(wanted.items())
             ),
         )
         for attempt in range(COMMIT_ATTEMPTS):
@@ -526,8 +583,8 @@ class GroupMember:
             ]
             failed = [(e, m) for e, m in errors if e is not ErrorCode.NONE]
             if not failed:
-                for tp, offset in offsets.items():
-                    self._last_committed[tp] = max(offset, self._last_committed.get(tp, -1))
+                for tp, value in wanted.items():
+                    self._last_committed[tp] = max(value.offset, self._last_committed.get(tp, -1))
                 return
             error, message = failed[0]
             if error in COORDINATOR_ERRORS and attempt < COMMIT_ATTEMPTS - 1:
@@ -545,7 +602,7 @@ class GroupMember:
 
     async def _fetch_committed(
         self, partitions: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, int]:
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
         wanted = list(partitions)
         if not wanted:
             return {}
@@ -582,23 +639,47 @@ class GroupMember:
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
         return {
-            TopicPartition(p.topic, p.partition): p.offset
+            TopicPartition(p.topic, p.partition): OffsetAndMetadata(p.offset, p.metadata)
             for p in response.partitions
             if p.offset >= 0
         }
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    async def _resolve_pattern(self) -> list[str]:
-        assert self._pattern is not None
-        response = await self._consumer._cluster.refresh_metadata(None)
-        return sorted(
-            t.name
-            for t in response.topics
-            if t.error is ErrorCode.NONE
-            and not t.name.startswith("__")
-            and self._pattern.fullmatch(t.name)
-        )
+    @property
+    def _cluster(self) -> Cluster:
+        return self._consumer._cluster
+
+    async def _subscription_changed(self) -> bool:
+        """Refresh the subscription's metadata: True if the group must rebalance.
+
+        A pattern member rejoins when the matching topics change (its subscription changed).
+        The leader also compares the partition counts of every member's topics with those it
+        assigned; followers do not (Kafka does the same): a follower rejoining with an unchanged
+        subscription would not rebalance the group, and the leader's rejoin does.
+        """
+        changed, complete = False, True
+        if self._pattern is not None:
+            topics = sorted(await subscribed_partition_counts(self._cluster, (), self._pattern))
+            changed, complete = topics != self._resolved, bool(topics)
+        if self._leader and not changed:
+            counts = await subscribed_partition_counts(self._cluster, self._group_topics)
+            changed = counts != self._assigned_counts
+            complete &= len(counts) == len(self._group_topics)
+        self._refresh.done(time.monotonic(), complete=complete)
+        return changed
+
+    async def _unsubscribe(self) -> None:
+        """Revoke (committing what the app finished) and leave; dynamic members only send
+        LeaveGroup, as on close, so a static member keeps its assignment across restarts."""
+        self._need_leave = False
+        if self.generation >= 0 and self.owned:
+            await self._revoke(set(self.owned))
+        if self.group_instance_id is None:
+            await self._leave()
+            self.member_id = ""
+        self.generation = -1
+        self._leader = False
 
     async def _call(self, request: Any, *, extra_timeout_s: float = 0.0) -> Any:
         cluster = self._consumer._cluster

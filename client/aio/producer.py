@@ -62,7 +62,6 @@ from client.accumulator import (
     RecordFuture,
 )
 from client.aio._base import AsyncClientBase
-from client.aio._wait import wait_batch
 from client.aio.cluster import (
     CLIENT_ID_DEFAULT,
     METADATA_STALE_CODES,
@@ -83,6 +82,7 @@ from client.errors import (
     ProducerFencedError,
 )
 from client.partitioner import partition_for_key
+from client.serialization import Serializer, serialize
 from client.types import ConsumerGroupMetadata, RecordMetadata, TopicPartition
 
 log = logging.getLogger("client.producer")
@@ -185,14 +185,29 @@ class Producer(AsyncClientBase):
         transaction_timeout_ms: int = TRANSACTION_TIMEOUT_MS_DEFAULT,
         client_id: str = CLIENT_ID_DEFAULT,
         thread_safe: bool = False,
+        key_serializer: Serializer | None = None,
+        value_serializer: Serializer | None = None,
+        bootstrap_servers: str | Sequence[str] | None = None,
     ) -> None:
         """`thread_safe=True` lets threads other than the trio loop's call `send_nowait` (the
         blocking facade does); without it the accumulator skips its lock.
 
         `max_in_flight_requests_per_connection` is Kafka's name for `max_in_flight_per_partition`
         (batches of one partition in flight): default 5 with idempotence, else 1.
+        `key_serializer`/`value_serializer`: `f(object) -> bytes` applied by `send`
+        (`client.serialization`). `bootstrap_servers`: kafka-python's name for `bootstrap`.
         """
-        super().__init__(bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
+        super().__init__(
+            bootstrap,
+            client_id=client_id,
+            request_timeout_ms=request_timeout_ms,
+            bootstrap_servers=bootstrap_servers,
+        )
+        self._serializers = (
+            (key_serializer, value_serializer)
+            if key_serializer is not None or value_serializer is not None
+            else None
+        )
         if acks not in _ACKS:
             raise ConfigError("acks", f"expected 'all', 1 or 0, got {acks!r}")
         if compression not in _COMPRESSION:
@@ -275,8 +290,8 @@ class Producer(AsyncClientBase):
     def send_nowait(
         self,
         topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
+        value: Any,
+        key: Any = None,
         headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
@@ -286,6 +301,21 @@ class Producer(AsyncClientBase):
 
         Thread-safe. Raises `NeedMetadataError` if the topic is not known yet.
         """
+        if self._serializers is not None:
+            key, value = serialize(*self._serializers, topic, key, value)
+        return self._append(topic, value, key, headers, partition, timestamp_ms, callback)
+
+    def _append(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None,
+        partition: int | None,
+        timestamp_ms: int | None,
+        callback: DeliveryCallback | None,
+    ) -> RecordFuture | None:
+        """`send_nowait` after serialization: size, partition and queue the record."""
         if self._refuse is not None:
             raise self._refuse.with_traceback(None)
         count = self._counts.get(topic)
@@ -329,8 +359,8 @@ class Producer(AsyncClientBase):
     async def send(
         self,
         topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
+        value: Any,
+        key: Any = None,
         headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
@@ -340,10 +370,17 @@ class Producer(AsyncClientBase):
 
         Waits for buffer memory up to `max_block_ms`, then raises `BufferFullError`.
         """
+        if self._serializers is not None:
+            key, value = serialize(*self._serializers, topic, key, value)
         try:
-            future = self.send_nowait(topic, value, key, headers, partition, timestamp_ms, callback)
+            future = self._append(topic, value, key, headers, partition, timestamp_ms, callback)
         except NeedMetadataError:
             future = None
+        except BrokerError as exc:
+            if exc.code is not ErrorCode.UNKNOWN_PARTITION:
+                raise
+            await self.reload_topic(topic)  # still out of range: UNKNOWN_PARTITION again
+            future = self._append(topic, value, key, headers, partition, timestamp_ms, callback)
         if future is None:
             return await self._send_slowly(
                 topic, value, key, headers, partition, timestamp_ms, callback
@@ -361,7 +398,7 @@ class Producer(AsyncClientBase):
         deadline: float | None = None
         while True:
             try:
-                future = self.send_nowait(topic, *args)
+                future = self._append(topic, *args)
             except NeedMetadataError:
                 await self.load_topic(topic)
                 continue
@@ -372,7 +409,7 @@ class Producer(AsyncClientBase):
                 deadline = trio.current_time() + self.max_block_s
             await self._wait_for_memory(deadline)
 
-    async def send_and_wait(self, topic: str, value: bytes | None, **kwargs: Any) -> RecordMetadata:
+    async def send_and_wait(self, topic: str, value: Any, **kwargs: Any) -> RecordMetadata:
         """`send` and wait for the acknowledgement."""
         future = await self.send(topic, value, **kwargs)
         return await future
@@ -383,6 +420,12 @@ class Producer(AsyncClientBase):
         count = await self._cluster.topic_partitions(topic, auto_create=True)
         self._counts[topic] = count
         return count
+
+    async def reload_topic(self, topic: str) -> int:
+        """Look `topic`'s partition count up afresh: a record sent to a partition beyond the
+        cached count may be for one added since (CreatePartitions)."""
+        self._cluster.invalidate(topic)
+        return await self.load_topic(topic)
 
     async def _wait_for_memory(self, deadline: float) -> None:
         self._wake_up()  # make the sender drain whatever is lingering
@@ -400,7 +443,7 @@ class Producer(AsyncClientBase):
         pending = self._acc.begin_flush()
         try:
             for batch in pending:
-                await wait_batch(batch)
+                await batch.wait()
         finally:
             self._acc.end_flush()
 

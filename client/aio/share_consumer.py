@@ -322,18 +322,28 @@ def _response_error(response: Any) -> tuple[ErrorCode, str]:
 
 
 class ShareCoordinator:
-    """Sends a share group's requests to its share coordinator.
+    """Sends a share group's requests to its share coordinator (or, with `key_type`
+    COORDINATOR_KEY_GROUP, a consumer group's to its group coordinator: the admin client's).
 
-    `call` finds the coordinator (FindCoordinator with COORDINATOR_KEY_SHARE) and finds it
+    `call` finds the coordinator (FindCoordinator with `key_type`) and finds it
     again, with backoff, while it answers NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE or
     COORDINATOR_LOAD_IN_PROGRESS or cannot be reached, for up to `request_timeout_ms`; then it
     raises the last error. Any other error the response states is raised as `BrokerError`.
     """
 
-    def __init__(self, cluster: Cluster, group_id: str, *, retry_backoff_s: float) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        group_id: str,
+        *,
+        retry_backoff_s: float,
+        key_type: int = codec.COORDINATOR_KEY_SHARE,
+    ) -> None:
         self._cluster = cluster
         self.group_id = group_id
         self._retry_backoff_s = retry_backoff_s
+        self._key_type = key_type
+        self._kind = "share group" if key_type == codec.COORDINATOR_KEY_SHARE else "group"
         self.node_id: int | None = None
 
     async def call(
@@ -351,15 +361,13 @@ class ShareCoordinator:
         while True:
             try:
                 if self.node_id is None:
-                    self.node_id = await cluster.find_coordinator(
-                        self.group_id, codec.COORDINATOR_KEY_SHARE
-                    )
+                    self.node_id = await cluster.find_coordinator(self.group_id, self._key_type)
                 response = await cluster.call(
                     request, self.node_id, extra_timeout_s=extra_timeout_s
                 )
                 code, message = error_of(response)
                 if code is not ErrorCode.NONE:
-                    message = message or f"share group {self.group_id!r}: {code.name}"
+                    message = message or f"{self._kind} {self.group_id!r}: {code.name}"
                     raise BrokerError(code, message)
                 return response
             except ClientClosedError:
@@ -369,7 +377,7 @@ class ShareCoordinator:
                 retriable = isinstance(exc, ClientError) or exc.code in COORDINATOR_ERRORS
                 if not retriable or trio.current_time() + backoff >= deadline:
                     raise
-                log.info("share group %s: %s; retrying", self.group_id, exc)
+                log.info("%s %s: %s; retrying", self._kind, self.group_id, exc)
             self.node_id = None
             await trio.sleep(backoff)
             backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)

@@ -27,13 +27,13 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
 from broker import codec
 from broker.errors import BrokerError, ErrorCode
-from client.aio.cluster import RETRY_BACKOFF_MAX_S
+from client.aio.cluster import RETRY_BACKOFF_MAX_S, Cluster
 from client.aio.group import COORDINATOR_ERRORS, MEMBERSHIP_ERRORS, CommitFailedError
 from client.errors import (
     ClientClosedError,
@@ -45,8 +45,28 @@ from client.errors import (
 )
 from client.types import ConsumerGroupMetadata, TopicPartition
 
-if TYPE_CHECKING:
-    from client.aio.producer import Producer
+
+class TransactionalProducer(Protocol):
+    """What a `TransactionManager` needs from its producer (`client.aio.producer.Producer`).
+
+    Declared here, not imported, so the layers read top to bottom: the producer builds on the
+    transaction manager, which knows its producer only through this interface.
+    """
+
+    _refuse: BaseException | None
+    _cluster: Cluster
+
+    @property
+    def producer_id_and_epoch(self) -> tuple[int, int]: ...
+
+    def _set_producer_id(self, pid: int, epoch: int, *, reset_sequences: bool = True) -> None: ...
+
+    def _set_fatal(self, error: BaseException) -> None: ...
+
+    async def _drop_pending_sends(self, error: BaseException) -> None: ...
+
+    async def flush(self) -> None: ...
+
 
 log = logging.getLogger("client.transactions")
 
@@ -86,7 +106,7 @@ class TransactionManager:
 
     def __init__(
         self,
-        producer: Producer,
+        producer: TransactionalProducer,
         *,
         transactional_id: str,
         transaction_timeout_ms: int,

@@ -26,7 +26,7 @@ import trio
 from broker import codec
 from broker.errors import ErrorCode
 from broker.log.batch import ControlType, build_control_batch, iter_batches, set_base_offset
-from broker.protocol import NEED_DATA, Frame, FrameConnection, Role
+from wire.framing import NEED_DATA, Frame, FrameConnection, Role
 
 SEQUENCE_MODULUS = 2**31
 
@@ -241,6 +241,39 @@ class FakeBroker:
         return codec.MetadataResponse(
             brokers=brokers, controller_id=self.node_id, topics=tuple(topics)
         )
+
+    def _on_cluster_status(
+        self, request: codec.ClusterStatusRequest
+    ) -> codec.ClusterStatusResponse:
+        # A cluster of one that is always ready: what `broker-cli` asks before each command.
+        broker = codec.ClusterBroker(
+            node_id=self.node_id, host="127.0.0.1", port=self.port, state="active",
+            broker_epoch=0, replica_count=0, leader_count=0, preferred_leader_count=0,
+        )  # fmt: skip
+        return codec.ClusterStatusResponse(
+            controller_id=self.node_id, metadata_index=0, brokers=(broker,),
+            topic_count=len(self.topics), partition_count=sum(self.topics.values()),
+        )  # fmt: skip
+
+    def _on_describe_topics(
+        self, request: codec.DescribeTopicsRequest
+    ) -> codec.DescribeTopicsResponse:
+        # What `broker-cli consume` asks first (does the topic exist, how many partitions).
+        described = []
+        for name in request.topics if request.topics is not None else tuple(self.topics):
+            if name not in self.topics:
+                described.append(codec.TopicDescription(name=name, error=ErrorCode.UNKNOWN_TOPIC))
+                continue
+            parts = tuple(
+                codec.PartitionDescription(partition=p, leader_id=self.node_id)
+                for p in range(self.topics[name])
+            )
+            described.append(
+                codec.TopicDescription(
+                    name=name, partition_count=len(parts), replication_factor=1, partitions=parts
+                )
+            )
+        return codec.DescribeTopicsResponse(topics=tuple(described))
 
     def _not_leader(self, topic: str, partition: int) -> dict[str, Any]:
         return {

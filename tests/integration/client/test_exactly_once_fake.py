@@ -19,7 +19,7 @@ from client import ConsumerGroupMetadata, InvalidTxnStateError, ProducerFencedEr
 from client.aio import AdminClient, Consumer, Producer
 from client.blocking import Producer as BlockingProducer
 from client.errors import ClientError, TransactionAbortedError
-from client.types import TopicPartition
+from client.types import OffsetAndMetadata, TopicPartition
 from tests.integration.client.fake_broker import FakeBroker
 
 
@@ -365,7 +365,7 @@ async def test_offsets_are_committed_with_the_transaction(fake: FakeBroker) -> N
     async with Consumer(fake.bootstrap, group_id="g", retry_backoff_ms=1) as consumer:
         assert consumer.group_metadata() == ConsumerGroupMetadata("g", -1, "", None)
         tp = TopicPartition("t", 0)
-        assert await consumer.committed([tp]) == {tp: 42}
+        assert await consumer.committed([tp]) == {tp: OffsetAndMetadata(42)}
     assert len(fake.offset_fetch_requests) == 3
     assert all(r.require_stable for r in fake.offset_fetch_requests)
 

@@ -187,7 +187,7 @@ def test_group_offsets_reset_from_the_cli_in_a_cluster(
     result = CliRunner().invoke(
         app,
         ["-b", f"{first.host}:{first.port}", "groups", "reset-offsets", group, "--topic", topic,
-         "--to-earliest"],
+         "--to-earliest", "--execute"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     with AdminClient(cluster.bootstrap) as admin:

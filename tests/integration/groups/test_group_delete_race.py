@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from broker.errors import BrokerError, ErrorCode
-from client import AdminClient, Consumer, TopicPartition
+from client import AdminClient, Consumer, OffsetAndMetadata, TopicPartition
 from client.embedded import EmbeddedBroker
 
 GROUP = "racing"
@@ -73,7 +73,7 @@ def test_deletes_racing_commits_are_all_answered_and_the_broker_survives(
             while not stop.is_set():
                 offset += 1
                 offsets = {TopicPartition(TOPIC, 0): offset, TopicPartition(TOPIC, 1): offset}
-                reset = functools.partial(admin.alter_group_offsets, GROUP, offsets)
+                reset = functools.partial(admin.alter_consumer_group_offsets, GROUP, offsets)
                 outcomes.run("reset", reset, COMMIT_ERRORS)
 
     def committer() -> None:  # a manually assigned consumer committing to the (Empty) group
@@ -111,7 +111,7 @@ def test_deletes_racing_commits_are_all_answered_and_the_broker_survives(
     assert group_broker.running
     assert "the group coordinator failed" not in group_broker.log_tail(10_000)
     with AdminClient(bootstrap) as admin:
-        admin.alter_group_offsets(GROUP, {TopicPartition(TOPIC, 0): 42})
+        admin.alter_consumer_group_offsets(GROUP, {TopicPartition(TOPIC, 0): 42})
         described = admin.describe_group(GROUP)
         assert described.state == "Empty"
         committed = {o.partition: o.committed_offset for o in described.offsets}
@@ -120,4 +120,4 @@ def test_deletes_racing_commits_are_all_answered_and_the_broker_survives(
     with Consumer(bootstrap, group_id="after-the-race", enable_auto_commit=False) as consumer:
         consumer.assign([(TOPIC, 0)])
         consumer.commit({TopicPartition(TOPIC, 0): 7})
-        assert consumer.committed([(TOPIC, 0)]) == {TopicPartition(TOPIC, 0): 7}
+        assert consumer.committed((TOPIC, 0)) == OffsetAndMetadata(7)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from broker.errors import BrokerError, ErrorCode
-from client import AdminClient, Consumer, Producer, TopicPartition
+from client import AdminClient, Consumer, OffsetAndMetadata, Producer, TopicPartition
 from client.aio.group import ConsumerRebalanceListener
 from client.embedded import EmbeddedBroker
 from tests.integration.groups.conftest import wait_for
@@ -65,7 +65,10 @@ def test_committed_offsets_survive_a_broker_restart(group_broker: EmbeddedBroker
         wait_for(lambda: outcomes, 10, "the asynchronous commit")
         assert outcomes == [None]
         committed = consumer.committed([("durable", 0), ("durable", 1)])
-    assert committed == {TopicPartition("durable", 0): 10, TopicPartition("durable", 1): 10}
+    assert committed == {
+        TopicPartition("durable", 0): OffsetAndMetadata(10),
+        TopicPartition("durable", 1): OffsetAndMetadata(10),
+    }
     group_broker.restart()
     with Producer(group_broker.bootstrap) as producer:
         producer.send("durable", b"after", partition=0).result(10)
@@ -139,17 +142,19 @@ def test_auto_commit_never_commits_unreturned_records(group_broker: EmbeddedBrok
 
         # Records 0-4 were returned by the latest poll only: not committed, however long we wait.
         wait_for(auto_commits_ran(3), 10, "three auto-commit rounds")
-        assert consumer.committed([("auto", 0)])[TopicPartition("auto", 0)] in (None, 0)
+        assert consumer.committed(("auto", 0)) in (None, OffsetAndMetadata(0))
         second = consumer.poll(timeout_ms=1000)
         assert [r.offset for r in second] == [5, 6, 7, 8, 9]
         # Entering that poll finished 0-4: offset 5 is committed, and never 10 (not finished).
         wait_for(
-            lambda: consumer.committed([("auto", 0)])[TopicPartition("auto", 0)] == 5,
+            lambda: consumer.committed(("auto", 0)) == OffsetAndMetadata(5),
             10,
             "offset 5 to be auto-committed",
         )
         wait_for(auto_commits_ran(3), 10, "three more auto-commit rounds")
-        assert consumer.committed([("auto", 0)]) == {TopicPartition("auto", 0): 5}
+        assert consumer.committed([("auto", 0)]) == {
+            TopicPartition("auto", 0): OffsetAndMetadata(5)
+        }
 
 
 def test_max_poll_interval_makes_a_stuck_member_leave(group_broker: EmbeddedBroker) -> None:
@@ -192,7 +197,7 @@ def test_cli_describe_lag_reset_offsets_and_delete(group_broker: EmbeddedBroker)
         drain(consumer, 20)
         consumer.commit({TopicPartition("ops", 0): 4, TopicPartition("ops", 1): 10})
         active = cli(group_broker, "groups", "reset-offsets", "ops-g", "--topic", "ops",
-                     "--to-earliest")  # fmt: skip
+                     "--to-earliest", "--execute")  # fmt: skip
         assert active.returncode == 1
         assert "is active" in active.stderr and len(active.stderr.strip().splitlines()) == 1
         listed = cli(group_broker, "groups", "list", "--json")
@@ -221,10 +226,15 @@ def test_cli_describe_lag_reset_offsets_and_delete(group_broker: EmbeddedBroker)
 
     dry = cli(group_broker, "groups", "reset-offsets", "ops-g", "--topic", "ops", "--to-offset",
               "2", "--dry-run")  # fmt: skip
-    assert dry.returncode == 0 and dry.stdout.split() == ["ops", "0", "2", "ops", "1", "2"]
+    assert dry.returncode == 0
+    assert [line.split() for line in dry.stdout.splitlines()[1:]] == [
+        ["ops-g", "ops", "0", "4", "2"],
+        ["ops-g", "ops", "1", "10", "2"],
+    ]
     with AdminClient(group_broker.bootstrap) as admin:
         assert admin.describe_group("ops-g").offsets[0].committed_offset == 4
-    done = cli(group_broker, "groups", "reset-offsets", "ops-g", "--topic", "ops", "--to-earliest")
+    done = cli(group_broker, "groups", "reset-offsets", "ops-g", "--topic", "ops", "--to-earliest",
+               "--execute")  # fmt: skip
     assert done.returncode == 0, done.stderr
     with Consumer(group_broker.bootstrap, group_id="ops-g", **FAST) as consumer:
         consumer.subscribe(["ops"])
@@ -253,7 +263,9 @@ def test_pattern_subscription_follows_new_topics(group_broker: EmbeddedBroker) -
     # Goal: a compiled pattern subscribes to every matching topic, including ones created later.
     create_and_fill(group_broker, "metrics-a", 1, 3)
     create_and_fill(group_broker, "other", 1, 3)
-    with Consumer(group_broker.bootstrap, group_id="pattern-g", **FAST) as consumer:
+    with Consumer(
+        group_broker.bootstrap, group_id="pattern-g", metadata_max_age_ms=1_000, **FAST
+    ) as consumer:
         consumer.subscribe(re.compile(r"metrics-.*"))
         assert {r.topic for r in drain(consumer, 3)} == {"metrics-a"}
         create_and_fill(group_broker, "metrics-b", 1, 3)

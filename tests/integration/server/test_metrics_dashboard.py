@@ -49,7 +49,7 @@ def exercise(bootstrap: str, replication_factor: int) -> None:
             producer.send(TOPIC, b"value-%d" % index, partition=index % 2)
         producer.flush()
     with AdminClient(bootstrap) as admin:
-        admin.alter_group_offsets("lagging", {TopicPartition(TOPIC, 0): 1})
+        admin.alter_consumer_group_offsets("lagging", {TopicPartition(TOPIC, 0): 1})
     with Consumer(bootstrap, auto_offset_reset="earliest") as reader:
         reader.assign([TopicPartition(TOPIC, 0)])
         deadline = time.monotonic() + DEADLINE_S

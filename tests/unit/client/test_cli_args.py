@@ -45,8 +45,9 @@ def test_bad_arguments_exit_2(args: list[str]) -> None:
 
 
 def test_unreachable_broker_is_one_line_exit_1() -> None:
+    # Without waiting for the cluster (tests/integration/cli/test_cli_plumbing.py covers that).
     address = f"127.0.0.1:{closed_port()}"
-    result = runner.invoke(app, ["--bootstrap", address, "topics", "list"])
+    result = runner.invoke(app, ["--bootstrap", address, "--wait-timeout", "0", "topics", "list"])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert lines == [f"error: cannot reach broker at {address}: is 'broker serve' running?"] or (
@@ -56,7 +57,8 @@ def test_unreachable_broker_is_one_line_exit_1() -> None:
 
 def test_bootstrap_comes_from_the_environment() -> None:
     address = f"127.0.0.1:{closed_port()}"
-    result = runner.invoke(app, ["topics", "list"], env={"BROKER_BOOTSTRAP": address})
+    environment = {"BROKER_BOOTSTRAP": address, "BROKER_WAIT_TIMEOUT": "0"}
+    result = runner.invoke(app, ["topics", "list"], env=environment)
     assert result.exit_code == 1 and address in result.output
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
@@ -63,6 +64,10 @@ class FakeAdmin(FakeClient):
         self.calls.append(("describe_group", group))
         return codec.DescribedGroup(group_id=group, state="Empty", protocol_type="consumer")
 
+    def describe_topic(self, name: str) -> Any:
+        # `consume` looks its topic up before it starts reading.
+        return SimpleNamespace(name=name, partition_count=1)
+
 
 class FakeShareConsumer(FakeClient):
     instances: ClassVar[list[Any]] = []
@@ -83,11 +88,15 @@ class FakeShareConsumer(FakeClient):
 def admin(monkeypatch: pytest.MonkeyPatch) -> type[FakeAdmin]:
     fake = type("Admin", (FakeAdmin,), {"instances": []})
     monkeypatch.setattr(common, "AdminClient", fake)
+    # No broker behind the fakes, so no cluster for `broker-cli` to wait for.
+    monkeypatch.setenv("BROKER_WAIT_TIMEOUT", "0")
     return fake
 
 
 @pytest.fixture
-def share_consumer(monkeypatch: pytest.MonkeyPatch) -> type[FakeShareConsumer]:
+def share_consumer(
+    monkeypatch: pytest.MonkeyPatch, admin: type[FakeAdmin]
+) -> type[FakeShareConsumer]:
     fake = type("Share", (FakeShareConsumer,), {"instances": [], "polls": []})
     monkeypatch.setattr(share_groups, "ShareConsumer", fake)
     return fake
@@ -124,7 +133,8 @@ def test_bad_arguments_exit_2(args: list[str], message: str) -> None:
 
 def test_unreachable_broker_is_one_line_exit_1() -> None:
     address = f"127.0.0.1:{closed_port()}"
-    args = ["--bootstrap", address, "groups", "configure", "g", "--delivery-limit", "3"]
+    args = ["--bootstrap", address, "--wait-timeout", "0",
+            "groups", "configure", "g", "--delivery-limit", "3"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     (line,) = result.output.strip().splitlines()

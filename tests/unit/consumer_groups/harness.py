@@ -16,7 +16,6 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 
 from broker.consumer_groups.actions import PersistMarker
-from broker.consumer_groups.assignors import Assignment, Subscription, assign_encoded
 from broker.consumer_groups.config import GroupConfig
 from broker.consumer_groups.coordinator import GroupCoordinatorCore
 from broker.consumer_groups.events import (
@@ -35,6 +34,7 @@ from broker.consumer_groups.events import (
 from broker.consumer_groups.group import JoinProtocol, TopicPartition
 from broker.consumer_groups.offsets import LogEntry, MarkerRecord
 from broker.errors import ErrorCode
+from wire.assignors import Assignment, Subscription, assign_encoded
 
 from .fake_shell import FakeShell
 

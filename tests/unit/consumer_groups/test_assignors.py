@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.consumer_groups.assignors import (
+from broker.consumer_groups.group import TopicPartition
+from wire.assignors import (
     ASSIGNORS,
     Assignment,
     CooperativeStickyAssignor,
@@ -21,7 +22,6 @@ from broker.consumer_groups.assignors import (
     assign_encoded,
     valid_owners,
 )
-from broker.consumer_groups.group import TopicPartition
 
 from .harness import PROPERTY_SETTINGS
 

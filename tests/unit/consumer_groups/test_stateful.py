@@ -29,7 +29,6 @@ from broker.consumer_groups.actions import (
     RespondTxnOffsetCommit,
     Response,
 )
-from broker.consumer_groups.assignors import Assignment, assign_encoded
 from broker.consumer_groups.events import (
     DeleteGroupsRequested,
     DescribeGroupsRequested,
@@ -41,6 +40,7 @@ from broker.consumer_groups.events import (
 from broker.consumer_groups.group import GroupState
 from broker.consumer_groups.offsets import replay
 from broker.errors import ErrorCode
+from wire.assignors import Assignment, assign_encoded
 
 from .harness import REBALANCE_MS, SESSION_MS, THOROUGH, Harness, fast_config, tp
 

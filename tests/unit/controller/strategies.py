@@ -14,6 +14,7 @@ from broker.controller.records import (
     MetadataRecord,
     PartitionAssignment,
     PartitionLeaderChanged,
+    PartitionsCreated,
     TopicCreated,
     TopicDeleted,
 )
@@ -67,6 +68,7 @@ records: st.SearchStrategy[MetadataRecord] = st.one_of(
     st.builds(
         PartitionAssignment, topic_names, topic_ids, st.integers(0, 2**31 - 2), replica_lists
     ),
+    st.builds(PartitionsCreated, topic_names, topic_ids, st.integers(1, 2**31 - 1)),
     leader_reports(),
     st.builds(
         ConfigSet,

@@ -55,6 +55,7 @@ def test_type_ids_never_change() -> None:
         "ConfigSet": 7,
         "BrokerDecommissioning": 8,
         "BrokerUnregistered": 9,
+        "PartitionsCreated": 10,
         "PartitionReassignmentStarted": 20,
         "PartitionReassignmentCompleted": 21,
     }

@@ -11,7 +11,6 @@ import pytest
 import trio
 import trio.testing
 
-from broker.protocol import FrameConnection, Role
 from broker.raft import wire
 from broker.raft.messages import (
     AppendRequest,
@@ -24,6 +23,7 @@ from broker.raft.messages import (
 )
 from broker.raft.transport import RaftTransport, RaftTransportConfig
 from tests.unit.raft_shell.helpers import record_batch
+from wire.framing import FrameConnection, Role
 
 CLUSTER = "unit"
 CONFIG = RaftTransportConfig(heartbeat_interval_ms=100, reconnect_backoff_initial_ms=10)
@@ -263,7 +263,7 @@ async def _raw_client(transport: RaftTransport, nursery: trio.Nursery, node_id: 
 
 
 async def _read_frame(stream: trio.abc.Stream, frames: FrameConnection):  # type: ignore[no-untyped-def]
-    from broker.protocol import NEED_DATA
+    from wire.framing import NEED_DATA
 
     while (frame := frames.next_frame()) is NEED_DATA:
         data = await stream.receive_some(65536)

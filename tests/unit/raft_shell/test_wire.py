@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.log import batch as batch_codec
-from broker.protocol import RemoteProtocolError
 from broker.raft import wire
 from broker.raft.messages import (
     AppendRequest,
@@ -30,6 +29,7 @@ from broker.raft.messages import (
     VoteResponse,
     assign_entry,
 )
+from wire.framing import RemoteProtocolError
 
 nodes = st.integers(1, 2**31 - 1)
 terms = st.integers(1, 2**31 - 1)

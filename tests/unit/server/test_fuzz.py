@@ -27,9 +27,9 @@ import trio
 from broker import codec
 from broker.errors import ErrorCode
 from broker.log.batch import iter_batches, validate_batch
-from broker.protocol import NEED_DATA, Frame, FrameConnection, Role
 from tests.unit.server.conftest import StartBroker
 from tests.unit.server.wire_client import WireClient, make_batch
+from wire.framing import NEED_DATA, Frame, FrameConnection, Role
 
 CASES = int(os.environ.get("FUZZ_CASES", "4000"))
 FIELD_NAMES = [

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import protocol
-from broker.protocol import (
+from wire import framing
+from wire.framing import (
     NEED_DATA,
     ConnectionState,
     Frame,
@@ -29,7 +29,7 @@ HANDSHAKE = {"api": "handshake", "version": 1, "correlation_id": 0, "body": {"cl
 class ConnectionPair:
     """A client and a server FrameConnection with a fake network link in between (h11's helper)."""
 
-    def __init__(self, *, max_frame_bytes: int = protocol.MAX_FRAME_BYTES_DEFAULT) -> None:
+    def __init__(self, *, max_frame_bytes: int = framing.MAX_FRAME_BYTES_DEFAULT) -> None:
         self.client = FrameConnection(Role.CLIENT, max_frame_bytes=max_frame_bytes)
         self.server = FrameConnection(Role.SERVER, max_frame_bytes=max_frame_bytes)
 
@@ -132,7 +132,7 @@ def test_garbage_frames_raise_remote_protocol_error(data: bytes, message: str) -
 
 def test_header_limit_is_enforced() -> None:
     server = FrameConnection(Role.SERVER)
-    size = protocol.MAX_HEADER_BYTES + 1
+    size = framing.MAX_HEADER_BYTES + 1
     server.receive_data(struct.pack(">II", size + 4, size))
     with pytest.raises(RemoteProtocolError, match="MAX_HEADER_BYTES"):
         server.next_frame()
@@ -171,10 +171,10 @@ def test_send_failed_makes_the_connection_unusable() -> None:
 
 def test_abstract_protocol_error_cannot_be_raised() -> None:
     with pytest.raises(TypeError):
-        protocol.ProtocolError("x")
+        framing.ProtocolError("x")
 
 
-@pytest.mark.parametrize("module", ["broker/protocol.py", "broker/codec.py"])
+@pytest.mark.parametrize("module", ["wire/framing.py", "broker/codec.py"])
 def test_sans_io_modules_import_no_io(module: str) -> None:
     # Goal: the cores stay pure (STYLE.md 7.1): no trio, socket, os, time, random, threading.
     root = pathlib.Path(__file__).resolve().parents[3]

@@ -13,10 +13,10 @@ import trio
 from broker import codec
 from broker.errors import ErrorCode
 from broker.log.batch import iter_batches
-from broker.protocol import FrameConnection, Role
 from broker.server import Broker
 from tests.unit.server.conftest import StartBroker
 from tests.unit.server.wire_client import WireClient, make_batch
+from wire.framing import FrameConnection, Role
 
 
 def offsets_of(records: bytes) -> list[int]:

@@ -1,7 +1,8 @@
 """One TCP connection to one broker: handshake, pipelined requests, bounded requests in flight.
 
-The framing is `broker.protocol.FrameConnection` (sans-I/O); this module is its trio shell, in the
-style of h11's trio example. Rules:
+The framing is `wire.framing.FrameConnection` (sans-I/O); this module is its trio shell, in the
+style of h11's trio example. The SDK's `Cluster` and a broker calling its peers
+(`broker/cluster/controller_client.py`) both use it, which is why it lives in `wire`. Rules:
 - `open_broker_connection` connects and completes the version handshake before returning.
 - Many tasks may call `request` at once: each gets a fresh correlation id, its frame is written
   under a lock (frames never interleave) and it waits for the response with that id. At most
@@ -19,18 +20,18 @@ from typing import Any
 
 import trio
 
-from broker.protocol import (
+from wire.errors import (
+    BrokerUnavailableError,
+    ConnectionLostError,
+    RemoteProtocolError,
+    RequestTimedOutError,
+)
+from wire.framing import (
     NEED_DATA,
     Frame,
     FrameConnection,
     ProtocolError,
     Role,
-)
-from client.errors import (
-    BrokerUnavailableError,
-    ConnectionLostError,
-    RemoteProtocolError,
-    RequestTimedOutError,
 )
 
 # Requests outstanding on one connection before `request` waits (Kafka: max.in.flight...=5; we

@@ -12,6 +12,8 @@ msgpack) and four assignors with Kafka's names and behaviour:
   never owned by two members at once and partitions that stay put are never revoked.
 Rules: pure and deterministic; members are ordered by (static instance id, member id) and
 partitions by (topic, partition); no set of str is ever iterated.
+It lives in `wire` because both sides run it: the client's group leader assigns, the broker
+describes groups by decoding these bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,21 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from broker.consumer_groups.group import NO_GENERATION, TopicPartition
+# "No generation": a member before its first join (the coordinator's group vocabulary uses it too).
+NO_GENERATION = -1
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class TopicPartition:
+    """One partition of one topic; ordered by (topic, partition) so that sorting is total.
+
+    Defined here, where the consumer protocol encodes it, so that the client's group member and
+    the broker's coordinator (`broker.consumer_groups.group` re-exports it) share one type.
+    """
+
+    topic: str
+    partition: int
+
 
 CONSUMER_PROTOCOL_TYPE = "consumer"
 METADATA_VERSION = 0
