@@ -17,6 +17,8 @@ Rules:
   (the server answers INVALID_REQUEST; the connection stays open). Unknown keys are ignored, and a
   missing field that has a default takes it, so adding an optional field is backward compatible.
 - Every API has a version range in `API_VERSIONS`; a version outside it is UNSUPPORTED_VERSION.
+- Adding an API is its `ApiKey` and two dataclasses (`<Name>Request`, `<Name>Response`, each with
+  `API`): the request and response tables are derived from them at the end of the module.
 """
 
 from __future__ import annotations
@@ -465,27 +467,6 @@ Response = (
     | FetchResponse
     | ListOffsetsResponse
 )
-
-REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.HANDSHAKE: HandshakeRequest,
-    ApiKey.METADATA: MetadataRequest,
-    ApiKey.CREATE_TOPICS: CreateTopicsRequest,
-    ApiKey.DELETE_TOPICS: DeleteTopicsRequest,
-    ApiKey.DESCRIBE_TOPICS: DescribeTopicsRequest,
-    ApiKey.PRODUCE: ProduceRequest,
-    ApiKey.FETCH: FetchRequest,
-    ApiKey.LIST_OFFSETS: ListOffsetsRequest,
-}
-RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.HANDSHAKE: HandshakeResponse,
-    ApiKey.METADATA: MetadataResponse,
-    ApiKey.CREATE_TOPICS: CreateTopicsResponse,
-    ApiKey.DELETE_TOPICS: DeleteTopicsResponse,
-    ApiKey.DESCRIBE_TOPICS: DescribeTopicsResponse,
-    ApiKey.PRODUCE: ProduceResponse,
-    ApiKey.FETCH: FetchResponse,
-    ApiKey.LIST_OFFSETS: ListOffsetsResponse,
-}
 
 
 # --- envelope -------------------------------------------------------------------------------------
@@ -1152,33 +1133,7 @@ class DeleteGroupsResponse:
     groups: tuple[GroupResultInfo, ...] = ()
 
 
-GROUP_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.FIND_COORDINATOR: FindCoordinatorRequest,
-    ApiKey.JOIN_GROUP: JoinGroupRequest,
-    ApiKey.SYNC_GROUP: SyncGroupRequest,
-    ApiKey.HEARTBEAT: HeartbeatRequest,
-    ApiKey.LEAVE_GROUP: LeaveGroupRequest,
-    ApiKey.OFFSET_COMMIT: OffsetCommitRequest,
-    ApiKey.OFFSET_FETCH: OffsetFetchRequest,
-    ApiKey.LIST_GROUPS: ListGroupsRequest,
-    ApiKey.DESCRIBE_GROUPS: DescribeGroupsRequest,
-    ApiKey.DELETE_GROUPS: DeleteGroupsRequest,
-}
-GROUP_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.FIND_COORDINATOR: FindCoordinatorResponse,
-    ApiKey.JOIN_GROUP: JoinGroupResponse,
-    ApiKey.SYNC_GROUP: SyncGroupResponse,
-    ApiKey.HEARTBEAT: HeartbeatResponse,
-    ApiKey.LEAVE_GROUP: LeaveGroupResponse,
-    ApiKey.OFFSET_COMMIT: OffsetCommitResponse,
-    ApiKey.OFFSET_FETCH: OffsetFetchResponse,
-    ApiKey.LIST_GROUPS: ListGroupsResponse,
-    ApiKey.DESCRIBE_GROUPS: DescribeGroupsResponse,
-    ApiKey.DELETE_GROUPS: DeleteGroupsResponse,
-}
 # Registered with the other APIs: the envelope functions look types up in these two tables.
-REQUEST_TYPES.update(GROUP_REQUEST_TYPES)
-RESPONSE_TYPES.update(GROUP_RESPONSE_TYPES)
 
 
 # --- cluster --------------------------------------------------------------------------------------
@@ -1307,24 +1262,6 @@ class DecommissionBrokerResponse:
     error: ErrorCode = ErrorCode.NONE
     error_message: str = ""
     leader_hint: int = 0
-
-
-CLUSTER_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.CLUSTER_STATUS: ClusterStatusRequest,
-    ApiKey.DECOMMISSION_BROKER: DecommissionBrokerRequest,
-    ApiKey.BROKER_REGISTRATION: BrokerRegistrationRequest,
-    ApiKey.BROKER_HEARTBEAT: BrokerHeartbeatRequest,
-    ApiKey.LEADER_REPORT: LeaderReportRequest,
-}
-CLUSTER_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.CLUSTER_STATUS: ClusterStatusResponse,
-    ApiKey.DECOMMISSION_BROKER: DecommissionBrokerResponse,
-    ApiKey.BROKER_REGISTRATION: BrokerRegistrationResponse,
-    ApiKey.BROKER_HEARTBEAT: BrokerHeartbeatResponse,
-    ApiKey.LEADER_REPORT: LeaderReportResponse,
-}
-REQUEST_TYPES.update(CLUSTER_REQUEST_TYPES)
-RESPONSE_TYPES.update(CLUSTER_RESPONSE_TYPES)
 
 
 # --- idempotence and transactions -----------------------------------------------------------------
@@ -1525,30 +1462,6 @@ class DescribeTransactionsResponse:
     transactions: tuple[TransactionDescription, ...] = ()
 
 
-TXN_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.INIT_PRODUCER_ID: InitProducerIdRequest,
-    ApiKey.ADD_PARTITIONS_TO_TXN: AddPartitionsToTxnRequest,
-    ApiKey.ADD_OFFSETS_TO_TXN: AddOffsetsToTxnRequest,
-    ApiKey.END_TXN: EndTxnRequest,
-    ApiKey.TXN_OFFSET_COMMIT: TxnOffsetCommitRequest,
-    ApiKey.WRITE_TXN_MARKERS: WriteTxnMarkersRequest,
-    ApiKey.LIST_TRANSACTIONS: ListTransactionsRequest,
-    ApiKey.DESCRIBE_TRANSACTIONS: DescribeTransactionsRequest,
-}
-TXN_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.INIT_PRODUCER_ID: InitProducerIdResponse,
-    ApiKey.ADD_PARTITIONS_TO_TXN: AddPartitionsToTxnResponse,
-    ApiKey.ADD_OFFSETS_TO_TXN: AddOffsetsToTxnResponse,
-    ApiKey.END_TXN: EndTxnResponse,
-    ApiKey.TXN_OFFSET_COMMIT: TxnOffsetCommitResponse,
-    ApiKey.WRITE_TXN_MARKERS: WriteTxnMarkersResponse,
-    ApiKey.LIST_TRANSACTIONS: ListTransactionsResponse,
-    ApiKey.DESCRIBE_TRANSACTIONS: DescribeTransactionsResponse,
-}
-REQUEST_TYPES.update(TXN_REQUEST_TYPES)
-RESPONSE_TYPES.update(TXN_RESPONSE_TYPES)
-
-
 # --- share groups ---------------------------------------------------------------------------------
 # A share group reads topics as a queue (docs/queues.md): every request goes to the group's share
 # coordinator (FindCoordinator with COORDINATOR_KEY_SHARE). ShareFetch hands out records: raw
@@ -1739,22 +1652,6 @@ class DescribeShareGroupsResponse:
     groups: tuple[DescribedShareGroup, ...] = ()
 
 
-SHARE_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.SHARE_FETCH: ShareFetchRequest,
-    ApiKey.SHARE_ACKNOWLEDGE: ShareAcknowledgeRequest,
-    ApiKey.ALTER_GROUP_CONFIGS: AlterGroupConfigsRequest,
-    ApiKey.DESCRIBE_SHARE_GROUPS: DescribeShareGroupsRequest,
-}
-SHARE_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.SHARE_FETCH: ShareFetchResponse,
-    ApiKey.SHARE_ACKNOWLEDGE: ShareAcknowledgeResponse,
-    ApiKey.ALTER_GROUP_CONFIGS: AlterGroupConfigsResponse,
-    ApiKey.DESCRIBE_SHARE_GROUPS: DescribeShareGroupsResponse,
-}
-REQUEST_TYPES.update(SHARE_REQUEST_TYPES)
-RESPONSE_TYPES.update(SHARE_RESPONSE_TYPES)
-
-
 # --- partition reassignment -----------------------------------------------------------------------
 # Kafka's AlterPartitionReassignments / ListPartitionReassignments (KIP-455), plus the partition
 # leader's completion report and a rebalance plan (docs/reassignment.md). Alter and rebalance run
@@ -1885,22 +1782,6 @@ class RebalanceResponse:
     leader_hint: int = 0
 
 
-REASSIGNMENT_REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.ALTER_PARTITION_REASSIGNMENTS: AlterPartitionReassignmentsRequest,
-    ApiKey.LIST_PARTITION_REASSIGNMENTS: ListPartitionReassignmentsRequest,
-    ApiKey.REASSIGNMENT_COMPLETED: ReassignmentCompletedRequest,
-    ApiKey.REBALANCE: RebalanceRequest,
-}
-REASSIGNMENT_RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = {
-    ApiKey.ALTER_PARTITION_REASSIGNMENTS: AlterPartitionReassignmentsResponse,
-    ApiKey.LIST_PARTITION_REASSIGNMENTS: ListPartitionReassignmentsResponse,
-    ApiKey.REASSIGNMENT_COMPLETED: ReassignmentCompletedResponse,
-    ApiKey.REBALANCE: RebalanceResponse,
-}
-REQUEST_TYPES.update(REASSIGNMENT_REQUEST_TYPES)
-RESPONSE_TYPES.update(REASSIGNMENT_RESPONSE_TYPES)
-
-
 # --- topic configs --------------------------------------------------------------------------------
 
 
@@ -1924,10 +1805,6 @@ class AlterTopicConfigsResponse:
     # The topic's overrides after the change (dotted keys).
     configs: dict[str, ConfigValue] = dataclasses.field(default_factory=dict)
     leader_hint: int = 0
-
-
-REQUEST_TYPES[ApiKey.ALTER_TOPIC_CONFIGS] = AlterTopicConfigsRequest
-RESPONSE_TYPES[ApiKey.ALTER_TOPIC_CONFIGS] = AlterTopicConfigsResponse
 
 
 # --- partitions admin -----------------------------------------------------------------------------
@@ -1987,7 +1864,20 @@ class DeleteRecordsResponse:
     error_message: str = ""
 
 
-REQUEST_TYPES[ApiKey.CREATE_PARTITIONS] = CreatePartitionsRequest
-RESPONSE_TYPES[ApiKey.CREATE_PARTITIONS] = CreatePartitionsResponse
-REQUEST_TYPES[ApiKey.DELETE_RECORDS] = DeleteRecordsRequest
-RESPONSE_TYPES[ApiKey.DELETE_RECORDS] = DeleteRecordsResponse
+# --- the API tables -------------------------------------------------------------------------------
+
+
+def _message_types(suffix: str) -> dict[ApiKey, type[Any]]:
+    """Every message class above whose name ends with `suffix`, keyed by its `API`: adding an API
+    is its ApiKey and its two dataclasses, nothing else."""
+    found: dict[ApiKey, type[Any]] = {}
+    for value in list(globals().values()):
+        api = getattr(value, "API", None)
+        if isinstance(value, type) and value.__name__.endswith(suffix) and isinstance(api, ApiKey):
+            assert api not in found, f"{value.__name__} and {found[api].__name__} both serve {api}"
+            found[api] = value
+    return found
+
+
+REQUEST_TYPES: Final[dict[ApiKey, type[Any]]] = _message_types("Request")
+RESPONSE_TYPES: Final[dict[ApiKey, type[Any]]] = _message_types("Response")

@@ -18,7 +18,7 @@ from broker import codec
 from broker.errors import BrokerError, ErrorCode
 from client.aio._base import AsyncClientBase
 from client.aio.consumer import isolation_level_code, list_offsets
-from client.aio.share_consumer import ShareCoordinator
+from client.aio.coordinator_calls import CoordinatorCalls
 from client.errors import ClientError, TopicAlreadyExistsError
 from client.types import (
     ClusterStatus,
@@ -399,9 +399,9 @@ class AdminClient(AsyncClientBase):
     async def _coordinator(self, group_id: str) -> int:
         return await self._cluster.find_coordinator(group_id)
 
-    def _group_coordinator(self, group_id: str) -> ShareCoordinator:
+    def _group_coordinator(self, group_id: str) -> CoordinatorCalls:
         """The consumer group's coordinator, found again (with backoff) while it moves."""
-        return ShareCoordinator(
+        return CoordinatorCalls(
             self._cluster,
             group_id,
             retry_backoff_s=ADMIN_RETRY_BACKOFF_S,
@@ -439,8 +439,8 @@ class AdminClient(AsyncClientBase):
         (group,) = response.groups
         return group
 
-    def _share_coordinator(self, group_id: str) -> ShareCoordinator:
-        return ShareCoordinator(self._cluster, group_id, retry_backoff_s=ADMIN_RETRY_BACKOFF_S)
+    def _share_coordinator(self, group_id: str) -> CoordinatorCalls:
+        return CoordinatorCalls(self._cluster, group_id, retry_backoff_s=ADMIN_RETRY_BACKOFF_S)
 
     # --- partition reassignment (docs/reassignment.md) -------------------------------------------
 

@@ -48,8 +48,6 @@ from client.aio._base import AsyncClientBase
 from client.aio.cluster import (
     CLIENT_ID_DEFAULT,
     REQUEST_TIMEOUT_MS_DEFAULT,
-    RETRY_BACKOFF_MAX_S,
-    Cluster,
 )
 from client.aio.consumer import (
     FETCH_MAX_BYTES_DEFAULT,
@@ -59,8 +57,8 @@ from client.aio.consumer import (
     decode_fetched,
     visible_batches,
 )
-from client.aio.group import COORDINATOR_ERRORS
-from client.errors import ClientClosedError, ClientError
+from client.aio.coordinator_calls import CoordinatorCalls
+from client.errors import ClientError
 from client.types import ShareRecord, TopicPartition
 
 log = logging.getLogger("client.share_consumer")
@@ -317,72 +315,6 @@ def _name(key: tuple[TopicPartition, int]) -> str:
 # --- the share coordinator ------------------------------------------------------------------------
 
 
-def _response_error(response: Any) -> tuple[ErrorCode, str]:
-    return response.error, response.error_message
-
-
-class ShareCoordinator:
-    """Sends a share group's requests to its share coordinator (or, with `key_type`
-    COORDINATOR_KEY_GROUP, a consumer group's to its group coordinator: the admin client's).
-
-    `call` finds the coordinator (FindCoordinator with `key_type`) and finds it
-    again, with backoff, while it answers NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE or
-    COORDINATOR_LOAD_IN_PROGRESS or cannot be reached, for up to `request_timeout_ms`; then it
-    raises the last error. Any other error the response states is raised as `BrokerError`.
-    """
-
-    def __init__(
-        self,
-        cluster: Cluster,
-        group_id: str,
-        *,
-        retry_backoff_s: float,
-        key_type: int = codec.COORDINATOR_KEY_SHARE,
-    ) -> None:
-        self._cluster = cluster
-        self.group_id = group_id
-        self._retry_backoff_s = retry_backoff_s
-        self._key_type = key_type
-        self._kind = "share group" if key_type == codec.COORDINATOR_KEY_SHARE else "group"
-        self.node_id: int | None = None
-
-    async def call(
-        self,
-        request: Any,
-        *,
-        extra_timeout_s: float = 0.0,
-        error_of: Callable[[Any], tuple[ErrorCode, str]] = _response_error,
-    ) -> Any:
-        """`request`'s response; `error_of(response)` tells its error (default: the
-        response's own `error` and `error_message`)."""
-        cluster = self._cluster
-        deadline = trio.current_time() + cluster.request_timeout_s
-        backoff = self._retry_backoff_s
-        while True:
-            try:
-                if self.node_id is None:
-                    self.node_id = await cluster.find_coordinator(self.group_id, self._key_type)
-                response = await cluster.call(
-                    request, self.node_id, extra_timeout_s=extra_timeout_s
-                )
-                code, message = error_of(response)
-                if code is not ErrorCode.NONE:
-                    message = message or f"{self._kind} {self.group_id!r}: {code.name}"
-                    raise BrokerError(code, message)
-                return response
-            except ClientClosedError:
-                raise
-            except (ClientError, BrokerError) as exc:
-                # A dead connection or a coordinator that moved: find it again and retry.
-                retriable = isinstance(exc, ClientError) or exc.code in COORDINATOR_ERRORS
-                if not retriable or trio.current_time() + backoff >= deadline:
-                    raise
-                log.info("%s %s: %s; retrying", self._kind, self.group_id, exc)
-            self.node_id = None
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
-
-
 # --- the consumer ---------------------------------------------------------------------------------
 
 
@@ -429,7 +361,7 @@ class ShareConsumer(AsyncClientBase):
         # `acknowledge` may come from another thread than the poll (the blocking facade).
         self._lock = threading.Lock()
         self._topics: tuple[str, ...] = ()
-        self._coordinator: ShareCoordinator | None = None
+        self._coordinator: CoordinatorCalls | None = None
         # Whether the coordinator knows this member (it registers it at its first request).
         self._registered = False
 
@@ -576,7 +508,7 @@ class ShareConsumer(AsyncClientBase):
         extra_timeout_s: float = 0.0,
     ) -> Any:
         if self._coordinator is None:
-            self._coordinator = ShareCoordinator(
+            self._coordinator = CoordinatorCalls(
                 self._cluster, self.group_id, retry_backoff_s=self.retry_backoff_s
             )
         try:
