@@ -96,20 +96,24 @@ def _replica_log(data_dir: Path) -> bytes:
 
 
 def _replica_logs(cluster: EmbeddedCluster) -> list[bytes]:
-    """Every replica's log, once all three hold the same committed log. The brokers are killed,
-    not stopped: a stopping broker hands its leaderships over, and the new terms' no-op entries
-    would reach only the brokers still running."""
+    """Every replica's log, once all three hold the same committed log and the preferred leader
+    leads (else the preferred-leader rule may still move leadership, and that new term's no-op
+    would reach only some of the brokers before they are killed). The brokers are killed, not
+    stopped: a stopping broker hands its leaderships over, and the new terms' no-op entries would
+    reach only the brokers still running."""
 
     async def converged() -> None:
         clients = [await _connect(cluster, node_id) for node_id in cluster.node_ids]
         with trio.fail_after(WAIT_S):
             while True:
-                ends = set()
+                ends, leaders = set(), set()
                 for client in clients:
                     response = await client.request(codec.DescribeTopicsRequest(topics=(TOPIC,)))
                     partition = response.topics[0].partitions[0]
                     ends.add((partition.log_end_offset, partition.high_watermark))
-                if len(ends) == 1 and len({*next(iter(ends))}) == 1:
+                    leaders.add((partition.leader_id, partition.replicas[0]))
+                same_end = len(ends) == 1 and len({*next(iter(ends))}) == 1
+                if same_end and len(leaders) == 1 and len({*next(iter(leaders))}) == 1:
                     break
                 await trio.sleep(0.05)
         for client in clients:
