@@ -7,32 +7,15 @@ import json
 import os
 import pty
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from client.embedded import EmbeddedBroker
+from tests.cli_process import CLI, CLI_TIMEOUT_S, cli
 
-# The installed console script next to this interpreter; the module when it is not installed.
-_SCRIPT = Path(sys.executable).with_name("broker-cli")
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "cli.broker_cli"]
-# Bound on one CLI invocation; a hang fails the test instead of blocking the suite.
-CLI_TIMEOUT_S = 60
 # How long a bounded consume waits for records that are already in the log.
 READ_TIMEOUT = "10"
-
-
-def cli(broker: EmbeddedBroker, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """`broker-cli --bootstrap BROKER ARGS...` with `stdin` piped in, stdout/stderr apart."""
-    return subprocess.run(
-        [*CLI, "--bootstrap", broker.bootstrap, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 from typer.testing import CliRunner
 
 from cli.broker_cli import app
 from client.embedded import EmbeddedBroker
-
-CLI = [sys.executable, "-c", "from cli.broker_cli import app; app()"]
-# Bound on one CLI invocation; a hang fails the test instead of blocking the suite.
-CLI_TIMEOUT_S = 60
-
-
-def cli(broker: EmbeddedBroker, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """`broker-cli` as a real process (stdin piped, exit status, stdout/stderr apart)."""
-    return subprocess.run(
-        [*CLI, "--bootstrap", broker.bootstrap, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
+from tests.cli_process import cli
 
 
 def in_process(broker: EmbeddedBroker, *args: str) -> Any:

@@ -19,7 +19,7 @@ import pytest
 from client import AdminClient, Consumer, Producer, ShareConsumer, TopicPartition
 from client.embedded import EmbeddedBroker
 from client.pytest_plugin import run_broker
-from tests.integration.client.test_cli import CLI
+from tests.cli_process import CLI
 from tests.integration.cluster.common import wait_for
 
 DEADLINE_S = 30.0

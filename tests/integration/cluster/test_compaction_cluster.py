@@ -16,6 +16,7 @@ from broker.log.cleaner import CLEANER_CHECKPOINT_FILE
 from cli.broker_cli import app
 from client import AdminClient, Consumer, Producer
 from client.embedded_cluster import EmbeddedCluster
+from tests.integration.cluster.common import wait_for
 
 WAIT_S = 60.0
 KEYS = 10
@@ -37,14 +38,6 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[EmbeddedCluster]:
 
 def checkpoint(cluster: EmbeddedCluster, node_id: int) -> Path:
     return Path(cluster.node(node_id).data_dir) / "logs" / f"{TOPIC}-0" / CLEANER_CHECKPOINT_FILE
-
-
-def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-    # Background cleaning and replication: polled with a deadline.
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def latest_in_files(directory: Path) -> dict[bytes, bytes | None]:
@@ -94,14 +87,14 @@ def test_replicas_compact_and_a_lagging_replica_catches_up_from_a_compacted_lead
         producer.flush()
     assert all(future.result(timeout=WAIT_S).offset >= 0 for future in futures)
     wait_for(lambda: checkpoint(cluster, 1).exists() and checkpoint(cluster, 2).exists(),
-             "nodes 1 and 2 to compact")  # fmt: skip
+             "nodes 1 and 2 to compact", WAIT_S)  # fmt: skip
     cluster.start(3)
     cluster.wait_ready()
     expected = {b"key-%d" % (i % KEYS): b"v%d-last" % i for i in range(RECORDS - KEYS, RECORDS)}
     assert latest_values(cluster.bootstrap) == expected
     # Node 3 was down while the others compacted: it caught up from a compacted leader
     # (emptied and partly cleaned batches replicate as they are) and holds every latest value.
-    wait_for(lambda: latest_in_files(checkpoint(cluster, 3).parent) == expected, "node 3")
+    wait_for(lambda: latest_in_files(checkpoint(cluster, 3).parent) == expected, "node 3", WAIT_S)
 
 
 def test_alter_config_through_a_follower_switches_every_replica_to_compaction(
@@ -142,8 +135,8 @@ def test_alter_config_through_a_follower_switches_every_replica_to_compaction(
                 return False
         return True
 
-    wait_for(every_broker_shows_compact, "every broker's metadata to show cleanup.policy=compact")
+    wait_for(every_broker_shows_compact, "every broker to show cleanup.policy=compact", WAIT_S)
     wait_for(lambda: all(checkpoint(cluster, node).exists() for node in cluster.node_ids),
-             "every replica to compact")  # fmt: skip
+             "every replica to compact", WAIT_S)  # fmt: skip
     expected = {b"key-%d" % (i % KEYS): b"v%d-last" % i for i in range(RECORDS - KEYS, RECORDS)}
     assert latest_values(cluster.bootstrap) == expected

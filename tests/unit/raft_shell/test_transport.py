@@ -408,7 +408,7 @@ async def test_a_peer_added_at_runtime_is_watched_by_the_link_liveness(
         for transport in transports.values():
             await nursery.start(transport.run)
         transports[1].add_peer(3, ("memory", 3))
-        await trio.sleep(2)
+        await trio.sleep(2)  # four peer timeouts of the mock clock: node 3 must stay alive
         assert transports[1].statistics().peers_alive == (2, 3)
         transports[1].drop_traffic_with([3])
         await endpoint.wait_for(lambda: endpoint.dead_peers == [3])
