@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 
 from broker.config import FlushPolicy, LogConfig
-from broker.log.batch import build_batch
 from broker.log.log import PartitionLog
+from wire.batch import build_batch
 
 RESULTS = Path(__file__).parent / "results" / "log_append.json"
 RECORD_BYTES = 1024

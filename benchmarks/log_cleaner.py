@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from broker.config import MIB, FlushPolicy, LogConfig
-from broker.log.batch import build_batch
 from broker.log.cleaner import clean_log
 from broker.log.log import PartitionLog
+from wire.batch import build_batch
 
 
 def main() -> None:

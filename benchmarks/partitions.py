@@ -36,10 +36,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.errors import BrokerError, ErrorCode
 from client.blocking import AdminClient
 from client.embedded_cluster import EmbeddedCluster
 from client.types import TopicDescription
+from wire.error_codes import BrokerError, ErrorCode
 
 SIZES_DEFAULT = (100, 1000, 3000)
 SIZES_QUICK = (30, 100)

@@ -23,11 +23,11 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from broker.log import batch as batch_codec
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore, Role
 from broker.raft.messages import Configuration, Message
 from broker.raft.storage import MemoryStorage
+from wire import batch as batch_codec
 
 TARGET_ENTRIES_PER_SECOND = 50_000
 

@@ -73,13 +73,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker.errors import BrokerError
 from client import aio
 from client.aio.producer import BATCH_BYTES_DEFAULT, LINGER_MS_DEFAULT
 from client.blocking import Producer as BlockingProducer
 from client.embedded import EmbeddedBroker
 from client.embedded_cluster import EmbeddedCluster
 from client.types import TopicPartition
+from wire.error_codes import BrokerError
 
 RESULTS_PATH = Path(__file__).parent / "results" / "throughput.json"
 CLUSTER_RESULTS_PATH = Path(__file__).parent / "results" / "throughput-cluster.json"

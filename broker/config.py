@@ -13,13 +13,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any, Self
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or out of range; `key` names it."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"invalid config {key!r}: {message}")
-        self.key = key
+from wire.config_error import ConfigError
 
 
 class FlushPolicy(enum.Enum):

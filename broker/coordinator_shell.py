@@ -65,15 +65,15 @@ from broker.consumer_groups.offsets import (
     MarkerRecord,
     coordinator_partition,
 )
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import (
+from broker.transactions.producer_state import Marker, build_marker_batch, is_marker, marker_of
+from wire.batch import (
     InvalidBatchError,
     build_batch,
     decode_records,
     iter_batches,
     unpack_header,
 )
-from broker.transactions.producer_state import Marker, build_marker_batch, is_marker, marker_of
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

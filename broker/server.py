@@ -35,7 +35,6 @@ from typing import Any
 import lmdb
 import trio
 
-from broker import codec
 from broker.cluster.node import ClusterNode, node_config_of
 from broker.cluster.serving import ClusterTopics, run_internal_service, track_replicas
 from broker.config import BrokerConfig, parse_host_port
@@ -45,7 +44,6 @@ from broker.consumer_groups.service import (
     ensure_offsets_topic,
     group_config_of,
 )
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers import HANDLERS, BrokerContext, Deferred, PartitionState
 from broker.handlers.cluster import cluster_status, partition_metadata
 from broker.handlers.produce import handle_produce
@@ -75,6 +73,8 @@ from broker.transactions.service import (
     ensure_transaction_state_topic,
 )
 from broker.transactions.txn_config import TransactionConfig
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 from wire.framing import (
     NEED_DATA,
     PROTOCOL_VERSION,

@@ -34,8 +34,8 @@ from typing import Any, Final, Protocol
 import msgpack
 
 from broker.config import BrokerConfig, ConfigError, LogConfig
-from broker.errors import BrokerError, ErrorCode
 from broker.internal_topics import is_internal_topic
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

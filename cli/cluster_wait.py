@@ -24,8 +24,6 @@ from collections.abc import Callable, Iterator
 
 import trio
 
-from broker import codec
-from broker.errors import BrokerError
 from client._bootstrap import format_addresses, parse_bootstrap
 from client.aio import AdminClient
 from client.errors import (
@@ -34,6 +32,8 @@ from client.errors import (
     ConnectionLostError,
     RequestTimedOutError,
 )
+from wire import codec
+from wire.error_codes import BrokerError
 
 # `ClusterBroker.state` of a broker that is up and trusted to serve.
 ACTIVE = "active"

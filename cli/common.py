@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from broker.config import ConfigError
-from broker.errors import BrokerError
 from cli.cluster_wait import WAIT_TIMEOUT_S_DEFAULT, wait_for_cluster
 from client import AdminClient
 from client._bootstrap import DEFAULT_BOOTSTRAP
 from client.errors import ClientError
+from wire.config_error import ConfigError
+from wire.error_codes import BrokerError
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -22,7 +22,6 @@ from typing import Annotated
 
 import typer
 
-from broker.errors import BrokerError, ErrorCode
 from cli.common import bootstrap, errors, fail, open_admin, progress
 from cli.records import (
     CONSUME_POLL_MS,
@@ -34,6 +33,7 @@ from cli.records import (
 )
 from cli.share_groups import open_share_reader
 from client import Consumer, TopicPartition
+from wire.error_codes import BrokerError, ErrorCode
 
 
 class IsolationLevel(enum.StrEnum):

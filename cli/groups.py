@@ -17,11 +17,11 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.errors import BrokerError
 from cli import offset_reset, share_groups
 from cli.common import JsonFlag, fail, headed_console, now_ms, open_admin, show
 from client import AdminClient
 from client.types import TopicPartition
+from wire.error_codes import BrokerError
 
 groups_app = typer.Typer(
     help="List, describe (with lag), reset the offsets of and delete consumer groups; configure "

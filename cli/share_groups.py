@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.errors import BrokerError, ErrorCode
 from broker.share_groups.share_config import (
     AUTO_OFFSET_RESET,
     DEAD_LETTER_TOPIC,
@@ -30,6 +29,7 @@ from cli.common import JsonFlag, bootstrap, headed_console, open_admin
 from cli.records import CONSUME_POLL_MS, FormatKind, Reader, RecordFormat
 from client import AdminClient, ShareConsumer
 from client.types import ShareGroupDescription, ShareRecord
+from wire.error_codes import BrokerError, ErrorCode
 
 
 class AutoOffsetReset(enum.StrEnum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from broker.config import ConfigError
+from wire.config_error import ConfigError
 
 BOOTSTRAP_ENV = "BROKER_BOOTSTRAP"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"

@@ -4,7 +4,7 @@ Rules:
 - `append` is the per-record hot path. It runs in the caller's thread (the application's thread
   for the blocking `Producer`, the trio thread for `client.aio.Producer`) under one uncontended
   `threading.Lock`, and does only O(1) work: a dict lookup, a list append and two additions. The
-  record stays a plain `(timestamp_ms, key, value, headers)` tuple until `broker.log.batch.
+  record stays a plain `(timestamp_ms, key, value, headers)` tuple until `wire.batch.
   build_batch` packs the whole list in one msgpack call at drain time.
 - A batch is sealed when it reaches `batch_bytes` or `max_records_per_batch`; an open batch is
   drained after `linger_ms`, or at once when a flush is asked for. `notify` is called when a batch

@@ -53,7 +53,6 @@ from typing import Any, Self
 
 import trio
 
-from broker.errors import BrokerError
 from broker.listen_errors import PORT_IN_USE
 from client import aio
 from client._started import StartedByWith
@@ -67,6 +66,7 @@ from client.embedded import (
 )
 from client.errors import ClientError
 from client.fault_proxy import FaultProxy
+from wire.error_codes import BrokerError
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S_DEFAULT = 30.0

@@ -1,8 +1,8 @@
 """Exceptions the client raises, and the server's error vocabulary re-exported.
 
 Rules: every failure a user can meet is a named exception whose message says what to do.
-Errors the *broker* returns keep their wire identity: they are `broker.errors.BrokerError` with an
-`ErrorCode` (`.code`, `.retriable`, `.message`), so one `except BrokerError` covers them all and
+Errors the *broker* returns keep their wire identity: they are `wire.error_codes.BrokerError`
+with an `ErrorCode` (`.code`, `.retriable`, `.message`), so one `except BrokerError` covers them and
 `err.code is ErrorCode.UNKNOWN_TOPIC` tells them apart. Errors that happen on the client side
 (no connection, a local timeout, a full buffer, use after close) derive from `ClientError`; the
 transport ones (no connection, lost connection, timeout, garbage) are defined in `wire.errors`,
@@ -11,8 +11,8 @@ beside the connection that raises them, and re-exported here.
 
 from __future__ import annotations
 
-from broker.config import ConfigError
-from broker.errors import BrokerError, ErrorCode
+from wire.config_error import ConfigError
+from wire.error_codes import BrokerError, ErrorCode
 from wire.errors import (
     BrokerUnavailableError,
     ClientError,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
-from broker import codec
+from wire import codec
 
 
 class TopicPartition(NamedTuple):

@@ -8,7 +8,7 @@ A frame on the wire is
     payload            raw bytes (record batches) that never go through msgpack
 
 All integers are big-endian. The header refers to parts of the payload by `(offset, length)` slices
-(see broker/codec.py), so record batches cross the wire and the broker untouched.
+(see wire/codec.py), so record batches cross the wire and the broker untouched.
 
 Rules:
 - This module does no I/O and knows nothing of trio, sockets or clocks. A shell feeds received

@@ -2,7 +2,7 @@
 
 A broker that is not the controller leader still has to register, heartbeat, report partition
 leaders and forward CreateTopics/DeleteTopics (KIP-590's forwarding). It does so over the ordinary
-client protocol (broker/codec.py) over `wire.connection`, the connection the SDK uses too (the
+client protocol (wire/codec.py) over `wire.connection`, the connection the SDK uses too (the
 broker never imports the client), on the same port peers use for Raft, at the address `--peers`
 gives for the leader. Rules:
 
@@ -21,10 +21,10 @@ from typing import Any
 
 import trio
 
-from broker import codec
 from broker.controller.records import BrokerState
-from broker.errors import BrokerError, ErrorCode
+from wire import codec
 from wire.connection import BrokerConnection, open_broker_connection
+from wire.error_codes import BrokerError, ErrorCode
 from wire.errors import ClientError
 
 from .controller_service import ControllerService, NotControllerError

@@ -46,9 +46,7 @@ from broker.controller.records import (
     encode_record,
 )
 from broker.controller.state import ControllerConfig, ControllerStateMachine, TopicInfo
-from broker.errors import BrokerError, ErrorCode
 from broker.kvstore import KeySpace, KvStore
-from broker.log import batch as batch_codec
 from broker.log.manager import LogManager
 from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriver, RaftDriverConfig, RaftTicker
@@ -57,6 +55,8 @@ from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import Configuration, Entry, EntryKind, Snapshot
 from broker.raft.ready import Role
 from broker.raft.transport import RaftTransport
+from wire import batch as batch_codec
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from broker.controller.membership import (
     decommission_progress,
     next_metadata_change,
 )
-from broker.errors import BrokerError
 from broker.raft.messages import Configuration
+from wire.error_codes import BrokerError
 
 from .controller_service import ControllerService
 

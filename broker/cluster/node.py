@@ -44,13 +44,13 @@ from broker.config import (
 from broker.controller.cache import MetadataCache
 from broker.controller.records import BrokerState
 from broker.controller.state import ControllerConfig, ControllerStateMachine
-from broker.errors import BrokerError, ErrorCode
 from broker.kvstore import KvStore
 from broker.log.manager import LogManager
 from broker.raft import wire
 from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriverConfig, RaftTicker
 from broker.raft.transport import RaftTransport, RaftTransportConfig
+from wire.error_codes import BrokerError, ErrorCode
 
 from .controller_client import PeerClients, PeerRouter, discover_cluster
 from .controller_service import (

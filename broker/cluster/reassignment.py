@@ -31,10 +31,10 @@ import trio
 from broker.config import MIB, ConfigBase, check_range
 from broker.controller import reassignment
 from broker.controller.state import ControllerStateMachine, PartitionInfo
-from broker.errors import BrokerError
 from broker.raft.core import RaftCore
 from broker.raft.messages import Configuration
 from broker.raft.progress import ProgressState
+from wire.error_codes import BrokerError
 
 from .controller_service import ControllerService
 from .replicas import Replica, ReplicaManager

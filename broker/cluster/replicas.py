@@ -48,9 +48,7 @@ import trio
 from broker.config import MIB, ConfigBase, LogConfig, check_range
 from broker.controller.records import BrokerState
 from broker.controller.state import ControllerStateMachine, PartitionInfo, TopicInfo
-from broker.errors import BrokerError, ErrorCode
 from broker.kvstore import KeySpace, KvStore
-from broker.log import batch as batch_codec
 from broker.log.log import PartitionLog, ReadResult
 from broker.log.manager import LogManager, partition_directory_name
 from broker.raft.config import RaftConfig
@@ -62,6 +60,8 @@ from broker.raft.progress import ProgressState
 from broker.raft.ready import Role
 from broker.raft.store_sync import StoreSyncer
 from broker.raft.transport import RaftTransport
+from wire import batch as batch_codec
+from wire.error_codes import BrokerError, ErrorCode
 
 from .controller_service import ChangeNotifier
 

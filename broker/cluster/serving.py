@@ -31,10 +31,10 @@ import trio
 from broker.appended import Appended
 from broker.config import LogConfig
 from broker.controller.state import TopicInfo
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext, PartitionState
 from broker.raft.driver import RaftDriver
 from broker.topics import TopicRecord, require_partition
+from wire.error_codes import BrokerError, ErrorCode
 
 from .node import ClusterNode
 from .replicas import Replica

@@ -14,7 +14,7 @@ import dataclasses
 
 from broker.consumer_groups.group import NO_GENERATION, GroupState, TopicPartition
 from broker.consumer_groups.offsets import EncodedRecord, MemberMetadata, OffsetCommitValue
-from broker.errors import ErrorCode
+from wire.error_codes import ErrorCode
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

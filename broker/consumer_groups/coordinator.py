@@ -82,7 +82,7 @@ from broker.consumer_groups.state import (
     WriteKind,
     route_event,
 )
-from broker.errors import ErrorCode
+from wire.error_codes import ErrorCode
 
 EMPTY = GroupState.EMPTY
 DEAD = GroupState.DEAD

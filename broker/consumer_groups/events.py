@@ -33,7 +33,7 @@ from broker.consumer_groups.group import (
     TopicPartition,
 )
 from broker.consumer_groups.offsets import LogEntry
-from broker.errors import ErrorCode
+from wire.error_codes import ErrorCode
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,7 +37,7 @@ from broker.consumer_groups.state import (
     CoordinatorState,
     WriteKind,
 )
-from broker.errors import ErrorCode
+from wire.error_codes import ErrorCode
 
 EMPTY = GroupState.EMPTY
 PREPARING = GroupState.PREPARING_REBALANCE

@@ -45,9 +45,9 @@ from broker.coordinator_shell import (
     next_coordinator_epoch,
     wall_clock_ms,
 )
-from broker.errors import BrokerError, ErrorCode
 from broker.internal_topics import OFFSETS_TOPIC
 from wire.assignors import Assignment
+from wire.error_codes import BrokerError, ErrorCode
 
 __all__ = [
     "OFFSETS_TOPIC",

@@ -38,7 +38,7 @@ from broker.consumer_groups.offsets import (
     OffsetCommitRecord,
     encode_record,
 )
-from broker.errors import ErrorCode
+from wire.error_codes import ErrorCode
 
 
 class WriteKind(enum.Enum):

@@ -24,7 +24,7 @@ from broker.controller.state import (
     PartitionInfo,
     TopicInfo,
 )
-from broker.errors import BrokerError, ErrorCode
+from wire.error_codes import BrokerError, ErrorCode
 
 # Brokers that serve clients: a broker shutting down keeps serving until its leaderships move.
 _SERVING_STATES = (BrokerState.ACTIVE, BrokerState.SHUTTING_DOWN)

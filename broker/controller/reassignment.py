@@ -37,7 +37,7 @@ from broker.controller.records import (
     PartitionReassignmentCompleted,
     PartitionReassignmentStarted,
 )
-from broker.errors import BrokerError, ErrorCode
+from wire.error_codes import BrokerError, ErrorCode
 
 if TYPE_CHECKING:
     from broker.controller.state import ControllerStateMachine, PartitionInfo, TopicInfo

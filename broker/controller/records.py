@@ -30,7 +30,7 @@ from typing import Any, Final, TypeAlias
 import msgpack
 
 from broker.config import ConfigError, LogConfig
-from broker.errors import BrokerError, ErrorCode
+from wire.error_codes import BrokerError, ErrorCode
 
 # Node ids, partition numbers and counts are signed 32-bit on the wire, as in Kafka.
 INT32_MAX: Final = 2**31 - 1

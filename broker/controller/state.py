@@ -57,8 +57,8 @@ from broker.controller.records import (
     check_topic_id,
     unpack_bounded,
 )
-from broker.errors import BrokerError, ErrorCode
 from broker.log.manager import check_topic_name
+from wire.error_codes import BrokerError, ErrorCode
 
 SNAPSHOT_FORMAT: Final = 1
 # A snapshot of 100k partitions is a few MiB; anything far beyond that is corruption.

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from broker import codec
 from broker.handlers.admin import (
     handle_cluster_status,
     handle_create_topics,
@@ -65,6 +64,7 @@ from broker.handlers.transactions import (
     handle_list_transactions,
     handle_write_txn_markers,
 )
+from wire import codec
 
 Handler = Callable[[BrokerContext, Any], Any]
 

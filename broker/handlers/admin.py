@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 
-from broker import codec
 from broker.controller.records import BrokerState
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers import cluster
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred
 from broker.internal_topics import is_internal_topic
 from broker.topics import TopicRecord, effective_configs, validate_topic_name
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

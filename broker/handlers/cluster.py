@@ -21,14 +21,14 @@ from typing import Any
 
 import trio
 
-from broker import codec
 from broker.cluster.controller_service import NotControllerError
 from broker.controller.records import BrokerState
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred
 from broker.internal_topics import is_internal_topic
 from broker.topics import TopicRecord
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker import codec
-from broker.errors import BrokerError
 from broker.handlers.context import BrokerContext
 from broker.handlers.controller_forward import on_controller
 from broker.handlers.reply import Deferred
+from wire import codec
+from wire.error_codes import BrokerError
 
 
 def handle_alter_topic_configs(

@@ -26,7 +26,7 @@ import trio
 
 from broker.appended import Appended
 from broker.config import BrokerConfig, FlushPolicy
-from broker.errors import BrokerError, ErrorCode
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

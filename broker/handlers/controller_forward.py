@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker.cluster.controller_service import NotControllerError
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred
+from wire.error_codes import BrokerError, ErrorCode
 
 
 def require_cluster(ctx: BrokerContext) -> Any:

@@ -16,12 +16,12 @@ import logging
 
 import trio
 
-from broker import codec
 from broker.config import FRAME_HEADROOM_BYTES
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext, PartitionState
 from broker.handlers.reply import Deferred
-from broker.log.batch import iter_batches
+from wire import codec
+from wire.batch import iter_batches
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

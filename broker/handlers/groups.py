@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from broker import codec
 from broker.consumer_groups.actions import (
     RespondDeleteGroups,
     RespondHeartbeat,
@@ -40,11 +39,12 @@ from broker.consumer_groups.events import (
 )
 from broker.consumer_groups.group import GroupState, JoinProtocol, TopicPartition
 from broker.consumer_groups.service import GroupService
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers import cluster
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred, answer_when_ready
 from broker.internal_topics import OFFSETS_TOPIC, SHARE_STATE_TOPIC, TRANSACTION_STATE_TOPIC
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 # How long a commit or deletion may wait for its write to be durable.
 COMMIT_WAIT_S: Final = 30.0

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker import codec
 from broker.handlers.context import BrokerContext
 from broker.handlers.controller_forward import on_controller
 from broker.handlers.reply import Deferred
+from wire import codec
 
 
 def handle_decommission_broker(

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext
 from broker.handlers.controller_forward import on_controller
 from broker.handlers.reply import Deferred
 from broker.internal_topics import is_internal_topic
 from broker.log.log import wall_clock_ms
 from broker.log.log_start import build_log_start_batch
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 # DeleteRecords' offset meaning "everything below the high watermark" (Kafka's -1).
 DELETE_TO_HIGH_WATERMARK = -1

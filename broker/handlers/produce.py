@@ -23,13 +23,13 @@ from typing import Any
 
 import trio
 
-from broker import codec
 from broker.appended import Appended
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext, PartitionState
 from broker.handlers.reply import Deferred
 from broker.internal_topics import is_internal_topic
-from broker.log.batch import iter_batches, unpack_header
+from wire import codec
+from wire.batch import iter_batches, unpack_header
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

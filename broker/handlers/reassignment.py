@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from broker import codec
 from broker.cluster.reassignment import moving_partitions, replica_progress
 from broker.controller.reassignment import removing_replicas
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext
 from broker.handlers.controller_forward import on_controller, require_cluster
 from broker.handlers.reply import Deferred
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 
 def handle_alter_partition_reassignments(

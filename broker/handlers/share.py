@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Final
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred
 from broker.internal_topics import is_internal_topic
 from broker.share_groups.service import ShareGroupService, acks_of
 from broker.share_groups.share_config import DEAD_LETTER_TOPIC
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 # Bounds of one ShareFetch.
 MAX_RECORDS_LIMIT: Final = 10_000

@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from broker import codec
 from broker.consumer_groups.group import TopicPartition
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred, answer_when_ready
 from broker.transactions.markers import append_markers, await_markers
 from broker.transactions.txn_records import TransactionState
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 # How long a WriteTxnMarkers waits for its markers' acknowledgements.
 MARKER_TIMEOUT_S: Final = 30.0

@@ -37,7 +37,9 @@ from pathlib import Path
 
 import msgpack
 
-from broker.log.batch import (
+from broker.log.durability import fsync_directory, write_atomically
+from broker.log.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, Segment
+from wire.batch import (
     MAGIC_MSGPACK,
     BatchHeader,
     Compression,
@@ -46,8 +48,6 @@ from broker.log.batch import (
     iter_batches,
     repack_batch,
 )
-from broker.log.durability import fsync_directory, write_atomically
-from broker.log.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, Segment
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from typing import Any
 import trio
 
 from broker.config import FlushPolicy
-from broker.errors import BrokerError
 from broker.log.cleaner import (
     CleanStats,
     install_cleaned,
@@ -30,6 +29,7 @@ from broker.log.cleaner import (
     write_cleaned,
 )
 from broker.log.log import wall_clock_ms
+from wire.error_codes import BrokerError
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable
 import trio
 
 from broker.config import FlushPolicy
-from broker.errors import BrokerError, ErrorCode
 from broker.log.log import PartitionLog
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

@@ -43,19 +43,6 @@ from typing import NamedTuple
 import msgpack
 
 from broker.config import LogConfig
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import (
-    LOG_OVERHEAD,
-    BadLengthError,
-    BatchHeader,
-    InvalidBatchError,
-    RecordCountError,
-    decode_records,
-    iter_batches,
-    set_base_offset,
-    set_leader_epoch,
-    validate_batch,
-)
 from broker.log.cleaner import recover_swaps
 from broker.log.durability import (
     FlushTicket,
@@ -81,6 +68,19 @@ from broker.transactions.producer_state import (
     is_marker,
     marker_of,
 )
+from wire.batch import (
+    LOG_OVERHEAD,
+    BadLengthError,
+    BatchHeader,
+    InvalidBatchError,
+    RecordCountError,
+    decode_records,
+    iter_batches,
+    set_base_offset,
+    set_leader_epoch,
+    validate_batch,
+)
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

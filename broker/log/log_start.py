@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import msgpack
 
-from broker.errors import ErrorCode
-from broker.log.batch import (
+from wire.batch import (
     BatchHeader,
     ControlType,
     InvalidBatchError,
@@ -23,6 +22,7 @@ from broker.log.batch import (
     control_type_of,
     decode_records,
 )
+from wire.error_codes import ErrorCode
 
 
 def build_log_start_batch(offset: int, *, timestamp_ms: int) -> bytes:

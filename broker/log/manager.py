@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from broker.config import LogConfig
-from broker.errors import BrokerError, ErrorCode
 from broker.log.durability import fsync_directory
 from broker.log.log import PartitionLog, wall_clock_ms
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

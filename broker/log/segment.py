@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from broker.config import LogConfig
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import (
+from broker.log.index import IndexFullError, OffsetIndex, TimeIndex
+from wire.batch import (
     HEADER_SIZE,
     LOG_OVERHEAD,
     BatchHeader,
@@ -37,7 +37,7 @@ from broker.log.batch import (
     unpack_header,
     validate_batch,
 )
-from broker.log.index import IndexFullError, OffsetIndex, TimeIndex
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

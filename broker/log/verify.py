@@ -18,8 +18,8 @@ from pathlib import Path
 
 import msgpack
 
-from broker.log.batch import HEADER_SIZE, LOG_OVERHEAD, InvalidBatchError, validate_batch
 from broker.log.segment import Segment, SegmentCorruptError
+from wire.batch import HEADER_SIZE, LOG_OVERHEAD, InvalidBatchError, validate_batch
 
 logger = logging.getLogger(__name__)
 

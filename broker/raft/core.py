@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 
-from broker.log import batch as batch_codec
 from broker.raft import membership, quorum
 from broker.raft.config import RaftConfig
 from broker.raft.errors import ConfigurationChangeError, NotLeaderError, ProposalDroppedError
@@ -48,6 +47,7 @@ from broker.raft.raft_log import RaftLog
 from broker.raft.ready import RaftStatistics, RandomSource, Ready, Role
 from broker.raft.storage import CompactedError, RaftStorage
 from broker.raft.throttle import SendThrottle
+from wire import batch as batch_codec
 
 # Bytes of committed entries handed to the driver per Ready: bounds apply batches (principle 5).
 APPLY_BYTES_MAX = 8 * 1024 * 1024

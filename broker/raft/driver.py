@@ -51,7 +51,6 @@ from typing import Protocol
 import trio
 
 from broker.config import ConfigBase, FlushPolicy, check_range
-from broker.errors import BrokerError, ErrorCode
 from broker.log.durability import FlushTicket
 from broker.log.log import PartitionLog
 from broker.raft.config import RaftConfig
@@ -68,6 +67,7 @@ from broker.raft.messages import (
 )
 from broker.raft.ready import RaftStatistics, RandomSource, Ready, Role
 from broker.raft.store_sync import StoreSyncer
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Programmer errors (calling the core out of contract) are asserts instead and cra
 
 from __future__ import annotations
 
-from broker.errors import BrokerError, ErrorCode
+from wire.error_codes import BrokerError, ErrorCode
 
 
 class NotLeaderError(BrokerError):

@@ -1,7 +1,7 @@
 """Raft's vocabulary: entries, hard state, snapshots, configurations and peer messages.
 
 Everything here is a frozen dataclass (or a plain function over bytes) and pure: no I/O, no clock,
-no randomness. An `Entry` IS a record batch in the partition-log format (broker/log/batch.py): its
+no randomness. An `Entry` IS a record batch in the partition-log format (wire/batch.py): its
 `leader_epoch` header field is the Raft term, its index is the offset of its LAST record
 (`base_offset + last_offset_delta`), and the next entry's base offset is this index + 1. Leader
 no-ops and configuration changes are control batches. Indexes therefore have gaps: a batch of 10
@@ -16,7 +16,7 @@ import struct
 
 import msgpack
 
-from broker.log import batch as batch_codec
+from wire import batch as batch_codec
 
 # The term and index "before the first entry": an empty log matches any AppendEntries whose
 # previous index is its start index - 1 (Raft paper §5.3, the consistency check's base case).

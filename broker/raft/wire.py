@@ -27,7 +27,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Final
 
-from broker.log import batch as batch_codec
 from broker.raft.messages import (
     AppendRequest,
     AppendResponse,
@@ -43,6 +42,7 @@ from broker.raft.messages import (
     VoteResponse,
     entry_from_batch,
 )
+from wire import batch as batch_codec
 from wire.framing import HANDSHAKE_API, PROTOCOL_VERSION, RemoteProtocolError
 
 RAFT_API: Final = "raft"

@@ -29,7 +29,6 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from broker.config import ConfigError
 from broker.consumer_groups.actions import PersistRecords
 from broker.consumer_groups.events import (
     AppendFailed,
@@ -42,7 +41,6 @@ from broker.consumer_groups.events import (
 from broker.consumer_groups.group import TopicPartition
 from broker.consumer_groups.offsets import EncodedRecord
 from broker.consumer_groups.state import CoreStatus, route_event
-from broker.errors import ErrorCode
 from broker.share_groups.share_actions import (
     RecordsAvailable,
     RespondAcknowledge,
@@ -86,6 +84,8 @@ from broker.share_groups.share_records import (
     decode,
     encode,
 )
+from wire.config_error import ConfigError
+from wire.error_codes import ErrorCode
 
 logger = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from broker import codec
 from broker.consumer_groups.group import TopicPartition
-from broker.errors import BrokerError, ErrorCode
 from broker.handlers.reply import Deferred
-from broker.log.batch import build_batch, decode_records, iter_batches
 from broker.share_groups.reader import PartitionReader
 from broker.share_groups.share_actions import WriteDeadLetters
+from wire import codec
+from wire.batch import build_batch, decode_records, iter_batches
+from wire.error_codes import BrokerError, ErrorCode
 
 # Records per dead-letter batch, and bytes read per job step.
 RECORDS_PER_BATCH: Final = 500

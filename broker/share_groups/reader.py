@@ -16,11 +16,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Final
 
-from broker import codec
 from broker.consumer_groups.group import TopicPartition
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import iter_batches
 from broker.share_groups.share_partition import BatchRun
+from wire import codec
+from wire.batch import iter_batches
+from wire.error_codes import BrokerError, ErrorCode
 
 # The first read of a partition at a position (it then grows by what the batches read so far
 # say a record takes, up to READ_BYTES_MAX): reads stay near what a fetch hands out.

@@ -28,7 +28,6 @@ from typing import Any, Final
 
 import trio
 
-from broker import codec
 from broker.consumer_groups.group import TopicPartition
 from broker.coordinator_shell import (
     CoordinatorService,
@@ -37,9 +36,7 @@ from broker.coordinator_shell import (
     ensure_internal_topic,
     wall_clock_ms,
 )
-from broker.errors import BrokerError, ErrorCode
 from broker.internal_topics import SHARE_STATE_TOPIC
-from broker.log.batch import iter_batches, unpack_header
 from broker.share_groups.coordinator import (
     RESET_EARLIEST,
     RESET_LATEST,
@@ -67,6 +64,9 @@ from broker.share_groups.share_events import (
     PartitionRead,
 )
 from broker.share_groups.share_partition import AckRange, AckType
+from wire import codec
+from wire.batch import iter_batches, unpack_header
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

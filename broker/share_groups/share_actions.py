@@ -13,8 +13,8 @@ import dataclasses
 from typing import Any
 
 from broker.consumer_groups.group import TopicPartition
-from broker.errors import ErrorCode
 from broker.share_groups.share_partition import Acquired, DeadLetterJob
+from wire.error_codes import ErrorCode
 
 _message = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from broker.consumer_groups.events import Event, Request
 from broker.consumer_groups.group import TopicPartition
-from broker.errors import ErrorCode
 from broker.share_groups.share_actions import (
     RespondAcknowledge,
     RespondAcquire,
@@ -21,6 +20,7 @@ from broker.share_groups.share_actions import (
     RespondDescribeShareGroups,
 )
 from broker.share_groups.share_partition import AckRange, BatchRun
+from wire.error_codes import ErrorCode
 
 _message = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 

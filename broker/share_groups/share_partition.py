@@ -67,7 +67,7 @@ DONE_STATES: Final = frozenset({RecordState.ACKNOWLEDGED, RecordState.ARCHIVED})
 
 
 class AckType(enum.IntEnum):
-    """What a consumer says about records (the wire's ack types, broker/codec.py)."""
+    """What a consumer says about records (the wire's ack types, wire/codec.py)."""
 
     GAP = 0
     ACCEPT = 1

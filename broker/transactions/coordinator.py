@@ -50,7 +50,6 @@ import functools
 
 from broker.consumer_groups.group import TopicPartition
 from broker.consumer_groups.state import CoreStatus, route_event
-from broker.errors import ErrorCode
 from broker.internal_topics import OFFSETS_TOPIC
 from broker.transactions.txn_actions import (
     Action,
@@ -97,6 +96,7 @@ from broker.transactions.txn_records import (
     encode_record,
     replay,
 )
+from wire.error_codes import ErrorCode
 
 State = TransactionState
 AddRequest = AddPartitionsRequested | AddOffsetsRequested

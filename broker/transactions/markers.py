@@ -30,15 +30,15 @@ from typing import Any, Final
 
 import trio
 
-from broker import codec
 from broker.appended import Appended
 from broker.consumer_groups.group import TopicPartition
 from broker.coordinator_shell import wall_clock_ms
-from broker.errors import BrokerError, ErrorCode
 from broker.internal_topics import OFFSETS_TOPIC
-from broker.log.batch import unpack_header
 from broker.transactions.producer_state import Marker, build_marker_batch
 from broker.transactions.txn_actions import WriteMarkers
+from wire import codec
+from wire.batch import unpack_header
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

@@ -43,8 +43,7 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import (
+from wire.batch import (
     ATTR_CONTROL,
     ATTR_TRANSACTIONAL,
     BatchHeader,
@@ -53,12 +52,12 @@ from broker.log.batch import (
     build_control_batch,
     control_type_of,
     decode_records,
+    increment_sequence,
 )
+from wire.error_codes import BrokerError, ErrorCode
 
 # Batches per producer whose retry is recognised (Kafka's max.in.flight.requests bound).
 MAX_CACHED_BATCHES: Final = 5
-# Sequences are i32 and wrap to 0 after this, as Kafka's do.
-SEQUENCE_MAX: Final = 2**31 - 1
 # Completed transactions whose marker may be above the high watermark: beyond this many the
 # oldest are merged (conservatively: the LSO can only be lower, never expose an open one).
 MAX_UNSTABLE_COMPLETED: Final = 1024
@@ -98,13 +97,6 @@ class ProducerStateStats(NamedTuple):
 
 
 # --- sequences and markers ----------------------------------------------------------------------
-
-
-def increment_sequence(sequence: int, increment: int) -> int:
-    """`sequence + increment`, wrapping past 2**31-1 to 0 as Kafka's sequences do."""
-    if sequence > SEQUENCE_MAX - increment:
-        return increment - (SEQUENCE_MAX - sequence) - 1
-    return sequence + increment
 
 
 def encode_marker_value(coordinator_epoch: int) -> bytes:

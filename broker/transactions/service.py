@@ -36,7 +36,6 @@ from broker.coordinator_shell import (
     next_coordinator_epoch,
     wall_clock_ms,
 )
-from broker.errors import BrokerError, ErrorCode
 from broker.internal_topics import TRANSACTION_STATE_TOPIC
 from broker.transactions.coordinator import (
     TransactionCoordinatorCore,
@@ -61,6 +60,7 @@ from broker.transactions.txn_events import (
     needs_new_producer_id,
 )
 from broker.transactions.txn_records import TransactionState
+from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import dataclasses
 
 from broker.consumer_groups.actions import PersistRecords
 from broker.consumer_groups.group import TopicPartition
-from broker.errors import ErrorCode
 from broker.transactions.txn_records import (
     NO_PRODUCER_EPOCH,
     NO_PRODUCER_ID,
     NO_TIMESTAMP,
     TransactionState,
 )
+from wire.error_codes import ErrorCode
 
 __all__ = [
     "Action",

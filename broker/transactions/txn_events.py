@@ -25,7 +25,6 @@ from broker.consumer_groups.events import (
     UnloadPartition,
 )
 from broker.consumer_groups.group import TopicPartition
-from broker.errors import ErrorCode
 from broker.transactions.txn_actions import (
     RespondAddOffsets,
     RespondAddPartitions,
@@ -41,6 +40,7 @@ from broker.transactions.txn_records import (
     PRODUCER_EPOCH_MAX,
     TransactionState,
 )
+from wire.error_codes import ErrorCode
 
 __all__ = [
     "AddOffsetsRequested",

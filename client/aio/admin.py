@@ -14,8 +14,6 @@ from typing import Any
 
 import trio
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
 from client.aio._base import AsyncClientBase
 from client.aio.consumer import isolation_level_code, list_offsets
 from client.aio.coordinator_calls import CoordinatorCalls
@@ -27,6 +25,8 @@ from client.types import (
     TopicDescription,
     TopicPartition,
 )
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 # First backoff of per-leader retries (list_offsets): doubled each round up to 1 s.
 ADMIN_RETRY_BACKOFF_S = 0.05

@@ -27,8 +27,6 @@ from typing import Any, TypeVar
 
 import trio
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
 from client._bootstrap import Address, format_addresses, parse_bootstrap
 from client.errors import (
     BrokerUnavailableError,
@@ -36,11 +34,13 @@ from client.errors import (
     ClientError,
     ConnectionLostError,
 )
+from wire import codec
 from wire.connection import (
     MAX_IN_FLIGHT_DEFAULT,
     BrokerConnection,
     open_broker_connection,
 )
+from wire.error_codes import BrokerError, ErrorCode
 
 CLIENT_ID_DEFAULT = "pybroker-client"
 REQUEST_TIMEOUT_MS_DEFAULT = 30_000

@@ -7,7 +7,7 @@ Rules:
 - `seek*`, `assign` and `subscribe` bump the partition's `epoch`: buffered chunks and in-flight
   responses from an older epoch are dropped, and the in-flight long poll is cancelled so the new
   position takes effect at once.
-- Batches are CRC-checked and decoded in bulk (`broker.log.batch.decode_records`, one msgpack call
+- Batches are CRC-checked and decoded in bulk (`wire.batch.decode_records`, one msgpack call
   per batch); control batches (Raft no-ops, transaction markers) are skipped, so offsets may have
   gaps.
 - `isolation_level="read_committed"` fetches up to the last stable offset; each partition's answer
@@ -37,17 +37,6 @@ from typing import Any
 
 import trio
 
-from broker import codec
-from broker.config import ConfigError
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import (
-    BatchHeader,
-    ControlType,
-    control_type_of,
-    decode_records,
-    decode_rows,
-    iter_batches,
-)
 from client._gc import gc_paused
 from client.aio._base import AsyncClientBase
 from client.aio.cluster import (
@@ -72,6 +61,17 @@ from client.aio.metadata_refresh import (
 from client.errors import ClientClosedError, ClientError
 from client.serialization import Deserializer, deserialize_records
 from client.types import ConsumerGroupMetadata, ConsumerRecord, OffsetAndMetadata, TopicPartition
+from wire import codec
+from wire.batch import (
+    BatchHeader,
+    ControlType,
+    control_type_of,
+    decode_records,
+    decode_rows,
+    iter_batches,
+)
+from wire.config_error import ConfigError
+from wire.error_codes import BrokerError, ErrorCode
 from wire.framing import MAX_FRAME_BYTES_DEFAULT
 
 log = logging.getLogger("client.consumer")

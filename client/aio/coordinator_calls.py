@@ -12,11 +12,11 @@ from typing import Any
 
 import trio
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
 from client.aio.cluster import RETRY_BACKOFF_MAX_S, Cluster
 from client.aio.group import COORDINATOR_ERRORS
 from client.errors import ClientClosedError, ClientError
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 log = logging.getLogger("client.coordinator")
 

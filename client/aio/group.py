@@ -36,13 +36,11 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from broker import codec
-from broker.config import ConfigError
-from broker.errors import BrokerError, ErrorCode
 from client.aio.cluster import Cluster
 from client.aio.metadata_refresh import RefreshSchedule, subscribed_partition_counts
 from client.errors import ClientError
 from client.types import OffsetAndMetadata, TopicPartition
+from wire import codec
 from wire.assignors import (
     ASSIGNORS,
     CONSUMER_PROTOCOL_TYPE,
@@ -51,6 +49,8 @@ from wire.assignors import (
     assign_encoded,
 )
 from wire.assignors import TopicPartition as CoreTopicPartition
+from wire.config_error import ConfigError
+from wire.error_codes import BrokerError, ErrorCode
 
 
 class GroupHost(Protocol):

@@ -18,8 +18,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from broker.config import ConfigError
-from broker.errors import ErrorCode
+from wire.config_error import ConfigError
+from wire.error_codes import ErrorCode
 
 if TYPE_CHECKING:
     from client.aio.cluster import Cluster

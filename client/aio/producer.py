@@ -48,11 +48,6 @@ from typing import Any
 
 import trio
 
-from broker import codec
-from broker.config import ConfigError
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import MAX_BATCH_BYTES_DEFAULT, Compression, build_batch
-from broker.transactions.producer_state import increment_sequence
 from client._gc import gc_paused
 from client.accumulator import (
     RECORD_OVERHEAD_BYTES,
@@ -84,6 +79,10 @@ from client.errors import (
 from client.partitioner import partition_for_key
 from client.serialization import Serializer, serialize
 from client.types import ConsumerGroupMetadata, RecordMetadata, TopicPartition
+from wire import codec
+from wire.batch import MAX_BATCH_BYTES_DEFAULT, Compression, build_batch, increment_sequence
+from wire.config_error import ConfigError
+from wire.error_codes import BrokerError, ErrorCode
 
 log = logging.getLogger("client.producer")
 

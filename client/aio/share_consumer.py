@@ -40,9 +40,6 @@ from typing import Any, Final, Literal
 
 import trio
 
-from broker import codec
-from broker.config import ConfigError
-from broker.errors import BrokerError, ErrorCode
 from client._gc import gc_paused
 from client.aio._base import AsyncClientBase
 from client.aio.cluster import (
@@ -60,6 +57,9 @@ from client.aio.consumer import (
 from client.aio.coordinator_calls import CoordinatorCalls
 from client.errors import ClientError
 from client.types import ShareRecord, TopicPartition
+from wire import codec
+from wire.config_error import ConfigError
+from wire.error_codes import BrokerError, ErrorCode
 
 log = logging.getLogger("client.share_consumer")
 

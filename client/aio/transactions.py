@@ -31,8 +31,6 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
 from client.aio.cluster import RETRY_BACKOFF_MAX_S, Cluster
 from client.aio.group import COORDINATOR_ERRORS, MEMBERSHIP_ERRORS, CommitFailedError
 from client.errors import (
@@ -44,6 +42,8 @@ from client.errors import (
     TransactionAbortedError,
 )
 from client.types import ConsumerGroupMetadata, TopicPartition
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 
 class TransactionalProducer(Protocol):

@@ -51,7 +51,6 @@ from broker.consumer_groups.events import (
 )
 from broker.consumer_groups.group import TopicPartition
 from broker.consumer_groups.offsets import EncodedRecord
-from broker.errors import ErrorCode
 from broker.share_groups.coordinator import (
     RESET_EARLIEST,
     RESET_LATEST,
@@ -88,6 +87,7 @@ from broker.share_groups.share_partition import (
     BatchRun,
     RecordState,
 )
+from wire.error_codes import ErrorCode
 
 GROUP = "queue"
 TOPIC = "t"

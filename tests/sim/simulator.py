@@ -27,7 +27,6 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from broker.log import batch as batch_codec
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore, Ready, Role
 from broker.raft.errors import ConfigurationChangeError, NotLeaderError, ProposalDroppedError
@@ -35,6 +34,7 @@ from broker.raft.liveness import PeerLiveness
 from broker.raft.messages import AppendRequest, Configuration, Entry, Message, describe
 from broker.raft.storage import MemoryStorage
 from tests.sim.checkers import Checker, SimulationFailure, apply_digest
+from wire import batch as batch_codec
 
 # Virtual time units per tick at the nominal tick rate; nodes tick at 80%-120% of it.
 TICK_TIME = 100

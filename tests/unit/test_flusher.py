@@ -10,10 +10,10 @@ import trio
 import trio.testing
 
 from broker.config import FlushPolicy, LogConfig
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import build_batch
 from broker.log.flusher import LogFlusher
 from broker.log.log import FlushTicket, PartitionLog
+from wire.batch import build_batch
+from wire.error_codes import BrokerError, ErrorCode
 
 BATCH = build_batch([(1_000, None, b"x" * 200, None)])
 

@@ -71,6 +71,18 @@ def test_lower_layers_do_not_import_higher_ones(package: str, forbidden: tuple[s
     )
 
 
+# The modules that run a broker in this process (for tests and notebooks) import it; nothing
+# else in the SDK may, so a client-only install never needs the broker's code paths.
+BROKER_RUNNERS = ("client.embedded", "client.embedded_cluster", "client.pytest_plugin")
+
+
+def test_the_sdk_speaks_only_wire_to_the_broker() -> None:
+    offenders = [
+        line for line in _offenders("client", ("broker",)) if not line.startswith(BROKER_RUNNERS)
+    ]
+    assert not offenders, f"client/ must reach the broker's vocabulary through wire/: {offenders}"
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan), each sorted."""
     index: dict[str, int] = {}

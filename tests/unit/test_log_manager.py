@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from broker.config import LogConfig
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import build_batch
 from broker.log.manager import LogManager, check_topic_name, parse_partition_directory
+from wire.batch import build_batch
+from wire.error_codes import BrokerError, ErrorCode
 
 
 def _batch(value: bytes) -> bytes:

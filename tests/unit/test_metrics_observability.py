@@ -13,7 +13,6 @@ import trio
 from prometheus_client import generate_latest
 
 from broker.config import FlushPolicy, LogConfig
-from broker.log.batch import build_batch
 from broker.log.flusher import LogFlusher
 from broker.log.log import PartitionLog
 from broker.metrics import BrokerMetrics
@@ -21,6 +20,7 @@ from broker.observability.cluster_metrics import _reassignments
 from broker.observability.raft_metrics import RaftCollector, summarize_groups
 from broker.observability.scrape import TrioScrape
 from broker.raft.ready import RaftStatistics, Role
+from wire.batch import build_batch
 
 
 def driver(

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from broker.config import BrokerConfig
-from broker.errors import BrokerError, ErrorCode
 from broker.internal_topics import OFFSETS_TOPIC
 from broker.kvstore import KeySpace, KvStore
-from broker.log.batch import build_batch
 from broker.log.manager import LogManager
 from broker.topics import TopicManager
+from wire.batch import build_batch
+from wire.error_codes import BrokerError, ErrorCode
 
 
 class Opened:

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import trio
 
-from broker import codec
-from broker.errors import ErrorCode
-from broker.log.batch import ControlType, build_control_batch, iter_batches, set_base_offset
+from wire import codec
+from wire.batch import ControlType, build_control_batch, iter_batches, set_base_offset
+from wire.error_codes import ErrorCode
 from wire.framing import NEED_DATA, Frame, FrameConnection, Role
 
 SEQUENCE_MODULUS = 2**31

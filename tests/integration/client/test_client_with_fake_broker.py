@@ -11,12 +11,12 @@ import threading
 import pytest
 import trio
 
-from broker.errors import BrokerError, ErrorCode
 from client.aio import Consumer, Producer
 from client.blocking import Producer as BlockingProducer
 from client.errors import BufferFullError, ClientClosedError
 from client.types import TopicPartition
 from tests.integration.client.fake_broker import FakeBroker
+from wire.error_codes import BrokerError, ErrorCode
 
 
 async def read_all(broker: FakeBroker, topic: str, partition: int, count: int) -> list[bytes]:

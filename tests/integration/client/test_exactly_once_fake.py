@@ -12,8 +12,6 @@ import pytest
 import trio
 from typer.testing import CliRunner
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
 from cli.broker_cli import app
 from client import ConsumerGroupMetadata, InvalidTxnStateError, ProducerFencedError
 from client.aio import AdminClient, Consumer, Producer
@@ -21,6 +19,8 @@ from client.blocking import Producer as BlockingProducer
 from client.errors import ClientError, TransactionAbortedError
 from client.types import OffsetAndMetadata, TopicPartition
 from tests.integration.client.fake_broker import FakeBroker
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 
 @contextlib.asynccontextmanager

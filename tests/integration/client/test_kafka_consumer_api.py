@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import trio
 
-from broker.config import ConfigError
 from client import AdminClient, Consumer, OffsetAndMetadata, Producer, TopicPartition, aio
 from client.embedded import EmbeddedBroker
 from client.pytest_plugin import run_broker
 from client.serialization import SerializationError
+from wire.config_error import ConfigError
 
 # Short group timers, and a short metadata age where a test waits for a periodic refresh.
 GROUP = {"session_timeout_ms": 3_000, "heartbeat_interval_ms": 300, "max_poll_interval_ms": 20_000}

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from broker.log.batch import iter_batches
 from client.aio import AdminClient, Consumer, Producer
 from client.types import TopicPartition
 from tests.integration.client.fake_broker import FakeBroker
+from wire.batch import iter_batches
 
 WAIT_S = 10.0
 
@@ -56,7 +56,7 @@ async def fakes(nursery: trio.Nursery) -> AsyncIterator[FakeCluster]:
 
 
 def values_in(broker: FakeBroker, topic: str, partition: int) -> list[bytes]:
-    from broker.log.batch import decode_records
+    from wire.batch import decode_records
 
     out: list[bytes] = []
     for batch in broker.logs[(topic, partition)]:

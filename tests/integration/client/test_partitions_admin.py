@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from broker.errors import BrokerError, ErrorCode
 from client import AdminClient, Consumer, Producer, TopicAlreadyExistsError, TopicPartition
 from client.embedded import EmbeddedBroker
+from wire.error_codes import BrokerError, ErrorCode
 
 CLI = [sys.executable, "-m", "cli.broker_cli"]
 # Bound on one CLI invocation, and on waiting for a consumer to see a new partition.

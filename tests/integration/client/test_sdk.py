@@ -7,11 +7,11 @@ import time
 import pytest
 import trio
 
-from broker.errors import BrokerError, ErrorCode
 from client import AdminClient, Consumer, Producer, TopicPartition, aio
 from client.embedded import EmbeddedBroker
 from client.errors import BrokerUnavailableError
 from client.partitioner import partition_for_key
+from wire.error_codes import BrokerError, ErrorCode
 
 # Bound on how long a test waits for records it knows were acknowledged.
 READ_DEADLINE_S = 20.0

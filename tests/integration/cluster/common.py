@@ -8,9 +8,9 @@ from typing import Any
 
 import trio
 
-from broker import codec
 from client.embedded_cluster import EmbeddedCluster
 from tests.unit.server.wire_client import WireClient
+from wire import codec
 
 # Raft ticks, broker heartbeats and group timers short enough that failovers take a second or
 # two, so a test can kill brokers several times within its budget.

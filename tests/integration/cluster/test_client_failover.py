@@ -17,11 +17,11 @@ import pytest
 import trio
 from typer.testing import CliRunner
 
-from broker import codec
 from cli.broker_cli import app
 from client import AdminClient, Consumer, Producer, TopicPartition, aio
 from client.embedded_cluster import EmbeddedCluster
 from client.types import ConsumerRecord, RecordMetadata
+from wire import codec
 
 WAIT_S = 60.0
 # Between two checks of a condition that needs a round trip to the cluster.

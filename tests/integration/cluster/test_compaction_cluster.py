@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker.log.batch import InvalidBatchError, decode_records, iter_batches
 from broker.log.cleaner import CLEANER_CHECKPOINT_FILE
 from cli.broker_cli import app
 from client import AdminClient, Consumer, Producer
 from client.embedded_cluster import EmbeddedCluster
 from tests.integration.cluster.common import wait_for
+from wire.batch import InvalidBatchError, decode_records, iter_batches
 
 WAIT_S = 60.0
 KEYS = 10

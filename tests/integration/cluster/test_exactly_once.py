@@ -20,11 +20,11 @@ import time
 
 import pytest
 
-from broker import codec
 from client import AdminClient, Consumer, Producer
 from client.embedded_cluster import EmbeddedCluster
 from client.types import TopicPartition
 from tests.integration.cluster import common
+from wire import codec
 
 INPUT, OUTPUT, GROUP, TXN_ID = "input", "output", "ctp", "ctp-worker"
 PARTITIONS = 3

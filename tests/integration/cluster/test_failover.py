@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from broker import codec
 from broker.config import LogConfig
-from broker.errors import ErrorCode
-from broker.log.batch import build_batch, decode_records, iter_batches
 from broker.log.manager import LogManager
 from client.embedded_cluster import EmbeddedCluster
 from tests.log_reading import log_bytes
 from tests.unit.server.wire_client import WireClient, make_batch
+from wire import codec
+from wire.batch import build_batch, decode_records, iter_batches
+from wire.error_codes import ErrorCode
 
 FAST_RAFT = (
     "--set", "raft_tick_ms=50",

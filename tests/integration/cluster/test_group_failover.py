@@ -15,11 +15,11 @@ import threading
 import pytest
 import trio
 
-from broker import codec
 from client import AdminClient, Consumer, Producer
 from client.embedded_cluster import EmbeddedCluster
 from tests.integration.cluster import common
 from tests.unit.server.wire_client import WireClient
+from wire import codec
 
 TOPIC = "work"
 GROUP = "workers"

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
 from client import AdminClient, Consumer, OffsetAndMetadata, Producer, TopicPartition
 from client.embedded_cluster import EmbeddedCluster
 from tests.integration.cluster import common
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 TOPIC = "ledger"
 GROUP = "auditors"

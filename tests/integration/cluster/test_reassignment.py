@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from broker import codec
 from client import AdminClient, Consumer, Producer, TopicPartition
 from client.embedded_cluster import EmbeddedCluster
 from tests.integration.cluster.common import FAST_GROUP_BROKER_ARGS, wait_for
 from tests.unit.server.wire_client import WireClient
+from wire import codec
 
 TOPIC = "moving"
 WAIT_S = 60.0

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from broker import codec
 from client import AdminClient, Consumer, Producer, ShareConsumer, TopicPartition
 from client.embedded_cluster import EmbeddedCluster
 from tests.integration.cluster import common
+from wire import codec
 
 TOPIC, DLQ, GROUP = "jobs", "jobs.dlq", "workers"
 RECORDS = 3_000

@@ -20,11 +20,11 @@ from broker.cluster.node import ClusterNode, ClusterNodeConfig
 from broker.cluster.replicas import Acks, Replica, ReplicaManagerConfig
 from broker.config import KIB, LogConfig
 from broker.controller.records import BrokerState
-from broker.errors import BrokerError
-from broker.log import batch as batch_codec
 from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriverConfig
 from broker.raft.transport import RaftTransportConfig
+from wire import batch as batch_codec
+from wire.error_codes import BrokerError
 
 NODE_IDS = (1, 2, 3)
 TICK_MS = 20

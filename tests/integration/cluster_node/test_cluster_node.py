@@ -16,9 +16,7 @@ import trio
 from broker.cluster.controller_service import METADATA_GROUP, NotControllerError
 from broker.cluster.node import ClusterNode
 from broker.cluster.replicas import Acks
-from broker.errors import BrokerError, ErrorCode
 from broker.kvstore import KeySpace
-from broker.log import batch as batch_codec
 from broker.raft.errors import NotLeaderError
 from tests.integration.cluster_node.harness import (
     CONFIG,
@@ -29,6 +27,8 @@ from tests.integration.cluster_node.harness import (
     record_batch,
 )
 from tests.log_reading import log_bytes
+from wire import batch as batch_codec
+from wire.error_codes import BrokerError, ErrorCode
 
 TOPIC = "orders"
 PARTITIONS = 3

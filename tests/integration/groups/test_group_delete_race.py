@@ -10,9 +10,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from broker.errors import BrokerError, ErrorCode
 from client import AdminClient, Consumer, OffsetAndMetadata, TopicPartition
 from client.embedded import EmbeddedBroker
+from wire.error_codes import BrokerError, ErrorCode
 
 GROUP = "racing"
 TOPIC = "race"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.errors import BrokerError, ErrorCode
 from client import AdminClient, Consumer, OffsetAndMetadata, Producer, TopicPartition
 from client.embedded import EmbeddedBroker
 from tests.integration.groups.conftest import wait_for
+from wire.error_codes import BrokerError, ErrorCode
 
 BROKER_CLI = str(Path(sys.executable).with_name("broker-cli"))
 FAST = {"auto_offset_reset": "earliest", "session_timeout_ms": 2_000,

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from broker.errors import BrokerError, ErrorCode
 from client import AdminClient, Consumer, OffsetAndMetadata, Producer, TopicPartition
 from client.aio.group import ConsumerRebalanceListener
 from client.embedded import EmbeddedBroker
 from tests.integration.groups.conftest import wait_for
+from wire.error_codes import BrokerError, ErrorCode
 
 CLI = [sys.executable, "-c", "from cli.broker_cli import app; app()"]
 FAST = {

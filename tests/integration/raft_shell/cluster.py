@@ -16,9 +16,7 @@ from pathlib import Path
 import trio
 
 from broker.config import KIB, LogConfig
-from broker.errors import BrokerError
 from broker.kvstore import KvStore
-from broker.log import batch as batch_codec
 from broker.log.log import PartitionLog
 from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriver, RaftDriverConfig
@@ -27,6 +25,8 @@ from broker.raft.messages import Configuration
 from broker.raft.ready import Role
 from broker.raft.transport import RaftTransport, RaftTransportConfig
 from tests.log_reading import log_bytes as log_bytes_of
+from wire import batch as batch_codec
+from wire.error_codes import BrokerError
 
 GROUPS = ("g0", "g1")
 NODE_IDS = (1, 2, 3)

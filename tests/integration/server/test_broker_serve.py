@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from broker import codec
-from broker.errors import ErrorCode
-from broker.log.batch import iter_batches, validate_batch
 from tests.integration.server.conftest import BrokerProcess, StartProcess, broker_command
 from tests.unit.server.wire_client import WireClient, make_batch
+from wire import codec
+from wire.batch import iter_batches, validate_batch
+from wire.error_codes import ErrorCode
 
 WAIT_S = 20.0
 

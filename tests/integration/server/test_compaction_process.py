@@ -7,11 +7,11 @@ import signal
 import time
 from pathlib import Path
 
-from broker.errors import ErrorCode
-from broker.log.batch import build_batch, decode_records, iter_batches
 from broker.log.cleaner import CLEANER_CHECKPOINT_FILE, CLEANING_DIRECTORY
 from tests.integration.server.conftest import BrokerProcess, StartProcess
 from tests.unit.server.wire_client import WireClient
+from wire.batch import build_batch, decode_records, iter_batches
+from wire.error_codes import ErrorCode
 
 WAIT_S = 30.0
 KEYS = 20

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.errors import BrokerError, ErrorCode
 from client import AdminClient, Consumer, Producer, ShareConsumer, TopicPartition
 from client.embedded import EmbeddedBroker
 from client.embedded_cluster import EmbeddedCluster
 from tests.dashboard_queries import dashboard_queries, exported_sample_names, load_dashboard
 from tests.integration.cluster.common import FAST_GROUP_BROKER_ARGS, wait_for
+from wire.error_codes import BrokerError, ErrorCode
 
 DEADLINE_S = 30.0
 TOPIC = "dash"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.config import ConfigError
 from client._bootstrap import parse_bootstrap
+from wire.config_error import ConfigError
 
 
 def test_forms() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from broker import codec
 from cli.cluster_wait import electing_reason, not_ready_reason
+from wire import codec
 
 
 def broker(node_id: int, state: str = "active") -> codec.ClusterBroker:

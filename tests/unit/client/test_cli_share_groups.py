@@ -12,12 +12,12 @@ from typing import Any, ClassVar
 import pytest
 from typer.testing import CliRunner
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
 from cli import common, share_groups
 from cli.broker_cli import app
 from client.blocking import _Blocking
 from client.types import ShareRecord
+from wire import codec
+from wire.error_codes import BrokerError, ErrorCode
 
 runner = CliRunner()
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from broker.log.batch import (
+from client.aio.consumer import decode_fetched, scan_fetched
+from client.types import ConsumerRecord, TopicPartition
+from wire.batch import (
     Compression,
     ControlType,
     CrcMismatchError,
     build_batch,
     build_control_batch,
 )
-from client.aio.consumer import decode_fetched, scan_fetched
-from client.types import ConsumerRecord, TopicPartition
 
 TP = TopicPartition("t", 3)
 T0 = 1_700_000_000_000

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import trio
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import ControlType, build_batch, build_control_batch, set_base_offset
 from client.aio.cluster import Cluster
 from client.aio.consumer import Consumer, _Chunk, scan_fetched
 from client.errors import BrokerUnavailableError
 from client.types import TopicPartition
+from wire import codec
+from wire.batch import ControlType, build_batch, build_control_batch, set_base_offset
+from wire.error_codes import BrokerError, ErrorCode
 
 T0, T1, T2 = (TopicPartition("t", p) for p in range(3))
 

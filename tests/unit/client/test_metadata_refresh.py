@@ -6,12 +6,12 @@ import re
 
 import pytest
 
-from broker.config import ConfigError
 from client.aio.metadata_refresh import (
     UNKNOWN_TOPIC_REFRESH_MAX_MS,
     RefreshSchedule,
     compile_pattern,
 )
+from wire.config_error import ConfigError
 
 
 def test_a_complete_subscription_is_refreshed_every_max_age() -> None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from broker import codec
-from broker.config import ConfigError
-from broker.errors import BrokerError, ErrorCode
 from client.aio.share_consumer import (
     AcknowledgementsCore,
     AcknowledgementStateError,
@@ -16,6 +13,9 @@ from client.aio.share_consumer import (
     coalesce_acknowledgements,
 )
 from client.types import ShareRecord, TopicPartition
+from wire import codec
+from wire.config_error import ConfigError
+from wire.error_codes import BrokerError, ErrorCode
 
 T0, T1 = TopicPartition("t", 0), TopicPartition("t", 1)
 ACCEPT, RELEASE, REJECT, RENEW, GAP = (

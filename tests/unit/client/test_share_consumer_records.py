@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from broker import codec
-from broker.log.batch import ControlType, CrcMismatchError, build_batch, build_control_batch
 from client.aio.share_consumer import acquired_records
 from client.types import ShareRecord, TopicPartition
+from wire import codec
+from wire.batch import ControlType, CrcMismatchError, build_batch, build_control_batch
 
 TP = TopicPartition("jobs", 2)
 T0 = 1_700_000_000_000

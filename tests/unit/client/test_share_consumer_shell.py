@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import trio
 
-from broker import codec
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import build_batch
 from client.aio.admin import AdminClient
 from client.aio.cluster import Cluster
 from client.aio.share_consumer import AcknowledgementStateError, ShareConsumer
 from client.errors import ClientError, ConnectionLostError
 from client.types import TopicPartition
+from wire import codec
+from wire.batch import build_batch
+from wire.error_codes import BrokerError, ErrorCode
 
 T0 = TopicPartition("t", 0)
 COORDINATOR = 7

@@ -30,12 +30,12 @@ from broker.controller.records import (
 )
 from broker.controller.state import ControllerConfig
 from broker.kvstore import KeySpace, KvStore
-from broker.log import batch as batch_codec
 from broker.log.manager import LogManager
 from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriverConfig
 from broker.raft.messages import Entry, assign_entry
 from broker.raft.transport import RaftTransport, RaftTransportConfig
+from wire import batch as batch_codec
 
 TOPIC_ID = "0123456789abcdef0123456789abcdef"
 

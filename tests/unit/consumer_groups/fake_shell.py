@@ -16,7 +16,7 @@ from typing import Any
 
 from broker.consumer_groups.actions import PersistMarker, PersistRecords
 from broker.consumer_groups.events import AppendFailed, LoadPartition, Tick
-from broker.errors import ErrorCode
+from wire.error_codes import ErrorCode
 
 
 class FakeShell:

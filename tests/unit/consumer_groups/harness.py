@@ -33,8 +33,8 @@ from broker.consumer_groups.events import (
 )
 from broker.consumer_groups.group import JoinProtocol, TopicPartition
 from broker.consumer_groups.offsets import LogEntry, MarkerRecord
-from broker.errors import ErrorCode
 from wire.assignors import Assignment, Subscription, assign_encoded
+from wire.error_codes import ErrorCode
 
 from .fake_shell import FakeShell
 

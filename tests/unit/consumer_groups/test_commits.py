@@ -17,7 +17,7 @@ from broker.consumer_groups.events import (
 )
 from broker.consumer_groups.group import GroupState
 from broker.consumer_groups.offsets import OffsetCommitRecord, decode_record, replay
-from broker.errors import ErrorCode
+from wire.error_codes import ErrorCode
 
 from .harness import DELAY_MS, Harness, fast_config, form_group, tp
 

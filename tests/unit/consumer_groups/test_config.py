@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.config import ConfigError
 from broker.consumer_groups.config import GroupConfig
+from wire.config_error import ConfigError
 
 
 def test_defaults_are_valid_and_kafka_keys_map() -> None:

@@ -5,8 +5,8 @@ hands the revoked partitions to the newcomer; no partition ever has two owners."
 from __future__ import annotations
 
 from broker.consumer_groups.group import JoinProtocol, TopicPartition
-from broker.errors import ErrorCode
 from wire.assignors import Assignment, Subscription, assign_encoded
+from wire.error_codes import ErrorCode
 
 from .harness import DELAY_MS, Harness
 

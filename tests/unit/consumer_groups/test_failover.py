@@ -13,7 +13,7 @@ from broker.consumer_groups.events import (
 )
 from broker.consumer_groups.group import GroupState
 from broker.consumer_groups.offsets import CorruptGroupRecordError, EncodedRecord, replay
-from broker.errors import ErrorCode
+from wire.error_codes import ErrorCode
 
 from .harness import DELAY_MS, SESSION_MS, Harness, form_group, tp
 

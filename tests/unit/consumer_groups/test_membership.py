@@ -15,7 +15,7 @@ from broker.consumer_groups.events import (
 )
 from broker.consumer_groups.group import GroupState
 from broker.consumer_groups.offsets import GroupMetadataRecord, decode_record
-from broker.errors import ErrorCode
+from wire.error_codes import ErrorCode
 
 from .harness import (
     DELAY_MS,

@@ -39,8 +39,8 @@ from broker.consumer_groups.events import (
 )
 from broker.consumer_groups.group import GroupState
 from broker.consumer_groups.offsets import replay
-from broker.errors import ErrorCode
 from wire.assignors import Assignment, assign_encoded
+from wire.error_codes import ErrorCode
 
 from .harness import REBALANCE_MS, SESSION_MS, THOROUGH, Harness, fast_config, tp
 

@@ -26,7 +26,7 @@ from broker.consumer_groups.offsets import (
     encode_record,
     replay,
 )
-from broker.errors import ErrorCode
+from wire.error_codes import ErrorCode
 
 from .harness import Harness, fast_config, form_group, tp
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from broker import codec
-from broker.errors import ErrorCode
+from wire import codec
+from wire.error_codes import ErrorCode
 
 MESSAGES: list[Any] = [
     codec.FindCoordinatorRequest(key="g"),

@@ -12,7 +12,6 @@ import pytest
 import trio
 import trio.testing
 
-from broker import codec
 from broker.consumer_groups.actions import Action
 from broker.consumer_groups.coordinator import GroupCoordinatorCore
 from broker.consumer_groups.events import (
@@ -23,9 +22,10 @@ from broker.consumer_groups.events import (
 )
 from broker.consumer_groups.offsets import coordinator_partition
 from broker.consumer_groups.service import OFFSETS_TOPIC
-from broker.errors import ErrorCode
 from tests.unit.server.conftest import StartBroker
 from tests.unit.server.wire_client import WireClient
+from wire import codec
+from wire.error_codes import ErrorCode
 
 from .test_service import GROUP_SETTINGS, commit, connect, join_alone, join_request
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import trio
 
-from broker import codec
 from broker.consumer_groups.group import TopicPartition
 from broker.consumer_groups.offsets import coordinator_partition
 from broker.consumer_groups.service import OFFSETS_TOPIC
-from broker.errors import ErrorCode
 from broker.server import Broker
 from tests.unit.server.conftest import StartBroker
 from tests.unit.server.wire_client import WireClient
+from wire import codec
 from wire.assignors import Assignment, Subscription
+from wire.error_codes import ErrorCode
 
 GROUP_SETTINGS = {"group_initial_rebalance_delay_ms": 0, "group_min_session_timeout_ms": 100}
 

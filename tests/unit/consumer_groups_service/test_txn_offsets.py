@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import trio
 
-from broker import codec
 from broker.consumer_groups.offsets import coordinator_partition
 from broker.consumer_groups.service import OFFSETS_TOPIC
-from broker.errors import ErrorCode
-from broker.log.batch import iter_batches
 from broker.server import Broker
 from broker.transactions.producer_state import is_marker
 from tests.unit.server.conftest import StartBroker
 from tests.unit.server.wire_client import WireClient
+from wire import codec
+from wire.batch import iter_batches
+from wire.error_codes import ErrorCode
 
 GROUP = "etl"
 PID = 4242

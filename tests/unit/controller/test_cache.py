@@ -9,8 +9,8 @@ import pytest
 from broker.controller.cache import MetadataCache
 from broker.controller.placement import LeaderElection
 from broker.controller.records import BrokerState
-from broker.errors import BrokerError, ErrorCode
 from tests.unit.controller.harness import MetadataLog
+from wire.error_codes import BrokerError, ErrorCode
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 
 from broker.controller.records import BrokerState, PartitionAssignment, PartitionsCreated
 from broker.controller.state import ControllerStateMachine
-from broker.errors import BrokerError, ErrorCode
 from tests.unit.controller.harness import MetadataLog, topic_id
+from wire.error_codes import BrokerError, ErrorCode
 
 
 @pytest.fixture

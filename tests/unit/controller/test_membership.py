@@ -14,8 +14,8 @@ from broker.controller.membership import (
 from broker.controller.reassignment import plan_decommission
 from broker.controller.records import BrokerState
 from broker.controller.state import ControllerStateMachine
-from broker.errors import BrokerError
 from tests.unit.controller.harness import MetadataLog
+from wire.error_codes import BrokerError
 
 
 @pytest.fixture

@@ -33,8 +33,8 @@ from broker.controller.records import (
     encode_record,
 )
 from broker.controller.state import ControllerStateMachine
-from broker.errors import BrokerError, ErrorCode
 from broker.raft.throttle import SendThrottle
+from wire.error_codes import BrokerError, ErrorCode
 
 TOPIC_ID = "0123456789abcdef0123456789abcdef"
 

@@ -27,8 +27,8 @@ from broker.controller.records import (
     decode_record,
 )
 from broker.controller.state import ControllerSnapshotError, ControllerStateMachine
-from broker.errors import BrokerError
 from tests.unit.controller.harness import MetadataLog, topic_id
+from wire.error_codes import BrokerError
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from broker.controller.records import (
     TopicDeleted,
 )
 from broker.controller.state import ControllerConfig, ControllerStateMachine
-from broker.errors import BrokerError, ErrorCode
 from tests.unit.controller.harness import MetadataLog, topic_id
+from wire.error_codes import BrokerError, ErrorCode
 
 
 @pytest.fixture

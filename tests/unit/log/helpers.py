@@ -8,7 +8,7 @@ import struct
 import crc32c
 
 from broker.config import FlushPolicy, LogConfig
-from broker.log.batch import (
+from wire.batch import (
     CRC_START,
     BatchHeader,
     build_batch,
@@ -120,7 +120,7 @@ class LogModel:
 
     def add(self, data: bytes) -> ModelBatch:
         header = unpack_header(data)
-        from broker.log.batch import decode_records
+        from wire.batch import decode_records
 
         timestamps = [record.timestamp for record in decode_records(data, header=header)]
         batch = ModelBatch(

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import contextlib
 
-from broker.log.batch import (
-    BatchHeader,
-    InvalidBatchError,
-    build_batch,
-    iter_batches,
-    unpack_header,
-)
 from broker.log.log import PartitionLog
 from broker.transactions.producer_state import (
     ProducerStateManager,
     build_marker_batch,
     is_marker,
     marker_of,
+)
+from wire.batch import (
+    BatchHeader,
+    InvalidBatchError,
+    build_batch,
+    iter_batches,
+    unpack_header,
 )
 
 TS = 1_700_000_000_000

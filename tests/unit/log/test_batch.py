@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.config import LogConfig
-from broker.errors import ErrorCode
-from broker.log.batch import (
+from broker.log.log import PartitionLog
+from wire.batch import (
     CRC_START,
     HEADER_SIZE,
     MAGIC_KAFKA_V2,
@@ -36,7 +36,7 @@ from broker.log.batch import (
     unpack_header,
     validate_batch,
 )
-from broker.log.log import PartitionLog
+from wire.error_codes import ErrorCode
 
 from .conftest import PROFILE
 from .helpers import reseal_crc

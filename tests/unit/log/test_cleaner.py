@@ -9,11 +9,11 @@ import pytest
 
 from broker.config import DAY_MS, LogConfig
 from broker.log import cleaner
-from broker.log.batch import build_batch, decode_records, iter_batches
 from broker.log.log import PartitionLog
 from broker.transactions.producer_state import build_marker_batch
 from client.aio.consumer import decode_fetched, scan_fetched
 from client.types import TopicPartition
+from wire.batch import build_batch, decode_records, iter_batches
 
 CONFIG = LogConfig(
     segment_bytes=1024,

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.log.batch import iter_batches, validate_batch
 from broker.log.log import PartitionLog
 from broker.log.segment import SegmentCorruptError
+from wire.batch import iter_batches, validate_batch
 
 from .conftest import PROFILE
 from .helpers import BASE_TS, make_batch, small_config

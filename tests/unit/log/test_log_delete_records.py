@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.log.batch import ControlType, build_control_batch, iter_batches
 from broker.log.log import PartitionLog
 from broker.log.log_start import build_log_start_batch
 from tests.unit.log.helpers import BASE_TS, make_batch, small_config
+from wire.batch import ControlType, build_control_batch, iter_batches
 
 BATCHES = 40
 

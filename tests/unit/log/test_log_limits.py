@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from broker.log.batch import BadLengthError, BatchTooLargeError, CrcMismatchError
 from broker.log.log import (
     RECOVERY_CHECKPOINT_FILE,
     LeaderEpochError,
@@ -16,6 +15,7 @@ from broker.log.log import (
     PartitionLog,
 )
 from broker.log.segment import INDEX_MAP_INITIAL_BYTES
+from wire.batch import BadLengthError, BatchTooLargeError, CrcMismatchError
 
 from .helpers import BASE_TS, make_batch, small_config
 

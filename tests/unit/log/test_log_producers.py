@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from broker.errors import ErrorCode
-from broker.log.batch import ControlType, InvalidBatchError, build_control_batch
 from broker.log.log import PRODUCER_SNAPSHOTS_KEPT, PartitionLog
 from broker.transactions.producer_state import Duplicate
 from tests.unit.log.helpers import small_config, with_offset_and_epoch
@@ -26,6 +24,8 @@ from tests.unit.log.producer_helpers import (
     same_state,
     snapshot_offsets,
 )
+from wire.batch import ControlType, InvalidBatchError, build_control_batch
+from wire.error_codes import ErrorCode
 
 
 def open_log(directory: Path, **changes: object) -> PartitionLog:

@@ -20,8 +20,6 @@ from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import BatchHeader, iter_batches, unpack_header
 from broker.log.log import PartitionLog
 from broker.transactions.producer_state import (
     MAX_CACHED_BATCHES,
@@ -31,6 +29,8 @@ from broker.transactions.producer_state import (
     is_marker,
     marker_of,
 )
+from wire.batch import BatchHeader, iter_batches, unpack_header
+from wire.error_codes import BrokerError, ErrorCode
 
 from .conftest import PROFILE
 from .helpers import small_config, with_offset_and_epoch

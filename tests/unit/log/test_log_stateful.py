@@ -24,13 +24,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from broker.log.batch import RecordCountError, iter_batches
 from broker.log.log import (
     LeaderEpochError,
     OffsetMismatchError,
     OffsetOutOfRangeError,
     PartitionLog,
 )
+from wire.batch import RecordCountError, iter_batches
 
 from .conftest import PROFILE
 from .helpers import (

@@ -20,12 +20,12 @@ import dataclasses
 import random
 from collections.abc import Callable
 
-from broker.errors import BrokerError
-from broker.log import batch as batch_codec
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore, Ready
 from broker.raft.messages import Configuration, Entry, EntryKind, Message, describe
 from broker.raft.storage import MemoryStorage
+from wire import batch as batch_codec
+from wire.error_codes import BrokerError
 
 
 @dataclasses.dataclass

@@ -8,8 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.config import ConfigError
-from broker.log import batch as batch_codec
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore, Role
 from broker.raft.errors import NotLeaderError, ProposalDroppedError
@@ -27,6 +25,8 @@ from broker.raft.storage import CompactedError, MemoryStorage
 from tests.sim.broken_cores import NoCommitClampCore
 from tests.unit.raft.interaction import InteractionEnv, parse_script
 from tests.unit.raft.test_interaction import TESTDATA
+from wire import batch as batch_codec
+from wire.config_error import ConfigError
 
 
 def make_core(node_id: int = 1, voters: tuple[int, ...] = (1,), **config: object) -> RaftCore:

@@ -15,7 +15,6 @@ import pytest
 
 from broker.config import LogConfig
 from broker.kvstore import KvStore
-from broker.log import batch as batch_codec
 from broker.log.log import PartitionLog
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore, Role
@@ -23,6 +22,7 @@ from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import Configuration, Entry, HardState, Snapshot, assign_entry
 from broker.raft.storage import CompactedError, MemoryStorage, UnavailableError
 from tests.log_reading import log_bytes
+from wire import batch as batch_codec
 
 CONFIG = Configuration.of([1, 2, 3])
 SMALL_LOG = LogConfig(segment_bytes=2048, max_batch_bytes=1024, index_interval_bytes=128)

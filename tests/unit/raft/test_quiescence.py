@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 
-from broker.log import batch as batch_codec
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore, Role
 from broker.raft.messages import (
@@ -20,6 +19,7 @@ from broker.raft.messages import (
     VoteRequest,
 )
 from broker.raft.storage import MemoryStorage
+from wire import batch as batch_codec
 
 ELECTION_TICKS = 10
 

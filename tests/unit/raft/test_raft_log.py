@@ -7,10 +7,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from broker.log import batch as batch_codec
 from broker.raft.messages import Configuration, Entry, assign_entry
 from broker.raft.raft_log import RaftLog
 from broker.raft.storage import MemoryStorage
+from wire import batch as batch_codec
 
 
 def make_entry(base_index: int, term: int, records: int) -> Entry:

@@ -10,13 +10,13 @@ import trio
 
 from broker.config import KIB, LogConfig
 from broker.kvstore import KvStore
-from broker.log import batch as batch_codec
 from broker.log.log import PartitionLog
 from broker.raft.config import RaftConfig
 from broker.raft.driver import LogSyncer, RaftDriver, RaftDriverConfig, RaftTicker
 from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import Configuration, Message
 from broker.raft.store_sync import StoreSyncer
+from wire import batch as batch_codec
 
 GROUP = "t-0"
 LOG_CONFIG = LogConfig(segment_bytes=64 * KIB, index_bytes_max=4 * KIB)

@@ -15,7 +15,6 @@ import pytest
 import trio
 import trio.testing
 
-from broker.config import ConfigError
 from broker.log.durability import FlushTicket
 from broker.raft.config import RaftConfig
 from broker.raft.driver import (
@@ -37,6 +36,7 @@ from broker.raft.messages import (
 from broker.raft.progress import ProgressState
 from broker.raft.ready import Role
 from tests.unit.raft_shell.helpers import Node, record_batch
+from wire.config_error import ConfigError
 
 
 async def _until(node: Node, predicate) -> None:  # type: ignore[no-untyped-def]

@@ -440,7 +440,7 @@ async def test_a_closed_link_reports_the_peer_dead_at_once(
 
 
 def test_transport_config_validation_names_the_field() -> None:
-    from broker.config import ConfigError
+    from wire.config_error import ConfigError
 
     RaftTransportConfig().validate()
     with pytest.raises(ConfigError, match="peer_queue_messages_max"):

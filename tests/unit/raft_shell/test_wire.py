@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.log import batch as batch_codec
 from broker.raft import wire
 from broker.raft.messages import (
     AppendRequest,
@@ -29,6 +28,7 @@ from broker.raft.messages import (
     VoteResponse,
     assign_entry,
 )
+from wire import batch as batch_codec
 from wire.framing import RemoteProtocolError
 
 nodes = st.integers(1, 2**31 - 1)

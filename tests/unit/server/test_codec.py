@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import codec
-from broker.codec import (
+from wire import codec
+from wire.batch import build_batch
+from wire.codec import (
     ApiKey,
     ErrorResponse,
     FetchPartitionResult,
@@ -22,8 +23,7 @@ from broker.codec import (
     ProduceRequest,
     UnsupportedApiError,
 )
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import build_batch
+from wire.error_codes import BrokerError, ErrorCode
 
 BATCH = build_batch([(1_700_000_000_000, b"key", b"value", None)])
 

@@ -24,11 +24,11 @@ import msgpack
 import pytest
 import trio
 
-from broker import codec
-from broker.errors import ErrorCode
-from broker.log.batch import iter_batches, validate_batch
 from tests.unit.server.conftest import StartBroker
 from tests.unit.server.wire_client import WireClient, make_batch
+from wire import codec
+from wire.batch import iter_batches, validate_batch
+from wire.error_codes import ErrorCode
 from wire.framing import NEED_DATA, Frame, FrameConnection, Role
 
 CASES = int(os.environ.get("FUZZ_CASES", "4000"))

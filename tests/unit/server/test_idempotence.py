@@ -9,11 +9,11 @@ from pathlib import Path
 
 import trio
 
-from broker import codec
-from broker.errors import ErrorCode
-from broker.log.batch import build_batch, iter_batches
 from tests.unit.server.conftest import StartBroker
 from tests.unit.server.wire_client import WireClient
+from wire import codec
+from wire.batch import build_batch, iter_batches
+from wire.error_codes import ErrorCode
 
 # Now: markers are stamped with the broker's clock, and a batch much older than the segment's
 # first would roll the segment (a fetch reads from one segment at a time).

@@ -10,12 +10,12 @@ import msgpack
 import pytest
 import trio
 
-from broker import codec
-from broker.errors import ErrorCode
-from broker.log.batch import iter_batches
 from broker.server import Broker
 from tests.unit.server.conftest import StartBroker
 from tests.unit.server.wire_client import WireClient, make_batch
+from wire import codec
+from wire.batch import iter_batches
+from wire.error_codes import ErrorCode
 from wire.framing import FrameConnection, Role
 
 

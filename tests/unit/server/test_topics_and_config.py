@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from broker.config import BrokerConfig, ConfigError, FlushPolicy, LogConfig
-from broker.errors import BrokerError, ErrorCode
 from broker.kvstore import KeySpace, KvStore
 from broker.log.manager import LogManager
 from broker.topics import TopicManager, effective_configs, validate_topic_name
 from cli.broker_main import load_config
+from wire.error_codes import BrokerError, ErrorCode
 
 
 def open_topics(data_dir: Path, config: BrokerConfig | None = None) -> tuple[TopicManager, Any]:

@@ -1,4 +1,4 @@
-"""A minimal trio client over wire.framing + broker.codec, for the server's own tests.
+"""A minimal trio client over wire.framing + wire.codec, for the server's own tests.
 
 It is deliberately small (the SDK lives in client/): connect + handshake, send requests (pipelined
 if wanted), wait for a response by correlation id, and write raw bytes for fuzzing. One task uses
@@ -12,8 +12,8 @@ from typing import Any
 
 import trio
 
-from broker import codec
-from broker.log.batch import build_batch
+from wire import codec
+from wire.batch import build_batch
 from wire.framing import NEED_DATA, Frame, FrameConnection, Role
 
 TIMEOUT_S_DEFAULT = 10.0

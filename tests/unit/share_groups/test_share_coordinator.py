@@ -11,7 +11,6 @@ import pytest
 
 from broker.consumer_groups.actions import PersistRecords
 from broker.consumer_groups.events import AppendFailed, LoadPartition, UnloadPartition
-from broker.errors import ErrorCode
 from broker.share_groups.coordinator import (
     RESET_EARLIEST,
     RESET_LATEST,
@@ -41,6 +40,7 @@ from broker.share_groups.share_partition import (
     DeadLetterJob,
     RecordState,
 )
+from wire.error_codes import ErrorCode
 
 from .harness import BACKOFF_MS, CONFIG, GROUP, LOCK_MS, SESSION_MS, Shell, tp
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from broker.consumer_groups.group import TopicPartition
 from broker.consumer_groups.offsets import EncodedRecord
-from broker.errors import ErrorCode
 from broker.transactions.coordinator import TransactionCoordinatorCore
 from broker.transactions.txn_actions import PersistRecords, WriteMarkers
 from broker.transactions.txn_config import TransactionConfig
@@ -37,6 +36,7 @@ from broker.transactions.txn_records import (
     encode_record,
 )
 from tests.unit.consumer_groups.fake_shell import FakeShell
+from wire.error_codes import ErrorCode
 
 # Sizes of the seeded simulation: bounded by default (the unit suite stays fast); TXN_THOROUGH=1
 # runs many more seeds and longer runs.

@@ -9,7 +9,6 @@ import pytest
 
 from broker.consumer_groups.group import TopicPartition
 from broker.consumer_groups.offsets import EncodedRecord
-from broker.errors import ErrorCode
 from broker.transactions.coordinator import TransactionCoordinatorCore
 from broker.transactions.txn_actions import (
     RespondDescribeTransactions,
@@ -35,6 +34,7 @@ from broker.transactions.txn_records import (
     encode_record,
     replay,
 )
+from wire.error_codes import ErrorCode
 
 from .coordinator_harness import TIMEOUT_MS, TxnHarness, fast_config, seeded_record, tp
 

@@ -15,7 +15,6 @@ import trio.testing
 
 from broker.appended import Appended
 from broker.consumer_groups.group import TopicPartition
-from broker.errors import ErrorCode
 from broker.transactions.service import (
     TRANSACTION_STATE_TOPIC,
     TRANSACTION_STATE_TOPIC_CONFIGS,
@@ -25,6 +24,7 @@ from broker.transactions.service import (
 from broker.transactions.txn_actions import WriteMarkers
 from broker.transactions.txn_config import TransactionConfig
 from broker.transactions.txn_records import TransactionState
+from wire.error_codes import ErrorCode
 
 A0 = TopicPartition("a", 0)
 B1 = TopicPartition("b", 1)

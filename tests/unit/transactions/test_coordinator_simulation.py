@@ -31,7 +31,6 @@ import random
 import pytest
 
 from broker.consumer_groups.group import TopicPartition
-from broker.errors import ErrorCode
 from broker.transactions.txn_actions import (
     RespondAddOffsets,
     RespondAddPartitions,
@@ -48,6 +47,7 @@ from broker.transactions.txn_records import (
     decode_record,
     replay,
 )
+from wire.error_codes import ErrorCode
 
 from .coordinator_harness import THOROUGH, TIMEOUT_MS, TxnHarness, fast_config, seeded_record, tp
 

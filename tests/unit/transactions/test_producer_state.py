@@ -16,19 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.errors import BrokerError, ErrorCode
-from broker.log.batch import (
-    ATTR_CONTROL,
-    ATTR_TRANSACTIONAL,
-    BatchHeader,
-    ControlType,
-    InvalidBatchError,
-    build_control_batch,
-    unpack_header,
-)
 from broker.transactions.producer_state import (
     MAX_CACHED_BATCHES,
-    SEQUENCE_MAX,
     Duplicate,
     Marker,
     ProducerSnapshotError,
@@ -36,10 +25,21 @@ from broker.transactions.producer_state import (
     build_marker_batch,
     decode_marker_value,
     encode_marker_value,
-    increment_sequence,
     is_marker,
     marker_of,
 )
+from wire.batch import (
+    ATTR_CONTROL,
+    ATTR_TRANSACTIONAL,
+    SEQUENCE_MAX,
+    BatchHeader,
+    ControlType,
+    InvalidBatchError,
+    build_control_batch,
+    increment_sequence,
+    unpack_header,
+)
+from wire.error_codes import BrokerError, ErrorCode
 
 COMMIT = Marker(True, 0)
 ABORT = Marker(False, 0)

@@ -31,12 +31,12 @@ import enum
 import gzip
 import struct
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import crc32c
 import msgpack
 
-from broker.errors import BrokerError, ErrorCode
+from wire.error_codes import BrokerError, ErrorCode
 
 HEADER_SIZE = 61
 # Bytes before batch_length's payload starts: base_offset (8) + batch_length (4).
@@ -62,6 +62,21 @@ _BASE_OFFSET = struct.Struct(">q")
 _LEADER_EPOCH = struct.Struct(">i")
 _PREFIX = struct.Struct(">qi")  # base_offset, batch_length: enough to walk a buffer of batches
 assert _HEADER.size == HEADER_SIZE
+
+
+# A producer's sequences are i32 and wrap to 0 after this, as Kafka's do.
+SEQUENCE_MAX: Final = 2**31 - 1
+
+
+def increment_sequence(sequence: int, increment: int) -> int:
+    """`sequence + increment`, wrapping past 2**31-1 to 0 as Kafka's sequences do.
+
+    Here because both sides count with it: the producer numbers its batches' `base_sequence`,
+    the leader checks that each batch continues the last one it kept.
+    """
+    if sequence > SEQUENCE_MAX - increment:
+        return increment - (SEQUENCE_MAX - sequence) - 1
+    return sequence + increment
 
 
 class Compression(enum.IntEnum):

@@ -30,7 +30,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, Union
 
-from broker.errors import BrokerError, ErrorCode
+from wire.error_codes import BrokerError, ErrorCode
 from wire.framing import HANDSHAKE_API, PROTOCOL_VERSION
 
 I64_MIN: Final = -(2**63)
