@@ -370,11 +370,11 @@ def _seek(
             consumer.seek(tp, start)
     elif from_timestamp is not None:
         found = consumer.offsets_for_times(dict.fromkeys(tps, from_timestamp))
-        # -1: no record at or after the time; read what arrives from now on.
-        consumer.seek_to_end([tp for tp, at in found.items() if at < 0])
+        # None: no record at or after the time; read what arrives from now on.
+        consumer.seek_to_end([tp for tp, at in found.items() if at is None])
         for tp, at in found.items():
-            if at >= 0:
-                consumer.seek(tp, at)
+            if at is not None:
+                consumer.seek(tp, at.offset)
 
 
 @contextlib.contextmanager

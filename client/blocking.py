@@ -30,6 +30,7 @@ from client.types import (
     ConsumerRecord,
     ListedTransaction,
     OffsetAndMetadata,
+    OffsetAndTimestamp,
     ShareGroupDescription,
     ShareRecord,
     TopicDescription,
@@ -263,7 +264,9 @@ class Consumer(_Blocking):
     def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         return self._loop.run(self._aio.beginning_offsets, list(partitions))
 
-    def offsets_for_times(self, timestamps: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    def offsets_for_times(
+        self, timestamps: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
         return self._loop.run(self._aio.offsets_for_times, timestamps)
 
     def poll(

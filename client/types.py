@@ -52,6 +52,16 @@ class ShareRecord(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class OffsetAndTimestamp:
+    """What `Consumer.offsets_for_times` finds in a partition, as Kafka's `OffsetAndTimestamp`:
+    the first record whose timestamp is at or after the time asked, by its offset and its own
+    timestamp (which may be later than the time asked)."""
+
+    offset: int
+    timestamp: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class OffsetAndMetadata:
     """A group's committed position in one partition, as Kafka's `OffsetAndMetadata`: `offset` is
     the next record the group will read (last processed + 1), `metadata` free text the

@@ -392,6 +392,8 @@ class ReplicaManager:
             rng=random.Random(self._rng.getrandbits(64)),
             ticker=self._ticker,
             store_syncer=self._store_syncer,
+            # A DeleteRecords entry raises the log start once committed (docs/storage.md).
+            on_apply=lambda entries: log.commit_log_starts(entries[-1].index + 1),
         )
         replica = Replica(topic, info, log, driver)
         self._replicas[(topic.name, info.partition)] = replica

@@ -178,7 +178,7 @@ def handle_list_offsets(
     results = []
     for item in request.partitions:
         try:
-            offset = _list_offset(ctx, item, request.isolation_level)
+            offset, timestamp = _list_offset(ctx, item, request.isolation_level)
         except BrokerError as exc:
             results.append(
                 codec.ListOffsetsPartitionResult(
@@ -191,27 +191,31 @@ def handle_list_offsets(
             continue
         results.append(
             codec.ListOffsetsPartitionResult(
-                topic=item.topic, partition=item.partition, offset=offset
+                topic=item.topic, partition=item.partition, offset=offset, timestamp=timestamp
             )
         )
     return codec.ListOffsetsResponse(partitions=tuple(results))
 
 
-def _list_offset(ctx: BrokerContext, item: codec.ListOffsetsPartition, isolation: int) -> int:
+def _list_offset(
+    ctx: BrokerContext, item: codec.ListOffsetsPartition, isolation: int
+) -> tuple[int, int]:
+    """(offset, timestamp): the timestamp is the found record's for a search by time, -1 for
+    the earliest and latest offsets (as Kafka answers)."""
     state = ctx.partition(item.topic, item.partition)
     if item.timestamp == codec.EARLIEST_TIMESTAMP:
-        return int(state.log.log_start_offset)
+        return int(state.log.log_start_offset), -1
     if item.timestamp == codec.LATEST_TIMESTAMP:
         if isolation == codec.READ_COMMITTED:
-            return int(state.log.producers.last_stable_offset(state.high_watermark))
-        return state.high_watermark
+            return int(state.log.producers.last_stable_offset(state.high_watermark)), -1
+        return state.high_watermark, -1
     if item.timestamp < 0:
         raise BrokerError(
             ErrorCode.INVALID_REQUEST,
             f"timestamp {item.timestamp} is neither -2 (earliest), -1 (latest) nor a time in ms",
         )
-    offset = state.log.offset_for_timestamp(item.timestamp)
+    found = state.log.offset_for_timestamp(item.timestamp)
     # Records at or past the high watermark are not visible yet.
-    if offset is None or offset >= state.high_watermark:
-        return -1
-    return int(offset)
+    if found is None or found.offset >= state.high_watermark:
+        return -1, -1
+    return int(found.offset), found.timestamp

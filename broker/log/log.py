@@ -90,6 +90,9 @@ EPOCH_CACHE_FILE = "leader-epochs"
 # The offset DeleteRecords moved the log start to (`delete_records`), when it lies inside a
 # segment kept for Raft: written atomically, read at open.
 LOG_START_FILE = "log-start-offset"
+# Log start entries written but not yet known committed, one `<entry offset> <new start>` line
+# each: a replica raises its log start only once the entry commits (`commit_log_starts`).
+LOG_START_PENDING_FILE = "log-start-pending"
 # `<offset:020d>.producers`: the producer state with every batch below `offset` applied.
 PRODUCER_SNAPSHOT_SUFFIX = ".producers"
 # Snapshots kept: the newest is what a restart loads; older ones stand in if it is damaged.
@@ -148,6 +151,13 @@ class FileSlice:
     next_offset: int
 
 
+class TimestampedOffset(NamedTuple):
+    """A record found by time: its offset and its own timestamp (ListOffsets by timestamp)."""
+
+    offset: int
+    timestamp: int
+
+
 class PartitionLog:
     """An append-only, segmented log of record batches. See the module docstring for the rules."""
 
@@ -180,6 +190,9 @@ class PartitionLog:
         self._producer_snapshots: list[int] = []
         # DeleteRecords' floor (persisted in LOG_START_FILE): clients are served from here on.
         self._records_deleted_below = 0
+        # (entry offset, new start) of log start entries written but not yet committed, in log
+        # order (persisted in LOG_START_PENDING_FILE before each entry is written).
+        self._pending_log_starts: list[tuple[int, int]] = []
 
     # --- opening and closing --------------------------------------------------------------------
 
@@ -210,6 +223,7 @@ class PartitionLog:
         recover_swaps(directory)
         log._recovery = RecoveryCheckpoint(checkpoint_path, read_checkpoint(checkpoint_path))
         log._records_deleted_below = read_checkpoint(directory / LOG_START_FILE)
+        log._pending_log_starts = _read_pending_log_starts(directory / LOG_START_PENDING_FILE)
         bases = sorted(
             int(path.name[: -len(LOG_SUFFIX)])
             for path in directory.glob(f"*{LOG_SUFFIX}")
@@ -222,6 +236,8 @@ class PartitionLog:
             log._directory_changes += 1
         log._load_epochs(clean=clean)
         log._load_producer_state()
+        # Pending log start entries that recovery cut from the tail will never commit.
+        log._forget_pending_log_starts_from(log.log_end_offset)
         log.flushed_offset = log.log_end_offset if clean else log._checkpoint_floor()
         if marker.exists():
             # The marker must be gone, durably, before anything new is written: a later crash
@@ -512,9 +528,10 @@ class PartitionLog:
         header: BatchHeader,
         base_offset: int,
     ) -> None:
-        # DeleteRecords replicated through Raft (broker/log/log_start.py): every replica raises
-        # its log start as it writes the entry, durably BEFORE the entry itself, so a crash never
-        # leaves the entry without its effect. A value that does not decode is ignored alike on
+        # DeleteRecords replicated through Raft (broker/log/log_start.py): every replica notes
+        # the entry as pending, durably BEFORE the entry itself, and raises its log start when
+        # the entry commits (`commit_log_starts`): an entry a failover discards (the client got
+        # an error) raises nothing anywhere. A value that does not decode is ignored alike on
         # every replica, and logged.
         try:
             offset = log_start_of(data, position, header)
@@ -526,8 +543,34 @@ class PartitionLog:
                 exc,
             )
             return
-        if offset is not None:
-            self._raise_log_start(offset)
+        if offset is not None and offset > self._records_deleted_below:
+            self._pending_log_starts.append((base_offset, offset))
+            self._save_pending_log_starts()
+
+    def commit_log_starts(self, committed_end: int) -> None:
+        """The entries below `committed_end` are committed: apply the log starts they carry.
+        Called by the partition's Raft shell as entries commit (leader and followers alike);
+        cheap when nothing is pending."""
+        pending = self._pending_log_starts
+        if not pending or pending[0][0] >= committed_end:
+            return
+        done = 0
+        while done < len(pending) and pending[done][0] < committed_end:
+            self._raise_log_start(pending[done][1])
+            done += 1
+        del pending[:done]
+        self._save_pending_log_starts()
+
+    def _forget_pending_log_starts_from(self, offset: int) -> None:
+        """Entries at or after `offset` were removed (truncation): they will never commit."""
+        kept = [item for item in self._pending_log_starts if item[0] < offset]
+        if len(kept) != len(self._pending_log_starts):
+            self._pending_log_starts = kept
+            self._save_pending_log_starts()
+
+    def _save_pending_log_starts(self) -> None:
+        lines = "".join(f"{entry} {start}\n" for entry, start in self._pending_log_starts)
+        write_atomically(self.directory / LOG_START_PENDING_FILE, lines.encode())
 
     def _raise_log_start(self, offset: int) -> None:
         if offset > self._records_deleted_below:
@@ -699,8 +742,9 @@ class PartitionLog:
                 )
         return FileSlice(os.dup(segment.fd), position, length, first.base_offset, next_offset)
 
-    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
-        """The first offset whose record timestamp is >= `timestamp_ms`; None if there is none."""
+    def offset_for_timestamp(self, timestamp_ms: int) -> TimestampedOffset | None:
+        """The first record whose timestamp is >= `timestamp_ms` (its offset and timestamp, as
+        Kafka's ListOffsets answers both); None if there is none."""
         for segment in self.segments:
             if segment.max_timestamp < timestamp_ms:
                 continue
@@ -712,7 +756,9 @@ class PartitionLog:
             # Rare admin path: decoding one batch finds the exact record, as Kafka does.
             for record in decode_records(data, header=header):
                 if record.timestamp >= timestamp_ms:
-                    return max(record.offset, self.log_start_offset)
+                    return TimestampedOffset(
+                        max(record.offset, self.log_start_offset), record.timestamp
+                    )
         return None
 
     # --- compaction (broker/log/cleaner.py) ------------------------------------------------------
@@ -792,6 +838,7 @@ class PartitionLog:
 
     def _after_shrink(self, *, segment_reopened: int | None) -> None:
         end = self.log_end_offset
+        self._forget_pending_log_starts_from(end)
         self.flushed_offset = max(self.local_start_offset, min(self.flushed_offset, end))
         if self._ticket_outstanding:
             self._truncation_floor = min(end, self._truncation_floor or end)
@@ -1041,3 +1088,19 @@ class PartitionLog:
             self.abort_flush()
             raise
         self.complete_flush(ticket)
+
+
+def _read_pending_log_starts(path: Path) -> list[tuple[int, int]]:
+    """LOG_START_PENDING_FILE's entries; none when it is absent. A damaged file is reported and
+    its entries skipped: those deletions do not take effect on this replica (no record is lost;
+    the user may run DeleteRecords again)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    try:
+        pending = [(int(entry), int(start)) for entry, start in map(str.split, text.splitlines())]
+    except ValueError:
+        logger.error("%s is damaged (%r); its pending log starts are skipped", path, text[:200])
+        return []
+    return sorted(pending)

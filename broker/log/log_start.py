@@ -3,9 +3,11 @@
 The partition log is the Raft log, so a new log start travels as an entry of the partition's own
 Raft group: a control batch (consumers skip it, as they skip transaction markers) of one record
 whose key is `ControlType.LOG_START` and whose value is the new log start offset (msgpack int).
-Every replica's log raises its log start when it writes the batch (`PartitionLog`), leader and
-followers alike, so the deletion holds on every replica, after restarts (the log persists it) and
-failovers. The leader proposes the batch only for an offset at or below its high watermark.
+Every replica's log notes the batch as pending when it writes it and raises its log start when
+the batch commits (`PartitionLog.commit_log_starts`), leader and followers alike, so the deletion
+holds on every replica, after restarts (the log persists it) and failovers, and a batch a
+failover discards raises nothing. The leader proposes the batch only for an offset at or below
+its high watermark.
 
 Pure: encoding and decoding only.
 """

@@ -60,7 +60,13 @@ from client.aio.metadata_refresh import (
 )
 from client.errors import ClientClosedError, ClientError
 from client.serialization import Deserializer, deserialize_records
-from client.types import ConsumerGroupMetadata, ConsumerRecord, OffsetAndMetadata, TopicPartition
+from client.types import (
+    ConsumerGroupMetadata,
+    ConsumerRecord,
+    OffsetAndMetadata,
+    OffsetAndTimestamp,
+    TopicPartition,
+)
 from wire import codec
 from wire.batch import (
     BatchHeader,
@@ -515,9 +521,22 @@ class Consumer(AsyncClientBase):
 
     async def offsets_for_times(
         self, timestamps: dict[TopicPartition, int]
-    ) -> dict[TopicPartition, int]:
-        """For each partition, the first offset with a timestamp >= the one given (-1: none)."""
-        return await self._list_offsets({_tp(tp): ts for tp, ts in timestamps.items()})
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        """For each partition, the first record with a timestamp >= the one given (ms), as an
+        `OffsetAndTimestamp`; None where no record is that recent (Kafka's answer)."""
+        for tp, ts in timestamps.items():
+            if ts < 0:
+                raise ValueError(f"{tp}: timestamp {ts} is negative; give ms since the epoch")
+        found = await list_offset_results(
+            self._cluster,
+            {_tp(tp): ts for tp, ts in timestamps.items()},
+            retry_backoff_s=self.retry_backoff_s,
+            isolation_level=self.isolation_level,
+        )
+        return {
+            tp: None if hit.offset < 0 else OffsetAndTimestamp(hit.offset, hit.timestamp)
+            for tp, hit in found.items()
+        }
 
     # --- consumer groups (client/aio/group.py) ---------------------------------------------------
 
@@ -922,6 +941,20 @@ async def list_offsets(
     """ListOffsets for each partition at its timestamp (EARLIEST/LATEST or ms), each partition
     asked of its leader (grouped per leader, retried on leader moves: `Cluster.for_leaders`).
     READ_COMMITTED makes LATEST the last stable offset rather than the high watermark."""
+    found = await list_offset_results(
+        cluster, timestamps, retry_backoff_s=retry_backoff_s, isolation_level=isolation_level
+    )
+    return {tp: result.offset for tp, result in found.items()}
+
+
+async def list_offset_results(
+    cluster: Cluster,
+    timestamps: Mapping[TopicPartition, int],
+    *,
+    retry_backoff_s: float,
+    isolation_level: int = codec.READ_UNCOMMITTED,
+) -> dict[TopicPartition, codec.ListOffsetsPartitionResult]:
+    """`list_offsets` with each partition's whole answer (the found record's timestamp too)."""
 
     async def send(node: int, group: list[TopicPartition]) -> dict[TopicPartition, Any]:
         request = codec.ListOffsetsRequest(
@@ -938,7 +971,7 @@ async def list_offsets(
         for result in response.partitions:
             tp = TopicPartition(result.topic, result.partition)
             outcome[tp] = (
-                result.offset
+                result
                 if result.error is ErrorCode.NONE
                 else BrokerError(result.error, f"{tp.topic}/{tp.partition}: {result.error_message}")
             )

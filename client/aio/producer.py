@@ -62,6 +62,7 @@ from client.aio.cluster import (
     METADATA_STALE_CODES,
     REQUEST_TIMEOUT_MS_DEFAULT,
 )
+from client.aio.metadata_refresh import METADATA_MAX_AGE_MS_DEFAULT
 from client.aio.transactions import (
     FENCED_CODES,
     TRANSACTION_TIMEOUT_MS_DEFAULT,
@@ -187,9 +188,12 @@ class Producer(AsyncClientBase):
         key_serializer: Serializer | None = None,
         value_serializer: Serializer | None = None,
         bootstrap_servers: str | Sequence[str] | None = None,
+        metadata_max_age_ms: int = METADATA_MAX_AGE_MS_DEFAULT,
     ) -> None:
         """`thread_safe=True` lets threads other than the trio loop's call `send_nowait` (the
         blocking facade does); without it the accumulator skips its lock.
+        `metadata_max_age_ms`: how often the topics written to are looked up again (Kafka's
+        default, 5 minutes), so partitions added since receive records too.
 
         `max_in_flight_requests_per_connection` is Kafka's name for `max_in_flight_per_partition`
         (batches of one partition in flight): default 5 with idempotence, else 1.
@@ -216,6 +220,8 @@ class Producer(AsyncClientBase):
         _positive("max_records_per_batch", max_records_per_batch)
         if linger_ms < 0 or retries < 0 or retry_backoff_ms < 0 or max_block_ms < 0:
             raise ConfigError("linger_ms/retries/retry_backoff_ms/max_block_ms", "must be >= 0")
+        _positive("metadata_max_age_ms", metadata_max_age_ms)
+        self.metadata_max_age_s = metadata_max_age_ms / 1000.0
         self.acks = _ACKS[acks]
         in_flight = _in_flight_option(
             max_in_flight_per_partition, max_in_flight_requests_per_connection
@@ -454,6 +460,7 @@ class Producer(AsyncClientBase):
         # sender directly; otherwise appends come from other threads and go through the token.
         self._acc.notify = self._notify_threadsafe if self._acc.thread_safe else self._wake_up
         nursery.start_soon(self._run_sender)
+        nursery.start_soon(self._refresh_metadata_periodically)
 
     def _notify_threadsafe(self) -> None:
         # Called by `append` from whatever thread sealed a batch; run_sync_soon is thread-safe.
@@ -922,6 +929,27 @@ class Producer(AsyncClientBase):
             ):
                 return True
         return False
+
+    async def _refresh_metadata_periodically(self) -> None:
+        """Every `metadata_max_age_ms`, look the topics written to up again in one request, as
+        Kafka's producer does: a keyless or keyed record goes to partitions added since
+        (CreatePartitions), and a moved leader is known before a send fails on it. A failed look
+        is logged and tried again at the next period (sends still refresh on their errors)."""
+        while True:
+            await trio.sleep(self.metadata_max_age_s)
+            topics = list(self._counts)
+            if not topics:
+                continue
+            try:
+                response = await self._cluster.refresh_metadata(topics)
+            except (ClientError, BrokerError) as exc:
+                log.warning("periodic metadata refresh of %d topics failed: %r", len(topics), exc)
+                continue
+            for meta in response.topics:
+                # Partition counts only grow; a topic deleted meanwhile is found by its sends.
+                if meta.error is ErrorCode.NONE and meta.name in self._counts:
+                    self._counts[meta.name] = max(self._counts[meta.name], len(meta.partitions))
+            self._wake_up()  # batches waiting for a leader may go now
 
     async def _refresh_topic(self, topic: str) -> None:
         try:

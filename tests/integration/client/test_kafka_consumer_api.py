@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 import trio
 
-from client import AdminClient, Consumer, OffsetAndMetadata, Producer, TopicPartition, aio
+from client import (
+    AdminClient,
+    Consumer,
+    OffsetAndMetadata,
+    OffsetAndTimestamp,
+    Producer,
+    TopicPartition,
+    aio,
+)
 from client.embedded import EmbeddedBroker
 from client.pytest_plugin import run_broker
 from client.serialization import SerializationError
@@ -280,7 +288,7 @@ def test_offset_lookups(session_broker: EmbeddedBroker, unique_topic: str) -> No
         consumer.assign([tp])
         assert consumer.beginning_offsets([tp]) == {tp: 0}
         assert consumer.end_offsets([tp]) == {tp: 3}
-        assert consumer.offsets_for_times({tp: 1_500}) == {tp: 1}
+        assert consumer.offsets_for_times({tp: 1_500}) == {tp: OffsetAndTimestamp(1, 2_000)}
         assert consumer.position(tp) == 3
 
 

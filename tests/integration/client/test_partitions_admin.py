@@ -16,6 +16,7 @@ import pytest
 
 from client import AdminClient, Consumer, Producer, TopicAlreadyExistsError, TopicPartition
 from client.embedded import EmbeddedBroker
+from client.partitioner import partition_for_key
 from wire.error_codes import BrokerError, ErrorCode
 
 CLI = [sys.executable, "-m", "cli.broker_cli"]
@@ -81,6 +82,23 @@ def test_add_partitions_grows_the_topic_and_a_subscribed_consumer_reads_them(
     with AdminClient(session_broker.bootstrap) as admin:
         admin.create_partitions(unique_topic, 4)
         assert admin.describe_topic(unique_topic).partition_count == 4
+
+
+def test_a_producer_finds_added_partitions_at_its_metadata_max_age(
+    session_broker: EmbeddedBroker, unique_topic: str
+) -> None:
+    """Kafka's producer looks its topics up again every `metadata.max.age.ms`: a keyed record
+    goes to the partition its key hashes to among the partitions added since, without any send
+    failing first."""
+    assert cli(session_broker, "topics", "create", unique_topic, "-p", "1").returncode == 0
+    key = next(k for k in (b"key-%d" % i for i in range(1000)) if partition_for_key(k, 3) == 2)
+    with Producer(session_broker.bootstrap, metadata_max_age_ms=200) as producer:
+        assert producer.send(unique_topic, b"before", key=key).result().partition == 0
+        added = cli(session_broker, "topics", "add-partitions", unique_topic, "--partitions", "3")
+        assert added.returncode == 0, added.stderr
+        deadline = time.monotonic() + TIMEOUT_S
+        while producer.send(unique_topic, b"after", key=key).result().partition != 2:
+            assert time.monotonic() < deadline, "the producer never looked the topic up again"
 
 
 def test_delete_records_moves_the_log_start_and_deletes_segments(

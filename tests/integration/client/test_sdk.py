@@ -7,7 +7,7 @@ import time
 import pytest
 import trio
 
-from client import AdminClient, Consumer, Producer, TopicPartition, aio
+from client import AdminClient, Consumer, OffsetAndTimestamp, Producer, TopicPartition, aio
 from client.embedded import EmbeddedBroker
 from client.errors import BrokerUnavailableError
 from client.partitioner import partition_for_key
@@ -93,7 +93,10 @@ def test_seek_position_and_iteration(session_broker: EmbeddedBroker, unique_topi
         assert consumer.position(tp) == 10
         assert consumer.end_offsets([tp]) == {tp: 10}
         assert consumer.beginning_offsets([tp]) == {tp: 0}
-        assert consumer.offsets_for_times({tp: 1_004_500}) == {tp: 5}
+        found = consumer.offsets_for_times({tp: 1_004_500})
+        # Kafka's answer: the record's own offset and timestamp (at or after the time asked).
+        assert found == {tp: OffsetAndTimestamp(5, 1_005_000)}
+        assert consumer.offsets_for_times({tp: 9_999_999_999}) == {tp: None}
 
 
 def test_trio_client_round_trip(session_broker: EmbeddedBroker, unique_topic: str) -> None:

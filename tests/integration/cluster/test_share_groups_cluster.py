@@ -170,8 +170,12 @@ def test_share_group_loses_no_acknowledgement_through_coordinator_and_leader_kil
         cluster.start(coordinator)
         cluster.wait_ready(WAIT_S)
         # Then the topic partition's leader (maybe the same broker again: both roles at once).
+        # Its leader, once it has one again (the restart may have moved it: an election).
         with AdminClient(cluster.bootstrap) as admin:
-            leader = admin.describe_topic(TOPIC).partitions[0].leader_id
+            leader = wait_for(
+                lambda: (node := admin.describe_topic(TOPIC).partitions[0].leader_id) > 0 and node,
+                "a leader of the topic's partition",
+            )
         cluster.kill(leader)
         kills.append(f"topic leader {leader}")
         progress = len(workers.done())

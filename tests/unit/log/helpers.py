@@ -158,11 +158,11 @@ class LogModel:
         self.batches = [batch for batch in self.batches if batch.base_offset >= start]
         self.start = start
 
-    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+    def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         for batch in self.batches:
             for number, ts in enumerate(batch.timestamps):
                 if ts >= timestamp_ms:
-                    return batch.base_offset + number
+                    return batch.base_offset + number, ts
         return None
 
     def term_at(self, offset: int) -> int:

@@ -1,8 +1,8 @@
 """Goal: DeleteRecords in the partition log. The log start clients see moves to the exact offset
 asked for (inside a segment, too) and survives a reopen; whole segments below it are deleted, the
 one holding it stays for Raft (`local_start_offset`); a log start control batch raises it on
-every replica that writes it, leader append and follower copy alike; a replica behind the new
-start keeps it and applies it as its log grows."""
+every replica once it commits, leader append and follower copy alike (never one a failover
+discards); a replica behind the new start keeps it and applies it as its log grows."""
 
 from __future__ import annotations
 
@@ -53,20 +53,56 @@ def test_segments_above_max_offset_stay_until_committed(tmp_path: Path) -> None:
     log.close()
 
 
-def test_a_log_start_batch_raises_the_start_of_leader_and_follower(tmp_path: Path) -> None:
+def test_a_log_start_batch_raises_the_start_of_leader_and_follower_once_committed(
+    tmp_path: Path,
+) -> None:
     leader = filled(tmp_path / "leader", 20)
     leader.append(build_log_start_batch(12, timestamp_ms=BASE_TS))
+    assert leader.log_start_offset == 0, "written, not committed: nothing is deleted yet"
+    leader.commit_log_starts(20)
+    assert leader.log_start_offset == 0, "the entry (offset 20) is not below the commit end"
+    leader.commit_log_starts(21)
     assert leader.log_start_offset == 12
     follower = PartitionLog.open(tmp_path / "follower", small_config())
     copied: list[bytes] = []
     while follower.log_end_offset < leader.log_end_offset:  # one segment per read
         copied.append(bytes(leader.read(follower.log_end_offset, 1 << 20).data))
         follower.append_replicated(copied[-1])
+    assert follower.log_start_offset == 0
+    follower.commit_log_starts(follower.log_end_offset)
     assert follower.log_start_offset == 12
     last = [header for _, header in iter_batches(copied[-1])][-1]
     assert last.is_control, "the entry is a control batch: consumers skip it"
     leader.close()
     follower.close()
+
+
+def test_an_entry_a_failover_discards_never_raises_the_start(tmp_path: Path) -> None:
+    """A follower writes the entry, the leader dies before it commits, the new leader's log
+    replaces it: the follower's log start must not have moved (the client got an error)."""
+    follower = filled(tmp_path, 20)
+    follower.append(build_log_start_batch(12, timestamp_ms=BASE_TS))  # at offset 20
+    follower.truncate(20)  # the new leader's log diverges at the entry
+    follower.commit_log_starts(follower.log_end_offset)
+    assert follower.log_start_offset == 0
+    follower.append(make_batch([BASE_TS], value_bytes=100))  # the new leader's entry at 20
+    follower.commit_log_starts(follower.log_end_offset)
+    assert follower.log_start_offset == 0
+    follower.close()
+
+
+def test_a_pending_entry_survives_a_restart_and_applies_when_it_commits(tmp_path: Path) -> None:
+    log = filled(tmp_path, 20)
+    log.append(build_log_start_batch(12, timestamp_ms=BASE_TS))
+    log.close()
+    reopened = PartitionLog.open(tmp_path, small_config())
+    assert reopened.log_start_offset == 0
+    reopened.commit_log_starts(reopened.log_end_offset)  # Raft re-commits after a restart
+    assert reopened.log_start_offset == 12
+    reopened.close()
+    again = PartitionLog.open(tmp_path, small_config())
+    assert again.log_start_offset == 12, "applied durably"
+    again.close()
 
 
 def test_a_replica_behind_the_start_applies_it_as_it_grows(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def test_replicated_run_never_overfills_an_index(tmp_path):
     assert len(log.segments) >= 30 // 4
     # Every time-index entry survived, so every timestamp lookup is exact.
     for n in range(30):
-        assert log.offset_for_timestamp(BASE_TS + n) == n
+        assert log.offset_for_timestamp(BASE_TS + n).offset == n
     log.close()
 
 
@@ -125,7 +125,7 @@ def test_index_files_grow_on_demand_up_to_their_maximum(tmp_path):
     assert active.time_index.entry_count == count
     for n in (0, count // 2, count - 1):
         assert log.read(n, 1).base_offset == n
-        assert log.offset_for_timestamp(BASE_TS + n) == n
+        assert log.offset_for_timestamp(BASE_TS + n).offset == n
     # Fill the time index (12-byte entries) to its maximum: the next batch rolls.
     more = maximum // 12 - count
     log.append_replicated(
@@ -139,7 +139,7 @@ def test_index_files_grow_on_demand_up_to_their_maximum(tmp_path):
     log.close(clean=False)
     reopened = PartitionLog.open(tmp_path, config)
     assert reopened.log_end_offset == count + more + 1
-    assert reopened.offset_for_timestamp(BASE_TS + count + 7) == count + 7
+    assert reopened.offset_for_timestamp(BASE_TS + count + 7).offset == count + 7
     reopened.close()
 
 
@@ -171,7 +171,7 @@ def _closed_log(directory: Path) -> list[bytes]:
 def _check_all(log: PartitionLog, expected: list[bytes]) -> None:
     assert [bytes(log.read(o, 1).data) for o in range(40)] == expected
     for number in range(40):
-        assert log.offset_for_timestamp(BASE_TS + number * 10) == number
+        assert log.offset_for_timestamp(BASE_TS + number * 10).offset == number
 
 
 @pytest.mark.parametrize("suffix", [".index", ".timeindex"])
