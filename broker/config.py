@@ -11,7 +11,7 @@ import abc
 import dataclasses
 import enum
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from wire.config_error import ConfigError
 
@@ -63,6 +63,10 @@ def _coerce(field: dataclasses.Field[Any], key: str, value: Any) -> Any:
             return float(value)
         except ValueError as exc:
             raise ConfigError(key, f"expected a number, got {value!r}") from exc
+    if kind.startswith("tuple[str") and isinstance(value, str | list):
+        # `--set super_users=admin,ops`, or a TOML list.
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(item.strip() if isinstance(item, str) else item for item in items if item)
     if kind == "FlushPolicy" and isinstance(value, str):
         try:
             return FlushPolicy(value.lower())
@@ -236,6 +240,12 @@ def parse_bootstrap(key: str, value: str) -> list[tuple[str, int]]:
     return addresses
 
 
+# `auth`: no authentication, or SASL SCRAM on every connection (docs/security.md).
+AUTH_NONE: Final = "none"
+AUTH_SCRAM: Final = "scram"
+AUTH_MODES: Final = (AUTH_NONE, AUTH_SCRAM)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class BrokerConfig(ConfigBase):
     """One broker process: where it listens and stores, and the bounds of its server.
@@ -376,6 +386,14 @@ class BrokerConfig(ConfigBase):
     share_session_timeout_ms: int = 45_000
     # Members per share group (group.share.max.size).
     share_group_max_size: int = 1_000
+    # --- security: authentication (docs/security.md, "Authentication (SASL SCRAM)").
+    # "none", or "scram": every connection (clients and other brokers) logs in with SASL
+    # SCRAM-SHA-256/512 before any other request; users are SCRAM credentials in the metadata.
+    auth: str = "none"
+    # User names (without "User:") every authorization check allows. The first one's credential
+    # is created at first start (password from BROKER_ADMIN_PASSWORD) and brokers of a cluster
+    # log in to each other as it.
+    super_users: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, base: Self | None = None) -> Self:
@@ -481,7 +499,32 @@ class BrokerConfig(ConfigBase):
         check_range("share_group_max_size", self.share_group_max_size, 1, 1_000_000)
         if self.offsets_retention_ms == 0:
             raise ConfigError("offsets_retention_ms", "must be -1 (forever) or positive, got 0")
+        self._validate_auth()
         self._validate_cluster()
+
+    def _validate_auth(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise ConfigError("auth", f"expected one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
+        if not isinstance(self.super_users, tuple) or not all(
+            isinstance(name, str) and name and "," not in name and len(name) <= 256
+            for name in self.super_users
+        ):
+            raise ConfigError("super_users", f"expected user names, got {self.super_users!r}")
+        if self.auth == AUTH_SCRAM and not self.super_users:
+            raise ConfigError(
+                "super_users",
+                "--auth scram needs a super-user (--super-user admin): the first user, who "
+                "creates the others, and whom the brokers of a cluster log in to each other as",
+            )
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == AUTH_SCRAM
+
+    def is_super_user(self, principal: str) -> bool:
+        """Whether `principal` ("User:NAME") is one of `super_users`."""
+        kind, _, name = principal.partition(":")
+        return kind == "User" and name in self.super_users
 
     def _validate_cluster(self) -> None:
         peers = parse_peers("peers", self.peers)

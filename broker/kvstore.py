@@ -122,6 +122,8 @@ class KeySpace(enum.Enum):
     TOPICS = "topics"
     PRODUCERS = "producers"
     GROUPS = "groups"
+    # A single node's users: SCRAM credentials (a cluster's are in the controller's state).
+    USERS = "users"
 
 
 class KvStore:

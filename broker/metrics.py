@@ -369,6 +369,14 @@ class BrokerMetrics:
             "Connections closed because of a framing error",
             registry=registry,
         )
+        # Security (docs/security.md): failed logins and requests refused before one, by reason
+        # (bad_password, bad_message, unsupported_mechanism, unauthenticated_request).
+        self.authentication_failures = Counter(
+            "broker_authentication_failures",
+            "SASL authentications that failed, and requests refused before a login, by reason",
+            ["reason"],
+            registry=registry,
+        )
         self.fsync_latency = Histogram(
             "broker_log_fsync_duration_seconds",
             "Time the broker waited for one fsync of a partition log (group commit: one fsync "

@@ -35,6 +35,12 @@ from typing import Any
 import lmdb
 import trio
 
+from broker.auth.service import (
+    Authentication,
+    AuthenticationSetupError,
+    peer_login_of,
+)
+from broker.auth.users import keep_super_user
 from broker.cluster.node import ClusterNode, node_config_of
 from broker.cluster.serving import ClusterTopics, run_internal_service, track_replicas
 from broker.config import BrokerConfig, parse_host_port
@@ -136,9 +142,18 @@ def _lock_data_dir(data_dir: Path) -> int:
 class Broker:
     """A single-node broker. `await nursery.start(broker.run)` returns its `BrokerAddresses`."""
 
-    def __init__(self, config: BrokerConfig, *, recover_topics: bool = False) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        recover_topics: bool = False,
+        admin_password: str | None = None,
+    ) -> None:
         config.validate()
         self.config = config
+        # `--auth scram`: the first super-user's password (docs/security.md); never logged.
+        self._admin_password = admin_password
+        self.auth: Authentication | None = None
         # `broker serve --recover-topics`: re-register stray logs as topics (docs/storage.md).
         self.recover_topics = recover_topics
         self.metrics = BrokerMetrics()
@@ -191,6 +206,9 @@ class Broker:
         clean = False
         logs: LogManager | None = None
         try:
+            # Before the logs are opened: a start refused for want of the admin password is
+            # then a clean one.
+            self.auth = self._authentication(Authentication.for_single_node, store)
             topics = TopicManager(self.config, store, KeySpace.TOPICS)
             topics.load_records()
             logs = LogManager.open(data_dir, self.config.log, config_for=topics.config_for)
@@ -215,6 +233,8 @@ class Broker:
         flusher = LogFlusher(logs.logs, on_fsync=self.metrics.fsync_done)
         context = BrokerContext(self.config, topics, flusher, self.metrics)
         self.context = context
+        assert self.auth is not None
+        context.users = self.auth.users
         async with trio.open_nursery() as services:
             self._services = services
             await services.start(flusher.run)
@@ -270,14 +290,21 @@ class Broker:
             serve_peers=False,
             controller_voters=config.controller_voter_ids,
             bootstrap=config.bootstrap_addresses,
+            peer_login=peer_login_of(config, self._admin_password),
         )
         context = BrokerContext(config, ClusterTopics(node, config.log), None, self.metrics)
         context.cluster = node
         self.context = context
+        self.auth = self._authentication(Authentication.for_cluster, node)
+        context.users = self.auth.users
         async with trio.open_nursery() as services:
             self._services = services
             context.spawn = services.start_soon
             await services.start(node.run)
+            if config.auth_enabled and self._admin_password:
+                services.start_soon(
+                    keep_super_user, node, config.super_users[0], self._admin_password
+                )
             context.producer_ids = ProducerIdAllocator(node.store, config.node_id)
             track_replicas(node, context, services)
             services.start_soon(self._retention_loop, node.replicas.apply_retention)
@@ -326,6 +353,12 @@ class Broker:
                 self.metrics.close()
             services.cancel_scope.cancel()
         logger.info("broker stopped (clean shutdown)")
+
+    def _authentication(self, build: Callable[..., Authentication], where: Any) -> Authentication:
+        try:
+            return build(self.config, where, self._admin_password, self.metrics)
+        except AuthenticationSetupError as exc:
+            raise StartupError(str(exc)) from None
 
     def _transaction_service(self, context: BrokerContext, store: Any) -> TransactionService:
         config = self.config
@@ -548,6 +581,9 @@ class _Connection:
         self._outgoing_bytes = 0
         self.inflight = trio.Semaphore(config.max_inflight_requests_per_connection)
         self.peer = _peer_name(stream)
+        # Who this connection is (`auth.principal`: "User:NAME", "User:ANONYMOUS" with auth off).
+        assert broker.auth is not None
+        self.auth = broker.auth.session(self.peer)
         self._stopping = False
         self._receive_scope: trio.CancelScope | None = None
         # Set while this connection is a Raft peer link (cluster mode): cancelled at shutdown.
@@ -603,19 +639,20 @@ class _Connection:
         frame = await self._next_frame()
         if frame is None:
             return
-        node = self.context.cluster
-        if node is not None and wire.is_raft_handshake(frame.header):
-            # A peer broker's Raft link: the node's transport owns the connection from here.
-            with trio.CancelScope() as self._peer_scope:
-                if not self._stopping:
-                    await node.transport.serve_inbound(
-                        self.stream, frames=self.frames, first_frame=frame
-                    )
-            return
-        if not await self._handshake(frame):
+        if await self._serve_raft_link(frame) or not await self._handshake(frame):
             return
         while (frame := await self._next_frame()) is not None:
             started = time.perf_counter()
+            if self.auth.intercepts(frame):
+                # The login, or a request refused before it (broker/auth/session.py).
+                answer = self.auth.handle(frame)
+                await self._reply(frame, answer.response, started)
+                if answer.close:
+                    await self._flush()
+                    return
+                continue
+            if await self._serve_raft_link(frame):
+                return
             reply = self._dispatch(frame)
             if isinstance(reply, Deferred):
                 # Bounded: at the limit, stop reading until a deferred reply is sent.
@@ -623,6 +660,29 @@ class _Connection:
                 tasks.start_soon(self._finish_deferred, frame, reply, started)
             else:
                 await self._reply(frame, reply, started)
+
+    async def _serve_raft_link(self, frame: Frame) -> bool:
+        """Hand a peer broker's Raft link to the node's transport (True: it owned the
+        connection). With auth on, only after the peer logged in as a super-user (the Raft
+        link's connector logs in first: wire.sasl_client.open_logged_in_stream)."""
+        node = self.context.cluster
+        if node is None or not wire.is_raft_handshake(frame.header):
+            return False
+        if self.auth.enabled and not (
+            self.auth.authenticated and self.broker.config.is_super_user(self.auth.principal)
+        ):
+            logger.warning(
+                "refusing a raft link from %s: not logged in as a super-user (%s)",
+                self.peer,
+                self.auth.principal,
+            )
+            return True
+        with trio.CancelScope() as self._peer_scope:
+            if not self._stopping:
+                await node.transport.serve_inbound(
+                    self.stream, frames=self.frames, first_frame=frame
+                )
+        return True
 
     async def _handshake(self, frame: Frame) -> bool:
         """Answer the client's handshake; False (then close) if it is unusable."""
@@ -639,6 +699,7 @@ class _Connection:
             protocol_version=PROTOCOL_VERSION,
             apis=codec.supported_apis(),
             max_frame_bytes=config.max_frame_bytes,
+            sasl_mechanisms=self.auth.handshake_mechanisms,
             error=ErrorCode.NONE if ok else ErrorCode.UNSUPPORTED_VERSION,
             error_message=""
             if ok
@@ -764,13 +825,14 @@ async def serve(
     *,
     on_ready: Callable[[BrokerAddresses], None],
     recover_topics: bool = False,
+    admin_password: str | None = None,
 ) -> None:
     """Run a broker until SIGINT/SIGTERM, then shut it down gracefully (for `broker serve`).
 
     A second signal during the shutdown cancels what is left (an unclean shutdown: the logs are
     recovered on the next start).
     """
-    broker = Broker(config, recover_topics=recover_topics)
+    broker = Broker(config, recover_topics=recover_topics, admin_password=admin_password)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 

@@ -1,8 +1,9 @@
-"""`broker-cli`: topics, consumer and share groups, transactions, produce and consume from the
-shell, on the blocking SDK. This module is the entry point (`cli.broker_cli:app`): the root app,
-its global options (`--bootstrap`; `--wait-timeout`, how long a command waits for a cluster that is
-still starting, cli/cluster_wait.py; `--version`), and the wiring of the commands, each group in
-its own module.
+"""`broker-cli`: topics, consumer and share groups, transactions, users, produce and consume
+from the shell, on the blocking SDK. This module is the entry point (`cli.broker_cli:app`): the
+root app, its global options (`--bootstrap`; `--wait-timeout`, how long a command waits for a
+cluster that is still starting, cli/cluster_wait.py; `--user`, the SASL login, password from
+BROKER_PASSWORD or a prompt; `--version`), and the wiring of the commands, each group in its own
+module.
 
 Rules: every command exits 0 on success and 1 with one line `error: <reason>` on stderr on a
 failure the user can act on (no traceback); typer itself exits 2 on bad arguments. Data goes to
@@ -17,13 +18,14 @@ import typer
 
 from cli.cluster import cluster_app
 from cli.cluster_wait import WAIT_TIMEOUT_S_DEFAULT
-from cli.common import set_global_options
+from cli.common import PASSWORD_ENV, set_global_options
 from cli.consume import consume
 from cli.groups import groups_app
 from cli.partitions import partitions_app, rebalance
 from cli.produce import produce
 from cli.topics import topics_app
 from cli.transactions import transactions_app
+from cli.users import users_app
 from cli.version import version_flag
 from client._bootstrap import BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP
 
@@ -45,6 +47,7 @@ app.add_typer(groups_app, name="groups")
 app.add_typer(transactions_app, name="transactions")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(partitions_app, name="partitions")
+app.add_typer(users_app, name="users")
 cluster_app.command("rebalance")(rebalance)
 
 
@@ -70,9 +73,22 @@ def main(
             "not wait.",
         ),
     ] = WAIT_TIMEOUT_S_DEFAULT,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user",
+            help="Log in as this user (SASL SCRAM; a broker with --auth scram); the password is "
+            f"read from {PASSWORD_ENV} or a prompt.",
+        ),
+    ] = None,
+    sasl_mechanism: Annotated[
+        str, typer.Option("--sasl-mechanism", help="SCRAM-SHA-256 or SCRAM-SHA-512 (with --user).")
+    ] = "SCRAM-SHA-256",
     version: Annotated[bool, version_flag("broker-cli")] = False,
 ) -> None:
-    set_global_options(bootstrap=bootstrap, wait_timeout_s=wait_timeout)
+    set_global_options(
+        bootstrap=bootstrap, wait_timeout_s=wait_timeout, user=user, sasl_mechanism=sasl_mechanism
+    )
 
 
 if __name__ == "__main__":

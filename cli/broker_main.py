@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import trio
 import typer
 
+from broker.auth.service import ADMIN_PASSWORD_ENV
 from broker.config import BrokerConfig, ConfigError
 from broker.kvstore import MetadataStoreError
 from broker.server import BrokerAddresses, StartupError, serve
@@ -133,6 +134,22 @@ def serve_command(
         Path | None,
         typer.Option(help="Append the log to this file instead of stderr (created if missing)"),
     ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            help="'scram': every connection logs in with SASL SCRAM-SHA-256/512 first "
+            "(docs/security.md); 'none' (default): no authentication",
+        ),
+    ] = None,
+    super_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--super-user",
+            help="A user every check allows (repeatable). The first is created at the first "
+            f"start (password from {ADMIN_PASSWORD_ENV} or a prompt) and is who brokers log in "
+            "to each other as",
+        ),
+    ] = None,
     recover_topics: Annotated[
         bool,
         typer.Option(
@@ -158,8 +175,11 @@ def serve_command(
                 "peers": peers,
                 "controller_voters": controller_voters,
                 "bootstrap": bootstrap,
+                "auth": auth,
+                "super_users": ",".join(super_user) if super_user else None,
             },
         )
+        admin_password = read_admin_password(broker_config)
     except ConfigError as exc:
         typer.echo(f"broker: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
@@ -173,7 +193,14 @@ def serve_command(
 
     failures: list[BaseException] = []
     try:
-        trio.run(lambda: serve(broker_config, on_ready=on_ready, recover_topics=recover_topics))
+        trio.run(
+            lambda: serve(
+                broker_config,
+                on_ready=on_ready,
+                recover_topics=recover_topics,
+                admin_password=admin_password,
+            )
+        )
     except* (OSError, StartupError, MetadataStoreError) as group:
         # Raised inside the broker's nurseries, so they arrive as an exception group.
         failures.extend(_leaves(group))
@@ -187,6 +214,26 @@ def serve_command(
             )
         typer.echo(f"broker: cannot start: {reasons}", err=True)
         raise typer.Exit(EXIT_STARTUP)
+
+
+def read_admin_password(config: BrokerConfig) -> str | None:
+    """With `--auth scram`: the first super-user's password, from BROKER_ADMIN_PASSWORD or, on a
+    terminal, a hidden prompt (never a flag: argv is visible to every user of the machine).
+    None when there is neither; the broker then starts only if the user exists already (a
+    single node)."""
+    if not config.auth_enabled:
+        return None
+    password = os.environ.get(ADMIN_PASSWORD_ENV)
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        return None
+    password = typer.prompt(
+        f"password of the super-user {config.super_users[0]!r}", hide_input=True, err=True
+    )
+    if not password:
+        raise ConfigError(ADMIN_PASSWORD_ENV, "the super-user's password must not be empty")
+    return str(password)
 
 
 def _configure_logging(log_level: str, log_file: Path | None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,9 @@ from client.errors import ClientError
 from wire.config_error import ConfigError
 from wire.error_codes import BrokerError
 
+# Where `--user`'s password is read from (never a flag: argv is visible to every local user).
+PASSWORD_ENV = "BROKER_PASSWORD"
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -41,6 +45,11 @@ class _GlobalOptions:
     wait_timeout_s: float = WAIT_TIMEOUT_S_DEFAULT
     # Set once the cluster answered ready, so a command that connects twice waits once.
     cluster_ready: bool = False
+    # `--user NAME`: log in as NAME with SASL SCRAM (`--sasl-mechanism`), password from
+    # BROKER_PASSWORD or a prompt (asked once, when the command first connects).
+    user: str | None = None
+    sasl_mechanism: str = "SCRAM-SHA-256"
+    password: str | None = None
 
 
 _state = _GlobalOptions()
@@ -49,11 +58,38 @@ _state = _GlobalOptions()
 JsonFlag = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
-def set_global_options(*, bootstrap: str, wait_timeout_s: float) -> None:
-    """Remember the broker address(es) the command about to run connects to, and how long it
-    waits for them to be ready."""
+def set_global_options(
+    *,
+    bootstrap: str,
+    wait_timeout_s: float,
+    user: str | None = None,
+    sasl_mechanism: str = "SCRAM-SHA-256",
+) -> None:
+    """Remember the broker address(es) the command about to run connects to, how long it
+    waits for them to be ready, and who it logs in as."""
     _state.bootstrap, _state.wait_timeout_s = bootstrap, wait_timeout_s
     _state.cluster_ready = False
+    _state.user, _state.sasl_mechanism, _state.password = user, sasl_mechanism, None
+
+
+def security() -> dict[str, Any]:
+    """The SDK's security options for `--user` (empty without it): every command passes them
+    to the clients it opens. The password comes from BROKER_PASSWORD, else a hidden prompt."""
+    if _state.user is None:
+        return {}
+    if _state.password is None:
+        password = os.environ.get(PASSWORD_ENV)
+        if password is None:
+            if not sys.stdin.isatty():
+                fail(f"--user {_state.user}: set {PASSWORD_ENV} (no terminal to ask on)")
+            password = typer.prompt(f"password of {_state.user}", hide_input=True, err=True)
+        _state.password = password
+    return {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": _state.sasl_mechanism,
+        "sasl_username": _state.user,
+        "sasl_password": _state.password,
+    }
 
 
 def bootstrap() -> str:
@@ -66,7 +102,7 @@ def bootstrap() -> str:
     and no other (`--help`, a usage error)."""
     if not _state.cluster_ready and _state.wait_timeout_s > 0:
         with errors():
-            wait_for_cluster(_state.bootstrap, _state.wait_timeout_s)
+            wait_for_cluster(_state.bootstrap, _state.wait_timeout_s, **security())
         _state.cluster_ready = True
     return _state.bootstrap
 
@@ -93,7 +129,7 @@ def errors() -> Iterator[None]:
 @contextlib.contextmanager
 def open_admin() -> Iterator[AdminClient]:
     """An admin client on the `--bootstrap` brokers, its failures handled by `errors()`."""
-    with errors(), AdminClient(bootstrap()) as admin:
+    with errors(), AdminClient(bootstrap(), **security()) as admin:
         yield admin
 
 

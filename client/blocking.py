@@ -327,7 +327,8 @@ class AdminClient(_Blocking):
     consumer groups (`list_groups`, `describe_group`, `delete_group`,
     `list_consumer_group_offsets`, `alter_consumer_group_offsets`,
     `list_offsets`), share groups (`alter_group_config`, `describe_share_group`), transactions
-    (`list_transactions`, `describe_transactions`) and `cluster_status`."""
+    (`list_transactions`, `describe_transactions`), users (`upsert_user`, `delete_user`,
+    `describe_users`) and `cluster_status`."""
 
     def __init__(self, bootstrap: str | Sequence[str] | None = None, **options: Any) -> None:
         self._aio = aio.AdminClient(bootstrap, **options)
@@ -348,6 +349,25 @@ class AdminClient(_Blocking):
 
     def describe_configs(self, topic: str) -> dict[str, Any]:
         return self._loop.run(self._aio.describe_configs, topic)
+
+    def upsert_user(
+        self,
+        name: str,
+        password: str,
+        *,
+        mechanism: str = "SCRAM-SHA-256",
+        iterations: int = 4096,
+    ) -> None:
+        upsert = functools.partial(
+            self._aio.upsert_user, mechanism=mechanism, iterations=iterations
+        )
+        self._loop.run(upsert, name, password)
+
+    def delete_user(self, name: str, *, mechanism: str | None = None) -> None:
+        self._loop.run(functools.partial(self._aio.delete_user, mechanism=mechanism), name)
+
+    def describe_users(self, names: list[str] | None = None) -> dict[str, list[tuple[str, int]]]:
+        return self._loop.run(self._aio.describe_users, names)
 
     def alter_configs(
         self, topic: str, configs: Mapping[str, Any] | None = None, delete: Iterable[str] = ()

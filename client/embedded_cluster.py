@@ -84,14 +84,14 @@ class EmbeddedClusterError(EmbeddedBrokerError):
     """The cluster did not start or become ready; the message holds the nodes' log tails."""
 
 
-async def cluster_members(address: str) -> set[int]:
+async def cluster_members(address: str, **security: Any) -> set[int]:
     """The node ids the broker at `address` lists as ACTIVE members: the readiness probe.
 
     The one place that says what "ready" means: `AdminClient.cluster_status()` of that broker
     (its own applied metadata) shows the broker registered and unfenced. A single-node broker
-    reports itself.
+    reports itself. `security`: the SDK's login options, for a cluster run with `--auth scram`.
     """
-    async with aio.AdminClient(address, request_timeout_ms=PROBE_TIMEOUT_MS) as admin:
+    async with aio.AdminClient(address, request_timeout_ms=PROBE_TIMEOUT_MS, **security) as admin:
         status = await admin.cluster_status()
     return {broker.node_id for broker in status.brokers if broker.state == ACTIVE}
 
@@ -115,6 +115,8 @@ class EmbeddedCluster(StartedByWith):
         proxies: put a `FaultProxy` on every broker-to-broker link (`isolate`, `partition`).
         extra_args, env, startup_timeout_s, stop_timeout_s: as `EmbeddedBroker`, for every node.
         ready_timeout_s: how long `start()` and `wait_ready()` wait for the membership.
+        security: the SDK's login options (`security_protocol`, `sasl_*`) the readiness probes
+            use, for brokers run with `--auth scram`.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class EmbeddedCluster(StartedByWith):
         startup_timeout_s: float = STARTUP_TIMEOUT_S_DEFAULT,
         stop_timeout_s: float = STOP_TIMEOUT_S_DEFAULT,
         ready_timeout_s: float = READY_TIMEOUT_S_DEFAULT,
+        security: dict[str, str] | None = None,
     ) -> None:
         if n < 1:
             raise ValueError(f"a cluster needs at least one broker, not {n}")
@@ -141,6 +144,7 @@ class EmbeddedCluster(StartedByWith):
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.ready_timeout_s = ready_timeout_s
+        self.security = dict(security or {})
         self._nodes: dict[int, EmbeddedBroker] = {}
         self._links: dict[tuple[int, int], FaultProxy] = {}
 
@@ -342,7 +346,7 @@ class EmbeddedCluster(StartedByWith):
         expected = {node.node_id for node in running}
         for node in running:
             try:
-                members = await cluster_members(node.bootstrap)
+                members = await cluster_members(node.bootstrap, **self.security)
             except (BrokerError, ClientError):
                 return False
             if not expected <= members:

@@ -20,8 +20,10 @@ from wire.errors import (
     RemoteProtocolError,
     RequestTimedOutError,
 )
+from wire.sasl_client import AuthenticationFailedError
 
 __all__ = [
+    "AuthenticationFailedError",
     "BrokerError",
     "BrokerUnavailableError",
     "BufferFullError",

@@ -9,4 +9,6 @@ Neither side owns this package; both build on it, so the layers read top to bott
   (`open_broker_connection`), used by the SDK and by brokers calling their peers.
 - `wire.errors`: the failures a requester meets on a connection (`ClientError` and its
   transport subclasses), re-exported by `client.errors`.
+- `wire.scram`: the pure SASL SCRAM core (both sides, credentials); `wire.sasl_client`: the
+  login a connection runs after its handshake (docs/security.md).
 """

@@ -101,6 +101,12 @@ class ApiKey(enum.Enum):
     LIST_PARTITION_REASSIGNMENTS = "list_partition_reassignments"
     REASSIGNMENT_COMPLETED = "reassignment_completed"
     REBALANCE = "rebalance"
+    # Security: authentication (schemas at the end of this module; docs/security.md). The
+    # two sasl_* APIs are the only ones a broker with `--auth scram` answers before a login.
+    SASL_HANDSHAKE = "sasl_handshake"
+    SASL_AUTHENTICATE = "sasl_authenticate"
+    ALTER_USER_SCRAM_CREDENTIALS = "alter_user_scram_credentials"
+    DESCRIBE_USER_SCRAM_CREDENTIALS = "describe_user_scram_credentials"
 
 
 # Supported (min, max) version of each API. Bump max when adding a version; never drop min silently.
@@ -155,6 +161,8 @@ class HandshakeResponse:
     max_frame_bytes: int
     error: ErrorCode = ErrorCode.NONE
     error_message: str = ""
+    # The SASL mechanisms a login must use before any other request; empty when auth is off.
+    sasl_mechanisms: tuple[str, ...] = ()
 
 
 # --- metadata -------------------------------------------------------------------------------------
@@ -1860,6 +1868,114 @@ class DeleteRecordsPartitionResult:
 class DeleteRecordsResponse:
     API: ClassVar[ApiKey] = ApiKey.DELETE_RECORDS
     partitions: tuple[DeleteRecordsPartitionResult, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+# --- security: authentication ---------------------------------------------------------------------
+# SASL as Kafka runs it (docs/security.md): SaslHandshake picks a mechanism, then SaslAuthenticate
+# carries the mechanism's opaque messages (SCRAM: client-first, then client-final) until the login
+# succeeds or fails; a failed login closes the connection. Users are SCRAM credentials derived on
+# the client (`wire.scram.make_credential`): the password itself never reaches the broker.
+
+
+@_message
+class SaslHandshakeRequest:
+    API: ClassVar[ApiKey] = ApiKey.SASL_HANDSHAKE
+    mechanism: str
+
+
+@_message
+class SaslHandshakeResponse:
+    """`mechanisms`: what this broker offers (sent with UNSUPPORTED_SASL_MECHANISM too)."""
+
+    API: ClassVar[ApiKey] = ApiKey.SASL_HANDSHAKE
+    mechanisms: tuple[str, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class SaslAuthenticateRequest:
+    API: ClassVar[ApiKey] = ApiKey.SASL_AUTHENTICATE
+    auth_bytes: bytes
+
+
+@_message
+class SaslAuthenticateResponse:
+    API: ClassVar[ApiKey] = ApiKey.SASL_AUTHENTICATE
+    auth_bytes: bytes = b""
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class ScramCredentialUpsertion:
+    """Set `name`'s credential for `mechanism` (SCRAM-SHA-256 or -512); replaces an existing one."""
+
+    name: str
+    mechanism: str
+    iterations: int
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
+
+
+@_message
+class ScramCredentialDeletion:
+    name: str
+    mechanism: str
+
+
+@_message
+class AlterUserScramCredentialsRequest:
+    API: ClassVar[ApiKey] = ApiKey.ALTER_USER_SCRAM_CREDENTIALS
+    upsertions: tuple[ScramCredentialUpsertion, ...] = ()
+    deletions: tuple[ScramCredentialDeletion, ...] = ()
+
+
+@_message
+class UserScramResult:
+    name: str
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class AlterUserScramCredentialsResponse:
+    API: ClassVar[ApiKey] = ApiKey.ALTER_USER_SCRAM_CREDENTIALS
+    results: tuple[UserScramResult, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+@_message
+class DescribeUserScramCredentialsRequest:
+    """`users=None` describes every user."""
+
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS
+    users: tuple[str, ...] | None = None
+
+
+@_message
+class ScramCredentialInfo:
+    mechanism: str
+    iterations: int
+
+
+@_message
+class DescribedUser:
+    name: str
+    credentials: tuple[ScramCredentialInfo, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class DescribeUserScramCredentialsResponse:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS
+    users: tuple[DescribedUser, ...] = ()
     error: ErrorCode = ErrorCode.NONE
     error_message: str = ""
 

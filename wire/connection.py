@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from wire import codec
 from wire.errors import (
     BrokerUnavailableError,
     ConnectionLostError,
@@ -33,6 +34,7 @@ from wire.framing import (
     ProtocolError,
     Role,
 )
+from wire.sasl_client import SaslLogin, check_login_needed, login_over
 
 # Requests outstanding on one connection before `request` waits (Kafka: max.in.flight...=5; we
 # pipeline more because fetches and produces to different partitions share a connection).
@@ -226,10 +228,13 @@ async def open_broker_connection(
     max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
     max_frame_bytes: int | None = None,
     connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
+    login: SaslLogin | None = None,
 ) -> BrokerConnection:
-    """Connect to `address`, start the reader in `nursery`, and complete the handshake.
+    """Connect to `address`, start the reader in `nursery`, and complete the handshake, then
+    the SASL `login` if one is given (`wire.sasl_client`).
 
-    Raises `BrokerUnavailableError` if nothing accepts the connection in time.
+    Raises `BrokerUnavailableError` if nothing accepts the connection in time,
+    `AuthenticationFailedError` if the login is refused or needed and missing.
     """
     host, port = address
     with trio.move_on_after(connect_timeout_s) as scope:
@@ -247,11 +252,24 @@ async def open_broker_connection(
     nursery.start_soon(connection.run_reader)
     try:
         frame = await connection.request(dict(handshake_header), timeout_s=connect_timeout_s)
+        connection.handshake = frame.header
+        check_login_needed(frame.header, login)
+        if login is not None:
+            await login_over(
+                lambda request: _call(connection, request, connect_timeout_s),
+                login,
+                where=connection.address_text,
+            )
     except BaseException:
         await connection.aclose()
         raise
-    connection.handshake = frame.header
     return connection
+
+
+async def _call(connection: BrokerConnection, request: Any, timeout_s: float) -> Any:
+    header, payload = codec.encode_request(request, correlation_id=0)
+    frame = await connection.request(header, payload, timeout_s=timeout_s)
+    return codec.decode_response(frame.header, frame.payload)
 
 
 def _connect_failure(exc: BaseException) -> str:

@@ -85,6 +85,17 @@ class ErrorCode(enum.Enum):
     # Share groups (docs/queues.md): an acknowledgement names records this member does not hold
     # (never delivered to it, already acknowledged, or its lock expired and they went to another).
     INVALID_RECORD_STATE = (54, False)
+    # Security: authentication (docs/security.md). Ids from 60, leaving room for others' blocks.
+    # The login failed: wrong user name or password (the connection is closed).
+    SASL_AUTHENTICATION_FAILED = (60, False)
+    # The client asked for a SASL mechanism this broker does not offer.
+    UNSUPPORTED_SASL_MECHANISM = (61, False)
+    # A request out of the SASL sequence: any other request before the login, a second login.
+    ILLEGAL_SASL_STATE = (62, False)
+    # The user (or its credential for that mechanism) does not exist.
+    RESOURCE_NOT_FOUND = (63, False)
+    # A SCRAM credential the broker does not accept (iterations out of range, wrong key size).
+    UNACCEPTABLE_CREDENTIAL = (64, False)
 
     @property
     def wire_id(self) -> int:

@@ -26,6 +26,7 @@ from wire import codec
 from wire.connection import BrokerConnection, open_broker_connection
 from wire.error_codes import BrokerError, ErrorCode
 from wire.errors import ClientError
+from wire.sasl_client import SaslLogin
 
 from .controller_service import ControllerService, NotControllerError
 
@@ -42,8 +43,10 @@ class PeerClients:
         peers: Mapping[int, tuple[str, int]],
         *,
         request_timeout_ms: int,
+        login: SaslLogin | None = None,
     ) -> None:
         self._nursery = nursery
+        self._login = login
         self._node_id = node_id
         self._peers = dict(peers)
         self._timeout_s = request_timeout_ms / 1000
@@ -85,7 +88,11 @@ class PeerClients:
             header, _ = codec.encode_request(handshake, correlation_id=0)
             try:
                 connection = await open_broker_connection(
-                    self._nursery, address, header, connect_timeout_s=self._timeout_s
+                    self._nursery,
+                    address,
+                    header,
+                    connect_timeout_s=self._timeout_s,
+                    login=self._login,
                 )
             except ClientError as exc:
                 raise BrokerError(
@@ -127,6 +134,7 @@ async def discover_cluster(
     bootstrap: Sequence[tuple[str, int]],
     *,
     timeout_s: float,
+    login: SaslLogin | None = None,
 ) -> codec.ClusterStatusResponse:
     """`--bootstrap`: ask each address in turn for its ClusterStatus until one names a
     controller leader; the answer lists every broker's address. Raises BrokerError
@@ -138,7 +146,7 @@ async def discover_cluster(
         where = f"{address[0]}:{address[1]}"
         try:
             connection = await open_broker_connection(
-                nursery, address, header, connect_timeout_s=timeout_s
+                nursery, address, header, connect_timeout_s=timeout_s, login=login
             )
         except ClientError as exc:
             failures.append(f"{where}: {exc}")

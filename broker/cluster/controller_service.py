@@ -45,6 +45,7 @@ from broker.controller.records import (
     decode_record,
     encode_record,
 )
+from broker.controller.scram_users import prepare_alter
 from broker.controller.state import ControllerConfig, ControllerStateMachine, TopicInfo
 from broker.kvstore import KeySpace, KvStore
 from broker.log.manager import LogManager
@@ -56,6 +57,7 @@ from broker.raft.messages import Configuration, Entry, EntryKind, Snapshot
 from broker.raft.ready import Role
 from broker.raft.transport import RaftTransport
 from wire import batch as batch_codec
+from wire import codec
 from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -462,6 +464,20 @@ class ControllerService:
         if topic is None:
             raise BrokerError(ErrorCode.UNKNOWN_TOPIC, f"topic {name!r} was deleted concurrently")
         return topic
+
+    async def alter_scram_credentials(
+        self,
+        upsertions: Sequence[codec.ScramCredentialUpsertion],
+        deletions: Sequence[codec.ScramCredentialDeletion],
+    ) -> list[codec.UserScramResult]:
+        """Create, replace or delete users' SCRAM credentials (one batch); a result per user
+        (`scram_users.prepare_alter`). Raises NotControllerError elsewhere."""
+        async with self._command_lock:
+            records, results = prepare_alter(
+                self._require_leader().scram_users, upsertions, deletions
+            )
+            await self._propose(records)
+        return results
 
     async def register_broker(self, node_id: int, host: str, port: int, incarnation: int) -> int:
         """Register (or re-register) a broker; returns its broker epoch. NotControllerError

@@ -29,7 +29,7 @@ import logging
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -51,6 +51,7 @@ from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriverConfig, RaftTicker
 from broker.raft.transport import RaftTransport, RaftTransportConfig
 from wire.error_codes import BrokerError, ErrorCode
+from wire.sasl_client import SaslLogin, open_logged_in_stream
 
 from .controller_client import PeerClients, PeerRouter, discover_cluster
 from .controller_service import (
@@ -202,6 +203,7 @@ class ClusterNode:
         seed: int | None = None,
         controller_voters: Sequence[int] = (),
         bootstrap: Sequence[tuple[str, int]] = (),
+        peer_login: SaslLogin | None = None,
     ) -> None:
         """`peers`: the brokers that start the cluster and where their peer listeners are (this
         node may be among them). `controller_voters`: the metadata group's voters among them
@@ -214,6 +216,8 @@ class ClusterNode:
         client protocol). `seed`: deterministic Raft timers."""
         self.config = config or ClusterNodeConfig()
         self.config.validate()
+        # `--auth scram`: how this broker logs in to its peers (Raft links, controller calls).
+        self.peer_login = peer_login
         assert node_id > 0, node_id
         self.node_id = node_id
         self.host = listen[0]
@@ -282,6 +286,26 @@ class ClusterNode:
 
     # --- running ---------------------------------------------------------------------------------
 
+    def _raft_connector(self) -> dict[str, Any]:
+        """With `peer_login`, Raft links log in before their handshake (the transport's
+        default connector otherwise)."""
+        login = self.peer_login
+        if login is None:
+            return {}
+        client_id = f"broker-{self.node_id}-raft"
+        max_frame_bytes = self.config.transport.max_frame_bytes
+
+        async def connect(node_id: int, host: str, port: int) -> trio.abc.Stream:
+            try:
+                return await open_logged_in_stream(
+                    host, port, client_id=client_id, login=login, max_frame_bytes=max_frame_bytes
+                )
+            except (BrokerError, trio.BrokenResourceError) as exc:
+                # The link retries a failed connect with backoff: a refused login is one.
+                raise OSError(f"login to peer {node_id} failed: {exc}") from exc
+
+        return {"connector": connect}
+
     def _open(self, store: KvStore, logs: LogManager) -> None:
         config = self.config
         rng = random.Random(None if self._seed is None else self._seed * 1000 + self.starts)
@@ -290,6 +314,7 @@ class ClusterNode:
             cluster_id=config.cluster_id,
             peers=self.peers,
             config=config.transport,
+            **self._raft_connector(),
         )
         self._replicas = ReplicaManager(
             node_id=self.node_id,
@@ -379,7 +404,11 @@ class ClusterNode:
             try:
                 async with trio.open_nursery() as nursery:
                     status = await discover_cluster(
-                        nursery, self.node_id, self.bootstrap, timeout_s=timeout_s
+                        nursery,
+                        self.node_id,
+                        self.bootstrap,
+                        timeout_s=timeout_s,
+                        login=self.peer_login,
                     )
                 break
             except BrokerError as exc:
@@ -426,6 +455,7 @@ class ClusterNode:
             self.node_id,
             self.peers,
             request_timeout_ms=self.config.controller.command_timeout_ms,
+            login=self.peer_login,
         )
         await nursery.start(self.transport.run)
         await nursery.start(self.ticker.run)

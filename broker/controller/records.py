@@ -31,6 +31,8 @@ import msgpack
 
 from broker.config import ConfigError, LogConfig
 from wire.error_codes import BrokerError, ErrorCode
+from wire.scram import USERNAME_LENGTH_MAX as USER_NAME_LENGTH_MAX
+from wire.scram import ScramMechanism, check_credential_shape
 
 # Node ids, partition numbers and counts are signed 32-bit on the wire, as in Kafka.
 INT32_MAX: Final = 2**31 - 1
@@ -497,6 +499,57 @@ class PartitionReassignmentCompleted:
         check_node_ids(name, "replicas", self.replicas)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScramCredentialSet:
+    """`name`'s SCRAM credential for `mechanism` is this one (created or replaced): the salt,
+    iteration count, StoredKey and ServerKey, never the password (docs/security.md)."""
+
+    name: str
+    mechanism: str
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+    # Type ids 40+ are authentication's (broker/controller/scram_users.py).
+    TYPE_ID = 40
+    VERSION = 0
+
+    def __post_init__(self) -> None:
+        check_str("ScramCredentialSet", "name", self.name, USER_NAME_LENGTH_MAX)
+        check_scram_mechanism("ScramCredentialSet", self.mechanism)
+        try:
+            check_credential_shape(
+                ScramMechanism(self.mechanism).hash_name,
+                self.salt,
+                self.iterations,
+                self.stored_key,
+                self.server_key,
+            )
+        except ValueError as exc:
+            raise _fail("ScramCredentialSet", "credential", str(exc)) from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScramCredentialRemoved:
+    """`name` has no SCRAM credential for `mechanism` any more."""
+
+    name: str
+    mechanism: str
+
+    TYPE_ID = 41
+    VERSION = 0
+
+    def __post_init__(self) -> None:
+        check_str("ScramCredentialRemoved", "name", self.name, USER_NAME_LENGTH_MAX)
+        check_scram_mechanism("ScramCredentialRemoved", self.mechanism)
+
+
+def check_scram_mechanism(record: str, value: Any) -> None:
+    if value not in {mechanism.value for mechanism in ScramMechanism}:
+        raise _fail(record, "mechanism", f"unknown SCRAM mechanism {value!r}")
+
+
 MetadataRecord: TypeAlias = (
     BrokerRegistered
     | BrokerStateChanged
@@ -510,6 +563,8 @@ MetadataRecord: TypeAlias = (
     | PartitionReassignmentStarted
     | PartitionReassignmentCompleted
     | PartitionsCreated
+    | ScramCredentialSet
+    | ScramCredentialRemoved
 )
 RECORD_TYPES: Final[tuple[type[MetadataRecord], ...]] = (
     BrokerRegistered,
@@ -524,6 +579,8 @@ RECORD_TYPES: Final[tuple[type[MetadataRecord], ...]] = (
     PartitionReassignmentStarted,
     PartitionReassignmentCompleted,
     PartitionsCreated,
+    ScramCredentialSet,
+    ScramCredentialRemoved,
 )
 _BY_TYPE_ID: Final[dict[int, type[MetadataRecord]]] = {cls.TYPE_ID: cls for cls in RECORD_TYPES}
 assert len(_BY_TYPE_ID) == len(RECORD_TYPES), "record type ids must be unique"

@@ -46,6 +46,8 @@ from broker.controller.records import (
     PartitionReassignmentCompleted,
     PartitionReassignmentStarted,
     PartitionsCreated,
+    ScramCredentialRemoved,
+    ScramCredentialSet,
     TopicCreated,
     TopicDeleted,
     canonical_config_key,
@@ -57,6 +59,7 @@ from broker.controller.records import (
     check_topic_id,
     unpack_bounded,
 )
+from broker.controller.scram_users import ScramUsers
 from broker.log.manager import check_topic_name
 from wire.error_codes import BrokerError, ErrorCode
 
@@ -187,6 +190,8 @@ class ControllerStateMachine:
         self._removed_incarnations: dict[int, int] = {}
         self._applied_record_count = 0
         self._skipped_record_count = 0
+        # The users' SCRAM credentials (docs/security.md).
+        self.scram_users = ScramUsers()
         self._appliers: dict[type, Callable[[Any, int], bool]] = {
             BrokerRegistered: self._apply_broker_registered,
             BrokerStateChanged: self._apply_broker_state_changed,
@@ -200,6 +205,8 @@ class ControllerStateMachine:
             ConfigSet: self._apply_config_set,
             PartitionReassignmentStarted: self._apply_reassignment,
             PartitionReassignmentCompleted: self._apply_reassignment,
+            ScramCredentialSet: self.scram_users.apply_set,
+            ScramCredentialRemoved: self.scram_users.apply_removed,
         }
 
     # --- queries ----------------------------------------------------------------------------------
@@ -811,6 +818,9 @@ class ControllerStateMachine:
                 [node_id, self._removed_incarnations[node_id]]
                 for node_id in sorted(self._removed_incarnations)
             ]
+        if len(self.scram_users):
+            # Only once a user exists, as "removed_brokers": older snapshots stay byte-equal.
+            snapshot["scram_credentials"] = self.scram_users.to_rows()
         return msgpack.packb(snapshot, use_bin_type=True)
 
     @classmethod
@@ -842,6 +852,7 @@ class ControllerStateMachine:
         if not isinstance(snapshot, dict) or not required <= set(snapshot) <= {
             *required,
             "removed_brokers",
+            "scram_credentials",
         }:
             raise ControllerSnapshotError("not a controller snapshot")
         if snapshot["format"] != SNAPSHOT_FORMAT:
@@ -868,6 +879,7 @@ class ControllerStateMachine:
                 raise ControllerSnapshotError(f"topic {topic.name!r} appears twice")
             self._topics[topic.name] = topic
             self._topic_names_by_id[topic.topic_id] = topic.name
+        self.scram_users.load_rows(snapshot.get("scram_credentials", []))
 
     def __eq__(self, other: object) -> bool:
         """Equal replicated state (applied index, brokers, topics); local config and counters
@@ -879,11 +891,13 @@ class ControllerStateMachine:
             self._brokers,
             self._topics,
             self._removed_incarnations,
+            self.scram_users,
         ) == (
             other._applied_index,
             other._brokers,
             other._topics,
             other._removed_incarnations,
+            other.scram_users,
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable

@@ -64,6 +64,10 @@ from broker.handlers.transactions import (
     handle_list_transactions,
     handle_write_txn_markers,
 )
+from broker.handlers.users import (
+    handle_alter_user_scram_credentials,
+    handle_describe_user_scram_credentials,
+)
 from wire import codec
 
 Handler = Callable[[BrokerContext, Any], Any]
@@ -110,6 +114,8 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.ListPartitionReassignmentsRequest: handle_list_partition_reassignments,
     codec.ReassignmentCompletedRequest: handle_reassignment_completed,
     codec.RebalanceRequest: handle_rebalance,
+    codec.AlterUserScramCredentialsRequest: handle_alter_user_scram_credentials,
+    codec.DescribeUserScramCredentialsRequest: handle_describe_user_scram_credentials,
 }
 
 __all__ = ["HANDLERS", "BrokerContext", "Deferred", "Handler", "NullMetrics", "PartitionState"]

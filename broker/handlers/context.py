@@ -157,6 +157,9 @@ class BrokerContext:
     def node_id(self) -> int:
         return self.config.node_id
 
+    # The users' SCRAM credentials (broker.auth.users: LocalUsers on a single node, ClusterUsers
+    # in a cluster); None until the server sets it.
+    users: Any = None
     # The cluster node (broker.cluster.node.ClusterNode) in cluster mode; None on a single node.
     cluster: Any = None
     # Cluster mode: topics an auto-creation is under way for (handlers/cluster.py).

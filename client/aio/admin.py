@@ -27,6 +27,8 @@ from client.types import (
 )
 from wire import codec
 from wire.error_codes import BrokerError, ErrorCode
+from wire.sasl_client import credential_upsertion
+from wire.scram import ITERATIONS_DEFAULT, ScramMechanism
 
 # First backoff of per-leader retries (list_offsets): doubled each round up to 1 s.
 ADMIN_RETRY_BACKOFF_S = 0.05
@@ -36,6 +38,62 @@ CONTROLLER_RETRY_TIMEOUT_S = 30.0
 
 class AdminClient(AsyncClientBase):
     """`async with AdminClient(bootstrap) as admin: await admin.create_topic("t", 3)`."""
+
+    # --- users (SASL SCRAM credentials; docs/security.md) -----------------------------------------
+
+    async def upsert_user(
+        self,
+        name: str,
+        password: str,
+        *,
+        mechanism: str = ScramMechanism.SCRAM_SHA_256.value,
+        iterations: int = ITERATIONS_DEFAULT,
+    ) -> None:
+        """Create `name`, or give it a new password, for `mechanism`. The SCRAM credential is
+        derived here: the password is not sent. BrokerError (UNACCEPTABLE_CREDENTIAL for
+        iterations out of range, UNSUPPORTED_SASL_MECHANISM, UNAUTHORIZED)."""
+        try:
+            upsertion = credential_upsertion(
+                name, password, ScramMechanism.parse(mechanism), iterations
+            )
+        except ValueError as exc:
+            raise BrokerError(ErrorCode.UNACCEPTABLE_CREDENTIAL, str(exc)) from None
+        await self._alter_users(codec.AlterUserScramCredentialsRequest(upsertions=(upsertion,)))
+
+    async def delete_user(self, name: str, *, mechanism: str | None = None) -> None:
+        """Delete `name`'s credential for `mechanism` (None: all of them, so the user is gone).
+        BrokerError(RESOURCE_NOT_FOUND) if there is none."""
+        mechanisms = (
+            [mechanism]
+            if mechanism is not None
+            else [m for m, _ in (await self.describe_users([name])).get(name, [])]
+        )
+        deletions = tuple(codec.ScramCredentialDeletion(name=name, mechanism=m) for m in mechanisms)
+        await self._alter_users(codec.AlterUserScramCredentialsRequest(deletions=deletions))
+
+    async def describe_users(
+        self, names: list[str] | None = None
+    ) -> dict[str, list[tuple[str, int]]]:
+        """Users and their credentials as (mechanism, iterations); BrokerError(RESOURCE_NOT_FOUND)
+        for a name given that does not exist."""
+        request = codec.DescribeUserScramCredentialsRequest(
+            users=tuple(names) if names is not None else None
+        )
+        response: codec.DescribeUserScramCredentialsResponse = await self._cluster.call(request)
+        if response.error is not ErrorCode.NONE:
+            raise BrokerError(response.error, response.error_message)
+        found = {}
+        for user in response.users:
+            if user.error is not ErrorCode.NONE:
+                raise BrokerError(user.error, user.error_message)
+            found[user.name] = [(c.mechanism, c.iterations) for c in user.credentials]
+        return found
+
+    async def _alter_users(self, request: codec.AlterUserScramCredentialsRequest) -> None:
+        response = await self._on_controller(request)
+        for result in response.results:
+            if result.error is not ErrorCode.NONE:
+                raise BrokerError(result.error, result.error_message)
 
     async def create_topic(
         self,

@@ -41,6 +41,7 @@ from wire.connection import (
     open_broker_connection,
 )
 from wire.error_codes import BrokerError, ErrorCode
+from wire.sasl_client import SaslLogin
 
 CLIENT_ID_DEFAULT = "pybroker-client"
 REQUEST_TIMEOUT_MS_DEFAULT = 30_000
@@ -76,8 +77,11 @@ class Cluster:
         client_id: str = CLIENT_ID_DEFAULT,
         request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
         max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
+        login: SaslLogin | None = None,
     ) -> None:
         self._nursery = nursery
+        # Each connection logs in with it after its handshake (wire.sasl_client).
+        self._login = login
         self.bootstrap = parse_bootstrap(bootstrap)
         self.client_id = client_id
         self.request_timeout_s = request_timeout_ms / 1000.0
@@ -171,7 +175,11 @@ class Cluster:
         for address in dict.fromkeys(addresses):  # unique, in order
             try:
                 connection = await open_broker_connection(
-                    self._nursery, address, handshake, max_in_flight=self._max_in_flight
+                    self._nursery,
+                    address,
+                    handshake,
+                    max_in_flight=self._max_in_flight,
+                    login=self._login,
                 )
             except BrokerUnavailableError as exc:
                 reasons.append(exc.reason)

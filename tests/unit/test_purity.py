@@ -25,7 +25,7 @@ SHELLS = {"broker/raft/driver.py", "broker/raft/transport.py", "broker/raft/log_
           "broker/raft/store_sync.py", "broker/consumer_groups/service.py"}  # fmt: skip
 PURE_PACKAGES = ["broker/raft", "broker/consumer_groups", "broker/controller"]
 PURE_FILES = ["wire/batch.py", "broker/log/index.py", "wire/framing.py", "wire/assignors.py",
-              "wire/codec.py",
+              "wire/codec.py", "wire/scram.py",
               "broker/transactions/producer_state.py", "broker/transactions/coordinator.py",
               "broker/transactions/txn_records.py", "broker/transactions/txn_events.py",
               "broker/transactions/txn_actions.py",

@@ -15,6 +15,8 @@ from broker.controller.records import (
     PartitionAssignment,
     PartitionLeaderChanged,
     PartitionsCreated,
+    ScramCredentialRemoved,
+    ScramCredentialSet,
     TopicCreated,
     TopicDeleted,
 )
@@ -76,5 +78,20 @@ records: st.SearchStrategy[MetadataRecord] = st.one_of(
         topic_ids,
         st.text(min_size=1, max_size=20),
         st.one_of(st.none(), config_values),
+    ),
+    # Users (SCRAM credentials): a few names, so sets and removals meet.
+    st.builds(
+        ScramCredentialSet,
+        st.sampled_from(["alice", "bob", "admin"]),
+        st.just("SCRAM-SHA-256"),
+        st.binary(min_size=8, max_size=40),
+        st.integers(4096, 16384),
+        st.binary(min_size=32, max_size=32),
+        st.binary(min_size=32, max_size=32),
+    ),
+    st.builds(
+        ScramCredentialRemoved,
+        st.sampled_from(["alice", "bob", "admin"]),
+        st.sampled_from(["SCRAM-SHA-256", "SCRAM-SHA-512"]),
     ),
 )

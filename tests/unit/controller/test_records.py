@@ -58,6 +58,8 @@ def test_type_ids_never_change() -> None:
         "PartitionsCreated": 10,
         "PartitionReassignmentStarted": 20,
         "PartitionReassignmentCompleted": 21,
+        "ScramCredentialSet": 40,
+        "ScramCredentialRemoved": 41,
     }
 
 
