@@ -122,6 +122,7 @@ class KeySpace(enum.Enum):
     TOPICS = "topics"
     PRODUCERS = "producers"
     GROUPS = "groups"
+    SECURITY = "security"
 
 
 class KvStore:

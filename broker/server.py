@@ -12,7 +12,9 @@ and handled *in arrival order* in the reader (appends and topic changes happen t
 requests take effect in order); a handler that must wait (acks=all, long-poll fetch) returns a
 `Deferred` that runs in its own task, at most `max_inflight_requests_per_connection` at once (the
 reader stops reading when the limit is reached). Responses carry the request's correlation id and
-may leave out of order.
+may leave out of order. Every request passes one security hook on its way to the handler
+(`broker/security/gate.py`: ACLs when the authorizer is on, quotas when any is set); a client over
+its quota is not read from until its throttle time has passed.
 
 Bad input never hurts the broker: a framing error (garbage, oversized, truncated-then-closed)
 closes that connection with a logged reason; a wrong body shape or unsupported API gets an
@@ -58,6 +60,11 @@ from broker.metrics import BrokerMetrics, PartitionSample
 from broker.observability.raft_metrics import observe_raft_latencies
 from broker.observability.scrape import TrioScrape
 from broker.raft import wire
+from broker.security.acl import AuthorizerConfig
+from broker.security.gate import BrokerSecurity, ConnectionSecurity
+from broker.security.quota import QuotaLimits
+from broker.security.state import SecurityState
+from broker.security.store import SecurityStore
 from broker.share_groups.service import (
     SHARE_STATE_TOPIC_CONFIGS,
     ShareGroupService,
@@ -215,6 +222,10 @@ class Broker:
         flusher = LogFlusher(logs.logs, on_fsync=self.metrics.fsync_done)
         context = BrokerContext(self.config, topics, flusher, self.metrics)
         self.context = context
+        assert store is not None, "a single node keeps its ACLs and quotas in its store"
+        security_store = SecurityStore(store)
+        context.security_store = security_store
+        context.security = self._security(lambda: security_store.state)
         async with trio.open_nursery() as services:
             self._services = services
             await services.start(flusher.run)
@@ -273,6 +284,7 @@ class Broker:
         )
         context = BrokerContext(config, ClusterTopics(node, config.log), None, self.metrics)
         context.cluster = node
+        context.security = self._security(lambda: node.controller.machine.security)
         self.context = context
         async with trio.open_nursery() as services:
             self._services = services
@@ -343,6 +355,23 @@ class Broker:
                 leader_of=lambda ctx, topic, p: partition_metadata(ctx, topic, p).leader_id,
             ).deliver,
             store=store,
+        )
+
+    def _security(self, state_of: Callable[[], SecurityState]) -> BrokerSecurity:
+        """The ACL and quota hook every request passes (docs/security.md)."""
+        return BrokerSecurity(
+            enabled=self.config.authorizer_enabled,
+            authorizer=AuthorizerConfig(
+                super_users=self.config.super_user_set,
+                allow_everyone_if_no_acl_found=self.config.allow_everyone_if_no_acl_found,
+            ),
+            quota_limits=QuotaLimits(
+                burst_s=self.config.quota_burst_ms / 1000,
+                throttle_ms_max=self.config.quota_throttle_ms_max,
+                bucket_count_max=self.config.quota_bucket_count_max,
+            ),
+            state_of=state_of,
+            on_denied=self.metrics.authorization_denied,
         )
 
     def _share_group_service(self, context: BrokerContext) -> ShareGroupService:
@@ -548,6 +577,8 @@ class _Connection:
         self._outgoing_bytes = 0
         self.inflight = trio.Semaphore(config.max_inflight_requests_per_connection)
         self.peer = _peer_name(stream)
+        # Principal, client id and quota mute; authentication sets `security.principal`.
+        self.security: ConnectionSecurity = context.security.connection(_peer_host(stream))
         self._stopping = False
         self._receive_scope: trio.CancelScope | None = None
         # Set while this connection is a Raft peer link (cluster mode): cancelled at shutdown.
@@ -614,7 +645,17 @@ class _Connection:
             return
         if not await self._handshake(frame):
             return
-        while (frame := await self._next_frame()) is not None:
+        while True:
+            if self.security.muted:
+                # A quota throttle: write the replies (the throttled one is not held back), then
+                # read nothing until it has passed, or the broker stops.
+                await self._flush()
+                with trio.CancelScope() as self._receive_scope:
+                    if not self._stopping:
+                        await self.security.wait_unmuted()
+            frame = await self._next_frame()
+            if frame is None:
+                break
             started = time.perf_counter()
             reply = self._dispatch(frame)
             if isinstance(reply, Deferred):
@@ -648,6 +689,7 @@ class _Connection:
         await self._send(*codec.encode_response(response, correlation_id=frame.correlation_id))
         await self._flush()
         if ok:
+            self.security.client_id = request.client_id
             logger.debug("client %r connected from %s", request.client_id, self.peer)
         return ok
 
@@ -661,7 +703,7 @@ class _Connection:
                     ErrorCode.INVALID_REQUEST,
                     "the handshake is sent once, as the first frame of a connection",
                 )
-            return handler(self.context, request)
+            return self.security.handle(request, handler, self.context)
         except BrokerError as exc:
             return exc
         except AssertionError:
@@ -749,6 +791,14 @@ def _partition_errors(response: Any) -> list[str]:
         response, "topics", ()
     )
     return [item.error.name for item in items if item.error is not ErrorCode.NONE]
+
+
+def _peer_host(stream: trio.SocketStream) -> str:
+    """The client's IP address, the `host` ACLs match."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, ValueError, IndexError):
+        return "unknown"
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

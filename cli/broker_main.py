@@ -141,6 +141,14 @@ def serve_command(
             "know (after meta.lmdb was lost or moved aside; default configs; docs/storage.md)",
         ),
     ] = False,
+    authorizer: Annotated[
+        bool | None,
+        typer.Option(
+            "--authorizer/--no-authorizer",
+            help="Enforce ACLs on every request (docs/security.md); super users from "
+            "--set super_users=User:admin",
+        ),
+    ] = None,
 ) -> None:
     """Run a broker until SIGINT or SIGTERM: a single node, or with --node-id and --peers a member
     of a replicated cluster (run the same command again on the same --data-dir to rejoin), or
@@ -158,6 +166,7 @@ def serve_command(
                 "peers": peers,
                 "controller_voters": controller_voters,
                 "bootstrap": bootstrap,
+                "authorizer_enabled": None if authorizer is None else str(authorizer).lower(),
             },
         )
     except ConfigError as exc:

@@ -85,6 +85,12 @@ class ErrorCode(enum.Enum):
     # Share groups (docs/queues.md): an acknowledgement names records this member does not hold
     # (never delivered to it, already acknowledged, or its lock expired and they went to another).
     INVALID_RECORD_STATE = (54, False)
+    # Authorization (docs/security.md): the principal lacks an ACL for the resource named in the
+    # message; an operator must grant it (`broker-cli acls add`), so retrying never helps.
+    TOPIC_AUTHORIZATION_FAILED = (55, False)
+    GROUP_AUTHORIZATION_FAILED = (56, False)
+    CLUSTER_AUTHORIZATION_FAILED = (57, False)
+    TRANSACTIONAL_ID_AUTHORIZATION_FAILED = (58, False)
 
     @property
     def wire_id(self) -> int:

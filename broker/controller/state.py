@@ -31,11 +31,14 @@ from broker.controller.records import (
     PORT_MAX,
     REPLICA_COUNT_MAX,
     TOPIC_NAME_LENGTH_MAX,
+    AclCreated,
+    AclDeleted,
     BrokerDecommissioning,
     BrokerRegistered,
     BrokerState,
     BrokerStateChanged,
     BrokerUnregistered,
+    ClientQuotaSet,
     ConfigItems,
     ConfigSet,
     ConfigValue,
@@ -58,6 +61,7 @@ from broker.controller.records import (
     unpack_bounded,
 )
 from broker.log.manager import check_topic_name
+from broker.security.state import SecurityState
 from wire.error_codes import BrokerError, ErrorCode
 
 SNAPSHOT_FORMAT: Final = 1
@@ -200,7 +204,12 @@ class ControllerStateMachine:
             ConfigSet: self._apply_config_set,
             PartitionReassignmentStarted: self._apply_reassignment,
             PartitionReassignmentCompleted: self._apply_reassignment,
+            AclCreated: self._apply_security,
+            AclDeleted: self._apply_security,
+            ClientQuotaSet: self._apply_security,
         }
+        # ACLs and client quotas (docs/security.md): applied here, read by every request's check.
+        self.security = SecurityState()
 
     # --- queries ----------------------------------------------------------------------------------
 
@@ -276,6 +285,9 @@ class ControllerStateMachine:
         self._applied_index = index
         if self._validate:
             self.validate_state()
+
+    def _apply_security(self, record: Any, index: int) -> bool:
+        return self.security.apply(record)
 
     def _apply_broker_registered(self, record: BrokerRegistered, index: int) -> bool:
         known = self._brokers.get(record.node_id)
@@ -811,6 +823,9 @@ class ControllerStateMachine:
                 [node_id, self._removed_incarnations[node_id]]
                 for node_id in sorted(self._removed_incarnations)
             ]
+        if not self.security.is_empty():
+            # Only when there is some: snapshots without security state are unchanged.
+            snapshot["security"] = self.security.to_wire()
         return msgpack.packb(snapshot, use_bin_type=True)
 
     @classmethod
@@ -842,6 +857,7 @@ class ControllerStateMachine:
         if not isinstance(snapshot, dict) or not required <= set(snapshot) <= {
             *required,
             "removed_brokers",
+            "security",
         }:
             raise ControllerSnapshotError("not a controller snapshot")
         if snapshot["format"] != SNAPSHOT_FORMAT:
@@ -868,6 +884,8 @@ class ControllerStateMachine:
                 raise ControllerSnapshotError(f"topic {topic.name!r} appears twice")
             self._topics[topic.name] = topic
             self._topic_names_by_id[topic.topic_id] = topic.name
+        if "security" in snapshot:
+            self.security = SecurityState.from_wire(snapshot["security"])
 
     def __eq__(self, other: object) -> bool:
         """Equal replicated state (applied index, brokers, topics); local config and counters
@@ -879,11 +897,13 @@ class ControllerStateMachine:
             self._brokers,
             self._topics,
             self._removed_incarnations,
+            self.security,
         ) == (
             other._applied_index,
             other._brokers,
             other._topics,
             other._removed_incarnations,
+            other.security,
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable

@@ -18,6 +18,7 @@ from broker.controller.records import (
     TopicCreated,
     TopicDeleted,
 )
+from tests.unit.security.strategies import security_records
 
 node_ids = st.integers(1, 2**31 - 1)
 small_node_ids = st.integers(1, 9)
@@ -77,4 +78,5 @@ records: st.SearchStrategy[MetadataRecord] = st.one_of(
         st.text(min_size=1, max_size=20),
         st.one_of(st.none(), config_values),
     ),
+    security_records,
 )

@@ -58,6 +58,9 @@ def test_type_ids_never_change() -> None:
         "PartitionsCreated": 10,
         "PartitionReassignmentStarted": 20,
         "PartitionReassignmentCompleted": 21,
+        "AclCreated": 30,
+        "AclDeleted": 31,
+        "ClientQuotaSet": 32,
     }
 
 
