@@ -244,6 +244,12 @@ def parse_bootstrap(key: str, value: str) -> list[tuple[str, int]]:
 AUTH_NONE: Final = "none"
 AUTH_SCRAM: Final = "scram"
 AUTH_MODES: Final = (AUTH_NONE, AUTH_SCRAM)
+# Kafka's dotted names of BrokerConfig's security keys (docs/security.md).
+_SECURITY_KEYS: Final[dict[str, str]] = {
+    "super.users": "super_users",
+    "allow.everyone.if.no.acl.found": "allow_everyone_if_no_acl_found",
+    "authorizer.enabled": "authorizer_enabled",
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -394,6 +400,19 @@ class BrokerConfig(ConfigBase):
     # is created at first start (password from BROKER_ADMIN_PASSWORD) and brokers of a cluster
     # log in to each other as it.
     super_users: tuple[str, ...] = ()
+    # --- authorization and quotas (docs/security.md).
+    # Enforce ACLs on every request (`--authorizer`; `--auth scram` turns it on too).
+    authorizer_enabled: bool = False
+    # With the authorizer on, a resource no ACL names is open to everyone
+    # (allow.everyone.if.no.acl.found). Off: no matching ALLOW ACL means denied.
+    allow_everyone_if_no_acl_found: bool = False
+    # A quota's token bucket holds this many ms of its rate: the burst a client may send at once.
+    quota_burst_ms: int = 1_000
+    # The longest throttle one request earns (the client waits at most this long per request).
+    quota_throttle_ms_max: int = 30_000
+    # Quota token buckets kept at once (one per user/client id a quota applies to); the least
+    # recently used is dropped past it.
+    quota_bucket_count_max: int = 100_000
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, base: Self | None = None) -> Self:
@@ -404,7 +423,7 @@ class BrokerConfig(ConfigBase):
         log_values: dict[str, Any] = {}
         changes: dict[str, Any] = {}
         for key, value in values.items():
-            name = key.replace("-", "_")
+            name = _SECURITY_KEYS.get(key, key.replace("-", "_"))
             if name == "log":
                 if not isinstance(value, Mapping):
                     raise ConfigError(key, f"expected a table of log settings, got {value!r}")
@@ -497,6 +516,7 @@ class BrokerConfig(ConfigBase):
         )
         check_range("share_session_timeout_ms", self.share_session_timeout_ms, 1)
         check_range("share_group_max_size", self.share_group_max_size, 1, 1_000_000)
+        self._validate_security()
         if self.offsets_retention_ms == 0:
             raise ConfigError("offsets_retention_ms", "must be -1 (forever) or positive, got 0")
         self._validate_auth()
@@ -525,6 +545,19 @@ class BrokerConfig(ConfigBase):
         """Whether `principal` ("User:NAME") is one of `super_users`."""
         kind, _, name = principal.partition(":")
         return kind == "User" and name in self.super_users
+
+    @property
+    def super_user_set(self) -> frozenset[str]:
+        """`super_users` as principals (`User:NAME`), as the authorizer matches them."""
+        return frozenset(f"User:{name}" for name in self.super_users)
+
+    def _validate_security(self) -> None:
+        for key in ("authorizer_enabled", "allow_everyone_if_no_acl_found"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(key, "expected true or false")
+        check_range("quota_burst_ms", self.quota_burst_ms, 1, 3_600_000)
+        check_range("quota_throttle_ms_max", self.quota_throttle_ms_max, 0, 3_600_000)
+        check_range("quota_bucket_count_max", self.quota_bucket_count_max, 1, 10_000_000)
 
     def _validate_cluster(self) -> None:
         peers = parse_peers("peers", self.peers)

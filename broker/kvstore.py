@@ -124,6 +124,7 @@ class KeySpace(enum.Enum):
     GROUPS = "groups"
     # A single node's users: SCRAM credentials (a cluster's are in the controller's state).
     USERS = "users"
+    SECURITY = "security"
 
 
 class KvStore:

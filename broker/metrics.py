@@ -354,6 +354,13 @@ class BrokerMetrics:
             "Partition log directories the metadata does not know: kept on disk, not served",
             registry=registry,
         )
+        self.authorization_denials = Counter(
+            "broker_authorization_denied",
+            "Operations the authorizer denied (each is a broker.audit log line), by operation "
+            "and resource type",
+            ["operation", "resource_type"],
+            registry=registry,
+        )
         self.duplicate_batches = Counter(
             "broker_producer_duplicate_batches",
             "Retried batches of idempotent producers answered with their original offsets",
@@ -427,6 +434,9 @@ class BrokerMetrics:
             self._out_children[topic] = children
         children[0].inc(records)
         children[1].inc(size_bytes)
+
+    def authorization_denied(self, operation: str, resource_type: str) -> None:
+        self.authorization_denials.labels(operation, resource_type).inc()
 
     def duplicate_batch(self, topic: str) -> None:
         self.duplicate_batches.labels(topic).inc()  # rare: retries only

@@ -12,7 +12,9 @@ and handled *in arrival order* in the reader (appends and topic changes happen t
 requests take effect in order); a handler that must wait (acks=all, long-poll fetch) returns a
 `Deferred` that runs in its own task, at most `max_inflight_requests_per_connection` at once (the
 reader stops reading when the limit is reached). Responses carry the request's correlation id and
-may leave out of order.
+may leave out of order. Every request passes one security hook on its way to the handler
+(`broker/security/gate.py`: ACLs when the authorizer is on, quotas when any is set); a client over
+its quota is not read from until its throttle time has passed.
 
 Bad input never hurts the broker: a framing error (garbage, oversized, truncated-then-closed)
 closes that connection with a logged reason; a wrong body shape or unsupported API gets an
@@ -64,6 +66,11 @@ from broker.metrics import BrokerMetrics, PartitionSample
 from broker.observability.raft_metrics import observe_raft_latencies
 from broker.observability.scrape import TrioScrape
 from broker.raft import wire
+from broker.security.acl import AuthorizerConfig
+from broker.security.gate import BrokerSecurity, ConnectionSecurity
+from broker.security.quota import QuotaLimits
+from broker.security.state import SecurityState
+from broker.security.store import SecurityStore
 from broker.share_groups.service import (
     SHARE_STATE_TOPIC_CONFIGS,
     ShareGroupService,
@@ -235,6 +242,10 @@ class Broker:
         self.context = context
         assert self.auth is not None
         context.users = self.auth.users
+        assert store is not None, "a single node keeps its ACLs and quotas in its store"
+        security_store = SecurityStore(store)
+        context.security_store = security_store
+        context.security = self._security(lambda: security_store.state)
         async with trio.open_nursery() as services:
             self._services = services
             await services.start(flusher.run)
@@ -294,6 +305,7 @@ class Broker:
         )
         context = BrokerContext(config, ClusterTopics(node, config.log), None, self.metrics)
         context.cluster = node
+        context.security = self._security(lambda: node.controller.machine.security)
         self.context = context
         self.auth = self._authentication(Authentication.for_cluster, node)
         context.users = self.auth.users
@@ -376,6 +388,23 @@ class Broker:
                 leader_of=lambda ctx, topic, p: partition_metadata(ctx, topic, p).leader_id,
             ).deliver,
             store=store,
+        )
+
+    def _security(self, state_of: Callable[[], SecurityState]) -> BrokerSecurity:
+        """The ACL and quota hook every request passes (docs/security.md)."""
+        return BrokerSecurity(
+            enabled=self.config.authorizer_enabled,
+            authorizer=AuthorizerConfig(
+                super_users=self.config.super_user_set,
+                allow_everyone_if_no_acl_found=self.config.allow_everyone_if_no_acl_found,
+            ),
+            quota_limits=QuotaLimits(
+                burst_s=self.config.quota_burst_ms / 1000,
+                throttle_ms_max=self.config.quota_throttle_ms_max,
+                bucket_count_max=self.config.quota_bucket_count_max,
+            ),
+            state_of=state_of,
+            on_denied=self.metrics.authorization_denied,
         )
 
     def _share_group_service(self, context: BrokerContext) -> ShareGroupService:
@@ -584,6 +613,8 @@ class _Connection:
         # Who this connection is (`auth.principal`: "User:NAME", "User:ANONYMOUS" with auth off).
         assert broker.auth is not None
         self.auth = broker.auth.session(self.peer)
+        # Principal, client id and quota mute; authentication sets `security.principal`.
+        self.security: ConnectionSecurity = context.security.connection(_peer_host(stream))
         self._stopping = False
         self._receive_scope: trio.CancelScope | None = None
         # Set while this connection is a Raft peer link (cluster mode): cancelled at shutdown.
@@ -641,11 +672,23 @@ class _Connection:
             return
         if await self._serve_raft_link(frame) or not await self._handshake(frame):
             return
-        while (frame := await self._next_frame()) is not None:
+        while True:
+            if self.security.muted:
+                # A quota throttle: write the replies (the throttled one is not held back), then
+                # read nothing until it has passed, or the broker stops.
+                await self._flush()
+                with trio.CancelScope() as self._receive_scope:
+                    if not self._stopping:
+                        await self.security.wait_unmuted()
+            frame = await self._next_frame()
+            if frame is None:
+                break
             started = time.perf_counter()
             if self.auth.intercepts(frame):
                 # The login, or a request refused before it (broker/auth/session.py).
                 answer = self.auth.handle(frame)
+                # ACLs and quotas apply to whom the login proved this connection to be.
+                self.security.principal = self.auth.principal
                 await self._reply(frame, answer.response, started)
                 if answer.close:
                     await self._flush()
@@ -709,6 +752,7 @@ class _Connection:
         await self._send(*codec.encode_response(response, correlation_id=frame.correlation_id))
         await self._flush()
         if ok:
+            self.security.client_id = request.client_id
             logger.debug("client %r connected from %s", request.client_id, self.peer)
         return ok
 
@@ -722,7 +766,7 @@ class _Connection:
                     ErrorCode.INVALID_REQUEST,
                     "the handshake is sent once, as the first frame of a connection",
                 )
-            return handler(self.context, request)
+            return self.security.handle(request, handler, self.context)
         except BrokerError as exc:
             return exc
         except AssertionError:
@@ -810,6 +854,14 @@ def _partition_errors(response: Any) -> list[str]:
         response, "topics", ()
     )
     return [item.error.name for item in items if item.error is not ErrorCode.NONE]
+
+
+def _peer_host(stream: trio.SocketStream) -> str:
+    """The client's IP address, the `host` ACLs match."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, ValueError, IndexError):
+        return "unknown"
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

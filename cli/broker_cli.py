@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from cli.acls import acls_app
 from cli.cluster import cluster_app
 from cli.cluster_wait import WAIT_TIMEOUT_S_DEFAULT
 from cli.common import PASSWORD_ENV, set_global_options
@@ -23,6 +24,7 @@ from cli.consume import consume
 from cli.groups import groups_app
 from cli.partitions import partitions_app, rebalance
 from cli.produce import produce
+from cli.quotas import quotas_app
 from cli.topics import topics_app
 from cli.transactions import transactions_app
 from cli.users import users_app
@@ -49,6 +51,8 @@ app.add_typer(cluster_app, name="cluster")
 app.add_typer(partitions_app, name="partitions")
 app.add_typer(users_app, name="users")
 cluster_app.command("rebalance")(rebalance)
+app.add_typer(acls_app, name="acls")
+app.add_typer(quotas_app, name="quotas")
 
 
 @app.callback()

@@ -158,6 +158,14 @@ def serve_command(
             "know (after meta.lmdb was lost or moved aside; default configs; docs/storage.md)",
         ),
     ] = False,
+    authorizer: Annotated[
+        bool | None,
+        typer.Option(
+            "--authorizer/--no-authorizer",
+            help="Enforce ACLs on every request (docs/security.md; on by default with "
+            "--auth scram); super users from --super-user",
+        ),
+    ] = None,
 ) -> None:
     """Run a broker until SIGINT or SIGTERM: a single node, or with --node-id and --peers a member
     of a replicated cluster (run the same command again on the same --data-dir to rejoin), or
@@ -177,6 +185,8 @@ def serve_command(
                 "bootstrap": bootstrap,
                 "auth": auth,
                 "super_users": ",".join(super_user) if super_user else None,
+                # `--auth scram` enforces ACLs too unless --no-authorizer says otherwise.
+                "authorizer_enabled": _authorizer_flag(authorizer, auth),
             },
         )
         admin_password = read_admin_password(broker_config)
@@ -214,6 +224,14 @@ def serve_command(
             )
         typer.echo(f"broker: cannot start: {reasons}", err=True)
         raise typer.Exit(EXIT_STARTUP)
+
+
+def _authorizer_flag(authorizer: bool | None, auth: str | None) -> str | None:
+    """`--authorizer/--no-authorizer` as given; unset, `--auth scram` turns ACLs on (the issue's
+    one flag: authentication and authorization together); otherwise the config decides."""
+    if authorizer is not None:
+        return str(authorizer).lower()
+    return "true" if auth == "scram" else None
 
 
 def read_admin_password(config: BrokerConfig) -> str | None:

@@ -477,6 +477,29 @@ class AdminClient(_Blocking):
             )
         )
 
+    def create_acls(self, acls: Iterable[Any]) -> None:
+        """Add ACL bindings (`wire.codec.AclBindingData`); see the trio client."""
+        self._loop.run(self._aio.create_acls, list(acls))
+
+    def describe_acls(self, acl_filter: Any = None) -> list[Any]:
+        """ACL bindings selected by `acl_filter` (`wire.codec.AclFilterData`; None: all)."""
+        return self._loop.run(self._aio.describe_acls, acl_filter)
+
+    def delete_acls(self, filters: Iterable[Any]) -> list[Any]:
+        """Remove the bindings the filters select; returns them."""
+        return self._loop.run(self._aio.delete_acls, list(filters))
+
+    def alter_client_quotas(self, **entity_and_values: Any) -> None:
+        """`user=`, `client_id=`, `values={key: rate}`, `remove=[key]`; see the trio client."""
+        self._loop.run(functools.partial(self._aio.alter_client_quotas, **entity_and_values))
+
+    def describe_client_quotas(
+        self, *, user: str | None = None, client_id: str | None = None
+    ) -> list[Any]:
+        return self._loop.run(
+            functools.partial(self._aio.describe_client_quotas, user=user, client_id=client_id)
+        )
+
     def list_transactions(self, states: Iterable[str] | None = None) -> list[ListedTransaction]:
         return self._loop.run(self._aio.list_transactions, states)
 

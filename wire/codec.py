@@ -107,6 +107,12 @@ class ApiKey(enum.Enum):
     SASL_AUTHENTICATE = "sasl_authenticate"
     ALTER_USER_SCRAM_CREDENTIALS = "alter_user_scram_credentials"
     DESCRIBE_USER_SCRAM_CREDENTIALS = "describe_user_scram_credentials"
+    # Security: ACLs and quotas (schemas at the end of this module; docs/security.md).
+    CREATE_ACLS = "create_acls"
+    DESCRIBE_ACLS = "describe_acls"
+    DELETE_ACLS = "delete_acls"
+    ALTER_CLIENT_QUOTAS = "alter_client_quotas"
+    DESCRIBE_CLIENT_QUOTAS = "describe_client_quotas"
 
 
 # Supported (min, max) version of each API. Bump max when adding a version; never drop min silently.
@@ -339,6 +345,9 @@ class ProducePartitionResult:
 class ProduceResponse:
     API: ClassVar[ApiKey] = ApiKey.PRODUCE
     partitions: tuple[ProducePartitionResult, ...]
+    # How long the broker will read nothing more from this connection: the client went over a
+    # quota (docs/security.md, "Quotas"). The client should wait as long before its next request.
+    throttle_time_ms: int = 0
 
 
 # --- fetch ----------------------------------------------------------------------------------------
@@ -402,6 +411,8 @@ class FetchPartitionResult:
 class FetchResponse:
     API: ClassVar[ApiKey] = ApiKey.FETCH
     partitions: tuple[FetchPartitionResult, ...]
+    # See ProduceResponse.throttle_time_ms.
+    throttle_time_ms: int = 0
 
 
 # --- list offsets ---------------------------------------------------------------------------------
@@ -1976,6 +1987,132 @@ class DescribedUser:
 class DescribeUserScramCredentialsResponse:
     API: ClassVar[ApiKey] = ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS
     users: tuple[DescribedUser, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+# --- Security: ACLs and quotas --------------------------------------------------------------------
+# ACLs and client quotas live in the controller's metadata log (a single node: its LMDB store);
+# the changes run on the controller leader, forwarded there by any other broker. Enum fields are
+# strings: resource_type topic|group|cluster|transactional_id, pattern_type literal|prefixed,
+# operation read|write|create|delete|alter|describe|cluster_action|describe_configs|
+# alter_configs|idempotent_write|all, permission allow|deny (docs/security.md).
+
+
+@_message
+class AclBindingData:
+    resource_type: str
+    resource_name: str
+    pattern_type: str
+    principal: str
+    operation: str
+    permission: str
+    host: str = "*"
+
+
+@_message
+class AclFilterData:
+    """A None (or "any") field matches every binding; pattern_type "match" selects every pattern
+    that applies to `resource_name` (literal, the literal `*`, prefixes of it)."""
+
+    resource_type: str = "any"
+    resource_name: str | None = None
+    pattern_type: str = "any"
+    principal: str | None = None
+    host: str | None = None
+    operation: str = "any"
+    permission: str = "any"
+
+
+@_message
+class CreateAclsRequest:
+    API: ClassVar[ApiKey] = ApiKey.CREATE_ACLS
+    acls: tuple[AclBindingData, ...]
+
+
+@_message
+class CreateAclsResponse:
+    API: ClassVar[ApiKey] = ApiKey.CREATE_ACLS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+@_message
+class DescribeAclsRequest:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_ACLS
+    filter: AclFilterData = dataclasses.field(default_factory=AclFilterData)
+
+
+@_message
+class DescribeAclsResponse:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_ACLS
+    acls: tuple[AclBindingData, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+
+
+@_message
+class DeleteAclsRequest:
+    API: ClassVar[ApiKey] = ApiKey.DELETE_ACLS
+    filters: tuple[AclFilterData, ...]
+
+
+@_message
+class DeleteAclsResponse:
+    API: ClassVar[ApiKey] = ApiKey.DELETE_ACLS
+    deleted: tuple[AclBindingData, ...] = ()
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+@_message
+class QuotaEntityData:
+    """`user`, `client_id`: a name, "<default>", or None (not part of the entity)."""
+
+    user: str | None = None
+    client_id: str | None = None
+
+
+@_message
+class AlterClientQuotasRequest:
+    """Set `values` (producer_byte_rate, consumer_byte_rate: bytes/s; request_rate: requests/s)
+    and remove the `remove` keys of one entity."""
+
+    API: ClassVar[ApiKey] = ApiKey.ALTER_CLIENT_QUOTAS
+    entity: QuotaEntityData
+    values: dict[str, int] = dataclasses.field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+
+
+@_message
+class AlterClientQuotasResponse:
+    API: ClassVar[ApiKey] = ApiKey.ALTER_CLIENT_QUOTAS
+    error: ErrorCode = ErrorCode.NONE
+    error_message: str = ""
+    leader_hint: int = 0
+
+
+@_message
+class DescribeClientQuotasRequest:
+    """Entities whose user and client id equal these (None: any)."""
+
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_CLIENT_QUOTAS
+    user: str | None = None
+    client_id: str | None = None
+
+
+@_message
+class ClientQuotaEntry:
+    entity: QuotaEntityData
+    values: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@_message
+class DescribeClientQuotasResponse:
+    API: ClassVar[ApiKey] = ApiKey.DESCRIBE_CLIENT_QUOTAS
+    entries: tuple[ClientQuotaEntry, ...] = ()
     error: ErrorCode = ErrorCode.NONE
     error_message: str = ""
 

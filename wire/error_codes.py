@@ -96,6 +96,12 @@ class ErrorCode(enum.Enum):
     RESOURCE_NOT_FOUND = (63, False)
     # A SCRAM credential the broker does not accept (iterations out of range, wrong key size).
     UNACCEPTABLE_CREDENTIAL = (64, False)
+    # Authorization (docs/security.md): the principal lacks an ACL for the resource named in the
+    # message; an operator must grant it (`broker-cli acls add`), so retrying never helps.
+    TOPIC_AUTHORIZATION_FAILED = (55, False)
+    GROUP_AUTHORIZATION_FAILED = (56, False)
+    CLUSTER_AUTHORIZATION_FAILED = (57, False)
+    TRANSACTIONAL_ID_AUTHORIZATION_FAILED = (58, False)
 
     @property
     def wire_id(self) -> int:

@@ -56,6 +56,7 @@ from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import Configuration, Entry, EntryKind, Snapshot
 from broker.raft.ready import Role
 from broker.raft.transport import RaftTransport
+from broker.security.state import SecurityState
 from wire import batch as batch_codec
 from wire import codec
 from wire.error_codes import BrokerError, ErrorCode
@@ -478,6 +479,17 @@ class ControllerService:
             )
             await self._propose(records)
         return results
+
+    async def alter_security(
+        self, prepare: Callable[[SecurityState], Sequence[MetadataRecord]]
+    ) -> SecurityState:
+        """Commit the ACL or quota records `prepare(current security state)` returns (create,
+        delete or alter: broker/security/state.py); the applied state. Raises
+        NotControllerError, or what `prepare` raises."""
+        async with self._command_lock:
+            records = prepare(self._require_leader().security)
+            await self._propose(records)
+        return self.machine.security
 
     async def register_broker(self, node_id: int, host: str, port: int, incarnation: int) -> int:
         """Register (or re-register) a broker; returns its broker epoch. NotControllerError

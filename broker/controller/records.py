@@ -30,6 +30,8 @@ from typing import Any, Final, TypeAlias
 import msgpack
 
 from broker.config import ConfigError, LogConfig
+from broker.security.acl import AclBinding, AclError
+from broker.security.quota import QuotaEntity, QuotaError, check_rate, parse_kind
 from wire.error_codes import BrokerError, ErrorCode
 from wire.scram import USERNAME_LENGTH_MAX as USER_NAME_LENGTH_MAX
 from wire.scram import ScramMechanism, check_credential_shape
@@ -550,6 +552,101 @@ def check_scram_mechanism(record: str, value: Any) -> None:
         raise _fail(record, "mechanism", f"unknown SCRAM mechanism {value!r}")
 
 
+# --- security: ACLs and client quotas (docs/security.md) ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AclCreated:
+    """An ACL binding was added (broker/security/acl.py); fields are the enums' values."""
+
+    resource_type: str
+    resource_name: str
+    pattern_type: str
+    principal: str
+    host: str
+    operation: str
+    permission: str
+
+    # Type ids 30+ are security's.
+    TYPE_ID = 30
+    VERSION = 0
+
+    def __post_init__(self) -> None:
+        self.binding()  # every field checked
+
+    def binding(self) -> AclBinding:
+        try:
+            return AclBinding.parse(**_acl_fields(self))
+        except AclError as exc:
+            raise MetadataRecordError(f"{type(self).__name__}.{exc}") from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AclDeleted:
+    """An ACL binding was removed."""
+
+    resource_type: str
+    resource_name: str
+    pattern_type: str
+    principal: str
+    host: str
+    operation: str
+    permission: str
+
+    TYPE_ID = 31
+    VERSION = 0
+
+    __post_init__ = AclCreated.__post_init__
+    binding = AclCreated.binding
+
+
+def _acl_fields(record: Any) -> dict[str, str]:
+    return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
+
+
+def acl_record(cls: type[AclCreated] | type[AclDeleted], binding: AclBinding) -> Any:
+    """The AclCreated or AclDeleted record of `binding`."""
+    return cls(**_acl_values(binding))
+
+
+def _acl_values(binding: AclBinding) -> dict[str, str]:
+    return {
+        "resource_type": binding.resource_type.value,
+        "resource_name": binding.resource_name,
+        "pattern_type": binding.pattern_type.value,
+        "principal": binding.principal,
+        "host": binding.host,
+        "operation": binding.operation.value,
+        "permission": binding.permission.value,
+    }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientQuotaSet:
+    """The `key` quota of an entity was set to `value`, or removed when None. `user` and
+    `client_id` are a name, `<default>`, or None (not part of the entity)."""
+
+    user: str | None
+    client_id: str | None
+    key: str
+    value: int | None
+
+    TYPE_ID = 32
+    VERSION = 0
+
+    def __post_init__(self) -> None:
+        try:
+            self.entity()
+            kind = parse_kind(self.key)
+            if self.value is not None:
+                check_rate(kind, self.value)
+        except QuotaError as exc:
+            raise MetadataRecordError(f"ClientQuotaSet: {exc}") from None
+
+    def entity(self) -> QuotaEntity:
+        return QuotaEntity(self.user, self.client_id)
+
+
 MetadataRecord: TypeAlias = (
     BrokerRegistered
     | BrokerStateChanged
@@ -565,6 +662,9 @@ MetadataRecord: TypeAlias = (
     | PartitionsCreated
     | ScramCredentialSet
     | ScramCredentialRemoved
+    | AclCreated
+    | AclDeleted
+    | ClientQuotaSet
 )
 RECORD_TYPES: Final[tuple[type[MetadataRecord], ...]] = (
     BrokerRegistered,
@@ -581,6 +681,9 @@ RECORD_TYPES: Final[tuple[type[MetadataRecord], ...]] = (
     PartitionsCreated,
     ScramCredentialSet,
     ScramCredentialRemoved,
+    AclCreated,
+    AclDeleted,
+    ClientQuotaSet,
 )
 _BY_TYPE_ID: Final[dict[int, type[MetadataRecord]]] = {cls.TYPE_ID: cls for cls in RECORD_TYPES}
 assert len(_BY_TYPE_ID) == len(RECORD_TYPES), "record type ids must be unique"

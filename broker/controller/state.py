@@ -31,11 +31,14 @@ from broker.controller.records import (
     PORT_MAX,
     REPLICA_COUNT_MAX,
     TOPIC_NAME_LENGTH_MAX,
+    AclCreated,
+    AclDeleted,
     BrokerDecommissioning,
     BrokerRegistered,
     BrokerState,
     BrokerStateChanged,
     BrokerUnregistered,
+    ClientQuotaSet,
     ConfigItems,
     ConfigSet,
     ConfigValue,
@@ -61,6 +64,7 @@ from broker.controller.records import (
 )
 from broker.controller.scram_users import ScramUsers
 from broker.log.manager import check_topic_name
+from broker.security.state import SecurityState
 from wire.error_codes import BrokerError, ErrorCode
 
 SNAPSHOT_FORMAT: Final = 1
@@ -207,7 +211,12 @@ class ControllerStateMachine:
             PartitionReassignmentCompleted: self._apply_reassignment,
             ScramCredentialSet: self.scram_users.apply_set,
             ScramCredentialRemoved: self.scram_users.apply_removed,
+            AclCreated: self._apply_security,
+            AclDeleted: self._apply_security,
+            ClientQuotaSet: self._apply_security,
         }
+        # ACLs and client quotas (docs/security.md): applied here, read by every request's check.
+        self.security = SecurityState()
 
     # --- queries ----------------------------------------------------------------------------------
 
@@ -283,6 +292,9 @@ class ControllerStateMachine:
         self._applied_index = index
         if self._validate:
             self.validate_state()
+
+    def _apply_security(self, record: Any, index: int) -> bool:
+        return self.security.apply(record)
 
     def _apply_broker_registered(self, record: BrokerRegistered, index: int) -> bool:
         known = self._brokers.get(record.node_id)
@@ -821,6 +833,9 @@ class ControllerStateMachine:
         if len(self.scram_users):
             # Only once a user exists, as "removed_brokers": older snapshots stay byte-equal.
             snapshot["scram_credentials"] = self.scram_users.to_rows()
+        if not self.security.is_empty():
+            # Only when there is some: snapshots without security state are unchanged.
+            snapshot["security"] = self.security.to_wire()
         return msgpack.packb(snapshot, use_bin_type=True)
 
     @classmethod
@@ -853,6 +868,7 @@ class ControllerStateMachine:
             *required,
             "removed_brokers",
             "scram_credentials",
+            "security",
         }:
             raise ControllerSnapshotError("not a controller snapshot")
         if snapshot["format"] != SNAPSHOT_FORMAT:
@@ -880,6 +896,8 @@ class ControllerStateMachine:
             self._topics[topic.name] = topic
             self._topic_names_by_id[topic.topic_id] = topic.name
         self.scram_users.load_rows(snapshot.get("scram_credentials", []))
+        if "security" in snapshot:
+            self.security = SecurityState.from_wire(snapshot["security"])
 
     def __eq__(self, other: object) -> bool:
         """Equal replicated state (applied index, brokers, topics); local config and counters
@@ -892,12 +910,14 @@ class ControllerStateMachine:
             self._topics,
             self._removed_incarnations,
             self.scram_users,
+            self.security,
         ) == (
             other._applied_index,
             other._brokers,
             other._topics,
             other._removed_incarnations,
             other.scram_users,
+            other.security,
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable

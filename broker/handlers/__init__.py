@@ -49,6 +49,13 @@ from broker.handlers.reassignment import (
     handle_rebalance,
 )
 from broker.handlers.reply import Deferred
+from broker.handlers.security import (
+    handle_alter_client_quotas,
+    handle_create_acls,
+    handle_delete_acls,
+    handle_describe_acls,
+    handle_describe_client_quotas,
+)
 from broker.handlers.share import (
     handle_alter_group_configs,
     handle_describe_share_groups,
@@ -116,6 +123,11 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.RebalanceRequest: handle_rebalance,
     codec.AlterUserScramCredentialsRequest: handle_alter_user_scram_credentials,
     codec.DescribeUserScramCredentialsRequest: handle_describe_user_scram_credentials,
+    codec.CreateAclsRequest: handle_create_acls,
+    codec.DescribeAclsRequest: handle_describe_acls,
+    codec.DeleteAclsRequest: handle_delete_acls,
+    codec.AlterClientQuotasRequest: handle_alter_client_quotas,
+    codec.DescribeClientQuotasRequest: handle_describe_client_quotas,
 }
 
 __all__ = ["HANDLERS", "BrokerContext", "Deferred", "Handler", "NullMetrics", "PartitionState"]

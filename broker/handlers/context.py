@@ -164,6 +164,11 @@ class BrokerContext:
     cluster: Any = None
     # Cluster mode: topics an auto-creation is under way for (handlers/cluster.py).
     topics_being_created: set[str] = dataclasses.field(default_factory=set)
+    # ACLs and quotas (docs/security.md): the per-broker `broker.security.gate.BrokerSecurity`
+    # every connection's requests pass, and a single node's `SecurityStore` (None in a cluster,
+    # whose ACLs and quotas are the controller's).
+    security: Any = None
+    security_store: Any = None
 
     def add_partition(self, topic: str, partition: int, log: Any) -> PartitionState:
         assert self.flusher is not None, "local partitions belong to a single-node broker"

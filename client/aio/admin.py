@@ -576,6 +576,58 @@ class AdminClient(AsyncClientBase):
         last active one)."""
         await self._on_controller(codec.DecommissionBrokerRequest(node_id=node_id))
 
+    # --- ACLs and client quotas (docs/security.md) ---------------------------------------------
+
+    async def create_acls(self, acls: Iterable[codec.AclBindingData]) -> None:
+        """Add ACL bindings (existing ones are left as they are). Raises BrokerError
+        (INVALID_REQUEST naming a bad field, CLUSTER_AUTHORIZATION_FAILED)."""
+        await self._on_controller(codec.CreateAclsRequest(acls=tuple(acls)))
+
+    async def describe_acls(
+        self, acl_filter: codec.AclFilterData | None = None
+    ) -> list[codec.AclBindingData]:
+        """The ACL bindings `acl_filter` selects (all of them without one)."""
+        request = codec.DescribeAclsRequest(filter=acl_filter or codec.AclFilterData())
+        response: codec.DescribeAclsResponse = await self._cluster.call(request)
+        _raise_error(response.error, response.error_message)
+        return list(response.acls)
+
+    async def delete_acls(
+        self, filters: Iterable[codec.AclFilterData]
+    ) -> list[codec.AclBindingData]:
+        """Remove every binding some filter selects; returns the removed bindings."""
+        request = codec.DeleteAclsRequest(filters=tuple(filters))
+        response: codec.DeleteAclsResponse = await self._on_controller(request)
+        return list(response.deleted)
+
+    async def alter_client_quotas(
+        self,
+        *,
+        user: str | None = None,
+        client_id: str | None = None,
+        values: Mapping[str, int] | None = None,
+        remove: Iterable[str] = (),
+    ) -> None:
+        """Set `values` (producer_byte_rate, consumer_byte_rate in bytes/s, request_rate in
+        requests/s) and remove the `remove` keys of the entity (`user`, `client_id`: a name,
+        "<default>", or None for not part of the entity)."""
+        request = codec.AlterClientQuotasRequest(
+            entity=codec.QuotaEntityData(user=user, client_id=client_id),
+            values=dict(values or {}),
+            remove=tuple(remove),
+        )
+        await self._on_controller(request)
+
+    async def describe_client_quotas(
+        self, *, user: str | None = None, client_id: str | None = None
+    ) -> list[codec.ClientQuotaEntry]:
+        """The quota entities (and their values) whose user / client id equal these (None:
+        any)."""
+        request = codec.DescribeClientQuotasRequest(user=user, client_id=client_id)
+        response: codec.DescribeClientQuotasResponse = await self._cluster.call(request)
+        _raise_error(response.error, response.error_message)
+        return list(response.entries)
+
     async def _on_controller(self, request: Any) -> Any:
         """`request` answered by the controller (any broker forwards it there), retried while
         no controller answers (NOT_CONTROLLER, REQUEST_TIMED_OUT), for a bounded time."""

@@ -95,6 +95,10 @@ class Cluster:
         # topic -> partition count; read without a lock by the blocking producer's threads.
         self.partition_counts: dict[str, int] = {}
         self._metadata_lock = trio.Lock()
+        # Connection -> trio time until which the broker said it reads nothing more from it (a
+        # quota's `throttle_time_ms`, docs/security.md): requests wait for it instead of timing
+        # out in the broker's socket buffer.
+        self._throttled_until: dict[BrokerConnection, float] = {}
 
     # --- connections ------------------------------------------------------------------------------
 
@@ -214,6 +218,9 @@ class Cluster:
         idempotent producer's per-broker writer relies on it); the awaitable must be awaited.
         """
         connection = await self.connection(node_id)
+        throttled_until = self._throttled_until.pop(connection, 0.0)
+        if throttled_until > trio.current_time():
+            await trio.sleep_until(throttled_until)
         header, payload = codec.encode_request(request, correlation_id=0)
         pending = await connection.start_request(header, payload)
         return self._answer(connection, header, pending, self.request_timeout_s + extra_timeout_s)
@@ -230,6 +237,9 @@ class Cluster:
             ) from exc
         if isinstance(response, codec.ErrorResponse):
             raise BrokerError(response.error, response.error_message)
+        throttle_ms = getattr(response, "throttle_time_ms", 0)
+        if throttle_ms > 0:
+            self._throttled_until[connection] = trio.current_time() + throttle_ms / 1000
         return response
 
     async def find_coordinator(self, key: str, key_type: int = codec.COORDINATOR_KEY_GROUP) -> int:

@@ -725,4 +725,7 @@ def _is_fatal(exc: BaseException) -> bool:
         ErrorCode.GROUP_MAX_SIZE_REACHED,
         ErrorCode.POLICY_VIOLATION,
         ErrorCode.UNAUTHORIZED,
+        # Authorization: retrying never helps until an operator grants an ACL.
+        ErrorCode.GROUP_AUTHORIZATION_FAILED,
+        ErrorCode.TOPIC_AUTHORIZATION_FAILED,
     )

@@ -32,7 +32,9 @@ PURE_FILES = ["wire/batch.py", "broker/log/index.py", "wire/framing.py", "wire/a
               "broker/transactions/txn_config.py", "broker/share_groups/share_partition.py",
               "broker/share_groups/coordinator.py", "broker/share_groups/share_records.py",
               "broker/share_groups/share_events.py", "broker/share_groups/share_actions.py",
-              "broker/share_groups/share_config.py"]  # fmt: skip
+              "broker/share_groups/share_config.py",
+              "broker/security/acl.py", "broker/security/quota.py", "broker/security/rules.py",
+              "broker/security/state.py"]  # fmt: skip
 
 
 def _pure_modules() -> list[str]:

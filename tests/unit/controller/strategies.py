@@ -20,6 +20,7 @@ from broker.controller.records import (
     TopicCreated,
     TopicDeleted,
 )
+from tests.unit.security.strategies import security_records
 
 node_ids = st.integers(1, 2**31 - 1)
 small_node_ids = st.integers(1, 9)
@@ -94,4 +95,5 @@ records: st.SearchStrategy[MetadataRecord] = st.one_of(
         st.sampled_from(["alice", "bob", "admin"]),
         st.sampled_from(["SCRAM-SHA-256", "SCRAM-SHA-512"]),
     ),
+    security_records,
 )

@@ -60,6 +60,9 @@ def test_type_ids_never_change() -> None:
         "PartitionReassignmentCompleted": 21,
         "ScramCredentialSet": 40,
         "ScramCredentialRemoved": 41,
+        "AclCreated": 30,
+        "AclDeleted": 31,
+        "ClientQuotaSet": 32,
     }
 
 
