@@ -11,6 +11,8 @@ Three phases, each on a fresh topic of `--partitions` partitions:
 2. consume: one consumer reads every record back from the beginning;
 3. latency: one producer sends at `--rate` records/s for `--latency-seconds` while a consumer
    in the same process reads; each value carries its send time, so latency = receive - send.
+   The producer has the same options as in phase 1 (the SDK's defaults unless given: adaptive
+   batching, so a record leaves at once when nothing is in flight); nothing is tuned for it.
 Results print as a table and go to benchmarks/results/throughput.json (git-ignored; `--output`
 writes elsewhere). Producer options default to the SDK's (`acks=all`, idempotent, its linger,
 batch size and in-flight limit), so the figures are what an application gets out of the box.
@@ -244,10 +246,10 @@ def topic_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def producer_options(args: argparse.Namespace, *, linger_ms: float | None = None) -> dict[str, Any]:
+def producer_options(args: argparse.Namespace) -> dict[str, Any]:
     options = {
         "acks": args.acks if args.acks == "all" else int(args.acks),
-        "linger_ms": args.linger_ms if linger_ms is None else linger_ms,
+        "linger_ms": args.linger_ms,
         "batch_bytes": args.batch_bytes,
         "compression": args.compression,
     }
@@ -270,8 +272,8 @@ class Variant:
     # The latency phase stamps records with their scheduled send time (else the actual one).
     scheduled_stamps: bool = False
 
-    def options(self, args: argparse.Namespace, *, linger_ms: float | None = None) -> dict:
-        options = producer_options(args, linger_ms=linger_ms)
+    def options(self, args: argparse.Namespace) -> dict:
+        options = producer_options(args)
         if self.idempotent is not None:
             options["enable_idempotence"] = self.idempotent
         if self.transaction_records:
@@ -582,7 +584,9 @@ async def _paced_send(
     # every `transaction_records` (rounded up to whole bursts) and at the end.
     interval = LATENCY_BURST / args.rate
     per_txn = variant.transaction_records
-    async with aio.Producer(bootstrap, **variant.options(args, linger_ms=0)) as producer:
+    # The producer's own batching (adaptive by default: a record leaves at once when nothing is
+    # in flight), as an application gets it: no linger override.
+    async with aio.Producer(bootstrap, **variant.options(args)) as producer:
         await producer.load_topic(topic)
         if per_txn:
             await producer.init_transactions()

@@ -28,3 +28,32 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+@contextlib.contextmanager
+def gc_paused_promoting() -> Iterator[None]:
+    """`gc_paused`, and what was allocated meanwhile skips the young collections afterwards.
+
+    For bulk work whose objects outlive it (the consumer's decoded records, buffered and then
+    held by the application): after a plain pause the first young collection still walks every
+    one of them, which profiled at about a sixth of the consumer's CPU (decoding 4,500-record
+    batches while 20 stay alive: 480 -> 300 ns per record). Here the young generations are
+    collected first (so they hold only what the body allocates, and the application's own
+    young objects, cycles included, are collected on the normal schedule), and afterwards
+    `gc.freeze()` + `gc.unfreeze()` moves everything young to the oldest generation in O(1):
+    the records are walked only by a full collection, and freed by reference counting as
+    usual. Skipped (a plain pause) when the application uses `gc.freeze()` itself, whose frozen
+    objects `unfreeze` would release, or when the GC is already off.
+    """
+    if not gc.isenabled() or gc.get_freeze_count():
+        with gc_paused():
+            yield
+        return
+    gc.collect(1)
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.unfreeze()
+        gc.enable()

@@ -4,11 +4,18 @@ Rules:
 - `append` is the per-record hot path. It runs in the caller's thread (the application's thread
   for the blocking `Producer`, the trio thread for `client.aio.Producer`) under one uncontended
   `threading.Lock`, and does only O(1) work: a dict lookup, a list append and two additions. The
-  record stays a plain `(timestamp_ms, key, value, headers)` tuple until `wire.batch.
-  build_batch` packs the whole list in one msgpack call at drain time.
-- A batch is sealed when it reaches `batch_bytes` or `max_records_per_batch`; an open batch is
-  drained after `linger_ms`, or at once when a flush is asked for. `notify` is called when a batch
-  opens (its linger timer starts) or seals, at most once between two drains.
+  record is stored as the row it will be on the wire, a plain `(timestamp_delta, key, value,
+  headers)` tuple (the delta from its batch's `base_timestamp`, the first record's), so that
+  `wire.batch.build_batch_rows` packs the batch's list as it is, in one msgpack call in C.
+  `sticky_open` names, per topic, the open batch that keyless records join: the trio producer's
+  `send` appends to it inline (its fast path) under the same rules.
+- A batch is sealed when it reaches `batch_bytes` or `max_records_per_batch`. An open batch is
+  drained after `linger_ms`, at once when a flush is asked for, and, with `adaptive` (the
+  default), at once when its partition has nothing in flight: a record sent to an idle producer
+  leaves immediately, and batches grow only while a request is out (NATS/Redpanda-style
+  adaptive batching; Kafka's plain linger waits `linger_ms` even when idle). `notify` is called
+  when a batch opens (its linger timer starts, or it can leave now) or seals, at most once
+  between two drains.
 - Ordering per partition: batches of a partition leave in creation order, one per `drain`, and
   none while an earlier one waits out its retry backoff or the partition has `max_in_flight`
   batches in flight (1 while it is retrying). A retried batch goes back before every later batch
@@ -41,6 +48,7 @@ from client.types import RecordMetadata
 # bookkeeping. It keeps many tiny records from escaping the size and memory bounds.
 RECORD_OVERHEAD_BYTES = 16
 
+# A stored record: (timestamp_ms - batch.base_timestamp, key, value, headers), the wire's row.
 RecordTuple = tuple[int, bytes | None, bytes | None, Any]
 DeliveryCallback = Callable[[RecordMetadata | None, BaseException | None], None]
 
@@ -62,6 +70,7 @@ class ProducerBatch:
         "attempts",
         "base_offset",
         "base_sequence",
+        "base_timestamp",
         "callbacks",
         "created_at",
         "error",
@@ -79,12 +88,21 @@ class ProducerBatch:
         "wakers",
     )
 
-    def __init__(self, topic: str, partition: int, created_at: float, sequence: int = 0) -> None:
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        created_at: float,
+        sequence: int = 0,
+        base_timestamp: int = 0,
+    ) -> None:
         self.topic = topic
         # Creation order within the producer: a retried batch goes back before later ones.
         self.sequence = sequence
         self.partition = partition
+        # Rows (timestamp - base_timestamp, key, value, headers): the wire's record shape.
         self.records: list[RecordTuple] = []
+        self.base_timestamp = base_timestamp
         self.size_bytes = 0
         self.created_at = created_at
         self.attempts = 0
@@ -115,7 +133,8 @@ class ProducerBatch:
 
     def metadata(self, index: int) -> RecordMetadata:
         offset = self.base_offset + index if self.base_offset >= 0 else -1
-        return RecordMetadata(self.topic, self.partition, offset, self.records[index][0])
+        timestamp = self.base_timestamp + self.records[index][0]
+        return RecordMetadata(self.topic, self.partition, offset, timestamp)
 
     def add_callback(self, index: int, callback: DeliveryCallback) -> None:
         with _callback_lock:
@@ -184,8 +203,10 @@ class ProducerBatch:
 class RecordFuture(tuple[ProducerBatch, int]):
     """The delivery outcome of one record: a view `(batch, index)` on its batch.
 
-    A tuple subclass so that the hot path allocates it in one C call (`_new_future`), with no
-    Python `__init__` frame: it is the only per-record object the producer creates.
+    A tuple subclass so that the hot path allocates it in one C call (`new_future`), with no
+    Python `__init__` frame: with the record's row it is the only per-record object the producer
+    creates. Completion is per batch (one event, one list of callbacks); the future only reads it.
+    `get` is kafka-python's name for `result`.
     """
 
     __slots__ = ()
@@ -209,6 +230,8 @@ class RecordFuture(tuple[ProducerBatch, int]):
             raise batch.error
         return batch.metadata(index)
 
+    get = result
+
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self[0].event.wait(timeout):
             raise TimeoutError(f"record not acknowledged within {timeout} s")
@@ -231,7 +254,8 @@ class RecordFuture(tuple[ProducerBatch, int]):
         return f"<RecordFuture {batch.topic}/{batch.partition} #{index} {state}>"
 
 
-_new_future = tuple.__new__
+# `new_future(RecordFuture, (batch, index))`: the future built in one C call.
+new_future = tuple.__new__
 
 
 class _NoLock:
@@ -254,12 +278,14 @@ class RecordAccumulator:
         linger_ms: float,
         buffer_memory_bytes: int,
         max_records_per_batch: int,
+        adaptive: bool = True,
         sticky: StickyPartitioner | None = None,
         clock: Callable[[], float] = time.monotonic,
         thread_safe: bool = True,
     ) -> None:
         self.batch_bytes = batch_bytes
         self.linger_s = linger_ms / 1000.0
+        self.adaptive = adaptive
         self.buffer_memory_bytes = buffer_memory_bytes
         self.max_records_per_batch = max_records_per_batch
         self.sticky = sticky if sticky is not None else StickyPartitioner()
@@ -275,7 +301,12 @@ class RecordAccumulator:
         self.memory_freed = threading.Condition(self.lock if thread_safe else threading.Lock())
         self.memory_used = 0
         self._open: dict[tuple[str, int], ProducerBatch] = {}
-        self._sealed: deque[ProducerBatch] = deque()
+        # Per topic, the open batch of its sticky partition (see the rules); only ever holds
+        # batches that are in `_open`.
+        self.sticky_open: dict[str, ProducerBatch] = {}
+        # Sealed (and retried) batches per partition, each queue in send order: drain looks at
+        # the heads only, so its cost is per partition, never per queued batch.
+        self._sealed: dict[tuple[str, int], deque[ProducerBatch]] = {}
         self._incomplete: set[ProducerBatch] = set()
         self._flushing = 0
         self._sequence = 0
@@ -287,15 +318,33 @@ class RecordAccumulator:
     # --- hot path -------------------------------------------------------------------------------
 
     def _append_locked(
-        self, topic: str, partition: int, record: RecordTuple, size: int, partition_count: int
+        self,
+        topic: str,
+        partition: int,
+        timestamp_ms: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        size: int,
+        partition_count: int,
     ) -> RecordFuture | None:
         with self.lock:
-            return self._append(topic, partition, record, size, partition_count)
+            return self._append(
+                topic, partition, timestamp_ms, key, value, headers, size, partition_count
+            )
 
     def _append(
-        self, topic: str, partition: int, record: RecordTuple, size: int, partition_count: int
+        self,
+        topic: str,
+        partition: int,
+        timestamp_ms: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        size: int,
+        partition_count: int,
     ) -> RecordFuture | None:
-        """Add `record` to its partition's open batch; None if buffer memory is exhausted.
+        """Add a record to its partition's open batch; None if buffer memory is exhausted.
 
         `partition` -1 means the topic's sticky partition (keyless records); `partition_count`
         lets the sticky partitioner move on when this batch seals. Called as `append`, which
@@ -304,28 +353,44 @@ class RecordAccumulator:
         used = self.memory_used
         if used + size > self.buffer_memory_bytes and used > 0:
             return None
-        if partition < 0:
+        sticky = partition < 0
+        if sticky:
             partition = self._sticky_current.get(topic, -1)
             if not 0 <= partition < partition_count:
                 partition = self.sticky.partition(topic, partition_count)
-        key = (topic, partition)
-        batch = self._open.get(key)
+        slot = (topic, partition)
+        batch = self._open.get(slot)
         if batch is None:
             self._sequence += 1
-            batch = self._open[key] = ProducerBatch(topic, partition, self.clock(), self._sequence)
+            batch = self._open[slot] = ProducerBatch(
+                topic, partition, self.clock(), self._sequence, timestamp_ms
+            )
             self._incomplete.add(batch)
-            # A new batch starts a linger timer the sender must learn about.
+            # A new batch starts a linger timer, or may leave at once: the sender must know.
             self._wake_sender()
+        if sticky:
+            self.sticky_open[topic] = batch
         records = batch.records
-        records.append(record)
+        records.append((timestamp_ms - batch.base_timestamp, key, value, headers))
         batch.size_bytes += size
         self.memory_used = used + size
         if batch.size_bytes >= self.batch_bytes or len(records) >= self.max_records_per_batch:
-            del self._open[key]
-            self._sealed.append(batch)
-            self.sticky.next_batch(topic, partition, partition_count)
-            self._wake_sender()
-        return _new_future(RecordFuture, (batch, len(records) - 1))
+            self.seal(batch, partition_count)
+        return new_future(RecordFuture, (batch, len(records) - 1))
+
+    def seal(self, batch: ProducerBatch, partition_count: int) -> None:
+        """`batch` (open) is full: queue it to send and move the topic's sticky partition on.
+        Caller holds the lock (the trio producer's fast path calls it directly)."""
+        key = (batch.topic, batch.partition)
+        del self._open[key]
+        if self.sticky_open.get(batch.topic) is batch:
+            del self.sticky_open[batch.topic]
+        queue = self._sealed.get(key)
+        if queue is None:
+            queue = self._sealed[key] = deque()
+        queue.append(batch)
+        self.sticky.next_batch(batch.topic, batch.partition, partition_count)
+        self._wake_sender()
 
     def _wake_sender(self) -> None:
         # At most one notification between two drains: the sender looks at everything anyway.
@@ -346,38 +411,41 @@ class RecordAccumulator:
         """Take the batches to send now: at most one per partition per call, and none for a
         partition that already has `max_in_flight` batches in flight (1 while it is `retrying`).
 
-        Returns the batches and the monotonic time at which the next open batch's linger (or a
-        retry backoff) ends, None if nothing is waiting on a timer.
+        An open batch leaves when its linger is over, on a flush, or (`adaptive`) when its
+        partition has nothing in flight and nothing queued. Returns the batches and the
+        monotonic time at which the next open batch's linger (or a retry backoff) ends, None if
+        nothing is waiting on a timer.
         """
-        blocked: set[tuple[str, int]] = set()
         ready: list[ProducerBatch] = []
+        taken: set[tuple[str, int]] = set()  # partitions with a batch in `ready`
         next_at: float | None = None
-
-        def full(key: tuple[str, int]) -> bool:
-            return in_flight.get(key, 0) >= (1 if key in retrying else max_in_flight)
-
+        adaptive = self.adaptive
         with self.lock:
             self._notified = False
-            keep: deque[ProducerBatch] = deque()
-            for batch in self._sealed:
-                key = (batch.topic, batch.partition)
-                if key not in blocked and batch.retry_at > now:
-                    next_at = batch.retry_at if next_at is None else min(next_at, batch.retry_at)
-                    blocked.add(key)
-                if key in blocked or full(key):
-                    # Later batches of this partition wait behind this one: order is kept.
-                    blocked.add(key)
-                    keep.append(batch)
+            for key, queue in list(self._sealed.items()):
+                # Later batches of a partition wait behind its head: order is kept.
+                head = queue[0]
+                if head.retry_at > now:
+                    next_at = head.retry_at if next_at is None else min(next_at, head.retry_at)
                     continue
-                blocked.add(key)
-                ready.append(batch)
-            self._sealed = keep
+                if in_flight.get(key, 0) >= (1 if key in retrying else max_in_flight):
+                    continue
+                ready.append(queue.popleft())
+                taken.add(key)
+                if not queue:
+                    del self._sealed[key]
+            sealed = self._sealed
             for key, batch in list(self._open.items()):
-                deadline = batch.created_at + self.linger_s
-                if key in blocked or full(key):
+                if key in sealed or key in taken:
+                    continue  # behind its partition's queued batches, or one leaves already
+                busy = in_flight.get(key, 0)
+                if busy >= (1 if key in retrying else max_in_flight):
                     continue
-                if self._flushing or deadline <= now:
+                deadline = batch.created_at + self.linger_s
+                if self._flushing or deadline <= now or (adaptive and not busy):
                     del self._open[key]
+                    if self.sticky_open.get(batch.topic) is batch:
+                        del self.sticky_open[batch.topic]
                     ready.append(batch)
                 elif next_at is None or deadline < next_at:
                     next_at = deadline
@@ -388,17 +456,16 @@ class RecordAccumulator:
         partition (by creation `sequence`), to leave at `retry_at`."""
         batch.attempts += 1
         batch.retry_at = retry_at
+        key = (batch.topic, batch.partition)
         with self.lock:
-            sealed = self._sealed
-            for index, queued in enumerate(sealed):
-                if (
-                    queued.topic == batch.topic
-                    and queued.partition == batch.partition
-                    and queued.sequence > batch.sequence
-                ):
-                    sealed.insert(index, batch)
+            queue = self._sealed.get(key)
+            if queue is None:
+                queue = self._sealed[key] = deque()
+            for index, queued in enumerate(queue):
+                if queued.sequence > batch.sequence:
+                    queue.insert(index, batch)
                     return
-            sealed.append(batch)
+            queue.append(batch)
 
     def release(self, batch: ProducerBatch) -> None:
         """Free a completed batch's memory and wake blocked senders."""
@@ -427,24 +494,35 @@ class RecordAccumulator:
         with self.lock:
             self._sealed.clear()
             self._open.clear()
+            self.sticky_open.clear()
             return [batch for batch in self._incomplete if not batch.done]
 
     def abort_unsent(self) -> list[ProducerBatch]:
         """Take every batch not sent or waiting for a retry, for the caller to fail (a
         transaction being aborted: nothing more of it may be written)."""
         with self.lock:
-            taken = [*self._sealed, *self._open.values()]
+            taken = [batch for queue in self._sealed.values() for batch in queue]
+            taken += self._open.values()
             self._sealed.clear()
             self._open.clear()
+            self.sticky_open.clear()
             return taken
 
     def take_sealed(self, predicate: Callable[[ProducerBatch], bool]) -> list[ProducerBatch]:
         """Remove and return the queued batches `predicate` picks (the idempotent producer
         fails the ones whose fate is unknown when its producer id is replaced)."""
         with self.lock:
-            taken = [batch for batch in self._sealed if predicate(batch)]
-            if taken:
-                self._sealed = deque(batch for batch in self._sealed if not predicate(batch))
+            taken = []
+            for key, queue in list(self._sealed.items()):
+                picked = [batch for batch in queue if predicate(batch)]
+                if not picked:
+                    continue
+                taken += picked
+                kept = deque(batch for batch in queue if not predicate(batch))
+                if kept:
+                    self._sealed[key] = kept
+                else:
+                    del self._sealed[key]
             return taken
 
     def has_unsent(self) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import gzip
+import operator
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any, Final, NamedTuple
@@ -61,7 +62,12 @@ _HEADER = struct.Struct(">qiibIhiqqqhii")
 _BASE_OFFSET = struct.Struct(">q")
 _LEADER_EPOCH = struct.Struct(">i")
 _PREFIX = struct.Struct(">qi")  # base_offset, batch_length: enough to walk a buffer of batches
-assert _HEADER.size == HEADER_SIZE
+# The header split at the CRC: what comes before it, and the CRC-covered rest.
+_HEAD = struct.Struct(">qiibI")
+_CRC_REGION = struct.Struct(">hiqqqhii")
+assert _HEADER.size == HEADER_SIZE == _HEAD.size + _CRC_REGION.size
+assert _HEAD.size == CRC_START
+_first = operator.itemgetter(0)
 
 
 # A producer's sequences are i32 and wrap to 0 after this, as Kafka's do.
@@ -397,18 +403,61 @@ def build_batch(
 ) -> bytes:
     """Pack `(timestamp_ms, key, value, headers)` records into one msgpack-encoded batch.
 
-    Records are one msgpack array of `[timestamp_delta, key, value, headers]`, packed in one C call.
-    Raises `RecordCountError` for an empty list.
+    For callers holding absolute timestamps (control batches, the dead-letter copier, tests):
+    shapes the rows in Python, then `build_batch_rows`. The producer keeps its records as rows
+    already and calls `build_batch_rows` directly. Raises `RecordCountError` for an empty list.
     """
     if not records:
         raise RecordCountError("a batch needs at least one record")
-    timestamps = [record[0] for record in records]
-    base_timestamp = min(timestamps)
-    max_timestamp = max(timestamps)
+    base_timestamp = min(record[0] for record in records)
     rows = [
-        [timestamp - base_timestamp, key, value, list(headers) if headers else None]
+        (timestamp - base_timestamp, key, value, list(headers) if headers else None)
         for timestamp, key, value, headers in records
     ]
+    return build_batch_rows(
+        rows,
+        base_timestamp=base_timestamp,
+        compression=compression,
+        base_offset=base_offset,
+        leader_epoch=leader_epoch,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
+        transactional=transactional,
+        control=control,
+    )
+
+
+def build_batch_rows(
+    rows: Sequence[tuple[int, bytes | None, bytes | None, Sequence[Any] | None]],
+    *,
+    base_timestamp: int,
+    compression: int = Compression.NONE,
+    base_offset: int = 0,
+    leader_epoch: int = -1,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    transactional: bool = False,
+    control: bool = False,
+) -> bytes:
+    """Pack rows `(timestamp_delta, key, value, headers)`, deltas from `base_timestamp`, into
+    one msgpack-encoded batch: the records are exactly the rows, so the whole body is ONE
+    `msgpack.packb` of the list (tuples pack as arrays) and no Python runs per record.
+
+    The header's base timestamp is the smallest record timestamp (as `build_batch` always
+    wrote): when some delta is negative (an explicit timestamp older than the first record's,
+    or a clock stepped back) the rows are shifted once, the only per-record Python here, taken
+    only then. Raises `RecordCountError` for an empty list.
+    """
+    if not rows:
+        raise RecordCountError("a batch needs at least one record")
+    low = min(map(_first, rows))
+    high = max(map(_first, rows))
+    if low:
+        rows = [(delta - low, key, value, headers) for delta, key, value, headers in rows]
+        base_timestamp += low
+        high -= low
     body = compress(compression, msgpack.packb(rows, use_bin_type=True))
     attributes = compression & ATTR_COMPRESSION_MASK
     if transactional:
@@ -420,13 +469,13 @@ def build_batch(
         base_offset=base_offset,
         leader_epoch=leader_epoch,
         attributes=attributes,
-        last_offset_delta=len(records) - 1,
+        last_offset_delta=len(rows) - 1,
         base_timestamp=base_timestamp,
-        max_timestamp=max_timestamp,
+        max_timestamp=base_timestamp + high,
         producer_id=producer_id,
         producer_epoch=producer_epoch,
         base_sequence=base_sequence,
-        record_count=len(records),
+        record_count=len(rows),
     )
 
 
@@ -460,16 +509,9 @@ def control_type_of(record: Record) -> ControlType:
 
 
 def _pack(body: bytes, **fields: int) -> bytes:
-    out = bytearray(HEADER_SIZE + len(body))
-    out[HEADER_SIZE:] = body
-    _HEADER.pack_into(
-        out,
-        0,
-        fields["base_offset"],
-        len(out) - LOG_OVERHEAD,
-        fields["leader_epoch"],
-        MAGIC_MSGPACK,
-        0,
+    # The CRC runs over the header's tail, then continues over the body in place: the body is
+    # copied once, into the result.
+    tail = _CRC_REGION.pack(
         fields["attributes"],
         fields["last_offset_delta"],
         fields["base_timestamp"],
@@ -479,8 +521,15 @@ def _pack(body: bytes, **fields: int) -> bytes:
         fields["base_sequence"],
         fields["record_count"],
     )
-    struct.pack_into(">I", out, 17, crc32c.crc32c(memoryview(out)[CRC_START:]))
-    return bytes(out)
+    crc = crc32c.crc32c(body, crc32c.crc32c(tail))
+    head = _HEAD.pack(
+        fields["base_offset"],
+        HEADER_SIZE + len(body) - LOG_OVERHEAD,
+        fields["leader_epoch"],
+        MAGIC_MSGPACK,
+        crc,
+    )
+    return b"".join((head, tail, body))
 
 
 # --- reading ------------------------------------------------------------------------------------

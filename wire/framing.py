@@ -215,8 +215,12 @@ class FrameConnection:
         end = 4 + frame_length
         if len(buffer) < end:
             return NEED_DATA
-        header = _decode_header(memoryview(buffer)[PREFIX_SIZE : PREFIX_SIZE + header_length])
-        payload = bytes(buffer[PREFIX_SIZE + header_length : end])
+        # Through a memoryview: the payload is copied once, straight out of the buffer (slicing
+        # the bytearray itself would copy it twice); the view is released before the buffer
+        # shrinks.
+        with memoryview(buffer) as view:
+            header = _decode_header(view[PREFIX_SIZE : PREFIX_SIZE + header_length])
+            payload = bytes(view[PREFIX_SIZE + header_length : end])
         del buffer[:end]
         return Frame(header, payload)
 

@@ -37,7 +37,7 @@ from typing import Any, Unpack
 
 import trio
 
-from client._gc import gc_paused
+from client._gc import gc_paused_promoting
 from client.aio._base import AsyncClientBase
 from client.aio.cluster import (
     CLIENT_ID_DEFAULT,
@@ -1098,7 +1098,7 @@ def decode_fetched(
     """
     topic, partition = head = (tp.topic, tp.partition)
     out: list[ConsumerRecord] = []
-    with gc_paused():
+    with gc_paused_promoting():  # the records outlive this call (client/_gc.py)
         for position, header, visible in visible_batches(data, aborted, validate=validate):
             if not visible or header.next_offset <= fetch_offset:
                 continue

@@ -3,12 +3,20 @@
 Rules:
 - `send_nowait` is the hot path, shared with the blocking facade (called from any thread). It
   validates, picks the partition and appends a plain tuple to the accumulator; nothing else
-  (one attribute test refuses sends a transactional producer may not make now).
+  (one attribute test refuses sends a transactional producer may not make now). `send` first
+  tries its fast path: the common record (a bytes value, nothing else given) joins its topic's
+  open sticky batch inline, with the accumulator's own checks and no further call; anything
+  else, or any limit reached, takes the general path.
+- Adaptive batching (`adaptive_batching=True`, the default): an open batch leaves as soon as
+  its partition has nothing in flight, and grows while a request is out (up to `batch_bytes`,
+  or `linger_ms` when more may be in flight). Low rates get one-record batches with no wait;
+  high rates get big batches, sized by the round trip (client/accumulator.py).
 - The sender task drains ready batches (at most `max_in_flight` per partition in flight), builds
-  each with one `build_batch` call, groups them by leader into one Produce request per broker, and
-  completes their futures from the response. Retriable failures go back to the head of their
-  partition's queue after `retry_backoff_ms * 2**attempt` (capped), until `retries` or
-  `delivery_timeout_ms` runs out; then the batch fails with the last error.
+  each with one `build_batch_rows` call (one msgpack call for the whole batch), groups them by
+  leader into one Produce request per broker, and completes their futures from the response.
+  Retriable failures go back to the head of their partition's queue after
+  `retry_backoff_ms * 2**attempt` (capped), until `retries` or `delivery_timeout_ms` runs out;
+  then the batch fails with the last error.
 - One writer task per broker writes that broker's Produce requests in the order the sender
   drained them (`Cluster.start_call`); answers are awaited concurrently. So a partition's
   pipelined batches reach its leader in order.
@@ -48,13 +56,13 @@ from typing import Any, Unpack
 
 import trio
 
-from client._gc import gc_paused
 from client.accumulator import (
     RECORD_OVERHEAD_BYTES,
     DeliveryCallback,
     ProducerBatch,
     RecordAccumulator,
     RecordFuture,
+    new_future,
 )
 from client.aio._base import AsyncClientBase
 from client.aio.cluster import (
@@ -82,7 +90,12 @@ from client.security import SecurityOptions
 from client.serialization import Serializer, serialize
 from client.types import ConsumerGroupMetadata, RecordMetadata, TopicPartition
 from wire import codec
-from wire.batch import MAX_BATCH_BYTES_DEFAULT, Compression, build_batch, increment_sequence
+from wire.batch import (
+    MAX_BATCH_BYTES_DEFAULT,
+    Compression,
+    build_batch_rows,
+    increment_sequence,
+)
 from wire.config_error import ConfigError
 from wire.error_codes import BrokerError, ErrorCode
 
@@ -147,6 +160,7 @@ _COMPRESSION = {None: Compression.NONE, "none": Compression.NONE, "gzip": Compre
                 "zstd": Compression.ZSTD, "lz4": Compression.LZ4}  # fmt: skip
 _TRANSPORT_ERRORS = (ClientError,)
 _time_ns = time.time_ns
+_new_future = new_future
 # A trio task that sends in a tight loop yields at least this often (see `send`).
 YIELD_EVERY_SENDS = 256
 
@@ -169,6 +183,7 @@ class Producer(AsyncClientBase):
         *,
         acks: str | int = "all",
         linger_ms: float = LINGER_MS_DEFAULT,
+        adaptive_batching: bool = True,
         batch_bytes: int = BATCH_BYTES_DEFAULT,
         compression: str | None = None,
         buffer_memory_bytes: int = BUFFER_MEMORY_BYTES_DEFAULT,
@@ -201,6 +216,8 @@ class Producer(AsyncClientBase):
         (batches of one partition in flight): default 5 with idempotence, else 1.
         `key_serializer`/`value_serializer`: `f(object) -> bytes` applied by `send`
         (`client.serialization`). `bootstrap_servers`: kafka-python's name for `bootstrap`.
+        `adaptive_batching=False` makes every batch wait `linger_ms` (Kafka's behaviour) instead
+        of leaving at once when its partition has nothing in flight.
         """
         super().__init__(
             bootstrap,
@@ -251,8 +268,14 @@ class Producer(AsyncClientBase):
             linger_ms=linger_ms,
             buffer_memory_bytes=buffer_memory_bytes,
             max_records_per_batch=max_records_per_batch,
+            adaptive=adaptive_batching,
             thread_safe=thread_safe,
         )
+        # The fast path's view of the open sticky batches: none (never filled) when serializers,
+        # a lock or a transaction (whose state may refuse sends) are in play, which it does not
+        # handle. A fatal error refuses sends in `_append` before any batch opens again.
+        fast = self._serializers is None and not thread_safe and transactional_id is None
+        self._fast_batches: dict[str, ProducerBatch] = self._acc.sticky_open if fast else {}
         self._counts: dict[str, int] = {}
         self.max_in_flight_per_partition = in_flight
         # Batches in flight per partition, and per partition the unfinished retried batches
@@ -357,9 +380,7 @@ class Producer(AsyncClientBase):
             )
         if timestamp_ms is None:
             timestamp_ms = _time_ns() // 1_000_000
-        future = self._acc.append(
-            topic, partition, (timestamp_ms, key, value, headers), size, count
-        )
+        future = self._acc.append(topic, partition, timestamp_ms, key, value, headers, size, count)
         if future is not None and callback is not None:
             future.add_done_callback(callback)
         return future
@@ -378,6 +399,34 @@ class Producer(AsyncClientBase):
 
         Waits for buffer memory up to `max_block_ms`, then raises `BufferFullError`.
         """
+        batch = self._fast_batches.get(topic)
+        if (
+            batch is not None
+            and value.__class__ is bytes
+            and key is None
+            and headers is None
+            and partition is None
+            and timestamp_ms is None
+            and callback is None
+        ):
+            # The fast path: `_append` and the accumulator's `_append`, inlined for a keyless
+            # bytes value joining its topic's open sticky batch (same checks, same order).
+            acc = self._acc
+            size = RECORD_OVERHEAD_BYTES + len(value)
+            used = acc.memory_used + size
+            if used <= acc.buffer_memory_bytes and size <= self.max_record_bytes:
+                records = batch.records
+                records.append((_time_ns() // 1_000_000 - batch.base_timestamp, None, value, None))
+                acc.memory_used = used
+                batch.size_bytes += size
+                count = len(records)
+                if batch.size_bytes >= acc.batch_bytes or count >= acc.max_records_per_batch:
+                    acc.seal(batch, self._counts[topic])
+                # Yield as the general path below does; the batch's record count stands in for
+                # the send counter (a new batch wakes the sender, which makes the next send yield).
+                if self._wake_pending or not count % YIELD_EVERY_SENDS:
+                    await trio.lowlevel.checkpoint()
+                return _new_future(RecordFuture, (batch, count - 1))
         if self._serializers is not None:
             key, value = serialize(*self._serializers, topic, key, value)
         try:
@@ -788,17 +837,19 @@ class Producer(AsyncClientBase):
         answered = False
         try:
             transactional = self._txn is not None
-            with gc_paused():
-                for batch in batches:
-                    if batch.payload is None:
-                        batch.payload = build_batch(
-                            batch.records,
-                            compression=self.compression,
-                            producer_id=batch.producer_id,
-                            producer_epoch=batch.producer_epoch,
-                            base_sequence=batch.base_sequence,
-                            transactional=transactional,
-                        )
+            # One msgpack call per batch, no Python per record (the rows are stored as they go
+            # on the wire), so nothing here allocates per record and the GC may stay on.
+            for batch in batches:
+                if batch.payload is None:
+                    batch.payload = build_batch_rows(
+                        batch.records,
+                        base_timestamp=batch.base_timestamp,
+                        compression=self.compression,
+                        producer_id=batch.producer_id,
+                        producer_epoch=batch.producer_epoch,
+                        base_sequence=batch.base_sequence,
+                        transactional=transactional,
+                    )
             request = codec.ProduceRequest(
                 partitions=tuple(
                     codec.ProducePartition(

@@ -27,6 +27,7 @@ from wire.batch import (
     RecordCountError,
     available_compressions,
     build_batch,
+    build_batch_rows,
     build_control_batch,
     control_type_of,
     decode_records,
@@ -322,3 +323,25 @@ def test_unpack_header_needs_a_whole_header():
 def test_empty_batch_is_refused():
     with pytest.raises(RecordCountError):
         build_batch([])
+
+
+def test_build_batch_rows_is_build_batch_with_rows_stored_as_they_go_on_the_wire() -> None:
+    # The producer stores rows (delta from its first timestamp, key, value, headers) and packs
+    # them as they are; the batch must equal what build_batch makes of absolute timestamps,
+    # including when an explicit timestamp is older than the first (a negative delta, shifted so
+    # that the header's base timestamp stays the smallest).
+    records = [
+        (1_000, None, b"a", None),
+        (990, b"k", b"b", [("h", b"1")]),
+        (1_007, None, b"c", None),
+    ]
+    rows = [(t - 1_000, key, value, headers) for t, key, value, headers in records]
+    built = build_batch_rows(rows, base_timestamp=1_000, producer_id=7, base_sequence=3)
+    assert built == build_batch(records, producer_id=7, base_sequence=3)
+    header = validate_batch(built)
+    assert (header.base_timestamp, header.max_timestamp, header.record_count) == (990, 1_007, 3)
+    assert [(r.timestamp, r.key, r.value) for r in decode_records(built)] == [
+        (t, key, value) for t, key, value, _ in records
+    ]
+    with pytest.raises(RecordCountError):
+        build_batch_rows([], base_timestamp=0)
