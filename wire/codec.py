@@ -332,6 +332,9 @@ class ProduceRequest:
 
 @_message
 class ProducePartitionResult:
+    """With NOT_LEADER, `leader_id`/`leader_epoch` name the leader the broker knows (its Raft
+    term), so the client retries there at once; -1 when it knows none (an election)."""
+
     topic: str
     partition: int
     error: ErrorCode = ErrorCode.NONE
@@ -339,6 +342,8 @@ class ProducePartitionResult:
     base_offset: int = -1
     log_append_time_ms: int = -1
     log_start_offset: int = -1
+    leader_id: int = -1
+    leader_epoch: int = -1
 
 
 @_message
@@ -405,6 +410,9 @@ class FetchPartitionResult:
     # returned records; the consumer drops that producer's records from the first offset up to
     # its abort marker. Ranges, not records: the broker never decodes a batch to build this.
     aborted_transactions: tuple[AbortedTransaction, ...] = ()
+    # NOT_LEADER: the leader this broker knows and its epoch (-1: none known), as in Produce.
+    leader_id: int = -1
+    leader_epoch: int = -1
 
 
 @_message

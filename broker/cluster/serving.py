@@ -31,10 +31,10 @@ import trio
 from broker.appended import Appended
 from broker.config import LogConfig
 from broker.controller.state import TopicInfo
-from broker.handlers.context import BrokerContext, PartitionState
+from broker.handlers.context import BrokerContext, NotLeaderForPartitionError, PartitionState
 from broker.raft.driver import RaftDriver
 from broker.topics import TopicRecord, require_partition
-from wire.error_codes import BrokerError, ErrorCode
+from wire.error_codes import BrokerError
 
 from .node import ClusterNode
 from .replicas import Replica
@@ -117,7 +117,7 @@ class ReplicaPartitionState(PartitionState):
         while True:
             version = driver.change_version
             if not self.is_leader or driver.term != term:
-                raise BrokerError(ErrorCode.NOT_LEADER, self.not_leader_message())
+                raise NotLeaderForPartitionError(self)
             if self.high_watermark >= end_offset:
                 return
             await driver.wait_changed(version)

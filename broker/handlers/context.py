@@ -56,6 +56,29 @@ class NullMetrics:
         pass
 
 
+class NotLeaderForPartitionError(BrokerError):
+    """NOT_LEADER for a partition this broker hosts a follower replica of, with the leader it
+    knows (`leader_id`, -1 during an election) and that leader's epoch: the produce and fetch
+    answers carry both, so a client retries at the new leader without a metadata round."""
+
+    def __init__(self, state: PartitionState) -> None:
+        super().__init__(ErrorCode.NOT_LEADER, state.not_leader_message())
+        self.leader_id = state.leader_id if state.leader_id > 0 else -1
+        self.leader_epoch = state.leader_epoch if self.leader_id > 0 else -1
+
+
+def leader_hint(error: BrokerError) -> dict[str, int]:
+    """The leader fields of a produce or fetch partition result for `error` (none: defaults).
+    A Raft `NotLeaderError` (a leadership lost while a produce waited) knows the new leader's
+    id (`leader_hint`, 0: none) but not its epoch."""
+    if isinstance(error, NotLeaderForPartitionError):
+        return {"leader_id": error.leader_id, "leader_epoch": error.leader_epoch}
+    raft_hint = getattr(error, "leader_hint", 0)
+    if error.code is ErrorCode.NOT_LEADER and isinstance(raft_hint, int) and raft_hint > 0:
+        return {"leader_id": raft_hint}
+    return {}
+
+
 class PartitionState:
     """One partition of a single-node broker. See the module docstring for the high watermark."""
 
@@ -202,7 +225,7 @@ class BrokerContext:
                 ErrorCode.LEADER_NOT_AVAILABLE, f"partition {topic}-{partition} is not open yet"
             )
         if not state.is_leader:
-            raise BrokerError(ErrorCode.NOT_LEADER, state.not_leader_message())
+            raise NotLeaderForPartitionError(state)
         return state
 
     def partition_for_write(self, topic: str, partition: int) -> PartitionState:

@@ -17,7 +17,7 @@ import logging
 import trio
 
 from broker.config import FRAME_HEADROOM_BYTES
-from broker.handlers.context import BrokerContext, PartitionState
+from broker.handlers.context import BrokerContext, PartitionState, leader_hint
 from broker.handlers.reply import Deferred
 from wire import codec
 from wire.batch import iter_batches
@@ -104,6 +104,7 @@ def _read_all(
                     partition=item.partition,
                     error=exc.code,
                     error_message=exc.message,
+                    **leader_hint(exc),
                 )
             )
             continue

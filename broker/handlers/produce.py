@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from broker.appended import Appended
-from broker.handlers.context import BrokerContext, PartitionState
+from broker.handlers.context import BrokerContext, PartitionState, leader_hint
 from broker.handlers.reply import Deferred
 from broker.internal_topics import is_internal_topic
 from wire import codec
@@ -61,7 +61,9 @@ def handle_produce(
             state = ctx.partition_for_write(item.topic, item.partition)
             base_offset, last = _append(ctx, state, item.records)
         except BrokerError as exc:
-            results.append(_error_result(item.topic, item.partition, exc.code, exc.message))
+            results.append(
+                _error_result(item.topic, item.partition, exc.code, exc.message, leader_hint(exc))
+            )
             continue
         except OSError as exc:
             logger.error("append to %s-%d failed: %s", item.topic, item.partition, exc)
@@ -208,7 +210,7 @@ async def _wait_durable(
         failure = failures.get(entry.index)
         if failure is not None:
             results[entry.index] = _error_result(
-                item.topic, item.partition, failure.code, failure.message
+                item.topic, item.partition, failure.code, failure.message, leader_hint(failure)
             )
         elif entry.index not in durable:
             results[entry.index] = _error_result(
@@ -222,8 +224,8 @@ async def _wait_durable(
 
 
 def _error_result(
-    topic: str, partition: int, code: ErrorCode, message: str
+    topic: str, partition: int, code: ErrorCode, message: str, hint: dict[str, int] | None = None
 ) -> codec.ProducePartitionResult:
     return codec.ProducePartitionResult(
-        topic=topic, partition=partition, error=code, error_message=message
+        topic=topic, partition=partition, error=code, error_message=message, **(hint or {})
     )

@@ -291,6 +291,42 @@ class RaftCore:
         elif self.leader_id == peer:
             self._wake()
             self.leader_id = NODE_NONE
+            self._campaign_after_leader_loss(peer)
+
+    def _campaign_after_leader_loss(self, leader: int) -> None:
+        """The leader is reported dead: elect its successor now, not after an election timeout.
+
+        The randomized timeout exists to keep voters from campaigning at once, but a broken link
+        tells every follower at the same instant, so all campaigning at once would split the
+        vote. Instead the live voters take turns, in an order every follower of this term
+        computes alike: sorted voters rotated by the term (so the successors of a dead broker's
+        many groups spread over the survivors). The first campaigns at once (pre-vote first, so
+        a false report disturbs no live leader: the others still hold its lease) and again at
+        its next tick if that round is still open, the next in turn at its second tick, and so
+        on; a vote for the first resets the others' timers, and a normal randomized timeout
+        follows any outcome. Liveness only: votes decide, as always.
+        """
+        if not self._is_voter():
+            return
+        live = sorted(
+            voter
+            for voter in self.configuration.voters
+            if voter != leader and voter not in self._dead_peers
+        )
+        if self.node_id not in live:
+            return
+        start = self.term % len(live)
+        rank = (live[start:] + live[:start]).index(self.node_id)
+        if rank == 0:
+            self._hup(transfer=False)
+            if self.role is Role.PRE_CANDIDATE:
+                # A follower that has not yet heard of the death ignores the pre-vote (its lease
+                # holds): ask again at the next tick, before the next in turn campaigns.
+                self._randomized_election_timeout = 1
+        else:
+            self._election_elapsed = 0
+            # Fires at the (rank + 1)th tick: the earlier ranks had at least a whole tick.
+            self._randomized_election_timeout = rank + 1
 
     def report_peer_alive(self, peer: int) -> None:
         """The liveness hears from `peer` again (it restarted, or the partition healed). A quiet
@@ -484,7 +520,8 @@ class RaftCore:
         last index) and is active (heard from in this check-quorum window), those and the leader
         are a majority of the voters, the leader's own copy is durable and committed, and no
         transfer or send is pending. Then the quiesce heartbeat's commit index is the last
-        index, which each follower can check against its own log. A dead follower is caught up
+        index for each live follower (its match index), which it checks against its own commit
+        index; a dead follower gets its match index, as in every heartbeat. It is caught up
         when it comes back: `report_peer_alive`, or its first message, wakes the leader.
         """
         if not self.config.quiesce or self._transfer_target != NODE_NONE:
@@ -504,11 +541,13 @@ class RaftCore:
         return quorum.has_quorum(self.configuration.voters, caught_up)
 
     def _quiesce(self) -> None:
-        for node in self.progress:
+        for node, progress in self.progress.items():
             if node != self.node_id:
-                self._send(
-                    Heartbeat(self.node_id, node, self.term, self.commit_index, quiesce=True)
-                )
+                # As every heartbeat: at most the follower's match index. A follower left out as
+                # dead may hold a divergent suffix of an older term at those indexes; a commit
+                # index beyond its match would commit that suffix there.
+                commit = min(progress.match_index, self.commit_index)
+                self._send(Heartbeat(self.node_id, node, self.term, commit, quiesce=True))
         self._quiescent = True
         self._counters["quiesced"] += 1
 

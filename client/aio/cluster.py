@@ -401,6 +401,19 @@ class Cluster:
             return None
         return leaders[partition]
 
+    def learn_leader(self, topic: str, partition: int, leader_id: int) -> bool:
+        """Record the leader a NOT_LEADER answer named (its `leader_id`, -1: none known); the
+        topic's other partitions stay as they are (unknown if forgotten: a refresh loads them).
+        True if `leader_id` is a known broker and now routes that partition."""
+        count = self.partition_counts.get(topic)
+        if leader_id < 0 or leader_id not in self.brokers or count is None or partition >= count:
+            return False
+        leaders = self.leaders.setdefault(topic, [-1] * count)
+        if partition >= len(leaders):
+            return False
+        leaders[partition] = leader_id
+        return True
+
     def invalidate(self, topic: str) -> None:
         """Forget `topic`'s leaders so the next use refreshes them."""
         self.leaders.pop(topic, None)

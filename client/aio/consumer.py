@@ -907,6 +907,10 @@ class Consumer(AsyncClientBase):
                     state.reset = self._default_reset
             return None
         if result.error in METADATA_STALE_CODES:
+            if result.leader_id >= 0 and self._cluster.learn_leader(
+                tp.topic, tp.partition, result.leader_id
+            ):
+                return None  # NOT_LEADER naming the new leader: fetch there now, no backoff
             self._cluster.invalidate_leaders(tp.topic)
         return BrokerError(result.error, f"{tp.topic}/{tp.partition}: {result.error_message}")
 

@@ -70,6 +70,7 @@ from client.aio.cluster import (
     METADATA_STALE_CODES,
     REQUEST_TIMEOUT_MS_DEFAULT,
 )
+from client.aio.leader_wait import LeaderPoll, LeaderWait
 from client.aio.metadata_refresh import METADATA_MAX_AGE_MS_DEFAULT
 from client.aio.transactions import (
     FENCED_CODES,
@@ -282,7 +283,11 @@ class Producer(AsyncClientBase):
         # (while there are any, the partition has one batch in flight at most).
         self._in_flight: dict[tuple[str, int], int] = {}
         self._retrying: dict[tuple[str, int], int] = {}
-        self._refreshing: set[str] = set()  # topics whose metadata refresh is under way
+        # Topics whose metadata refresh is under way, each with the event that makes it look
+        # again at once (a later failure forgot the leaders meanwhile).
+        self._refreshing: dict[str, trio.Event] = {}
+        # Batches whose leader moved, released as soon as the metadata names another one.
+        self._leader_wait = LeaderWait()
         self._wake = trio.Event()
         self._memory_freed = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -869,23 +874,25 @@ class Producer(AsyncClientBase):
                 answer = await self._cluster.start_call(request, leader)
             except (*_TRANSPORT_ERRORS, BrokerError) as exc:
                 for batch in batches:
-                    self._retry_or_fail(batch, exc)
+                    self._retry_or_fail(batch, exc, leader)
                 return
-            self._nursery_start(self._await_answer, batches, answer)
+            self._nursery_start(self._await_answer, leader, batches, answer)
             answered = True
         finally:
             if not answered:
                 self._settle(batches)
 
-    async def _await_answer(self, batches: list[ProducerBatch], answer: Awaitable[Any]) -> None:
+    async def _await_answer(
+        self, leader: int, batches: list[ProducerBatch], answer: Awaitable[Any]
+    ) -> None:
         try:
             try:
                 response: codec.ProduceResponse = await answer
             except (*_TRANSPORT_ERRORS, BrokerError) as exc:
                 for batch in batches:
-                    self._retry_or_fail(batch, exc)
+                    self._retry_or_fail(batch, exc, leader)
                 return
-            self._handle_response(batches, response)
+            self._handle_response(leader, batches, response)
         finally:
             self._settle(batches)
 
@@ -895,7 +902,7 @@ class Producer(AsyncClientBase):
         self._wake_up()
 
     def _handle_response(
-        self, batches: list[ProducerBatch], response: codec.ProduceResponse
+        self, leader: int, batches: list[ProducerBatch], response: codec.ProduceResponse
     ) -> None:
         results = {(r.topic, r.partition): r for r in response.partitions}
         for batch in batches:
@@ -905,14 +912,23 @@ class Producer(AsyncClientBase):
                     ErrorCode.UNKNOWN_SERVER_ERROR,
                     f"the broker's produce response left out {batch.topic}/{batch.partition}",
                 )
-                self._retry_or_fail(batch, error)
+                self._retry_or_fail(batch, error, leader)
             elif result.error is ErrorCode.NONE or result.error is ErrorCode.DUPLICATE_SEQUENCE:
                 # DUPLICATE_SEQUENCE: the broker already has this batch (Kafka: a success).
                 self._finish(batch, result.base_offset, None)
             else:
-                self._retry_or_fail(batch, BrokerError(result.error, result.error_message))
+                self._retry_or_fail(batch, BrokerError(result.error, result.error_message), leader)
+                if result.leader_id >= 0 and self._cluster.learn_leader(
+                    batch.topic, batch.partition, result.leader_id
+                ):
+                    # NOT_LEADER naming the new leader: retry there now, no metadata round.
+                    self._leader_wait.release(batch.topic, self._cluster.leader)
 
-    def _retry_or_fail(self, batch: ProducerBatch, error: Exception) -> None:
+    def _retry_or_fail(
+        self, batch: ProducerBatch, error: Exception, failed_leader: int | None = None
+    ) -> None:
+        """Requeue `batch` after a retriable `error` (its answer from `failed_leader`, None if it
+        was not sent), or fail it. A moved leader releases it as soon as another is known."""
         if self._txn is not None and self._txn.state is TxnState.ABORTING:
             self._finish(batch, -1, error)  # the transaction is being aborted: no retries
             return
@@ -938,11 +954,15 @@ class Producer(AsyncClientBase):
             ):
                 batch.ambiguous = True
         stale = code in METADATA_STALE_CODES
-        if stale or transport:  # a dead broker or connection: the leader may have moved
+        leader_moved = stale or transport  # a dead broker or connection: the leader may have moved
+        if leader_moved:
             self._cluster.invalidate_leaders(batch.topic)
-            if batch.topic not in self._refreshing:
-                self._refreshing.add(batch.topic)
+            again = self._refreshing.get(batch.topic)
+            if again is None:
+                self._refreshing[batch.topic] = trio.Event()
                 self._nursery_start(self._refresh_topic, batch.topic)
+            else:
+                again.set()
         now = time.monotonic()
         expired = now - batch.created_at > self.delivery_timeout_s
         if retriable and batch.attempts < self.retries and not expired:
@@ -952,6 +972,8 @@ class Producer(AsyncClientBase):
                 key = (batch.topic, batch.partition)
                 self._retrying[key] = self._retrying.get(key, 0) + 1
             self._acc.reenqueue(batch, now + backoff)
+            if leader_moved:  # the backoff is a fallback: a new leader releases it at once
+                self._leader_wait.add(batch, failed_leader)
             return
         self._finish(batch, -1, error)
 
@@ -1006,13 +1028,32 @@ class Producer(AsyncClientBase):
             self._wake_up()  # batches waiting for a leader may go now
 
     async def _refresh_topic(self, topic: str) -> None:
+        """Refresh `topic`'s leaders; while batches wait for a new leader of one of its
+        partitions (an election under way), poll again with exponential backoff, releasing each
+        batch as soon as its partition has another leader (client/aio/leader_wait.py)."""
+        poll = LeaderPoll(RETRY_BACKOFF_MAX_MS / 1000)
         try:
-            self._counts[topic] = await self._cluster.topic_partitions(topic, auto_create=True)
-        except (ClientError, BrokerError) as exc:
-            log.warning("metadata refresh for %r failed: %r", topic, exc)
+            try:
+                self._counts[topic] = await self._cluster.topic_partitions(topic, auto_create=True)
+            except (ClientError, BrokerError) as exc:
+                log.warning("metadata refresh for %r failed: %r", topic, exc)
+            while True:
+                if self._leader_wait.release(topic, self._cluster.leader):
+                    self._wake_up()  # batches waiting for a leader may go now
+                if not self._leader_wait.waiting(topic):
+                    break
+                # Until the backoff, or at once when another failure forgot the leaders.
+                with trio.move_on_after(poll.next_delay()):
+                    await self._refreshing[topic].wait()
+                self._refreshing[topic] = trio.Event()
+                # Refreshed in place: the leaders known meanwhile stay usable until replaced.
+                try:
+                    await self._cluster.refresh_metadata([topic], allow_auto_create=True)
+                except (ClientError, BrokerError) as exc:
+                    log.info("metadata poll for %r failed: %r", topic, exc)
         finally:
-            self._refreshing.discard(topic)
-        self._wake_up()  # batches waiting for a leader may go now
+            self._refreshing.pop(topic, None)
+        self._wake_up()
 
     def _nursery_start(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._nursery is not None:

@@ -189,6 +189,52 @@ def test_a_dead_leader_reported_by_the_link_liveness_wakes_followers_and_they_el
     assert [core.node_id for core in leaders if core.term > old.term] in ([2], [3])
 
 
+def test_a_dead_leader_is_succeeded_at_once_by_the_first_live_voter_in_turn() -> None:
+    """The first live voter (sorted voters rotated by the term) campaigns the moment it learns
+    of the death: no tick, no election timeout, and no split vote with the other follower."""
+    group = Group()
+    old = group.quiet()
+    group.down.add(1)
+    live = [2, 3]
+    first = live[old.term % 2]
+    for node in (2, 3):
+        group.cores[node].report_peer_dead(1)
+    group.stabilize()
+    assert group.cores[first].role is Role.LEADER
+    assert group.cores[first].term == old.term + 1
+    assert all(group.cores[node].leader_id == first for node in live)
+
+
+def test_the_first_in_turn_asks_again_at_its_next_tick_if_a_follower_still_held_the_lease() -> None:
+    group = Group()
+    old = group.quiet()
+    group.down.add(1)
+    live = [2, 3]
+    first, other = live[old.term % 2], live[(old.term + 1) % 2]
+    group.cores[first].report_peer_dead(1)
+    group.stabilize()  # `other` has not heard of the death: it ignores the pre-vote
+    assert group.cores[first].role is Role.PRE_CANDIDATE
+    group.cores[other].report_peer_dead(1)
+    group.tick(first)
+    assert group.cores[first].role is Role.LEADER
+    assert group.cores[other].leader_id == first
+
+
+def test_the_next_voter_in_turn_campaigns_one_tick_later_if_the_first_is_gone_too() -> None:
+    group = Group(size=5)
+    old = group.quiet()
+    live = [2, 3, 4, 5]
+    first, second = live[old.term % 4], live[(old.term + 1) % 4]
+    group.down |= {1, first}
+    for node in live:
+        if node != first:
+            group.cores[node].report_peer_dead(1)
+    group.stabilize()
+    assert not any(group.cores[node].role is Role.LEADER for node in live if node != first)
+    group.tick_all(2)
+    assert group.cores[second].role is Role.LEADER
+
+
 def test_a_peer_that_is_neither_leader_nor_follower_here_wakes_nothing() -> None:
     group = Group()
     leader = group.quiet()

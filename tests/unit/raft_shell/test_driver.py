@@ -124,6 +124,41 @@ async def test_votes_leave_after_their_fsync_a_leaders_appends_before_it(tmp_pat
     node.close()
 
 
+async def test_a_commit_is_acknowledged_before_the_fsync_of_the_next_proposals(
+    tmp_path: Path,
+) -> None:
+    """A partition group applies what it committed before the fsync of the Ready that carries
+    the commit (issue 15): under load that Ready also carries the next proposals' entries, and
+    waiting for their fsync cost every acknowledgement one more fsync."""
+    node = Node(tmp_path)
+    driver, syncer = node.driver, node.syncer
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        await _become_leader(node)
+        syncer.hold()
+        first = driver.propose_nowait(record_batch(b"first"))
+        with trio.fail_after(5):
+            await syncer.started.wait()
+        # While the leader fsyncs `first`: the next proposal arrives, and node 2 holds `first`.
+        second = driver.propose_nowait(record_batch(b"second"))
+        await node.transport.wait_for(
+            lambda: any(
+                m.entries and m.entries[-1].index == first.index for m in _appends_to(node, 2)
+            )
+        )
+        driver.deliver_nowait(AppendResponse(2, 1, driver.term, True, first.index))
+        syncer.release()
+        syncer.hold()  # the next fsync (covering `second`) stays open
+        with trio.fail_after(5):
+            await syncer.started.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert first.done and driver.high_watermark == first.index + 1
+        assert not second.done
+        syncer.release()
+        nursery.cancel_scope.cancel()
+    node.close()
+
+
 async def test_proposals_during_an_fsync_share_the_next_one(tmp_path: Path) -> None:
     node = Node(tmp_path)
     driver, transport, syncer = node.driver, node.transport, node.syncer
