@@ -61,26 +61,28 @@ async def test_fast_and_general_paths_store_the_same_records(fake: FakeBroker) -
     # Keyless bytes values take the fast path; a key, headers, a str value or an explicit
     # timestamp take the general one. Interleaved in one batch, all keep their order, offsets
     # and timestamps (the rows store deltas from the batch's first timestamp, negative too).
+    # One partition, so the keyless records' sticky choice is the explicit records' partition.
+    fake.create("single", 1)
     fake.produce_gate = trio.Event()
     before_ms = time.time_ns() // 1_000_000
     async with Producer(fake.bootstrap, linger_ms=LINGER_NEVER_MS) as producer:
-        await producer.send("t", b"opener", partition=1)  # in flight, held: the rest batch up
+        await producer.send("single", b"opener", partition=0)  # in flight, held: the rest batch up
         await trio.testing.wait_all_tasks_blocked()
         sends = [
-            producer.send("t", b"fast-1"),
-            producer.send("t", b"keyed", key=b"k", partition=1),
-            producer.send("t", b"fast-2"),
-            producer.send("t", "text", headers={"h": b"v"}, partition=1),
-            producer.send("t", b"old", partition=1, timestamp_ms=before_ms - 60_000),
-            producer.send("t", b"fast-3"),
+            producer.send("single", b"fast-1"),
+            producer.send("single", b"keyed", key=b"k", partition=0),
+            producer.send("single", b"fast-2"),
+            producer.send("single", "text", headers={"h": b"v"}, partition=0),
+            producer.send("single", b"old", partition=0, timestamp_ms=before_ms - 60_000),
+            producer.send("single", b"fast-3"),
         ]
         futures = [await send for send in sends]
         fake.produce_gate.set()
         with trio.fail_after(10):
             metadata = [await future for future in futures]
     after_ms = time.time_ns() // 1_000_000
-    assert {m.partition for m in metadata} == {1}  # the sticky partition followed partition 1
-    records = [r for data in fake.logs[("t", 1)] for r in decode_records(data)]
+    assert {m.partition for m in metadata} == {0}
+    records = [r for data in fake.logs[("single", 0)] for r in decode_records(data)]
     assert [(r.key, r.value, r.headers) for r in records] == [
         (None, b"opener", None),
         (None, b"fast-1", None),

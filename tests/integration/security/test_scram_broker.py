@@ -39,6 +39,22 @@ async def _create_user(broker: EmbeddedBroker, name: str, password: str, **optio
         await admin.upsert_user(name, password, **options)
 
 
+async def _grant_topic(broker: EmbeddedBroker, user: str, topic: str) -> None:
+    """`--auth scram` enforces ACLs too: the admin lets `user` create, write and read `topic`."""
+    async with aio.AdminClient(broker.bootstrap, **ADMIN) as admin:
+        await admin.create_acls(
+            codec.AclBindingData(
+                resource_type="topic",
+                resource_name=topic,
+                pattern_type="literal",
+                principal=f"User:{user}",
+                operation=operation,
+                permission="allow",
+            )
+            for operation in ("create", "write", "read")
+        )
+
+
 async def _address(broker: EmbeddedBroker) -> tuple[str, int]:
     host, port = broker.bootstrap.rsplit(":", 1)
     return host, int(port)
@@ -49,6 +65,10 @@ async def test_right_password_produces_and_consumes(
 ) -> None:
     await _create_user(auth_broker, "alice", "alice-pw", mechanism="SCRAM-SHA-512")
     alice = _login_options("alice", "alice-pw", "SCRAM-SHA-512")
+    async with aio.AdminClient(auth_broker.bootstrap, **alice) as admin:
+        with pytest.raises(BrokerError, match="TOPIC_AUTHORIZATION_FAILED"):
+            await admin.create_topic(unique_topic, 1)  # logged in, but granted nothing yet
+    await _grant_topic(auth_broker, "alice", unique_topic)
     async with aio.AdminClient(auth_broker.bootstrap, **alice) as admin:
         await admin.create_topic(unique_topic, 1)
     async with aio.Producer(auth_broker.bootstrap, **alice) as producer:
@@ -174,6 +194,14 @@ def test_cli_users_and_login(
     assert "dave-pw" not in listed.stdout
     monkeypatch.setenv("BROKER_PASSWORD", "dave-pw")
     dave = ["--user", "dave", "--sasl-mechanism", "SCRAM-SHA-512"]
+    denied = cli(auth_broker, *dave, "topics", "create", unique_topic)
+    assert denied.returncode == 1 and "TOPIC_AUTHORIZATION_FAILED" in denied.stderr
+    monkeypatch.setenv("BROKER_PASSWORD", ADMIN["sasl_password"])
+    granted = cli(auth_broker, "--user", "admin", "acls", "add", "--allow", "User:dave",
+                  "--operation", "create", "--operation", "write", "--operation", "read",
+                  "--topic", unique_topic)  # fmt: skip
+    assert granted.returncode == 0, granted.stderr
+    monkeypatch.setenv("BROKER_PASSWORD", "dave-pw")
     assert cli(auth_broker, *dave, "topics", "create", unique_topic).returncode == 0
     produced = cli(auth_broker, *dave, "produce", unique_topic, stdin="hello\n")
     assert produced.returncode == 0, produced.stderr

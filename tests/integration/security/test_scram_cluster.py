@@ -13,6 +13,7 @@ from broker.raft import wire as raft_wire
 from client import aio
 from client.embedded_cluster import EmbeddedCluster
 from tests.integration.security.conftest import ADMIN, AUTH_ARGS, AUTH_ENV
+from wire import codec
 from wire.error_codes import BrokerError
 from wire.framing import FrameConnection, Role
 
@@ -33,22 +34,42 @@ async def test_a_user_created_through_one_broker_logs_in_through_another(
     async with aio.AdminClient(auth_cluster.node(1).bootstrap, **ADMIN) as admin:
         await admin.upsert_user("erin", "erin-pw", mechanism="SCRAM-SHA-512")
         await admin.create_topic("erin-topic", 1, replication_factor=3)
+        # `--auth scram` enforces ACLs: erin may write (and so describe) her topic, no more.
+        await admin.create_acls(
+            [
+                codec.AclBindingData(
+                    resource_type="topic",
+                    resource_name="erin-topic",
+                    pattern_type="literal",
+                    principal="User:erin",
+                    operation="write",
+                    permission="allow",
+                )
+            ]
+        )
     erin = {
         "security_protocol": "SASL_PLAINTEXT",
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_username": "erin",
         "sasl_password": "erin-pw",
     }
-    # Node 3 applies the metadata record a moment later: retry the login until it has.
+    # Node 3 applies the metadata records (her credential, her ACL) a moment later: retry the
+    # login until it has both.
     with trio.fail_after(LOGIN_WAIT_S):
         while True:
             try:
                 async with aio.AdminClient(auth_cluster.node(3).bootstrap, **erin) as admin:
                     topics = await admin.list_topics()
-                break
+                if "erin-topic" in topics:
+                    break
             except BrokerError:
-                await trio.sleep(0.2)
-    assert "erin-topic" in topics
+                pass
+            await trio.sleep(0.2)
+    async with aio.AdminClient(auth_cluster.node(1).bootstrap, **ADMIN) as admin:
+        assert "other-topic" not in topics
+        await admin.create_topic("other-topic", 1, replication_factor=3)
+    async with aio.AdminClient(auth_cluster.node(3).bootstrap, **erin) as admin:
+        assert "other-topic" not in await admin.list_topics(), "no ACL: not even listed"
     async with aio.Producer(auth_cluster.node(2).bootstrap, **erin) as producer:
         await producer.send("erin-topic", b"replicated")
         await producer.flush()
