@@ -389,7 +389,9 @@ class ReplicaManager:
             transport=self._transport,
             raft_config=self._raft_config,
             config=self._driver_config,
-            rng=random.Random(self._rng.getrandbits(64)),
+            # One generator for every replica: each core only draws its election timeouts
+            # from it, and a Random per group cost 2.5 KB (2.5 MB per 1,000 replicas).
+            rng=self._rng,
             ticker=self._ticker,
             store_syncer=self._store_syncer,
             # A DeleteRecords entry raises the log start once committed (docs/storage.md).

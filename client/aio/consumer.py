@@ -3,7 +3,8 @@
 Rules:
 - Two positions per partition: `fetch_offset` (where the next fetch starts, ahead of the app) and
   `position` (the next offset `poll` returns). The fetcher keeps one fetch per broker in flight
-  while the application works through what is buffered, up to `max_buffered_records`.
+  while the application works through what is buffered, up to `max_buffered_records` and
+  `fetch_max_bytes` of fetched bytes not yet polled (so memory follows the fetch limits).
 - `seek*`, `assign` and `subscribe` bump the partition's `epoch`: buffered chunks and in-flight
   responses from an older epoch are dropped, and the in-flight long poll is cancelled so the new
   position takes effect at once.
@@ -773,7 +774,12 @@ class Consumer(AsyncClientBase):
     async def _fetch_round(self) -> bool:
         """Send one fetch per leader for the partitions that have room; False if none had."""
         with self.lock:
-            if self._buffered >= self.max_buffered_records:
+            # Bounded by records and by bytes: fetched bytes not yet polled (raw chunks) stop
+            # fetching at one full response's worth, so a consumer holds about fetch_max_bytes
+            # buffered plus one response per leader in flight, whatever the record size.
+            if self._buffered >= self.max_buffered_records or (
+                sum(len(chunk.raw) for chunk in self._buffer) >= self.fetch_max_bytes
+            ):
                 return False
             wanted = [
                 (tp, state.fetch_offset, state.epoch)
