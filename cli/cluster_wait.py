@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from typing import Unpack
 
 import trio
 
@@ -31,7 +32,9 @@ from client.errors import (
     ClientError,
     ConnectionLostError,
     RequestTimedOutError,
+    TlsHandshakeError,
 )
+from client.security import SecurityOptions
 from wire import codec
 from wire.error_codes import BrokerError
 
@@ -77,18 +80,19 @@ def electing_reason(status: codec.ClusterStatusResponse) -> str | None:
     return f"{count} partition(s) have no leader yet (e.g. {first.topic}-{first.partition})"
 
 
-def wait_for_cluster(bootstrap: str, timeout_s: float) -> None:
+def wait_for_cluster(bootstrap: str, timeout_s: float, **security: Unpack[SecurityOptions]) -> None:
     """Return once the cluster at `bootstrap` is ready (see the module docstring).
 
     Raises `ClusterNotReadyError` after `timeout_s` of retriable failures (no broker listening,
     no controller leader, a voter not registered); a malformed address raises `ConfigError` at
     once; a broker answering with a non-retriable error ends the wait (the command meets it).
     Partitions still electing leaders are waited for up to `ELECTION_WAIT_S`, then the command
-    runs anyway: it may not need them, and it reports what it meets if it does.
+    runs anyway: it may not need them, and it reports what it meets if it does. A failed TLS
+    handshake raises `TlsHandshakeError` at once: waiting does not fix a certificate.
     """
     addresses = format_addresses(parse_bootstrap(bootstrap))
     with _spinner(f"waiting for the cluster at {addresses}") as show:
-        reason = trio.run(_wait, bootstrap, timeout_s, show)
+        reason = trio.run(_wait, bootstrap, timeout_s, show, security)
     if reason is not None:
         raise ClusterNotReadyError(
             f"gave up after {timeout_s:g} s waiting for the cluster at {addresses}: {reason} "
@@ -96,14 +100,16 @@ def wait_for_cluster(bootstrap: str, timeout_s: float) -> None:
         )
 
 
-async def _wait(bootstrap: str, timeout_s: float, show: Callable[[str], None]) -> str | None:
+async def _wait(
+    bootstrap: str, timeout_s: float, show: Callable[[str], None], security: SecurityOptions
+) -> str | None:
     """None once ready, else the last reason the cluster was not, when `timeout_s` ran out."""
     reason = "no answer yet"
     backoff_s = FIRST_BACKOFF_S
     electing_until: float | None = None
     with trio.move_on_after(timeout_s):
         while True:
-            status, reason = await _probe(bootstrap)
+            status, reason = await _probe(bootstrap, security)
             if status is not None and reason is None:
                 reason = electing_reason(status)
                 if reason is not None:
@@ -121,14 +127,18 @@ async def _wait(bootstrap: str, timeout_s: float, show: Callable[[str], None]) -
     return None if electing_until is not None else reason
 
 
-async def _probe(bootstrap: str) -> tuple[codec.ClusterStatusResponse | None, str | None]:
+async def _probe(
+    bootstrap: str, security: SecurityOptions
+) -> tuple[codec.ClusterStatusResponse | None, str | None]:
     """Ask any broker for the cluster's status: the status (None if no broker gave one) and why
     the cluster is not ready (None if it is). A retriable failure is a reason to wait; an error
     waiting cannot fix (a broker that refuses the request) is left for the command to meet and
     report in its own terms."""
     try:
-        async with AdminClient(bootstrap) as admin:
+        async with AdminClient(bootstrap, **security) as admin:
             status = await admin.cluster_status()
+    except TlsHandshakeError:
+        raise
     except (BrokerUnavailableError, ConnectionLostError, RequestTimedOutError) as exc:
         return None, str(exc)
     except BrokerError as exc:

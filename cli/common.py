@@ -25,6 +25,7 @@ from cli.cluster_wait import WAIT_TIMEOUT_S_DEFAULT, wait_for_cluster
 from client import AdminClient
 from client._bootstrap import DEFAULT_BOOTSTRAP
 from client.errors import ClientError
+from client.security import SecurityOptions
 from wire.config_error import ConfigError
 from wire.error_codes import BrokerError
 
@@ -41,6 +42,8 @@ class _GlobalOptions:
     wait_timeout_s: float = WAIT_TIMEOUT_S_DEFAULT
     # Set once the cluster answered ready, so a command that connects twice waits once.
     cluster_ready: bool = False
+    # `--security-protocol`, `--ssl-cafile`, ...: given to every client a command opens.
+    security: SecurityOptions = dataclasses.field(default_factory=lambda: SecurityOptions())
 
 
 _state = _GlobalOptions()
@@ -49,11 +52,19 @@ _state = _GlobalOptions()
 JsonFlag = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
-def set_global_options(*, bootstrap: str, wait_timeout_s: float) -> None:
-    """Remember the broker address(es) the command about to run connects to, and how long it
-    waits for them to be ready."""
+def set_global_options(
+    *, bootstrap: str, wait_timeout_s: float, security: SecurityOptions | None = None
+) -> None:
+    """Remember the broker address(es) the command about to run connects to, how long it
+    waits for them to be ready, and the transport security options of its clients."""
     _state.bootstrap, _state.wait_timeout_s = bootstrap, wait_timeout_s
+    _state.security = security or SecurityOptions()
     _state.cluster_ready = False
+
+
+def client_options() -> SecurityOptions:
+    """The security options every client a command opens takes (`**client_options()`)."""
+    return SecurityOptions(**_state.security)
 
 
 def bootstrap() -> str:
@@ -66,7 +77,7 @@ def bootstrap() -> str:
     and no other (`--help`, a usage error)."""
     if not _state.cluster_ready and _state.wait_timeout_s > 0:
         with errors():
-            wait_for_cluster(_state.bootstrap, _state.wait_timeout_s)
+            wait_for_cluster(_state.bootstrap, _state.wait_timeout_s, **_state.security)
         _state.cluster_ready = True
     return _state.bootstrap
 
@@ -93,7 +104,7 @@ def errors() -> Iterator[None]:
 @contextlib.contextmanager
 def open_admin() -> Iterator[AdminClient]:
     """An admin client on the `--bootstrap` brokers, its failures handled by `errors()`."""
-    with errors(), AdminClient(bootstrap()) as admin:
+    with errors(), AdminClient(bootstrap(), **client_options()) as admin:
         yield admin
 
 

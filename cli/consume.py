@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import bootstrap, errors, fail, open_admin, progress
+from cli.common import bootstrap, client_options, errors, fail, open_admin, progress
 from cli.records import (
     CONSUME_POLL_MS,
     PLACEHOLDER_HELP,
@@ -341,7 +341,10 @@ def _open_reader(
     # application's offsets.
     reset = EARLIEST if start == EARLIEST else LATEST
     with Consumer(
-        bootstrap(), auto_offset_reset=reset, isolation_level=isolation_level.value
+        bootstrap(),
+        auto_offset_reset=reset,
+        isolation_level=isolation_level.value,
+        **client_options(),
     ) as consumer:
         if partitions is None and from_timestamp is None:
             consumer.subscribe([topic])
@@ -389,6 +392,7 @@ def _open_group_reader(
         enable_auto_commit=False,
         auto_offset_reset=EARLIEST if from_beginning else LATEST,
         isolation_level=isolation_level.value,
+        **client_options(),
     ) as consumer:
         consumer.subscribe([topic])
         yield Reader(

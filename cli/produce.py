@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import bootstrap, errors, fail, progress
+from cli.common import bootstrap, client_options, errors, fail, progress
 from cli.records import InputRecord, parse_header, parse_json_record
 from client import Producer
 from client.types import RecordMetadata
@@ -88,7 +88,7 @@ def produce(
         if input_format is InputFormat.json
         else _value_records(lines, key_separator)
     )
-    with errors(), Producer(bootstrap(), acks=acks) as producer:
+    with errors(), Producer(bootstrap(), acks=acks, **client_options()) as producer:
         with progress("produced") as advance:
             try:
                 for record in records:

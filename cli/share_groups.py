@@ -25,7 +25,7 @@ from broker.share_groups.share_config import (
     LOCK_DURATION,
     RELEASE_DELAY_MAX,
 )
-from cli.common import JsonFlag, bootstrap, headed_console, open_admin
+from cli.common import JsonFlag, bootstrap, client_options, headed_console, open_admin
 from cli.records import CONSUME_POLL_MS, FormatKind, Reader, RecordFormat
 from client import AdminClient, ShareConsumer
 from client.types import ShareGroupDescription, ShareRecord
@@ -223,7 +223,7 @@ def open_share_reader(topic: str, share_group: str) -> Iterator[Reader]:
     # close, the records of a poll that Ctrl-C interrupted before they were printed. Records
     # left unacknowledged are released when the consumer leaves the group.
     with ShareConsumer(
-        bootstrap(), group_id=share_group, acknowledgement_mode="explicit"
+        bootstrap(), group_id=share_group, acknowledgement_mode="explicit", **client_options()
     ) as consumer:
         consumer.subscribe([topic])
 

@@ -49,7 +49,7 @@ import errno
 import os
 import socket
 from collections.abc import AsyncIterator, Collection, Sequence
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import trio
 
@@ -66,6 +66,7 @@ from client.embedded import (
 )
 from client.errors import ClientError
 from client.fault_proxy import FaultProxy
+from client.security import SecurityOptions
 from wire.error_codes import BrokerError
 
 HOST = "127.0.0.1"
@@ -84,14 +85,14 @@ class EmbeddedClusterError(EmbeddedBrokerError):
     """The cluster did not start or become ready; the message holds the nodes' log tails."""
 
 
-async def cluster_members(address: str) -> set[int]:
+async def cluster_members(address: str, **security: Unpack[SecurityOptions]) -> set[int]:
     """The node ids the broker at `address` lists as ACTIVE members: the readiness probe.
 
     The one place that says what "ready" means: `AdminClient.cluster_status()` of that broker
     (its own applied metadata) shows the broker registered and unfenced. A single-node broker
     reports itself.
     """
-    async with aio.AdminClient(address, request_timeout_ms=PROBE_TIMEOUT_MS) as admin:
+    async with aio.AdminClient(address, request_timeout_ms=PROBE_TIMEOUT_MS, **security) as admin:
         status = await admin.cluster_status()
     return {broker.node_id for broker in status.brokers if broker.state == ACTIVE}
 
@@ -115,6 +116,8 @@ class EmbeddedCluster(StartedByWith):
         proxies: put a `FaultProxy` on every broker-to-broker link (`isolate`, `partition`).
         extra_args, env, startup_timeout_s, stop_timeout_s: as `EmbeddedBroker`, for every node.
         ready_timeout_s: how long `start()` and `wait_ready()` wait for the membership.
+        client_options: security options (`security_protocol`, `ssl_cafile`, ...) of the
+            readiness probe, for brokers whose listener is TLS (`--tls-cert` in `extra_args`).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class EmbeddedCluster(StartedByWith):
         startup_timeout_s: float = STARTUP_TIMEOUT_S_DEFAULT,
         stop_timeout_s: float = STOP_TIMEOUT_S_DEFAULT,
         ready_timeout_s: float = READY_TIMEOUT_S_DEFAULT,
+        client_options: SecurityOptions | None = None,
     ) -> None:
         if n < 1:
             raise ValueError(f"a cluster needs at least one broker, not {n}")
@@ -141,6 +145,7 @@ class EmbeddedCluster(StartedByWith):
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.ready_timeout_s = ready_timeout_s
+        self.client_options = client_options or SecurityOptions()
         self._nodes: dict[int, EmbeddedBroker] = {}
         self._links: dict[tuple[int, int], FaultProxy] = {}
 
@@ -342,7 +347,7 @@ class EmbeddedCluster(StartedByWith):
         expected = {node.node_id for node in running}
         for node in running:
             try:
-                members = await cluster_members(node.bootstrap)
+                members = await cluster_members(node.bootstrap, **self.client_options)
             except (BrokerError, ClientError):
                 return False
             if not expected <= members:

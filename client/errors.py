@@ -19,6 +19,7 @@ from wire.errors import (
     ConnectionLostError,
     RemoteProtocolError,
     RequestTimedOutError,
+    TlsHandshakeError,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ProducerFencedError",
     "RemoteProtocolError",
     "RequestTimedOutError",
+    "TlsHandshakeError",
     "TopicAlreadyExistsError",
     "TransactionAbortedError",
 ]

@@ -16,6 +16,7 @@ gives for the leader. Rules:
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,8 +43,11 @@ class PeerClients:
         peers: Mapping[int, tuple[str, int]],
         *,
         request_timeout_ms: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context`: reach peers over TLS (their inter-broker listener is TLS)."""
         self._nursery = nursery
+        self._ssl_context = ssl_context
         self._node_id = node_id
         self._peers = dict(peers)
         self._timeout_s = request_timeout_ms / 1000
@@ -85,7 +89,11 @@ class PeerClients:
             header, _ = codec.encode_request(handshake, correlation_id=0)
             try:
                 connection = await open_broker_connection(
-                    self._nursery, address, header, connect_timeout_s=self._timeout_s
+                    self._nursery,
+                    address,
+                    header,
+                    connect_timeout_s=self._timeout_s,
+                    ssl_context=self._ssl_context,
                 )
             except ClientError as exc:
                 raise BrokerError(
@@ -127,6 +135,7 @@ async def discover_cluster(
     bootstrap: Sequence[tuple[str, int]],
     *,
     timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> codec.ClusterStatusResponse:
     """`--bootstrap`: ask each address in turn for its ClusterStatus until one names a
     controller leader; the answer lists every broker's address. Raises BrokerError
@@ -138,7 +147,7 @@ async def discover_cluster(
         where = f"{address[0]}:{address[1]}"
         try:
             connection = await open_broker_connection(
-                nursery, address, header, connect_timeout_s=timeout_s
+                nursery, address, header, connect_timeout_s=timeout_s, ssl_context=ssl_context
             )
         except ClientError as exc:
             failures.append(f"{where}: {exc}")

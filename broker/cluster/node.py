@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -49,7 +50,7 @@ from broker.log.manager import LogManager
 from broker.raft import wire
 from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriverConfig, RaftTicker
-from broker.raft.transport import RaftTransport, RaftTransportConfig
+from broker.raft.transport import RaftTransport, RaftTransportConfig, tls_connector
 from wire.error_codes import BrokerError, ErrorCode
 
 from .controller_client import PeerClients, PeerRouter, discover_cluster
@@ -202,6 +203,7 @@ class ClusterNode:
         seed: int | None = None,
         controller_voters: Sequence[int] = (),
         bootstrap: Sequence[tuple[str, int]] = (),
+        peer_tls: ssl.SSLContext | None = None,
     ) -> None:
         """`peers`: the brokers that start the cluster and where their peer listeners are (this
         node may be among them). `controller_voters`: the metadata group's voters among them
@@ -211,7 +213,8 @@ class ClusterNode:
         `serve_peers=False`: the broker's client listener hands peer connections to
         `transport.serve_inbound` (one port for both), so the node opens no listener.
         `router`: how commands reach the controller leader (default: `PeerRouter`, over the
-        client protocol). `seed`: deterministic Raft timers."""
+        client protocol). `seed`: deterministic Raft timers. `peer_tls`: reach peers over TLS
+        with this client context (a TLS inter-broker listener, docs/security.md)."""
         self.config = config or ClusterNodeConfig()
         self.config.validate()
         assert node_id > 0, node_id
@@ -233,6 +236,7 @@ class ClusterNode:
         self._listeners = listeners
         self._serve_peers = serve_peers
         self._seed = seed
+        self._peer_tls = peer_tls
         self.starts = 0
         self.running = False
         self.broker_epoch: int | None = None
@@ -290,6 +294,7 @@ class ClusterNode:
             cluster_id=config.cluster_id,
             peers=self.peers,
             config=config.transport,
+            **({} if self._peer_tls is None else {"connector": tls_connector(self._peer_tls)}),
         )
         self._replicas = ReplicaManager(
             node_id=self.node_id,
@@ -379,7 +384,11 @@ class ClusterNode:
             try:
                 async with trio.open_nursery() as nursery:
                     status = await discover_cluster(
-                        nursery, self.node_id, self.bootstrap, timeout_s=timeout_s
+                        nursery,
+                        self.node_id,
+                        self.bootstrap,
+                        timeout_s=timeout_s,
+                        ssl_context=self._peer_tls,
                     )
                 break
             except BrokerError as exc:
@@ -426,6 +435,7 @@ class ClusterNode:
             self.node_id,
             self.peers,
             request_timeout_ms=self.config.controller.command_timeout_ms,
+            ssl_context=self._peer_tls,
         )
         await nursery.start(self.transport.run)
         await nursery.start(self.ticker.run)

@@ -32,6 +32,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import ssl
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Protocol
 
@@ -41,6 +42,8 @@ from broker.config import MIB, ConfigBase, ConfigError, check_range
 from broker.raft import wire
 from broker.raft.liveness import PeerLiveness
 from broker.raft.messages import Heartbeat, HeartbeatResponse, InstallSnapshot, Message
+from wire.connection import open_stream
+from wire.errors import ClientError
 from wire.framing import (
     MAX_FRAME_BYTES_DEFAULT,
     NEED_DATA,
@@ -151,6 +154,20 @@ Connector = Callable[[int, str, int], Awaitable[trio.abc.Stream]]
 
 async def _connect_tcp(node_id: int, host: str, port: int) -> trio.abc.Stream:
     return await trio.open_tcp_stream(host, port)
+
+
+def tls_connector(context: ssl.SSLContext) -> Connector:
+    """Peer links over TLS (a TLS inter-broker listener): the peer's certificate is verified
+    with `context`, which presents this broker's own (peers may require mTLS). A failed
+    handshake is an OSError to the link, which backs off and retries like any failed connect."""
+
+    async def connect(node_id: int, host: str, port: int) -> trio.abc.Stream:
+        try:
+            return await open_stream(host, port, context)
+        except ClientError as exc:
+            raise OSError(f"peer {node_id} at {host}:{port}: {exc}") from None
+
+    return connect
 
 
 # The queue item that tells a link's writer its pending heartbeats are due.

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import Self, Unpack
 
 import trio
 
 from client._bootstrap import choose_bootstrap
 from client.aio.cluster import CLIENT_ID_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT, Cluster
 from client.errors import ClientClosedError
+from client.security import SecurityOptions, ssl_context_of
 
 
 class AsyncClientBase:
@@ -26,9 +27,12 @@ class AsyncClientBase:
         client_id: str = CLIENT_ID_DEFAULT,
         request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
         bootstrap_servers: str | Sequence[str] | None = None,
+        **security: Unpack[SecurityOptions],
     ) -> None:
-        """`bootstrap_servers` is kafka-python's name for `bootstrap` (give one of them)."""
+        """`bootstrap_servers` is kafka-python's name for `bootstrap` (give one of them).
+        `security`: `security_protocol`, `ssl_cafile`, ... (client/security.py)."""
         self._bootstrap = choose_bootstrap(bootstrap, bootstrap_servers)
+        self._ssl_context = ssl_context_of(security)
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
         self._stack: contextlib.AsyncExitStack | None = None
@@ -69,6 +73,7 @@ class AsyncClientBase:
                 self._bootstrap,
                 client_id=self._client_id,
                 request_timeout_ms=self._request_timeout_ms,
+                ssl_context=self._ssl_context,
             )
             # Connect now so that a wrong address fails here, with the "is 'broker serve'
             # running?" hint, rather than at the first send.

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import trio
 
@@ -59,6 +59,7 @@ from client.aio.metadata_refresh import (
     subscribed_partition_counts,
 )
 from client.errors import ClientClosedError, ClientError
+from client.security import SecurityOptions
 from client.serialization import Deserializer, deserialize_records
 from client.types import ConsumerGroupMetadata, ConsumerRecord, OffsetAndMetadata, TopicPartition
 from wire import codec
@@ -139,6 +140,7 @@ class Consumer(AsyncClientBase):
         key_deserializer: Deserializer | None = None,
         value_deserializer: Deserializer | None = None,
         bootstrap_servers: str | Sequence[str] | None = None,
+        **security: Unpack[SecurityOptions],
     ) -> None:
         """`isolation_level="read_committed"` returns only committed transactional records and
         stops at the last stable offset (an open transaction holds later records back).
@@ -152,6 +154,7 @@ class Consumer(AsyncClientBase):
             client_id=client_id,
             request_timeout_ms=request_timeout_ms,
             bootstrap_servers=bootstrap_servers,
+            **security,
         )
         if auto_offset_reset not in _RESETS:
             raise ConfigError("auto_offset_reset", f"expected one of {_RESETS}")

@@ -44,7 +44,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import trio
 
@@ -77,6 +77,7 @@ from client.errors import (
     ProducerFencedError,
 )
 from client.partitioner import partition_for_key
+from client.security import SecurityOptions
 from client.serialization import Serializer, serialize
 from client.types import ConsumerGroupMetadata, RecordMetadata, TopicPartition
 from wire import codec
@@ -187,6 +188,7 @@ class Producer(AsyncClientBase):
         key_serializer: Serializer | None = None,
         value_serializer: Serializer | None = None,
         bootstrap_servers: str | Sequence[str] | None = None,
+        **security: Unpack[SecurityOptions],
     ) -> None:
         """`thread_safe=True` lets threads other than the trio loop's call `send_nowait` (the
         blocking facade does); without it the accumulator skips its lock.
@@ -201,6 +203,7 @@ class Producer(AsyncClientBase):
             client_id=client_id,
             request_timeout_ms=request_timeout_ms,
             bootstrap_servers=bootstrap_servers,
+            **security,
         )
         self._serializers = (
             (key_serializer, value_serializer)

@@ -36,7 +36,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Unpack
 
 import trio
 
@@ -56,6 +56,7 @@ from client.aio.consumer import (
 )
 from client.aio.coordinator_calls import CoordinatorCalls
 from client.errors import ClientError
+from client.security import SecurityOptions
 from client.types import ShareRecord, TopicPartition
 from wire import codec
 from wire.config_error import ConfigError
@@ -340,8 +341,11 @@ class ShareConsumer(AsyncClientBase):
         request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
         client_id: str = CLIENT_ID_DEFAULT,
         on_acknowledged: AcknowledgementCallback | None = None,
+        **security: Unpack[SecurityOptions],
     ) -> None:
-        super().__init__(bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
+        super().__init__(
+            bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms, **security
+        )
         if not group_id:
             raise ConfigError("group_id", "must not be empty")
         if max_poll_records < 1:

@@ -1,0 +1,1 @@
+"""Security of the broker's transport and clients: listeners, TLS, principals."""
