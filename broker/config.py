@@ -13,6 +13,13 @@ import enum
 from collections.abc import Mapping
 from typing import Any, Final, Self
 
+from broker.security.listeners import (
+    DEFAULT_LISTENER_NAME,
+    ListenerProtocol,
+    ListenerSpec,
+    parse_listeners,
+)
+from broker.security.tls import check_settings
 from wire.config_error import ConfigError
 
 
@@ -244,12 +251,6 @@ def parse_bootstrap(key: str, value: str) -> list[tuple[str, int]]:
 AUTH_NONE: Final = "none"
 AUTH_SCRAM: Final = "scram"
 AUTH_MODES: Final = (AUTH_NONE, AUTH_SCRAM)
-# Kafka's dotted names of BrokerConfig's security keys (docs/security.md).
-_SECURITY_KEYS: Final[dict[str, str]] = {
-    "super.users": "super_users",
-    "allow.everyone.if.no.acl.found": "allow_everyone_if_no_acl_found",
-    "authorizer.enabled": "authorizer_enabled",
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -283,6 +284,39 @@ class BrokerConfig(ConfigBase):
     max_inflight_requests_per_connection: int = 64
     # Open client connections; further connections are closed at once with a log line.
     max_connections: int = 4096
+    # --- limits against hostile clients (docs/security.md, "Limits against hostile clients").
+    # Open connections from one IP address (max.connections.per.ip); more are closed at once.
+    max_connections_per_ip: int = 1000
+    # A connection with no request in progress or in flight for this long is closed
+    # (connections.max.idle.ms).
+    connections_max_idle_ms: int = 600_000
+    # A request whose first bytes have arrived must arrive whole within this: a client sending
+    # 1 byte/s is closed (request.arrival.timeout.ms).
+    request_arrival_timeout_ms: int = 30_000
+    # Bytes of requests read and not yet answered, all connections together
+    # (queued.max.request.bytes): reading stops while it is used up. At least max_frame_bytes.
+    queued_max_request_bytes: int = 128 * MIB
+    # After accepting a connection: the TLS handshake and the first frame (the protocol's
+    # handshake) must be done within this (handshake.timeout.ms).
+    handshake_timeout_ms: int = 10_000
+    # Replies ready for a client must be written within this: a client that stops reading
+    # cannot make the broker hold its replies (response.write.timeout.ms).
+    response_write_timeout_ms: int = 60_000
+    # --- TLS and listeners (docs/security.md, "TLS").
+    # Named listeners `NAME=tls://HOST:PORT,NAME=plaintext://HOST:PORT` (Kafka's listeners);
+    # empty: one listener on `listen`, TLS when tls_cert_file is set. The first one is the
+    # address advertised to clients unless inter_broker_listener names another.
+    listeners: str = ""
+    # The listener other brokers reach this one on (its address is what --peers gives for this
+    # broker); a tls:// one makes broker-to-broker traffic TLS. Empty: the first listener.
+    inter_broker_listener: str = ""
+    # PEM certificate (chain) and private key of the TLS listeners.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # PEM CA certificates that client certificates (and peers' certificates) must chain to.
+    tls_ca_file: str = ""
+    # Client certificates: required (mTLS), requested (verified if given) or none.
+    tls_client_auth: str = "none"
     # Bytes asked of the socket per read.
     receive_buffer_bytes: int = 256 * KIB
     # Replies ready together are written in one call, up to this many bytes at a time.
@@ -423,7 +457,7 @@ class BrokerConfig(ConfigBase):
         log_values: dict[str, Any] = {}
         changes: dict[str, Any] = {}
         for key, value in values.items():
-            name = _SECURITY_KEYS.get(key, key.replace("-", "_"))
+            name = BROKER_ALIASES.get(key, key.replace("-", "_"))
             if name == "log":
                 if not isinstance(value, Mapping):
                     raise ConfigError(key, f"expected a table of log settings, got {value!r}")
@@ -471,6 +505,8 @@ class BrokerConfig(ConfigBase):
             "max_inflight_requests_per_connection", self.max_inflight_requests_per_connection, 1
         )
         check_range("max_connections", self.max_connections, 1)
+        self._validate_limits()
+        self._validate_listeners()
         check_range("receive_buffer_bytes", self.receive_buffer_bytes, 1 * KIB, 64 * MIB)
         check_range("send_buffer_bytes", self.send_buffer_bytes, 1 * KIB, 64 * MIB)
         check_range("retention_check_interval_ms", self.retention_check_interval_ms, 10)
@@ -559,6 +595,31 @@ class BrokerConfig(ConfigBase):
         check_range("quota_throttle_ms_max", self.quota_throttle_ms_max, 0, 3_600_000)
         check_range("quota_bucket_count_max", self.quota_bucket_count_max, 1, 10_000_000)
 
+    def _validate_limits(self) -> None:
+        check_range("max_connections_per_ip", self.max_connections_per_ip, 1)
+        check_range("connections_max_idle_ms", self.connections_max_idle_ms, 1)
+        check_range("request_arrival_timeout_ms", self.request_arrival_timeout_ms, 1)
+        check_range("handshake_timeout_ms", self.handshake_timeout_ms, 1)
+        check_range("response_write_timeout_ms", self.response_write_timeout_ms, 1)
+        check_range("queued_max_request_bytes", self.queued_max_request_bytes, self.max_frame_bytes)
+
+    def _validate_listeners(self) -> None:
+        listeners = parse_listeners("listeners", self.listeners)
+        names = [listener.name for listener in listeners]
+        if self.inter_broker_listener and self.inter_broker_listener not in names:
+            raise ConfigError(
+                "inter_broker_listener",
+                f"names no listener: {self.inter_broker_listener!r} is not one of {names or '[]'}"
+                " (define it with --listener NAME=tls://HOST:PORT)",
+            )
+        check_settings(
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            ca_file=self.tls_ca_file,
+            client_auth=self.tls_client_auth,
+            tls_needed=any(listener.is_tls for listener in listeners),
+        )
+
     def _validate_cluster(self) -> None:
         peers = parse_peers("peers", self.peers)
         bootstrap = parse_bootstrap("bootstrap", self.bootstrap)
@@ -620,6 +681,22 @@ class BrokerConfig(ConfigBase):
         )
 
     @property
+    def listener_specs(self) -> list[ListenerSpec]:
+        """The listeners to open: `listeners`, or one on `listen` (TLS with a certificate)."""
+        listeners = parse_listeners("listeners", self.listeners)
+        if listeners:
+            return listeners
+        host, port = parse_host_port("listen", self.listen)
+        protocol = ListenerProtocol.TLS if self.tls_cert_file else ListenerProtocol.PLAINTEXT
+        return [ListenerSpec(DEFAULT_LISTENER_NAME, protocol, host, port)]
+
+    @property
+    def inter_broker_listener_spec(self) -> ListenerSpec:
+        """The listener peers reach this broker on (`inter_broker_listener`, else the first)."""
+        specs = self.listener_specs
+        return next((spec for spec in specs if spec.name == self.inter_broker_listener), specs[0])
+
+    @property
     def peer_addresses(self) -> dict[int, tuple[str, int]]:
         return parse_peers("peers", self.peers)
 
@@ -649,6 +726,22 @@ class BrokerConfig(ConfigBase):
                 "it or raise max_frame_bytes",
             )
 
+
+# Kafka's names of broker keys, accepted by `from_mapping` (`--set max.connections.per.ip=10`).
+BROKER_ALIASES = {
+    "max.connections": "max_connections",
+    "max.connections.per.ip": "max_connections_per_ip",
+    "connections.max.idle.ms": "connections_max_idle_ms",
+    "request.arrival.timeout.ms": "request_arrival_timeout_ms",
+    "queued.max.request.bytes": "queued_max_request_bytes",
+    "handshake.timeout.ms": "handshake_timeout_ms",
+    "response.write.timeout.ms": "response_write_timeout_ms",
+    "inter.broker.listener.name": "inter_broker_listener",
+    "ssl.client.auth": "tls_client_auth",
+    "super.users": "super_users",
+    "allow.everyone.if.no.acl.found": "allow_everyone_if_no_acl_found",
+    "authorizer.enabled": "authorizer_enabled",
+}
 
 # Room left in a frame for its msgpack header when it carries a batch of max_batch_bytes.
 FRAME_HEADROOM_BYTES = 64 * KIB

@@ -384,6 +384,25 @@ class BrokerMetrics:
             ["reason"],
             registry=registry,
         )
+        # Limits against hostile clients (docs/security.md): by the limit that acted.
+        self.connections_refused = Counter(
+            "broker_connections_refused",
+            "Connections closed at once on accept, by reason (max_connections, "
+            "max_connections_per_ip, stopping)",
+            ["reason"],
+            registry=registry,
+        )
+        self.connections_closed = Counter(
+            "broker_connections_closed_by_limit",
+            "Connections the broker closed, by the limit or failure that closed them",
+            ["reason"],
+            registry=registry,
+        )
+        self.request_memory_bytes = Gauge(
+            "broker_request_memory_bytes",
+            "Bytes of requests read and not yet answered (bounded by queued_max_request_bytes)",
+            registry=registry,
+        )
         self.fsync_latency = Histogram(
             "broker_log_fsync_duration_seconds",
             "Time the broker waited for one fsync of a partition log (group commit: one fsync "

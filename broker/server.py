@@ -20,6 +20,15 @@ Bad input never hurts the broker: a framing error (garbage, oversized, truncated
 closes that connection with a logged reason; a wrong body shape or unsupported API gets an
 INVALID_REQUEST / UNSUPPORTED_VERSION error response; a bad batch gets CORRUPT_MESSAGE for its
 partition. An unexpected exception in a handler is logged and answered with UNKNOWN_SERVER_ERROR.
+A response too large for a frame is answered with MESSAGE_TOO_LARGE instead.
+
+Listeners and limits (docs/security.md): one trio listener per configured listener (plaintext or
+TLS, `broker/security/`); a TLS connection's handshake must finish, and every connection's first
+frame arrive, within `handshake_timeout_ms`. Connections beyond `max_connections` or
+`max_connections_per_ip` are closed at once; a connection idle for `connections_max_idle_ms` or
+whose started request does not arrive whole within `request_arrival_timeout_ms` is closed; a
+request's bytes are reserved from the broker-wide `queued_max_request_bytes` budget before they
+are read (`broker/connection_limits.py`).
 """
 
 from __future__ import annotations
@@ -27,10 +36,12 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import logging
+import math
 import os
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +57,12 @@ from broker.auth.users import keep_super_user
 from broker.cluster.node import ClusterNode, node_config_of
 from broker.cluster.serving import ClusterTopics, run_internal_service, track_replicas
 from broker.config import BrokerConfig, parse_host_port
+from broker.connection_limits import (
+    ConnectionClosure,
+    ConnectionLimits,
+    ConnectionRefusal,
+    RequestMemoryBudget,
+)
 from broker.consumer_groups.service import (
     OFFSETS_TOPIC_CONFIGS,
     GroupService,
@@ -68,9 +85,11 @@ from broker.observability.scrape import TrioScrape
 from broker.raft import wire
 from broker.security.acl import AuthorizerConfig
 from broker.security.gate import BrokerSecurity, ConnectionSecurity
+from broker.security.listeners import ListenerSpec, TransportIdentity
 from broker.security.quota import QuotaLimits
 from broker.security.state import SecurityState
 from broker.security.store import SecurityStore
+from broker.security.tls import BrokerTls, certificate_subject
 from broker.share_groups.service import (
     SHARE_STATE_TOPIC_CONFIGS,
     ShareGroupService,
@@ -95,15 +114,35 @@ from wire.framing import (
     Frame,
     FrameConnection,
     LocalProtocolError,
+    OversizedFrameError,
     RemoteProtocolError,
     Role,
 )
+from wire.tls import handshake_failure
 
 logger = logging.getLogger(__name__)
 
 METADATA_DIRECTORY = "meta.lmdb"
 # Held (flock) while a broker uses the data directory.
 LOCK_FILE = ".lock"
+# Bytes a connection reads before it knows the size of the next request, without reserving them
+# from the request memory budget: enough for many small pipelined requests per read, and bounded
+# per connection (a frame larger than this is reserved whole before the rest of it is read).
+UNRESERVED_READ_BYTES = 16 * 1024
+# How long closing a TLS connection may wait to send its close_notify to a peer that does not read.
+CLOSE_TIMEOUT_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OpenListener:
+    """A configured listener and its bound sockets."""
+
+    spec: ListenerSpec
+    sockets: list[trio.SocketListener]
+
+    @property
+    def bound(self) -> tuple[str, int]:
+        return self.spec.host, int(self.sockets[0].socket.getsockname()[1])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,11 +151,17 @@ class BrokerAddresses:
 
     listen: tuple[str, int]
     metrics: tuple[str, int] | None
+    # Every listener by name, when `listeners` names them (empty: only `listen`).
+    listeners: tuple[tuple[str, tuple[str, int]], ...] = ()
 
     def ready_line(self, node_id: int) -> str:
         """The readiness line `broker serve` prints (format: docs/protocol.md)."""
         metrics = f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else "-"
-        return f"READY listen={self.listen[0]}:{self.listen[1]} metrics={metrics} node_id={node_id}"
+        named = "".join(f" listener.{name}={host}:{port}" for name, (host, port) in self.listeners)
+        return (
+            f"READY listen={self.listen[0]}:{self.listen[1]} metrics={metrics} "
+            f"node_id={node_id}{named}"
+        )
 
 
 class StartupError(Exception):
@@ -161,9 +206,22 @@ class Broker:
         # `--auth scram`: the first super-user's password (docs/security.md); never logged.
         self._admin_password = admin_password
         self.auth: Authentication | None = None
+        # Reads the certificate files: ConfigError now, before anything starts, if they are bad.
+        self.tls = BrokerTls.from_config(
+            cert_file=config.tls_cert_file,
+            key_file=config.tls_key_file,
+            ca_file=config.tls_ca_file,
+            client_auth=config.tls_client_auth,
+        )
+        self.connection_limits = ConnectionLimits(
+            max_connections=config.max_connections,
+            max_connections_per_ip=config.max_connections_per_ip,
+        )
+        self.request_memory = RequestMemoryBudget(config.queued_max_request_bytes)
         # `broker serve --recover-topics`: re-register stray logs as topics (docs/storage.md).
         self.recover_topics = recover_topics
         self.metrics = BrokerMetrics()
+        self.metrics.request_memory_bytes.set_function(lambda: self.request_memory.used_bytes)
         self._stop_requested = trio.Event()
         # Set when run() has returned, whatever the reason.
         self.stopped = trio.Event()
@@ -235,7 +293,7 @@ class Broker:
         logs: LogManager,
         task_status: trio.TaskStatus[Any],
         store: KvStore | None = None,
-        listeners: list[trio.SocketListener] | None = None,
+        listeners: list[OpenListener] | None = None,
     ) -> None:
         flusher = LogFlusher(logs.logs, on_fsync=self.metrics.fsync_done)
         context = BrokerContext(self.config, topics, flusher, self.metrics)
@@ -285,12 +343,13 @@ class Broker:
         and peers (Raft links are handed to the node's transport)."""
         config = self.config
         listeners = await self._open_listeners()
-        bound = listeners[0].socket.getsockname()
-        host = parse_host_port("listen", config.listen)[0]
+        # Peers and clients reach this broker on its inter-broker listener (docs/security.md).
+        inter_broker = config.inter_broker_listener_spec
+        bound = next(item.bound for item in listeners if item.spec == inter_broker)
         advertised = (
             parse_host_port("advertised_listen", config.advertised_listen)
             if config.advertised_listen
-            else (host, int(bound[1]))
+            else bound
         )
         node = ClusterNode(
             config.node_id,
@@ -302,6 +361,7 @@ class Broker:
             controller_voters=config.controller_voter_ids,
             bootstrap=config.bootstrap_addresses,
             peer_login=peer_login_of(config, self._admin_password),
+            peer_tls=self.tls.peer_client if self.tls and inter_broker.is_tls else None,
         )
         context = BrokerContext(config, ClusterTopics(node, config.log), None, self.metrics)
         context.cluster = node
@@ -456,26 +516,46 @@ class Broker:
                 cannot_listen(role, self.config.metrics_listen, option, exc)
             ) from None
 
-    async def _open_listeners(self) -> list[trio.SocketListener]:
-        host, port = parse_host_port("listen", self.config.listen)
+    async def _open_listeners(self) -> list[OpenListener]:
+        opened: list[OpenListener] = []
+        inter_broker = self.config.inter_broker_listener_spec
         try:
-            return await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            # In a cluster the one port serves clients and the other brokers' Raft links.
-            role = "clients and peers" if self.config.is_cluster else "clients"
-            raise StartupError(cannot_listen(role, self.config.listen, "--listen", exc)) from None
+            for spec in self.config.listener_specs:
+                try:
+                    sockets = await trio.open_tcp_listeners(spec.port, host=spec.host)
+                except OSError as exc:
+                    # In a cluster the inter-broker port serves the other brokers' Raft links too.
+                    serves_peers = self.config.is_cluster and spec == inter_broker
+                    role = "clients and peers" if serves_peers else "clients"
+                    address, option = f"{spec.host}:{spec.port}", "--listen"
+                    if self.config.listeners:
+                        address, option = spec.describe(), "--listener"
+                    raise StartupError(cannot_listen(role, address, option, exc)) from None
+                opened.append(OpenListener(spec, sockets))
+        except BaseException:
+            for item in opened:
+                for listener in item.sockets:
+                    await trio.aclose_forcefully(listener)
+            raise
+        return opened
 
     async def _listen(
         self,
         context: BrokerContext,
         metrics_address: tuple[str, int] | None,
         task_status: trio.TaskStatus[Any],
-        listeners: list[trio.SocketListener] | None = None,
+        listeners: list[OpenListener] | None = None,
     ) -> None:
-        host = parse_host_port("listen", self.config.listen)[0]
         listeners = listeners or await self._open_listeners()
-        bound = listeners[0].socket.getsockname()
-        self.addresses = BrokerAddresses((host, int(bound[1])), metrics_address)
+        inter_broker = self.config.inter_broker_listener_spec
+        primary = next(item for item in listeners if item.spec == inter_broker)
+        self.addresses = BrokerAddresses(
+            primary.bound,
+            metrics_address,
+            tuple((item.spec.name, item.bound) for item in listeners)
+            if self.config.listeners
+            else (),
+        )
         if self.config.advertised_listen:
             context.advertised = parse_host_port("advertised_listen", self.config.advertised_listen)
         else:
@@ -484,9 +564,9 @@ class Broker:
             accepting = trio.CancelScope()
             connections.start_soon(self._accept, listeners, connections, accepting)
             logger.info(
-                "broker %d listening on %s:%d, data in %s, metrics on %s",
+                "broker %d listening on %s, data in %s, metrics on %s",
                 self.config.node_id,
-                *self.addresses.listen,
+                _describe_listeners(listeners, named=bool(self.config.listeners)),
                 Path(self.config.data_dir).resolve(),
                 f"http://{metrics_address[0]}:{metrics_address[1]}/metrics"
                 if metrics_address
@@ -518,32 +598,100 @@ class Broker:
             )
 
     async def _accept(
-        self, listeners: list[trio.SocketListener], nursery: trio.Nursery, scope: trio.CancelScope
+        self, listeners: list[OpenListener], nursery: trio.Nursery, scope: trio.CancelScope
     ) -> None:
         with scope:
-            await trio.serve_listeners(self._handle_stream, listeners, handler_nursery=nursery)
+            async with trio.open_nursery() as accepting:
+                for item in listeners:
+                    accepting.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            partial(self._handle_stream, item.spec),
+                            item.sockets,
+                            handler_nursery=nursery,
+                        )
+                    )
 
-    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+    async def _handle_stream(self, spec: ListenerSpec, stream: trio.SocketStream) -> None:
         assert self.context is not None
-        if len(self._connections) >= self.config.max_connections or self.context.stopping:
+        peer = _peer_name(stream)
+        ip = peer.rpartition(":")[0]
+        refusal = (
+            ConnectionRefusal.STOPPING
+            if self.context.stopping
+            else self.connection_limits.try_open(ip)
+        )
+        if refusal is not None:
+            self.metrics.connections_refused.labels(refusal.value).inc()
             logger.warning(
-                "refusing a connection: %d connections open (max_connections)",
-                len(self._connections),
+                "refusing a connection from %s: %s (%d open, %d from that address)",
+                peer,
+                refusal.value,
+                self.connection_limits.open_count,
+                self.connection_limits.open_from(ip),
             )
-            await stream.aclose()
+            await trio.aclose_forcefully(stream)
             return
-        connection = _Connection(self, self.context, stream)
-        self._connections.add(connection)
+        try:
+            await self._serve_connection(spec, stream, peer)
+        finally:
+            self.connection_limits.closed(ip)
+
+    async def _serve_connection(
+        self, spec: ListenerSpec, stream: trio.SocketStream, peer: str
+    ) -> None:
+        assert self.context is not None
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
+        deadline = trio.current_time() + self.config.handshake_timeout_ms / 1000
         try:
-            await connection.run()
-        except Exception:
-            # One connection's failure must not take the broker down with it.
-            logger.exception("connection from %s failed", connection.peer)
+            secured = await self._secure(spec, stream, peer, deadline)
+            if secured is None:
+                return
+            connection = _Connection(self, self.context, *secured, setup_deadline=deadline)
+            self._connections.add(connection)
+            try:
+                await connection.run()
+            except Exception:
+                # One connection's failure must not take the broker down with it.
+                logger.exception("connection from %s failed", connection.peer)
+            finally:
+                self._connections.discard(connection)
         finally:
-            self._connections.discard(connection)
             self.metrics.connections.dec()
+
+    async def _secure(
+        self, spec: ListenerSpec, stream: trio.SocketStream, peer: str, deadline: float
+    ) -> tuple[trio.abc.Stream, TransportIdentity] | None:
+        """The stream to speak the protocol on, TLS done on a TLS listener, and what it proved
+        of the peer; None (the stream closed) if the TLS handshake failed or took too long."""
+        if not spec.is_tls:
+            return stream, TransportIdentity(spec.name, "PLAINTEXT", peer)
+        assert self.tls is not None  # config validation: a tls:// listener needs a certificate
+        tls_stream = trio.SSLStream(stream, self.tls.server, server_side=True)
+        failure: BaseException | None = None
+        with trio.move_on_at(deadline) as scope:
+            try:
+                await tls_stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                failure = exc
+        if failure is None and not scope.cancelled_caught:
+            subject = certificate_subject(tls_stream)
+            return tls_stream, TransportIdentity(spec.name, "SSL", peer, subject)
+        closure = (
+            ConnectionClosure.HANDSHAKE_TIMEOUT
+            if failure is None
+            else ConnectionClosure.TLS_HANDSHAKE_FAILED
+        )
+        self.metrics.connections_closed.labels(closure.value).inc()
+        reason = (
+            f"no TLS handshake within {self.config.handshake_timeout_ms} ms (handshake_timeout_ms)"
+            if failure is None
+            else handshake_failure(failure, server_side=True)
+        )
+        logger.info("closing connection from %s on listener %s: %s", peer, spec.name, reason)
+        await trio.aclose_forcefully(stream)
+        return None
 
     # --- services ---------------------------------------------------------------------------------
 
@@ -595,13 +743,27 @@ class Broker:
 
 
 class _Connection:
-    """One client connection: handshake, then requests in order, deferred replies in tasks."""
+    """One client connection: handshake, then requests in order, deferred replies in tasks.
 
-    def __init__(self, broker: Broker, context: BrokerContext, stream: trio.SocketStream) -> None:
+    `transport` is what the transport proved of the peer (listener, PLAINTEXT/SSL, the mTLS
+    certificate subject and its `principal`, which authenticates the connection on its own);
+    `auth` the SASL session (broker/auth/); `security` the ACL and quota view of the principal.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        context: BrokerContext,
+        stream: trio.abc.Stream,
+        transport: TransportIdentity,
+        *,
+        setup_deadline: float,
+    ) -> None:
         config = broker.config
         self.broker = broker
         self.context = context
         self.stream = stream
+        self.transport = transport
         self.frames = FrameConnection(Role.SERVER, max_frame_bytes=config.max_frame_bytes)
         self.send_lock = trio.Lock()
         # Framed responses not yet written: coalesced into one write (one syscall, one wake-up of
@@ -609,14 +771,30 @@ class _Connection:
         self._outgoing: list[bytes] = []
         self._outgoing_bytes = 0
         self.inflight = trio.Semaphore(config.max_inflight_requests_per_connection)
-        self.peer = _peer_name(stream)
-        # Who this connection is (`auth.principal`: "User:NAME", "User:ANONYMOUS" with auth off).
+        self.peer = transport.peer_address
+        # Who this connection is (`auth.principal`: "User:NAME", "User:ANONYMOUS" with auth off;
+        # a verified mTLS client certificate proves it without a login).
         assert broker.auth is not None
         self.auth = broker.auth.session(self.peer)
-        # Principal, client id and quota mute; authentication sets `security.principal`.
-        self.security: ConnectionSecurity = context.security.connection(_peer_host(stream))
+        if transport.principal is not None:
+            self.auth.authenticated_by_transport(transport.principal)
+        # Principal, client id and quota mute for ACLs and quotas (broker/security/gate.py).
+        self.security: ConnectionSecurity = context.security.connection(
+            self.peer.rpartition(":")[0] or self.peer
+        )
+        self.security.principal = self.auth.principal
         self._stopping = False
         self._receive_scope: trio.CancelScope | None = None
+        # Deadlines (docs/security.md): the first frame by `setup_deadline`; a started frame
+        # within request_arrival_timeout_ms of its first bytes (`_frame_started`, waiting for
+        # the memory budget included); otherwise connections_max_idle_ms.
+        self._setup_deadline = setup_deadline
+        self._handshaken = False
+        self._frame_started: float | None = None
+        self._idle_wait = False
+        self.closed_by: ConnectionClosure | None = None
+        # Bytes reserved from the broker's request memory budget for the frame being read.
+        self._reserved_bytes = 0
         # Set while this connection is a Raft peer link (cluster mode): cancelled at shutdown.
         self._peer_scope: trio.CancelScope | None = None
 
@@ -632,8 +810,14 @@ class _Connection:
             async with trio.open_nursery() as tasks:
                 try:
                     await self._read_requests(tasks)
+                    if self.closed_by is not None:
+                        # A deadline closes the connection: replies still running are dropped.
+                        tasks.cancel_scope.cancel()
                 except RemoteProtocolError as exc:
                     self.broker.metrics.protocol_errors.inc()
+                    self.broker.metrics.connections_closed.labels(
+                        ConnectionClosure.PROTOCOL_ERROR.value
+                    ).inc()
                     logger.warning("closing connection from %s: %s", self.peer, exc)
                     tasks.cancel_scope.cancel()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -643,33 +827,120 @@ class _Connection:
             # A reply task found the client gone: nothing to answer any more.
             logger.debug("connection from %s lost while replying: %s", self.peer, group.exceptions)
         finally:
-            await self.stream.aclose()
+            self._release(self._reserved_bytes)
+            self._reserved_bytes = 0
+            # Bounded: a TLS close_notify to a client that does not read must not hang here
+            # (aclose closes the socket even when cancelled).
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self.stream.aclose()
 
     async def _next_frame(self) -> Frame | None:
-        """The next frame, or None at end of stream or when stopping."""
+        """The next frame, or None at end of stream, when stopping or when a deadline passed
+        (`closed_by` says which). Its reservation is taken with `_take_reservation()`."""
         while True:
             if self.frames.state is ConnectionState.ERROR:
                 return None  # a reply could not be written: the connection is finished
             frame = self.frames.next_frame()
             if frame is not NEED_DATA:
                 assert isinstance(frame, Frame)
+                self._frame_started = trio.current_time() if self.frames.buffered_bytes else None
                 return frame
             # About to wait for the client: write the replies of everything read so far.
             await self._flush()
-            with trio.CancelScope() as scope:
-                self._receive_scope = scope
-                if self._stopping:
-                    return None
-                data = await self.stream.receive_some(self.broker.config.receive_buffer_bytes)
-            self._receive_scope = None
-            if scope.cancelled_caught or not data:
+            if not await self._receive_more():
                 return None
-            self.frames.receive_data(data)
+
+    async def _receive_more(self) -> bool:
+        """Read more of the next frame, its memory reserved first if it is large; False at end
+        of stream, when stopping, or when a deadline passed (logged, counted, `closed_by`)."""
+        config = self.broker.config
+        read_bytes = UNRESERVED_READ_BYTES
+        pending = self.frames.pending_frame_bytes
+        deadline, closure = self._receive_deadline()
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._receive_scope = scope
+            if self._stopping:
+                return False
+            if pending is not None and pending > UNRESERVED_READ_BYTES:
+                if not self._reserved_bytes:
+                    # Reading stops while the budget is used up (queued_max_request_bytes).
+                    # The deadline runs meanwhile: a connection queued behind clients that
+                    # stall is closed in time too, so the queue always drains.
+                    await self.broker.request_memory.acquire(pending)
+                    self._reserved_bytes = pending
+                read_bytes = pending - self.frames.buffered_bytes
+            data = await self.stream.receive_some(min(read_bytes, config.receive_buffer_bytes))
+        self._receive_scope = None
+        self._idle_wait = False
+        if scope.cancelled_caught:
+            if not self._stopping:
+                self._deadline_passed(closure)
+            return False
+        if not data:
+            return False
+        if self._frame_started is None:
+            self._frame_started = trio.current_time()
+        self.frames.receive_data(data)
+        return True
+
+    def _receive_deadline(self) -> tuple[float, ConnectionClosure]:
+        """When the read about to start must end, and why the connection closes if it does."""
+        config = self.broker.config
+        if not self._handshaken:
+            return self._setup_deadline, ConnectionClosure.HANDSHAKE_TIMEOUT
+        if self._frame_started is not None:
+            started = self._frame_started
+            return started + config.request_arrival_timeout_ms / 1000, (
+                ConnectionClosure.REQUEST_ARRIVAL
+            )
+        # Idle only with nothing in flight: a long poll or an acks=all wait is not idleness
+        # (`_finish_deferred` starts the idle clock when the last one is answered).
+        in_flight = self.inflight.value < config.max_inflight_requests_per_connection
+        self._idle_wait = not in_flight
+        if in_flight:
+            return math.inf, ConnectionClosure.IDLE
+        return trio.current_time() + config.connections_max_idle_ms / 1000, ConnectionClosure.IDLE
+
+    def _deadline_passed(self, closure: ConnectionClosure) -> None:
+        config = self.broker.config
+        limit_ms = {
+            ConnectionClosure.HANDSHAKE_TIMEOUT: config.handshake_timeout_ms,
+            ConnectionClosure.REQUEST_ARRIVAL: config.request_arrival_timeout_ms,
+            ConnectionClosure.IDLE: config.connections_max_idle_ms,
+            ConnectionClosure.RESPONSE_WRITE: config.response_write_timeout_ms,
+        }[closure]
+        what = {
+            ConnectionClosure.HANDSHAKE_TIMEOUT: "no handshake frame",
+            ConnectionClosure.REQUEST_ARRIVAL: "a started request did not arrive whole",
+            ConnectionClosure.IDLE: "idle",
+            ConnectionClosure.RESPONSE_WRITE: "replies not read by the client",
+        }[closure]
+        self.closed_by = closure
+        self.broker.metrics.connections_closed.labels(closure.value).inc()
+        logger.info(
+            "closing connection from %s: %s within %d ms (%s)",
+            self.peer,
+            what,
+            limit_ms,
+            closure.value,
+        )
+
+    def _take_reservation(self) -> int:
+        """The budget bytes held for the frame just returned; the caller releases them once
+        the request is answered."""
+        reserved, self._reserved_bytes = self._reserved_bytes, 0
+        return reserved
+
+    def _release(self, reserved_bytes: int) -> None:
+        self.broker.request_memory.release(reserved_bytes)
 
     async def _read_requests(self, tasks: trio.Nursery) -> None:
         frame = await self._next_frame()
         if frame is None:
             return
+        # The handshake frame is small: its reservation (if any) is given back at once.
+        self._release(self._take_reservation())
+        self._handshaken = True
         if await self._serve_raft_link(frame) or not await self._handshake(frame):
             return
         while True:
@@ -683,31 +954,36 @@ class _Connection:
             frame = await self._next_frame()
             if frame is None:
                 break
+            reserved = self._take_reservation()
             started = time.perf_counter()
-            if self.auth.intercepts(frame):
-                # The login, or a request refused before it (broker/auth/session.py).
-                answer = self.auth.handle(frame)
-                # ACLs and quotas apply to whom the login proved this connection to be.
-                self.security.principal = self.auth.principal
-                await self._reply(frame, answer.response, started)
-                if answer.close:
-                    await self._flush()
+            try:
+                if self.auth.intercepts(frame):
+                    # The login, or a request refused before it (broker/auth/session.py).
+                    answer = self.auth.handle(frame)
+                    # ACLs and quotas apply to whom the login proved this connection to be.
+                    self.security.principal = self.auth.principal
+                    await self._reply(frame, answer.response, started)
+                    if answer.close:
+                        await self._flush()
+                        return
+                    continue
+                if await self._serve_raft_link(frame):
                     return
-                continue
-            if await self._serve_raft_link(frame):
-                return
-            reply = self._dispatch(frame)
-            if isinstance(reply, Deferred):
-                # Bounded: at the limit, stop reading until a deferred reply is sent.
-                await self.inflight.acquire()
-                tasks.start_soon(self._finish_deferred, frame, reply, started)
-            else:
-                await self._reply(frame, reply, started)
+                reply = self._dispatch(frame)
+                if isinstance(reply, Deferred):
+                    # Bounded: at the limit, stop reading until a deferred reply is sent.
+                    await self.inflight.acquire()
+                    tasks.start_soon(self._finish_deferred, frame, reply, started, reserved)
+                    reserved = 0  # released by _finish_deferred
+                else:
+                    await self._reply(frame, reply, started)
+            finally:
+                self._release(reserved)
 
     async def _serve_raft_link(self, frame: Frame) -> bool:
         """Hand a peer broker's Raft link to the node's transport (True: it owned the
         connection). With auth on, only after the peer logged in as a super-user (the Raft
-        link's connector logs in first: wire.sasl_client.open_logged_in_stream)."""
+        link's connector logs in first: wire.sasl_client.log_in_on_stream)."""
         node = self.context.cluster
         if node is None or not wire.is_raft_handshake(frame.header):
             return False
@@ -753,7 +1029,13 @@ class _Connection:
         await self._flush()
         if ok:
             self.security.client_id = request.client_id
-            logger.debug("client %r connected from %s", request.client_id, self.peer)
+            logger.debug(
+                "client %r connected from %s on listener %s (principal %s)",
+                request.client_id,
+                self.peer,
+                self.transport.listener,
+                self.auth.principal,
+            )
         return ok
 
     def _dispatch(self, frame: Frame) -> Any:
@@ -775,7 +1057,9 @@ class _Connection:
             logger.exception("handler for %r failed", frame.api)
             return BrokerError(ErrorCode.UNKNOWN_SERVER_ERROR, f"the broker failed: {exc!r}")
 
-    async def _finish_deferred(self, frame: Frame, deferred: Deferred, started: float) -> None:
+    async def _finish_deferred(
+        self, frame: Frame, deferred: Deferred, started: float, reserved: int
+    ) -> None:
         try:
             try:
                 reply = await deferred.run()
@@ -789,7 +1073,24 @@ class _Connection:
             # checkpoint lets them run.
             await self._flush()
         finally:
+            self._release(reserved)
             self.inflight.release()
+            self._restart_idle_clock()
+
+    def _restart_idle_clock(self) -> None:
+        """The last reply in flight left while the reader waits for a new request: from now
+        on that wait is idleness, bounded by connections_max_idle_ms."""
+        config = self.broker.config
+        scope = self._receive_scope
+        if (
+            scope is not None
+            and self._handshaken
+            and self._frame_started is None
+            and self.inflight.value == config.max_inflight_requests_per_connection
+            and scope.deadline == math.inf
+        ):
+            self._idle_wait = True
+            scope.deadline = trio.current_time() + config.connections_max_idle_ms / 1000
 
     async def _reply(self, frame: Frame, reply: Any, started: float) -> None:
         api = frame.api
@@ -823,6 +1124,20 @@ class _Connection:
             return  # the connection is being closed after a protocol error
         try:
             data = self.frames.send(header, payload)
+        except OversizedFrameError as exc:
+            # Nothing was framed and the stream is intact: answer with an error the client can
+            # act on instead (the issue's "wrong limit, with a traceback").
+            api = header.get("api", "unknown")
+            logger.warning("response to %s from %s is too large: %s", api, self.peer, exc)
+            header, payload = codec.encode_error_response(
+                str(api),
+                correlation_id=int(header["correlation_id"]),
+                error=ErrorCode.MESSAGE_TOO_LARGE,
+                version=int(header.get("version", 1)),
+                error_message=f"the response is too large to send: {exc}; ask for less (fewer "
+                "topics or partitions, a smaller max_bytes)",
+            )
+            data = self.frames.send(header, payload)
         except LocalProtocolError:
             logger.exception("could not frame a response to %s", self.peer)
             raise
@@ -841,11 +1156,27 @@ class _Connection:
             data = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
             self._outgoing = []
             self._outgoing_bytes = 0
-            try:
-                await self.stream.send_all(data)
-            except BaseException:
+            # A client that stops reading its replies must not hold them (and the requests
+            # in flight behind them) in memory forever: response_write_timeout_ms.
+            with trio.move_on_after(self.broker.config.response_write_timeout_ms / 1000) as scope:
+                try:
+                    await self.stream.send_all(data)
+                except BaseException:
+                    self.frames.send_failed()
+                    raise
+            if scope.cancelled_caught:
                 self.frames.send_failed()
-                raise
+                self._deadline_passed(ConnectionClosure.RESPONSE_WRITE)
+                raise trio.BrokenResourceError("the client does not read its replies")
+
+
+def _describe_listeners(listeners: list[OpenListener], *, named: bool) -> str:
+    """`HOST:PORT` (` (TLS)`) for the one default listener, `NAME=proto://HOST:PORT, ...` for
+    named ones: the log line says what the command line said."""
+    if not named:
+        (item,) = listeners
+        return f"{item.bound[0]}:{item.bound[1]}" + (" (TLS)" if item.spec.is_tls else "")
+    return ", ".join(item.spec.describe(item.bound[1]) for item in listeners)
 
 
 def _partition_errors(response: Any) -> list[str]:
@@ -865,6 +1196,7 @@ def _peer_host(stream: trio.SocketStream) -> str:
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
+    """`HOST:PORT` of the peer (`unknown peer` if the socket cannot say)."""
     try:
         host, port = stream.socket.getpeername()[:2]
     except (OSError, ValueError):

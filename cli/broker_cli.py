@@ -30,6 +30,7 @@ from cli.transactions import transactions_app
 from cli.users import users_app
 from cli.version import version_flag
 from client._bootstrap import BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP
+from client.security import SecurityOptions
 
 # `--wait-timeout` from the environment: scripts set it once for every command they run.
 WAIT_TIMEOUT_ENV = "BROKER_WAIT_TIMEOUT"
@@ -88,10 +89,44 @@ def main(
     sasl_mechanism: Annotated[
         str, typer.Option("--sasl-mechanism", help="SCRAM-SHA-256 or SCRAM-SHA-512 (with --user).")
     ] = "SCRAM-SHA-256",
+    security_protocol: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BROKER_SECURITY_PROTOCOL",
+            help="PLAINTEXT or SSL (default SSL when an --ssl-* file is given, else PLAINTEXT).",
+        ),
+    ] = None,
+    ssl_cafile: Annotated[
+        str | None, typer.Option(envvar="BROKER_SSL_CAFILE", help="PEM CA of the brokers' certs.")
+    ] = None,
+    ssl_certfile: Annotated[
+        str | None, typer.Option(help="PEM client certificate (brokers requiring mTLS).")
+    ] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="PEM key of --ssl-certfile.")] = None,
+    ssl_check_hostname: Annotated[
+        bool, typer.Option(help="Check the broker's certificate names the host connected to.")
+    ] = True,
     version: Annotated[bool, version_flag("broker-cli")] = False,
 ) -> None:
+    # Only what was asked for: a plain command builds its clients exactly as before.
+    security = SecurityOptions()
+    for name, path in (
+        ("ssl_cafile", ssl_cafile),
+        ("ssl_certfile", ssl_certfile),
+        ("ssl_keyfile", ssl_keyfile),
+    ):
+        if path:
+            security[name] = path  # type: ignore[literal-required]
+    if security_protocol or security:
+        security["security_protocol"] = security_protocol or "SSL"
+    if not ssl_check_hostname:
+        security["ssl_check_hostname"] = False
     set_global_options(
-        bootstrap=bootstrap, wait_timeout_s=wait_timeout, user=user, sasl_mechanism=sasl_mechanism
+        bootstrap=bootstrap,
+        wait_timeout_s=wait_timeout,
+        security=security,
+        user=user,
+        sasl_mechanism=sasl_mechanism,
     )
 
 

@@ -2,8 +2,10 @@
 
 Configuration comes from, in increasing precedence: the defaults of `BrokerConfig`, a TOML file
 (`--config`), `--set key=value` options, then the dedicated flags (`--listen`, `--data-dir`,
-`--metrics-listen`, `--node-id`, `--peers`, `--controller-voters`, `--bootstrap`). An invalid
-value is refused before anything starts, with the key named and exit status 2. Once listening,
+`--metrics-listen`, `--node-id`, `--peers`, `--controller-voters`, `--bootstrap`, `--listener`,
+`--inter-broker-listener`, `--tls-*`). An invalid value is refused before anything starts, with
+the key named and exit status 2 (TLS files are read then too: a missing file or a key that does
+not match its certificate is such a value). Once listening,
 the broker prints one readiness line to stdout (format in docs/protocol.md) and logs to stderr,
 or to `--log-file` (so brokers started in the background of a shell do not write over the
 commands run in it). A broker that cannot start (a port taken, a locked data directory) says why
@@ -25,6 +27,7 @@ import typer
 from broker.auth.service import ADMIN_PASSWORD_ENV
 from broker.config import BrokerConfig, ConfigError
 from broker.kvstore import MetadataStoreError
+from broker.security.tls import BrokerTls
 from broker.server import BrokerAddresses, StartupError, serve
 from cli.version import version_flag
 
@@ -126,6 +129,31 @@ def serve_command(
             "--set auto_create_topics=true --set log.retention.ms=60000",
         ),
     ] = None,
+    listener: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--listener",
+            help="NAME=tls://HOST:PORT or NAME=plaintext://HOST:PORT (repeatable; replaces "
+            "--listen), e.g. --listener INTERNAL=tls://0.0.0.0:9093 --listener "
+            "LOCAL=plaintext://127.0.0.1:9092",
+        ),
+    ] = None,
+    inter_broker_listener: Annotated[
+        str | None,
+        typer.Option(help="The --listener NAME peers reach this broker on (default: the first)"),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain) of the TLS listeners")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert")] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(help="PEM CA certificates client (and peer) certificates must chain to"),
+    ] = None,
+    tls_client_auth: Annotated[
+        str | None,
+        typer.Option(help="Client certificates: required (mTLS), requested or none (default none)"),
+    ] = None,
     ready_file: Annotated[
         Path | None, typer.Option(help="Also write the READY line to this file once listening")
     ] = None,
@@ -187,7 +215,20 @@ def serve_command(
                 "super_users": ",".join(super_user) if super_user else None,
                 # `--auth scram` enforces ACLs too unless --no-authorizer says otherwise.
                 "authorizer_enabled": _authorizer_flag(authorizer, auth),
+                "listeners": ",".join(listener) if listener else None,
+                "inter_broker_listener": inter_broker_listener,
+                "tls_cert_file": None if tls_cert is None else str(tls_cert),
+                "tls_key_file": None if tls_key is None else str(tls_key),
+                "tls_ca_file": None if tls_ca is None else str(tls_ca),
+                "tls_client_auth": tls_client_auth,
             },
+        )
+        # Reads the certificate files now: a bad one is a config error (exit 2), not a crash.
+        BrokerTls.from_config(
+            cert_file=broker_config.tls_cert_file,
+            key_file=broker_config.tls_key_file,
+            ca_file=broker_config.tls_ca_file,
+            client_auth=broker_config.tls_client_auth,
         )
         admin_password = read_admin_password(broker_config)
     except ConfigError as exc:

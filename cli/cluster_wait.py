@@ -19,10 +19,9 @@ as soon as it answers.
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Unpack
 
 import trio
 
@@ -33,7 +32,9 @@ from client.errors import (
     ClientError,
     ConnectionLostError,
     RequestTimedOutError,
+    TlsHandshakeError,
 )
+from client.security import SecurityOptions
 from wire import codec
 from wire.error_codes import BrokerError
 
@@ -79,18 +80,19 @@ def electing_reason(status: codec.ClusterStatusResponse) -> str | None:
     return f"{count} partition(s) have no leader yet (e.g. {first.topic}-{first.partition})"
 
 
-def wait_for_cluster(bootstrap: str, timeout_s: float, **security: Any) -> None:
+def wait_for_cluster(bootstrap: str, timeout_s: float, **security: Unpack[SecurityOptions]) -> None:
     """Return once the cluster at `bootstrap` is ready (see the module docstring).
 
     Raises `ClusterNotReadyError` after `timeout_s` of retriable failures (no broker listening,
     no controller leader, a voter not registered); a malformed address raises `ConfigError` at
     once; a broker answering with a non-retriable error ends the wait (the command meets it).
     Partitions still electing leaders are waited for up to `ELECTION_WAIT_S`, then the command
-    runs anyway: it may not need them, and it reports what it meets if it does.
+    runs anyway: it may not need them, and it reports what it meets if it does. A failed TLS
+    handshake raises `TlsHandshakeError` at once: waiting does not fix a certificate.
     """
     addresses = format_addresses(parse_bootstrap(bootstrap))
     with _spinner(f"waiting for the cluster at {addresses}") as show:
-        reason = trio.run(functools.partial(_wait, bootstrap, timeout_s, show, **security))
+        reason = trio.run(_wait, bootstrap, timeout_s, show, security)
     if reason is not None:
         raise ClusterNotReadyError(
             f"gave up after {timeout_s:g} s waiting for the cluster at {addresses}: {reason} "
@@ -99,7 +101,7 @@ def wait_for_cluster(bootstrap: str, timeout_s: float, **security: Any) -> None:
 
 
 async def _wait(
-    bootstrap: str, timeout_s: float, show: Callable[[str], None], **security: Any
+    bootstrap: str, timeout_s: float, show: Callable[[str], None], security: SecurityOptions
 ) -> str | None:
     """None once ready, else the last reason the cluster was not, when `timeout_s` ran out."""
     reason = "no answer yet"
@@ -126,7 +128,7 @@ async def _wait(
 
 
 async def _probe(
-    bootstrap: str, security: dict[str, Any]
+    bootstrap: str, security: SecurityOptions
 ) -> tuple[codec.ClusterStatusResponse | None, str | None]:
     """Ask any broker for the cluster's status: the status (None if no broker gave one) and why
     the cluster is not ready (None if it is). A retriable failure is a reason to wait; an error
@@ -135,6 +137,8 @@ async def _probe(
     try:
         async with AdminClient(bootstrap, **security) as admin:
             status = await admin.cluster_status()
+    except TlsHandshakeError:
+        raise
     except (BrokerUnavailableError, ConnectionLostError, RequestTimedOutError) as exc:
         return None, str(exc)
     except BrokerError as exc:

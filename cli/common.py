@@ -26,6 +26,7 @@ from cli.cluster_wait import WAIT_TIMEOUT_S_DEFAULT, wait_for_cluster
 from client import AdminClient
 from client._bootstrap import DEFAULT_BOOTSTRAP
 from client.errors import ClientError
+from client.security import SecurityOptions
 from wire.config_error import ConfigError
 from wire.error_codes import BrokerError
 
@@ -50,6 +51,8 @@ class _GlobalOptions:
     user: str | None = None
     sasl_mechanism: str = "SCRAM-SHA-256"
     password: str | None = None
+    # `--security-protocol`, `--ssl-cafile`, ...: given to every client a command opens.
+    security: SecurityOptions = dataclasses.field(default_factory=lambda: SecurityOptions())
 
 
 _state = _GlobalOptions()
@@ -62,21 +65,26 @@ def set_global_options(
     *,
     bootstrap: str,
     wait_timeout_s: float,
+    security: SecurityOptions | None = None,
     user: str | None = None,
     sasl_mechanism: str = "SCRAM-SHA-256",
 ) -> None:
     """Remember the broker address(es) the command about to run connects to, how long it
-    waits for them to be ready, and who it logs in as."""
+    waits for them to be ready, the transport security options of its clients, and who it logs
+    in as."""
     _state.bootstrap, _state.wait_timeout_s = bootstrap, wait_timeout_s
+    _state.security = security or SecurityOptions()
     _state.cluster_ready = False
     _state.user, _state.sasl_mechanism, _state.password = user, sasl_mechanism, None
 
 
-def security() -> dict[str, Any]:
-    """The SDK's security options for `--user` (empty without it): every command passes them
-    to the clients it opens. The password comes from BROKER_PASSWORD, else a hidden prompt."""
+def security() -> SecurityOptions:
+    """The SDK's security options every command passes to the clients it opens: the transport
+    ones (`--security-protocol`, `--ssl-*`) and, with `--user`, the SASL login (over TLS when the
+    transport is TLS). The password comes from BROKER_PASSWORD, else a hidden prompt."""
+    options = SecurityOptions(**_state.security)
     if _state.user is None:
-        return {}
+        return options
     if _state.password is None:
         password = os.environ.get(PASSWORD_ENV)
         if password is None:
@@ -84,12 +92,12 @@ def security() -> dict[str, Any]:
                 fail(f"--user {_state.user}: set {PASSWORD_ENV} (no terminal to ask on)")
             password = typer.prompt(f"password of {_state.user}", hide_input=True, err=True)
         _state.password = password
-    return {
-        "security_protocol": "SASL_PLAINTEXT",
-        "sasl_mechanism": _state.sasl_mechanism,
-        "sasl_username": _state.user,
-        "sasl_password": _state.password,
-    }
+    tls = options.get("security_protocol", "PLAINTEXT").upper() in ("SSL", "SASL_SSL")
+    options["security_protocol"] = "SASL_SSL" if tls else "SASL_PLAINTEXT"
+    options["sasl_mechanism"] = _state.sasl_mechanism
+    options["sasl_username"] = _state.user
+    options["sasl_password"] = _state.password
+    return options
 
 
 def bootstrap() -> str:

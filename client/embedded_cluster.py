@@ -49,7 +49,7 @@ import errno
 import os
 import socket
 from collections.abc import AsyncIterator, Collection, Sequence
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import trio
 
@@ -66,6 +66,7 @@ from client.embedded import (
 )
 from client.errors import ClientError
 from client.fault_proxy import FaultProxy
+from client.security import SecurityOptions
 from wire.error_codes import BrokerError
 
 HOST = "127.0.0.1"
@@ -84,7 +85,7 @@ class EmbeddedClusterError(EmbeddedBrokerError):
     """The cluster did not start or become ready; the message holds the nodes' log tails."""
 
 
-async def cluster_members(address: str, **security: Any) -> set[int]:
+async def cluster_members(address: str, **security: Unpack[SecurityOptions]) -> set[int]:
     """The node ids the broker at `address` lists as ACTIVE members: the readiness probe.
 
     The one place that says what "ready" means: `AdminClient.cluster_status()` of that broker
@@ -115,8 +116,8 @@ class EmbeddedCluster(StartedByWith):
         proxies: put a `FaultProxy` on every broker-to-broker link (`isolate`, `partition`).
         extra_args, env, startup_timeout_s, stop_timeout_s: as `EmbeddedBroker`, for every node.
         ready_timeout_s: how long `start()` and `wait_ready()` wait for the membership.
-        security: the SDK's login options (`security_protocol`, `sasl_*`) the readiness probes
-            use, for brokers run with `--auth scram`.
+        security: the SDK's security options (`security_protocol`, `sasl_*`, `ssl_*`) of the
+            readiness probes, for brokers run with `--auth scram` or a TLS listener.
     """
 
     def __init__(
@@ -131,7 +132,7 @@ class EmbeddedCluster(StartedByWith):
         startup_timeout_s: float = STARTUP_TIMEOUT_S_DEFAULT,
         stop_timeout_s: float = STOP_TIMEOUT_S_DEFAULT,
         ready_timeout_s: float = READY_TIMEOUT_S_DEFAULT,
-        security: dict[str, str] | None = None,
+        security: SecurityOptions | None = None,
     ) -> None:
         if n < 1:
             raise ValueError(f"a cluster needs at least one broker, not {n}")
@@ -144,7 +145,7 @@ class EmbeddedCluster(StartedByWith):
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.ready_timeout_s = ready_timeout_s
-        self.security = dict(security or {})
+        self.security = security or SecurityOptions()
         self._nodes: dict[int, EmbeddedBroker] = {}
         self._links: dict[tuple[int, int], FaultProxy] = {}
 

@@ -19,6 +19,7 @@ from wire.errors import (
     ConnectionLostError,
     RemoteProtocolError,
     RequestTimedOutError,
+    TlsHandshakeError,
 )
 from wire.sasl_client import AuthenticationFailedError
 
@@ -36,6 +37,7 @@ __all__ = [
     "ProducerFencedError",
     "RemoteProtocolError",
     "RequestTimedOutError",
+    "TlsHandshakeError",
     "TopicAlreadyExistsError",
     "TransactionAbortedError",
 ]

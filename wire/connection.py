@@ -3,7 +3,9 @@
 The framing is `wire.framing.FrameConnection` (sans-I/O); this module is its trio shell, in the
 style of h11's trio example. The SDK's `Cluster` and a broker calling its peers
 (`broker/cluster/controller_client.py`) both use it, which is why it lives in `wire`. Rules:
-- `open_broker_connection` connects and completes the version handshake before returning.
+- `open_broker_connection` connects (TLS first when given an `ssl.SSLContext`: the broker's
+  certificate is verified, a failure raises `TlsHandshakeError` saying what to check) and
+  completes the version handshake before returning.
 - Many tasks may call `request` at once: each gets a fresh correlation id, its frame is written
   under a lock (frames never interleave) and it waits for the response with that id. At most
   `max_in_flight` requests are outstanding; further callers wait for a slot (back-pressure).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import ssl
 from typing import Any
 
 import trio
@@ -26,6 +29,7 @@ from wire.errors import (
     ConnectionLostError,
     RemoteProtocolError,
     RequestTimedOutError,
+    TlsHandshakeError,
 )
 from wire.framing import (
     NEED_DATA,
@@ -35,6 +39,7 @@ from wire.framing import (
     Role,
 )
 from wire.sasl_client import SaslLogin, check_login_needed, login_over
+from wire.tls import handshake_failure, tls_alert
 
 # Requests outstanding on one connection before `request` waits (Kafka: max.in.flight...=5; we
 # pipeline more because fetches and produces to different partitions share a connection).
@@ -61,7 +66,7 @@ class BrokerConnection:
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         address: tuple[str, int],
         *,
         max_in_flight: int,
@@ -201,7 +206,9 @@ class BrokerConnection:
         except ConnectionLostError as exc:
             self._fail(exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(ConnectionLostError(f"connection to {self.address_text} lost: {exc!r}"))
+            lost = ConnectionLostError(f"connection to {self.address_text} lost: {exc!r}")
+            lost.__cause__ = exc  # a TLS alert (a refused client certificate) is in its chain
+            self._fail(lost)
         finally:
             self._fail(ConnectionLostError(f"connection to {self.address_text} was closed"))
             await trio.aclose_forcefully(self._stream)
@@ -228,31 +235,52 @@ async def open_broker_connection(
     max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
     max_frame_bytes: int | None = None,
     connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
+    ssl_context: ssl.SSLContext | None = None,
     login: SaslLogin | None = None,
 ) -> BrokerConnection:
-    """Connect to `address`, start the reader in `nursery`, and complete the handshake, then
-    the SASL `login` if one is given (`wire.sasl_client`).
+    """Connect to `address` (over TLS with `ssl_context`), start the reader in `nursery`, and
+    complete the handshake, then the SASL `login` if one is given (`wire.sasl_client`).
 
     Raises `BrokerUnavailableError` if nothing accepts the connection in time,
-    `AuthenticationFailedError` if the login is refused or needed and missing.
+    `TlsHandshakeError` if the TLS handshake fails, `AuthenticationFailedError` if the login is
+    refused or needed and missing.
     """
     host, port = address
     with trio.move_on_after(connect_timeout_s) as scope:
-        try:
-            stream = await trio.open_tcp_stream(host, port)
-        except OSError as exc:
-            raise BrokerUnavailableError(f"{host}:{port}", _connect_failure(exc)) from None
+        stream = await open_stream(host, port, ssl_context)
     if scope.cancelled_caught:
         raise BrokerUnavailableError(f"{host}:{port}", f"no answer within {connect_timeout_s} s")
-    # Small request/response frames must not wait for Nagle's algorithm (latency target).
-    stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
     connection = BrokerConnection(
         stream, address, max_in_flight=max_in_flight, max_frame_bytes=max_frame_bytes
     )
     nursery.start_soon(connection.run_reader)
     try:
         frame = await connection.request(dict(handshake_header), timeout_s=connect_timeout_s)
-        connection.handshake = frame.header
+    except ConnectionLostError as exc:
+        await connection.aclose()
+        if ssl_context is not None:
+            # TLS 1.3 reports a refused client certificate after the handshake, at the first
+            # read: the alert is in the reader's error.
+            # The broker may also just close (its alert lost in the reset).
+            alert = tls_alert(connection.close_reason)
+            reason = (
+                handshake_failure(alert)
+                if alert is not None
+                else f"the broker closed the connection right after the TLS handshake ({exc}): "
+                "it did not accept this client (a client certificate it requires, or one "
+                "signed by a CA it does not trust: check ssl_certfile/ssl_keyfile)"
+            )
+            raise TlsHandshakeError(f"{host}:{port}", reason) from None
+        # A TLS listener closes a plaintext client's connection at its first bytes.
+        raise ConnectionLostError(
+            f"{exc} during the handshake (if it is a TLS listener, connect with "
+            "security_protocol='SSL')"
+        ) from None
+    except BaseException:
+        await connection.aclose()
+        raise
+    connection.handshake = frame.header
+    try:
         check_login_needed(frame.header, login)
         if login is not None:
             await login_over(
@@ -270,6 +298,35 @@ async def _call(connection: BrokerConnection, request: Any, timeout_s: float) ->
     header, payload = codec.encode_request(request, correlation_id=0)
     frame = await connection.request(header, payload, timeout_s=timeout_s)
     return codec.decode_response(frame.header, frame.payload)
+
+
+async def open_stream(
+    host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> trio.abc.Stream:
+    """A TCP stream to `host:port` with Nagle off, its TLS handshake done with `ssl_context`
+    (the certificate must name `host`, unless the context skips the host name check).
+
+    Raises `BrokerUnavailableError` (nothing accepts) or `TlsHandshakeError`. Brokers use it for
+    their peer links too (broker/raft/transport.py).
+    """
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise BrokerUnavailableError(f"{host}:{port}", _connect_failure(exc)) from None
+    # Small request/response frames must not wait for Nagle's algorithm (latency target).
+    stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+    if ssl_context is None:
+        return stream
+    tls_stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
+    try:
+        await tls_stream.do_handshake()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        await trio.aclose_forcefully(stream)
+        raise TlsHandshakeError(f"{host}:{port}", handshake_failure(exc)) from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return tls_stream
 
 
 def _connect_failure(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ __all__ = [
     "ConnectionLostError",
     "RemoteProtocolError",
     "RequestTimedOutError",
+    "TlsHandshakeError",
 ]
 
 
@@ -26,6 +27,16 @@ class BrokerUnavailableError(ClientError):
     def __init__(self, addresses: str, reason: str = "") -> None:
         detail = f" ({reason})" if reason else ""
         super().__init__(f"cannot reach broker at {addresses}: is 'broker serve' running?{detail}")
+        self.addresses = addresses
+        self.reason = reason
+
+
+class TlsHandshakeError(BrokerUnavailableError):
+    """The broker answered but TLS failed: its certificate is not trusted (`ssl_cafile`), does
+    not name the host, it requires a client certificate, or the port is not a TLS listener."""
+
+    def __init__(self, addresses: str, reason: str) -> None:
+        ClientError.__init__(self, f"cannot connect securely to broker at {addresses}: {reason}")
         self.addresses = addresses
         self.reason = reason
 

@@ -51,6 +51,9 @@ CORRELATION_ID_MAX: Final = 2**31 - 1
 
 # First bytes of an HTTP request, read as a frame length: named in the error, a common mistake.
 _HTTP_METHODS: Final = frozenset({b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC"})
+# First bytes of a TLS handshake record (content type 22, version 3.x): a TLS client on a
+# plaintext listener, named in the error too.
+_TLS_RECORD_PREFIX: Final = b"\x16\x03"
 
 _PREFIX = struct.Struct(">II")  # frame_length, header_length
 PREFIX_SIZE: Final = _PREFIX.size
@@ -71,6 +74,21 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something that is not a valid frame: close the connection and log this."""
+
+
+class OversizedFrameError(LocalProtocolError):
+    """A frame we were asked to send is over a limit the peer enforces (`max_frame_bytes` for
+    the whole frame, `MAX_HEADER_BYTES` for its header). Nothing was framed, so unlike the other
+    errors this one leaves the connection usable: the shell answers with an error instead."""
+
+    def __init__(self, size_bytes: int, limit_bytes: int, limit_name: str) -> None:
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+        self.limit_name = limit_name
+        what = "frame header" if limit_name == "MAX_HEADER_BYTES" else "frame"
+        super().__init__(
+            f"{what} of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes ({limit_name})"
+        )
 
 
 class Role(enum.Enum):
@@ -140,6 +158,18 @@ class FrameConnection:
         """Received bytes not yet returned as a frame (a shell may bound its reads by this)."""
         return len(self._buffer)
 
+    @property
+    def pending_frame_bytes(self) -> int | None:
+        """Whole size (length prefix included) of the frame at the head of the buffer once its
+        length prefix is here and within `max_frame_bytes`, else None: a shell reserves memory
+        for the frame before reading the rest of it."""
+        if len(self._buffer) < 4:
+            return None
+        frame_length = int.from_bytes(self._buffer[:4], "big")
+        if frame_length > self.max_frame_bytes:
+            return None  # next_frame() raises for it
+        return 4 + frame_length
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes read from the peer. An empty `data` is not end-of-stream: the shell closes."""
         if self._state is ConnectionState.ERROR:
@@ -170,13 +200,16 @@ class FrameConnection:
     def send(self, header: dict[str, Any], payload: bytes | bytearray | memoryview = b"") -> bytes:
         """The bytes of one frame carrying `header` and `payload`; write them to the peer.
 
-        Raises `LocalProtocolError` if the header lacks a correlation id or api, if the first frame
-        we send is not a handshake, or if the frame would exceed `max_frame_bytes`.
+        Raises `LocalProtocolError` if the header lacks a correlation id or api, or if the first
+        frame we send is not a handshake; `OversizedFrameError` (the connection stays usable) if
+        the frame would exceed `max_frame_bytes` or its header `MAX_HEADER_BYTES`.
         """
         if self._state is ConnectionState.ERROR:
             raise LocalProtocolError("send after a protocol error")
         try:
             data = self._build_frame(header, payload)
+        except OversizedFrameError:
+            raise  # nothing was framed: the stream is intact
         except LocalProtocolError:
             self._state = ConnectionState.ERROR
             raise
@@ -231,6 +264,11 @@ class FrameConnection:
                     "received an HTTP request: this port speaks the broker protocol (point "
                     "HTTP clients at the metrics address instead)"
                 )
+            if bytes(self._buffer[:2]) == _TLS_RECORD_PREFIX:
+                raise RemoteProtocolError(
+                    "received a TLS handshake on a plaintext listener: connect with "
+                    "security_protocol PLAINTEXT, or to a tls:// listener"
+                )
             raise RemoteProtocolError(
                 f"frame of {frame_length} bytes exceeds the limit of {self.max_frame_bytes} bytes "
                 "(max_frame_bytes); send smaller requests or raise max_frame_bytes on both sides"
@@ -266,10 +304,13 @@ class FrameConnection:
                 raise LocalProtocolError("the server answers the client's handshake first")
         packed = msgpack.packb(header, use_bin_type=True)
         frame_length = 4 + len(packed) + len(payload)
-        if frame_length > self.max_frame_bytes or len(packed) > MAX_HEADER_BYTES:
-            raise LocalProtocolError(
-                f"frame of {frame_length} bytes exceeds max_frame_bytes {self.max_frame_bytes}"
-            )
+        # Both limits are the peer's too: it refuses such a frame and closes the connection. The
+        # header limit is checked first, and named, as it is the one a frame far below
+        # max_frame_bytes can still break (a response listing very many partitions).
+        if len(packed) > MAX_HEADER_BYTES:
+            raise OversizedFrameError(len(packed), MAX_HEADER_BYTES, "MAX_HEADER_BYTES")
+        if frame_length > self.max_frame_bytes:
+            raise OversizedFrameError(frame_length, self.max_frame_bytes, "max_frame_bytes")
         if api == HANDSHAKE_API and not self._handshake_sent:
             self._handshake_sent = True
             self._update_state()

@@ -2,7 +2,7 @@
 
 Both the SDK (`client.aio.cluster`) and brokers calling their peers log in through here:
 `open_broker_connection(..., login=SaslLogin(...))` calls `login_over` once its handshake is
-done, and a Raft peer link logs in on its raw stream with `open_logged_in_stream` before its
+done, and a Raft peer link logs in on its raw stream with `log_in_on_stream` before its
 own handshake. The exchange is SaslHandshake(mechanism), then SaslAuthenticate(client-first) and
 SaslAuthenticate(client-final) with `wire.scram.ScramClient` doing the cryptography; a refusal
 raises `AuthenticationFailedError` with the broker's reason (the broker closes the connection).
@@ -31,8 +31,8 @@ from wire.scram import (
     ScramMechanism,
     make_credential,
 )
+from wire.tls import SECURITY_PROTOCOLS
 
-SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
 SASL_PROTOCOLS: Final = ("SASL_PLAINTEXT", "SASL_SSL")
 # Bytes of randomness in a client nonce (base64url: 4/3 as many characters).
 NONCE_BYTES: Final = 24
@@ -152,14 +152,18 @@ def _check(response: Any, login: SaslLogin, where: str) -> None:
     )
 
 
-async def open_logged_in_stream(
-    host: str, port: int, *, client_id: str, login: SaslLogin, max_frame_bytes: int
-) -> trio.SocketStream:
-    """A TCP stream to a broker that has done the protocol handshake and the login, and holds
-    no unread bytes: a Raft peer link then speaks its own handshake on it (the broker hands the
-    logged-in connection to its Raft transport). Raises OSError (unreachable), trio errors
-    (closed) or `AuthenticationFailedError`."""
-    stream = await trio.open_tcp_stream(host, port)
+async def log_in_on_stream(
+    stream: trio.abc.Stream,
+    where: str,
+    *,
+    client_id: str,
+    login: SaslLogin,
+    max_frame_bytes: int,
+) -> trio.abc.Stream:
+    """`stream` (a new connection to a broker, TCP or TLS) once it has done the protocol
+    handshake and the login, holding no unread bytes: a Raft peer link then speaks its own
+    handshake on it (the broker hands the logged-in connection to its Raft transport). Closes
+    the stream and raises trio errors (closed) or `AuthenticationFailedError` on failure."""
     try:
         frames = FrameConnection(Role.CLIENT, max_frame_bytes=max_frame_bytes)
         correlation = iter(range(1, 1 << 30))
@@ -173,17 +177,17 @@ async def open_logged_in_stream(
         handshake = await call(codec.HandshakeRequest(client_id=client_id))
         if getattr(handshake, "error", ErrorCode.NONE) is not ErrorCode.NONE:
             raise AuthenticationFailedError(
-                f"{host}:{port} refused the handshake: {handshake.error_message}",
+                f"{where} refused the handshake: {handshake.error_message}",
                 handshake.error,
             )
-        await login_over(call, login, where=f"{host}:{port}")
+        await login_over(call, login, where=where)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
     return stream
 
 
-async def _next_frame(stream: trio.SocketStream, frames: FrameConnection) -> Frame:
+async def _next_frame(stream: trio.abc.Stream, frames: FrameConnection) -> Frame:
     while True:
         try:
             frame = frames.next_frame()

@@ -16,6 +16,7 @@ gives for the leader. Rules:
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,9 +45,12 @@ class PeerClients:
         *,
         request_timeout_ms: int,
         login: SaslLogin | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context`: reach peers over TLS (their inter-broker listener is TLS)."""
         self._nursery = nursery
         self._login = login
+        self._ssl_context = ssl_context
         self._node_id = node_id
         self._peers = dict(peers)
         self._timeout_s = request_timeout_ms / 1000
@@ -93,6 +97,7 @@ class PeerClients:
                     header,
                     connect_timeout_s=self._timeout_s,
                     login=self._login,
+                    ssl_context=self._ssl_context,
                 )
             except ClientError as exc:
                 raise BrokerError(
@@ -135,6 +140,7 @@ async def discover_cluster(
     *,
     timeout_s: float,
     login: SaslLogin | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> codec.ClusterStatusResponse:
     """`--bootstrap`: ask each address in turn for its ClusterStatus until one names a
     controller leader; the answer lists every broker's address. Raises BrokerError
@@ -146,7 +152,12 @@ async def discover_cluster(
         where = f"{address[0]}:{address[1]}"
         try:
             connection = await open_broker_connection(
-                nursery, address, header, connect_timeout_s=timeout_s, login=login
+                nursery,
+                address,
+                header,
+                connect_timeout_s=timeout_s,
+                login=login,
+                ssl_context=ssl_context,
             )
         except ClientError as exc:
             failures.append(f"{where}: {exc}")

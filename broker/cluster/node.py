@@ -27,9 +27,10 @@ import contextlib
 import dataclasses
 import logging
 import random
+import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
@@ -49,9 +50,11 @@ from broker.log.manager import LogManager
 from broker.raft import wire
 from broker.raft.config import RaftConfig
 from broker.raft.driver import RaftDriverConfig, RaftTicker
-from broker.raft.transport import RaftTransport, RaftTransportConfig
+from broker.raft.transport import Connector, RaftTransport, RaftTransportConfig
+from wire.connection import open_stream
 from wire.error_codes import BrokerError, ErrorCode
-from wire.sasl_client import SaslLogin, open_logged_in_stream
+from wire.errors import ClientError
+from wire.sasl_client import SaslLogin, log_in_on_stream
 
 from .controller_client import PeerClients, PeerRouter, discover_cluster
 from .controller_service import (
@@ -204,6 +207,7 @@ class ClusterNode:
         controller_voters: Sequence[int] = (),
         bootstrap: Sequence[tuple[str, int]] = (),
         peer_login: SaslLogin | None = None,
+        peer_tls: ssl.SSLContext | None = None,
     ) -> None:
         """`peers`: the brokers that start the cluster and where their peer listeners are (this
         node may be among them). `controller_voters`: the metadata group's voters among them
@@ -213,7 +217,8 @@ class ClusterNode:
         `serve_peers=False`: the broker's client listener hands peer connections to
         `transport.serve_inbound` (one port for both), so the node opens no listener.
         `router`: how commands reach the controller leader (default: `PeerRouter`, over the
-        client protocol). `seed`: deterministic Raft timers."""
+        client protocol). `seed`: deterministic Raft timers. `peer_tls`: reach peers over TLS
+        with this client context (a TLS inter-broker listener, docs/security.md)."""
         self.config = config or ClusterNodeConfig()
         self.config.validate()
         # `--auth scram`: how this broker logs in to its peers (Raft links, controller calls).
@@ -237,6 +242,7 @@ class ClusterNode:
         self._listeners = listeners
         self._serve_peers = serve_peers
         self._seed = seed
+        self._peer_tls = peer_tls
         self.starts = 0
         self.running = False
         self.broker_epoch: int | None = None
@@ -286,25 +292,33 @@ class ClusterNode:
 
     # --- running ---------------------------------------------------------------------------------
 
-    def _raft_connector(self) -> dict[str, Any]:
-        """With `peer_login`, Raft links log in before their handshake (the transport's
-        default connector otherwise)."""
-        login = self.peer_login
-        if login is None:
-            return {}
+    def _raft_connector(self) -> Connector:
+        """How Raft links reach a peer: over TLS with `peer_tls` (a TLS inter-broker listener),
+        then, with `peer_login`, logged in before the link's own handshake."""
+        login, context = self.peer_login, self._peer_tls
         client_id = f"broker-{self.node_id}-raft"
         max_frame_bytes = self.config.transport.max_frame_bytes
 
         async def connect(node_id: int, host: str, port: int) -> trio.abc.Stream:
             try:
-                return await open_logged_in_stream(
-                    host, port, client_id=client_id, login=login, max_frame_bytes=max_frame_bytes
+                stream = await open_stream(host, port, context)
+            except ClientError as exc:
+                # The link retries a failed connect with backoff, as any OSError.
+                raise OSError(f"peer {node_id} at {host}:{port}: {exc}") from None
+            if login is None:
+                return stream
+            try:
+                return await log_in_on_stream(
+                    stream,
+                    f"{host}:{port}",
+                    client_id=client_id,
+                    login=login,
+                    max_frame_bytes=max_frame_bytes,
                 )
             except (BrokerError, trio.BrokenResourceError) as exc:
-                # The link retries a failed connect with backoff: a refused login is one.
                 raise OSError(f"login to peer {node_id} failed: {exc}") from exc
 
-        return {"connector": connect}
+        return connect
 
     def _open(self, store: KvStore, logs: LogManager) -> None:
         config = self.config
@@ -314,7 +328,7 @@ class ClusterNode:
             cluster_id=config.cluster_id,
             peers=self.peers,
             config=config.transport,
-            **self._raft_connector(),
+            connector=self._raft_connector(),
         )
         self._replicas = ReplicaManager(
             node_id=self.node_id,
@@ -409,6 +423,7 @@ class ClusterNode:
                         self.bootstrap,
                         timeout_s=timeout_s,
                         login=self.peer_login,
+                        ssl_context=self._peer_tls,
                     )
                 break
             except BrokerError as exc:
@@ -456,6 +471,7 @@ class ClusterNode:
             self.peers,
             request_timeout_ms=self.config.controller.command_timeout_ms,
             login=self.peer_login,
+            ssl_context=self._peer_tls,
         )
         await nursery.start(self.transport.run)
         await nursery.start(self.ticker.run)

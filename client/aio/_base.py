@@ -16,7 +16,7 @@ import trio
 from client._bootstrap import choose_bootstrap
 from client.aio.cluster import CLIENT_ID_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT, Cluster
 from client.errors import ClientClosedError
-from client.security import SecurityOptions, sasl_login
+from client.security import SecurityOptions, sasl_login, ssl_context_of
 
 
 class AsyncClientBase:
@@ -29,10 +29,11 @@ class AsyncClientBase:
         bootstrap_servers: str | Sequence[str] | None = None,
         **security: Unpack[SecurityOptions],
     ) -> None:
-        """`bootstrap_servers` is kafka-python's name for `bootstrap` (give one of them);
-        `security`: `security_protocol`, `sasl_*` (client.security)."""
+        """`bootstrap_servers` is kafka-python's name for `bootstrap` (give one of them).
+        `security`: `security_protocol`, `sasl_*`, `ssl_*` (client/security.py)."""
         self._bootstrap = choose_bootstrap(bootstrap, bootstrap_servers)
         self._login = sasl_login(security)
+        self._ssl_context = ssl_context_of(security)
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
         self._stack: contextlib.AsyncExitStack | None = None
@@ -74,6 +75,7 @@ class AsyncClientBase:
                 client_id=self._client_id,
                 request_timeout_ms=self._request_timeout_ms,
                 login=self._login,
+                ssl_context=self._ssl_context,
             )
             # Connect now so that a wrong address fails here, with the "is 'broker serve'
             # running?" hint, rather than at the first send.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import ssl
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from client.errors import (
     ClientClosedError,
     ClientError,
     ConnectionLostError,
+    TlsHandshakeError,
 )
 from wire import codec
 from wire.connection import (
@@ -78,10 +80,13 @@ class Cluster:
         request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
         max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
         login: SaslLogin | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._nursery = nursery
         # Each connection logs in with it after its handshake (wire.sasl_client).
         self._login = login
+        # TLS to every broker (client/security.py); None: plaintext.
+        self._ssl_context = ssl_context
         self.bootstrap = parse_bootstrap(bootstrap)
         self.client_id = client_id
         self.request_timeout_s = request_timeout_ms / 1000.0
@@ -176,6 +181,7 @@ class Cluster:
             codec.HandshakeRequest(client_id=self.client_id), correlation_id=0
         )
         reasons: list[str] = []
+        tls_failed = False
         for address in dict.fromkeys(addresses):  # unique, in order
             try:
                 connection = await open_broker_connection(
@@ -184,8 +190,10 @@ class Cluster:
                     handshake,
                     max_in_flight=self._max_in_flight,
                     login=self._login,
+                    ssl_context=self._ssl_context,
                 )
             except BrokerUnavailableError as exc:
+                tls_failed = tls_failed or isinstance(exc, TlsHandshakeError)
                 reasons.append(exc.reason)
                 continue
             except ConnectionLostError as exc:
@@ -194,7 +202,10 @@ class Cluster:
             _check_handshake(connection)
             return connection
         unique = list(dict.fromkeys(addresses))
-        raise BrokerUnavailableError(format_addresses(unique), "; ".join(dict.fromkeys(reasons)))
+        # A broker that answered but failed TLS is reachable: say what to check, not "is it
+        # running?".
+        error = TlsHandshakeError if tls_failed else BrokerUnavailableError
+        raise error(format_addresses(unique), "; ".join(dict.fromkeys(reasons)))
 
     # --- requests ---------------------------------------------------------------------------------
 

@@ -154,11 +154,39 @@ def test_server_may_not_open_the_handshake() -> None:
 def test_send_refuses_oversized_frames_and_bad_headers() -> None:
     client = FrameConnection(Role.CLIENT, max_frame_bytes=1024)
     client.send(HANDSHAKE)
-    with pytest.raises(LocalProtocolError, match="exceeds max_frame_bytes"):
+    with pytest.raises(
+        framing.OversizedFrameError, match=r"limit of 1024 bytes \(max_frame_bytes\)"
+    ):
         client.send({"api": "produce", "correlation_id": 1}, b"x" * 2000)
+    # Nothing was framed: the connection is still usable.
+    assert client.state is not ConnectionState.ERROR
+    client.send({"api": "produce", "correlation_id": 2}, b"x" * 10)
     client = FrameConnection(Role.CLIENT)
     with pytest.raises(LocalProtocolError, match="correlation_id"):
         client.send({"api": "handshake"})
+
+
+def test_an_oversized_header_names_the_header_limit_not_the_frame_limit() -> None:
+    # The log said "frame of 16260117 bytes exceeds max_frame_bytes 67108864": the limit
+    # broken was the header's.
+    pair = ConnectionPair()
+    pair.handshake()
+    header = {"api": "metadata", "correlation_id": 1, "topics": ["t" * 100] * 50_000}
+    with pytest.raises(framing.OversizedFrameError) as caught:
+        pair.server.send(header)
+    assert caught.value.limit_name == "MAX_HEADER_BYTES"
+    assert "frame header of" in str(caught.value) and "MAX_HEADER_BYTES" in str(caught.value)
+    assert pair.server.state is ConnectionState.OPEN
+
+
+def test_pending_frame_bytes_is_known_from_the_length_prefix() -> None:
+    server = FrameConnection(Role.SERVER, max_frame_bytes=1024)
+    assert server.pending_frame_bytes is None
+    server.receive_data((100).to_bytes(4, "big"))
+    assert server.pending_frame_bytes == 104
+    oversized = FrameConnection(Role.SERVER, max_frame_bytes=1024)
+    oversized.receive_data((5000).to_bytes(4, "big"))
+    assert oversized.pending_frame_bytes is None
 
 
 def test_send_failed_makes_the_connection_unusable() -> None:
