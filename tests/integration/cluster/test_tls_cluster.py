@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import trustme
 
-from client import AdminClient, Consumer, Producer
+from client import AdminClient, Consumer, Producer, TopicPartition
 from client.embedded_cluster import EmbeddedCluster
 from client.security import SecurityOptions
 from tests.integration.cluster.common import wait_for
+from wire import codec
+from wire.error_codes import BrokerError
 
 FAST_RAFT = (
     "--set", "raft_tick_ms=50",
@@ -58,9 +60,7 @@ def tls_cluster(
     client_tls: tuple[list[str], SecurityOptions], request: pytest.FixtureRequest
 ) -> Iterator[EmbeddedCluster]:
     broker_args, options = client_tls
-    with EmbeddedCluster(
-        3, extra_args=[*FAST_RAFT, *broker_args], client_options=options
-    ) as running:
+    with EmbeddedCluster(3, extra_args=[*FAST_RAFT, *broker_args], security=options) as running:
         yield running
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
@@ -104,3 +104,88 @@ def test_a_tls_cluster_survives_the_kill_of_a_leader(
         while len(read) < len(values) and time.monotonic() < deadline:
             read += [record.value for record in consumer.poll(timeout_ms=500)]
     assert read == values
+
+
+def test_a_cluster_with_tls_scram_and_acls_on(tmp_path: Path) -> None:
+    """The issue's "done when": three brokers with a TLS-only listener (also between brokers),
+    SASL SCRAM logins over it and ACLs enforced (`--auth scram` turns them on). A user the
+    admin created and granted one topic produces and consumes there over SASL_SSL, through a
+    leader kill; another topic is refused to her and not even listed."""
+    authority = trustme.CA()
+    ca, cert = tmp_path / "ca.pem", tmp_path / "broker.pem"
+    authority.cert_pem.write_to_path(str(ca))
+    authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))
+    tls_args = ["--tls-cert", str(cert), "--tls-key", str(cert), "--tls-ca", str(ca)]
+    auth_args = ["--auth", "scram", "--super-user", "admin"]
+
+    def login(user: str, password: str) -> SecurityOptions:
+        return SecurityOptions(
+            security_protocol="SASL_SSL",
+            ssl_cafile=str(ca),
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=user,
+            sasl_password=password,
+        )
+
+    admin_login, alice = login("admin", "admin-secret"), login("alice", "alice-secret")
+    with EmbeddedCluster(
+        3,
+        extra_args=[*FAST_RAFT, *tls_args, *auth_args],
+        env={"BROKER_ADMIN_PASSWORD": "admin-secret"},
+        security=admin_login,
+    ) as cluster:
+        with AdminClient(cluster.bootstrap, **admin_login) as admin:
+            admin.upsert_user("alice", "alice-secret", mechanism="SCRAM-SHA-512")
+            admin.create_topic(TOPIC, 1, replication_factor=3)
+            admin.create_topic("payroll", 1, replication_factor=3)
+            admin.create_acls(
+                codec.AclBindingData(
+                    resource_type="topic",
+                    resource_name=TOPIC,
+                    pattern_type="literal",
+                    principal="User:alice",
+                    operation=operation,
+                    permission="allow",
+                )
+                for operation in ("write", "read")
+            )
+            leader = _leader(admin)
+
+        # Her credential and grant reach every broker through the controller log.
+        def alice_sees_only_hers() -> bool:
+            try:
+                with AdminClient(cluster.bootstrap, **alice) as admin:
+                    return admin.list_topics() == [TOPIC]
+            except BrokerError:
+                return False
+
+        wait_for(alice_sees_only_hers, "alice's login and grant on every broker", WAIT_S)
+        with Producer(cluster.bootstrap, **alice) as producer:
+            producer.send(TOPIC, b"before the kill").result(WAIT_S)
+            with pytest.raises(BrokerError, match="TOPIC_AUTHORIZATION_FAILED"):
+                producer.send("payroll", b"not hers").result(WAIT_S)
+        cluster.kill(leader)
+        survivors = ",".join(
+            cluster.node(node_id).bootstrap for node_id in cluster.node_ids if node_id != leader
+        )
+        with Producer(survivors, **alice) as producer:
+            producer.send(TOPIC, b"after the kill").result(WAIT_S)
+        read: list[bytes] = []
+        with Consumer(survivors, auto_offset_reset="earliest", **alice) as consumer:
+            consumer.subscribe([TOPIC])
+            deadline = time.monotonic() + WAIT_S
+            while len(read) < 2 and time.monotonic() < deadline:
+                read += [record.value for record in consumer.poll(timeout_ms=500)]
+        assert read == [b"before the kill", b"after the kill"]
+        # The refused produce wrote nothing: the admin reads payroll to its end and finds no
+        # record (its offsets hold only the leaders' Raft no-op entries, which consumers skip).
+        payroll = TopicPartition("payroll", 0)
+        with Consumer(survivors, auto_offset_reset="earliest", **admin_login) as consumer:
+            consumer.assign([payroll])
+            end = consumer.end_offsets([payroll])[payroll]
+            found: list[bytes] = []
+            deadline = time.monotonic() + WAIT_S
+            while consumer.position(payroll) < end and time.monotonic() < deadline:
+                found += [record.value for record in consumer.poll(timeout_ms=200)]
+            assert consumer.position(payroll) >= end
+        assert found == []
