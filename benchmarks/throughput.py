@@ -7,7 +7,9 @@
 
 Three phases, each on a fresh topic of `--partitions` partitions:
 1. produce: `--producers` processes each send records/P records of `--record-bytes` bytes
-   (trio-native `client.aio.Producer`, or the blocking facade with `--api blocking`);
+   (trio-native `client.aio.Producer`, or the blocking facade with `--api blocking`), one
+   `send` per record, or with `--produce-api send_many` one `send_many` call per
+   `--send-many-records` records (the bulk API: one future per call);
 2. consume: one consumer reads every record back from the beginning;
 3. latency: one producer sends at `--rate` records/s for `--latency-seconds` while a consumer
    in the same process reads; each value carries its send time, so latency = receive - send.
@@ -92,6 +94,9 @@ SHARE_RESULTS_PATH = Path(__file__).parent / "results" / "throughput-share.json"
 COST_TARGETS = {"idempotent": 0.10, "transactional": 0.25}
 # A producer process reports its progress (and a plain producer checks nothing else) this often.
 REPORT_EVERY = 65_536
+PRODUCE_APIS = ("send", "send_many")
+# Records per send_many call: a few wire batches' worth of 100-byte records.
+SEND_MANY_RECORDS_DEFAULT = 10_000
 # How long topic creation may take to settle: a leader for every partition, the preferred one.
 SETTLE_TIMEOUT_S = 30.0
 # The consume phase gives up when no record arrived for this long (it reports what it read).
@@ -134,6 +139,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "waits this long before retrying a coordinator call (CONCURRENT_TRANSACTIONS)",
     )
     parser.add_argument("--api", choices=["aio", "blocking"], default="aio")
+    parser.add_argument(
+        "--produce-api",
+        choices=PRODUCE_APIS,
+        default="send",
+        help="how the produce phase queues records: one send() per record (default), or "
+        "send_many() calls of --send-many-records records each",
+    )
+    parser.add_argument(
+        "--send-many-records",
+        type=int,
+        default=SEND_MANY_RECORDS_DEFAULT,
+        help="records per send_many() call with --produce-api send_many",
+    )
     parser.add_argument(
         "--topic-config",
         action="append",
@@ -299,6 +317,15 @@ def cost_variants(args: argparse.Namespace) -> list[Variant]:
     return variants
 
 
+def send_many_records(args: argparse.Namespace) -> int:
+    """Records per `send_many` call, 0 when the produce phase sends record by record."""
+    if args.produce_api != "send_many":
+        return 0
+    if args.send_many_records < 1:
+        raise SystemExit("--send-many-records must be at least 1")
+    return args.send_many_records
+
+
 def _chunks(count: int, size: int) -> Iterator[int]:
     """`count` split into pieces of `size` (the last one smaller)."""
     for start in range(0, count, size):
@@ -329,8 +356,9 @@ def _quantile(values: list[float], q: float) -> float:
 
 async def _produce_aio(
     bootstrap: str, topic: str, count: int, size: int, options: dict[str, Any], per_txn: int,
-    sync: Any, report: Callable[[int], None], commits: _Commits,
+    sync: Any, report: Callable[[int], None], commits: _Commits, many: int = 0,
 ) -> tuple[float, float]:  # fmt: skip
+    """Produce `count` records: one `send` each, or (`many` > 0) `send_many` calls of `many`."""
     value = os.urandom(size)
     async with aio.Producer(bootstrap, **options) as producer:
         await producer.load_topic(topic)
@@ -342,8 +370,12 @@ async def _produce_aio(
         for chunk in _chunks(count, per_txn or REPORT_EVERY):
             if per_txn:
                 producer.begin_transaction()
-            for _ in range(chunk):
-                await send(topic, value)
+            if many:
+                for part in _chunks(chunk, many):
+                    await producer.send_many(topic, [value] * part)
+            else:
+                for _ in range(chunk):
+                    await send(topic, value)
             if per_txn:
                 began = time.perf_counter()
                 await producer.commit_transaction()
@@ -357,7 +389,7 @@ async def _produce_aio(
 
 def _produce_blocking(
     bootstrap: str, topic: str, count: int, size: int, options: dict[str, Any], per_txn: int,
-    sync: Any, report: Callable[[int], None], commits: _Commits,
+    sync: Any, report: Callable[[int], None], commits: _Commits, many: int = 0,
 ) -> tuple[float, float]:  # fmt: skip
     value = os.urandom(size)
     with BlockingProducer(bootstrap, **options) as producer:
@@ -370,8 +402,12 @@ def _produce_blocking(
         for chunk in _chunks(count, per_txn or REPORT_EVERY):
             if per_txn:
                 producer.begin_transaction()
-            for _ in range(chunk):
-                send(topic, value)
+            if many:
+                for part in _chunks(chunk, many):
+                    producer.send_many(topic, [value] * part)
+            else:
+                for _ in range(chunk):
+                    send(topic, value)
             if per_txn:
                 began = time.perf_counter()
                 producer.commit_transaction()
@@ -389,7 +425,7 @@ TIMING_FIELDS = ("wall", "cpu", "commits", "commit_seconds", "commit_p50", "comm
 
 def produce_worker(
     bootstrap: str, topic: str, count: int, size: int, options: dict[str, Any], per_txn: int,
-    api: str, sync: Any, progress: Any, timings: Any, index: int,
+    api: str, many: int, sync: Any, progress: Any, timings: Any, index: int,
 ) -> None:  # fmt: skip
     """One producer process: connect (and init_transactions), wait at the barrier `sync`, send
     (committing every `per_txn` records if > 0), flush.
@@ -405,7 +441,7 @@ def produce_worker(
         last[0] = done
 
     commits = _Commits()
-    run_args = (bootstrap, topic, count, size, options, per_txn, sync, report, commits)
+    run_args = (bootstrap, topic, count, size, options, per_txn, sync, report, commits, many)
     if api == "aio":
         wall, cpu = trio.run(_produce_aio, *run_args)
     else:
@@ -434,6 +470,7 @@ def run_produce(
                 variant.options(args),  # one transactional id per process
                 variant.transaction_records,
                 args.api,
+                send_many_records(args),
                 sync,
                 counter,
                 timings,
@@ -462,6 +499,7 @@ def run_produce(
     wall = max(w["wall"] for w in per_worker)
     cpu = sum(w["cpu"] for w in per_worker)
     result = _rates("produce", total, args.record_bytes, wall, cpu)
+    result["produce_api"] = args.produce_api
     commits = sum(int(w["commits"]) for w in per_worker)
     if commits:
         # With several producers: the slowest process's percentiles.
@@ -904,8 +942,9 @@ def print_table(results: dict[str, Any]) -> None:
     table.add_column("result")
     for phase in ("produce", "consume"):
         r = results[phase]
+        api = r.get("produce_api", "send")
         table.add_row(
-            phase,
+            f"{phase} ({api})" if phase == "produce" else phase,
             f"{r['records_per_s']:,} records/s  {r['mb_per_s']} MB/s  "
             f"(CPU per record: client {r['client_cpu_us_per_record']} us, "
             f"broker {r.get('broker_cpu_us_per_record', '?')} us)",

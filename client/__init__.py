@@ -11,6 +11,7 @@ for tests is in `client.embedded`. See docs/client.md.
 from client.accumulator import RecordFuture
 from client.aio.share_consumer import AcknowledgementStateError
 from client.blocking import AdminClient, Consumer, Producer, ShareConsumer
+from client.bulk import SendManyFuture, SendManyResult
 from client.errors import (
     InvalidTxnStateError,
     ProducerFencedError,
@@ -44,6 +45,8 @@ __all__ = [
     "ProducerFencedError",
     "RecordFuture",
     "RecordMetadata",
+    "SendManyFuture",
+    "SendManyResult",
     "ShareConsumer",
     "ShareGroupDescription",
     "ShareRecord",

@@ -378,6 +378,32 @@ class RecordAccumulator:
             self.seal(batch, partition_count)
         return new_future(RecordFuture, (batch, len(records) - 1))
 
+    def open_batch(
+        self, topic: str, partition: int, timestamp_ms: int, partition_count: int
+    ) -> ProducerBatch:
+        """The open batch of `partition` (-1: the topic's sticky one), opened if there is none.
+
+        For bulk appends (`client/bulk.py`), which fill it many records at a time under the
+        caller's `lock`, with `_append`'s rules (memory, sizes, sealing); `_append` keeps its own
+        inline copy of these lines, being the per-record hot path.
+        """
+        sticky = partition < 0
+        if sticky:
+            partition = self._sticky_current.get(topic, -1)
+            if not 0 <= partition < partition_count:
+                partition = self.sticky.partition(topic, partition_count)
+        batch = self._open.get((topic, partition))
+        if batch is None:
+            self._sequence += 1
+            batch = self._open[(topic, partition)] = ProducerBatch(
+                topic, partition, self.clock(), self._sequence, timestamp_ms
+            )
+            self._incomplete.add(batch)
+            self._wake_sender()
+        if sticky:
+            self.sticky_open[topic] = batch
+        return batch
+
     def seal(self, batch: ProducerBatch, partition_count: int) -> None:
         """`batch` (open) is full: queue it to send and move the topic's sticky partition on.
         Caller holds the lock (the trio producer's fast path calls it directly)."""

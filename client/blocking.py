@@ -22,6 +22,7 @@ from client._loop import LoopThread
 from client.accumulator import RECORD_OVERHEAD_BYTES, DeliveryCallback, RecordFuture
 from client.aio.producer import NeedMetadataError
 from client.aio.share_consumer import AcknowledgementResults, AcknowledgeType
+from client.bulk import BulkAppend, SendManyFuture
 from client.errors import BrokerError, BufferFullError, ErrorCode
 from client.serialization import serialize
 from client.types import (
@@ -108,30 +109,70 @@ class Producer(_Blocking):
         return self._send_when_memory(topic, value, key, headers, partition, timestamp_ms, callback)
 
     def _send_when_memory(self, topic: str, value: Any, key: Any, *rest: Any) -> RecordFuture:
-        acc = self._acc
         need = RECORD_OVERHEAD_BYTES + len(value or b"") + len(key or b"")
         deadline = time.monotonic() + self._aio.max_block_s
-        acc.notify()  # let the sender drain lingering batches, which frees memory
         while True:
-            remaining = deadline - time.monotonic()
-            with acc.memory_freed:
-                # The check and the wait are under the accumulator's lock, so a release cannot
-                # slip in between them and be missed.
-                room = acc.memory_freed.wait_for(
-                    lambda: (
-                        acc.memory_used == 0 or acc.memory_used + need <= acc.buffer_memory_bytes
-                    ),
-                    timeout=max(remaining, 0.0),
-                )
-            if not room:
-                raise BufferFullError(
-                    f"no buffer memory freed within max_block_ms="
-                    f"{self._aio.max_block_s * 1000:.0f}: the broker is not keeping up or not "
-                    "reachable; flush(), slow down or raise buffer_memory_bytes"
-                )
+            self._wait_for_memory(need, deadline)
             future = self._aio._append(topic, value, key, *rest)
             if future is not None:
                 return future
+
+    def _wait_for_memory(self, need: int, deadline: float) -> None:
+        """Wait until `need` bytes fit in buffer memory; `BufferFullError` at `deadline`."""
+        acc = self._acc
+        acc.notify()  # let the sender drain lingering batches, which frees memory
+        remaining = deadline - time.monotonic()
+        with acc.memory_freed:
+            # The check and the wait are under the accumulator's lock, so a release cannot
+            # slip in between them and be missed.
+            room = acc.memory_freed.wait_for(
+                lambda: acc.memory_used == 0 or acc.memory_used + need <= acc.buffer_memory_bytes,
+                timeout=max(remaining, 0.0),
+            )
+        if not room:
+            raise BufferFullError(
+                f"no buffer memory freed within max_block_ms="
+                f"{self._aio.max_block_s * 1000:.0f}: the broker is not keeping up or not "
+                "reachable; flush(), slow down or raise buffer_memory_bytes"
+            )
+
+    def send_many(
+        self,
+        topic: str,
+        values: Iterable[Any],
+        *,
+        keys: Iterable[Any] | None = None,
+        headers: Iterable[Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> SendManyFuture:
+        """Queue many records at once; one future for all (`.result(timeout)` -> their
+        metadata in call order). Same rules as `client.aio.Producer.send_many`; blocks for
+        buffer memory between batches, up to `max_block_ms` without progress."""
+        bulk = BulkAppend(self._aio, topic, values, keys, headers, partition, timestamp_ms)
+        try:
+            routed = bulk.route()
+        except BrokerError as exc:
+            if exc.code is not ErrorCode.UNKNOWN_PARTITION:
+                raise
+            self._loop.run(self._aio.reload_topic, topic)  # still out of range: raised again
+            routed = bulk.route()
+        if not routed:
+            self._loop.run(self._aio.load_topic, topic)
+            bulk.route()
+        deadline: float | None = None
+        while not bulk.finished:
+            if bulk.append_some():
+                deadline = None
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + self._aio.max_block_s
+            try:
+                self._wait_for_memory(bulk.next_size(), deadline)
+            except BufferFullError as exc:
+                exc.queued = bulk.future()
+                raise
+        return bulk.future()
 
     def flush(self) -> None:
         """Send everything queued and wait until each record is acknowledged or failed."""

@@ -11,6 +11,8 @@ beside the connection that raises them, and re-exported here.
 
 from __future__ import annotations
 
+from typing import Any
+
 from wire.config_error import ConfigError
 from wire.error_codes import BrokerError, ErrorCode
 from wire.errors import (
@@ -49,6 +51,10 @@ class BufferFullError(ClientError):
     The broker is slower than the application or unreachable: call `flush()`, slow down, or raise
     `buffer_memory_bytes` / `max_block_ms`.
     """
+
+    # From `send_many`: the `SendManyFuture` of the records queued before the buffer stayed
+    # full (they are still delivered); None from `send`, which queued nothing.
+    queued: Any = None
 
 
 class ClientClosedError(ClientError):

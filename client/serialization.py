@@ -14,7 +14,7 @@ record and every later poll raises again (as in Kafka) until `seek()` moves past
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from client.errors import ClientError
@@ -22,6 +22,33 @@ from client.types import ConsumerRecord
 
 Serializer = Callable[[Any], bytes]
 Deserializer = Callable[[bytes], Any]
+
+
+def as_bytes(what: str, data: Any) -> bytes:
+    """A record field given as `str` (UTF-8), `bytearray` or `memoryview`, as bytes; anything
+    else is a `TypeError` saying to serialize it (the producer's `send` and `send_many`)."""
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(
+        f"record {what} must be bytes, str or None, not {type(data).__name__}; "
+        "serialize it first (e.g. json.dumps(obj).encode())"
+    )
+
+
+def normalise_headers(
+    headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes], size: int
+) -> tuple[list[tuple[str, bytes]] | None, int]:
+    """A record's headers as the wire's list of `(name, bytes)` (None when empty), and `size`
+    plus their bytes."""
+    items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    out = []
+    for name, value in items:
+        data = value if value.__class__ is bytes else as_bytes("header value", value)
+        out.append((name, data))
+        size += len(name) + len(data)
+    return (out or None), size
 
 
 class SerializationError(ClientError):

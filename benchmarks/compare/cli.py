@@ -31,7 +31,7 @@ from benchmarks.throughput import _machine, _step, console
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 JSON_NAME = "compare.json"
 CHART_NAME = "compare.png"
-SYSTEM_NAMES = ("pybroker", "pybroker-rf3", "nats-r1", "nats-r3", "redis")
+SYSTEM_NAMES = ("pybroker", "pybroker-send-many", "pybroker-rf3", "nats-r1", "nats-r3", "redis")
 # Sizes: (records, runs, latency seconds) for a full run and for --quick.
 FULL = (200_000, 3, 5.0)
 QUICK = (50_000, 1, 3.0)
@@ -128,26 +128,29 @@ def warm_up(session: Session, workload: Workload) -> None:
 
 
 def run_system(system: System, workload: Workload, run: int) -> list[dict[str, Any]]:
-    """Start `system`, run the three workloads, stop it. A failure is recorded as an `error`
-    measurement for the workloads it prevented (consume needs produce's records)."""
+    """Start `system`, run its workloads (all three unless it says otherwise), stop it. A
+    failure is recorded as an `error` measurement for the workloads it prevented (consume needs
+    produce's records)."""
+    names = system.workloads
     measurements: list[dict[str, Any]] = []
     try:
         with system.running() as session:
             warm_up(session, workload)
             session.prepare_produce()
-            for name in ("produce", "consume"):
+            for name in names:
+                if name == "latency":
+                    session.prepare_latency()
                 measurements.append(_measure(session, workload, name))
                 console.print(f"{system.name} {name}: {measurements[-1]}")
-            session.prepare_latency()
-            measurements.append(_measure(session, workload, "latency"))
-            console.print(f"{system.name} latency: {measurements[-1]}")
     except Exception as exc:
         console.print(f"[red]{system.name} run {run + 1} failed:[/] {exc!r}")
         traceback.print_exc()
-        measurements += [{"error": f"{type(exc).__name__}: {exc}"}] * (3 - len(measurements))
+        measurements += [{"error": f"{type(exc).__name__}: {exc}"}] * (
+            len(names) - len(measurements)
+        )
     return [
         {"system": system.name, "workload": name, "run": run + 1, **measurement}
-        for name, measurement in zip(("produce", "consume", "latency"), measurements, strict=True)
+        for name, measurement in zip(names, measurements, strict=True)
     ]
 
 

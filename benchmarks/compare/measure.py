@@ -81,6 +81,9 @@ class System(abc.ABC):
     durability: str
     # The pybroker system a peer is compared with (None for pybroker's own systems).
     compared_with: str | None = None
+    # The workloads it runs, in `WORKLOADS` order (consume reads what produce wrote, so a system
+    # that consumes also produces); a variant of another system may run only what differs.
+    workloads: tuple[str, ...] = WORKLOADS
 
     @abc.abstractmethod
     def missing(self) -> str | None:

@@ -42,6 +42,8 @@ NOT_APPLICABLE = {
 # "max" (at most goal), or "ratio" (pybroker_ratio of the peer's row `system` at least goal).
 TARGETS = (
     ("single node produce >= 1 M records/s", "pybroker", "produce", "records_per_s", "min", 1e6),
+    ("single node produce >= 1 M records/s, bulk send_many", "pybroker-send-many", "produce",
+     "records_per_s", "min", 1e6),
     ("single node consume >= 2 M records/s", "pybroker", "consume", "records_per_s", "min", 2e6),
     ("produce >= 10x NATS JetStream R1", "nats-r1", "produce", "pybroker_ratio", "ratio", 10),
     ("consume >= 10x NATS JetStream R1", "nats-r1", "consume", "pybroker_ratio", "ratio", 10),

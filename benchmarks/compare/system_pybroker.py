@@ -1,7 +1,11 @@
 """This broker, driven through its SDK (`client.aio`), with the SDK's default settings but acks.
 
-`pybroker`: one `broker serve` process, producing with acks=1 (issue 15's single-node target).
-`pybroker-rf3`: three brokers, a topic of replication factor 3, acks=all. Both keep the default
+`pybroker`: one `broker serve` process, producing with acks=1 (issue 15's single-node target),
+one `await producer.send(topic, value)` per record.
+`pybroker-send-many`: the same broker and acks, producing with the bulk API instead
+(`producer.send_many(topic, values)`, `SEND_MANY_RECORDS` records a call, one future per call);
+it runs only the produce workload, the others being `pybroker`'s.
+`pybroker-rf3`: three brokers, a topic of replication factor 3, acks=all. All keep the default
 `flush.policy=always`: a record is readable (and, with acks=all, acknowledged) only once fsynced
 by the group commit. Starting brokers, topics, the produce loop and the consumer are those of
 benchmarks/throughput.py; only the latency phase is this module's own, because throughput.py's
@@ -33,6 +37,8 @@ from client.types import TopicPartition
 
 # The consumer's poll timeout in the latency phase; a poll returns as soon as records arrive.
 POLL_TIMEOUT_MS = 1000
+# Records per send_many call in `pybroker-send-many` (as benchmarks.throughput's default).
+SEND_MANY_RECORDS = throughput.SEND_MANY_RECORDS_DEFAULT
 
 
 class _StartGate:
@@ -70,6 +76,7 @@ class PyBrokerSession(Session):
                 throughput._produce_aio, self.bootstrap, self.topic, workload.records,
                 workload.record_bytes, options, 0, _StartGate(),
                 lambda done: progress.update(task, completed=done), throughput._Commits(),
+                self.system.send_many_records,
             )  # fmt: skip
         return throughput_result("produce", workload.records, workload.record_bytes, wall, cpu)
 
@@ -121,16 +128,33 @@ class PyBrokerSession(Session):
 class PyBroker(System):
     """`brokers` broker processes, topics of `replication_factor`, producing with `acks`."""
 
-    def __init__(self, name: str, *, brokers: int, replication_factor: int, acks: int | str):
+    def __init__(
+        self,
+        name: str,
+        *,
+        brokers: int,
+        replication_factor: int,
+        acks: int | str,
+        send_many_records: int = 0,
+    ):
+        """`send_many_records` > 0: produce with `send_many` calls of that many records (and
+        run only the produce workload); 0: one `send` per record."""
         self.name = name
         self.brokers = brokers
         self.replication_factor = replication_factor
         self.acks = acks
+        self.send_many_records = send_many_records
+        if send_many_records:
+            self.workloads = ("produce",)
         if brokers == 1:
             self.durability = (
                 "acks=1: acknowledged once written (page cache); fsync per batch (group commit, "
                 "flush.policy=always) before a record is readable"
             )
+            if send_many_records:
+                self.durability += (
+                    f"; produced with send_many, {send_many_records:,} records a call"
+                )
         else:
             self.durability = (
                 f"acks=all, RF {replication_factor}: acknowledged once fsynced on a majority "
@@ -151,5 +175,12 @@ class PyBroker(System):
 def systems() -> list[System]:
     return [
         PyBroker("pybroker", brokers=1, replication_factor=1, acks=1),
+        PyBroker(
+            "pybroker-send-many",
+            brokers=1,
+            replication_factor=1,
+            acks=1,
+            send_many_records=SEND_MANY_RECORDS,
+        ),
         PyBroker("pybroker-rf3", brokers=3, replication_factor=3, acks="all"),
     ]

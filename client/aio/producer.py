@@ -51,7 +51,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Unpack
 
 import trio
@@ -78,6 +78,7 @@ from client.aio.transactions import (
     TransactionManager,
     TxnState,
 )
+from client.bulk import BulkAppend, SendManyFuture
 from client.errors import (
     BrokerUnavailableError,
     BufferFullError,
@@ -88,7 +89,7 @@ from client.errors import (
 )
 from client.partitioner import partition_for_key
 from client.security import SecurityOptions
-from client.serialization import Serializer, serialize
+from client.serialization import Serializer, as_bytes, normalise_headers, serialize
 from client.types import ConsumerGroupMetadata, RecordMetadata, TopicPartition
 from wire import codec
 from wire.batch import (
@@ -360,11 +361,11 @@ class Producer(AsyncClientBase):
                 raise ClientClosedError("the producer is closed; create a new one")
             raise NeedMetadataError(topic)
         if value.__class__ is not bytes and value is not None:
-            value = _as_bytes("value", value)
+            value = as_bytes("value", value)
         size = RECORD_OVERHEAD_BYTES + (len(value) if value is not None else 0)
         if key is not None:
             if key.__class__ is not bytes:
-                key = _as_bytes("key", key)
+                key = as_bytes("key", key)
             size += len(key)
             if partition is None:
                 partition = partition_for_key(key, count)
@@ -376,7 +377,7 @@ class Producer(AsyncClientBase):
                 f"topic {topic!r} has partitions 0..{count - 1}, not {partition}",
             )
         if headers is not None:
-            headers, size = _normalise_headers(headers, size)
+            headers, size = normalise_headers(headers, size)
         if size > self.max_record_bytes:
             raise BrokerError(
                 ErrorCode.MESSAGE_TOO_LARGE,
@@ -475,6 +476,53 @@ class Producer(AsyncClientBase):
         """`send` and wait for the acknowledgement."""
         future = await self.send(topic, value, **kwargs)
         return await future
+
+    async def send_many(
+        self,
+        topic: str,
+        values: Iterable[Any],
+        *,
+        keys: Iterable[Any] | None = None,
+        headers: Iterable[Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> SendManyFuture:
+        """Queue many records at once and return one future for all of them (`await future`
+        -> a `SendManyResult`, their metadata in call order). The bulk twin of `send` (see
+        client/bulk.py): one timestamp for the call, no per-record coroutine or future.
+
+        `keys` and `headers`, if given, hold one entry per value (None for none). Everything
+        is checked before anything is queued (too big a record raises MESSAGE_TOO_LARGE). Waits
+        for buffer memory between batches, up to `max_block_ms` without progress, then raises
+        `BufferFullError` (its `queued`: the future of the records queued until then).
+        """
+        bulk = BulkAppend(self, topic, values, keys, headers, partition, timestamp_ms)
+        try:
+            routed = bulk.route()
+        except BrokerError as exc:
+            if exc.code is not ErrorCode.UNKNOWN_PARTITION:
+                raise
+            await self.reload_topic(topic)  # still out of range: UNKNOWN_PARTITION again
+            routed = bulk.route()
+        if not routed:
+            await self.load_topic(topic)
+            bulk.route()
+        deadline: float | None = None
+        while not bulk.finished:
+            if bulk.append_some():
+                deadline = None
+                if self._wake_pending:  # a batch opened or sealed: let the sender take it
+                    await trio.lowlevel.checkpoint()
+                continue
+            if deadline is None:
+                deadline = trio.current_time() + self.max_block_s
+            try:
+                await self._wait_for_memory(deadline)
+            except BufferFullError as exc:
+                exc.queued = bulk.future()
+                raise
+        await trio.lowlevel.checkpoint()
+        return bulk.future()
 
     async def load_topic(self, topic: str) -> int:
         """Make sure `topic`'s partition count is known (raises UNKNOWN_TOPIC if it is not and
@@ -1156,26 +1204,3 @@ def _idempotence(
 def _positive(key: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise ConfigError(key, f"must be a positive integer, got {value!r}")
-
-
-def _as_bytes(what: str, data: Any) -> bytes:
-    if isinstance(data, str):
-        return data.encode("utf-8")
-    if isinstance(data, bytearray | memoryview):
-        return bytes(data)
-    raise TypeError(
-        f"record {what} must be bytes, str or None, not {type(data).__name__}; "
-        "serialize it first (e.g. json.dumps(obj).encode())"
-    )
-
-
-def _normalise_headers(
-    headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes], size: int
-) -> tuple[list[tuple[str, bytes]] | None, int]:
-    items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
-    out = []
-    for name, value in items:
-        data = value if value.__class__ is bytes else _as_bytes("header value", value)
-        out.append((name, data))
-        size += len(name) + len(data)
-    return (out or None), size

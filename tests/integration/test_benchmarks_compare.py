@@ -87,6 +87,17 @@ def test_a_tiny_pybroker_run_writes_its_rows(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_bulk_api_has_its_own_produce_row(tmp_path: pathlib.Path) -> None:
+    _, document = _compare([*TINY, "--systems", "pybroker-send-many"], tmp_path)
+    (row,) = document["rows"]  # produce only: consume and latency are pybroker's rows
+    assert (row["system"], row["workload"], row["runs"]) == ("pybroker-send-many", "produce", 1)
+    assert row["records"] == 2000 and row["records_per_s"] > 0 and not row["errors"]
+    assert "send_many" in row["durability"]
+    bulk_target = [t for t in document["targets"] if t["system"] == "pybroker-send-many"]
+    assert [t["value"] for t in bulk_target] == [row["records_per_s"]]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("nats") is None, reason="nats-py not installed (the bench extra)"
 )
