@@ -9,7 +9,10 @@ Rules:
   `wire.batch.build_batch_rows` packs the batch's list as it is, in one msgpack call in C.
   `sticky_open` names, per topic, the open batch that keyless records join: the trio producer's
   `send` appends to it inline (its fast path) under the same rules.
-- A batch is sealed when it reaches `batch_bytes` or `max_records_per_batch`. An open batch is
+- A batch is sealed when it reaches `batch_bytes` or `max_records_per_batch`, or when the next
+  record would take it past `batch_bytes` (that record opens the next batch; a record larger
+  than `batch_bytes` goes alone), so a batch is never larger than `batch_bytes` or its one
+  record: the broker's `max.message.bytes` holds for every batch. An open batch is
   drained after `linger_ms`, at once when a flush is asked for, and, with `adaptive` (the
   default), at once when its partition has nothing in flight: a record sent to an idle producer
   leaves immediately, and batches grow only while a request is out (NATS/Redpanda-style
@@ -360,6 +363,20 @@ class RecordAccumulator:
                 partition = self.sticky.partition(topic, partition_count)
         slot = (topic, partition)
         batch = self._open.get(slot)
+        if batch is not None and batch.records and batch.size_bytes + size > self.batch_bytes:
+            # The record does not fit: the batch leaves without it (Kafka's rule), so no batch
+            # outgrows `batch_bytes` unless a single record does.
+            self.seal(batch, partition_count)
+            return self._append(
+                topic,
+                -1 if sticky else partition,
+                timestamp_ms,
+                key,
+                value,
+                headers,
+                size,
+                partition_count,
+            )
         if batch is None:
             self._sequence += 1
             batch = self._open[slot] = ProducerBatch(

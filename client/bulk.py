@@ -9,11 +9,12 @@ rows are made by `zip` in C, and one `SendManyFuture` stands for every record.
 Rules:
 - Records go into the accumulator's ordinary batches (`ProducerBatch`), filled under its lock
   with `_append`'s rules: a record fits while buffer memory allows (any record when nothing is
-  buffered), and a batch is sealed once it reaches `batch_bytes` or `max_records_per_batch`, so
-  a call bigger than a batch fills several wire batches split exactly where per-record sends
-  would split them. Everything after the append (idempotence sequence numbers, retries with the
-  same payload, transactions, per-partition order, also with `send` calls before and after) is
-  the sender's, as for any batch; the broker sees ordinary batches.
+  buffered), and a batch is sealed once it reaches `batch_bytes` or `max_records_per_batch` or
+  the next record would take it past `batch_bytes`, so a call bigger than a batch fills several
+  wire batches split exactly where per-record sends would split them. Everything after the
+  append (idempotence sequence numbers, retries with the same payload, transactions,
+  per-partition order, also with `send` calls before and after) is the sender's, as for any
+  batch; the broker sees ordinary batches.
 - Everything is checked before anything is queued: types, each record's size against
   `max_record_bytes`, the partition, the lengths of `keys` and `headers`. A refusal raises and
   queues nothing.
@@ -35,7 +36,7 @@ Rules:
 from __future__ import annotations
 
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from itertools import accumulate, repeat
@@ -241,15 +242,6 @@ class _Run:
         base = self.ends[start - 1] if start else 0
         return bisect_right(self.ends, base + room, start, self.count) - start
 
-    def to_reach(self, start: int, room: int) -> int:
-        """How many records from `start` make up `room` bytes or more (all that are left if
-        they do not): the records a batch with `room` bytes to go takes before it seals."""
-        left = self.count - start
-        if self.ends is None:
-            return min(-(-room // self.unit), left)
-        base = self.ends[start - 1] if start else 0
-        return min(bisect_left(self.ends, base + room, start, self.count) - start + 1, left)
-
 
 class BulkAppend:
     """One `send_many` call: its records checked, sized and routed (`route`), then queued by
@@ -439,11 +431,14 @@ class BulkAppend:
         batch = acc.open_batch(self.topic, run.partition, timestamp, partition_count)
         records = batch.records
         first = len(records)
-        taken = min(
-            taken,
-            run.to_reach(start, acc.batch_bytes - batch.size_bytes),
-            acc.max_records_per_batch - first,
-        )
+        fits = run.within(start, acc.batch_bytes - batch.size_bytes)
+        if not fits:
+            if first:
+                # The next record does not fit: the batch leaves without it, as in `_append`.
+                acc.seal(batch, partition_count)
+                return self._fill_one(acc, partition_count)
+            fits = 1  # a record larger than `batch_bytes` goes alone
+        taken = min(taken, fits, acc.max_records_per_batch - first)
         stop = start + taken
         records.extend(
             zip(

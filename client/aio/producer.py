@@ -420,7 +420,11 @@ class Producer(AsyncClientBase):
             acc = self._acc
             size = RECORD_OVERHEAD_BYTES + len(value)
             used = acc.memory_used + size
-            if used <= acc.buffer_memory_bytes and size <= self.max_record_bytes:
+            if (
+                used <= acc.buffer_memory_bytes
+                and size <= self.max_record_bytes
+                and batch.size_bytes + size <= acc.batch_bytes
+            ):
                 records = batch.records
                 records.append((_time_ns() // 1_000_000 - batch.base_timestamp, None, value, None))
                 acc.memory_used = used

@@ -4,16 +4,15 @@ acknowledgement or a broker that never answers."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import trio
 
-from client import AdminClient, Consumer, Producer, TopicPartition, aio
+from client import AdminClient, Producer, TopicPartition, aio
 from client.embedded import EmbeddedBroker
 from client.errors import BufferFullError
 from client.partitioner import partition_for_key
 from tests.integration.client.fake_broker import FakeBroker
+from tests.integration.client.reading import read_partitions
 from wire.error_codes import BrokerError, ErrorCode
 
 READ_DEADLINE_S = 20.0
@@ -22,27 +21,6 @@ READ_DEADLINE_S = 20.0
 def create(bootstrap: str, topic: str, partitions: int) -> None:
     with AdminClient(bootstrap) as admin:
         admin.create_topic(topic, partitions)
-
-
-def read_partitions(
-    bootstrap: str, topic: str, partitions: int, isolation_level: str = "read_uncommitted"
-) -> dict[int, list[tuple[int, bytes | None, bytes | None]]]:
-    """Every record of `topic` up to its end offsets: per partition, (offset, key, value)."""
-    out: dict[int, list[tuple[int, bytes | None, bytes | None]]] = {}
-    with Consumer(
-        bootstrap, auto_offset_reset="earliest", isolation_level=isolation_level
-    ) as consumer:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        ends = consumer.end_offsets(tps)
-        deadline = time.monotonic() + READ_DEADLINE_S
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            assert time.monotonic() < deadline, "did not reach the end offsets"
-            for record in consumer.poll(timeout_ms=200):
-                out.setdefault(record.partition, []).append(
-                    (record.offset, record.key, record.value)
-                )
-    return out
 
 
 def test_every_record_arrives_in_order_with_its_offset_interleaved_with_send(
@@ -200,3 +178,25 @@ async def test_a_full_buffer_raises_with_the_future_of_what_was_queued(fake: Fak
             return len(info.value.queued)
 
     assert 0 < await trio.to_thread.run_sync(blocking) < 100
+
+
+def test_a_big_record_after_a_half_full_batch_is_delivered_in_its_own_batch(
+    session_broker: EmbeddedBroker, unique_topic: str
+) -> None:
+    """Default batch_bytes (512 KiB) and a record near max_record_bytes (1 MiB - 1 KiB) after it:
+    joined to the open batch they would make a batch over the broker's max.message.bytes (1 MiB),
+    refused whole; sealed before the big record, both batches are accepted."""
+    bootstrap = session_broker.bootstrap
+    create(bootstrap, unique_topic, 1)
+    values = [b"a" * (500 * 1024), b"b" * (1000 * 1024), b"c" * 100]
+
+    async def main() -> list[int]:
+        async with aio.Producer(bootstrap, linger_ms=1000, adaptive_batching=False) as producer:
+            sent = [await producer.send(unique_topic, value) for value in values]
+            more = await producer.send_many(unique_topic, values)
+            await producer.flush()
+            return [(await f).offset for f in sent] + [m.offset for m in await more]
+
+    assert trio.run(main) == list(range(6))
+    records = read_partitions(bootstrap, unique_topic, 1)[0]
+    assert [value for _, _, value in records] == values + values

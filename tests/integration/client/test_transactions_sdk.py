@@ -18,8 +18,7 @@ from client import AdminClient, Consumer, Producer, TopicPartition
 from client.embedded import EmbeddedBroker
 from client.errors import ProducerFencedError, TransactionAbortedError
 from client.pytest_plugin import run_broker
-
-READ_DEADLINE_S = 20.0
+from tests.integration.client.reading import READ_DEADLINE_S, read_records
 
 
 @pytest.fixture
@@ -52,19 +51,8 @@ def in_transaction(
 
 
 def read_all(bootstrap: str, topic: str, partitions: int, isolation_level: str) -> list[bytes]:
-    """Every record of `topic` up to its end offsets, as `isolation_level` sees it."""
-    values: list[bytes] = []
-    with Consumer(
-        bootstrap, auto_offset_reset="earliest", isolation_level=isolation_level
-    ) as consumer:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        ends = consumer.end_offsets(tps)
-        deadline = time.monotonic() + READ_DEADLINE_S
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            assert time.monotonic() < deadline, "did not reach the end offsets"
-            values += [record.value or b"" for record in consumer.poll(timeout_ms=200)]
-    return values
+    """Every value of `topic` up to its end offsets, as `isolation_level` sees it."""
+    return [r.value or b"" for r in read_records(bootstrap, topic, partitions, isolation_level)]
 
 
 def test_committed_and_aborted_transactions_as_read_committed_sees_them(

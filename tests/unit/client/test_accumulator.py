@@ -45,7 +45,7 @@ def test_batch_seals_at_batch_bytes_and_notifies_once() -> None:
     notified = []
     acc.notify = lambda: notified.append(1)
     for i in range(4):
-        acc.append("t", 0, *rec(i), 30, 1)
+        acc.append("t", 0, *rec(i), 25, 1)
     assert notified == [1]  # once: the batch opened (and sealed) before the next drain
     batches, _ = acc.drain(100.0, {})
     assert [len(b.records) for b in batches] == [4]

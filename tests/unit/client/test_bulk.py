@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import trio
 
 from client.accumulator import ProducerBatch
 from client.aio import Producer
@@ -159,7 +160,7 @@ def test_refusals_queue_nothing() -> None:
 
 
 def test_the_future_resolves_lazily_to_metadata_and_reports_a_failed_batch() -> None:
-    made = producer(batch_bytes=250)
+    made = producer(batch_bytes=300)  # three 100-byte records (84 + overhead) a batch
     future = append_all(bulk(made, [b"x" * 84] * 7, partition=0))
     batches = queued(made)
     assert [len(b.records) for b in batches] == [3, 3, 1]
@@ -182,3 +183,37 @@ def test_the_future_resolves_lazily_to_metadata_and_reports_a_failed_batch() -> 
 def test_an_empty_call_resolves_to_nothing() -> None:
     future = append_all(bulk(producer(), []))
     assert future.done() and len(future.result(timeout=0)) == 0
+
+
+def test_a_record_that_does_not_fit_seals_the_batch_before_it_in_every_path() -> None:
+    """No batch outgrows batch_bytes unless it holds one record (the broker refuses batches over
+    its max.message.bytes: a big record after a nearly full batch must not join it)."""
+    values = [b"a" * 600, b"b" * 600, b"c" * 2500, b"d" * 100, b"e" * 950]
+    one_by_one = producer()
+    for value in values:
+        assert one_by_one._append("t", value, None, None, 0, TIMESTAMP, None) is not None
+    many = producer()
+    append_all(bulk(many, values, partition=0))
+    for made in (one_by_one, many):
+        batches = queued(made)
+        assert [[row[2][:1] for row in b.records] for b in batches] == [
+            [b"a"],
+            [b"b"],
+            [b"c"],
+            [b"d"],
+            [b"e"],
+        ]
+        assert all(b.size_bytes <= 1000 or len(b.records) == 1 for b in batches)
+
+
+def test_the_send_fast_path_does_not_overfill_the_sticky_batch() -> None:
+    made = producer()
+    assert made._append("t", b"a" * 600, None, None, None, TIMESTAMP, None) is not None
+    assert made._fast_batches.get("t") is not None  # the next keyless send takes the fast path
+
+    async def send_big() -> None:
+        await made.send("t", b"b" * 600)
+
+    trio.run(send_big)
+    assert [len(b.records) for b in queued(made)] == [1, 1]
+    assert all(b.size_bytes <= 1000 for b in queued(made))
