@@ -35,7 +35,7 @@ _INACTIVE_STATES = ("Empty", "Dead")
 
 @groups_app.command("list")
 def groups_list(as_json: JsonFlag = False) -> None:
-    """List consumer groups and their states."""
+    """List consumer groups and their states (with ACLs on: those you may describe)."""
     with open_admin() as admin:
         groups = admin.list_groups()
     rows = [

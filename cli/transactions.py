@@ -26,7 +26,8 @@ def transactions_list(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List transactional ids with their producer id and state (every broker is asked)."""
+    """List transactional ids with their producer id and state (every broker is asked; with
+    ACLs on: the ids you may describe)."""
     with open_admin() as admin:
         listed = admin.list_transactions(state or None)
     rows = [

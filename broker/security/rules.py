@@ -8,12 +8,16 @@ Kafka's KIP-679 check). Three shapes of rule:
 - whole: every pair must be allowed, else the request fails with the error of the first denied
   resource's type (TOPIC_/GROUP_/CLUSTER_/TRANSACTIONAL_ID_AUTHORIZATION_FAILED) and the handler
   never runs;
-- per item (produce, fetch, list_offsets, delete_records, create_topics, delete_topics): denied
-  items are taken out of the request and answered with TOPIC_AUTHORIZATION_FAILED, the others run
-  as usual; a request with no allowed item never reaches its handler, so a denied produce writes
-  nothing;
-- listing (metadata, describe_topics): topics the principal may not DESCRIBE are left out of an
-  all-topics answer, and answered with TOPIC_AUTHORIZATION_FAILED when asked for by name.
+- per item (produce, fetch, list_offsets, delete_records, create_topics, delete_topics, and the
+  partitions of offset_commit, offset_fetch, txn_offset_commit once their group and transactional
+  id passed as whole): denied items are taken out of the request and answered with
+  TOPIC_AUTHORIZATION_FAILED, the others run as usual; a request with no allowed item never
+  reaches its handler, so a denied produce writes nothing. An offset_fetch of all the group's
+  partitions leaves out those of topics the principal may not DESCRIBE;
+- listing (metadata, describe_topics, list_groups, list_transactions): what the principal may not
+  DESCRIBE is left out of an all-of-them answer (not a denial: neither audited nor counted, as
+  Kafka does not log these), and a topic asked for by name is answered with
+  TOPIC_AUTHORIZATION_FAILED.
 
 `Admission.finish(response)` merges the denied items into the handler's response (or builds it
 when the handler did not run).
@@ -123,10 +127,6 @@ def _find_coordinator(r: codec.FindCoordinatorRequest) -> list[Need]:
     return [need(kind, r.key, W.DESCRIBE)]
 
 
-def _offset_fetch(r: codec.OffsetFetchRequest) -> list[Need]:
-    return [need(G, r.group_id, W.DESCRIBE), *_topics(r.partitions or (), W.DESCRIBE)]
-
-
 WHOLE_RULES: Final[dict[type[Any], Callable[[Any], list[Need]]]] = {
     codec.AlterTopicConfigsRequest: lambda r: [need(T, r.topic, W.ALTER_CONFIGS)],
     codec.CreatePartitionsRequest: lambda r: [need(T, r.topic, W.ALTER)],
@@ -135,12 +135,6 @@ WHOLE_RULES: Final[dict[type[Any], Callable[[Any], list[Need]]]] = {
     codec.SyncGroupRequest: lambda r: [need(G, r.group_id, W.READ)],
     codec.HeartbeatRequest: lambda r: [need(G, r.group_id, W.READ)],
     codec.LeaveGroupRequest: lambda r: [need(G, r.group_id, W.READ)],
-    codec.OffsetCommitRequest: lambda r: [
-        need(G, r.group_id, W.READ),
-        *_topics(r.partitions, W.READ),
-    ],
-    codec.OffsetFetchRequest: _offset_fetch,
-    codec.ListGroupsRequest: lambda r: [cluster(W.DESCRIBE)],
     codec.DescribeGroupsRequest: lambda r: [need(G, g, W.DESCRIBE) for g in r.group_ids],
     codec.DeleteGroupsRequest: lambda r: [need(G, g, W.DELETE) for g in r.group_ids],
     # Brokers, controller and partition health, as Kafka's DescribeCluster: no ACL (every
@@ -165,12 +159,6 @@ WHOLE_RULES: Final[dict[type[Any], Callable[[Any], list[Need]]]] = {
         need(G, r.group_id, W.READ),
     ],
     codec.EndTxnRequest: lambda r: [need(X, r.transactional_id, W.WRITE)],
-    codec.TxnOffsetCommitRequest: lambda r: [
-        need(X, r.transactional_id, W.WRITE),
-        need(G, r.group_id, W.READ),
-        *_topics(r.partitions, W.READ),
-    ],
-    codec.ListTransactionsRequest: lambda r: [cluster(W.DESCRIBE)],
     codec.DescribeTransactionsRequest: lambda r: [
         need(X, x, W.DESCRIBE) for x in r.transactional_ids
     ],
@@ -203,7 +191,10 @@ WHOLE_RULES: Final[dict[type[Any], Callable[[Any], list[Need]]]] = {
 class ItemRule:
     """Items of `field` are checked one by one: `name_of(item)` needs `operation` on the topic
     (or, with `cluster_alternative`, that operation on the cluster); a denied item is answered
-    with `denied(item, message)` in the response's `field`."""
+    with `denied(item, message)` in the response's `field`. `whole(request)` is checked first,
+    as a whole rule (an offset commit's group: Kafka fails the request on it, not per item).
+    A `field` of None asks for all items: the answer leaves out those of topics the principal
+    may not `operation` (an offset fetch of all the group's partitions)."""
 
     field: str
     name_of: Callable[[Any], str]
@@ -211,9 +202,15 @@ class ItemRule:
     denied: Callable[[Any, str], Any]
     empty_response: Callable[[Any, tuple[Any, ...]], Any]
     cluster_alternative: bool = False
+    whole: Callable[[Any], list[Need]] = lambda request: []
 
 
-def _partition_rule(result: type[Any], response: type[Any], operation: Operation) -> ItemRule:
+def _partition_rule(
+    result: type[Any],
+    response: type[Any],
+    operation: Operation,
+    whole: Callable[[Any], list[Need]] = lambda request: [],
+) -> ItemRule:
     return ItemRule(
         field="partitions",
         name_of=lambda item: item.topic,
@@ -225,6 +222,7 @@ def _partition_rule(result: type[Any], response: type[Any], operation: Operation
             error_message=message,
         ),
         empty_response=lambda request, denied: response(partitions=denied),
+        whole=whole,
     )
 
 
@@ -253,6 +251,25 @@ ITEM_RULES: Final[dict[type[Any], ItemRule]] = {
     codec.DeleteRecordsRequest: _partition_rule(
         codec.DeleteRecordsPartitionResult, codec.DeleteRecordsResponse, W.DELETE
     ),
+    # The group (and transactional id) as a whole, as Kafka: GROUP_AUTHORIZATION_FAILED for all.
+    codec.OffsetCommitRequest: _partition_rule(
+        codec.OffsetCommitPartitionResult,
+        codec.OffsetCommitResponse,
+        W.READ,
+        lambda r: [need(G, r.group_id, W.READ)],
+    ),
+    codec.TxnOffsetCommitRequest: _partition_rule(
+        codec.OffsetCommitPartitionResult,
+        codec.TxnOffsetCommitResponse,
+        W.READ,
+        lambda r: [need(X, r.transactional_id, W.WRITE), need(G, r.group_id, W.READ)],
+    ),
+    codec.OffsetFetchRequest: _partition_rule(
+        codec.OffsetFetchPartitionResult,
+        codec.OffsetFetchResponse,
+        W.DESCRIBE,
+        lambda r: [need(G, r.group_id, W.DESCRIBE)],
+    ),
     codec.CreateTopicsRequest: ItemRule(
         field="topics",
         name_of=lambda item: item.name,
@@ -272,11 +289,16 @@ ITEM_RULES: Final[dict[type[Any], ItemRule]] = {
 
 
 def _admit_items(request: Any, rule: ItemRule, can: Can) -> Admission:
+    _check_whole(rule.whole(request), can)
+    items = getattr(request, rule.field)
+    if items is None:
+        finish = _keep_allowed(rule.field, rule.name_of, lambda name: can(T, name, rule.operation))
+        return Admission(request, [], finish)
     allowed: list[Any] = []
     denied: list[Any] = []
     denials: list[Denial] = []
     verdicts: dict[str, bool] = {}  # one check per topic, however many partitions
-    for item in getattr(request, rule.field):
+    for item in items:
         name = rule.name_of(item)
         verdict = verdicts.get(name)
         if verdict is None:
@@ -305,7 +327,31 @@ def _admit_items(request: Any, rule: ItemRule, can: Can) -> Admission:
     return Admission(dataclasses.replace(request, **{rule.field: tuple(allowed)}), denials, finish)
 
 
-# --- listing rules: metadata and describe_topics ------------------------------------------------
+# --- listing rules: metadata, describe_topics, list_groups, list_transactions --------------------
+
+
+def _keep_allowed(
+    field: str, name_of: Callable[[Any], str], allowed: Callable[[str], bool]
+) -> Callable[[Any], Any]:
+    """A `finish` that leaves out of the response's `field` the entries whose name is not
+    `allowed` (asked once per name). Not denials: a listing shows what one may see, and Kafka
+    neither audits nor counts what it leaves out."""
+    verdicts: dict[str, bool] = {}
+
+    def visible(entry: Any) -> bool:
+        name = name_of(entry)
+        verdict = verdicts.get(name)
+        if verdict is None:
+            verdict = verdicts[name] = allowed(name)
+        return verdict
+
+    def finish(response: Any) -> Any:
+        if response is None or isinstance(response, BrokerError):
+            return response
+        kept = tuple(entry for entry in getattr(response, field) if visible(entry))
+        return dataclasses.replace(response, **{field: kept})
+
+    return finish
 
 
 def _admit_listing(request: Any, can: Can, denied_entry: Callable[[str, str], Any]) -> Admission:
@@ -317,13 +363,7 @@ def _admit_listing(request: Any, can: Can, denied_entry: Callable[[str, str], An
     ):
         request = dataclasses.replace(request, allow_auto_create=False)
     if request.topics is None:
-
-        def leave_out(response: Any) -> Any:
-            if isinstance(response, BrokerError):
-                return response
-            visible = tuple(t for t in response.topics if can(T, t.name, W.DESCRIBE))
-            return dataclasses.replace(response, topics=visible)
-
+        leave_out = _keep_allowed("topics", lambda t: t.name, lambda name: can(T, name, W.DESCRIBE))
         return Admission(request, denials, leave_out)
     allowed = [name for name in request.topics if can(T, name, W.DESCRIBE)]
     refused = [name for name in request.topics if name not in allowed]
@@ -358,6 +398,29 @@ LISTING_RULES: Final[dict[type[Any], Callable[[str, str], Any]]] = {
 }
 
 
+def _admit_list_groups(request: codec.ListGroupsRequest, can: Can) -> Admission:
+    """Every group with DESCRIBE on the cluster, else those the principal may DESCRIBE (Kafka)."""
+    if can(C, CLUSTER_NAME, W.DESCRIBE):
+        return Admission(request, [])
+    groups = _keep_allowed("groups", lambda g: g.group_id, lambda name: can(G, name, W.DESCRIBE))
+    return Admission(request, [], groups)
+
+
+def _admit_list_transactions(request: codec.ListTransactionsRequest, can: Can) -> Admission:
+    """The transactional ids the principal may DESCRIBE (KIP-664: no cluster-wide shortcut)."""
+    ids = _keep_allowed(
+        "transactions", lambda t: t.transactional_id, lambda name: can(X, name, W.DESCRIBE)
+    )
+    return Admission(request, [], ids)
+
+
+# Listings of other resources than topics: nothing is asked for by name, the answer is filtered.
+FILTER_RULES: Final[dict[type[Any], Callable[[Any, Can], Admission]]] = {
+    codec.ListGroupsRequest: _admit_list_groups,
+    codec.ListTransactionsRequest: _admit_list_transactions,
+}
+
+
 def admit(request: Any, can: Can) -> Admission:
     """Decide `request` (see the module docstring); raises BrokerError for a whole-request
     denial, with the denial in `exc.denials`."""
@@ -367,14 +430,22 @@ def admit(request: Any, can: Can) -> Admission:
     listing = LISTING_RULES.get(type(request))
     if listing is not None:
         return _admit_listing(request, can, listing)
+    filtered = FILTER_RULES.get(type(request))
+    if filtered is not None:
+        return filtered(request, can)
     whole = WHOLE_RULES.get(type(request))
     assert whole is not None, f"no authorization rule for {type(request).__name__}"
+    _check_whole(whole(request), can)
+    return Admission(request, [])
+
+
+def _check_whole(needs: Iterable[Need], can: Can) -> None:
+    """Raise DeniedError for the first requirement none of whose alternatives is allowed."""
     denials: list[Denial] = []
     try:
-        _check(whole(request), can, denials)
+        _check(needs, can, denials)
     except BrokerError as exc:
         raise DeniedError(exc.code, exc.message, denials) from None
-    return Admission(request, denials)
 
 
 class DeniedError(BrokerError):
@@ -388,5 +459,5 @@ class DeniedError(BrokerError):
 def covered_apis() -> set[codec.ApiKey]:
     """The APIs some rule covers (a test checks that this is every API but the handshake and the
     SASL login, which the connection's authentication answers before any rule runs)."""
-    types = set(WHOLE_RULES) | set(ITEM_RULES) | set(LISTING_RULES)
+    types = set(WHOLE_RULES) | set(ITEM_RULES) | set(LISTING_RULES) | set(FILTER_RULES)
     return {cls.API for cls in types}

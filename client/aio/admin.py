@@ -293,7 +293,9 @@ class AdminClient(AsyncClientBase):
     # --- consumer groups --------------------------------------------------------------------------
 
     async def list_groups(self, states: tuple[str, ...] = ()) -> list[codec.ListedGroupInfo]:
-        """Every group (optionally only those in `states`, e.g. ("Stable",)), sorted by id.
+        """Every group (optionally only those in `states`, e.g. ("Stable",)), sorted by id. With
+        ACLs on: the groups the principal may describe (all of them with `describe` on the
+        cluster); none is no error, an empty list.
 
         A broker lists the groups it coordinates, so every broker is asked (as Kafka's admin
         client does). A broker that cannot be reached is skipped unless none answers: its groups
@@ -307,7 +309,7 @@ class AdminClient(AsyncClientBase):
     ) -> list[codec.ListedTransaction]:
         """Every transactional id the coordinators know (optionally only those in `states`, e.g.
         ("Ongoing",)), sorted by id. Each broker lists the ids it coordinates, so every broker
-        is asked, as for `list_groups`."""
+        is asked, as for `list_groups`. With ACLs on: the ids the principal may describe."""
         request = codec.ListTransactionsRequest(states=tuple(states or ()))
         answers = await self._ask_every_broker(request)
         found = {t.transactional_id: t for answer in answers for t in answer.transactions}
@@ -387,7 +389,9 @@ class AdminClient(AsyncClientBase):
         """The group's committed offsets (Kafka's `listConsumerGroupOffsets`): of `partitions`,
         or of every partition it has committed. A partition without a commit, and a group the
         coordinator does not know, have no entry. Offsets a transaction is still committing are
-        not shown until its marker is written (the last stable commit is)."""
+        not shown until its marker is written (the last stable commit is). With ACLs on, all
+        partitions means those of the topics the principal may describe; a partition named of
+        another topic raises TOPIC_AUTHORIZATION_FAILED."""
         request = codec.OffsetFetchRequest(
             group_id=group_id,
             partitions=None
@@ -409,7 +413,9 @@ class AdminClient(AsyncClientBase):
         """Set a group's committed offsets from outside the group (Kafka's
         `alterConsumerGroupOffsets`; `broker-cli groups reset-offsets --execute`): each value an
         offset (the next record to read) or an `OffsetAndMetadata`. All or nothing per request:
-        one record batch in `__consumer_offsets`.
+        one record batch in `__consumer_offsets`; but with ACLs on, the partitions of topics the
+        principal may not read are left out (TOPIC_AUTHORIZATION_FAILED is raised, naming one,
+        after the others were committed), as in Kafka.
 
         Only while the group has no members: an active group answers GROUP_NOT_EMPTY, so a
         reset never races with the members' own commits. A group that does not exist is

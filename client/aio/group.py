@@ -105,6 +105,10 @@ MEMBERSHIP_ERRORS: Final = frozenset(
         ErrorCode.FENCED_INSTANCE_ID,
     }
 )
+# Partition errors of an OffsetFetch that fail the call (others: no committed offset).
+OFFSET_FETCH_FAILURES: Final = frozenset(
+    {ErrorCode.UNSTABLE_OFFSET_COMMIT, ErrorCode.TOPIC_AUTHORIZATION_FAILED}
+)
 
 
 class CommitFailedError(ClientError):
@@ -578,13 +582,26 @@ class GroupMember:
                     raise
                 self._coordinator_id = None
                 continue
-            errors = [(response.error, response.error_message)] + [
-                (r.error, r.error_message) for r in response.partitions
+            errors = [(response.error, response.error_message or response.error.name)] + [
+                (r.error, f"{r.topic}/{r.partition}: {r.error_message or r.error.name}")
+                for r in response.partitions
             ]
             failed = [(e, m) for e, m in errors if e is not ErrorCode.NONE]
+            # A partition's error (TOPIC_AUTHORIZATION_FAILED...) fails that partition only: the
+            # broker committed the others, which later library commits must not move back.
+            done: list[TopicPartition] = []
             if not failed:
-                for tp, value in wanted.items():
-                    self._last_committed[tp] = max(value.offset, self._last_committed.get(tp, -1))
+                done = list(wanted)
+            elif response.error is ErrorCode.NONE:
+                done = [
+                    tp
+                    for r in response.partitions
+                    if r.error is ErrorCode.NONE
+                    and (tp := TopicPartition(r.topic, r.partition)) in wanted
+                ]
+            for tp in done:
+                self._last_committed[tp] = max(wanted[tp].offset, self._last_committed.get(tp, -1))
+            if not failed:
                 return
             error, message = failed[0]
             if error in COORDINATOR_ERRORS and attempt < COMMIT_ATTEMPTS - 1:
@@ -598,7 +615,9 @@ class GroupMember:
                     f"commit to group {self.group_id} failed with {error.name}: the group "
                     "rebalanced; these partitions may now belong to another member"
                 )
-            raise BrokerError(error, message or f"commit to group {self.group_id} failed")
+            if done:
+                message += f"; the other {len(done)} partition(s) were committed"
+            raise BrokerError(error, f"commit to group {self.group_id} failed: {message}")
 
     async def _fetch_committed(
         self, partitions: Iterable[TopicPartition]
@@ -620,12 +639,13 @@ class GroupMember:
         backoff = self._consumer.retry_backoff_s
         while True:
             response = await self._call(request)
-            # Partition errors other than UNSTABLE_OFFSET_COMMIT leave the partition without a
-            # committed offset (auto_offset_reset decides), as before.
+            # Partition errors other than these leave the partition without a committed offset
+            # (auto_offset_reset decides), as before; a topic the principal may not describe
+            # fails the call, as Kafka's consumer does.
             errors = [(response.error, response.error_message)] + [
                 (p.error, p.error_message)
                 for p in response.partitions
-                if p.error is ErrorCode.UNSTABLE_OFFSET_COMMIT
+                if p.error in OFFSET_FETCH_FAILURES
             ]
             failed = [(e, m) for e, m in errors if e is not ErrorCode.NONE]
             if not failed:

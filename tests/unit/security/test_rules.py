@@ -1,10 +1,11 @@
 """What each API needs: every API has a rule; whole requests fail with the error of the denied
 resource's type; per-item requests run only their allowed items (none: the handler never runs);
-listings leave out what may not be described."""
+listings leave out what may not be described, without counting it as a denial."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
@@ -52,10 +53,17 @@ def denied_code(request: object, *grants: Grant) -> ErrorCode:
     [
         (codec.JoinGroupRequest(group_id="g", session_timeout_ms=1, protocols=()),
          [(G, "g", Operation.READ)], ErrorCode.GROUP_AUTHORIZATION_FAILED),
+        # Per partition for its topics, but the group is checked for the whole request.
         (codec.OffsetCommitRequest(group_id="g", partitions=(
             codec.OffsetCommitPartition(topic="t", partition=0, offset=1),)),
-         [(G, "g", Operation.READ), (T, "t", Operation.READ)],
-         ErrorCode.TOPIC_AUTHORIZATION_FAILED),
+         [(T, "t", Operation.READ), (G, "g", Operation.READ)],
+         ErrorCode.GROUP_AUTHORIZATION_FAILED),
+        (codec.OffsetFetchRequest(group_id="g"), [(G, "g", Operation.DESCRIBE)],
+         ErrorCode.GROUP_AUTHORIZATION_FAILED),
+        (codec.TxnOffsetCommitRequest(transactional_id="x", group_id="g", producer_id=1,
+                                      producer_epoch=0, partitions=()),
+         [(G, "g", Operation.READ), (X, "x", Operation.WRITE)],
+         ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
         (codec.BrokerHeartbeatRequest(node_id=1, broker_epoch=1),
          [(C, CLUSTER_NAME, Operation.CLUSTER_ACTION)], ErrorCode.CLUSTER_AUTHORIZATION_FAILED),
         (codec.EndTxnRequest(transactional_id="x", producer_id=1, producer_epoch=0,
@@ -97,7 +105,7 @@ def produce(*topics: str, acks: int = codec.ACKS_ALL) -> codec.ProduceRequest:
     )
 
 
-def results(response: codec.ProduceResponse) -> dict[tuple[str, int], ErrorCode]:
+def results(response: Any) -> dict[tuple[str, int], ErrorCode]:
     return {(r.topic, r.partition): r.error for r in response.partitions}
 
 
@@ -174,3 +182,140 @@ def test_metadata_auto_creation_needs_create() -> None:
     assert not admit(request, can_only(describe)).request.allow_auto_create
     allowed = admit(request, can_only(describe, (T, "new", Operation.CREATE)))
     assert allowed.request.allow_auto_create
+
+
+def commit(*topics: str) -> codec.OffsetCommitRequest:
+    return codec.OffsetCommitRequest(
+        group_id="g",
+        partitions=tuple(
+            codec.OffsetCommitPartition(topic=topic, partition=p, offset=5)
+            for topic in topics
+            for p in (0, 1)
+        ),
+    )
+
+
+def test_offset_commit_runs_the_allowed_topics_and_answers_the_denied_ones() -> None:
+    can = can_only((G, "g", Operation.READ), (T, "mine", Operation.READ))
+    admission = admit(commit("mine", "theirs"), can)
+    assert {(p.topic, p.partition) for p in admission.request.partitions} == {
+        ("mine", 0),
+        ("mine", 1),
+    }
+    assert [(d.name, d.operation) for d in admission.denials] == [("theirs", Operation.READ)]
+    handled = codec.OffsetCommitResponse(
+        partitions=tuple(
+            codec.OffsetCommitPartitionResult(topic="mine", partition=p) for p in (0, 1)
+        )
+    )
+    merged = admission.finish(handled)
+    assert results(merged) == {
+        ("mine", 0): ErrorCode.NONE,
+        ("mine", 1): ErrorCode.NONE,
+        ("theirs", 0): ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+        ("theirs", 1): ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+    }
+    assert "not authorized to read topic 'theirs'" in merged.partitions[2].error_message
+    # Nothing allowed: the handler never runs (nothing is committed), each partition answered.
+    admission = admit(commit("theirs"), can)
+    assert admission.request is None
+    assert set(results(admission.finish(None)).values()) == {ErrorCode.TOPIC_AUTHORIZATION_FAILED}
+    # The group is whole-request: without READ on it, the allowed topic does not help.
+    with pytest.raises(DeniedError) as caught:
+        admit(commit("mine"), can_only((T, "mine", Operation.READ)))
+    assert caught.value.code is ErrorCode.GROUP_AUTHORIZATION_FAILED
+
+
+def test_txn_offset_commit_checks_the_id_and_group_whole_and_topics_per_partition() -> None:
+    request = codec.TxnOffsetCommitRequest(
+        transactional_id="x",
+        group_id="g",
+        producer_id=1,
+        producer_epoch=0,
+        partitions=commit("mine", "theirs").partitions,
+    )
+    grants = [(X, "x", Operation.WRITE), (G, "g", Operation.READ), (T, "mine", Operation.READ)]
+    admission = admit(request, can_only(*grants))
+    assert {p.topic for p in admission.request.partitions} == {"mine"}
+    merged = admission.finish(codec.TxnOffsetCommitResponse())
+    assert isinstance(merged, codec.TxnOffsetCommitResponse)
+    assert set(results(merged).values()) == {ErrorCode.TOPIC_AUTHORIZATION_FAILED}
+    with pytest.raises(DeniedError) as caught:
+        admit(request, can_only(*grants[1:]))
+    assert caught.value.code is ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+
+
+def fetched(*topics: str) -> codec.OffsetFetchResponse:
+    return codec.OffsetFetchResponse(
+        partitions=tuple(
+            codec.OffsetFetchPartitionResult(topic=topic, partition=p, offset=7)
+            for topic in topics
+            for p in (0, 1)
+        )
+    )
+
+
+def test_offset_fetch_answers_denied_topics_by_name_and_leaves_them_out_of_all() -> None:
+    can = can_only((G, "g", Operation.DESCRIBE), (T, "seen", Operation.DESCRIBE))
+    named = codec.OffsetFetchRequest(
+        group_id="g",
+        partitions=(
+            codec.GroupTopicPartition(topic="seen", partition=0),
+            codec.GroupTopicPartition(topic="hidden", partition=0),
+        ),
+    )
+    admission = admit(named, can)
+    assert [p.topic for p in admission.request.partitions] == ["seen"]
+    merged = admission.finish(
+        codec.OffsetFetchResponse(
+            partitions=(codec.OffsetFetchPartitionResult(topic="seen", partition=0, offset=7),)
+        )
+    )
+    assert {(p.topic, p.offset, p.error) for p in merged.partitions} == {
+        ("seen", 7, ErrorCode.NONE),
+        ("hidden", -1, ErrorCode.TOPIC_AUTHORIZATION_FAILED),
+    }
+    # All the group's partitions: the hidden topic's are left out, and that is no denial.
+    everything = codec.OffsetFetchRequest(group_id="g")
+    admission = admit(everything, can)
+    assert admission.request is everything and admission.denials == []
+    filtered = admission.finish(fetched("seen", "hidden"))
+    assert {(p.topic, p.partition) for p in filtered.partitions} == {("seen", 0), ("seen", 1)}
+
+
+def listed_groups(*group_ids: str) -> codec.ListGroupsResponse:
+    return codec.ListGroupsResponse(
+        groups=tuple(
+            codec.ListedGroupInfo(group_id=g, protocol_type="consumer", state="Stable")
+            for g in group_ids
+        )
+    )
+
+
+def test_list_groups_shows_the_groups_that_may_be_described() -> None:
+    request = codec.ListGroupsRequest()
+    admission = admit(request, can_only((G, "mine", Operation.DESCRIBE)))
+    assert admission.request is request and admission.denials == []
+    shown = admission.finish(listed_groups("mine", "theirs"))
+    assert [g.group_id for g in shown.groups] == ["mine"]
+    # Nothing allowed: an empty list, no error.
+    assert admit(request, can_only()).finish(listed_groups("mine", "theirs")).groups == ()
+    # DESCRIBE on the cluster shows every group.
+    everything = admit(request, can_only((C, CLUSTER_NAME, Operation.DESCRIBE)))
+    assert len(everything.finish(listed_groups("mine", "theirs")).groups) == 2
+
+
+def test_list_transactions_shows_the_ids_that_may_be_described() -> None:
+    listed = codec.ListTransactionsResponse(
+        transactions=tuple(
+            codec.ListedTransaction(transactional_id=x, producer_id=i, state="Ongoing")
+            for i, x in enumerate(("mine", "theirs"))
+        )
+    )
+    request = codec.ListTransactionsRequest()
+    admission = admit(request, can_only((X, "mine", Operation.DESCRIBE)))
+    assert admission.request is request and admission.denials == []
+    assert [t.transactional_id for t in admission.finish(listed).transactions] == ["mine"]
+    # As KIP-664: DESCRIBE on the cluster is no shortcut.
+    cluster = admit(request, can_only((C, CLUSTER_NAME, Operation.DESCRIBE)))
+    assert cluster.finish(listed).transactions == ()
