@@ -534,14 +534,20 @@ async def _consume(
         consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
         for partition, offset in (start or {}).items():
             consumer.seek(TopicPartition(topic, partition), offset)
-        seen = 0
+        seen = value_bytes = 0
         stalled = False
         with _progress() as progress:
             task = progress.add_task("consume", total=total)
             wall, cpu = time.perf_counter(), time.process_time()
             last_progress = wall
             while seen < total:
-                got = len(await consumer.poll(timeout_ms=1000))
+                # Read every record's value, as an application would: poll() builds the record
+                # objects as they are read (client/consumer_records.py), so a consumer that only
+                # counted them would not pay for them.
+                got = 0
+                for record in await consumer.poll(timeout_ms=1000):
+                    value_bytes += len(record.value)
+                    got += 1
                 now = time.perf_counter()
                 if got:
                     seen, last_progress = seen + got, now
@@ -553,6 +559,7 @@ async def _consume(
     if stalled:
         console.print(f"[red]consume stalled: {seen:,} of {total:,} records after {wall:.1f} s")
         return {"records": seen, "expected": total, "stalled": True, "seconds": round(wall, 3)}
+    assert value_bytes == seen * size, f"read {value_bytes} value bytes of {seen} records"
     return _rates("consume", seen, size, wall, cpu)
 
 

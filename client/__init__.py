@@ -12,6 +12,7 @@ from client.accumulator import RecordFuture
 from client.aio.share_consumer import AcknowledgementStateError
 from client.blocking import AdminClient, Consumer, Producer, ShareConsumer
 from client.bulk import SendManyFuture, SendManyResult
+from client.consumer_records import ConsumerRecords
 from client.errors import (
     InvalidTxnStateError,
     ProducerFencedError,
@@ -38,6 +39,7 @@ __all__ = [
     "Consumer",
     "ConsumerGroupMetadata",
     "ConsumerRecord",
+    "ConsumerRecords",
     "InvalidTxnStateError",
     "OffsetAndMetadata",
     "OffsetAndTimestamp",

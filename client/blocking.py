@@ -23,6 +23,7 @@ from client.accumulator import RECORD_OVERHEAD_BYTES, DeliveryCallback, RecordFu
 from client.aio.producer import NeedMetadataError
 from client.aio.share_consumer import AcknowledgementResults, AcknowledgeType
 from client.bulk import BulkAppend, SendManyFuture
+from client.consumer_records import ConsumerRecords
 from client.errors import BrokerError, BufferFullError, ErrorCode
 from client.serialization import serialize
 from client.types import (
@@ -310,10 +311,9 @@ class Consumer(_Blocking):
     ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
         return self._loop.run(self._aio.offsets_for_times, timestamps)
 
-    def poll(
-        self, timeout_ms: float = 1000, max_records: int | None = None
-    ) -> list[ConsumerRecord]:
-        """Up to `max_records` records; [] if none arrived within `timeout_ms`."""
+    def poll(self, timeout_ms: float = 1000, max_records: int | None = None) -> ConsumerRecords:
+        """Up to `max_records` records, as a `ConsumerRecords` (a sequence that builds each
+        `ConsumerRecord` as it is read); empty if none arrived within `timeout_ms`."""
         records = self._aio.poll_nowait(max_records)
         if records:
             return records

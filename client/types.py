@@ -1,7 +1,8 @@
 """Plain value types shared by the producer, consumer and admin client.
 
-They are NamedTuples, not dataclasses: the consumer builds one `ConsumerRecord` per record in a
-list comprehension, and a tuple is the cheapest Python object that still has named fields.
+They are NamedTuples, not dataclasses: the consumer builds one `ConsumerRecord` per record read
+(`client.consumer_records.ConsumerRecords`), and a tuple is the cheapest Python object that still
+has named fields.
 """
 
 from __future__ import annotations

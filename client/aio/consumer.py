@@ -19,6 +19,12 @@ Rules:
   "none", raises from `poll`.
 - The buffer and positions sit under one `threading.Lock` so the blocking facade's `poll` can
   take records without a round trip through the trio thread.
+- `poll` never cancels a fetch in flight (its answer would be thrown away and fetched again):
+  when the buffer is full the fetcher pauses (`_fetch_paused`) and `poll` wakes it once half of
+  the buffer is free (`_wake_fetcher`). Only repositioning (`seek*`, `assign`, `pause`...)
+  cancels, because the answer in flight is stale then.
+- `poll` returns a `ConsumerRecords` (client/consumer_records.py): the decoded batches' rows,
+  each record built when the application reads it, not one object per record here.
 - With a `group_id`, `subscribe` joins a consumer group: `client/aio/group.py` (GroupMember)
   decides the assignment and calls `_add_partitions`/`_remove_partitions`; commits go through it.
   Without one, the consumer is a plain (manually positioned) reader as before.
@@ -59,9 +65,10 @@ from client.aio.metadata_refresh import (
     compile_pattern,
     subscribed_partition_counts,
 )
+from client.consumer_records import ConsumerRecords, ListRun, RowsRun, Run
 from client.errors import ClientClosedError, ClientError
 from client.security import SecurityOptions
-from client.serialization import Deserializer, deserialize_records
+from client.serialization import Deserializer, SerializationError, deserialize_records
 from client.types import (
     ConsumerGroupMetadata,
     ConsumerRecord,
@@ -76,6 +83,7 @@ from wire.batch import (
     control_type_of,
     decode_records,
     decode_rows,
+    is_dense,
     iter_batches,
 )
 from wire.config_error import ConfigError
@@ -188,8 +196,13 @@ class Consumer(AsyncClientBase):
             else None
         )
         # Fetched chunks in arrival order; each is decoded by the first poll that reaches it.
+        # `_buffered` counts their records not yet polled, `_buffered_bytes` their raw bytes not
+        # decoded yet: the two bounds of the fetch-ahead (`_buffer_full`).
         self._buffer: deque[_Chunk] = deque()
         self._buffered = 0
+        self._buffered_bytes = 0
+        # Set by the fetcher when it stops because the buffer is full; poll wakes it.
+        self._fetch_paused = False
         self._error: BaseException | None = None
         self._changed = trio.Event()
         self._data = trio.Event()
@@ -371,9 +384,23 @@ class Consumer(AsyncClientBase):
 
     def _drop_buffered(self, drop: object) -> None:
         # Caller holds the lock.
-        kept = deque(chunk for chunk in self._buffer if not drop(chunk.tp))  # type: ignore[operator]
-        self._buffered = sum(chunk.count - chunk.start for chunk in kept)
-        self._buffer = kept
+        self._buffer = deque(chunk for chunk in self._buffer if not drop(chunk.tp))  # type: ignore[operator]
+        self._recount()
+
+    def _recount(self) -> None:
+        # Caller holds the lock; after chunks left the buffer other than from its head.
+        self._buffered = sum(chunk.count for chunk in self._buffer)
+        self._buffered_bytes = sum(len(chunk.raw) for chunk in self._buffer)
+
+    def _buffer_full(self) -> bool:
+        # Caller holds the lock. Bounded by records and by bytes: fetched bytes not yet polled
+        # (raw chunks) stop fetching at one full response's worth, so a consumer holds about
+        # fetch_max_bytes buffered plus one response per leader in flight, whatever the record
+        # size.
+        return (
+            self._buffered >= self.max_buffered_records
+            or self._buffered_bytes >= self.fetch_max_bytes
+        )
 
     def _signal(self) -> None:
         """Tell the fetcher that assignment or positions changed (from any thread)."""
@@ -387,9 +414,16 @@ class Consumer(AsyncClientBase):
         if self._fetch_scope is not None and not self._closing:
             self._fetch_scope.cancel()
 
+    def _wake_fetcher(self) -> None:
+        """Let the paused fetcher fetch again (from any thread); nothing in flight is cancelled:
+        the fetcher only waits on `_changed` while it has no fetch out."""
+        if self._token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(lambda: self._changed.set())
+
     # --- polling ----------------------------------------------------------------------------------
 
-    def poll_nowait(self, max_records: int | None = None) -> list[ConsumerRecord]:
+    def poll_nowait(self, max_records: int | None = None) -> ConsumerRecords:
         """Take up to `max_records` buffered records without waiting (thread-safe).
 
         Chunks are decoded here, outside the lock, on first use: the fetcher sends its next
@@ -399,44 +433,58 @@ class Consumer(AsyncClientBase):
         if self._group is not None:
             self._group.on_poll()  # what earlier polls returned is now safe to auto-commit
         limit = max_records or self.max_poll_records
-        out: list[ConsumerRecord] = []
-        while len(out) < limit:
+        out: list[Run] = []
+        taken = 0
+        while taken < limit:
             with self.lock:
                 if self._error is not None:
-                    if out:
+                    if taken:
                         break  # return what was taken; the next poll raises
                     error, self._error = self._error, None
                     raise error
                 chunk = self._head_chunk()
                 if chunk is None:
                     break
-                if chunk.records is not None:
-                    self._take(chunk, out, limit)
+                if chunk.runs is not None:
+                    taken += self._take(chunk, out, limit - taken)
                     continue
-            records = decode_fetched(
-                chunk.tp, chunk.raw, chunk.fetch_offset, chunk.aborted, validate=False
-            )
-            refused = None
-            if self._deserializers is not None:
-                records, refused = deserialize_records(records, *self._deserializers)
-                if refused is not None and not records:
-                    # The chunk stays undecoded at the head: the position stays on the refused
-                    # record and every poll raises again, until a seek() moves past it.
-                    if out:
-                        break
-                    raise refused
+            runs, refused = self._decode(chunk)
+            if refused is not None and not runs:
+                # The chunk stays undecoded at the head: the position stays on the refused
+                # record and every poll raises again, until a seek() moves past it.
+                if taken:
+                    break
+                raise refused
             with self.lock:
-                if chunk.records is None:  # another thread may have decoded it meanwhile
+                if chunk.runs is None:  # another thread may have decoded it meanwhile
                     if refused is not None:
                         self._end_chunk_at(chunk, refused.offset)
-                    chunk.records, chunk.raw = records, b""
-                    self._buffered += len(records) - chunk.count
-                    chunk.count = len(records)
+                    count = sum(map(len, runs))
+                    self._buffered += count - chunk.count
+                    self._buffered_bytes -= len(chunk.raw)
+                    chunk.runs, chunk.raw, chunk.count = deque(runs), b"", count
         with self.lock:
-            resume = bool(out) and self._buffered < self.max_buffered_records // 2
-        if resume:
-            self._signal()
-        return out
+            # Hysteresis: the fetcher waits for half the buffer to be free, so it goes back
+            # to fetching in full responses rather than waking at every poll.
+            wake = (
+                self._fetch_paused
+                and self._buffered <= self.max_buffered_records // 2
+                and self._buffered_bytes <= self.fetch_max_bytes // 2
+            )
+            if wake:
+                self._fetch_paused = False
+        if wake:
+            self._wake_fetcher()
+        return ConsumerRecords(out)
+
+    def _decode(self, chunk: _Chunk) -> tuple[list[Run], SerializationError | None]:
+        """The chunk's records as runs, through the deserializers if any: then built here, up to
+        the first record they refuse, whose error comes second."""
+        runs = decode_runs(chunk.tp, chunk.raw, chunk.fetch_offset, chunk.aborted, validate=False)
+        if self._deserializers is None:
+            return runs, None
+        records, refused = deserialize_records(list(ConsumerRecords(runs)), *self._deserializers)
+        return [ListRun(records)] if records else [], refused
 
     def _end_chunk_at(self, chunk: _Chunk, offset: int) -> None:
         """Cut `chunk` before `offset` (a record the deserializer refused) and fetch that
@@ -448,7 +496,7 @@ class Consumer(AsyncClientBase):
             return
         state.fetch_offset = offset
         self._buffer = deque(c for c in self._buffer if c is chunk or c.tp != chunk.tp)
-        self._buffered = sum(c.count - c.start for c in self._buffer)
+        self._recount()
         self._signal()
 
     def _head_chunk(self) -> _Chunk | None:
@@ -460,29 +508,41 @@ class Consumer(AsyncClientBase):
             if state is not None and state.epoch == chunk.epoch:
                 return chunk
             buffer.popleft()
-            self._buffered -= chunk.count - chunk.start
+            self._buffered -= chunk.count
+            self._buffered_bytes -= len(chunk.raw)
         return None
 
-    def _take(self, chunk: _Chunk, out: list[ConsumerRecord], limit: int) -> None:
-        # Caller holds the lock; `chunk` is the valid, decoded head of the buffer.
-        records = chunk.records
-        assert records is not None
-        start = chunk.start
-        end = min(len(records), start + limit - len(out))
-        out += records if start == 0 and end == len(records) else records[start:end]
-        self._buffered -= end - start
+    def _take(self, chunk: _Chunk, out: list[Run], wanted: int) -> int:
+        """Move up to `wanted` records from `chunk` (the valid, decoded head of the buffer) to
+        `out`, and the partition's position after them; return how many. Caller holds the lock.
+        """
+        runs = chunk.runs
+        assert runs is not None and wanted > 0
+        taken = 0
+        while runs and taken < wanted:
+            run = runs[0]
+            if len(run) <= wanted - taken:
+                out.append(runs.popleft())
+                taken += len(run)
+            else:
+                head, runs[0] = run.split(wanted - taken)
+                out.append(head)
+                taken = wanted
+        chunk.count -= taken
+        self._buffered -= taken
         state = self._states[chunk.tp]
-        if end == len(records):
+        if not runs:
             self._buffer.popleft()
             state.position = chunk.next_offset
         else:
-            chunk.start = end
-            state.position = records[end - 1].offset + 1
+            state.position = out[-1].next_offset
+        return taken
 
     async def poll(
         self, timeout_ms: float = 1000, max_records: int | None = None
-    ) -> list[ConsumerRecord]:
-        """Records in offset order per partition; [] if none arrived within `timeout_ms`."""
+    ) -> ConsumerRecords:
+        """Records in offset order per partition, as a `ConsumerRecords` (a sequence that builds
+        each `ConsumerRecord` as it is read); empty if none arrived within `timeout_ms`."""
         self._cluster  # noqa: B018 - raises if the consumer is not open
         records = self.poll_nowait(max_records)
         if records:
@@ -774,12 +834,9 @@ class Consumer(AsyncClientBase):
     async def _fetch_round(self) -> bool:
         """Send one fetch per leader for the partitions that have room; False if none had."""
         with self.lock:
-            # Bounded by records and by bytes: fetched bytes not yet polled (raw chunks) stop
-            # fetching at one full response's worth, so a consumer holds about fetch_max_bytes
-            # buffered plus one response per leader in flight, whatever the record size.
-            if self._buffered >= self.max_buffered_records or (
-                sum(len(chunk.raw) for chunk in self._buffer) >= self.fetch_max_bytes
-            ):
+            # poll() wakes the fetcher (`_wake_fetcher`) once it has drained half the buffer.
+            self._fetch_paused = self._buffer_full()
+            if self._fetch_paused:
                 return False
             wanted = [
                 (tp, state.fetch_offset, state.epoch)
@@ -889,9 +946,11 @@ class Consumer(AsyncClientBase):
                     state.position = chunk.next_offset
                 else:
                     self._buffer.append(chunk)  # _take moves the position when it gets there
+                    self._buffered_bytes += len(chunk.raw)
                 return False
             self._buffer.append(chunk)
             self._buffered += chunk.count
+            self._buffered_bytes += len(chunk.raw)
             return True
 
     def _partition_error(
@@ -996,7 +1055,8 @@ async def list_offset_results(
 
 
 class _Chunk:
-    """Fetched batches of one partition: raw until a poll decodes them, then records."""
+    """Fetched batches of one partition: raw until a poll decodes them, then runs of records
+    (client/consumer_records.py) that polls hand out from the front."""
 
     __slots__ = (
         "aborted",
@@ -1005,8 +1065,7 @@ class _Chunk:
         "fetch_offset",
         "next_offset",
         "raw",
-        "records",
-        "start",
+        "runs",
         "tp",
     )
 
@@ -1025,9 +1084,9 @@ class _Chunk:
         self.raw = raw
         self.fetch_offset = fetch_offset
         self.next_offset = next_offset
-        self.count = count  # records, from the headers until decoded, then exact
-        self.records: list[ConsumerRecord] | None = None
-        self.start = 0  # records before this index were already returned by poll
+        # Records not yet returned by poll: from the headers until decoded, then exact.
+        self.count = count
+        self.runs: deque[Run] | None = None  # decoded; polls take runs (or parts) from the left
         self.aborted = aborted  # read_committed: (producer id, first offset) to drop
 
 
@@ -1101,48 +1160,56 @@ def decode_fetched(
     *,
     validate: bool = True,
 ) -> list[ConsumerRecord]:
-    """The records at or after `fetch_offset` in a fetched run of batches.
+    """The records at or after `fetch_offset` in a fetched run of batches, built at once (the
+    share consumer's and the tests' form of `decode_runs`)."""
+    return list(ConsumerRecords(decode_runs(tp, data, fetch_offset, aborted, validate=validate)))
+
+
+def decode_runs(
+    tp: TopicPartition,
+    data: bytes,
+    fetch_offset: int,
+    aborted: Sequence[tuple[int, int]] = (),
+    *,
+    validate: bool = True,
+) -> list[Run]:
+    """The records at or after `fetch_offset` in a fetched run of batches, one run per batch:
+    a msgpack batch's rows as they were decoded (no record object built yet), else records.
 
     Control batches and aborted transactions' batches are skipped (their offsets still count).
     `validate=False` skips the CRC check, for data that `scan_fetched` already checked.
     """
     topic, partition = head = (tp.topic, tp.partition)
-    out: list[ConsumerRecord] = []
-    with gc_paused_promoting():  # the records outlive this call (client/_gc.py)
+    runs: list[Run] = []
+    with gc_paused_promoting():  # the rows outlive this call (client/_gc.py)
         for position, header, visible in visible_batches(data, aborted, validate=validate):
             if not visible or header.next_offset <= fetch_offset:
                 continue
             rows = decode_rows(data, position, header)
-            if rows is None or header.record_count != header.last_offset_delta + 1:
+            if rows is None or not is_dense(header):
                 # Kafka's varint encoding, or a compacted batch (rows carry offset deltas):
                 # the general decoder.
-                records = decode_records(data, position, header=header)
-                out += [
+                records = [
                     _new_record(ConsumerRecord, head + record)
-                    for record in records
+                    for record in decode_records(data, position, header=header)
                     if record.offset >= fetch_offset
                 ]
+                if records:  # a run is never empty: its last record gives the position
+                    runs.append(ListRun(records))
                 continue
-            base_offset, base_timestamp = header.base_offset, header.base_timestamp
-            skip = max(fetch_offset - base_offset, 0)
-            # One tuple per record, made a ConsumerRecord by tuple.__new__ (half the cost of
-            # calling the NamedTuple); offsets and timestamps are added here, not in a second pass.
-            out += [
-                _new_record(
-                    ConsumerRecord,
-                    (
-                        topic,
-                        partition,
-                        base_offset + i,
-                        base_timestamp + row[0],
-                        row[1],
-                        row[2],
-                        row[3],
-                    ),
+            skip = max(fetch_offset - header.base_offset, 0)
+            runs.append(
+                RowsRun(
+                    topic,
+                    partition,
+                    header.base_offset,
+                    header.base_timestamp,
+                    rows,
+                    skip,
+                    len(rows),
                 )
-                for i, row in enumerate(rows[skip:], skip)
-            ]
-    return out
+            )
+    return runs
 
 
 _new_record = tuple.__new__
