@@ -224,6 +224,25 @@ def parse_peers(key: str, value: str) -> dict[int, tuple[str, int]]:
     return peers
 
 
+def parse_advertised_listeners(key: str, value: str) -> dict[str, tuple[str, int]]:
+    """`NAME=HOST:PORT[,NAME=HOST:PORT]` as {listener name: address} (real ports; Kafka's
+    `advertised.listeners` without the protocol, which is the listener's); raise `ConfigError`
+    naming `key`."""
+    advertised: dict[str, tuple[str, int]] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, address = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(key, f"expected NAME=HOST:PORT, got {item!r}")
+        if name in advertised:
+            raise ConfigError(key, f"listener {name} is advertised twice")
+        host, port = parse_host_port(key, address.strip())
+        if port == 0:
+            raise ConfigError(key, f"listener {name} needs a real port, not 0")
+        advertised[name] = (host, port)
+    return advertised
+
+
 def parse_node_ids(key: str, value: str) -> list[int]:
     """`1,2,3` as sorted distinct node ids (>= 1); raise `ConfigError` naming `key`."""
     ids: list[int] = []
@@ -266,7 +285,8 @@ class BrokerConfig(ConfigBase):
     node_id: int = 0
     # Where clients connect. Port 0 picks a free port (printed on the READY line).
     listen: str = "127.0.0.1:9092"
-    # The address put in metadata responses; empty means the bound `listen` address.
+    # The address put in metadata responses for the default (inter-broker) listener; empty means
+    # where it is bound. In a cluster it is also where peers reach this broker.
     advertised_listen: str = ""
     # Segment files and the LMDB metadata store live here.
     data_dir: str = "./broker-data"
@@ -310,6 +330,10 @@ class BrokerConfig(ConfigBase):
     # The listener other brokers reach this one on (its address is what --peers gives for this
     # broker); a tls:// one makes broker-to-broker traffic TLS. Empty: the first listener.
     inter_broker_listener: str = ""
+    # What each listener tells its clients to connect to (Kafka's advertised.listeners):
+    # `NAME=HOST:PORT,NAME=HOST:PORT`, NAME a listener. A listener not named here advertises
+    # where it is bound (the inter-broker one: `advertised_listen`, if set).
+    advertised_listeners: str = ""
     # PEM certificate (chain) and private key of the TLS listeners.
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -619,6 +643,22 @@ class BrokerConfig(ConfigBase):
             client_auth=self.tls_client_auth,
             tls_needed=any(listener.is_tls for listener in listeners),
         )
+        advertised = parse_advertised_listeners("advertised_listeners", self.advertised_listeners)
+        names = [spec.name for spec in self.listener_specs]
+        for name in advertised:
+            if name not in names:
+                raise ConfigError(
+                    "advertised_listeners",
+                    f"names no listener: {name!r} is not one of {names} (define it with "
+                    "--listener NAME=tls://HOST:PORT, or advertise a configured one)",
+                )
+        default = self.inter_broker_listener_spec.name
+        if self.advertised_listen and default in advertised:
+            raise ConfigError(
+                "advertised_listeners",
+                f"advertises listener {default}, whose address advertised_listen gives too; "
+                "give it once",
+            )
 
     def _validate_cluster(self) -> None:
         peers = parse_peers("peers", self.peers)
@@ -696,6 +736,20 @@ class BrokerConfig(ConfigBase):
         specs = self.listener_specs
         return next((spec for spec in specs if spec.name == self.inter_broker_listener), specs[0])
 
+    def advertised_endpoints(
+        self, bound: Mapping[str, tuple[str, int]]
+    ) -> dict[str, tuple[str, int]]:
+        """Each listener's advertised address, in listener order (`bound`: the address each
+        listener is bound to, by name): its `advertised_listeners` entry, `advertised_listen`
+        for the inter-broker listener, else where it is bound."""
+        advertised = parse_advertised_listeners("advertised_listeners", self.advertised_listeners)
+        default = self.inter_broker_listener_spec.name
+        if self.advertised_listen:
+            advertised[default] = parse_host_port("advertised_listen", self.advertised_listen)
+        return {
+            spec.name: advertised.get(spec.name, bound[spec.name]) for spec in self.listener_specs
+        }
+
     @property
     def peer_addresses(self) -> dict[int, tuple[str, int]]:
         return parse_peers("peers", self.peers)
@@ -737,6 +791,7 @@ BROKER_ALIASES = {
     "handshake.timeout.ms": "handshake_timeout_ms",
     "response.write.timeout.ms": "response_write_timeout_ms",
     "inter.broker.listener.name": "inter_broker_listener",
+    "advertised.listeners": "advertised_listeners",
     "ssl.client.auth": "tls_client_auth",
     "super.users": "super_users",
     "allow.everyone.if.no.acl.found": "allow_everyone_if_no_acl_found",

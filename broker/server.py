@@ -69,7 +69,7 @@ from broker.consumer_groups.service import (
     ensure_offsets_topic,
     group_config_of,
 )
-from broker.handlers import HANDLERS, BrokerContext, Deferred, PartitionState
+from broker.handlers import BrokerContext, Deferred, Handler, PartitionState, handlers_for
 from broker.handlers.cluster import cluster_status, partition_metadata
 from broker.handlers.produce import handle_produce
 from broker.handlers.transactions import MARKER_TIMEOUT_S
@@ -143,6 +143,13 @@ class OpenListener:
     @property
     def bound(self) -> tuple[str, int]:
         return self.spec.host, int(self.sockets[0].socket.getsockname()[1])
+
+
+def advertised_of(
+    config: BrokerConfig, listeners: list[OpenListener]
+) -> dict[str, tuple[str, int]]:
+    """Each open listener's advertised address, by name (`BrokerConfig.advertised_endpoints`)."""
+    return config.advertised_endpoints({item.spec.name: item.bound for item in listeners})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -226,6 +233,8 @@ class Broker:
         # Set when run() has returned, whatever the reason.
         self.stopped = trio.Event()
         self._connections: set[_Connection] = set()
+        # The handler table of each listener's connections (broker/handlers/__init__.py).
+        self.handlers = {spec.name: handlers_for(spec.name) for spec in config.listener_specs}
         self._services: trio.Nursery | None = None
         self.context: BrokerContext | None = None
         self.addresses: BrokerAddresses | None = None
@@ -343,17 +352,14 @@ class Broker:
         and peers (Raft links are handed to the node's transport)."""
         config = self.config
         listeners = await self._open_listeners()
-        # Peers and clients reach this broker on its inter-broker listener (docs/security.md).
+        # Peers reach this broker on its inter-broker listener (docs/security.md); every
+        # listener's advertised address is registered, so that clients are sent to theirs. One
+        # listener registers none: its address is the registered one (as older brokers did).
         inter_broker = config.inter_broker_listener_spec
-        bound = next(item.bound for item in listeners if item.spec == inter_broker)
-        advertised = (
-            parse_host_port("advertised_listen", config.advertised_listen)
-            if config.advertised_listen
-            else bound
-        )
+        advertised = advertised_of(config, listeners)
         node = ClusterNode(
             config.node_id,
-            advertised,
+            advertised[inter_broker.name],
             config.peer_addresses,
             data_dir,
             node_config_of(config),
@@ -362,6 +368,9 @@ class Broker:
             bootstrap=config.bootstrap_addresses,
             peer_login=peer_login_of(config, self._admin_password),
             peer_tls=self.tls.peer_client if self.tls and inter_broker.is_tls else None,
+            endpoints=[(name, *address) for name, address in advertised.items()]
+            if len(advertised) > 1
+            else (),
         )
         context = BrokerContext(config, ClusterTopics(node, config.log), None, self.metrics)
         context.cluster = node
@@ -415,7 +424,9 @@ class Broker:
                 lambda service: self._share_groups_started(context, service),
             )
             scrape = TrioScrape.current()
-            self.metrics.watch_cluster(lambda: scrape.run(lambda: cluster_status(context)))
+            self.metrics.watch_cluster(
+                lambda: scrape.run(lambda: cluster_status(context, context.default_listener))
+            )
             self.metrics.watch_cluster_node(scrape, node)
             services.start_soon(observe_raft_latencies, node, *self.metrics.raft_observers())
             metrics_address = self._start_metrics(context)
@@ -556,10 +567,7 @@ class Broker:
             if self.config.listeners
             else (),
         )
-        if self.config.advertised_listen:
-            context.advertised = parse_host_port("advertised_listen", self.config.advertised_listen)
-        else:
-            context.advertised = self.addresses.listen
+        context.advertised = advertised_of(self.config, listeners)
         async with trio.open_nursery() as connections:
             accepting = trio.CancelScope()
             connections.start_soon(self._accept, listeners, connections, accepting)
@@ -764,6 +772,8 @@ class _Connection:
         self.context = context
         self.stream = stream
         self.transport = transport
+        # Metadata, FindCoordinator and ClusterStatus answer with this listener's addresses.
+        self.handlers: dict[type[Any], Handler] = broker.handlers[transport.listener]
         self.frames = FrameConnection(Role.SERVER, max_frame_bytes=config.max_frame_bytes)
         self.send_lock = trio.Lock()
         # Framed responses not yet written: coalesced into one write (one syscall, one wake-up of
@@ -1042,7 +1052,7 @@ class _Connection:
         """Decode and run the handler; returns a response, None, a Deferred or a BrokerError."""
         try:
             request = codec.decode_request(frame.header, frame.payload)
-            handler = HANDLERS.get(type(request))
+            handler = self.handlers.get(type(request))
             if handler is None:
                 raise BrokerError(
                     ErrorCode.INVALID_REQUEST,

@@ -3,9 +3,9 @@
 Configuration comes from, in increasing precedence: the defaults of `BrokerConfig`, a TOML file
 (`--config`), `--set key=value` options, then the dedicated flags (`--listen`, `--data-dir`,
 `--metrics-listen`, `--node-id`, `--peers`, `--controller-voters`, `--bootstrap`, `--listener`,
-`--inter-broker-listener`, `--tls-*`). An invalid value is refused before anything starts, with
-the key named and exit status 2 (TLS files are read then too: a missing file or a key that does
-not match its certificate is such a value). Once listening,
+`--inter-broker-listener`, `--advertised-listener`, `--tls-*`). An invalid value is refused
+before anything starts, with the key named and exit status 2 (TLS files are read then too: a
+missing file or a key that does not match its certificate is such a value). Once listening,
 the broker prints one readiness line to stdout (format in docs/protocol.md) and logs to stderr,
 or to `--log-file` (so brokers started in the background of a shell do not write over the
 commands run in it). A broker that cannot start (a port taken, a locked data directory) says why
@@ -142,6 +142,15 @@ def serve_command(
         str | None,
         typer.Option(help="The --listener NAME peers reach this broker on (default: the first)"),
     ] = None,
+    advertised_listener: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--advertised-listener",
+            help="NAME=HOST:PORT: the address listener NAME gives its clients in metadata "
+            "(repeatable; Kafka's advertised.listeners), e.g. --advertised-listener "
+            "EXTERNAL=broker1.example.com:9093 (default: where the listener is bound)",
+        ),
+    ] = None,
     tls_cert: Annotated[
         Path | None, typer.Option(help="PEM certificate (chain) of the TLS listeners")
     ] = None,
@@ -217,6 +226,9 @@ def serve_command(
                 "authorizer_enabled": _authorizer_flag(authorizer, auth),
                 "listeners": ",".join(listener) if listener else None,
                 "inter_broker_listener": inter_broker_listener,
+                "advertised_listeners": ",".join(advertised_listener)
+                if advertised_listener
+                else None,
                 "tls_cert_file": None if tls_cert is None else str(tls_cert),
                 "tls_key_file": None if tls_key is None else str(tls_key),
                 "tls_ca_file": None if tls_ca is None else str(tls_ca),

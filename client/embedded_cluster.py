@@ -10,6 +10,10 @@
         cluster.isolate(1)                     # node 1 neither reaches nor is reached by its peers
         cluster.heal()
 
+    with EmbeddedCluster(3, listeners=[("INTERNAL", "plaintext"), ("SECURE", "tls")],
+                         extra_args=tls_args) as cluster:
+        producer = Producer(cluster.bootstrap_of("SECURE"), security_protocol="SSL", ...)
+
     with EmbeddedCluster(3, controller_voters=(1, 2, 3)) as cluster:
         node_id = cluster.add_broker()         # node 4: `broker serve --bootstrap ...`
         cluster.wait_ready()                   # it is registered and ACTIVE everywhere
@@ -30,6 +34,10 @@ Rules:
   answers over its own link to i, through proxy (j, i)), so blocking `link(i, j)` alone cuts one
   direction. Clients connect directly (`bootstrap`): a partition is between brokers only, and an
   isolated broker still answers clients, which is the stale-leader case tests want.
+- `listeners=[(NAME, PROTOCOL), ...]` gives every broker those named listeners (`--listener
+  NAME=PROTOCOL://127.0.0.1:PORT`, a port of its own each); the first is the inter-broker one,
+  which `--peers`, `bootstrap` and the readiness probes use. `bootstrap_of(NAME)` is every node's
+  address on listener NAME. Each listener advertises its own address (docs/security.md).
 - `add_broker()` starts one more broker that joins the running cluster with `--bootstrap` (the
   running brokers' addresses) instead of `--peers`, on a fresh port, as the next node id. It is
   not a controller voter. Not with `proxies=True` (nothing would carry its links).
@@ -118,6 +126,8 @@ class EmbeddedCluster(StartedByWith):
         ready_timeout_s: how long `start()` and `wait_ready()` wait for the membership.
         security: the SDK's security options (`security_protocol`, `sasl_*`, `ssl_*`) of the
             readiness probes, for brokers run with `--auth scram` or a TLS listener.
+        listeners: named listeners `(NAME, "plaintext" or "tls")` of every broker, the first the
+            inter-broker one (default: one, `--listen`); a TLS one needs `--tls-*` extra_args.
     """
 
     def __init__(
@@ -133,9 +143,12 @@ class EmbeddedCluster(StartedByWith):
         stop_timeout_s: float = STOP_TIMEOUT_S_DEFAULT,
         ready_timeout_s: float = READY_TIMEOUT_S_DEFAULT,
         security: SecurityOptions | None = None,
+        listeners: Sequence[tuple[str, str]] = (),
     ) -> None:
         if n < 1:
             raise ValueError(f"a cluster needs at least one broker, not {n}")
+        if len({name for name, _ in listeners}) != len(listeners):
+            raise ValueError(f"listener names must differ: {list(listeners)}")
         self.node_ids = tuple(range(1, n + 1))
         self.peers = peers
         self.proxies = proxies
@@ -146,6 +159,9 @@ class EmbeddedCluster(StartedByWith):
         self.stop_timeout_s = stop_timeout_s
         self.ready_timeout_s = ready_timeout_s
         self.security = security or SecurityOptions()
+        self.listeners = tuple(listeners)
+        # Each node's port on each named listener (empty without `listeners`).
+        self._listener_ports: dict[int, dict[str, int]] = {}
         self._nodes: dict[int, EmbeddedBroker] = {}
         self._links: dict[tuple[int, int], FaultProxy] = {}
 
@@ -155,6 +171,15 @@ class EmbeddedCluster(StartedByWith):
     def bootstrap(self) -> str:
         """Every node's `HOST:PORT`, comma-separated (stopped nodes too: their ports are kept)."""
         return ",".join(self.node(node_id).bootstrap for node_id in self.node_ids)
+
+    def bootstrap_of(self, listener: str) -> str:
+        """Every node's `HOST:PORT` on the named listener, comma-separated."""
+        names = [name for name, _ in self.listeners]
+        if listener not in names:
+            raise EmbeddedClusterError(f"no listener {listener!r}: the listeners are {names}")
+        return ",".join(
+            f"{HOST}:{self._listener_ports[node_id][listener]}" for node_id in self.node_ids
+        )
 
     def node(self, node_id: int) -> EmbeddedBroker:
         """Node `node_id`'s broker: `bootstrap`, `process`, `data_dir`, `log_tail()`..."""
@@ -208,7 +233,7 @@ class EmbeddedCluster(StartedByWith):
     def _launch_on_free_ports(self) -> None:
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
-                self._launch(free_ports(len(self.node_ids)))
+                self._launch(free_ports(len(self.node_ids) * max(1, len(self.listeners))))
                 return
             except EmbeddedClusterError as exc:
                 taken = PORT_IN_USE in str(exc) or os.strerror(errno.EADDRINUSE) in str(exc)
@@ -217,7 +242,13 @@ class EmbeddedCluster(StartedByWith):
                 self.close()  # a port was taken meanwhile: fresh ports, fresh data directories
 
     def _launch(self, ports: list[int]) -> None:
-        port_of = dict(zip(self.node_ids, ports, strict=True))
+        per_node = max(1, len(self.listeners))
+        node_ports = {
+            node_id: ports[index * per_node : (index + 1) * per_node]
+            for index, node_id in enumerate(self.node_ids)
+        }
+        # A node's first port is its `--listen` (or first listener's): where its peers reach it.
+        port_of = {node_id: own[0] for node_id, own in node_ports.items()}
         if self.proxies:
             for source in self.node_ids:
                 for destination in self.node_ids:
@@ -228,13 +259,30 @@ class EmbeddedCluster(StartedByWith):
         for node_id in self.node_ids:
             self._nodes[node_id] = EmbeddedBroker(
                 port=port_of[node_id],
-                extra_args=[*self._cluster_args(node_id, port_of), *self.extra_args],
+                extra_args=[
+                    *self._listener_args(node_id, node_ports[node_id]),
+                    *self._cluster_args(node_id, port_of),
+                    *self.extra_args,
+                ],
                 env=self.env,
                 startup_timeout_s=self.startup_timeout_s,
                 stop_timeout_s=self.stop_timeout_s,
             )
         for node_id in self.node_ids:
             self._start_node(node_id)
+
+    def _listener_args(self, node_id: int, ports: list[int]) -> list[str]:
+        """`--listener NAME=PROTOCOL://HOST:PORT` for each named listener (none without any);
+        remembers the node's ports for `bootstrap_of`."""
+        if not self.listeners:
+            return []
+        self._listener_ports[node_id] = {
+            name: port for (name, _), port in zip(self.listeners, ports, strict=True)
+        }
+        args = ["--inter-broker-listener", self.listeners[0][0]]
+        for (name, protocol), port in zip(self.listeners, ports, strict=True):
+            args += ["--listener", f"{name}={protocol}://{HOST}:{port}"]
+        return args
 
     def _cluster_args(self, node_id: int, port_of: dict[int, int]) -> list[str]:
         if not self.peers:
@@ -264,10 +312,11 @@ class EmbeddedCluster(StartedByWith):
         running = [node.bootstrap for node in self._nodes.values() if node.running]
         if not running:
             raise EmbeddedClusterError("no running broker to join through")
-        (port,) = free_ports(1)
+        ports = free_ports(max(1, len(self.listeners)))
         self._nodes[node_id] = EmbeddedBroker(
-            port=port,
+            port=ports[0],
             extra_args=[
+                *self._listener_args(node_id, ports),
                 *("--node-id", str(node_id), "--bootstrap", ",".join(running)),
                 *self.extra_args,
             ],
@@ -285,6 +334,7 @@ class EmbeddedCluster(StartedByWith):
         node = self.node(node_id)
         self.node_ids = tuple(other for other in self.node_ids if other != node_id)
         del self._nodes[node_id]
+        self._listener_ports.pop(node_id, None)
         node.close()
 
     def _start_node(self, node_id: int) -> None:
@@ -313,6 +363,7 @@ class EmbeddedCluster(StartedByWith):
         """Stop every broker and proxy and remove the temporary directories, whatever fails."""
         nodes, self._nodes = self._nodes, {}
         links, self._links = self._links, {}
+        self._listener_ports = {}
         with contextlib.ExitStack() as stack:  # runs every callback, even after one raised
             for proxy in links.values():
                 stack.callback(proxy.close)

@@ -1215,12 +1215,25 @@ class ClusterStatusResponse:
 
 
 @_message
+class ListenerEndpoint:
+    """One listener's advertised address (Kafka's `advertised.listeners` entry)."""
+
+    listener: str
+    host: str
+    port: int
+
+
+@_message
 class BrokerRegistrationRequest:
+    """`host`/`port`: where peers reach the broker (its inter-broker listener); `endpoints`:
+    every listener's advertised address, empty for a broker with one listener."""
+
     API: ClassVar[ApiKey] = ApiKey.BROKER_REGISTRATION
     node_id: int
     host: str
     port: int
     incarnation: int
+    endpoints: tuple[ListenerEndpoint, ...] = ()
 
 
 @_message

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from broker.controller.records import BrokerState
+from broker.controller.records import BrokerState, Endpoint
 from wire import codec
 from wire.connection import BrokerConnection, open_broker_connection
 from wire.error_codes import BrokerError, ErrorCode
@@ -189,9 +189,22 @@ class RemoteController:
         self._clients = clients
         self._peer = peer
 
-    async def register_broker(self, node_id: int, host: str, port: int, incarnation: int) -> int:
+    async def register_broker(
+        self,
+        node_id: int,
+        host: str,
+        port: int,
+        incarnation: int,
+        endpoints: tuple[Endpoint, ...] = (),
+    ) -> int:
         request = codec.BrokerRegistrationRequest(
-            node_id=node_id, host=host, port=port, incarnation=incarnation
+            node_id=node_id,
+            host=host,
+            port=port,
+            incarnation=incarnation,
+            endpoints=tuple(
+                codec.ListenerEndpoint(listener=name, host=h, port=p) for name, h, p in endpoints
+            ),
         )
         response = _check(await self._clients.call(self._peer, request), self._peer)
         return int(response.broker_epoch)

@@ -40,6 +40,7 @@ from broker.controller import reassignment
 from broker.controller.cache import MetadataCache
 from broker.controller.records import (
     BrokerState,
+    Endpoint,
     MetadataRecord,
     MetadataRecordError,
     decode_record,
@@ -491,12 +492,20 @@ class ControllerService:
             await self._propose(records)
         return self.machine.security
 
-    async def register_broker(self, node_id: int, host: str, port: int, incarnation: int) -> int:
-        """Register (or re-register) a broker; returns its broker epoch. NotControllerError
-        elsewhere; BrokerError(INVALID_REQUEST) for a bad or conflicting address."""
+    async def register_broker(
+        self,
+        node_id: int,
+        host: str,
+        port: int,
+        incarnation: int,
+        endpoints: tuple[Endpoint, ...] = (),
+    ) -> int:
+        """Register (or re-register) a broker and its listeners' `endpoints`; returns its broker
+        epoch. NotControllerError elsewhere; BrokerError(INVALID_REQUEST) for a bad or
+        conflicting address."""
         async with self._command_lock:
             records = self._require_leader().prepare_register_broker(
-                node_id, host, port, incarnation
+                node_id, host, port, incarnation, endpoints
             )
             await self._propose(records)
         info = self.machine.broker(node_id)

@@ -43,7 +43,7 @@ from broker.config import (
     check_range,
 )
 from broker.controller.cache import MetadataCache
-from broker.controller.records import BrokerState
+from broker.controller.records import BrokerState, Endpoint
 from broker.controller.state import ControllerConfig, ControllerStateMachine
 from broker.kvstore import KvStore
 from broker.log.manager import LogManager
@@ -162,7 +162,12 @@ class ControllerEndpoint(Protocol):
     """The controller commands a broker sends (a local `ControllerService` or a remote one)."""
 
     async def register_broker(
-        self, node_id: int, host: str, port: int, incarnation: int
+        self,
+        node_id: int,
+        host: str,
+        port: int,
+        incarnation: int,
+        endpoints: tuple[Endpoint, ...] = (),
     ) -> int: ...
 
     async def heartbeat(
@@ -208,6 +213,7 @@ class ClusterNode:
         bootstrap: Sequence[tuple[str, int]] = (),
         peer_login: SaslLogin | None = None,
         peer_tls: ssl.SSLContext | None = None,
+        endpoints: Sequence[Endpoint] = (),
     ) -> None:
         """`peers`: the brokers that start the cluster and where their peer listeners are (this
         node may be among them). `controller_voters`: the metadata group's voters among them
@@ -218,7 +224,9 @@ class ClusterNode:
         `transport.serve_inbound` (one port for both), so the node opens no listener.
         `router`: how commands reach the controller leader (default: `PeerRouter`, over the
         client protocol). `seed`: deterministic Raft timers. `peer_tls`: reach peers over TLS
-        with this client context (a TLS inter-broker listener, docs/security.md)."""
+        with this client context (a TLS inter-broker listener, docs/security.md). `endpoints`:
+        every listener's advertised (name, host, port), registered with the controller so
+        clients are answered per listener (empty: one listener, `listen`)."""
         self.config = config or ClusterNodeConfig()
         self.config.validate()
         # `--auth scram`: how this broker logs in to its peers (Raft links, controller calls).
@@ -243,6 +251,7 @@ class ClusterNode:
         self._serve_peers = serve_peers
         self._seed = seed
         self._peer_tls = peer_tls
+        self.endpoints = tuple(endpoints)
         self.starts = 0
         self.running = False
         self.broker_epoch: int | None = None
@@ -569,7 +578,7 @@ class ClusterNode:
                 try:
                     if epoch is None:
                         epoch = await target.register_broker(
-                            self.node_id, self.host, self.port, incarnation
+                            self.node_id, self.host, self.port, incarnation, self.endpoints
                         )
                         asked_active = False
                         continue

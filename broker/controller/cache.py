@@ -136,9 +136,18 @@ class MetadataCache:
         return self._state.active_broker_ids()
 
     def address_of(self, node_id: int) -> tuple[str, int] | None:
-        """Where clients reach broker `node_id`; None if it is not registered."""
+        """Where peers reach broker `node_id` (its registered inter-broker address); None if it
+        is not registered."""
         info = self._state.broker(node_id)
         return (info.host, info.port) if info is not None else None
+
+    def endpoint_of(
+        self, node_id: int, listener: str, default_listener: str
+    ) -> tuple[str, int] | None:
+        """Where a client connected on `listener` reaches broker `node_id`; None if it is not
+        registered or has no such listener (`BrokerInfo.endpoint_for`)."""
+        info = self._state.broker(node_id)
+        return info.endpoint_for(listener, default_listener) if info is not None else None
 
     # --- topics and partitions --------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from broker.controller.records import (
     ConfigItems,
     ConfigSet,
     ConfigValue,
+    Endpoint,
     MetadataRecord,
     MetadataRecordError,
     PartitionAssignment,
@@ -56,6 +57,7 @@ from broker.controller.records import (
     canonical_config_key,
     canonical_configs,
     check_config_items,
+    check_endpoints,
     check_int,
     check_node_ids,
     check_str,
@@ -108,6 +110,22 @@ class BrokerInfo:
     # Marked by `BrokerDecommissioning`: leaving for good; no new replicas go to it. Kept across
     # the broker's re-registrations until `BrokerUnregistered` removes it.
     decommissioning: bool = False
+    # Every listener's advertised (name, host, port), as registered (`BrokerRegistered`).
+    endpoints: tuple[Endpoint, ...] = ()
+
+    def endpoint_for(self, listener: str, default_listener: str) -> tuple[str, int] | None:
+        """Where a client that connected on `listener` reaches this broker; None if it has no
+        such listener (Kafka leaves it out of that client's metadata).
+
+        A broker registered without endpoints (one listener, or an older broker) has one
+        address, `host`/`port`, for `default_listener`: the inter-broker listener, whose name
+        every broker of a cluster shares."""
+        for name, host, port in self.endpoints:
+            if name == listener:
+                return host, port
+        if not self.endpoints and listener == default_listener:
+            return self.host, self.port
+        return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -298,11 +316,7 @@ class ControllerStateMachine:
 
     def _apply_broker_registered(self, record: BrokerRegistered, index: int) -> bool:
         known = self._brokers.get(record.node_id)
-        if known is not None and (known.incarnation, known.host, known.port) == (
-            record.incarnation,
-            record.host,
-            record.port,
-        ):
+        if known is not None and _registration_of(known) == record:
             return False  # the same registration proposed twice (a retry across a failover)
         if self._removed_incarnations.get(record.node_id) == record.incarnation:
             return False  # the decommissioned process itself, still running
@@ -314,6 +328,7 @@ class ControllerStateMachine:
             index,
             BrokerState.FENCED,
             decommissioning=known is not None and known.decommissioning,
+            endpoints=record.endpoints,
         )
         return True
 
@@ -460,18 +475,29 @@ class ControllerStateMachine:
     # --- prepare: the controller leader, before proposing -----------------------------------------
 
     def prepare_register_broker(
-        self, node_id: int, host: str, port: int, incarnation: int
+        self,
+        node_id: int,
+        host: str,
+        port: int,
+        incarnation: int,
+        endpoints: tuple[Endpoint, ...] = (),
     ) -> list[MetadataRecord]:
         """Records for a broker's (re)registration; [] if this exact registration is known.
 
-        Raises BrokerError(INVALID_REQUEST) for a bad id, host or port, or an address another
-        unfenced broker has registered (two brokers given the same --listen).
+        Raises BrokerError(INVALID_REQUEST) for a bad id, host, port or endpoint, or a peer
+        address (`host`/`port`) another unfenced broker has registered (two brokers given the
+        same --listen). Other listeners' advertised addresses may repeat: a listener bound to
+        0.0.0.0:9094 on every machine advertises that, and only its clients would be misled.
         """
         _require_int(node_id, 1, INT32_MAX, ErrorCode.INVALID_REQUEST, "node id")
         if not isinstance(host, str) or not host or len(host) > 255:
             raise BrokerError(ErrorCode.INVALID_REQUEST, f"broker host {host!r} is not a host name")
         _require_int(port, 1, PORT_MAX, ErrorCode.INVALID_REQUEST, "broker port")
         _require_int(incarnation, 0, INT64_MAX, ErrorCode.INVALID_REQUEST, "broker incarnation")
+        try:
+            check_endpoints("broker registration", endpoints)
+        except MetadataRecordError as exc:
+            raise BrokerError(ErrorCode.INVALID_REQUEST, str(exc)) from None
         for other in self.brokers():
             if (
                 other.node_id != node_id
@@ -490,14 +516,11 @@ class ControllerStateMachine:
                 f"broker {node_id} was decommissioned and removed from the cluster; stop this "
                 "process (to bring the machine back, start a new broker process)",
             )
+        record = BrokerRegistered(node_id, host, port, incarnation, endpoints)
         known = self._brokers.get(node_id)
-        if known is not None and (known.incarnation, known.host, known.port) == (
-            incarnation,
-            host,
-            port,
-        ):
+        if known is not None and _registration_of(known) == record:
             return []
-        return [BrokerRegistered(node_id, host, port, incarnation)]
+        return [record]
 
     def prepare_decommission_broker(self, node_id: int) -> list[MetadataRecord]:
         """The record that starts decommissioning `node_id`; [] if it already is.
@@ -804,11 +827,8 @@ class ControllerStateMachine:
         # A decommissioning broker's row has one more field, and "removed_brokers" is there
         # only once a broker was removed: a snapshot of a cluster that never decommissioned a
         # broker is byte for byte what brokers without decommissioning wrote.
-        brokers = [
-            [b.node_id, b.host, b.port, b.incarnation, b.broker_epoch, b.state.value]
-            + ([True] if b.decommissioning else [])
-            for b in self.brokers()
-        ]
+        # Likewise for a broker's endpoints (`_broker_row`).
+        brokers = [_broker_row(b) for b in self.brokers()]
         topics = [
             [
                 t.name,
@@ -1025,15 +1045,32 @@ def _rows(value: Any, width: int, what: str) -> list[list[Any]]:
     return value
 
 
+def _broker_row(b: BrokerInfo) -> list[Any]:
+    """Six fields; a seventh, True, for a decommissioning broker; a broker registered with
+    endpoints has both the seventh (True or False) and an eighth, [[listener, host, port], ...]."""
+    row = [b.node_id, b.host, b.port, b.incarnation, b.broker_epoch, b.state.value]
+    if b.endpoints:
+        return [*row, b.decommissioning, [list(endpoint) for endpoint in b.endpoints]]
+    return [*row, True] if b.decommissioning else row
+
+
 def _broker_from_row(row: Any) -> BrokerInfo:
-    # Six fields, or seven for a decommissioning broker (the seventh is then True).
-    if not isinstance(row, list) or len(row) not in (6, 7) or row[6:] not in ([], [True]):
+    # The shapes `_broker_row` writes.
+    well_formed = isinstance(row, list) and (
+        (len(row) in (6, 7) and row[6:] in ([], [True]))
+        or (len(row) == 8 and isinstance(row[6], bool) and isinstance(row[7], list) and row[7])
+    )
+    if not well_formed:
         raise ControllerSnapshotError(
-            f"expected broker rows of 6 fields (7 when decommissioning), got {row!r:.200}"
+            "expected broker rows of 6 fields (7 when decommissioning, 8 with endpoints), got "
+            f"{row!r:.200}"
         )
     node_id, host, port, incarnation, broker_epoch, state = row[:6]
+    endpoints = tuple(
+        tuple(item) if isinstance(item, list) else item for item in (row[7] if row[7:] else ())
+    )
     # Reuse the record checks: a snapshot row holds what a BrokerRegistered held.
-    BrokerRegistered(node_id, host, port, incarnation)
+    BrokerRegistered(node_id, host, port, incarnation, endpoints)
     check_int("snapshot broker", "broker_epoch", broker_epoch, 0, INT64_MAX)
     return BrokerInfo(
         node_id,
@@ -1042,8 +1079,14 @@ def _broker_from_row(row: Any) -> BrokerInfo:
         incarnation,
         broker_epoch,
         BrokerState(state),
-        decommissioning=len(row) == 7,
+        decommissioning=row[6:7] == [True],
+        endpoints=endpoints,
     )
+
+
+def _registration_of(info: BrokerInfo) -> BrokerRegistered:
+    """The registration `info` was made by (to recognise one proposed twice)."""
+    return BrokerRegistered(info.node_id, info.host, info.port, info.incarnation, info.endpoints)
 
 
 def _partition_row(p: PartitionInfo) -> list[Any]:

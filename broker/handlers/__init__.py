@@ -4,11 +4,17 @@ A handler is `handler(ctx, request) -> response | None | Deferred` (see `reply.p
 connection's reader, in arrival order, and raises `BrokerError` for a request-level failure (the
 server answers with an error response). Per-topic and per-partition failures are part of the
 response instead. The handshake is the server's own business (server.py), not a handler's.
+
+The handlers whose answers name broker addresses (`LISTENER_HANDLERS`: Metadata, FindCoordinator,
+ClusterStatus) take a third argument, the name of the listener the request arrived on, and answer
+with that listener's advertised addresses (docs/security.md, "Advertised listeners");
+`handlers_for(listener)` is the table of one listener's connections.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 
 from broker.handlers.admin import (
@@ -78,9 +84,15 @@ from broker.handlers.users import (
 from wire import codec
 
 Handler = Callable[[BrokerContext, Any], Any]
+ListenerHandler = Callable[[BrokerContext, Any, str], Any]
+
+LISTENER_HANDLERS: Final[dict[type[Any], ListenerHandler]] = {
+    codec.MetadataRequest: handle_metadata,
+    codec.FindCoordinatorRequest: handle_find_coordinator,
+    codec.ClusterStatusRequest: handle_cluster_status,
+}
 
 HANDLERS: Final[dict[type[Any], Handler]] = {
-    codec.MetadataRequest: handle_metadata,
     codec.CreateTopicsRequest: handle_create_topics,
     codec.DeleteTopicsRequest: handle_delete_topics,
     codec.DescribeTopicsRequest: handle_describe_topics,
@@ -90,7 +102,6 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.ProduceRequest: handle_produce,
     codec.FetchRequest: handle_fetch,
     codec.ListOffsetsRequest: handle_list_offsets,
-    codec.FindCoordinatorRequest: handle_find_coordinator,
     codec.JoinGroupRequest: handle_join_group,
     codec.SyncGroupRequest: handle_sync_group,
     codec.HeartbeatRequest: handle_heartbeat,
@@ -100,7 +111,6 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.ListGroupsRequest: handle_list_groups,
     codec.DescribeGroupsRequest: handle_describe_groups,
     codec.DeleteGroupsRequest: handle_delete_groups,
-    codec.ClusterStatusRequest: handle_cluster_status,
     codec.BrokerRegistrationRequest: handle_broker_registration,
     codec.BrokerHeartbeatRequest: handle_broker_heartbeat,
     codec.LeaderReportRequest: handle_leader_report,
@@ -130,4 +140,20 @@ HANDLERS: Final[dict[type[Any], Handler]] = {
     codec.DescribeClientQuotasRequest: handle_describe_client_quotas,
 }
 
-__all__ = ["HANDLERS", "BrokerContext", "Deferred", "Handler", "NullMetrics", "PartitionState"]
+
+def handlers_for(listener: str) -> dict[type[Any], Handler]:
+    """Every handler for requests that arrived on `listener` (`LISTENER_HANDLERS` bound to it)."""
+    bound = {kind: partial(call, listener=listener) for kind, call in LISTENER_HANDLERS.items()}
+    return {**HANDLERS, **bound}
+
+
+__all__ = [
+    "HANDLERS",
+    "LISTENER_HANDLERS",
+    "BrokerContext",
+    "Deferred",
+    "Handler",
+    "NullMetrics",
+    "PartitionState",
+    "handlers_for",
+]

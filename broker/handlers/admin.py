@@ -8,6 +8,7 @@ controller. Each topic gets its own error; one bad topic never fails the others.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from broker.controller.records import BrokerState
@@ -22,17 +23,26 @@ from wire.error_codes import BrokerError, ErrorCode
 logger = logging.getLogger(__name__)
 
 
-def handle_metadata(ctx: BrokerContext, request: codec.MetadataRequest) -> codec.MetadataResponse:
+def handle_metadata(
+    ctx: BrokerContext, request: codec.MetadataRequest, listener: str
+) -> codec.MetadataResponse:
+    """Brokers and leaders as the client's `listener` reaches them (Kafka's advertised
+    listeners): a broker without that listener is left out, and a partition it leads is
+    LEADER_NOT_AVAILABLE to this client."""
     # "Every topic" leaves internal topics out (as Kafka's clients do); asked by name, they show.
     names = _public_names(ctx) if request.topics is None else list(request.topics)
     if ctx.cluster is None:
-        host, port = ctx.advertised
-        brokers = (codec.BrokerInfo(node_id=ctx.node_id, host=host, port=port),)
-        controller_id = ctx.node_id
+        broker_ids, controller_id = [ctx.node_id], ctx.node_id
         partitions_of = _partition_metadata
     else:
-        brokers, controller_id = cluster.brokers_and_controller(ctx)
+        broker_ids = ctx.cluster.cache.serving_broker_ids()
+        controller_id = ctx.cluster.controller.leader_id or -1
         partitions_of = cluster.partitions_metadata
+    brokers = []
+    for node_id in broker_ids:
+        endpoint = ctx.endpoint_of(node_id, listener)
+        if endpoint is not None:
+            brokers.append(codec.BrokerInfo(node_id=node_id, host=endpoint[0], port=endpoint[1]))
     topics = []
     for name in names:
         try:
@@ -40,9 +50,26 @@ def handle_metadata(ctx: BrokerContext, request: codec.MetadataRequest) -> codec
         except BrokerError as exc:
             topics.append(codec.TopicMetadata(name=name, error=exc.code, error_message=exc.message))
             continue
-        topics.append(codec.TopicMetadata(name=name, partitions=partitions_of(ctx, record)))
+        partitions = partitions_of(ctx, record)
+        if ctx.cluster is not None:  # a single node leads its partitions on every listener
+            partitions = tuple(_reachable_leader(ctx, listener, item) for item in partitions)
+        topics.append(codec.TopicMetadata(name=name, partitions=partitions))
     return codec.MetadataResponse(
-        brokers=brokers, controller_id=controller_id, topics=tuple(topics)
+        brokers=tuple(brokers), controller_id=controller_id, topics=tuple(topics)
+    )
+
+
+def _reachable_leader(
+    ctx: BrokerContext, listener: str, metadata: codec.PartitionMetadata
+) -> codec.PartitionMetadata:
+    """`metadata`, or LEADER_NOT_AVAILABLE if its leader has no `listener` to send a client to."""
+    if metadata.leader_id < 0 or ctx.endpoint_of(metadata.leader_id, listener) is not None:
+        return metadata
+    return dataclasses.replace(
+        metadata,
+        leader_id=-1,
+        error=ErrorCode.LEADER_NOT_AVAILABLE,
+        error_message=f"the leader, broker {metadata.leader_id}, has no listener {listener}",
     )
 
 
@@ -194,12 +221,13 @@ def _describe_partition(ctx: BrokerContext, topic: str, index: int) -> codec.Par
 
 
 def handle_cluster_status(
-    ctx: BrokerContext, request: codec.ClusterStatusRequest
+    ctx: BrokerContext, request: codec.ClusterStatusRequest, listener: str
 ) -> codec.ClusterStatusResponse:
-    """The cluster's brokers and partition health; a single node is a cluster of one."""
+    """The cluster's brokers and partition health; a single node is a cluster of one. Broker
+    addresses are those of the client's `listener`."""
     if ctx.cluster is not None:
-        return cluster.cluster_status(ctx)
-    host, port = ctx.advertised
+        return cluster.cluster_status(ctx, listener)
+    host, port = ctx.advertised[listener]
     partition_count = len(ctx.partitions)
     return codec.ClusterStatusResponse(
         controller_id=ctx.node_id,

@@ -41,17 +41,6 @@ FORWARD_RETRY_S = 0.2
 # --- metadata -------------------------------------------------------------------------------------
 
 
-def brokers_and_controller(ctx: BrokerContext) -> tuple[tuple[codec.BrokerInfo, ...], int]:
-    """The serving brokers and the controller leader (-1: none known), from the cache."""
-    cache = ctx.cluster.cache
-    brokers = []
-    for node_id in cache.serving_broker_ids():
-        address = cache.address_of(node_id)
-        if address is not None:
-            brokers.append(codec.BrokerInfo(node_id=node_id, host=address[0], port=address[1]))
-    return tuple(brokers), ctx.cluster.controller.leader_id or -1
-
-
 def partitions_metadata(
     ctx: BrokerContext, record: TopicRecord
 ) -> tuple[codec.PartitionMetadata, ...]:
@@ -314,7 +303,9 @@ def _describe_partition(
     )
 
 
-def cluster_status(ctx: BrokerContext) -> codec.ClusterStatusResponse:
+def cluster_status(ctx: BrokerContext, listener: str) -> codec.ClusterStatusResponse:
+    """Broker rows give the addresses of `listener` (a broker without it: the address it
+    registered, where its peers reach it)."""
     node = ctx.cluster
     statistics = node.cache.statistics(controller_leader=node.controller.leader_id or None)
     # A decommissioning broker shows as such, whatever its liveness (docs/cluster.md).
@@ -325,8 +316,8 @@ def cluster_status(ctx: BrokerContext) -> codec.ClusterStatusResponse:
         brokers=tuple(
             codec.ClusterBroker(
                 node_id=row.node_id,
-                host=row.host,
-                port=row.port,
+                host=address[0],
+                port=address[1],
                 state="decommissioning" if row.node_id in leaving else row.state.value,
                 broker_epoch=row.broker_epoch,
                 replica_count=row.replica_count,
@@ -334,6 +325,7 @@ def cluster_status(ctx: BrokerContext) -> codec.ClusterStatusResponse:
                 preferred_leader_count=row.preferred_leader_count,
             )
             for row in statistics.brokers
+            for address in [ctx.endpoint_of(row.node_id, listener) or (row.host, row.port)]
         ),
         topic_count=statistics.topic_count,
         partition_count=statistics.partition_count,
@@ -379,7 +371,11 @@ def handle_broker_registration(
 ) -> Deferred:
     async def call(controller: Any) -> codec.BrokerRegistrationResponse:
         epoch = await controller.register_broker(
-            request.node_id, request.host, request.port, request.incarnation
+            request.node_id,
+            request.host,
+            request.port,
+            request.incarnation,
+            tuple((item.listener, item.host, item.port) for item in request.endpoints),
         )
         return codec.BrokerRegistrationResponse(broker_epoch=epoch)
 

@@ -18,6 +18,7 @@ registering a waiter, so no wake-up is lost.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -162,7 +163,9 @@ class BrokerContext:
     # The group-commit flusher of a single node; None in a cluster (Raft drivers fsync).
     flusher: Flusher | None
     metrics: Metrics = dataclasses.field(default_factory=NullMetrics)
-    advertised: tuple[str, int] = ("127.0.0.1", 9092)
+    # Where clients are sent, by the listener they connected on: each listener's advertised
+    # address (BrokerConfig.advertised_endpoints); the server sets it once bound.
+    advertised: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
     partitions: dict[tuple[str, int], PartitionState] = dataclasses.field(default_factory=dict)
     stopping: bool = False
     spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None
@@ -180,6 +183,12 @@ class BrokerContext:
     def node_id(self) -> int:
         return self.config.node_id
 
+    @functools.cached_property
+    def default_listener(self) -> str:
+        """The inter-broker listener's name: the one a broker registered without endpoints
+        serves (every broker of a cluster names it alike)."""
+        return self.config.inter_broker_listener_spec.name
+
     # The users' SCRAM credentials (broker.auth.users: LocalUsers on a single node, ClusterUsers
     # in a cluster); None until the server sets it.
     users: Any = None
@@ -192,6 +201,14 @@ class BrokerContext:
     # whose ACLs and quotas are the controller's).
     security: Any = None
     security_store: Any = None
+
+    def endpoint_of(self, node_id: int, listener: str) -> tuple[str, int] | None:
+        """Where a client connected on `listener` reaches broker `node_id`: that broker's
+        advertised address for the same listener; None if it is unknown or has no such
+        listener (Kafka leaves it out of the answer)."""
+        if self.cluster is None:
+            return self.advertised.get(listener) if node_id == self.node_id else None
+        return self.cluster.cache.endpoint_of(node_id, listener, self.default_listener)
 
     def add_partition(self, topic: str, partition: int, log: Any) -> PartitionState:
         assert self.flusher is not None, "local partitions belong to a single-node broker"

@@ -110,8 +110,10 @@ def _answer(
 
 
 def handle_find_coordinator(
-    ctx: BrokerContext, request: codec.FindCoordinatorRequest
+    ctx: BrokerContext, request: codec.FindCoordinatorRequest, listener: str
 ) -> codec.FindCoordinatorResponse:
+    """The coordinator as the client's `listener` reaches it; COORDINATOR_NOT_AVAILABLE while
+    it has no leader, or if its leader has no such listener (Kafka's answer)."""
     if request.key_type == codec.COORDINATOR_KEY_GROUP:
         what, service, topic = "group id", ctx.groups, OFFSETS_TOPIC
     elif request.key_type == codec.COORDINATOR_KEY_TRANSACTION:
@@ -134,29 +136,30 @@ def handle_find_coordinator(
             error_message=f"the coordinator for {what}s is not running yet; retry",
         )
     partition = service.partition_of(request.key)
-    coordinator = _coordinator_of(ctx, topic, partition)
-    if coordinator is None:
+    leader = _leader_of(ctx, topic, partition)
+    if leader < 0:
         return codec.FindCoordinatorResponse(
             error=ErrorCode.COORDINATOR_NOT_AVAILABLE,
             error_message=f"{topic}-{partition} has no leader yet; retry",
         )
-    node_id, (host, port) = coordinator
-    return codec.FindCoordinatorResponse(node_id=node_id, host=host, port=port)
+    address = ctx.endpoint_of(leader, listener)
+    if address is None:
+        return codec.FindCoordinatorResponse(
+            error=ErrorCode.COORDINATOR_NOT_AVAILABLE,
+            error_message=f"the coordinator, broker {leader}, has no listener {listener}",
+        )
+    host, port = address
+    return codec.FindCoordinatorResponse(node_id=leader, host=host, port=port)
 
 
-def _coordinator_of(
-    ctx: BrokerContext, topic: str, partition: int
-) -> tuple[int, tuple[str, int]] | None:
+def _leader_of(ctx: BrokerContext, topic: str, partition: int) -> int:
     """The leader of an internal topic's partition (`__consumer_offsets`,
-    `__transaction_state`) and its address, if it has one."""
+    `__transaction_state`); -1 if it has none."""
     if ctx.cluster is None:
         state = ctx.partitions.get((topic, partition))
-        if state is None or state.leader_id < 0:
-            return None
-        return state.leader_id, ctx.advertised  # one broker: the leader is this node
-    metadata = cluster.partition_metadata(ctx, topic, partition)
-    address = ctx.cluster.cache.address_of(metadata.leader_id) if metadata.leader_id > 0 else None
-    return None if address is None else (metadata.leader_id, address)
+        return -1 if state is None or state.leader_id < 0 else state.leader_id
+    leader = cluster.partition_metadata(ctx, topic, partition).leader_id
+    return leader if leader > 0 else -1
 
 
 # --- membership -----------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 import trustme
 
-from client import AdminClient, Consumer, Producer
+from client import AdminClient, Consumer, Producer, aio
 from client.errors import TlsHandshakeError
 from tests.cli_process import CLI, CLI_TIMEOUT_S
 from tests.integration.server.conftest import BrokerProcess, StartProcess, broker_command
@@ -89,12 +90,38 @@ def test_tls_and_plaintext_listeners_side_by_side(
         while len(values) < 2 and time.monotonic() < deadline:
             values += [record.value for record in consumer.poll(timeout_ms=500)]
     assert values == [b"over tls", b"over plaintext"]
+    # Each listener advertises itself: Metadata names the port the client connected to.
+    assert _advertised_port(secure, tls) == int(secure.rpartition(":")[2])
+    assert _advertised_port(local, {}) == int(local.rpartition(":")[2])
     # A plaintext client on the TLS port and a TLS client on the plaintext port are told so.
     with pytest.raises(Exception, match="security_protocol='SSL'"):
         AdminClient(secure, request_timeout_ms=5_000).__enter__()
     with pytest.raises(TlsHandshakeError):
         AdminClient(local, **tls).__enter__()
     _wait_for_log(broker, "received a TLS handshake on a plaintext listener")
+
+
+def _advertised_port(bootstrap: str, options: dict[str, str]) -> int:
+    """The port the broker's Metadata answer gives a client of `bootstrap`."""
+
+    async def ask() -> int:
+        async with aio.AdminClient(bootstrap, **options) as admin:  # type: ignore[arg-type]
+            metadata = await admin._cluster.refresh_metadata([])
+        (broker,) = metadata.brokers
+        return int(broker.port)
+
+    return int(trio.run(ask))
+
+
+def test_an_advertised_listener_must_name_a_listener(tmp_path: Path, certs: Certificates) -> None:
+    refused = _serve(
+        tmp_path,
+        "--listener", "SECURE=tls://127.0.0.1:0",
+        "--advertised-listener", "PUBLIC=broker.example.com:9093",
+        *certs.broker_args(),
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "'advertised_listeners': names no listener: 'PUBLIC'" in refused.stderr, refused.stderr
 
 
 def test_certificate_verification(broker_process: StartProcess, certs: Certificates) -> None:

@@ -48,6 +48,17 @@ def leader_reports(draw: st.DrawFn) -> PartitionLeaderChanged:
     )
 
 
+# A broker's listeners' advertised addresses: none (version 0) or a few, each name once.
+endpoints: st.SearchStrategy[tuple[tuple[str, str, int], ...]] = st.lists(
+    st.tuples(
+        st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,10}", fullmatch=True),
+        st.text(min_size=1, max_size=40),
+        st.integers(1, 65535),
+    ),
+    max_size=4,
+    unique_by=lambda endpoint: endpoint[0],
+).map(tuple)
+
 records: st.SearchStrategy[MetadataRecord] = st.one_of(
     st.builds(
         BrokerRegistered,
@@ -55,6 +66,7 @@ records: st.SearchStrategy[MetadataRecord] = st.one_of(
         st.text(min_size=1, max_size=40),
         st.integers(1, 65535),
         st.integers(0, 2**63 - 1),
+        endpoints,
     ),
     st.builds(BrokerStateChanged, node_ids, epochs, st.sampled_from(BrokerState)),
     st.builds(BrokerDecommissioning, node_ids),
