@@ -38,7 +38,7 @@ from typing import Any, Unpack
 
 import trio
 
-from client._gc import gc_paused_promoting
+from client._gc import GC_PAUSE_ROWS, gc_paused_promoting_for
 from client.aio._base import AsyncClientBase
 from client.aio.cluster import (
     CLIENT_ID_DEFAULT,
@@ -414,7 +414,12 @@ class Consumer(AsyncClientBase):
                     self._take(chunk, out, limit)
                     continue
             records = decode_fetched(
-                chunk.tp, chunk.raw, chunk.fetch_offset, chunk.aborted, validate=False
+                chunk.tp,
+                chunk.raw,
+                chunk.fetch_offset,
+                chunk.aborted,
+                validate=False,
+                count=chunk.count,
             )
             refused = None
             if self._deserializers is not None:
@@ -1100,15 +1105,19 @@ def decode_fetched(
     aborted: Sequence[tuple[int, int]] = (),
     *,
     validate: bool = True,
+    count: int | None = None,
 ) -> list[ConsumerRecord]:
     """The records at or after `fetch_offset` in a fetched run of batches.
 
     Control batches and aborted transactions' batches are skipped (their offsets still count).
-    `validate=False` skips the CRC check, for data that `scan_fetched` already checked.
+    `validate=False` skips the CRC check, for data that `scan_fetched` already checked. `count`
+    is the run's record count when known (`scan_fetched`'s): a run of a few records is decoded
+    without the GC pause, whose young collection would cost more (client/_gc.py).
     """
     topic, partition = head = (tp.topic, tp.partition)
     out: list[ConsumerRecord] = []
-    with gc_paused_promoting():  # the records outlive this call (client/_gc.py)
+    # The records outlive this call: past the young generations (client/_gc.py).
+    with gc_paused_promoting_for(GC_PAUSE_ROWS if count is None else count):
         for position, header, visible in visible_batches(data, aborted, validate=validate):
             if not visible or header.next_offset <= fetch_offset:
                 continue
