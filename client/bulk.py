@@ -38,12 +38,11 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from collections.abc import Generator, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from itertools import accumulate, repeat
 from operator import add
 from typing import Any, Protocol, overload
 
-from client._gc import gc_paused_promoting
+from client._gc import gc_paused_promoting_for
 from client.accumulator import (
     RECORD_OVERHEAD_BYTES,
     ProducerBatch,
@@ -74,8 +73,6 @@ Headers = Sequence[tuple[str, bytes]] | Mapping[str, bytes]
 # Rows one `append_some` queues at most (several batches' worth, in one GC pause and one hold
 # of the accumulator's lock, about a millisecond), before the caller may yield to the sender.
 APPEND_ROWS_MAX = 16_384
-# Rows made by one append above which the GC pause pays for itself (CPython's gen-0 threshold).
-GC_PAUSE_ROWS = 700
 # Record sizes (bytes counted against batch and buffer memory): one per record, or one int when
 # every record has that size (the common call, which then builds no per-record list).
 Sizes = list[int] | int
@@ -403,11 +400,8 @@ class BulkAppend:
         # Many rows at once: made with the GC paused and moved past the young generations
         # (client/_gc.py), which otherwise walk each new row (measured: 150 -> 50 ns a record).
         # Not for a few rows, where the young collection it starts with would cost more.
-        pause: AbstractContextManager[None] = (
-            gc_paused_promoting() if self._left >= GC_PAUSE_ROWS else nullcontext()
-        )
         queued = 0
-        with pause, acc.lock:
+        with gc_paused_promoting_for(self._left), acc.lock:
             while queued < APPEND_ROWS_MAX and not self.finished:
                 taken = self._fill_one(acc, count)
                 if not taken:

@@ -1,7 +1,10 @@
 """`LogFlusher`: the trio shell that makes appends durable, with group commit.
 
 The partition log itself only writes into the page cache. This service runs its fsyncs in worker
-threads so the event loop keeps serving while the disk works:
+threads so the event loop keeps serving while the disk works: while `run()` runs, its own
+long-lived threads (`SyncThreads`), which take a flush the moment it is asked for (no scheduler
+pass first, as `trio.to_thread` has); otherwise (before, after, or with no `run()`: unit tests,
+shutdown) `trio.to_thread.run_sync`.
 
 - `wait_durable(log, end_offset)` returns once the append ending at `end_offset` is durable under
   the log's flush policy. With `always`, the first waiter starts a flush of everything appended so
@@ -27,6 +30,7 @@ import trio
 
 from broker.config import FlushPolicy
 from broker.log.log import PartitionLog
+from broker.log.sync_threads import SyncThreads
 from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class LogFlusher:
         self._failed: dict[int, OSError] = {}
         self._last_flush_ms: dict[int, float] = {}
         self._on_fsync = on_fsync
+        self._threads: SyncThreads | None = None  # while run() runs
         self.fsync_count = 0
 
     async def wait_durable(self, log: PartitionLog, end_offset: int) -> None:
@@ -83,7 +88,10 @@ class LogFlusher:
             started = time.perf_counter()
             try:
                 # Not cancellable: once started, the fsync finishes and its result is recorded.
-                await trio.to_thread.run_sync(ticket.run)
+                if self._threads is not None:
+                    await self._threads.run(ticket.run)
+                else:
+                    await trio.to_thread.run_sync(ticket.run)
             except OSError as exc:
                 log.abort_flush()
                 self._failed[id(log)] = exc
@@ -116,11 +124,21 @@ class LogFlusher:
         self._last_flush_ms.pop(id(log), None)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Background housekeeping: interval flushes and syncing sealed segments. Runs forever."""
-        task_status.started()
-        while True:
-            await trio.sleep(self._tick_ms / 1000)
-            await self.sweep()
+        """Background housekeeping: interval flushes and syncing sealed segments. Runs until
+        cancelled; its fsync threads stop with it (a later flush runs in `trio.to_thread`)."""
+        with SyncThreads(name="log-fsync") as self._threads:
+            task_status.started()
+            try:
+                while True:
+                    await trio.sleep(self._tick_ms / 1000)
+                    await self.sweep()
+            finally:
+                self._threads = None
+
+    @property
+    def threads(self) -> SyncThreads | None:
+        """The fsync threads while `run()` runs (tests look at them)."""
+        return self._threads
 
     async def sweep(self) -> None:
         """One housekeeping pass over every log (what `run` does each tick)."""

@@ -44,7 +44,7 @@ from typing import Any, Unpack
 
 import trio
 
-from client._gc import gc_paused_promoting
+from client._gc import GC_PAUSE_ROWS, gc_paused_promoting_for
 from client.aio._base import AsyncClientBase
 from client.aio.cluster import (
     CLIENT_ID_DEFAULT,
@@ -480,7 +480,8 @@ class Consumer(AsyncClientBase):
     def _decode(self, chunk: _Chunk) -> tuple[list[Run], SerializationError | None]:
         """The chunk's records as runs, through the deserializers if any: then built here, up to
         the first record they refuse, whose error comes second."""
-        runs = decode_runs(chunk.tp, chunk.raw, chunk.fetch_offset, chunk.aborted, validate=False)
+        tp, raw, aborted = chunk.tp, chunk.raw, chunk.aborted
+        runs = decode_runs(tp, raw, chunk.fetch_offset, aborted, validate=False, count=chunk.count)
         if self._deserializers is None:
             return runs, None
         records, refused = deserialize_records(list(ConsumerRecords(runs)), *self._deserializers)
@@ -1159,10 +1160,12 @@ def decode_fetched(
     aborted: Sequence[tuple[int, int]] = (),
     *,
     validate: bool = True,
+    count: int | None = None,
 ) -> list[ConsumerRecord]:
     """The records at or after `fetch_offset` in a fetched run of batches, built at once (the
     share consumer's and the tests' form of `decode_runs`)."""
-    return list(ConsumerRecords(decode_runs(tp, data, fetch_offset, aborted, validate=validate)))
+    runs = decode_runs(tp, data, fetch_offset, aborted, validate=validate, count=count)
+    return list(ConsumerRecords(runs))
 
 
 def decode_runs(
@@ -1172,16 +1175,20 @@ def decode_runs(
     aborted: Sequence[tuple[int, int]] = (),
     *,
     validate: bool = True,
+    count: int | None = None,
 ) -> list[Run]:
     """The records at or after `fetch_offset` in a fetched run of batches, one run per batch:
     a msgpack batch's rows as they were decoded (no record object built yet), else records.
 
     Control batches and aborted transactions' batches are skipped (their offsets still count).
-    `validate=False` skips the CRC check, for data that `scan_fetched` already checked.
+    `validate=False` skips the CRC check, for data that `scan_fetched` already checked. `count`
+    is the run's record count when known (`scan_fetched`'s): a run of a few records is decoded
+    without the GC pause, whose young collection would cost more (client/_gc.py).
     """
     topic, partition = head = (tp.topic, tp.partition)
     runs: list[Run] = []
-    with gc_paused_promoting():  # the rows outlive this call (client/_gc.py)
+    # The rows outlive this call: past the young generations (client/_gc.py).
+    with gc_paused_promoting_for(GC_PAUSE_ROWS if count is None else count):
         for position, header, visible in visible_batches(data, aborted, validate=validate):
             if not visible or header.next_offset <= fetch_offset:
                 continue

@@ -1,8 +1,14 @@
-"""LogFlusher: group commit (flush=always), interval flushes, sealed-segment sync, fsync errors."""
+"""LogFlusher: group commit (flush=always), interval flushes, sealed-segment sync, fsync errors.
+
+Flushes run in the flusher's own threads while `run()` runs, in `trio.to_thread` otherwise; the
+behaviour tests run both ways (`threads`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,11 +29,13 @@ class _GatedRuns:
 
     def __init__(self) -> None:
         self.ends: list[int] = []
+        self.thread_names: list[str] = []
         self.release = threading.Event()
         self._original = FlushTicket.run
 
     def __call__(self, ticket: FlushTicket) -> None:
         self.ends.append(ticket.end_offset)
+        self.thread_names.append(threading.current_thread().name)
         if len(self.ends) == 1:
             assert self.release.wait(timeout=10)
         self._original(ticket)
@@ -39,15 +47,33 @@ async def _wait_for(condition, timeout_s: float = 5.0) -> None:  # type: ignore[
             await trio.sleep(0.001)
 
 
+@contextlib.asynccontextmanager
+async def _running(flusher: LogFlusher, threads: bool) -> AsyncIterator[None]:
+    """With `threads`, the flusher's `run()` (and so its fsync threads) runs meanwhile."""
+    if not threads:
+        yield
+        return
+    async with trio.open_nursery() as nursery:
+        await nursery.start(flusher.run)
+        assert flusher.threads is not None
+        yield
+        nursery.cancel_scope.cancel()
+
+
+def _fsync_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("log-fsync")]
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["to_thread", "own_threads"])
 async def test_one_fsync_covers_every_append_made_while_the_previous_ran(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: bool
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log])
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
     gated = _GatedRuns()
     monkeypatch.setattr(FlushTicket, "run", lambda ticket: gated(ticket))
     first_end = log.append(BATCH).last_offset + 1
-    async with trio.open_nursery() as nursery:
+    async with _running(flusher, threads), trio.open_nursery() as nursery:
         nursery.start_soon(flusher.wait_durable, log, first_end)
         await _wait_for(lambda: len(gated.ends) == 1)
         later_ends = [log.append(BATCH).last_offset + 1 for _ in range(10)]
@@ -59,6 +85,40 @@ async def test_one_fsync_covers_every_append_made_while_the_previous_ran(
     assert gated.ends == [first_end, later_ends[-1]]
     assert flusher.fsync_count == 2
     assert log.flushed_offset == log.log_end_offset == later_ends[-1]
+    assert all(name.startswith("log-fsync") == threads for name in gated.thread_names)
+    log.close()
+
+
+async def test_waiters_wake_with_their_appends_durable_and_the_threads_stop_with_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    synced_ends: list[int] = []
+    original = FlushTicket.run
+
+    def recording_run(ticket: FlushTicket) -> None:
+        original(ticket)
+        synced_ends.append(ticket.end_offset)  # after the fsync returned
+
+    monkeypatch.setattr(FlushTicket, "run", recording_run)
+    async with _running(flusher, threads=True):
+        for _ in range(20):
+            end = log.append(BATCH).last_offset + 1
+            await flusher.wait_durable(log, end)
+            # Woken only once an fsync that started after this append has finished.
+            assert synced_ends and synced_ends[-1] >= end
+            assert log.flushed_offset >= end
+        assert _fsync_threads()
+        assert flusher.threads is not None
+        started = flusher.threads.threads
+        assert started
+    assert flusher.threads is None
+    assert not any(thread.is_alive() for thread in started) and not _fsync_threads()
+    # After run() the flusher still flushes (in trio's threads).
+    end = log.append(BATCH).last_offset + 1
+    await flusher.wait_durable(log, end)
+    assert log.flushed_offset == end
     log.close()
 
 
@@ -105,22 +165,25 @@ async def test_sealed_segments_are_synced_even_with_flush_never(tmp_path: Path) 
     log.close()
 
 
+@pytest.mark.parametrize("threads", [False, True], ids=["to_thread", "own_threads"])
 async def test_fsync_failure_takes_the_log_offline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: bool
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log])
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
 
     def failing_run(ticket: FlushTicket) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(FlushTicket, "run", failing_run)
     end = log.append(BATCH).last_offset + 1
-    with pytest.raises(OSError):
-        await flusher.wait_durable(log, end)
-    monkeypatch.undo()
-    with pytest.raises(BrokerError) as offline:
-        await flusher.wait_durable(log, end)
+    async with _running(flusher, threads):
+        with pytest.raises(OSError) as failed:
+            await flusher.wait_durable(log, end)
+        assert failed.value.errno == 5
+        monkeypatch.undo()
+        with pytest.raises(BrokerError) as offline:
+            await flusher.wait_durable(log, end)
     assert offline.value.code is ErrorCode.KAFKA_STORAGE_ERROR
     assert log.flushed_offset == 0
     log.close(clean=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from client import _gc
 from client.aio.consumer import decode_fetched, scan_fetched
 from client.types import ConsumerRecord, TopicPartition
 from wire.batch import (
@@ -106,3 +107,20 @@ def test_an_abort_starting_after_the_fetch_offset_only_drops_from_its_first_offs
     data += txn_batch(2, 1, 7, b"aborted") + marker(3, ControlType.ABORT, 7)
     assert [r.value for r in decode_fetched(TP, data, 0, [(7, 2)])] == [b"committed"]
     assert scan_fetched(data, 0, [(7, 2)]) == (4, 1)
+
+
+def test_a_few_records_decode_without_the_gc_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pause starts with a young collection (~40 us a poll at a steady low rate, up to
+    # milliseconds when generation 1 is big): worth it only for a run of many records.
+    collected: list[int] = []
+    monkeypatch.setattr(_gc.gc, "collect", lambda generation=2: collected.append(generation))
+    data = batch(0, 10)
+    _, count = scan_fetched(data, 0)
+    few = decode_fetched(TP, data, 0, count=count)
+    assert collected == []
+    assert few == decode_fetched(TP, data, 0)  # count unknown: paused as before
+    assert collected == [1]
+    big = batch(0, _gc.GC_PAUSE_ROWS)
+    _, count = scan_fetched(big, 0)
+    assert len(decode_fetched(TP, big, 0, count=count)) == _gc.GC_PAUSE_ROWS
+    assert collected == [1, 1]

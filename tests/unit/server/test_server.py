@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 
 import msgpack
 import pytest
@@ -283,6 +284,28 @@ async def test_restart_keeps_topics_configs_and_data(start_broker: StartBroker) 
     assert offsets_of(fetched.records) == [0]
     assert fetched.high_watermark == 2
     await client.aclose()
+
+
+async def test_acks_all_fsyncs_in_the_brokers_threads_which_stop_with_it(
+    start_broker: StartBroker,
+) -> None:
+    # Goal: under flush.policy=always an acks=all produce is answered after an fsync in the
+    # flusher's own threads (no per-flush hand-off to trio's pool), and a stopped broker leaves
+    # none of them running.
+    broker = await start_broker()
+    client = await WireClient.connect(*broker.addresses.listen)
+    await client.create_topic("durable")
+    produced = await client.produce("durable", 0, make_batch([b"a", b"b"]))
+    assert produced.error is ErrorCode.NONE
+    fetched = await client.fetch("durable", 0, 0)
+    assert fetched.high_watermark == 2  # the high watermark is the flushed offset
+    threads = [t for t in threading.enumerate() if t.name.startswith("log-fsync")]
+    assert threads
+    await client.aclose()
+    broker.request_stop()
+    with trio.fail_after(10):
+        await broker.stopped.wait()
+    assert not any(thread.is_alive() for thread in threads)
 
 
 async def test_pipelined_requests_keep_order_and_correlation_ids(client: WireClient) -> None:

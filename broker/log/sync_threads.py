@@ -1,0 +1,95 @@
+"""`SyncThreads`: long-lived threads that run a broker's fsyncs, handed work without a checkpoint.
+
+Why not `trio.to_thread.run_sync`: before its worker starts, it acquires a capacity limiter
+and passes a checkpoint, so the fsync that makes an acks=all append durable starts only after
+every other runnable task of the event loop has had its turn (at 10 k records/s, the connection
+readers and fetch answers of that moment). Here the job is queued synchronously: a waiting
+thread takes it at once while the event loop goes on. The result comes back as to_thread's does
+(`TrioToken.run_sync_soon` reschedules the waiting task), and an exception raised by the job
+is raised in the waiting task.
+
+Threads are started as needed, up to `max_threads` (fsyncs of different logs run in parallel,
+as they did in to_thread's pool; one log has at most one flush at a time, so the queue holds at
+most one job per log), and stopped by `close()` (the end of the `with` block): each finishes
+its current job, then exits. The owner must not submit after that (`LogFlusher` falls back to
+`trio.to_thread`). Not cancellable: once queued, the job runs and its result is delivered.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import outcome  # trio's own dependency: what `trio.lowlevel.reschedule` delivers
+import trio
+
+T = TypeVar("T")
+
+# trio.to_thread's default limit: as many fsyncs of different logs in parallel as before.
+MAX_THREADS_DEFAULT = 40
+# How long `close()` waits for a thread busy with an fsync (they are daemons: a hung disk cannot
+# keep the process alive).
+JOIN_TIMEOUT_S = 5.0
+
+_Job = tuple[Callable[[], Any], trio.lowlevel.Task, trio.lowlevel.TrioToken]
+
+
+class SyncThreads:
+    """See the module docstring. Use from the trio thread only (except the threads themselves)."""
+
+    def __init__(self, *, max_threads: int = MAX_THREADS_DEFAULT, name: str = "fsync") -> None:
+        assert max_threads > 0
+        self._max_threads = max_threads
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._closed = False
+
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        return tuple(self._threads)
+
+    async def run(self, job: Callable[[], T]) -> T:
+        """Run `job()` in one of the threads; return its result or raise its exception."""
+        assert not self._closed, "no jobs after close()"
+        if self._busy == len(self._threads) and len(self._threads) < self._max_threads:
+            thread = threading.Thread(
+                target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        self._busy += 1
+        try:
+            self._jobs.put((job, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token()))
+            # Returns the job's result, or raises its exception (the outcome is unwrapped).
+            result: T = await trio.lowlevel.wait_task_rescheduled(
+                lambda _: trio.lowlevel.Abort.FAILED
+            )
+        finally:
+            self._busy -= 1
+        return result
+
+    def __enter__(self) -> SyncThreads:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the threads (each after its current job) and wait for them."""
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(JOIN_TIMEOUT_S)
+        self._threads.clear()
+
+    def _work(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            job, task, token = item
+            # The waiting task is not cancellable, so the run is still alive to take the result.
+            token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.capture(job))
+            del item, job, task
