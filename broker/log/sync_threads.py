@@ -29,8 +29,8 @@ T = TypeVar("T")
 
 # trio.to_thread's default limit: as many fsyncs of different logs in parallel as before.
 MAX_THREADS_DEFAULT = 40
-# How long `close()` waits for a thread busy with an fsync (they are daemons: a hung disk cannot
-# keep the process alive).
+# How long `close()` waits for an idle thread to exit (they are daemons: a hung disk cannot keep
+# the process alive).
 JOIN_TIMEOUT_S = 5.0
 
 _Job = tuple[Callable[[], Any], trio.lowlevel.Task, trio.lowlevel.TrioToken]
@@ -79,12 +79,18 @@ class SyncThreads:
         self.close()
 
     def close(self) -> None:
-        """Stop the threads (each after its current job) and wait for them."""
+        """Stop the threads (each after its current job); wait for them only when none is busy.
+
+        It runs on the trio thread: joining a thread that is inside a slow fsync would freeze the
+        event loop (every connection, every timer) for as long. Idle threads exit at once on their
+        stop signal; a busy one (a daemon) exits after its job, whose waiter still gets the result.
+        """
         self._closed = True
         for _ in self._threads:
             self._jobs.put(None)
-        for thread in self._threads:
-            thread.join(JOIN_TIMEOUT_S)
+        if not self._busy:
+            for thread in self._threads:
+                thread.join(JOIN_TIMEOUT_S)
         self._threads.clear()
 
     def _work(self) -> None:

@@ -456,7 +456,9 @@ class Consumer(AsyncClientBase):
                     break
                 raise refused
             with self.lock:
-                if chunk.runs is None:  # another thread may have decoded it meanwhile
+                # Another thread may have decoded it meanwhile, or dropped it (a rebalance, a
+                # seek): then the counters no longer include it and it is left alone.
+                if chunk.runs is None and self._buffer and self._buffer[0] is chunk:
                     if refused is not None:
                         self._end_chunk_at(chunk, refused.offset)
                     count = sum(map(len, runs))
