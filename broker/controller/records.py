@@ -746,7 +746,9 @@ def _config_items(value: Any) -> Any:
     return tuple(sorted(value.items(), key=lambda item: str(item[0])))
 
 
-def _endpoints(value: Any) -> Any:
+def endpoints_from_wire(value: Any) -> Any:
+    """Endpoints as msgpack gives them back (lists) -> tuples; other values pass through, for
+    the record's own checks to refuse."""
     if not isinstance(value, list):
         return value
     return tuple(tuple(item) if isinstance(item, list) else item for item in value)
@@ -766,7 +768,7 @@ _FROM_WIRE: Final[dict[str, Callable[[Any], Any]]] = {
     "adding_replicas": _tuple_of,
     "configs": _config_items,
     "state": _broker_state,
-    "endpoints": _endpoints,
+    "endpoints": endpoints_from_wire,
 }
 
 

@@ -62,6 +62,7 @@ from broker.controller.records import (
     check_node_ids,
     check_str,
     check_topic_id,
+    endpoints_from_wire,
     unpack_bounded,
 )
 from broker.controller.scram_users import ScramUsers
@@ -1066,9 +1067,7 @@ def _broker_from_row(row: Any) -> BrokerInfo:
             f"{row!r:.200}"
         )
     node_id, host, port, incarnation, broker_epoch, state = row[:6]
-    endpoints = tuple(
-        tuple(item) if isinstance(item, list) else item for item in (row[7] if row[7:] else ())
-    )
+    endpoints = endpoints_from_wire(row[7]) if row[7:] else ()
     # Reuse the record checks: a snapshot row holds what a BrokerRegistered held.
     BrokerRegistered(node_id, host, port, incarnation, endpoints)
     check_int("snapshot broker", "broker_epoch", broker_epoch, 0, INT64_MAX)

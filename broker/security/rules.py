@@ -318,13 +318,20 @@ def _admit_items(request: Any, rule: ItemRule, can: Can) -> Admission:
     if not allowed:
         return Admission(None, denials, lambda _: rule.empty_response(request, denied_results))
 
+    kept = dataclasses.replace(request, **{rule.field: tuple(allowed)})
+    return Admission(kept, denials, _with_denied(rule.field, denied_results))
+
+
+def _with_denied(field: str, entries: tuple[Any, ...]) -> Callable[[Any], Any]:
+    """A `finish` that adds the denied `entries` to the handler's response's `field` (no
+    response, as for acks=0, and errors pass through)."""
+
     def finish(response: Any) -> Any:
         if response is None or isinstance(response, BrokerError):
             return response
-        merged = getattr(response, rule.field) + denied_results
-        return dataclasses.replace(response, **{rule.field: merged})
+        return dataclasses.replace(response, **{field: getattr(response, field) + entries})
 
-    return Admission(dataclasses.replace(request, **{rule.field: tuple(allowed)}), denials, finish)
+    return finish
 
 
 # --- listing rules: metadata, describe_topics, list_groups, list_transactions --------------------
@@ -371,13 +378,8 @@ def _admit_listing(request: Any, can: Can, denied_entry: Callable[[str, str], An
         return Admission(request, denials)
     denials.extend(Denial(T, name, W.DESCRIBE) for name in refused)
     entries = tuple(denied_entry(name, denial_message(T, name, W.DESCRIBE)) for name in refused)
-
-    def finish(response: Any) -> Any:
-        if isinstance(response, BrokerError):
-            return response
-        return dataclasses.replace(response, topics=response.topics + entries)
-
-    return Admission(dataclasses.replace(request, topics=tuple(allowed)), denials, finish)
+    kept = dataclasses.replace(request, topics=tuple(allowed))
+    return Admission(kept, denials, _with_denied("topics", entries))
 
 
 def _topic_metadata(name: str, message: str) -> codec.TopicMetadata:

@@ -404,10 +404,7 @@ class Consumer(AsyncClientBase):
 
     def _signal(self) -> None:
         """Tell the fetcher that assignment or positions changed (from any thread)."""
-        if self._token is not None:
-            # After close the loop is gone and there is no fetcher left to tell.
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._on_change)
+        self._call_in_loop(self._on_change)  # after close there is no fetcher left to tell
 
     def _on_change(self) -> None:
         self._changed.set()
@@ -417,9 +414,7 @@ class Consumer(AsyncClientBase):
     def _wake_fetcher(self) -> None:
         """Let the paused fetcher fetch again (from any thread); nothing in flight is cancelled:
         the fetcher only waits on `_changed` while it has no fetch out."""
-        if self._token is not None:
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(lambda: self._changed.set())
+        self._call_in_loop(self._changed.set)
 
     # --- polling ----------------------------------------------------------------------------------
 
