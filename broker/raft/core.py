@@ -9,8 +9,9 @@ timestamps) and randomness is an injected `random.Random`, so a seed replays a r
 
 Quiescence (CockroachDB's, `RaftConfig.quiesce`): a leader with nothing to replicate sends one
 last heartbeat flagged `quiesce` and stops ticking; its followers stop their election timers. A
-proposal, any message of the current term, a vote, a campaign, or `report_peer_dead` (the broker's
-link liveness) wakes the group. It changes only WHEN things happen, never what a message or a
+proposal, any message of the current term that says something new (not a late answer from a
+caught-up follower), a vote, a campaign, or `report_peer_dead` (the broker's link liveness) wakes
+the group. It changes only WHEN things happen, never what a message or a
 vote may do, so safety is untouched; the simulator checks that a quiet group still elects.
 
 Section numbers cite the Raft paper (Ongaro & Ousterhout 2014, "§5.2") and Ongaro's thesis (2014,
@@ -171,9 +172,14 @@ class RaftCore:
         """Handle one message from a peer (already decoded and addressed to this node)."""
         self._check_not_in_ready()
         assert message.target == self.node_id, message
-        if self._dead_peers:
+        held_dead = message.source in self._dead_peers
+        if held_dead:
             self._dead_peers.discard(message.source)  # evidently back
-        if self._quiescent and message.term >= self.term and not _is_quiesce(message):
+        if (
+            self._quiescent
+            and message.term >= self.term
+            and not self._keeps_quiet(message, held_dead=held_dead)
+        ):
             # Anything of the current term or newer means the group has work (a new leader, a
             # vote, an answer a quiet leader did not expect). A stale message wakes nothing: an
             # older term must change nothing here.
@@ -539,6 +545,35 @@ class RaftCore:
                 return False
             caught_up[node] = True
         return quorum.has_quorum(self.configuration.voters, caught_up)
+
+    def _keeps_quiet(self, message: Message, *, held_dead: bool) -> bool:
+        """Whether a quiet node takes `message` without waking: it says nothing new.
+
+        A repeated quiesce heartbeat (duplicated, delayed) keeps a follower quiet. On a leader, a
+        late answer of the current term from a live follower that holds the whole log: the
+        HeartbeatResponse to a heartbeat sent before the leader went quiet (heartbeats and their
+        answers are coalesced per transport interval, so under load they arrive a round or two
+        after the quiesce decision), or a successful AppendResponse that moves no match index (a
+        duplicate). Waking on those cost a heartbeat round and a second quiesce per late answer
+        on every idle group of a loaded broker. A follower that did NOT go quiet (one the leader
+        held dead, or one whose log misses the commit it was told) is not lost either way: the
+        first wakes the leader here (`held_dead`), the second pre-votes once its election timer
+        runs out, and the pre-vote wakes the leader.
+        """
+        if isinstance(message, Heartbeat) and message.quiesce:
+            return True
+        if held_dead or self.role is not Role.LEADER or message.term != self.term:
+            return False
+        progress = self.progress.get(message.source)
+        if progress is None or progress.match_index != self.log.last_index():
+            return False
+        if isinstance(message, HeartbeatResponse):
+            return True
+        return (
+            isinstance(message, AppendResponse)
+            and message.success
+            and message.match_index <= progress.match_index
+        )
 
     def _quiesce(self) -> None:
         for node, progress in self.progress.items():
@@ -1077,8 +1112,3 @@ class RaftCore:
 
     def _check_not_in_ready(self) -> None:
         assert self._ready_in_flight is None, "call advance() before feeding the core again"
-
-
-def _is_quiesce(message: Message) -> bool:
-    # A repeated (duplicated, delayed) quiesce heartbeat keeps a quiet follower quiet.
-    return isinstance(message, Heartbeat) and message.quiesce

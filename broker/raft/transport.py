@@ -133,6 +133,8 @@ class TransportStatistics:
     frames_received: int
     heartbeat_frames_sent: int
     heartbeats_sent: int
+    # Per-group heartbeats (and answers) waiting for their link's next heartbeats frame.
+    heartbeats_queued: int
     messages_sent: int
     messages_dropped_queue_full: int
     messages_dropped_link_down: int
@@ -648,6 +650,7 @@ class RaftTransport:
             frames_received=counters["frames_received"],
             heartbeat_frames_sent=counters["heartbeat_frames_sent"],
             heartbeats_sent=counters["heartbeats_sent"],
+            heartbeats_queued=sum(len(link.heartbeats) for link in self._links.values()),
             messages_sent=counters["messages_sent"],
             messages_dropped_queue_full=counters["messages_dropped_queue_full"],
             messages_dropped_link_down=counters["messages_dropped_link_down"],

@@ -12,6 +12,7 @@ import random
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore, Role
 from broker.raft.messages import (
+    AppendResponse,
     Configuration,
     Heartbeat,
     HeartbeatResponse,
@@ -136,9 +137,14 @@ def test_a_leader_with_unreplicated_or_uncommitted_entries_keeps_heartbeating() 
     assert not any(isinstance(m, Heartbeat) and m.quiesce for m in group.sent)
 
 
-def test_a_follower_whose_commit_does_not_match_answers_and_wakes_the_leader() -> None:
+def test_a_follower_that_does_not_go_quiet_answers_and_its_pre_vote_wakes_the_leader() -> None:
+    """A follower whose log misses the commit a quiesce heartbeat tells it stays awake and
+    answers. The leader holds it caught up, so the answer reads as a late one and wakes nothing;
+    the follower's election timer runs out, its pre-vote wakes the leader, which heartbeats it,
+    and the group goes quiet again under the same leader and term."""
     group = Group()
     leader = group.quiet()
+    term = leader.term
     follower = group.cores[2]
     follower._wake()  # as if it had missed the quiesce heartbeat
     # A quiesce heartbeat whose commit it cannot reach (beyond its log): it answers instead...
@@ -146,11 +152,48 @@ def test_a_follower_whose_commit_does_not_match_answers_and_wakes_the_leader() -
     answer = group.drain(2)
     assert answer == [HeartbeatResponse(2, 1, leader.term)]
     assert not follower.quiescent
-    # ... and the answer wakes the quiet leader, which heartbeats again and goes quiet again.
     leader.step(answer[0])
+    assert leader.quiescent
+    group.sent.clear()
+    for _ in range(4 * ELECTION_TICKS):
+        group.tick_all()
+        if all(core.quiescent for core in group.cores.values()):
+            break
+    assert all(core.quiescent for core in group.cores.values())
+    assert any(isinstance(m, VoteRequest) and m.pre_vote and m.source == 2 for m in group.sent)
+    assert leader.role is Role.LEADER and leader.term == term
+    assert all(core.leader_id == 1 for core in group.cores.values())
+
+
+def test_late_answers_of_caught_up_followers_keep_a_quiet_leader_quiet() -> None:
+    """Under load the answers to heartbeats (coalesced per transport interval) and appends sent
+    before the leader went quiet arrive after it: they say nothing new and wake nothing. A
+    rejection does wake it."""
+    group = Group()
+    leader = group.quiet()
+    last = leader.log.last_index()
+    leader.step(HeartbeatResponse(2, 1, leader.term))
+    leader.step(AppendResponse(3, 1, leader.term, True, last))  # a duplicate: no match moves
+    assert leader.quiescent and group.drain(1) == []
+    assert leader.statistics().woken == 0
+    leader.step(AppendResponse(3, 1, leader.term, False, last, hint_index=last, hint_term=1))
     assert not leader.quiescent
+    group.stabilize()
     group.tick_all(3)
     assert all(core.quiescent for core in group.cores.values())
+
+
+def test_an_answer_from_a_follower_held_dead_wakes_the_quiet_leader() -> None:
+    """A leader that went quiet without a follower reported dead wakes on its first message,
+    even a plain heartbeat answer: the follower is back and may have missed entries."""
+    group = Group()
+    leader = group.quiet()
+    group.down.add(2)
+    leader.report_peer_dead(2)
+    group.tick_all(3)
+    assert leader.quiescent
+    leader.step(HeartbeatResponse(2, 1, leader.term))
+    assert not leader.quiescent
 
 
 def test_a_proposal_wakes_the_leader_and_its_appends_wake_the_followers() -> None:
