@@ -106,6 +106,7 @@ from broker.transactions.service import (
 )
 from broker.transactions.txn_config import TransactionConfig
 from wire import codec
+from wire.eager_io import acquire_now, write_now
 from wire.error_codes import BrokerError, ErrorCode
 from wire.framing import (
     NEED_DATA,
@@ -982,7 +983,7 @@ class _Connection:
                 reply = self._dispatch(frame)
                 if isinstance(reply, Deferred):
                     # Bounded: at the limit, stop reading until a deferred reply is sent.
-                    await self.inflight.acquire()
+                    await acquire_now(self.inflight)
                     tasks.start_soon(self._finish_deferred, frame, reply, started, reserved)
                     reserved = 0  # released by _finish_deferred
                 else:
@@ -1159,25 +1160,37 @@ class _Connection:
 
     async def _flush(self) -> None:
         """Write every queued reply in one `send_all`."""
-        async with self.send_lock:
+        await acquire_now(self.send_lock)
+        try:
             if not self._outgoing or self.frames.state is ConnectionState.ERROR:
                 return
             outgoing = self._outgoing
             data = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
             self._outgoing = []
             self._outgoing_bytes = 0
-            # A client that stops reading its replies must not hold them (and the requests
-            # in flight behind them) in memory forever: response_write_timeout_ms.
-            with trio.move_on_after(self.broker.config.response_write_timeout_ms / 1000) as scope:
-                try:
-                    await self.stream.send_all(data)
-                except BaseException:
-                    self.frames.send_failed()
-                    raise
-            if scope.cancelled_caught:
+            try:
+                rest = write_now(self.stream, data)  # most often all of it: no await
+            except BaseException:
                 self.frames.send_failed()
-                self._deadline_passed(ConnectionClosure.RESPONSE_WRITE)
-                raise trio.BrokenResourceError("the client does not read its replies")
+                raise
+            if rest:
+                await self._send_rest(rest)
+        finally:
+            self.send_lock.release()
+
+    async def _send_rest(self, rest: bytes | memoryview) -> None:
+        # A client that stops reading its replies must not hold them (and the requests in
+        # flight behind them) in memory forever: response_write_timeout_ms.
+        with trio.move_on_after(self.broker.config.response_write_timeout_ms / 1000) as scope:
+            try:
+                await self.stream.send_all(rest)
+            except BaseException:
+                self.frames.send_failed()
+                raise
+        if scope.cancelled_caught:
+            self.frames.send_failed()
+            self._deadline_passed(ConnectionClosure.RESPONSE_WRITE)
+            raise trio.BrokenResourceError("the client does not read its replies")
 
 
 def _describe_listeners(listeners: list[OpenListener], *, named: bool) -> str:

@@ -316,6 +316,8 @@ class RecordAccumulator:
         # Called (at most once until the next drain) when a batch becomes ready to send.
         self.notify: Callable[[], None] = _nothing
         self._notified = False
+        # A batch was sealed since the last drain: a full batch is waiting for the sender.
+        self.sealed_pending = False
         self.closed = False
 
     # --- hot path -------------------------------------------------------------------------------
@@ -433,6 +435,7 @@ class RecordAccumulator:
             queue = self._sealed[key] = deque()
         queue.append(batch)
         self.sticky.next_batch(batch.topic, batch.partition, partition_count)
+        self.sealed_pending = True
         self._wake_sender()
 
     def _wake_sender(self) -> None:
@@ -465,6 +468,7 @@ class RecordAccumulator:
         adaptive = self.adaptive
         with self.lock:
             self._notified = False
+            self.sealed_pending = False
             for key, queue in list(self._sealed.items()):
                 # Later batches of a partition wait behind its head: order is kept.
                 head = queue[0]

@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from wire import codec
+from wire.eager_io import acquire_now, write_now
 from wire.errors import (
     BrokerUnavailableError,
     ConnectionLostError,
@@ -111,7 +112,7 @@ class BrokerConnection:
         batches arrive in sequence order, while their answers are awaited concurrently. The
         in-flight slot taken here is released by `finish_request`, which must follow.
         """
-        await self._slots.acquire()
+        await acquire_now(self._slots)
         try:
             pending = await self._send(header, payload, expect_response=True)
         except BaseException:
@@ -157,14 +158,17 @@ class BrokerConnection:
         pending = None
         if expect_response:
             pending = self._pending[correlation_id] = _Pending()
-        async with self._send_lock:
+        await acquire_now(self._send_lock)
+        try:
             # The frame is written whole even if the caller is cancelled meanwhile (a consumer
             # re-aiming its fetch): the connection is shared, and a frame cut in half would kill
             # it for every other request. Bounded, so a peer that stops reading still fails it.
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + WRITE_TIMEOUT_S
                 try:
-                    await self._stream.send_all(data)
+                    rest = write_now(self._stream, data)  # most often all of it: no await
+                    if rest:
+                        scope.deadline = trio.current_time() + WRITE_TIMEOUT_S
+                        await self._stream.send_all(rest)
                 except BaseException as exc:
                     # A dead socket: the peer may have half a frame, so the stream is unusable
                     # (h11's send_failed rule).
@@ -176,6 +180,8 @@ class BrokerConnection:
                 timeout = TimeoutError(f"write not done within {WRITE_TIMEOUT_S} s")
                 self._write_failed(timeout)
                 raise ConnectionLostError(f"connection to {self.address_text}: {timeout}")
+        finally:
+            self._send_lock.release()
         return pending
 
     def _write_failed(self, exc: BaseException) -> None:

@@ -3,6 +3,7 @@
     python -m benchmarks.compare                       # every system, 3 interleaved runs
     python -m benchmarks.compare --quick               # a reduced size, under 5 minutes
     python -m benchmarks.compare --systems pybroker,nats-r1 --json out.json
+    python -m benchmarks.compare --workloads latency   # one workload (consume needs produce)
 
 Each run starts one system, runs produce, consume and latency on it, and stops it, so that no
 idle server takes CPU from the measured one; runs go round-robin over the systems, the order
@@ -25,7 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks.compare import report, system_nats, system_pybroker, system_redis
-from benchmarks.compare.measure import Session, System, Workload, server_cpu
+from benchmarks.compare.measure import WORKLOADS, Session, System, Workload, server_cpu
 from benchmarks.throughput import _machine, _step, console
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -67,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="peers' fsync: their defaults (NATS every 2 min, Redis every second) or an fsync "
         "per write (NATS sync_interval: always, Redis appendfsync always)",
     )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated subset of {', '.join(WORKLOADS)} (default: all; consume reads "
+        "what produce wrote, so it needs produce)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="where compare.json/.png go"
@@ -80,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.systems) - set(SYSTEM_NAMES))
     if unknown or not args.systems:
         parser.error(f"--systems: unknown {unknown}; choose from {', '.join(SYSTEM_NAMES)}")
+    args.workloads = [name.strip() for name in args.workloads.split(",") if name.strip()]
+    unknown = sorted(set(args.workloads) - set(WORKLOADS))
+    if unknown or not args.workloads:
+        parser.error(f"--workloads: unknown {unknown}; choose from {', '.join(WORKLOADS)}")
+    if "consume" in args.workloads and "produce" not in args.workloads:
+        parser.error("--workloads: consume reads the records produce wrote: add produce")
     if min(args.records, args.runs, args.record_bytes, args.rate) < 1:
         parser.error("--records, --runs, --record-bytes and --rate must be >= 1")
     if args.record_bytes < 8:
@@ -127,11 +140,16 @@ def warm_up(session: Session, workload: Workload) -> None:
         session.consume(small)
 
 
-def run_system(system: System, workload: Workload, run: int) -> list[dict[str, Any]]:
-    """Start `system`, run its workloads (all three unless it says otherwise), stop it. A
-    failure is recorded as an `error` measurement for the workloads it prevented (consume needs
-    produce's records)."""
-    names = system.workloads
+def run_system(
+    system: System, workload: Workload, run: int, wanted: list[str]
+) -> list[dict[str, Any]]:
+    """Start `system`, run those of its workloads that are `wanted` (a system runs all three
+    unless it says otherwise), stop it; a system with none of them is not started. A failure is
+    recorded as an `error` measurement for the workloads it prevented (consume needs produce's
+    records)."""
+    names = tuple(name for name in system.workloads if name in wanted)
+    if not names:
+        return []
     measurements: list[dict[str, Any]] = []
     try:
         with system.running() as session:
@@ -207,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     for run, names in enumerate(order):
         for name in names:
             console.rule(f"run {run + 1} of {args.runs}: {name}")
-            measurements += run_system(by_name[name], workload, run)
+            measurements += run_system(by_name[name], workload, run, args.workloads)
     machine["loadavg_end"] = os.getloadavg()
     rows = report.build_rows(
         measurements,

@@ -41,6 +41,7 @@ from broker.config import MIB, ConfigBase, ConfigError, check_range
 from broker.raft import wire
 from broker.raft.liveness import PeerLiveness
 from broker.raft.messages import Heartbeat, HeartbeatResponse, InstallSnapshot, Message
+from wire.eager_io import write_now
 from wire.framing import (
     MAX_FRAME_BYTES_DEFAULT,
     NEED_DATA,
@@ -315,7 +316,10 @@ class _PeerLink:
                     break
                 size += self._encode(item, frames, chunks, written_groups)
             try:
-                await stream.send_all(b"".join(chunks))
+                data = b"".join(chunks)
+                rest = write_now(stream, data)  # most often all of it: no await
+                if rest:
+                    await stream.send_all(rest)
             except BaseException:
                 # h11's send_failed: the peer may hold half a frame, the stream cannot go on, and
                 # these groups' messages may never arrive.

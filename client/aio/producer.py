@@ -434,7 +434,7 @@ class Producer(AsyncClientBase):
                     acc.seal(batch, self._counts[topic])
                 # Yield as the general path below does; the batch's record count stands in for
                 # the send counter (a new batch wakes the sender, which makes the next send yield).
-                if self._wake_pending or not count % YIELD_EVERY_SENDS:
+                if acc.sealed_pending or not count % YIELD_EVERY_SENDS:
                     await trio.lowlevel.checkpoint()
                 return _new_future(RecordFuture, (batch, count - 1))
         if self._serializers is not None:
@@ -456,7 +456,7 @@ class Producer(AsyncClientBase):
         # opened or sealed) and every YIELD_EVERY_SENDS records, so responses are handled. A plain
         # attribute, not Event.is_set(): this runs once per record.
         self._sends += 1
-        if self._wake_pending or not self._sends % YIELD_EVERY_SENDS:
+        if self._acc.sealed_pending or not self._sends % YIELD_EVERY_SENDS:
             await trio.lowlevel.checkpoint()
         return future
 

@@ -156,10 +156,19 @@ def test_quick_and_explicit_sizes() -> None:
     sized = cli.parse_args(["--quick", "--records", "123", "--runs", "2"])
     assert (sized.records, sized.runs) == (123, 2)
     assert cli.parse_args([]).systems == list(cli.SYSTEM_NAMES)
+    assert cli.parse_args([]).workloads == ["produce", "consume", "latency"]
+    assert cli.parse_args(["--workloads", "latency"]).workloads == ["latency"]
 
 
 @pytest.mark.parametrize(
-    "argv", [["--systems", "kafka"], ["--records", "0"], ["--record-bytes", "4"]]
+    "argv",
+    [
+        ["--systems", "kafka"],
+        ["--records", "0"],
+        ["--record-bytes", "4"],
+        ["--workloads", "fetch"],
+        ["--workloads", "consume,latency"],
+    ],
 )
 def test_bad_arguments_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
