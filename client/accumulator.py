@@ -316,7 +316,9 @@ class RecordAccumulator:
         # Called (at most once until the next drain) when a batch becomes ready to send.
         self.notify: Callable[[], None] = _nothing
         self._notified = False
-        # A batch was sealed since the last drain: a full batch is waiting for the sender.
+        # A batch was sealed since the last drain: a full batch waits for the sender, so the
+        # trio producer's `send` yields to let it run (an opened batch waits for the caller's
+        # next await instead).
         self.sealed_pending = False
         self.closed = False
 

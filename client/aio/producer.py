@@ -293,7 +293,6 @@ class Producer(AsyncClientBase):
         self._memory_freed = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self._sends = 0
-        self._wake_pending = False
         self._close_timeout_s = float("inf")
         # One writer per broker keeps that broker's requests in drain order (see the rules).
         self._writers: dict[int, trio.MemorySendChannel[list[ProducerBatch]]] = {}
@@ -433,7 +432,7 @@ class Producer(AsyncClientBase):
                 if batch.size_bytes >= acc.batch_bytes or count >= acc.max_records_per_batch:
                     acc.seal(batch, self._counts[topic])
                 # Yield as the general path below does; the batch's record count stands in for
-                # the send counter (a new batch wakes the sender, which makes the next send yield).
+                # the send counter.
                 if acc.sealed_pending or not count % YIELD_EVERY_SENDS:
                     await trio.lowlevel.checkpoint()
                 return _new_future(RecordFuture, (batch, count - 1))
@@ -452,9 +451,12 @@ class Producer(AsyncClientBase):
             return await self._send_slowly(
                 topic, value, key, headers, partition, timestamp_ms, callback
             )
-        # The caller's loop must let the sender run: yield when the sender has work (a batch
-        # opened or sealed) and every YIELD_EVERY_SENDS records, so responses are handled. A plain
-        # attribute, not Event.is_set(): this runs once per record.
+        # The caller's loop must let the sender run: yield when a batch is sealed (full, so the
+        # sender should take it now) and every YIELD_EVERY_SENDS records, so responses are
+        # handled. A batch that only opened leaves at the caller's next await: a burst of sends
+        # then goes as one request, not its first record alone and the rest after its answer
+        # (docs/performance.md, "Per-request overhead at low rates"). A plain attribute, not
+        # Event.is_set(): this runs once per record.
         self._sends += 1
         if self._acc.sealed_pending or not self._sends % YIELD_EVERY_SENDS:
             await trio.lowlevel.checkpoint()
@@ -515,7 +517,7 @@ class Producer(AsyncClientBase):
         while not bulk.finished:
             if bulk.append_some():
                 deadline = None
-                if self._wake_pending:  # a batch opened or sealed: let the sender take it
+                if self._acc.sealed_pending:  # a full batch is waiting: let the sender take it
                     await trio.lowlevel.checkpoint()
                 continue
             if deadline is None:
@@ -577,7 +579,6 @@ class Producer(AsyncClientBase):
         self._token.run_sync_soon(self._wake_up)
 
     def _wake_up(self) -> None:
-        self._wake_pending = True
         self._wake.set()
 
     async def _before_close(self) -> None:
@@ -684,7 +685,6 @@ class Producer(AsyncClientBase):
         assert self._nursery is not None
         while True:
             self._wake = trio.Event()
-            self._wake_pending = False
             if self._needs_producer_id():
                 if self._in_flight or not self._acc.has_unsent():
                     # A new id waits for the old one's requests to come back, and for
