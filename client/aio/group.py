@@ -525,18 +525,23 @@ class GroupMember:
         """Last commit of what the app finished, revoke callback, LeaveGroup (dynamic members).
 
         Static members do not leave: a restart within the session timeout keeps the assignment.
+        A dynamic member between generations (evicted by `_lose`, its rejoin not answered yet)
+        owns nothing to commit or revoke, but still leaves while it has a member id, as Kafka's
+        `maybeLeaveGroup` does: else the coordinator keeps it until its session or the rebalance
+        times out, and the group's next rebalance waits for it.
         """
         self._closing = True
         self.wake()
-        if self._abandoned or self.generation < 0:
+        if self._abandoned:
             return
         with trio.move_on_after(CLOSE_TIMEOUT_S):
             try:
-                if self.enable_auto_commit:
-                    await self._commit(dict(self.consumed), quiet=True)
-                await self._notify("on_partitions_revoked", set(self.owned))
+                if self.generation >= 0:
+                    if self.enable_auto_commit:
+                        await self._commit(dict(self.consumed), quiet=True)
+                    await self._notify("on_partitions_revoked", set(self.owned))
                 if self.group_instance_id is None:
-                    await self._leave()
+                    await self._leave()  # nothing to send without a member id
             except (ClientError, BrokerError) as exc:
                 log.warning("group %s: close: %s", self.group_id, exc)
 

@@ -10,11 +10,15 @@ import urllib.request
 from typing import Any
 
 import pytest
+import trio
 
 from client import AdminClient, Consumer, OffsetAndMetadata, Producer, TopicPartition
 from client.aio.group import ConsumerRebalanceListener
 from client.embedded import EmbeddedBroker
 from tests.integration.groups.conftest import wait_for
+from tests.unit.server.wire_client import WireClient
+from wire import codec
+from wire.assignors import Subscription
 from wire.error_codes import BrokerError, ErrorCode
 
 CLI = [sys.executable, "-c", "from cli.broker_cli import app; app()"]
@@ -186,6 +190,77 @@ def test_max_poll_interval_makes_a_stuck_member_leave(group_broker: EmbeddedBrok
         # Polling again rejoins: the rebalance revokes one partition from `busy` before `stuck`
         # is handed it, so wait for the split to finish on both sides.
         wait_for(both_own_one, 20, "the stuck member to rejoin and own one partition")
+
+
+async def _move_the_group_on(broker: EmbeddedBroker, group: str, topic: str, member_id: str) -> int:
+    """Over another connection: a member B joins, `member_id` rejoins (its JoinGroup answered
+    here, so the group's generation passes the one its consumer knows), then a member C joins.
+    The group is left waiting for B, which never rejoins. Returns the new generation."""
+    client = await WireClient.connect(broker.host, broker.port, client_id="other")
+    metadata = Subscription(topics=(topic,)).encode()
+
+    def join(member: str = "") -> codec.JoinGroupRequest:
+        return codec.JoinGroupRequest(
+            group_id=group,
+            session_timeout_ms=30_000,
+            rebalance_timeout_ms=30_000,
+            protocols=(codec.JoinGroupProtocol(name="range", metadata=metadata),),
+            member_id=member,
+        )
+
+    try:
+        b_joins = await client.send(join())
+        rejoined = await client.request(join(member_id))
+        assert rejoined.error is ErrorCode.NONE, rejoined
+        b_joined = await client.wait_response(b_joins)
+        assert b_joined.generation == rejoined.generation, b_joined
+        await client.send(join())  # C: held until B rejoins or the rebalance times out
+        response = await client.request(codec.DescribeGroupsRequest(group_ids=(group,)))
+        (described,) = response.groups
+        assert described.state == "PreparingRebalance", described
+        assert len(described.members) == 3, described
+        return int(rejoined.generation)
+    finally:
+        await client.aclose()
+
+
+def test_a_member_between_generations_still_leaves_on_close(group_broker: EmbeddedBroker) -> None:
+    # Goal: a dynamic member that closes while it has a member id but no generation (evicted by
+    # ILLEGAL_GENERATION, its rejoin held in a rebalance) still sends LeaveGroup: the coordinator
+    # drops it at once, instead of keeping it (and the rebalance waiting for it) until its
+    # session or the rebalance times out, 30 s here, well beyond this test's waits.
+    create_and_fill(group_broker, "between", 1, 1)
+    options = {
+        **FAST,
+        "session_timeout_ms": 30_000,
+        "max_poll_interval_ms": 30_000,  # the rebalance timeout
+        # The member's first heartbeat comes 5 s after it joined: the group is moved on before.
+        "heartbeat_interval_ms": 5_000,
+        "enable_auto_commit": False,
+    }
+    with (
+        AdminClient(group_broker.bootstrap) as admin,
+        Consumer(group_broker.bootstrap, group_id="between", **options) as consumer,
+    ):
+        consumer.subscribe(["between"])
+        member = consumer._aio._group
+        assert member is not None
+        drain(consumer, 1)
+        member_id, generation = member.member_id, member.generation
+        moved_to = trio.run(_move_the_group_on, group_broker, "between", "between", member_id)
+        assert moved_to == generation + 1
+        # The member's next heartbeat is answered ILLEGAL_GENERATION: it loses its partition and
+        # its generation, keeps its member id, and rejoins; the rejoin waits for B.
+        wait_for(lambda: member.generation < 0, 15, "the member to lose its generation")
+        assert member.member_id == member_id and consumer.assignment() == set()
+
+        def members() -> set[str]:
+            return {m.member_id for m in admin.describe_group("between").members}
+
+        assert member_id in members()
+        consumer.close()
+        wait_for(lambda: member_id not in members(), 10, "the coordinator to drop the member")
+        assert len(members()) == 2  # B and C; the rebalance no longer waits for the member
 
 
 def test_cli_describe_lag_reset_offsets_and_delete(group_broker: EmbeddedBroker) -> None:
