@@ -112,6 +112,29 @@ class NoCheckQuorumCore(RaftCore):
         return True
 
 
+class NoLeaseCore(RaftCore):
+    """Leader lease (thesis §4.2.3): a node that hears from a live leader still answers a higher
+    term's (pre-)vote request, as if every request were a leadership transfer's, so a follower
+    rejoining from a partition deposes a healthy leader."""
+
+    def _step_term(self, message: Message) -> bool:
+        if isinstance(message, VoteRequest) and message.term > self.term:
+            message = dataclasses.replace(message, transfer=True)
+        return super()._step_term(message)
+
+
+class AllVotersCheckQuorumCore(RaftCore):
+    """Check-quorum: the leader requires every voter active in a window, not a majority, so one
+    unreachable follower makes a healthy leader step down."""
+
+    def _quorum_active(self) -> bool:
+        active = {node: progress.recent_active for node, progress in self.progress.items()}
+        active[self.node_id] = True
+        for progress in self.progress.values():
+            progress.recent_active = False
+        return all(active.get(voter, False) for voter in self.configuration.voters)
+
+
 class ConcurrentChangesCore(RaftCore):
     """Membership: a new change is accepted while the previous one is still uncommitted."""
 
@@ -174,6 +197,8 @@ BROKEN_CORES = (
     BrokenCore(NoCommitClampCore, ("commit clamp", "state machine safety")),
     BrokenCore(PreVoteRaisesTermCore, ("term cause",)),
     BrokenCore(NoCheckQuorumCore, ("check-quorum",)),
+    BrokenCore(NoLeaseCore, ("pre-vote stability",)),
+    BrokenCore(AllVotersCheckQuorumCore, ("pre-vote stability",)),
     BrokenCore(ConcurrentChangesCore, ("membership",)),
     BrokenCore(MultiNodeChangeCore, ("membership",)),
     BrokenCore(CountOwnUnsyncedEntryCore, ("durable majority",)),

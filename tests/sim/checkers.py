@@ -30,21 +30,26 @@ test_simulation.py uses to prove that each broken core trips the invariant meant
 - check-quorum (thesis §6.2): a leader that has not heard from a majority for two election
   timeouts of its own ticks has stepped down.
 - liveness once healed, and pre-vote stability: an isolated follower raises no term and rejoins
-  without deposing a healthy leader.
+  without deposing a healthy leader ("healthy": the timing requirement of §5.6 held between the
+  leader and the other voters, which the checker measures rather than assumes).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import TYPE_CHECKING
 
 from broker.raft.core import RaftCore, Role
 from broker.raft.messages import (
+    AppendRequest,
     AppendResponse,
     Configuration,
     Entry,
     EntryKind,
     HardState,
+    Heartbeat,
+    InstallSnapshot,
     Message,
     Snapshot,
     TimeoutNow,
@@ -97,6 +102,62 @@ def is_pre_vote(message: Message) -> bool:
     return isinstance(message, VoteRequest | VoteResponse) and message.pre_vote
 
 
+@dataclasses.dataclass
+class StabilityWatch:
+    """The premise of the pre-vote stability claim, watched through the stability phase.
+
+    The claim (the leader keeps its term and leadership, no term rises) holds only while Raft's
+    timing requirement holds between the leader and the voters that are not isolated (§5.6:
+    broadcast time well below the election timeout): each hears from the other at least once
+    per election timeout. The simulator does not guarantee it (a healed link delivers in order
+    with a delay up to `delay_max`, 400 ms against an election timeout of 5 ticks of 80-120 ms
+    for some seeds), so the checker measures it, from the deliveries and in each node's own
+    ticks, never from the cores' timers.
+
+    - `lapsed`: followers that went an election timeout (`T` of their ticks) without a message
+      of the leader's term from it (or had it reported dead by their link liveness): only then
+      may a follower time out, and only then does its lease lapse so that it may grant another
+      node's pre-vote (thesis §4.2.3; etcd's `inLease`).
+    - `unheard`: followers the leader went `T` of its ticks without hearing from (or had reported
+      dead). A correct leader's check-quorum window is `T` of its ticks and starts at a reset at
+      or before tick `c - T` for the check at tick `c`, so a delivery at tick `c - T + 1` or later
+      is surely inside it; a follower heard at most `T - 1` ticks ago at every tick is surely
+      active at every check.
+    """
+
+    leader: int
+    term: int
+    followers: tuple[int, ...]  # the leader's voters but the leader and the isolated follower
+    voter_count: int
+    check_quorum: bool
+    follower_heard: dict[int, int]  # follower -> its tick count when it last heard the leader
+    leader_heard: dict[int, int]  # follower -> the leader's tick count when it last heard it
+    lapsed: dict[int, str] = dataclasses.field(default_factory=dict)
+    unheard: dict[int, str] = dataclasses.field(default_factory=dict)
+    # Set when the leader lost its leadership or a term rose: what follows (followers no longer
+    # hearing a leader that is gone) is the consequence, and must not excuse the cause.
+    frozen: bool = False
+
+    def broken(self) -> str | None:
+        """Why the premise failed (None: it held, so the claim must hold).
+
+        With check-quorum, no term can rise while the leader and the followers whose lease
+        never lapsed are a majority: a pre-candidate needs a majority of grants and those all
+        refuse (the leader is in its own lease); nor does the leader step down while it heard
+        from a majority in every window. Without check-quorum there is no lease: a follower that
+        timed out wins a pre-vote on its log alone (the leader grants it too), so every follower
+        must have kept hearing the leader."""
+        why = "; ".join([*self.lapsed.values(), *self.unheard.values()])
+        if not self.check_quorum:
+            return why if self.lapsed else None
+        majority_count = majority(self.voter_count)
+        if 1 + len(self.followers) - len(self.lapsed) < majority_count:
+            return why
+        if 1 + len(self.followers) - len(self.unheard) < majority_count:
+            return why
+        return None
+
+
 class Checker:
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
@@ -123,7 +184,16 @@ class Checker:
         self.pre_votes: dict[int, dict[int, dict[int, bool]]] = {}  # node -> term -> granters
         self.leader_commit_seen: dict[tuple[int, int], int] = {}
         self.leader_since: dict[int, int] = {}  # leader -> its tick count when elected
+        # leader -> its voters and its tick count when they took effect (a configuration change
+        # takes effect on append, in the middle of a check-quorum window).
+        self.voters_since: dict[int, tuple[tuple[int, ...], int]] = {}
         self.heard: dict[int, dict[int, int]] = {}  # leader -> peer -> tick count last heard
+        # (node, leader, term) -> the node's tick count when a message of that leader and term
+        # that resets a follower's election timer (append, heartbeat, snapshot) last arrived.
+        self.heard_leader: dict[tuple[int, int, int], int] = {}
+        self.stability: StabilityWatch | None = None  # during the stability phase
+        # Why the stability phase's leadership claim was not judged (its timing premise failed).
+        self.stability_excused: str | None = None
         # The applied-prefix digest through each entry index, from the first node that applied it.
         self.digests: dict[int, bytes] = {}
         self.healed_payload_target = -1
@@ -231,8 +301,16 @@ class Checker:
         if isinstance(message, VoteResponse) and message.pre_vote and message.granted:
             terms = self.pre_votes.setdefault(node.node_id, {})
             terms.setdefault(message.term, {})[message.source] = True
-        if core.role is Role.LEADER and message.term == core.term:
+        if (
+            core.role is Role.LEADER
+            and message.term == core.term
+            and not isinstance(message, VoteRequest)  # a rival's request is no answer
+        ):
             self.heard.setdefault(node.node_id, {})[message.source] = node.ticks
+        if isinstance(message, AppendRequest | Heartbeat | InstallSnapshot) and (
+            message.term >= core.term
+        ):
+            self.heard_leader[(node.node_id, message.source, message.term)] = node.ticks
         if message.term < core.term:
             return self._observe(core)
         return None
@@ -388,6 +466,8 @@ class Checker:
             # A leader that removed itself steps down in the very step its removal commits
             # (thesis §4.2.2): that commit is still a leader's, with the new voters.
             self._record_leader_commits(core)
+        if self.stability is not None:
+            self._watch_stability(node, core, self.stability)
         previous = self.commit_seen.get(node_id, -1)
         if core.commit_index < previous:
             self.fail(
@@ -471,7 +551,15 @@ class Checker:
         latest = sorted(
             (heard.get(voter, elected) for voter in voters if voter != node.node_id), reverse=True
         )
-        silent_ticks = node.ticks - latest[needed - 1]
+        # The deadline runs from the change of voters at the earliest: the silence of a majority
+        # of the new voters before it is no fault of a core that counted the old ones. (Seed
+        # 1465654144: leader 5, heard by 1 and 2 behind a partition, removed itself; the new
+        # voters 1-4 made 1 and 2 a minority at once, and the core rightly stepped down only at
+        # its next check. Judging the ticks before the change by the new voters failed it.)
+        since = self.voters_since.get(node.node_id)
+        if since is None or since[0] != voters:
+            since = self.voters_since[node.node_id] = (voters, node.ticks)
+        silent_ticks = node.ticks - max(latest[needed - 1], since[1])
         window = 2 * self.sim.options.election_timeout_ticks
         if silent_ticks > window:
             self.fail(
@@ -491,6 +579,10 @@ class Checker:
         if key not in self.checked_leaders:
             self.checked_leaders[key] = True
             self.leader_since[core.node_id] = self.sim.nodes[core.node_id].ticks
+            self.voters_since[core.node_id] = (
+                core.configuration.voters,
+                self.leader_since[core.node_id],
+            )
             self.heard[core.node_id] = {}
             self._check_completeness(core)
             self.sim.on_new_leader(core)
@@ -687,14 +779,114 @@ class Checker:
                 f"the quiet group did not elect a leader in place of node {old} within the bound",
             )
 
+    def start_stability(self, leader: RaftCore, isolated: int) -> None:
+        """The stability phase begins: watch its timing premise (see StabilityWatch)."""
+        nodes = self.sim.nodes
+        leader_id = leader.node_id
+        voters = leader.configuration.voters
+        followers = tuple(v for v in voters if v not in (leader_id, isolated))
+        heard = self.heard.get(leader_id, {})
+        elected = self.leader_since[leader_id]
+        self.stability = StabilityWatch(
+            leader=leader_id,
+            term=leader.term,
+            followers=followers,
+            voter_count=len(voters),
+            check_quorum=self.sim.options.check_quorum,
+            # The last arrival from this leader in this term; a later reset of the follower's
+            # timer only shortens its silence, so counting from here errs towards "lapsed".
+            follower_heard={
+                f: self.heard_leader.get((f, leader_id, leader.term), -1) for f in followers
+            },
+            leader_heard={f: heard.get(f, elected) for f in followers},
+        )
+        for follower in followers:
+            self._watch_stability(nodes[follower], nodes[follower].core, self.stability)
+        self._watch_stability(nodes[leader_id], leader, self.stability)
+
+    def end_stability(self) -> None:
+        self.stability = None
+
+    def on_peer_dead(self, node_id: int, peer: int) -> None:
+        """The simulated link liveness reported `peer` dead to `node_id` (quiescence): a follower
+        forgets a dead leader (no lease, and it campaigns at once), a leader marks the follower
+        inactive for its next check-quorum."""
+        watch = self.stability
+        if watch is None:
+            return
+        if node_id in watch.followers and peer == watch.leader:
+            watch.lapsed.setdefault(node_id, f"follower {node_id} was told leader {peer} died")
+        elif node_id == watch.leader and peer in watch.followers:
+            watch.unheard.setdefault(peer, f"leader {node_id} was told follower {peer} died")
+
+    def _watch_stability(self, node: SimNode, core: RaftCore | None, watch: StabilityWatch) -> None:
+        if watch.frozen or core is None:
+            return
+        timeout = self.sim.options.election_timeout_ticks
+        node_id = node.node_id
+        if node_id in watch.followers:
+            if core.quiescent:  # its election timer is stopped: as good as hearing the leader
+                watch.follower_heard[node_id] = node.ticks
+            last = max(
+                watch.follower_heard[node_id],
+                self.heard_leader.get((node_id, watch.leader, watch.term), -1),
+            )
+            if node.ticks - last >= timeout and node_id not in watch.lapsed:
+                watch.lapsed[node_id] = (
+                    f"follower {node_id} heard nothing from leader {watch.leader} for "
+                    f"{node.ticks - last} of its ticks (election timeout {timeout})"
+                )
+        elif node_id == watch.leader:
+            # Also in the step in which it stepped down: a correct check-quorum step-down at
+            # tick c shows here, at c, as a majority unheard since tick c - T or earlier.
+            heard = self.heard.get(node_id, {})
+            for follower in watch.followers:
+                if core.quiescent:  # no check-quorum while quiet; a wake restarts the window
+                    watch.leader_heard[follower] = node.ticks
+                last = max(watch.leader_heard[follower], heard.get(follower, -1))
+                if node.ticks - last >= timeout and follower not in watch.unheard:
+                    watch.unheard[follower] = (
+                        f"leader {node_id} heard nothing from follower {follower} for "
+                        f"{node.ticks - last} of its ticks (election timeout {timeout})"
+                    )
+        deposed = node_id == watch.leader and not (
+            core.role is Role.LEADER and core.term == watch.term
+        )
+        if deposed or core.term > watch.term:
+            watch.frozen = True
+
     def check_stable(
         self, leader: RaftCore, terms: dict[int, int], *, isolated: int, rejoined: bool
     ) -> None:
-        """Pre-vote (thesis §9.6): while `leader` stays healthy, terms do not inflate: the leader
-        keeps its term and no node goes beyond it, neither the isolated follower (its pre-votes
-        fail) nor, once it rejoined, anyone. (A node behind, such as a removed node that never
-        learned of its removal, may still catch up to the leader's term.)"""
+        """Pre-vote (thesis §9.6): the isolated follower never raises its term (its pre-votes
+        cannot win). And while `leader` stays healthy, terms do not inflate: the leader keeps its
+        term and leadership and no node goes beyond it, neither the isolated follower nor, once
+        it rejoined, anyone. (A node behind, such as a removed node that never learned of its
+        removal, may still catch up to the leader's term.)
+
+        "Healthy" is Raft's timing requirement between the leader and the other voters, which
+        the checker watches (StabilityWatch) instead of assuming, as it once did: seed
+        2462318666 (3 voters, election timeout 5 ticks, links of up to 400 ms one way) had
+        leader 1 hear nothing from its one reachable follower for a whole check-quorum window
+        (a heartbeat round trip of 668 ms against a window of 475 ms), so it stepped down as
+        thesis §6.2 (and etcd) require; that follower had timed out too. When the premise
+        fails, a new election is legitimate and every safety invariant still judges it; only
+        the isolated follower's term is judged regardless."""
         moment = "after rejoining" if rejoined else "while isolated"
+        node = self.sim.nodes[isolated]
+        if not rejoined and node.core is not None and node.core.term > terms[isolated]:
+            self.fail(
+                "pre-vote stability",
+                f"isolated follower {isolated} went from term {terms[isolated]} to "
+                f"{node.core.term} {moment}",
+            )
+        watch = self.stability
+        assert watch is not None and watch.leader == leader.node_id, "start_stability first"
+        broken = watch.broken()
+        if broken is not None:
+            self.stability_excused = broken
+            self.sim.trace(f"stability: timing premise failed ({broken}): leadership not judged")
+            return
         if leader.role is not Role.LEADER or self.sim.nodes[leader.node_id].core is not leader:
             self.fail(
                 "pre-vote stability",

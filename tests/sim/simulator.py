@@ -341,10 +341,12 @@ class Simulation:
             (n, isolated) for n in self.node_ids
         }
         self.trace(f"stability: isolate {isolated} from leader {leader.node_id}")
+        self.checker.start_stability(leader, isolated)
         window = 3 * self.options.election_timeout_ticks * TICK_TIME
         self._run_until(self.time + window)
         self.checker.check_stable(leader, terms, isolated=isolated, rejoined=False)
         if not self.options.check_quorum:
+            self.checker.end_stability()
             return  # without the lease, a rejoining node's pre-vote may legitimately win
         self.blocked = set()
         self.trace(f"stability: {isolated} rejoins")
@@ -352,6 +354,7 @@ class Simulation:
         self._run_until(deadline, stop_when_live=True)
         self.checker.check_liveness()
         self.checker.check_stable(leader, terms, isolated=isolated, rejoined=True)
+        self.checker.end_stability()
 
     def _quiet_failover_phase(self) -> None:
         """Quiescence with faults: once the healed group is quiet (no ticks, no heartbeats), its
@@ -502,6 +505,7 @@ class Simulation:
     def _report_peer_dead(self, node: SimNode, peer: int, why: str) -> None:
         assert node.core is not None
         self.trace(f"{node.node_id}: peer {peer} dead ({why})")
+        self.checker.on_peer_dead(node.node_id, peer)
         node.core.report_peer_dead(peer)
         self._process_ready(node)
 
