@@ -27,7 +27,7 @@ def test_a_short_run_measures_round_trips_and_both_sides_cpu(tmp_path: pathlib.P
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "round trips (acks=1" in result.stdout
+    assert "round trips (1 broker(s), acks=1" in result.stdout
     figures = json.loads(out.read_text())
     assert figures["round_trips"] > 0
     # One at a time: the mean wall time is the measured time over the count, and no round trip
