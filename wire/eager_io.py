@@ -13,7 +13,9 @@ unchanged.
 Rules:
 - `write_now` writes only to a plain `trio.SocketStream` (a TLS stream has its own state: all of
   `data` comes back unwritten, for `send_all`), and only for the stream's one writer: the caller
-  holds its send lock, as every caller of `send_all` here already does.
+  holds its send lock, as every caller of `send_all` here already does. It bypasses trio's
+  send-conflict detector, so an unlocked second writer would interleave bytes instead of getting
+  `BusyResourceError`. POSIX only (`os.write` on a socket's descriptor), as the broker is.
 - Neither function checkpoints on its fast path, so neither is a cancellation point there; every
   caller awaits something else in each loop round (a queue, a response, a socket read).
 """

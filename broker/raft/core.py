@@ -555,13 +555,20 @@ class RaftCore:
         answers are coalesced per transport interval, so under load they arrive a round or two
         after the quiesce decision), or a successful AppendResponse that moves no match index (a
         duplicate). Waking on those cost a heartbeat round and a second quiesce per late answer
-        on every idle group of a loaded broker. A follower that did NOT go quiet (one the leader
-        held dead, or one whose log misses the commit it was told) is not lost either way: the
-        first wakes the leader here (`held_dead`), the second pre-votes once its election timer
-        runs out, and the pre-vote wakes the leader.
+        on every idle group of a loaded broker.
+
+        Only with pre-vote AND check-quorum (the defaults): an answer may also come from a
+        follower that is awake after all (one whose log misses the commit it was told, or one
+        that a late commit broadcast woke after its quiesce heartbeat). Left without heartbeats,
+        it times out; its pre-vote wakes the leader, which heartbeats it and goes quiet again,
+        and the lease (the other voters heard the leader) keeps the term. Without pre-vote or
+        without the lease that timeout would start a real election, so there every answer
+        wakes the leader, as it always did. A follower held dead wakes it either way.
         """
         if isinstance(message, Heartbeat) and message.quiesce:
             return True
+        if not (self.config.pre_vote and self.config.check_quorum):
+            return False
         if held_dead or self.role is not Role.LEADER or message.term != self.term:
             return False
         progress = self.progress.get(message.source)

@@ -458,9 +458,19 @@ class Simulation:
     def _complete(self, node: SimNode, ready: Ready, *, appends_sent: bool) -> None:
         """After the fsync covering `ready`: send its messages (but the AppendRequests that left
         before the fsync), apply its commits, and report the log end durable."""
+        assert node.core is not None
+        term = node.core.term
         for message in ready.messages:
-            if not (appends_sent and isinstance(message, AppendRequest)):
-                self._send(message)
+            if appends_sent and isinstance(message, AppendRequest):
+                continue
+            if message.term < term:
+                # Stale by now (docs/raft.md, the Ready contract): while this Ready waited for
+                # its fsync the node took a newer term, whose leader's append may have replaced
+                # the entries an acknowledgement here names (seeds 331505385, 1175484141).
+                if self.trace_enabled:
+                    self.trace(f"{node.node_id}: stale, not sent: {describe(message)}")
+                continue
+            self._send(message)
         if ready.snapshot is not None:
             node.applied_index = max(node.applied_index, ready.snapshot.index)
             node.state = self.checker.state_at(ready.snapshot, node.node_id)
@@ -468,7 +478,6 @@ class Simulation:
             node.state = apply_digest(node.state, entry)
             self.checker.on_apply(node, entry)
             node.applied_index = entry.index
-        assert node.core is not None
         node.core.persisted(ready.last_index, ready.last_term)
 
     def _on_fsync(self, node_id: int) -> None:
@@ -543,9 +552,12 @@ class Simulation:
             self._heard_from(node, message.source)  # any frame on the link counts
         stale = checker.before_deliver(node, core, message)
         core.step(message)
-        self._process_ready(node)
         if stale is not None:
+            # Judged on the step alone: sending its answer may meet a blocked link, whose
+            # unreachable notice (progress to probe) is the transport's doing, not the stale
+            # message's (seed 1717396407).
             checker.check_stale_ignored(node, message, stale)
+        self._process_ready(node)
 
     def _send(self, message: Message) -> None:
         self.checker.on_send(self.nodes[message.source], message)

@@ -68,6 +68,20 @@ def test_check_quorum_deadline_runs_from_a_change_of_voters() -> None:
     assert simulation.checker.steps > 0
 
 
+def test_messages_gone_stale_during_an_fsync_are_not_sent() -> None:
+    """Goal: a driver that steps messages while an fsync runs sends nothing stale. In seed
+    331505385, follower 2 appended 759@16 (fsync pending), then took term 17 from a leader whose
+    append replaced it; its term-16 acknowledgement of 759, waiting for that fsync, claimed an
+    entry it no longer held ("durability order"). Such messages are dropped when the fsync is
+    done (docs/raft.md, the Ready contract); the run passes and the trace names the drop."""
+    simulation = Simulation(331505385, trace=True)
+    simulation.run()
+    assert any(
+        "2: stale, not sent:" in line and "AppendResponse term=16 ok match=759" in line
+        for line in simulation.trace_lines
+    )
+
+
 def test_simulation_is_deterministic() -> None:
     """Goal: one seed replays the exact same run, event for event (so failures reproduce)."""
     first = Simulation(7, trace=True)

@@ -183,6 +183,27 @@ def test_late_answers_of_caught_up_followers_keep_a_quiet_leader_quiet() -> None
     assert all(core.quiescent for core in group.cores.values())
 
 
+def test_without_pre_vote_or_the_lease_an_awake_follower_is_heartbeated_not_elected() -> None:
+    """Without pre-vote (or without check-quorum's lease) a follower left awake would start a
+    real election when its timer ran out: there every answer wakes the quiet leader, as before,
+    and a follower woken after its quiesce heartbeat (a late commit broadcast) goes quiet again
+    under the same leader and term."""
+    for options in ({"pre_vote": False}, {"check_quorum": False}):
+        group = Group(**options)
+        leader = group.quiet()
+        term = leader.term
+        follower = group.cores[2]
+        follower.step(Heartbeat(1, 2, term, leader.commit_index))  # late, not flagged quiesce
+        assert not follower.quiescent
+        answer = group.drain(2)
+        assert answer == [HeartbeatResponse(2, 1, term)]
+        leader.step(answer[0])
+        assert not leader.quiescent, options
+        group.tick_all(4 * ELECTION_TICKS)
+        assert all(core.quiescent for core in group.cores.values()), options
+        assert leader.role is Role.LEADER and leader.term == term, options
+
+
 def test_an_answer_from_a_follower_held_dead_wakes_the_quiet_leader() -> None:
     """A leader that went quiet without a follower reported dead wakes on its first message,
     even a plain heartbeat answer: the follower is back and may have missed entries."""
