@@ -1164,7 +1164,8 @@ class _Connection:
             await self._flush()
 
     async def _flush(self) -> None:
-        """Write every queued reply in one `send_all`."""
+        """Write every queued reply in one write (the rest, if the socket takes only part of
+        it, with `send_all` under response_write_timeout_ms); a failed write ends the framing."""
         await acquire_now(self.send_lock)
         try:
             if not self._outgoing or self.frames.state is ConnectionState.ERROR:
@@ -1175,11 +1176,11 @@ class _Connection:
             self._outgoing_bytes = 0
             try:
                 rest = write_now(self.stream, data)  # most often all of it: no await
+                if rest:
+                    await self._send_rest(rest)
             except BaseException:
                 self.frames.send_failed()
                 raise
-            if rest:
-                await self._send_rest(rest)
         finally:
             self.send_lock.release()
 
@@ -1187,13 +1188,8 @@ class _Connection:
         # A client that stops reading its replies must not hold them (and the requests in
         # flight behind them) in memory forever: response_write_timeout_ms.
         with trio.move_on_after(self.broker.config.response_write_timeout_ms / 1000) as scope:
-            try:
-                await self.stream.send_all(rest)
-            except BaseException:
-                self.frames.send_failed()
-                raise
+            await self.stream.send_all(rest)
         if scope.cancelled_caught:
-            self.frames.send_failed()
             self._deadline_passed(ConnectionClosure.RESPONSE_WRITE)
             raise trio.BrokenResourceError("the client does not read its replies")
 
