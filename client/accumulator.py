@@ -64,11 +64,14 @@ class ProducerBatch:
     """Records bound for one partition, sent and acknowledged as a unit.
 
     Completed exactly once, in the I/O thread, by `complete`: `base_offset` (or -1 with acks=0) or
-    `error`. `event` is a `threading.Event` for blocking waiters; trio waiters register through
-    `add_waker`.
+    `error`. Blocking waiters (`wait_blocking`) share a `threading.Event` made for the first of
+    them, so the trio producer, which never blocks, makes none per batch; trio waiters register
+    through `add_waker`.
     """
 
     __slots__ = (
+        "_blocking_waiters",
+        "_done",
         "ambiguous",
         "attempts",
         "base_offset",
@@ -77,7 +80,6 @@ class ProducerBatch:
         "callbacks",
         "created_at",
         "error",
-        "event",
         "partition",
         "payload",
         "producer_epoch",
@@ -115,7 +117,8 @@ class ProducerBatch:
         self.settled: int | None = None
         self.base_offset = -1
         self.error: BaseException | None = None
-        self.event = threading.Event()
+        self._done = False
+        self._blocking_waiters: threading.Event | None = None
         self.callbacks: list[tuple[int, DeliveryCallback]] | None = None
         self.wakers: list[Callable[[], None]] | None = None
         # The built batch bytes, kept so that a retry resends exactly the same batch.
@@ -132,7 +135,17 @@ class ProducerBatch:
 
     @property
     def done(self) -> bool:
-        return self.event.is_set()
+        return self._done
+
+    def wait_blocking(self, timeout: float | None = None) -> bool:
+        """Block the calling thread until the batch is complete; False after `timeout` s."""
+        with _callback_lock:
+            if self._done:
+                return True
+            if self._blocking_waiters is None:
+                self._blocking_waiters = threading.Event()
+            waiters = self._blocking_waiters
+        return waiters.wait(timeout)
 
     def metadata(self, index: int) -> RecordMetadata:
         offset = self.base_offset + index if self.base_offset >= 0 else -1
@@ -141,7 +154,7 @@ class ProducerBatch:
 
     def add_callback(self, index: int, callback: DeliveryCallback) -> None:
         with _callback_lock:
-            if not self.event.is_set():
+            if not self._done:
                 if self.callbacks is None:
                     self.callbacks = []
                 self.callbacks.append((index, callback))
@@ -151,7 +164,7 @@ class ProducerBatch:
     def add_waker(self, waker: Callable[[], None]) -> bool:
         """Call `waker()` on completion; False (and no call) if the batch is already done."""
         with _callback_lock:
-            if self.event.is_set():
+            if self._done:
                 return False
             if self.wakers is None:
                 self.wakers = []
@@ -161,16 +174,25 @@ class ProducerBatch:
     async def wait(self) -> None:
         """Return once the batch is complete (successfully or not); safe from any trio loop.
 
-        Batches complete in their producer's trio thread. A waiter is woken through its own
-        loop's token (`run_sync_soon` is thread-safe, and also correct when that thread is this
-        one), so awaiting works from the producer's loop and from any other.
+        Batches complete in their producer's trio thread. A waiter in that thread (the producer's
+        own loop, the usual case) is woken directly; one in another thread's trio loop through
+        that loop's token (`run_sync_soon` is thread-safe, but costs a wake-up of the loop: two
+        system calls and a scheduler pass).
         """
-        if self.done:
+        if self._done:
             await trio.lowlevel.checkpoint()
             return
         event = trio.Event()
         token = trio.lowlevel.current_trio_token()
-        if self.add_waker(lambda: token.run_sync_soon(event.set)):
+        thread = threading.get_ident()
+
+        def wake() -> None:
+            if threading.get_ident() == thread:
+                event.set()  # the completing thread runs this trio loop: it is idle in us
+            else:
+                token.run_sync_soon(event.set)
+
+        if self.add_waker(wake):
             await event.wait()
         else:
             await trio.lowlevel.checkpoint()
@@ -178,12 +200,15 @@ class ProducerBatch:
     def complete(self, base_offset: int, error: BaseException | None) -> None:
         """Record the outcome, wake every waiter and run the delivery callbacks (I/O thread)."""
         with _callback_lock:
-            assert not self.event.is_set(), "a batch completes exactly once"
+            assert not self._done, "a batch completes exactly once"
             self.base_offset = base_offset
             self.error = error
-            self.event.set()
+            self._done = True
             callbacks, self.callbacks = self.callbacks, None
             wakers, self.wakers = self.wakers, None
+            blocking = self._blocking_waiters
+        if blocking is not None:
+            blocking.set()
         for waker in wakers or ():
             waker()
         for index, callback in callbacks or ():
@@ -219,7 +244,7 @@ class RecordFuture(tuple[ProducerBatch, int]):
         return self[0]
 
     def done(self) -> bool:
-        return self[0].event.is_set()
+        return self[0].done
 
     def result(self, timeout: float | None = None) -> RecordMetadata:
         """Block until delivered; raise the delivery error, or `TimeoutError` after `timeout` s.
@@ -227,7 +252,7 @@ class RecordFuture(tuple[ProducerBatch, int]):
         Blocking: do not call it from inside a trio task (use `await future` there).
         """
         batch, index = self
-        if not batch.event.wait(timeout):
+        if not batch.wait_blocking(timeout):
             raise TimeoutError(f"record not acknowledged within {timeout} s")
         if batch.error is not None:
             raise batch.error
@@ -236,7 +261,7 @@ class RecordFuture(tuple[ProducerBatch, int]):
     get = result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self[0].event.wait(timeout):
+        if not self[0].wait_blocking(timeout):
             raise TimeoutError(f"record not acknowledged within {timeout} s")
         return self[0].error
 

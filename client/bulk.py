@@ -132,7 +132,7 @@ class SendManyFuture(Sequence[RecordFuture]):
         return new_future(RecordFuture, self.locate(index))
 
     def done(self) -> bool:
-        return all(batch.event.is_set() for batch in self._batches)
+        return all(batch.done for batch in self._batches)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Block until every record is acknowledged or failed; the first failure, or None.
@@ -142,7 +142,7 @@ class SendManyFuture(Sequence[RecordFuture]):
         deadline = None if timeout is None else time.monotonic() + timeout
         for batch in self._batches:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            if not batch.event.wait(left):
+            if not batch.wait_blocking(left):
                 raise TimeoutError(f"send_many not acknowledged within {timeout} s")
         return self._first_error()
 

@@ -9,6 +9,8 @@ style of h11's trio example. The SDK's `Cluster` and a broker calling its peers
 - Many tasks may call `request` at once: each gets a fresh correlation id, its frame is written
   under a lock (frames never interleave) and it waits for the response with that id. At most
   `max_in_flight` requests are outstanding; further callers wait for a slot (back-pressure).
+  A caller may instead have the answer handed to a callback (`finish_with`), with no task
+  waiting for it; it then keeps its own timeout and calls `abandon` when it gives up.
 - A response that arrives after its request timed out is dropped. A dead socket or a frame we
   cannot parse fails every waiting request with `ConnectionLostError` / `RemoteProtocolError` and
   closes the connection for good; the `Cluster` opens a new one on the next request.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -53,13 +56,24 @@ WRITE_TIMEOUT_S = 30.0
 RECEIVE_CHUNK_BYTES = 1 << 20
 
 
-class _Pending:
-    __slots__ = ("error", "event", "frame")
+class PendingRequest:
+    """A request written and not answered yet: its response frame or the connection's error,
+    once settled (by the reader, or by the connection failing)."""
+
+    __slots__ = ("callback", "error", "event", "frame")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.frame: Frame | None = None
         self.error: BaseException | None = None
+        # Set by `finish_with`: called once the answer (or the connection's failure) is in.
+        self.callback: Callable[[PendingRequest], None] | None = None
+
+    def settle(self) -> None:
+        self.event.set()
+        if self.callback is not None:
+            callback, self.callback = self.callback, None
+            callback(self)
 
 
 class BrokerConnection:
@@ -82,7 +96,7 @@ class BrokerConnection:
         )
         self._send_lock = trio.Lock()
         self._slots = trio.Semaphore(max_in_flight)
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, PendingRequest] = {}
         # Ids wrap within i32; with a bounded number in flight a wrapped id cannot collide.
         self._ids = itertools.cycle(range(1, 2**31 - 1))
         self.closed = False
@@ -104,7 +118,7 @@ class BrokerConnection:
         pending = await self.start_request(header, payload)
         return await self.finish_request(header, pending, timeout_s=timeout_s)
 
-    async def start_request(self, header: dict[str, Any], payload: bytes = b"") -> _Pending:
+    async def start_request(self, header: dict[str, Any], payload: bytes = b"") -> PendingRequest:
         """Write one request frame now and return the handle `finish_request` waits on.
 
         Split from `request` for the idempotent producer: frames reach the broker in the order
@@ -122,7 +136,7 @@ class BrokerConnection:
         return pending
 
     async def finish_request(
-        self, header: dict[str, Any], pending: _Pending, *, timeout_s: float = math.inf
+        self, header: dict[str, Any], pending: PendingRequest, *, timeout_s: float = math.inf
     ) -> Frame:
         """Wait for the response to a `start_request` (and free its in-flight slot)."""
         try:
@@ -130,10 +144,7 @@ class BrokerConnection:
                 await pending.event.wait()
             if not pending.event.is_set():
                 self._pending.pop(header["correlation_id"], None)
-                raise RequestTimedOutError(
-                    f"no response to {header.get('api')} from {self.address_text} within "
-                    f"{timeout_s:.1f} s; raise request_timeout_ms or check the broker's load"
-                )
+                raise self.timed_out(header, timeout_s)
             if pending.error is not None:
                 raise pending.error
             assert pending.frame is not None
@@ -141,13 +152,55 @@ class BrokerConnection:
         finally:
             self._slots.release()
 
+    def finish_with(
+        self,
+        pending: PendingRequest,
+        callback: Callable[[Frame | None, BaseException | None], None],
+    ) -> None:
+        """Instead of awaiting `finish_request`: `callback(frame, None)` once the response to a
+        `start_request` is in, `callback(None, error)` if the connection fails first; called in
+        the task that settles it (the reader, or whoever closes the connection), after the
+        in-flight slot is freed, so it must not block or raise.
+
+        For the producer, whose answers would otherwise each need a task of their own (a task
+        start and two scheduler passes per request). No timeout here: a caller that gives up
+        calls `abandon`.
+        """
+
+        def settled(done: PendingRequest) -> None:
+            self._slots.release()
+            callback(done.frame, done.error)
+
+        if pending.event.is_set():
+            settled(pending)  # answered while the request was still being written
+        else:
+            pending.callback = settled
+
+    def abandon(self, header: dict[str, Any], pending: PendingRequest) -> bool:
+        """Give up waiting for a `finish_with` request (the caller's timeout): its response, if
+        it still comes, is dropped, and its callback is never called. False if it was settled
+        already (the callback ran)."""
+        if pending.event.is_set():
+            return False
+        self._pending.pop(header["correlation_id"], None)
+        pending.callback = None
+        self._slots.release()
+        return True
+
+    def timed_out(self, header: dict[str, Any], timeout_s: float) -> RequestTimedOutError:
+        """The error of a request given up after `timeout_s` without an answer."""
+        return RequestTimedOutError(
+            f"no response to {header.get('api')} from {self.address_text} within "
+            f"{timeout_s:.1f} s; raise request_timeout_ms or check the broker's load"
+        )
+
     async def send_oneway(self, header: dict[str, Any], payload: bytes = b"") -> None:
         """Send a request the broker will not answer (produce with acks=0)."""
         await self._send(header, payload, expect_response=False)
 
     async def _send(
         self, header: dict[str, Any], payload: bytes, *, expect_response: bool
-    ) -> _Pending | None:
+    ) -> PendingRequest | None:
         if self.closed:
             raise ConnectionLostError(
                 f"connection to {self.address_text} is closed ({self.close_reason})"
@@ -157,7 +210,7 @@ class BrokerConnection:
         data = self._frames.send(header, payload)
         pending = None
         if expect_response:
-            pending = self._pending[correlation_id] = _Pending()
+            pending = self._pending[correlation_id] = PendingRequest()
         await acquire_now(self._send_lock)
         try:
             # The frame is written whole even if the caller is cancelled meanwhile (a consumer
@@ -206,7 +259,7 @@ class BrokerConnection:
                     pending = self._pending.pop(frame.correlation_id, None)
                     if pending is not None:
                         pending.frame = frame
-                        pending.event.set()
+                        pending.settle()
         except ProtocolError as exc:
             self._fail(RemoteProtocolError(f"broker at {self.address_text} sent garbage: {exc}"))
         except ConnectionLostError as exc:
@@ -226,7 +279,7 @@ class BrokerConnection:
         pending, self._pending = self._pending, {}
         for waiter in pending.values():
             waiter.error = error
-            waiter.event.set()
+            waiter.settle()
 
     async def aclose(self) -> None:
         self._fail(ConnectionLostError(f"connection to {self.address_text} was closed by us"))

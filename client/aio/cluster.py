@@ -40,9 +40,11 @@ from wire import codec
 from wire.connection import (
     MAX_IN_FLIGHT_DEFAULT,
     BrokerConnection,
+    PendingRequest,
     open_broker_connection,
 )
 from wire.error_codes import BrokerError, ErrorCode
+from wire.framing import Frame
 from wire.sasl_client import SaslLogin
 
 CLIENT_ID_DEFAULT = "pybroker-client"
@@ -228,18 +230,35 @@ class Cluster:
         Requests started one after another by one task reach the broker in that order (the
         idempotent producer's per-broker writer relies on it); the awaitable must be awaited.
         """
+        sent = await self.send_request(request, node_id)
+        return self._answer(*sent, self.request_timeout_s + extra_timeout_s)
+
+    async def send_request(
+        self, request: Any, node_id: int | None = None
+    ) -> tuple[BrokerConnection, dict[str, Any], PendingRequest]:
+        """Write `request` now; the connection, frame header and pending handle its answer
+        comes through (`BrokerConnection.finish_request` or `finish_with`, then `decode`)."""
         connection = await self.connection(node_id)
         throttled_until = self._throttled_until.pop(connection, 0.0)
         if throttled_until > trio.current_time():
             await trio.sleep_until(throttled_until)
         header, payload = codec.encode_request(request, correlation_id=0)
         pending = await connection.start_request(header, payload)
-        return self._answer(connection, header, pending, self.request_timeout_s + extra_timeout_s)
+        return connection, header, pending
 
     async def _answer(
-        self, connection: BrokerConnection, header: dict[str, Any], pending: Any, timeout_s: float
+        self,
+        connection: BrokerConnection,
+        header: dict[str, Any],
+        pending: PendingRequest,
+        timeout_s: float,
     ) -> Any:
         frame = await connection.finish_request(header, pending, timeout_s=timeout_s)
+        return self.decode(connection, frame)
+
+    def decode(self, connection: BrokerConnection, frame: Frame) -> Any:
+        """The response dataclass of `frame`, an answer from `connection`; raises the
+        request-level `BrokerError`, and notes a quota throttle for the next request."""
         try:
             response = codec.decode_response(frame.header, frame.payload)
         except BrokerError as exc:

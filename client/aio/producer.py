@@ -18,7 +18,8 @@ Rules:
   `retry_backoff_ms * 2**attempt` (capped), until `retries` or `delivery_timeout_ms` runs out;
   then the batch fails with the last error.
 - One writer task per broker writes that broker's Produce requests in the order the sender
-  drained them (`Cluster.start_call`); answers are awaited concurrently. So a partition's
+  drained them (`Cluster.send_request`); their answers come back through callbacks, with one
+  task for their timeouts (client/aio/answers.py), not a task per request. So a partition's
   pipelined batches reach its leader in order.
 - Idempotence (the default, as Kafka >= 3.0): before the first send, InitProducerId gives a
   producer id and epoch; each batch is numbered at its first send with its partition's next
@@ -51,7 +52,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Unpack
 
 import trio
@@ -65,6 +66,7 @@ from client.accumulator import (
     new_future,
 )
 from client.aio._base import AsyncClientBase
+from client.aio.answers import AnswerWatch
 from client.aio.cluster import (
     CLIENT_ID_DEFAULT,
     METADATA_STALE_CODES,
@@ -99,7 +101,9 @@ from wire.batch import (
     increment_sequence,
 )
 from wire.config_error import ConfigError
+from wire.connection import BrokerConnection
 from wire.error_codes import BrokerError, ErrorCode
+from wire.framing import Frame
 
 log = logging.getLogger("client.producer")
 
@@ -294,6 +298,8 @@ class Producer(AsyncClientBase):
         self._token: trio.lowlevel.TrioToken | None = None
         self._sends = 0
         self._close_timeout_s = float("inf")
+        # Produce requests waiting for their answers (the cluster's request timeout).
+        self._answers = AnswerWatch(self._request_timeout_ms / 1000)
         # One writer per broker keeps that broker's requests in drain order (see the rules).
         self._writers: dict[int, trio.MemorySendChannel[list[ProducerBatch]]] = {}
         # Idempotence: producer id and epoch (-1: none yet), each partition's next sequence and
@@ -570,6 +576,7 @@ class Producer(AsyncClientBase):
         # Without thread_safe every append happens in this trio thread, which may wake the
         # sender directly; otherwise appends come from other threads and go through the token.
         self._acc.notify = self._notify_threadsafe if self._acc.thread_safe else self._wake_up
+        nursery.start_soon(self._answers.run)
         nursery.start_soon(self._run_sender)
         nursery.start_soon(self._refresh_metadata_periodically)
 
@@ -923,23 +930,40 @@ class Producer(AsyncClientBase):
                     for batch in batches:
                         self._finish(batch, -1, None)
                     return
-                answer = await self._cluster.start_call(request, leader)
+                connection, header, pending = await self._cluster.send_request(request, leader)
             except (*_TRANSPORT_ERRORS, BrokerError) as exc:
                 for batch in batches:
                     self._retry_or_fail(batch, exc, leader)
                 return
-            self._nursery_start(self._await_answer, leader, batches, answer)
+            self._answers.watch(
+                connection,
+                header,
+                pending,
+                lambda frame, error: self._answered(leader, batches, connection, frame, error),
+            )
             answered = True
         finally:
             if not answered:
                 self._settle(batches)
 
-    async def _await_answer(
-        self, leader: int, batches: list[ProducerBatch], answer: Awaitable[Any]
+    def _answered(
+        self,
+        leader: int,
+        batches: list[ProducerBatch],
+        connection: BrokerConnection,
+        frame: Frame | None,
+        error: BaseException | None,
     ) -> None:
+        """A Produce's answer, or why there is none (a lost connection, the request timeout):
+        called by the connection's reader or the answer watch (client/aio/answers.py)."""
+        if self._closed:
+            return  # aclose fails every batch still unacknowledged
         try:
             try:
-                response: codec.ProduceResponse = await answer
+                if error is not None:
+                    raise error
+                assert frame is not None
+                response: codec.ProduceResponse = self._cluster.decode(connection, frame)
             except (*_TRANSPORT_ERRORS, BrokerError) as exc:
                 for batch in batches:
                     self._retry_or_fail(batch, exc, leader)
@@ -951,7 +975,11 @@ class Producer(AsyncClientBase):
     def _settle(self, batches: list[ProducerBatch]) -> None:
         for batch in batches:
             _count_down(self._in_flight, (batch.topic, batch.partition))
-        self._wake_up()
+        # A freed in-flight slot matters only to a batch waiting to go (an open one leaves when
+        # its partition has nothing in flight): with none, waking the sender would cost a
+        # scheduler pass for an empty drain. A batch opened later wakes it itself.
+        if self._acc.has_unsent():
+            self._wake_up()
 
     def _handle_response(
         self, leader: int, batches: list[ProducerBatch], response: codec.ProduceResponse

@@ -87,6 +87,8 @@ class FakeBroker:
         self.drop_next_produce = False
         # Set to leave every produce unanswered (a stuck broker).
         self.hold_produce = False
+        # This many of the next produce requests are neither written nor answered (lost).
+        self.unanswered_produces = 0
         # While set (an unset Event), produce requests wait before being handled, in order.
         self.produce_gate: trio.Event | None = None
         # Set to write the next produce, then drop the connection (the acknowledgement is lost).
@@ -286,6 +288,9 @@ class FakeBroker:
     def _on_produce(self, request: codec.ProduceRequest) -> Any:
         self.produce_requests += 1
         if self.hold_produce:
+            return None
+        if self.unanswered_produces:
+            self.unanswered_produces -= 1
             return None
         if self.drop_next_produce:
             self.drop_next_produce = False

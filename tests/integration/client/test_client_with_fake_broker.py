@@ -6,6 +6,7 @@ connections, which a real `broker serve` cannot do on demand.
 
 from __future__ import annotations
 
+import collections
 import threading
 
 import pytest
@@ -13,7 +14,7 @@ import trio
 
 from client.aio import Consumer, Producer
 from client.blocking import Producer as BlockingProducer
-from client.errors import BufferFullError, ClientClosedError
+from client.errors import BufferFullError, ClientClosedError, RequestTimedOutError
 from client.types import TopicPartition
 from tests.integration.client.fake_broker import FakeBroker
 from wire.error_codes import BrokerError, ErrorCode
@@ -70,6 +71,40 @@ async def test_dropped_connection_is_retried_over_a_new_one(fake: FakeBroker) ->
     async with Producer(fake.bootstrap, linger_ms=0, retry_backoff_ms=1) as producer:
         metadata = await producer.send_and_wait("t", b"x", partition=0)
     assert metadata.offset == 0 and fake.connections >= 2
+
+
+async def test_an_unanswered_produce_times_out_and_is_retried(fake: FakeBroker) -> None:
+    # The answer watch (client/aio/answers.py) gives the request up after request_timeout_ms;
+    # the batch is retried, on the same connection, and delivered once.
+    fake.unanswered_produces = 1
+    async with Producer(
+        fake.bootstrap, linger_ms=0, request_timeout_ms=300, retry_backoff_ms=1
+    ) as producer:
+        with trio.fail_after(10):
+            metadata = await producer.send_and_wait("t", b"x", partition=0)
+    assert metadata.offset == 0
+    assert fake.produce_requests == 2 and fake.connections == 1
+    assert await read_all(fake, "t", 0, 1) == [b"x"]
+
+
+async def test_a_produce_never_answered_fails_with_the_timeout_at_the_delivery_timeout(
+    fake: FakeBroker,
+) -> None:
+    fake.hold_produce = True
+    async with Producer(
+        fake.bootstrap,
+        linger_ms=0,
+        request_timeout_ms=200,
+        delivery_timeout_ms=1_000,
+        retry_backoff_ms=1,
+    ) as producer:
+        future = await producer.send("t", b"x", partition=0)
+        with (
+            trio.fail_after(10),
+            pytest.raises(RequestTimedOutError, match="no response to produce"),
+        ):
+            await future
+    assert fake.produce_requests >= 2  # retried after each timeout until the delivery timeout
 
 
 async def test_acks_zero_completes_without_offsets(fake: FakeBroker) -> None:
@@ -170,3 +205,42 @@ async def test_pipelined_batches_keep_order_without_failures(fake: FakeBroker) -
         await producer.flush()
     assert [(await f).offset for f in futures] == list(range(50))
     assert await read_all(fake, "t", 0, 50) == [b"%d" % i for i in range(50)]
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """Counts scheduler steps per task name while `counting` is set."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.steps: collections.Counter[str] = collections.Counter()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.counting:
+            self.steps[task.name.rsplit(".", 1)[-1]] += 1
+
+
+async def test_a_sequential_round_trip_takes_one_step_of_each_producer_task(
+    fake: FakeBroker,
+) -> None:
+    # What a produce round trip costs the client in scheduler passes (each a few tens of µs,
+    # the bulk of the latency at low rates, docs/performance.md): the sender drains once, the
+    # broker's writer writes once, the connection's reader hands the answer over once. No task
+    # per answer (client/aio/answers.py), no wake-up through the trio token for a waiter in the
+    # producer's own loop, no second sender pass when the answer leaves nothing to send.
+    steps = _TaskSteps()
+    async with Producer(fake.bootstrap, acks=1, linger_ms=0) as producer:
+        for _ in range(5):  # warm: connection, metadata, producer id
+            await (await producer.send("t", b"x", partition=0))
+        trio.lowlevel.add_instrument(steps)
+        rounds = 20
+        steps.counting = True
+        for _ in range(rounds):
+            await (await producer.send("t", b"x", partition=0))
+        steps.counting = False
+        trio.lowlevel.remove_instrument(steps)
+    per_round = {name: count / rounds for name, count in steps.steps.items()}
+    assert per_round["_run_sender"] == 1
+    assert per_round["_write_to"] == 1
+    assert per_round["run_reader"] == 1  # the producer's connection (the fake's is `_handle`)
+    assert "_await_answer" not in per_round
+    assert not any("run_sync_soon" in name for name in per_round), per_round
