@@ -36,6 +36,7 @@ class Flusher(Protocol):
     """The part of `broker.log.flusher.LogFlusher` the handlers need."""
 
     async def wait_durable(self, log: Any, end_offset: int) -> None: ...
+    def flush_soon(self, log: Any, on_durable: Callable[[], None]) -> bool: ...
 
 
 class Metrics(Protocol):
@@ -145,6 +146,13 @@ class PartitionState:
         """Wait until everything below `end_offset` is acknowledged as acks=all would be (a
         retried batch waits for its original): durable here."""
         await self._flusher.wait_durable(self.log, end_offset)
+
+    def make_durable_soon(self) -> None:
+        """Appended data nobody awaits (acks 0/1 under `always`) becomes readable once an fsync
+        ran: started here, with no task before or after it (`LogFlusher.flush_soon`), or, when
+        the flusher has no fsync threads running, by the broker's durability pump."""
+        if not self._flusher.flush_soon(self.log, self.notify):
+            self.durability_wanted.set()
 
     def notify(self) -> None:
         """Wake every fetch waiting on this partition (its high watermark may have moved)."""

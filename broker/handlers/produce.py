@@ -88,7 +88,7 @@ def handle_produce(
             appended.append(_Appended(index, state, last))
         else:
             # acks 0/1 under flush policy `always`: the HW moves once a background fsync ran.
-            state.durability_wanted.set()
+            state.make_durable_soon()
     if request.acks == codec.ACKS_NONE:
         _settle_without_waiting(appended)
         return None

@@ -6,6 +6,9 @@ long-lived threads (`SyncThreads`), which take a flush the moment it is asked fo
 pass first, as `trio.to_thread` has); otherwise (before, after, or with no `run()`: unit tests,
 shutdown) `trio.to_thread.run_sync`.
 
+- `flush_soon(log, on_durable)` is the same group commit without a waiting task: the fsync
+  starts at once (or after the running one) and `on_durable()` is called when it is done, for
+  appends nobody awaits (acks 0/1 under `always`), whose fsync only moves the high watermark.
 - `wait_durable(log, end_offset)` returns once the append ending at `end_offset` is durable under
   the log's flush policy. With `always`, the first waiter starts a flush of everything appended so
   far; waiters that arrive while it runs wait for it and then, if their data came after it started,
@@ -26,9 +29,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+import outcome  # trio's own dependency: how SyncThreads hands over a job's result
 import trio
 
 from broker.config import FlushPolicy
+from broker.log.durability import FlushTicket
 from broker.log.log import PartitionLog
 from broker.log.sync_threads import SyncThreads
 from wire.error_codes import BrokerError, ErrorCode
@@ -56,6 +61,8 @@ class LogFlusher:
         self._tick_ms = tick_ms
         self._clock_ms = clock_ms or (lambda: trio.current_time() * 1000)
         self._in_flight: dict[int, trio.Event] = {}
+        # `flush_soon` callbacks waiting for the flush after the one running, per log.
+        self._next_round: dict[int, list[Callable[[], None]]] = {}
         self._failed: dict[int, OSError] = {}
         self._last_flush_ms: dict[int, float] = {}
         self._on_fsync = on_fsync
@@ -80,6 +87,82 @@ class LogFlusher:
             await self._flush_once(log, include_active=True)
         self._raise_if_failed(log)
 
+    def flush_soon(self, log: PartitionLog, on_durable: Callable[[], None]) -> bool:
+        """Make what `log` holds now durable without waiting for it: an fsync starts at once in
+        the fsync threads if none runs for the log, else right after the running one (group
+        commit: every call made meanwhile shares that next one); `on_durable()` runs in the trio
+        thread once done (not after a failed fsync: the log is offline then).
+
+        For appends nobody awaits (acks 0/1 under `always`): no task runs before or after the
+        fsync, where awaiting `flush` in a task cost two scheduler passes per append. False,
+        with nothing started, outside `run()` (no fsync threads) or once the log failed an
+        fsync: the caller awaits `flush` instead.
+        """
+        key = id(log)
+        if self._threads is None or key in self._failed:
+            return False
+        if key in self._in_flight:
+            waiting = self._next_round.setdefault(key, [])
+            if on_durable not in waiting:
+                waiting.append(on_durable)
+            return True
+        self._flush_in_background(log, [on_durable])
+        return True
+
+    def _flush_in_background(self, log: PartitionLog, callbacks: list[Callable[[], None]]) -> None:
+        threads = self._threads
+        assert threads is not None
+        key = id(log)
+        done = self._in_flight[key] = trio.Event()
+        ticket = log.begin_flush(include_active=True)
+        started = time.perf_counter()
+
+        def finished(result: outcome.Outcome[None]) -> None:
+            error = result.error if isinstance(result, outcome.Error) else None
+            try:
+                self._record(log, ticket, started, error)
+            finally:
+                del self._in_flight[key]
+                done.set()
+            if error is None:
+                for callback in callbacks:
+                    callback()
+            elif not isinstance(error, OSError):
+                logger.error("%s: fsync failed", log.directory, exc_info=error)
+            self._start_next_round(log)
+
+        threads.submit(ticket.run, finished)
+
+    def _start_next_round(self, log: PartitionLog) -> None:
+        """After a flush of `log`: the `flush_soon` calls made while it ran get theirs."""
+        waiting = self._next_round.pop(id(log), None)
+        if not waiting or id(log) in self._failed:
+            return
+        if self._threads is None:
+            return  # stopping: the data stays in the page cache, and is recovered at start
+        if log.flushed_offset >= log.log_end_offset:
+            for callback in waiting:
+                callback()
+            return
+        self._flush_in_background(log, waiting)
+
+    def _record(
+        self, log: PartitionLog, ticket: FlushTicket, started: float, error: BaseException | None
+    ) -> None:
+        """Book a finished flush: durable up to its ticket, or the log offline after an fsync
+        error (any other exception just forgets the ticket)."""
+        if error is None:
+            log.complete_flush(ticket)
+            self.fsync_count += 1
+            if self._on_fsync is not None:
+                self._on_fsync(time.perf_counter() - started)
+            self._last_flush_ms[id(log)] = self._clock_ms()
+            return
+        log.abort_flush()
+        if isinstance(error, OSError):
+            self._failed[id(log)] = error
+            logger.error("%s: fsync failed, taking the log offline: %s", log.directory, error)
+
     async def _flush_once(self, log: PartitionLog, *, include_active: bool) -> None:
         done = trio.Event()
         self._in_flight[id(log)] = done
@@ -92,22 +175,14 @@ class LogFlusher:
                     await self._threads.run(ticket.run)
                 else:
                     await trio.to_thread.run_sync(ticket.run)
-            except OSError as exc:
-                log.abort_flush()
-                self._failed[id(log)] = exc
-                logger.error("%s: fsync failed, taking the log offline: %s", log.directory, exc)
+            except BaseException as exc:
+                self._record(log, ticket, started, exc)
                 raise
-            except BaseException:
-                log.abort_flush()
-                raise
-            log.complete_flush(ticket)
-            self.fsync_count += 1
-            if self._on_fsync is not None:
-                self._on_fsync(time.perf_counter() - started)
-            self._last_flush_ms[id(log)] = self._clock_ms()
+            self._record(log, ticket, started, None)
         finally:
             del self._in_flight[id(log)]
             done.set()
+            self._start_next_round(log)
 
     def _raise_if_failed(self, log: PartitionLog) -> None:
         failure = self._failed.get(id(log))
@@ -122,6 +197,7 @@ class LogFlusher:
         """Drop bookkeeping for a deleted log."""
         self._failed.pop(id(log), None)
         self._last_flush_ms.pop(id(log), None)
+        self._next_round.pop(id(log), None)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background housekeeping: interval flushes and syncing sealed segments. Runs until

@@ -6,7 +6,7 @@ every other runnable task of the event loop has had its turn (at 10 k records/s,
 readers and fetch answers of that moment). Here the job is queued synchronously: a waiting
 thread takes it at once while the event loop goes on. The result comes back as to_thread's does
 (`TrioToken.run_sync_soon` reschedules the waiting task), and an exception raised by the job
-is raised in the waiting task.
+is raised in the waiting task; or, with `submit`, it is handed to a callback and no task waits.
 
 Threads are started as needed, up to `max_threads` (fsyncs of different logs run in parallel,
 as they did in to_thread's pool; one log has at most one flush at a time, so the queue holds at
@@ -17,6 +17,7 @@ its current job, then exits. The owner must not submit after that (`LogFlusher` 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -33,7 +34,8 @@ MAX_THREADS_DEFAULT = 40
 # the process alive).
 JOIN_TIMEOUT_S = 5.0
 
-_Job = tuple[Callable[[], Any], trio.lowlevel.Task, trio.lowlevel.TrioToken]
+# The job, and what receives its outcome in the trio thread (through the token).
+_Job = tuple[Callable[[], Any], Callable[[outcome.Outcome[Any]], None], trio.lowlevel.TrioToken]
 
 
 class SyncThreads:
@@ -54,6 +56,17 @@ class SyncThreads:
 
     async def run(self, job: Callable[[], T]) -> T:
         """Run `job()` in one of the threads; return its result or raise its exception."""
+        task = trio.lowlevel.current_task()
+        self.submit(job, lambda result: trio.lowlevel.reschedule(task, result))
+        # Returns the job's result, or raises its exception (the outcome is unwrapped).
+        result: T = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+        return result
+
+    def submit(self, job: Callable[[], T], on_done: Callable[[outcome.Outcome[T]], None]) -> None:
+        """Run `job()` in one of the threads, and `on_done(outcome)` in this trio thread after
+        (a `run_sync_soon` callback: it must not block or raise). No task waits: for a caller
+        that has none to spare a scheduler pass on, such as the fsync that makes an acks=1
+        append readable."""
         assert not self._closed, "no jobs after close()"
         if self._busy == len(self._threads) and len(self._threads) < self._max_threads:
             thread = threading.Thread(
@@ -62,15 +75,12 @@ class SyncThreads:
             thread.start()
             self._threads.append(thread)
         self._busy += 1
-        try:
-            self._jobs.put((job, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token()))
-            # Returns the job's result, or raises its exception (the outcome is unwrapped).
-            result: T = await trio.lowlevel.wait_task_rescheduled(
-                lambda _: trio.lowlevel.Abort.FAILED
-            )
-        finally:
+
+        def done(result: outcome.Outcome[T]) -> None:
             self._busy -= 1
-        return result
+            on_done(result)
+
+        self._jobs.put((job, done, trio.lowlevel.current_trio_token()))
 
     def __enter__(self) -> SyncThreads:
         return self
@@ -95,7 +105,11 @@ class SyncThreads:
 
     def _work(self) -> None:
         while (item := self._jobs.get()) is not None:
-            job, task, token = item
-            # The waiting task is not cancellable, so the run is still alive to take the result.
-            token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.capture(job))
-            del item, job, task
+            job, on_done, token = item
+            result = outcome.capture(job)
+            # Only a `submit`ted job can outlive its run (a `run` caller cannot be cancelled, so
+            # it keeps the run alive): the broker stopped during its fsync, which is done;
+            # nobody is left to tell.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(on_done, result)
+            del item, job, on_done, result

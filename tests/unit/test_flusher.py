@@ -187,3 +187,66 @@ async def test_fsync_failure_takes_the_log_offline(
     assert offline.value.code is ErrorCode.KAFKA_STORAGE_ERROR
     assert log.flushed_offset == 0
     log.close(clean=False)
+
+
+@pytest.mark.parametrize("first", ["wait_durable", "flush_soon"])
+async def test_flush_soon_calls_made_while_a_flush_runs_share_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    gated = _GatedRuns()
+    monkeypatch.setattr(FlushTicket, "run", lambda ticket: gated(ticket))
+    called: list[str] = []
+    first_end = log.append(BATCH).last_offset + 1
+    async with _running(flusher, threads=True), trio.open_nursery() as nursery:
+        if first == "wait_durable":
+            nursery.start_soon(flusher.wait_durable, log, first_end)
+        else:
+            assert flusher.flush_soon(log, lambda: called.append("first"))
+        await _wait_for(lambda: len(gated.ends) == 1)
+        for name in ("a", "b"):
+            log.append(BATCH)
+            assert flusher.flush_soon(log, lambda name=name: called.append(name))
+        def again() -> None:
+            called.append("again")
+
+        assert flusher.flush_soon(log, again) and flusher.flush_soon(log, again)  # called once
+        await trio.testing.wait_all_tasks_blocked()
+        assert called == [] and log.flushed_offset == 0
+        gated.release.set()
+        await _wait_for(lambda: "b" in called)
+    expected_first = ["first"] if first == "flush_soon" else []
+    assert called[: len(expected_first)] == expected_first
+    assert sorted(called[len(expected_first) :]) == ["a", "again", "b"]
+    # The second fsync covered every append made while the first ran: two fsyncs in all.
+    assert gated.ends == [first_end, log.log_end_offset]
+    assert flusher.fsync_count == 2
+    assert log.flushed_offset == log.log_end_offset
+    log.close()
+
+
+async def test_flush_soon_declines_without_threads_or_once_an_fsync_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    called: list[bool] = []
+    end = log.append(BATCH).last_offset + 1
+    assert not flusher.flush_soon(log, lambda: called.append(True))  # no fsync threads
+
+    def failing_run(ticket: FlushTicket) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(FlushTicket, "run", failing_run)
+    async with _running(flusher, threads=True):
+        assert flusher.flush_soon(log, lambda: called.append(True))
+        with pytest.raises(BrokerError) as offline:
+            with trio.fail_after(5):
+                while True:  # the failed background fsync takes the log offline
+                    await flusher.wait_durable(log, end)
+        assert offline.value.code is ErrorCode.KAFKA_STORAGE_ERROR
+        assert not flusher.flush_soon(log, lambda: called.append(True))
+    assert called == []  # nothing was made durable, so nobody was told it was
+    assert log.flushed_offset == 0
+    log.close(clean=False)
