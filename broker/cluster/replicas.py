@@ -51,8 +51,15 @@ from broker.controller.state import ControllerStateMachine, PartitionInfo, Topic
 from broker.kvstore import KeySpace, KvStore
 from broker.log.log import PartitionLog, ReadResult
 from broker.log.manager import LogManager, partition_directory_name
+from broker.log.sync_threads import SyncThreads
 from broker.raft.config import RaftConfig
-from broker.raft.driver import RaftDriver, RaftDriverConfig, RaftTicker, StorageOfflineError
+from broker.raft.driver import (
+    RaftDriver,
+    RaftDriverConfig,
+    RaftTicker,
+    StorageOfflineError,
+    ThreadLogSyncer,
+)
 from broker.raft.errors import NotLeaderError
 from broker.raft.log_storage import LogRaftStorage
 from broker.raft.messages import NODE_NONE, Configuration
@@ -276,6 +283,8 @@ class ReplicaManager:
         self._store = store
         # One LMDB sync for the terms and votes of every hosted group at once (store_sync.py).
         self._store_syncer = StoreSyncer(store)
+        # Each replica's log fsync: in the shared threads while `run` runs.
+        self._log_syncer = ThreadLogSyncer()
         self._logs = logs
         self._transport = transport
         self._log_defaults = log_defaults
@@ -313,14 +322,19 @@ class ReplicaManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host replicas until cancelled (cancelling this stops every replica's driver)."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                self._reconcile()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
+        # The replicas' fsyncs share these threads (driver.ThreadLogSyncer); they stop once
+        # every driver has (the nursery is closed first).
+        with SyncThreads(name="raft-fsync") as threads:
+            self._log_syncer = ThreadLogSyncer(threads=threads)
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    task_status.started()
+                    self._reconcile()
+                    await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                self._log_syncer = ThreadLogSyncer()
 
     def reconcile(self, machine: ControllerStateMachine) -> None:
         """The controller's listener: make the hosted replicas match `machine` (never awaits)."""
@@ -394,6 +408,7 @@ class ReplicaManager:
             rng=self._rng,
             ticker=self._ticker,
             store_syncer=self._store_syncer,
+            log_syncer=self._log_syncer,
             # A DeleteRecords entry raises the log start once committed (docs/storage.md).
             on_apply=lambda entries: log.commit_log_starts(entries[-1].index + 1),
         )

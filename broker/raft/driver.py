@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import heapq
 import logging
 import math
@@ -53,6 +54,7 @@ import trio
 from broker.config import ConfigBase, FlushPolicy, check_range
 from broker.log.durability import FlushTicket
 from broker.log.log import PartitionLog
+from broker.log.sync_threads import SyncThreads
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore
 from broker.raft.errors import NotLeaderError, ProposalDroppedError
@@ -173,18 +175,31 @@ class RaftObserver(Protocol):
 class ThreadLogSyncer:
     """The default fsync: one flush ticket of the log, run in a worker thread.
 
+    The thread is one of `threads` when given (a broker's replicas share theirs): `SyncThreads`
+    take the job at once, where `trio.to_thread` first lets every other runnable task have its
+    turn, one more scheduler pass before every fsync of a replicated entry, on the leader and on
+    each follower. Without `threads` (the controller's group, tests), `trio.to_thread`'s.
     `run_ticket` runs in the thread (tests pass one that blocks to hold an fsync open). The thread
     is not abandoned on cancellation; its result is recorded on the log either way.
     """
 
-    def __init__(self, run_ticket: Callable[[FlushTicket], None] = FlushTicket.run) -> None:
+    def __init__(
+        self,
+        run_ticket: Callable[[FlushTicket], None] = FlushTicket.run,
+        *,
+        threads: SyncThreads | None = None,
+    ) -> None:
         self._run_ticket = run_ticket
+        self._threads = threads
         self.fsync_count = 0
 
     async def __call__(self, log: PartitionLog) -> None:
         ticket = log.begin_flush()
         try:
-            await trio.to_thread.run_sync(self._run_ticket, ticket)
+            if self._threads is not None:
+                await self._threads.run(functools.partial(self._run_ticket, ticket))
+            else:
+                await trio.to_thread.run_sync(self._run_ticket, ticket)
         except BaseException:
             log.abort_flush()
             raise

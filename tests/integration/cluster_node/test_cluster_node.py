@@ -7,6 +7,7 @@ Every wait is on change notifications bounded by `trio.fail_after`; nothing slee
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -119,6 +120,8 @@ async def test_topic_placement_produce_and_delete(tmp_path: Path) -> None:
 
             for partition in range(PARTITIONS):
                 producers.start_soon(produce, partition)
+        # The replicas fsync in the threads their brokers' ReplicaManagers share, not to_thread's.
+        assert any(thread.name.startswith("raft-fsync") for thread in threading.enumerate())
         for partition in range(PARTITIONS):
             await cluster.wait_converged(TOPIC, partition)
             data = _assert_identical(cluster, TOPIC, partition)

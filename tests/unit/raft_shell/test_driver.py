@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from broker.log.durability import FlushTicket
+from broker.log.sync_threads import SyncThreads
 from broker.raft.config import RaftConfig
 from broker.raft.driver import (
     RaftDriverConfig,
@@ -308,19 +309,26 @@ async def test_propose_times_out_when_the_followers_never_answer(
     node.close()
 
 
-async def test_cancelled_during_a_threaded_fsync_sends_nothing_but_appends(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["to_thread", "shared_threads"])
+async def test_cancelled_during_a_threaded_fsync_sends_nothing_but_appends(
+    tmp_path: Path, shared: bool
+) -> None:
     # The real ThreadLogSyncer, its worker thread held inside the fsync; real clock, slow ticks.
+    # `shared`: in the SyncThreads a broker's replicas share (ReplicaManager.run), not to_thread.
     hold = threading.Event()
     entered = threading.Event()
     release = threading.Event()
+    thread_names: set[str] = set()
 
     def run_ticket(ticket: FlushTicket) -> None:
+        thread_names.add(threading.current_thread().name)
         if hold.is_set():
             entered.set()
             release.wait(10)
         ticket.run()
 
-    syncer = ThreadLogSyncer(run_ticket)
+    threads = SyncThreads(name="raft-fsync") if shared else None
+    syncer = ThreadLogSyncer(run_ticket, threads=threads)
     node = Node(tmp_path, syncer=syncer)
     driver, transport = node.driver, node.transport
     async with trio.open_nursery() as nursery:
@@ -343,6 +351,9 @@ async def test_cancelled_during_a_threaded_fsync_sends_nothing_but_appends(tmp_p
         await proposal.wait_committed()
     with pytest.raises(RaftDriverStoppedError):
         driver.propose_nowait(record_batch(b"late"))
+    assert thread_names and all(name.startswith("raft-fsync") == shared for name in thread_names)
+    if threads is not None:
+        threads.close()
     node.close()
 
 
