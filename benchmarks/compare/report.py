@@ -148,9 +148,19 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         met = None if value is None else (value <= goal if kind == "max" else value >= goal)
         checks.append(
             {"target": label, "system": system, "workload": workload, "figure": field,
-             "goal": goal, "value": value, "met": met}
+             "goal": goal, "value": value, "met": met, "shortfall": shortfall(kind, value, goal)}
         )  # fmt: skip
     return checks
+
+
+def shortfall(kind: str, value: float | None, goal: float) -> str | None:
+    """How far a target that is not met is from its goal, in words (None when met or unknown):
+    a latency as a multiple of its goal, a rate or a ratio as a share of it."""
+    if value is None or (value <= goal if kind == "max" else value >= goal):
+        return None
+    if kind == "max":
+        return f"{value / goal:.2f}x the goal"
+    return f"{value / goal:.0%} of the goal"
 
 
 def document(
@@ -240,7 +250,7 @@ def print_report(results: dict[str, Any], console: Console, title: str) -> None:
     if checks:
         console.print("[bold]issue 15 targets[/]")
     for check in checks:
-        mark = "[green]met[/]" if check["met"] else "[red]NOT met[/]"
+        mark = "[green]met[/]" if check["met"] else f"[red]NOT met[/]: {check['shortfall']}"
         console.print(f"  {check['target']}: {_number(check['value'])} ({mark})")
     for note in results["notes"]:
         console.print(f"[yellow]note:[/] {note}")

@@ -117,8 +117,12 @@ def test_targets_report_value_goal_and_whether_met() -> None:
     checks = {c["target"]: c for c in report.targets(report.build_rows(_measurements(), SYSTEMS))}
     produce = checks["single node produce >= 1 M records/s"]
     assert (produce["value"], produce["goal"], produce["met"]) == (400_000, 1e6, False)
+    assert produce["shortfall"] == "40% of the goal"
     assert checks["produce >= 10x NATS JetStream R1"]["met"] is True
-    assert checks["single node e2e p99 <= 2 ms"]["met"] is False
+    assert checks["produce >= 10x NATS JetStream R1"]["shortfall"] is None
+    latency = checks["single node e2e p99 <= 2 ms"]
+    assert latency["met"] is False
+    assert (latency["value"], latency["shortfall"]) == (2.5, "1.25x the goal")
     # Nothing measured at RF 3: not met, not failed either.
     assert checks["RF 3 e2e p99 <= 5 ms"]["met"] is None
 

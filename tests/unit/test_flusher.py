@@ -208,6 +208,7 @@ async def test_flush_soon_calls_made_while_a_flush_runs_share_the_next_one(
         for name in ("a", "b"):
             log.append(BATCH)
             assert flusher.flush_soon(log, lambda name=name: called.append(name))
+
         def again() -> None:
             called.append("again")
 
