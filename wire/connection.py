@@ -22,7 +22,7 @@ import itertools
 import math
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -213,29 +213,40 @@ class BrokerConnection:
             pending = self._pending[correlation_id] = PendingRequest()
         await acquire_now(self._send_lock)
         try:
-            # The frame is written whole even if the caller is cancelled meanwhile (a consumer
-            # re-aiming its fetch): the connection is shared, and a frame cut in half would kill
-            # it for every other request. Bounded, so a peer that stops reading still fails it.
-            with trio.CancelScope(shield=True) as scope:
-                try:
-                    rest = write_now(self._stream, data)  # most often all of it: no await
-                    if rest:
-                        scope.deadline = trio.current_time() + WRITE_TIMEOUT_S
-                        await self._stream.send_all(rest)
-                except BaseException as exc:
-                    # A dead socket: the peer may have half a frame, so the stream is unusable
-                    # (h11's send_failed rule).
-                    self._write_failed(exc)
-                    raise ConnectionLostError(
-                        f"connection to {self.address_text} lost while sending: {exc!r}"
-                    ) from exc
-            if scope.cancelled_caught:
-                timeout = TimeoutError(f"write not done within {WRITE_TIMEOUT_S} s")
-                self._write_failed(timeout)
-                raise ConnectionLostError(f"connection to {self.address_text}: {timeout}")
+            try:
+                rest = write_now(self._stream, data)  # most often all of it: no await
+            except BaseException as exc:
+                self._lost_while_sending(exc)
+            if rest:
+                await self._send_rest(rest)
         finally:
             self._send_lock.release()
         return pending
+
+    async def _send_rest(self, rest: bytes | memoryview) -> None:
+        """What `write_now` could not write at once. The frame is written whole even if the
+        caller is cancelled meanwhile (a consumer re-aiming its fetch): the connection is shared,
+        and a frame cut in half would kill it for every other request. Bounded, so a peer that
+        stops reading still fails it."""
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + WRITE_TIMEOUT_S) as scope:
+            try:
+                await self._stream.send_all(rest)
+            except trio.Cancelled:
+                raise  # shielded: only this scope's deadline, handled below
+            except BaseException as exc:
+                self._lost_while_sending(exc)
+        if scope.cancelled_caught:
+            timeout = TimeoutError(f"write not done within {WRITE_TIMEOUT_S} s")
+            self._write_failed(timeout)
+            raise ConnectionLostError(f"connection to {self.address_text}: {timeout}")
+
+    def _lost_while_sending(self, exc: BaseException) -> NoReturn:
+        """A dead socket: the peer may have half a frame, so the stream is unusable (h11's
+        send_failed rule)."""
+        self._write_failed(exc)
+        raise ConnectionLostError(
+            f"connection to {self.address_text} lost while sending: {exc!r}"
+        ) from exc
 
     def _write_failed(self, exc: BaseException) -> None:
         self._frames.send_failed()
