@@ -19,6 +19,7 @@ from broker.raft.messages import (
     AppendResponse,
     Configuration,
     Entry,
+    Heartbeat,
     Message,
     VoteRequest,
 )
@@ -135,6 +136,38 @@ class AllVotersCheckQuorumCore(RaftCore):
         return all(active.get(voter, False) for voter in self.configuration.voters)
 
 
+class UnreachableEndsHeartbeatsCore(RaftCore):
+    """Heartbeats: the leader heartbeats only the followers it heard from since its election
+    timer last turned (the check-quorum window, kept whether check-quorum is on or not), as if
+    the others were unreachable and not worth writing to. A follower whose answers all came in
+    before the turn is never heartbeated again: it times out although the network delivers
+    everything, and its election (or the leader's check-quorum step-down) deposes a healthy
+    leader. The watch of the timing premise must not excuse that silence as the network's."""
+
+    _answered: set[int] | None = None  # followers heard from in the current window
+
+    def _become_leader(self) -> None:
+        self._answered = set()
+        super()._become_leader()
+
+    def _tick_leader(self) -> None:
+        if self._election_elapsed + 1 >= self.config.election_timeout_ticks:
+            self._answered = set()  # the window turns in this tick, before its heartbeat
+        super()._tick_leader()
+
+    def _step_leader(self, message: Message) -> None:
+        if self._answered is not None:
+            self._answered.add(message.source)
+        super()._step_leader(message)
+
+    def _broadcast_heartbeat(self) -> None:
+        answered = self._answered or set()
+        for node, progress in self.progress.items():
+            if node != self.node_id and node in answered:
+                commit = min(progress.match_index, self.commit_index)
+                self._send(Heartbeat(self.node_id, node, self.term, commit))
+
+
 class ConcurrentChangesCore(RaftCore):
     """Membership: a new change is accepted while the previous one is still uncommitted."""
 
@@ -199,6 +232,7 @@ BROKEN_CORES = (
     BrokenCore(NoCheckQuorumCore, ("check-quorum",)),
     BrokenCore(NoLeaseCore, ("pre-vote stability",)),
     BrokenCore(AllVotersCheckQuorumCore, ("pre-vote stability",)),
+    BrokenCore(UnreachableEndsHeartbeatsCore, ("pre-vote stability",)),
     BrokenCore(ConcurrentChangesCore, ("membership",)),
     BrokenCore(MultiNodeChangeCore, ("membership",)),
     BrokenCore(CountOwnUnsyncedEntryCore, ("durable majority",)),

@@ -31,7 +31,8 @@ test_simulation.py uses to prove that each broken core trips the invariant meant
   timeouts of its own ticks has stepped down.
 - liveness once healed, and pre-vote stability: an isolated follower raises no term and rejoins
   without deposing a healthy leader ("healthy": the timing requirement of §5.6 held between the
-  leader and the other voters, which the checker measures rather than assumes).
+  leader and the other voters, which the checker measures rather than assumes, blaming the
+  network only for silences the leader did not cause).
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ def is_pre_vote(message: Message) -> bool:
     return isinstance(message, VoteRequest | VoteResponse) and message.pre_vote
 
 
+# What a leader sends that a follower hears as its leader (it resets the election timer) and
+# answers: the messages whose delivery, or absence, the stability watch accounts for.
+LEADER_MESSAGES = (AppendRequest, Heartbeat, InstallSnapshot)
+
+
 @dataclasses.dataclass
 class StabilityWatch:
     """The premise of the pre-vote stability claim, watched through the stability phase.
@@ -111,18 +117,40 @@ class StabilityWatch:
     broadcast time well below the election timeout): each hears from the other at least once
     per election timeout. The simulator does not guarantee it (a healed link delivers in order
     with a delay up to `delay_max`, 400 ms against an election timeout of 5 ticks of 80-120 ms
-    for some seeds), so the checker measures it, from the deliveries and in each node's own
-    ticks, never from the cores' timers.
+    for some seeds), so the checker measures it, from the sends and deliveries and in each
+    node's own ticks, never from the cores' timers. A silence excuses an election only when it
+    is the network's doing, never when the leader stopped talking: a core whose leader stops
+    heartbeating a follower (`UnreachableEndsHeartbeatsCore`) would otherwise have every
+    election it causes excused. Each silence is judged once, when it reaches `T` ticks:
 
     - `lapsed`: followers that went an election timeout (`T` of their ticks) without a message
-      of the leader's term from it (or had it reported dead by their link liveness): only then
-      may a follower time out, and only then does its lease lapse so that it may grant another
-      node's pre-vote (thesis §4.2.3; etcd's `inLease`).
-    - `unheard`: followers the leader went `T` of its ticks without hearing from (or had reported
-      dead). A correct leader's check-quorum window is `T` of its ticks and starts at a reset at
-      or before tick `c - T` for the check at tick `c`, so a delivery at tick `c - T + 1` or later
-      is surely inside it; a follower heard at most `T - 1` ticks ago at every tick is surely
-      active at every check.
+      of the leader's term from it (AppendRequest, Heartbeat, InstallSnapshot: the ones that
+      reset its timer) while the leader was talking to them: a message it sent them was still in
+      flight (`in_flight`, kept from the sends and deliveries; the network failed to deliver it
+      within the election timeout), or it was legitimately quiet to them (`quiet_to`); or that
+      had the leader reported dead by their link liveness. Only then may a follower time out,
+      and only then does its lease lapse so that it may grant another node's pre-vote (thesis
+      §4.2.3; etcd's `inLease`). A correct leader that is awake heartbeats every follower every
+      `heartbeat_ticks` (at most 2 of its ticks, 240 ms, plus at most 40 ms of its own fsync)
+      and a silence of an election timeout (5 follower ticks or more) lasts at least 320 ms
+      since the last delivery, so a silence with nothing in flight is the leader's doing. A
+      correct leader sends nothing only while quiescent (`RaftCore._can_quiesce`): it went
+      quiet when every follower its link liveness did not hold dead had its whole log, and
+      stays quiet through late answers from followers that still do (`RaftCore._keeps_quiet`).
+      So a quiet leader counts as talking to the followers whose match index is its last index
+      and to those its liveness holds dead, and to no one else; its state changes only in its
+      own steps, so what the checker sees after one step holds until the next.
+    - `unheard`: followers the leader went `T` of its ticks without hearing from although it had
+      sent them something they answer since it last heard them (`prompted`; they answer every
+      AppendRequest, Heartbeat and InstallSnapshot but a quiesce heartbeat, and a leader is
+      quiet after that one), or that it had reported dead. A correct leader's check-quorum
+      window is `T` of its ticks and starts at a reset at or before tick `c - T` for the check
+      at tick `c`, so a delivery at tick `c - T + 1` or later is surely inside it; a follower
+      heard at most `T - 1` ticks ago at every tick is surely active at every check. A quiet
+      leader runs no check-quorum: its silence from a follower restarts at each of its quiet
+      ticks.
+
+    Silences that were not excused are kept in `unexcused`, for the failure report.
     """
 
     leader: int
@@ -134,9 +162,85 @@ class StabilityWatch:
     leader_heard: dict[int, int]  # follower -> the leader's tick count when it last heard it
     lapsed: dict[int, str] = dataclasses.field(default_factory=dict)
     unheard: dict[int, str] = dataclasses.field(default_factory=dict)
+    # follower -> the leader's messages to it not yet delivered: (id of the message object, the
+    # leader's tick count when it left; -1 if it left before the stability phase).
+    in_flight: dict[int, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)
+    # Followers the leader was quiet to (see above) since they last heard it.
+    quiet_to: set[int] = dataclasses.field(default_factory=set)
+    # The followers the leader was quiet to at its latest observation (empty: it was awake).
+    leader_quiet_to: frozenset[int] = frozenset()
+    # Followers the leader sent something they answer since it last heard them.
+    prompted: set[int] = dataclasses.field(default_factory=set)
+    # (follower, True for the follower's silence / False for the leader's) -> the tick count its
+    # latest judged silence started at: each silence is judged once, when it reaches `T`.
+    judged: dict[tuple[int, bool], int] = dataclasses.field(default_factory=dict)
+    unexcused: list[str] = dataclasses.field(default_factory=list)
     # Set when the leader lost its leadership or a term rose: what follows (followers no longer
     # hearing a leader that is gone) is the consequence, and must not excuse the cause.
     frozen: bool = False
+
+    def sent(self, follower: int, message_id: int, leader_ticks: int) -> None:
+        """The leader sent `follower` a message of its term that resets the follower's election
+        timer (`LEADER_MESSAGES`), on a link that delivers it (the stability phase neither drops
+        nor duplicates); `message_id` names the message object until its delivery."""
+        self.in_flight.setdefault(follower, []).append((message_id, leader_ticks))
+        self.prompted.add(follower)
+
+    def delivered(self, follower: int, message_id: int) -> None:
+        """`follower` received a message of `sent`: it heard the leader, a new silence starts."""
+        pending = self.in_flight.get(follower, [])
+        for position, (pending_id, _) in enumerate(pending):
+            if pending_id == message_id:
+                del pending[position]
+                break
+        self.quiet_to.discard(follower)
+
+    def answered(self, follower: int) -> None:
+        """The leader heard `follower` (a message of its term): a new silence starts."""
+        self.prompted.discard(follower)
+
+    def leader_observed(self, quiet_to: frozenset[int]) -> None:
+        """The leader after one of its steps, quiet to `quiet_to` (empty: awake). It was quiet to
+        the followers of the previous observation until this step, and to these from now on."""
+        self.quiet_to |= self.leader_quiet_to | quiet_to
+        self.leader_quiet_to = quiet_to
+
+    def judge_follower(self, follower: int, ticks: int, since: int, timeout: int) -> None:
+        """`follower`, at its tick `ticks`, last heard the leader at its tick `since`."""
+        if ticks - since < timeout or follower in self.lapsed:
+            return
+        if self.judged.get((follower, True)) == since:
+            return
+        self.judged[(follower, True)] = since
+        silence = (
+            f"follower {follower} heard nothing from leader {self.leader} for {ticks - since} "
+            f"of its ticks (election timeout {timeout})"
+        )
+        pending = self.in_flight.get(follower)
+        if pending:
+            sent_at = pending[0][1]
+            when = "before the stability phase" if sent_at < 0 else f"at its tick {sent_at}"
+            self.lapsed[follower] = f"{silence}, a message it sent {when} still in flight"
+        elif follower in self.quiet_to:
+            self.lapsed[follower] = f"{silence}, which was quiet to it"
+        else:
+            self.unexcused.append(f"{silence} with nothing of it in flight")
+
+    def judge_leader(self, follower: int, ticks: int, since: int, timeout: int) -> None:
+        """The leader, at its tick `ticks`, last heard `follower` at its tick `since`."""
+        if ticks - since < timeout or follower in self.unheard:
+            return
+        if self.judged.get((follower, False)) == since:
+            return
+        self.judged[(follower, False)] = since
+        silence = (
+            f"leader {self.leader} heard nothing from follower {follower} for {ticks - since} "
+            f"of its ticks (election timeout {timeout})"
+        )
+        if follower in self.prompted:
+            self.unheard[follower] = f"{silence} though it sent it something to answer"
+        else:
+            self.unexcused.append(f"{silence} without sending it anything to answer")
 
     def broken(self) -> str | None:
         """Why the premise failed (None: it held, so the claim must hold).
@@ -191,6 +295,9 @@ class Checker:
         # (node, leader, term) -> the node's tick count when a message of that leader and term
         # that resets a follower's election timer (append, heartbeat, snapshot) last arrived.
         self.heard_leader: dict[tuple[int, int, int], int] = {}
+        # (leader, term, follower): the leader sent the follower something it answers (of
+        # LEADER_MESSAGES) since it last heard it; the stability watch starts from it.
+        self.prompting: set[tuple[int, int, int]] = set()
         self.stability: StabilityWatch | None = None  # during the stability phase
         # Why the stability phase's leadership claim was not judged (its timing premise failed).
         self.stability_excused: str | None = None
@@ -280,6 +387,15 @@ class Checker:
                     f"{durable_last} durably: {describe(message)}",
                 )
         self.term_floor[node.node_id] = max(self.term_floor.get(node.node_id, 0), message.term)
+        if isinstance(message, LEADER_MESSAGES):
+            self.prompting.add((node.node_id, message.term, message.target))
+            watch = self.stability
+            if (
+                watch is not None
+                and self._watched(node.node_id, message)
+                and (node.node_id, message.target) not in self.sim.blocked
+            ):
+                watch.sent(message.target, id(message), node.ticks)
 
     def _check_vote(self, node_id: int, term: int, candidate: int, durable: HardState) -> None:
         if durable.term == term and durable.vote != candidate:
@@ -307,13 +423,27 @@ class Checker:
             and not isinstance(message, VoteRequest)  # a rival's request is no answer
         ):
             self.heard.setdefault(node.node_id, {})[message.source] = node.ticks
-        if isinstance(message, AppendRequest | Heartbeat | InstallSnapshot) and (
-            message.term >= core.term
-        ):
+            self.prompting.discard((node.node_id, message.term, message.source))
+            if self.stability is not None and self._watched(node.node_id, message):
+                self.stability.answered(message.source)
+        if isinstance(message, LEADER_MESSAGES) and message.term >= core.term:
             self.heard_leader[(node.node_id, message.source, message.term)] = node.ticks
+            if self.stability is not None and self._watched(message.source, message):
+                self.stability.delivered(node.node_id, id(message))
         if message.term < core.term:
             return self._observe(core)
         return None
+
+    def _watched(self, leader: int, message: Message) -> bool:
+        """Whether `message` passes between the watched leader (`leader` is its sender or its
+        receiver) and one of the watched followers, in the watched term."""
+        watch = self.stability
+        follower = message.target if message.source == leader else message.source
+        return (
+            watch is not None
+            and (leader, message.term) == (watch.leader, watch.term)
+            and follower in watch.followers
+        )
 
     def check_stale_ignored(self, node: SimNode, message: Message, before: Observation) -> None:
         core = node.core
@@ -787,7 +917,7 @@ class Checker:
         followers = tuple(v for v in voters if v not in (leader_id, isolated))
         heard = self.heard.get(leader_id, {})
         elected = self.leader_since[leader_id]
-        self.stability = StabilityWatch(
+        self.stability = watch = StabilityWatch(
             leader=leader_id,
             term=leader.term,
             followers=followers,
@@ -799,10 +929,20 @@ class Checker:
                 f: self.heard_leader.get((f, leader_id, leader.term), -1) for f in followers
             },
             leader_heard={f: heard.get(f, elected) for f in followers},
+            prompted={f for f in followers if (leader_id, leader.term, f) in self.prompting},
         )
+        for _, _, kind, message in self.sim.events:  # what the leader sent before the phase
+            if (
+                kind == "deliver"
+                and isinstance(message, LEADER_MESSAGES)
+                and message.source == leader_id
+                and self._watched(leader_id, message)
+            ):
+                watch.in_flight.setdefault(message.target, []).append((id(message), -1))
+        # The leader first: a quiet leader covers its followers' silences from the start.
+        self._watch_stability(nodes[leader_id], leader, watch)
         for follower in followers:
-            self._watch_stability(nodes[follower], nodes[follower].core, self.stability)
-        self._watch_stability(nodes[leader_id], leader, self.stability)
+            self._watch_stability(nodes[follower], nodes[follower].core, watch)
 
     def end_stability(self) -> None:
         self.stability = None
@@ -827,33 +967,47 @@ class Checker:
         if node_id in watch.followers:
             if core.quiescent:  # its election timer is stopped: as good as hearing the leader
                 watch.follower_heard[node_id] = node.ticks
+                watch.quiet_to.discard(node_id)
             last = max(
                 watch.follower_heard[node_id],
                 self.heard_leader.get((node_id, watch.leader, watch.term), -1),
             )
-            if node.ticks - last >= timeout and node_id not in watch.lapsed:
-                watch.lapsed[node_id] = (
-                    f"follower {node_id} heard nothing from leader {watch.leader} for "
-                    f"{node.ticks - last} of its ticks (election timeout {timeout})"
-                )
+            watch.judge_follower(node_id, node.ticks, last, timeout)
         elif node_id == watch.leader:
+            watch.leader_observed(self._quiet_to(node, core, watch.followers))
             # Also in the step in which it stepped down: a correct check-quorum step-down at
             # tick c shows here, at c, as a majority unheard since tick c - T or earlier.
             heard = self.heard.get(node_id, {})
             for follower in watch.followers:
                 if core.quiescent:  # no check-quorum while quiet; a wake restarts the window
                     watch.leader_heard[follower] = node.ticks
+                    watch.prompted.discard(follower)
                 last = max(watch.leader_heard[follower], heard.get(follower, -1))
-                if node.ticks - last >= timeout and follower not in watch.unheard:
-                    watch.unheard[follower] = (
-                        f"leader {node_id} heard nothing from follower {follower} for "
-                        f"{node.ticks - last} of its ticks (election timeout {timeout})"
-                    )
+                watch.judge_leader(follower, node.ticks, last, timeout)
         deposed = node_id == watch.leader and not (
             core.role is Role.LEADER and core.term == watch.term
         )
         if deposed or core.term > watch.term:
             watch.frozen = True
+
+    @staticmethod
+    def _quiet_to(node: SimNode, core: RaftCore, followers: tuple[int, ...]) -> frozenset[int]:
+        """The followers a quiet leader legitimately sends nothing (empty when it is awake or no
+        longer leads): those holding its whole log, and those its link liveness holds dead, which
+        it may have quiesced without (RaftCore._can_quiesce, _keeps_quiet)."""
+        if not core.quiescent or core.role is not Role.LEADER:
+            return frozenset()
+        last_index = core.log.last_index()
+        liveness = node.liveness
+        return frozenset(
+            follower
+            for follower in followers
+            if (
+                (progress := core.progress.get(follower)) is not None
+                and progress.match_index == last_index
+            )
+            or (liveness is not None and not liveness.is_alive(follower))
+        )
 
     def check_stable(
         self, leader: RaftCore, terms: dict[int, int], *, isolated: int, rejoined: bool
@@ -887,16 +1041,19 @@ class Checker:
             self.stability_excused = broken
             self.sim.trace(f"stability: timing premise failed ({broken}): leadership not judged")
             return
+        # Silences the leader caused: not the network's, so they excuse nothing.
+        caused = "".join(f"; {silence}" for silence in watch.unexcused)
         if leader.role is not Role.LEADER or self.sim.nodes[leader.node_id].core is not leader:
             self.fail(
                 "pre-vote stability",
                 f"leader {leader.node_id} of term {terms[leader.node_id]} lost leadership {moment} "
-                f"by follower {isolated}",
+                f"by follower {isolated}{caused}",
             )
         for node_id, node in self.sim.nodes.items():
             if node.core is not None and node.core.term > terms[leader.node_id]:
                 self.fail(
                     "pre-vote stability",
                     f"node {node_id} went from term {terms.get(node_id)} to {node.core.term} "
-                    f"with follower {isolated} {moment} and leader {leader.node_id} healthy",
+                    f"with follower {isolated} {moment} and leader {leader.node_id} healthy"
+                    f"{caused}",
                 )

@@ -12,8 +12,13 @@ import dataclasses
 import pytest
 
 from broker.raft.core import RaftCore
-from tests.sim.broken_cores import BROKEN_CORES, BrokenCore, SlowBacktrackingCore
-from tests.sim.checkers import SimulationFailure
+from tests.sim.broken_cores import (
+    BROKEN_CORES,
+    BrokenCore,
+    SlowBacktrackingCore,
+    UnreachableEndsHeartbeatsCore,
+)
+from tests.sim.checkers import SimulationFailure, StabilityWatch
 from tests.sim.conftest import FIXED_SEEDS
 from tests.sim.simulator import Simulation
 
@@ -57,6 +62,82 @@ def test_stability_is_judged_only_while_the_network_meets_the_timing_requirement
     assert excused is not None
     assert "follower 3 heard nothing from leader 1" in excused
     assert "leader 1 heard nothing from follower 3" in excused
+
+
+def one_follower_watch() -> StabilityWatch:
+    """Leader 1 of term 7 with voters 1-3, follower 3 isolated: follower 2 and the leader are the
+    majority, so either one's excused silence excuses the phase. Both last heard at tick 3."""
+    return StabilityWatch(
+        leader=1,
+        term=7,
+        followers=(2,),
+        voter_count=3,
+        check_quorum=True,
+        follower_heard={2: 3},
+        leader_heard={2: 3},
+    )
+
+
+def test_followers_the_leader_stopped_heartbeating_excuse_no_election() -> None:
+    """Goal: the stability check blames the network only for the network's silences. A follower
+    that went an election timeout without a message from its leader once excused the election
+    it then started (and the leader's own silence from it excused its step-down), whatever the
+    reason, so a leader that stopped heartbeating a follower it took for unreachable
+    (`UnreachableEndsHeartbeatsCore`) passed seed 3, its elections excused. Now a follower's
+    silence excuses only while a message the leader sent it is in flight or the leader is
+    legitimately quiet to it, and the leader's only if it had sent the follower something to
+    answer."""
+    # In the simulator: the core that stops heartbeating is caught by the stability check, which
+    # names the silence the leader caused.
+    with pytest.raises(SimulationFailure) as failure:
+        Simulation(3, core_class=UnreachableEndsHeartbeatsCore).run()
+    assert failure.value.invariant == "pre-vote stability"
+    assert "with nothing of it in flight" in str(failure.value)
+
+    timeout = 10
+    # The leader's heartbeat of its tick 3 is heard and answered at once; then it sends nothing.
+    stopped = one_follower_watch()
+    stopped.sent(2, message_id=101, leader_ticks=3)
+    stopped.delivered(2, message_id=101)
+    stopped.answered(2)
+    stopped.judge_follower(2, ticks=3 + timeout, since=3, timeout=timeout)
+    stopped.judge_leader(2, ticks=3 + timeout, since=3, timeout=timeout)
+    assert stopped.lapsed == {} and stopped.unheard == {}
+    assert stopped.broken() is None  # the premise held: an election is judged, and fails
+    assert stopped.unexcused == [
+        "follower 2 heard nothing from leader 1 for 10 of its ticks (election timeout 10) "
+        "with nothing of it in flight",
+        "leader 1 heard nothing from follower 2 for 10 of its ticks (election timeout 10) "
+        "without sending it anything to answer",
+    ]
+    # Each silence is judged once, when it reaches the timeout: a send after that excuses none.
+    stopped.sent(2, message_id=102, leader_ticks=14)
+    stopped.judge_follower(2, ticks=4 + timeout, since=3, timeout=timeout)
+    stopped.judge_leader(2, ticks=4 + timeout, since=3, timeout=timeout)
+    assert stopped.broken() is None
+
+    # The same silences with the leader's next heartbeat (of its tick 4) still on its way are
+    # the network's: the follower may time out and the leader may step down.
+    slow = one_follower_watch()
+    slow.sent(2, message_id=101, leader_ticks=3)
+    slow.delivered(2, message_id=101)
+    slow.answered(2)
+    slow.sent(2, message_id=102, leader_ticks=4)
+    slow.judge_follower(2, ticks=3 + timeout, since=3, timeout=timeout)
+    slow.judge_leader(2, ticks=3 + timeout, since=3, timeout=timeout)
+    assert slow.broken() == (
+        "follower 2 heard nothing from leader 1 for 10 of its ticks (election timeout 10), "
+        "a message it sent at its tick 4 still in flight; "
+        "leader 1 heard nothing from follower 2 for 10 of its ticks (election timeout 10) "
+        "though it sent it something to answer"
+    )
+
+    # A quiescent leader holding follower 2 caught up sends it nothing, as a correct core does.
+    quiet = one_follower_watch()
+    quiet.leader_observed(frozenset({2}))
+    quiet.leader_observed(frozenset())  # it woke; it was quiet to 2 until this step
+    quiet.judge_follower(2, ticks=3 + timeout, since=3, timeout=timeout)
+    assert 2 in quiet.lapsed and "which was quiet to it" in quiet.lapsed[2]
 
 
 def test_check_quorum_deadline_runs_from_a_change_of_voters() -> None:
