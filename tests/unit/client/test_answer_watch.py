@@ -71,6 +71,14 @@ async def link(nursery: trio.Nursery) -> AsyncIterator[tuple[BrokerConnection, F
     await connection.aclose()
 
 
+@pytest.fixture
+async def watch(nursery: trio.Nursery) -> AnswerWatch:
+    """A running watch (stopped with the test's nursery)."""
+    answers = AnswerWatch(TIMEOUT_S)
+    nursery.start_soon(answers.run)
+    return answers
+
+
 async def send(connection: BrokerConnection, watch: AnswerWatch, calls: list[Any]) -> None:
     request = codec.ProduceRequest(
         partitions=(codec.ProducePartition(topic="t", partition=0, records=b"x"),), acks=1
@@ -87,11 +95,9 @@ def base_offset(frame: Frame) -> int:
 
 
 async def test_answers_reach_their_callbacks_once_each_and_free_their_slots(
-    link: tuple[BrokerConnection, FakePeer], nursery: trio.Nursery
+    link: tuple[BrokerConnection, FakePeer], watch: AnswerWatch
 ) -> None:
     connection, peer = link
-    watch = AnswerWatch(TIMEOUT_S)
-    nursery.start_soon(watch.run)
     first: list[Any] = []
     second: list[Any] = []
     # Three requests through a connection with two in-flight slots: the third can only be
@@ -117,11 +123,9 @@ async def test_answers_reach_their_callbacks_once_each_and_free_their_slots(
 
 
 async def test_an_unanswered_request_times_out_once_and_its_late_answer_is_dropped(
-    link: tuple[BrokerConnection, FakePeer], nursery: trio.Nursery, autojump_clock: Any
+    link: tuple[BrokerConnection, FakePeer], watch: AnswerWatch, autojump_clock: Any
 ) -> None:
     connection, peer = link
-    watch = AnswerWatch(TIMEOUT_S)
-    nursery.start_soon(watch.run)
     calls: list[Any] = []
     await send(connection, watch, calls)
     request = await peer.next_request()
@@ -142,11 +146,9 @@ async def test_an_unanswered_request_times_out_once_and_its_late_answer_is_dropp
 
 
 async def test_a_lost_connection_settles_every_waiting_request_with_its_error(
-    link: tuple[BrokerConnection, FakePeer], nursery: trio.Nursery
+    link: tuple[BrokerConnection, FakePeer], watch: AnswerWatch
 ) -> None:
     connection, peer = link
-    watch = AnswerWatch(TIMEOUT_S)
-    nursery.start_soon(watch.run)
     calls: list[Any] = []
     await send(connection, watch, calls)
     await send(connection, watch, calls)
