@@ -283,7 +283,7 @@ class ReplicaManager:
         self._store = store
         # One LMDB sync for the terms and votes of every hosted group at once (store_sync.py).
         self._store_syncer = StoreSyncer(store)
-        # Each replica's log fsync: in the shared threads while `run` runs.
+        # Each replica's log fsync, in threads `run` shares among them (replaced there).
         self._log_syncer = ThreadLogSyncer()
         self._logs = logs
         self._transport = transport
@@ -333,8 +333,7 @@ class ReplicaManager:
                     self._reconcile()
                     await trio.sleep_forever()
             finally:
-                self._nursery = None
-                self._log_syncer = ThreadLogSyncer()
+                self._nursery = None  # no replica starts after this (`_reconcile`)
 
     def reconcile(self, machine: ControllerStateMachine) -> None:
         """The controller's listener: make the hosted replicas match `machine` (never awaits)."""
