@@ -99,10 +99,13 @@ class ProcessMemory:
 
     @classmethod
     def of(cls, pid: int) -> ProcessMemory:
+        """The process with its children (a broker's fsync helper processes), added up."""
         fields: dict[str, int] = {}
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-            name, value = line.split(":", 1)
-            fields[name.strip()] = int(value.split()[0])  # kB
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for each in (pid, *map(int, children)):
+            for line in Path(f"/proc/{each}/smaps_rollup").read_text().splitlines()[1:]:
+                name, value = line.split(":", 1)
+                fields[name.strip()] = fields.get(name.strip(), 0) + int(value.split()[0])  # kB
         mb = {name: round(fields.get(name, 0) / 1024, 1) for name in _ROLLUP_FIELDS}
         return cls(
             rss_mb=mb["Rss"],

@@ -22,6 +22,7 @@ load than the wall time does (docs/performance.md, "Per-request overhead at low 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -31,9 +32,11 @@ from typing import Any
 
 import trio
 
+from benchmarks.throughput import _cpu_total
 from client import aio
 from client.embedded import EmbeddedBroker
 from client.embedded_cluster import EmbeddedCluster
+from client.errors import TopicAlreadyExistsError
 
 RESULTS_DEFAULT = Path(__file__).parent / "results" / "round_trip.json"
 TOPIC = "round-trip"
@@ -60,28 +63,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def process_cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of processes `pids`, summed (Linux /proc)."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(
     bootstrap: str, args: argparse.Namespace, broker_pids: list[int]
 ) -> dict[str, Any]:
     acks: int | str = "all" if args.acks == "all" else int(args.acks)
     value = os.urandom(args.record_bytes)
     async with aio.AdminClient(bootstrap) as admin:
-        await admin.create_topic(TOPIC, 1, replication_factor=args.brokers)
+        # A broker given with --bootstrap may hold the topic from an earlier run.
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topic(TOPIC, 1, replication_factor=args.brokers)
     async with aio.Producer(bootstrap, acks=acks) as producer:
         await producer.load_topic(TOPIC)
         for _ in range(WARM_UP_ROUND_TRIPS):
             await (await producer.send(TOPIC, value))
         walls: list[float] = []
-        broker_before = process_cpu_s(broker_pids)
+        broker_before = _cpu_total(broker_pids)
         cpu_before, started = time.process_time(), time.perf_counter()
         end = started + args.seconds
         now = started
@@ -90,7 +86,12 @@ async def measure(
             then, now = now, time.perf_counter()
             walls.append(now - then)
         elapsed, client_cpu = now - started, time.process_time() - cpu_before
-        broker_cpu = process_cpu_s(broker_pids) - broker_before if broker_pids else None
+        broker_after = _cpu_total(broker_pids)
+        broker_cpu = (
+            broker_after - broker_before
+            if broker_after is not None and broker_before is not None
+            else None
+        )
     count = len(walls)
     walls.sort()
     return {

@@ -764,15 +764,18 @@ def _delete_topics(bootstrap: str, topics: list[str]) -> None:
 
 
 def _cpu_seconds(pid: int | None) -> float | None:
-    """CPU time (user + system) a process has used so far, from /proc; None if unknown."""
+    """CPU time (user + system) a process and its running children (a broker's fsync helper
+    processes) have used so far, from /proc; None if unknown."""
     if pid is None:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return None
     # Fields 14 and 15 of stat (utime, stime), counted after the ")" that ends the name.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu_seconds(int(child)) or 0.0 for child in children)
 
 
 def _cpu_total(pids: list[int]) -> float | None:

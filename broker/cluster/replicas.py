@@ -51,7 +51,7 @@ from broker.controller.state import ControllerStateMachine, PartitionInfo, Topic
 from broker.kvstore import KeySpace, KvStore
 from broker.log.log import PartitionLog, ReadResult
 from broker.log.manager import LogManager, partition_directory_name
-from broker.log.sync_threads import SyncThreads
+from broker.log.sync_threads import fsync_workers
 from broker.raft.config import RaftConfig
 from broker.raft.driver import (
     RaftDriver,
@@ -322,9 +322,10 @@ class ReplicaManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host replicas until cancelled (cancelling this stops every replica's driver)."""
-        # The replicas' fsyncs share these threads (driver.ThreadLogSyncer); they stop once
-        # every driver has (the nursery is closed first).
-        with SyncThreads(name="raft-fsync") as threads:
+        # The replicas' fsyncs share these workers (driver.ThreadLogSyncer): the fsync helper
+        # process, threads for the rest. They stop once every driver has (the nursery is closed
+        # first).
+        async with fsync_workers("raft-fsync") as threads:
             self._log_syncer = ThreadLogSyncer(threads=threads)
             try:
                 async with trio.open_nursery() as nursery:

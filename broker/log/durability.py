@@ -70,6 +70,9 @@ class FlushTicket:
     checkpoint: int | None
     recovery_checkpoint: RecoveryCheckpoint | None = None
     checkpoint_generation: int = 0
+    # When all `run()` has to do is fsync the active segment's file: its descriptor, which the
+    # fsync helper process can be handed instead (broker/log/fsync_process.py).
+    fds: tuple[int, ...] = ()
 
     def run(self) -> None:
         for path in self.paths:

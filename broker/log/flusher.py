@@ -1,10 +1,11 @@
 """`LogFlusher`: the trio shell that makes appends durable, with group commit.
 
-The partition log itself only writes into the page cache. This service runs its fsyncs in worker
-threads so the event loop keeps serving while the disk works: while `run()` runs, its own
-long-lived threads (`SyncThreads`), which take a flush the moment it is asked for (no scheduler
-pass first, as `trio.to_thread` has); otherwise (before, after, or with no `run()`: unit tests,
-shutdown) `trio.to_thread.run_sync`.
+The partition log itself only writes into the page cache. This service runs its fsyncs off the
+event loop so it keeps serving while the disk works: while `run()` runs, in the fsync helper
+process (an fsync of the active segment, the common case: broker/log/fsync_process.py) or its
+own long-lived threads (`SyncThreads`: sealed segments, checkpoints), both taking a flush the
+moment it is asked for (no scheduler pass first, as `trio.to_thread` has); otherwise (before,
+after, or with no `run()`: unit tests, shutdown) `trio.to_thread.run_sync`.
 
 - `flush_soon(log, on_durable)` is the same group commit without a waiting task: the fsync
   starts at once (or after the running one) and `on_durable()` is called when it is done, for
@@ -35,7 +36,7 @@ import trio
 from broker.config import FlushPolicy
 from broker.log.durability import FlushTicket
 from broker.log.log import PartitionLog
-from broker.log.sync_threads import SyncThreads
+from broker.log.sync_threads import SyncThreads, fsync_workers
 from wire.error_codes import BrokerError, ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,12 @@ class LogFlusher:
         tick_ms: int = TICK_MS_DEFAULT,
         clock_ms: Callable[[], float] | None = None,
         on_fsync: Callable[[float], None] | None = None,
+        fsync_helper: bool = True,
     ) -> None:
         """`on_fsync` is told each completed fsync's duration in seconds, as the broker waits
-        for it (worker-thread hand-off included): the broker's fsync latency histogram."""
+        for it (hand-off to the helper process or a thread included): the broker's fsync latency
+        histogram. `fsync_helper=False`: `run()` starts no helper process, every fsync runs in
+        its threads."""
         assert tick_ms > 0
         self._logs = logs
         self._tick_ms = tick_ms
@@ -67,6 +71,7 @@ class LogFlusher:
         self._last_flush_ms: dict[int, float] = {}
         self._on_fsync = on_fsync
         self._threads: SyncThreads | None = None  # while run() runs
+        self._fsync_helper = fsync_helper
         self.fsync_count = 0
 
     async def wait_durable(self, log: PartitionLog, end_offset: int) -> None:
@@ -131,7 +136,7 @@ class LogFlusher:
                 logger.error("%s: fsync failed", log.directory, exc_info=error)
             self._start_next_round(log)
 
-        threads.submit(ticket.run, finished)
+        threads.submit(ticket.run, finished, ticket.fds)
 
     def _start_next_round(self, log: PartitionLog) -> None:
         """After a flush of `log`: the `flush_soon` calls made while it ran get theirs."""
@@ -172,7 +177,7 @@ class LogFlusher:
             try:
                 # Not cancellable: once started, the fsync finishes and its result is recorded.
                 if self._threads is not None:
-                    await self._threads.run(ticket.run)
+                    await self._threads.run(ticket.run, ticket.fds)
                 else:
                     await trio.to_thread.run_sync(ticket.run)
             except BaseException as exc:
@@ -201,8 +206,9 @@ class LogFlusher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background housekeeping: interval flushes and syncing sealed segments. Runs until
-        cancelled; its fsync threads stop with it (a later flush runs in `trio.to_thread`)."""
-        with SyncThreads(name="log-fsync") as self._threads:
+        cancelled; its fsync helper process and threads stop with it (a later flush runs in
+        `trio.to_thread`)."""
+        async with fsync_workers("log-fsync", helper=self._fsync_helper) as self._threads:
             task_status.started()
             try:
                 while True:

@@ -1034,15 +1034,18 @@ class PartitionLog:
             checkpoint = self.active.base_offset
         self._ticket_outstanding = True
         self._truncation_floor = None
+        sync_directory = self._directory_changes != self._directory_synced
+        plain = paths == [self.active.log_path] and checkpoint is None and not sync_directory
         return FlushTicket(
             directory=self.directory,
             paths=tuple(paths),
             end_offset=self.log_end_offset if include_active else self.flushed_offset,
             directory_changes=self._directory_changes,
-            sync_directory=self._directory_changes != self._directory_synced,
+            sync_directory=sync_directory,
             checkpoint=checkpoint,
             recovery_checkpoint=self._recovery,
             checkpoint_generation=self._recovery.generation,
+            fds=(self.active.fd,) if plain else (),
         )
 
     def complete_flush(self, ticket: FlushTicket) -> None:

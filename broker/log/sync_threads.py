@@ -13,18 +13,28 @@ as they did in to_thread's pool; one log has at most one flush at a time, so the
 most one job per log), and stopped by `close()` (the end of the `with` block): each finishes
 its current job, then exits. The owner must not submit after that (`LogFlusher` falls back to
 `trio.to_thread`). Not cancellable: once queued, the job runs and its result is delivered.
+
+A broker starts them with `fsync_workers`, which puts the fsync helper process in front
+(broker/log/fsync_process.py): a job that is only an fsync of open descriptors goes there, and
+no thread of the broker takes the GIL for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import outcome  # trio's own dependency: what `trio.lowlevel.reschedule` delivers
 import trio
+
+from broker.log.fsync_process import FsyncProcess
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -49,25 +59,43 @@ class SyncThreads:
         self._threads: list[threading.Thread] = []
         self._busy = 0
         self._closed = False
+        # Where a job given with its descriptors goes first (`fsync_workers` sets it).
+        self.helper: FsyncProcess | None = None
 
     @property
     def threads(self) -> tuple[threading.Thread, ...]:
         return tuple(self._threads)
 
-    async def run(self, job: Callable[[], T]) -> T:
+    async def run(self, job: Callable[[], T], fds: Sequence[int] = ()) -> T:
         """Run `job()` in one of the threads; return its result or raise its exception."""
         task = trio.lowlevel.current_task()
-        self.submit(job, lambda result: trio.lowlevel.reschedule(task, result))
+        self.submit(job, lambda result: trio.lowlevel.reschedule(task, result), fds)
         # Returns the job's result, or raises its exception (the outcome is unwrapped).
         result: T = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
         return result
 
-    def submit(self, job: Callable[[], T], on_done: Callable[[outcome.Outcome[T]], None]) -> None:
+    def submit(
+        self,
+        job: Callable[[], T],
+        on_done: Callable[[outcome.Outcome[T]], None],
+        fds: Sequence[int] = (),
+    ) -> None:
         """Run `job()` in one of the threads, and `on_done(outcome)` in this trio thread after
         (a `run_sync_soon` callback: it must not block or raise). No task waits: for a caller
         that has none to spare a scheduler pass on, such as the fsync that makes an acks=1
-        append readable."""
+        append readable.
+
+        `fds`: `job` does nothing but fsync these descriptors, so the fsync helper process may
+        do it instead (when there is one and it takes the job; if it dies before answering,
+        `job` runs here after all). `on_done` then gets None or the fsync's OSError."""
         assert not self._closed, "no jobs after close()"
+        if fds and self.helper is not None:
+            redo = functools.partial(self._start, job, on_done)
+            if self.helper.submit(fds, on_done, redo):  # type: ignore[arg-type]
+                return
+        self._start(job, on_done)
+
+    def _start(self, job: Callable[[], T], on_done: Callable[[outcome.Outcome[T]], None]) -> None:
         if self._busy == len(self._threads) and len(self._threads) < self._max_threads:
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
@@ -113,3 +141,21 @@ class SyncThreads:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(on_done, result)
             del item, job, on_done, result
+
+
+@contextlib.asynccontextmanager
+async def fsync_workers(name: str, *, helper: bool = True) -> AsyncIterator[SyncThreads]:
+    """`SyncThreads` with the fsync helper process in front of them (unless `helper=False`), as
+    a broker runs its fsyncs: plain fsyncs go to the helper, the rest (and all of them, should it
+    fail to start or die) to the threads. On exit the helper answers what it was given before
+    the threads stop, so every job submitted is done or failed, none forgotten."""
+    async with contextlib.AsyncExitStack() as stack:
+        threads = stack.enter_context(SyncThreads(name=name))
+        if not helper:
+            yield threads
+            return
+        try:
+            threads.helper = await stack.enter_async_context(FsyncProcess.open())
+        except OSError as exc:
+            logger.warning("no fsync helper process (%s): fsyncs run in threads", exc)
+        yield threads

@@ -179,8 +179,10 @@ class ThreadLogSyncer:
     take the job at once, where `trio.to_thread` first lets every other runnable task have its
     turn, one more scheduler pass before every fsync of a replicated entry, on the leader and on
     each follower. Without `threads` (the controller's group, tests), `trio.to_thread`'s.
-    `run_ticket` runs in the thread (tests pass one that blocks to hold an fsync open). The thread
-    is not abandoned on cancellation; its result is recorded on the log either way.
+    A plain ticket (the active segment's fsync) goes to their fsync helper process, if they
+    have one. `run_ticket` runs in the thread (tests pass one that blocks to hold an fsync open;
+    such a one always runs in a thread). The fsync is not abandoned on cancellation; its result
+    is recorded on the log either way.
     """
 
     def __init__(
@@ -197,7 +199,8 @@ class ThreadLogSyncer:
         ticket = log.begin_flush()
         try:
             if self._threads is not None:
-                await self._threads.run(functools.partial(self._run_ticket, ticket))
+                fds = ticket.fds if self._run_ticket is FlushTicket.run else ()
+                await self._threads.run(functools.partial(self._run_ticket, ticket), fds)
             else:
                 await trio.to_thread.run_sync(self._run_ticket, ticket)
         except BaseException:

@@ -1,12 +1,17 @@
 """LogFlusher: group commit (flush=always), interval flushes, sealed-segment sync, fsync errors.
 
 Flushes run in the flusher's own threads while `run()` runs, in `trio.to_thread` otherwise; the
-behaviour tests run both ways (`threads`).
+behaviour tests run both ways (`threads`), with the fsync helper process off (`fsync_helper=False`)
+so that a patched `FlushTicket.run` sees every fsync. The last tests are the default flusher's:
+plain fsyncs in the helper process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
+import signal
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -69,7 +74,7 @@ async def test_one_fsync_covers_every_append_made_while_the_previous_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: bool
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False)
     gated = _GatedRuns()
     monkeypatch.setattr(FlushTicket, "run", lambda ticket: gated(ticket))
     first_end = log.append(BATCH).last_offset + 1
@@ -93,7 +98,7 @@ async def test_waiters_wake_with_their_appends_durable_and_the_threads_stop_with
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False)
     synced_ends: list[int] = []
     original = FlushTicket.run
 
@@ -170,7 +175,7 @@ async def test_fsync_failure_takes_the_log_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: bool
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False)
 
     def failing_run(ticket: FlushTicket) -> None:
         raise OSError(5, "Input/output error")
@@ -194,7 +199,7 @@ async def test_flush_soon_calls_made_while_a_flush_runs_share_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False)
     gated = _GatedRuns()
     monkeypatch.setattr(FlushTicket, "run", lambda ticket: gated(ticket))
     called: list[str] = []
@@ -231,7 +236,7 @@ async def test_flush_soon_declines_without_threads_or_once_an_fsync_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False)
     called: list[bool] = []
     end = log.append(BATCH).last_offset + 1
     assert not flusher.flush_soon(log, lambda: called.append(True))  # no fsync threads
@@ -250,4 +255,64 @@ async def test_flush_soon_declines_without_threads_or_once_an_fsync_failed(
         assert not flusher.flush_soon(log, lambda: called.append(True))
     assert called == []  # nothing was made durable, so nobody was told it was
     assert log.flushed_offset == 0
+    log.close(clean=False)
+
+
+async def test_the_helper_process_runs_the_group_commit(
+    tmp_path: Path,
+) -> None:
+    # The default flusher hands plain fsyncs to its helper process; stopping the helper holds
+    # the first fsync open, as a slow disk would.
+    log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    called: list[str] = []
+    async with _running(flusher, threads=True):
+        helper = flusher.threads.helper if flusher.threads is not None else None
+        assert helper is not None and helper.alive
+        # The log's first fsync also syncs its directory (the new segment file): a thread's job.
+        await flusher.wait_durable(log, log.append(BATCH).last_offset + 1)
+        os.kill(helper.pid, signal.SIGSTOP)
+        try:
+            log.append(BATCH)
+            assert flusher.flush_soon(log, lambda: called.append("first"))
+            for name in ("a", "b"):
+                log.append(BATCH)
+                assert flusher.flush_soon(log, lambda name=name: called.append(name))
+            await trio.testing.wait_all_tasks_blocked()
+            # Not done in a thread: nothing became durable while the helper was stopped.
+            assert called == [] and log.flushed_offset == 1
+        finally:
+            os.kill(helper.pid, signal.SIGCONT)
+        await _wait_for(lambda: "b" in called)
+    assert called == ["first", "a", "b"]
+    assert flusher.fsync_count == 3  # the third covered both appends made while the second ran
+    assert log.flushed_offset == log.log_end_offset
+    log.close()
+
+
+async def test_an_fsync_error_in_the_helper_takes_the_log_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    read_end, write_end = os.pipe()  # fsync of a pipe fails (EINVAL), in the helper as anywhere
+    begin_flush = PartitionLog.begin_flush
+    monkeypatch.setattr(
+        PartitionLog,
+        "begin_flush",
+        lambda self, **kw: dataclasses.replace(begin_flush(self, **kw), fds=(read_end,)),
+    )
+    called: list[bool] = []
+    end = log.append(BATCH).last_offset + 1
+    try:
+        async with _running(flusher, threads=True):
+            assert flusher.flush_soon(log, lambda: called.append(True))
+            with pytest.raises(BrokerError) as offline, trio.fail_after(10):
+                await flusher.wait_durable(log, end)
+            assert offline.value.code is ErrorCode.KAFKA_STORAGE_ERROR
+            assert "Invalid argument" in str(offline.value)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert called == [] and log.flushed_offset == 0
     log.close(clean=False)

@@ -7,6 +7,7 @@ Every wait is on change notifications bounded by `trio.fail_after`; nothing slee
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from pathlib import Path
@@ -33,6 +34,19 @@ from wire.error_codes import BrokerError, ErrorCode
 
 TOPIC = "orders"
 PARTITIONS = 3
+
+
+def _fsync_helper_children() -> list[str]:
+    """This process's children that run broker/log/fsync_helper.py."""
+    pid = os.getpid()
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            if b"fsync_helper.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def _assert_identical(cluster: Cluster, topic: str, partition: int) -> bytes:
@@ -120,8 +134,10 @@ async def test_topic_placement_produce_and_delete(tmp_path: Path) -> None:
 
             for partition in range(PARTITIONS):
                 producers.start_soon(produce, partition)
-        # The replicas fsync in the threads their brokers' ReplicaManagers share, not to_thread's.
+        # The replicas fsync in the workers their brokers' ReplicaManagers share, not in
+        # to_thread's: a helper process per broker (plain fsyncs), threads (a new log's first).
         assert any(thread.name.startswith("raft-fsync") for thread in threading.enumerate())
+        assert len(_fsync_helper_children()) >= len(cluster.nodes)
         for partition in range(PARTITIONS):
             await cluster.wait_converged(TOPIC, partition)
             data = _assert_identical(cluster, TOPIC, partition)

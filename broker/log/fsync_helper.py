@@ -1,0 +1,90 @@
+"""The fsync helper process: fsyncs the file descriptors the broker passes it, and says when.
+
+Run as `python -m broker.log.fsync_helper FD THREADS`, where FD is one end of a SOCK_SEQPACKET
+socketpair (`FsyncProcess` in broker/log/fsync_process.py starts it). Each request is one
+message: a job id (8 bytes) with the descriptors to fsync attached (SCM_RIGHTS, the same open
+files as the broker's, so a write-back error is reported to this fsync as it would be to the
+broker's own). The answer is the job id and 0, or the errno of the first failed fsync. Every
+descriptor is closed after.
+
+`THREADS` threads each wait in `recvmsg` on the socket, so fsyncs of different logs run in
+parallel with no dispatcher between them. The helper has its own interpreter and GIL: the
+broker's event loop never waits for a thread of this process to hand the GIL back, which on a
+busy 2-core machine cost the broker's event loop up to half a millisecond per fsync.
+
+It exits when the broker's end of the socket closes (the broker stopped or died), and only
+then: it ignores SIGINT and SIGTERM, which a terminal's Ctrl-C or a service manager sends to
+the broker's whole process group, so that the broker, stopping, still gets its answers.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+
+REQUEST = struct.Struct(">Q")
+ANSWER = struct.Struct(">Qi")
+# The most descriptors one request may carry (a ticket's files: the log, its indexes).
+MAX_FDS = 16
+_FDS_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+
+
+def fsync_all(fds: list[int]) -> int:
+    """Fsync every descriptor (even after a failure: each must be closed), then close them all;
+    0 or the first error's errno."""
+    failed = 0
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            failed = failed or (exc.errno or -1)
+        finally:
+            os.close(fd)
+    return failed
+
+
+def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
+def serve(sock: socket.socket) -> None:
+    """One worker: answer requests until the broker's end closes."""
+    while True:
+        try:
+            message, ancillary, _flags, _address = sock.recvmsg(REQUEST.size, _FDS_SPACE)
+        except OSError:
+            return
+        if not message:
+            return  # the broker closed its end
+        fds = _received_fds(ancillary)
+        (job,) = REQUEST.unpack(message)
+        try:
+            sock.send(ANSWER.pack(job, fsync_all(fds)))
+        except OSError:
+            return
+
+
+def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[0]))
+    workers = [
+        threading.Thread(target=serve, args=(sock,), daemon=True) for _ in range(int(argv[1]))
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,108 @@
+"""`broker serve` runs its fsyncs in a helper process (broker/log/fsync_process.py): acks=all
+writes are acknowledged through it, and it never outlives the broker, killed or stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import urllib.request
+from pathlib import Path
+
+import trio
+
+from tests.integration.server.conftest import BrokerProcess, StartProcess
+from tests.unit.server.wire_client import WireClient, make_batch
+from wire.error_codes import ErrorCode
+
+WAIT_S = 20.0
+
+
+def _helpers(process: BrokerProcess) -> list[int]:
+    """The broker's fsync helper processes (its children running broker/log/fsync_helper.py)."""
+    assert process.process is not None
+    pid = process.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = []
+    for child in children:
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if any(part.endswith(b"fsync_helper.py") for part in command):
+            found.append(int(child))
+    return found
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie whose parent has not reaped it (it has exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+async def _wait_for(condition, timeout_s: float = WAIT_S) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout_s):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+def _log_end_offset(process: BrokerProcess, topic: str) -> float | None:
+    assert process.metrics is not None
+    url = f"http://{process.metrics[0]}:{process.metrics[1]}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    prefix = f'broker_log_end_offset{{partition="0",topic="{topic}"}} '
+    return next(
+        (float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), None
+    )
+
+
+async def test_acks_all_waits_for_the_helper_and_it_dies_with_a_killed_broker(
+    broker_process: StartProcess,
+) -> None:
+    process = broker_process()
+    (helper,) = _helpers(process)
+    client = await WireClient.connect(*process.listen)
+    assert (await client.create_topic("durable")).error is ErrorCode.NONE
+    # The first fsync of a new log also syncs its directory (in a thread); later ones are plain.
+    assert (await client.produce("durable", 0, make_batch([b"first"]))).base_offset == 0
+    answers: list[int] = []
+
+    async def produce() -> None:
+        answers.append((await client.produce("durable", 0, make_batch([b"x"]))).base_offset)
+
+    os.kill(helper, signal.SIGSTOP)  # holds its fsyncs, as a slow disk would
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            # Appended (in the page cache)...
+            await _wait_for(lambda: _log_end_offset(process, "durable") == 2.0)
+            # ...but not acknowledged (acks=all, flush.policy=always) while its fsync is held.
+            with trio.move_on_after(0.3):
+                await _wait_for(lambda: bool(answers))
+            assert answers == []
+            os.kill(helper, signal.SIGCONT)
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    assert answers == [1]
+    await client.aclose()
+    process.stop(signal.SIGKILL)
+    await _wait_for(lambda: _exited(helper))
+
+
+async def test_a_clean_stop_reaps_the_helper_and_a_stray_sigint_does_not_stop_it(
+    broker_process: StartProcess,
+) -> None:
+    process = broker_process()
+    (helper,) = _helpers(process)
+    os.kill(helper, signal.SIGINT)  # as Ctrl-C sends to the whole process group
+    client = await WireClient.connect(*process.listen)
+    assert (await client.create_topic("t")).error is ErrorCode.NONE
+    for i in range(3):
+        assert (await client.produce("t", 0, make_batch([b"%d" % i]))).base_offset == i
+    await client.aclose()
+    assert _helpers(process) == [helper]
+    assert process.stop(signal.SIGTERM) == 0
+    assert _exited(helper)
+    assert "fsync helper" not in process.log()  # no warning: it was never lost
