@@ -64,6 +64,8 @@ class FlushTicket:
 
     directory: Path
     paths: tuple[Path, ...]
+    # The log files of the sealed segments among `paths` (synced with their indexes).
+    sealed: tuple[Path, ...]
     end_offset: int
     directory_changes: int
     sync_directory: bool

@@ -2,10 +2,12 @@
 
 Run as `python -m broker.log.fsync_helper FD THREADS`, where FD is one end of a SOCK_SEQPACKET
 socketpair (`FsyncProcess` in broker/log/fsync_process.py starts it). Each request is one
-message: a job id (8 bytes) with the descriptors to fsync attached (SCM_RIGHTS, the same open
-files as the broker's, so a write-back error is reported to this fsync as it would be to the
-broker's own). The answer is the job id and 0, or the errno of the first failed fsync. Every
-descriptor is closed after.
+message: a job id (8 bytes) and how many descriptors it carries (1 byte), with the descriptors to
+fsync attached (SCM_RIGHTS, the same open files as the broker's, so a write-back error is
+reported to this fsync as it would be to the broker's own). The answer is the job id and 0, the
+errno of the first failed fsync, or `NOT_RECEIVED` when not all the descriptors arrived (the
+kernel truncated them: a descriptor limit here, say), in which case nothing was fsynced: a
+request must never be answered 0 without its fsyncs. Every descriptor received is closed after.
 
 `THREADS` threads each wait in `recvmsg` on the socket, so fsyncs of different logs run in
 parallel with no dispatcher between them. The helper has its own interpreter and GIL: the
@@ -27,8 +29,10 @@ import struct
 import sys
 import threading
 
-REQUEST = struct.Struct(">Q")
+REQUEST = struct.Struct(">QB")
 ANSWER = struct.Struct(">Qi")
+# The answer's code when the descriptors did not all arrive: nothing was fsynced.
+NOT_RECEIVED = -1
 # The most descriptors one request may carry (a ticket's files: the log, its indexes).
 MAX_FDS = 16
 _FDS_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
@@ -56,19 +60,28 @@ def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
+def answer(message: bytes, ancillary: list[tuple[int, int, bytes]], flags: int) -> bytes:
+    """The answer to one request (its descriptors fsynced and closed)."""
+    fds = _received_fds(ancillary)
+    job, count = REQUEST.unpack(message)
+    if flags & socket.MSG_CTRUNC or len(fds) != count:
+        for fd in fds:
+            os.close(fd)
+        return ANSWER.pack(job, NOT_RECEIVED)
+    return ANSWER.pack(job, fsync_all(fds))
+
+
 def serve(sock: socket.socket) -> None:
     """One worker: answer requests until the broker's end closes."""
     while True:
         try:
-            message, ancillary, _flags, _address = sock.recvmsg(REQUEST.size, _FDS_SPACE)
+            message, ancillary, flags, _address = sock.recvmsg(REQUEST.size, _FDS_SPACE)
         except OSError:
             return
         if not message:
             return  # the broker closed its end
-        fds = _received_fds(ancillary)
-        (job,) = REQUEST.unpack(message)
         try:
-            sock.send(ANSWER.pack(job, fsync_all(fds)))
+            sock.send(answer(message, ancillary, flags))
         except OSError:
             return
 

@@ -11,21 +11,29 @@ fsync), goes on, and a task reads the answers when the socket becomes readable; 
 broker's process is involved.
 
 `submit` never blocks and never passes a checkpoint. It returns False (the caller then runs the
-fsync some other way) when the helper is not running or the socket's buffer is full. If the
-helper dies, every job it had not answered is handed to its `redo` callable: whether that fsync
-happened is unknown, and fsync is safe to repeat. The helper is not restarted; the broker's
-fsyncs go back to threads (a warning is logged).
+fsync in a thread) when the helper is not running or cannot take that message (its buffer is
+full, a descriptor is bad). A job whose descriptors did not reach the helper is handed to its
+`redo` (nothing was fsynced, so doing it elsewhere is safe).
+
+If the helper dies with jobs unanswered, those jobs fail with EIO: whether their fsync ran is
+unknown, and if it ran and failed, the failure was reported to the helper alone (the kernel
+reports a write-back error once per open file), so a second fsync that succeeds would prove
+nothing. Their logs go offline as after any failed fsync. The helper is not restarted; later
+fsyncs run in threads (an error is logged). It is a child of the broker only: it exits when the
+broker's end of the socket closes, so it never outlives the broker, however that stops.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -44,6 +52,9 @@ STOP_TIMEOUT_S = 5.0
 # Then how long for the helper to exit once told (it has nothing left to do) before it is killed.
 REAP_TIMEOUT_S = 1.0
 _ANSWERS_PER_READ = 256
+# sendmsg errors that mean the helper is gone (any other concerns that one message).
+_HELPER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED})
+_READER_STOPPED = "its answers can no longer be read"
 
 OnDone = Callable[[outcome.Outcome[None]], None]
 
@@ -63,9 +74,8 @@ class FsyncProcess:
     @contextlib.asynccontextmanager
     async def open(cls, *, threads: int = HELPER_THREADS_DEFAULT) -> AsyncIterator[FsyncProcess]:
         """Start the helper and the task that reads its answers. On exit, wait (up to
-        `STOP_TIMEOUT_S`, even when cancelled) for the answers to what was submitted, hand
-        what is still unanswered to its `redo`, then stop the helper. OSError if it cannot
-        start."""
+        `STOP_TIMEOUT_S`, even when cancelled) for the answers to what was submitted (failing
+        what stays unanswered), then stop the helper. OSError if it cannot start."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             process = subprocess.Popen(
@@ -97,56 +107,82 @@ class FsyncProcess:
                     helper.alive = False  # from now on, every job goes to the threads
                     reader.cancel()
         finally:
-            helper._stop()
+            helper.alive = False
+            ours.close()  # the helper exits on it: everything it was given is settled
+            with trio.CancelScope(shield=True), trio.move_on_after(REAP_TIMEOUT_S):
+                await trio.to_thread.run_sync(process.wait, abandon_on_cancel=True)
+            if process.poll() is None:
+                # Lingering (an fsync hung on the disk, which SIGKILL cannot interrupt): reaped
+                # by a thread whenever it goes, never waited for on the event loop.
+                process.kill()
+                threading.Thread(
+                    target=process.wait, name="fsync-helper-reaper", daemon=True
+                ).start()
 
     @property
     def pid(self) -> int:
         return self._process.pid
 
+    @property
+    def in_flight(self) -> int:
+        """Jobs sent and not answered yet."""
+        return len(self._pending)
+
     def submit(self, fds: Sequence[int], on_done: OnDone, redo: Callable[[], None]) -> bool:
         """Ask the helper to fsync `fds` (they stay open here); `on_done(outcome)` runs in this
-        trio thread once answered. False, with nothing sent, when the helper cannot take it."""
-        if not self.alive or len(fds) > fsync_helper.MAX_FDS:
+        trio thread once answered (None, or the fsync's OSError), or `redo()` if the descriptors
+        did not reach the helper. False, with nothing sent, when the helper cannot take it."""
+        if not self.alive or not 0 < len(fds) <= fsync_helper.MAX_FDS:
             return False
         job = self._next_job
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
         try:
-            self._sock.sendmsg([fsync_helper.REQUEST.pack(job)], ancillary)
-        except BlockingIOError:
-            return False
+            self._sock.sendmsg([fsync_helper.REQUEST.pack(job, len(fds))], ancillary)
         except OSError as exc:
-            self._died(f"sending to it failed: {exc}")
-            return False
+            if exc.errno in _HELPER_GONE:
+                self._died(f"sending to it failed: {exc}")
+            return False  # this message only (a full buffer, a bad descriptor): a thread does it
         self._next_job = job + 1
         self._pending[job] = (on_done, redo)
         return True
 
     async def _read_answers(self, scope: trio.CancelScope) -> None:
         """Run the callbacks of the answers as they come. Shielded (`scope`): answers are still
-        read while `open()`'s exit waits for them."""
+        read while `open()`'s exit waits for them. Should it fail, the jobs still pending fail
+        too, so that no waiter waits forever."""
+        try:
+            with scope:
+                while self.alive:
+                    await trio.lowlevel.wait_readable(self._sock)
+                    self._read_ready()
+        finally:
+            self._died(_READER_STOPPED)
+
+    def _read_ready(self) -> None:
         sock, size = self._sock, fsync_helper.ANSWER.size
-        with scope:
-            while self.alive:
-                await trio.lowlevel.wait_readable(sock)
-                for _ in range(_ANSWERS_PER_READ):
-                    try:
-                        answer = sock.recv(size)
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:
-                        self._died(f"reading from it failed: {exc}")
-                        return
-                    if not answer:
-                        self._died(f"it exited (status {self._process.poll()})")
-                        return
-                    job, errno = fsync_helper.ANSWER.unpack(answer)
-                    on_done, _redo = self._pending.pop(job)
-                    if errno:
-                        on_done(outcome.Error(OSError(errno, os.strerror(errno))))
-                    else:
-                        on_done(outcome.Value(None))
-                if not self._pending and self._all_answered is not None:
-                    self._all_answered.set()
+        for _ in range(_ANSWERS_PER_READ):
+            if not self.alive:
+                return  # answers that come after `_died` belong to jobs already settled
+            try:
+                answer = sock.recv(size)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._died(f"reading from it failed: {exc}")
+                return
+            if not answer:
+                self._died(f"it exited (status {self._process.poll()})")
+                return
+            job, code = fsync_helper.ANSWER.unpack(answer)
+            on_done, redo = self._pending.pop(job)
+            if code == fsync_helper.NOT_RECEIVED:
+                redo()
+            elif code:
+                on_done(outcome.Error(OSError(code, os.strerror(code))))
+            else:
+                on_done(outcome.Value(None))
+        if not self._pending and self._all_answered is not None:
+            self._all_answered.set()
 
     async def _answered(self) -> None:
         """Return once every submitted job has been answered (or the helper died)."""
@@ -155,29 +191,30 @@ class FsyncProcess:
             await self._all_answered.wait()
 
     def _died(self, why: str) -> None:
-        """The helper is gone (or being stopped): no more jobs go to it, and those it did not
-        answer are redone elsewhere."""
+        """The helper is gone (or must be treated so): no more jobs go to it, it is told to
+        exit, and the jobs it did not answer fail (the module docstring says why)."""
         if not self.alive:
             return
         self.alive = False
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         if self._all_answered is not None:
             self._all_answered.set()
         pending, self._pending = self._pending, {}
-        logger.warning(
-            "the fsync helper process (pid %d) stopped: %s; %d fsync(s) it had not answered are "
-            "redone in threads, as are all later ones",
+        if not pending and why == _READER_STOPPED:
+            return  # a normal stop
+        logger.error(
+            "the fsync helper process (pid %d) stopped: %s; %d fsync(s) it had not answered "
+            "count as failed, later fsyncs run in threads",
             self._process.pid, why, len(pending),
         )  # fmt: skip
-        for _on_done, redo in pending.values():
-            redo()
-
-    def _stop(self) -> None:
-        """Close our end, on which the helper exits at once (everything it was given has been
-        answered or handed on), and reap it; kill it if it lingers (an fsync hung on the disk)."""
-        self.alive = False
-        self._sock.close()
-        try:
-            self._process.wait(REAP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        for on_done, _redo in pending.values():
+            on_done(
+                outcome.Error(
+                    OSError(
+                        errno.EIO,
+                        f"the fsync helper process stopped before answering ({why}): whether "
+                        "the fsync happened is unknown",
+                    )
+                )
+            )

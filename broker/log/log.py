@@ -1035,10 +1035,16 @@ class PartitionLog:
         self._ticket_outstanding = True
         self._truncation_floor = None
         sync_directory = self._directory_changes != self._directory_synced
-        plain = paths == [self.active.log_path] and checkpoint is None and not sync_directory
+        plain = (
+            paths == [self.active.log_path]
+            and checkpoint is None
+            and not sync_directory
+            and self.active.fd >= 0  # not closed (a waiter may flush a deleted log)
+        )
         return FlushTicket(
             directory=self.directory,
             paths=tuple(paths),
+            sealed=tuple(segment.log_path for segment in self._unsynced_sealed),
             end_offset=self.log_end_offset if include_active else self.flushed_offset,
             directory_changes=self._directory_changes,
             sync_directory=sync_directory,
@@ -1059,7 +1065,9 @@ class PartitionLog:
         if ticket.checkpoint_generation == self._recovery.generation:
             # Otherwise a segment was reopened meanwhile and may have been sealed again under the
             # same path with bytes the ticket never saw: keep everything for the next ticket.
-            synced = set(ticket.paths)
+            # Only segments sealed when the ticket began count as synced: one that was active
+            # then, and sealed since, has a tail (and indexes) the ticket never saw.
+            synced = set(ticket.sealed)
             self._unsynced_sealed = [
                 segment for segment in self._unsynced_sealed if segment.log_path not in synced
             ]

@@ -86,8 +86,9 @@ class SyncThreads:
         append readable.
 
         `fds`: `job` does nothing but fsync these descriptors, so the fsync helper process may
-        do it instead (when there is one and it takes the job; if it dies before answering,
-        `job` runs here after all). `on_done` then gets None or the fsync's OSError."""
+        do it instead, when there is one and it takes the job (`job` runs here after all if the
+        descriptors did not reach it). `on_done` then gets None or the fsync's OSError (EIO if
+        the helper died before answering)."""
         assert not self._closed, "no jobs after close()"
         if fds and self.helper is not None:
             redo = functools.partial(self._start, job, on_done)

@@ -279,7 +279,8 @@ async def test_the_helper_process_runs_the_group_commit(
                 log.append(BATCH)
                 assert flusher.flush_soon(log, lambda name=name: called.append(name))
             await trio.testing.wait_all_tasks_blocked()
-            # Not done in a thread: nothing became durable while the helper was stopped.
+            # With the stopped helper, not in a thread: nothing became durable meanwhile.
+            assert helper.in_flight == 1
             assert called == [] and log.flushed_offset == 1
         finally:
             os.kill(helper.pid, signal.SIGCONT)

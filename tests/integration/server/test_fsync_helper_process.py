@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from tests.integration.server.conftest import BrokerProcess, StartProcess
 from tests.unit.server.wire_client import WireClient, make_batch
@@ -31,6 +32,22 @@ def _helpers(process: BrokerProcess) -> list[int]:
         if any(part.endswith(b"fsync_helper.py") for part in command):
             found.append(int(child))
     return found
+
+
+def _open_files(pid: int) -> list[Path]:
+    files = []
+    for link in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            files.append(Path(os.readlink(link)))
+        except FileNotFoundError:
+            continue
+    return files
+
+
+def _ignores(pid: int, signum: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
 
 
 def _exited(pid: int) -> bool:
@@ -76,11 +93,12 @@ async def test_acks_all_waits_for_the_helper_and_it_dies_with_a_killed_broker(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(produce)
-            # Appended (in the page cache)...
+            # Appended (in the page cache), its fsync handed to the helper (which holds the
+            # segment's descriptor while it is stopped)...
             await _wait_for(lambda: _log_end_offset(process, "durable") == 2.0)
-            # ...but not acknowledged (acks=all, flush.policy=always) while its fsync is held.
-            with trio.move_on_after(0.3):
-                await _wait_for(lambda: bool(answers))
+            await _wait_for(lambda: any(p.name.endswith(".log") for p in _open_files(helper)))
+            # ...so not acknowledged (acks=all, flush.policy=always) until the helper answers.
+            await trio.testing.wait_all_tasks_blocked()
             assert answers == []
             os.kill(helper, signal.SIGCONT)
     finally:
@@ -96,6 +114,7 @@ async def test_a_clean_stop_reaps_the_helper_and_a_stray_sigint_does_not_stop_it
 ) -> None:
     process = broker_process()
     (helper,) = _helpers(process)
+    await _wait_for(lambda: _ignores(helper, signal.SIGINT))  # its main() has run
     os.kill(helper, signal.SIGINT)  # as Ctrl-C sends to the whole process group
     client = await WireClient.connect(*process.listen)
     assert (await client.create_topic("t")).error is ErrorCode.NONE

@@ -1,22 +1,29 @@
 """FsyncProcess: the helper process fsyncs what it is handed, answers each job once, reports an
-fsync's error, hands what it never answered to `redo` when it dies, and answers everything it
-was given before `open()` returns, even under cancellation.
+fsync's error, fails what it never answered when it dies, never answers "synced" for
+descriptors that did not reach it, and answers everything it was given before `open()` returns,
+even under cancellation.
 
 A job is held open by stopping the helper (SIGSTOP), the way a slow disk would hold it.
 """
 
 from __future__ import annotations
 
+import array
 import errno
 import os
+import resource
+import select
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import outcome
 import pytest
 import trio
+import trio.testing
 
+from broker.log import fsync_helper
 from broker.log.fsync_process import FsyncProcess
 
 
@@ -46,6 +53,19 @@ async def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> N
     with trio.fail_after(timeout_s):
         while not condition():
             await trio.sleep(0.001)
+
+
+def _ignores(pid: int, signum: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+
+
+async def _started(helper: FsyncProcess) -> None:
+    """Until the helper's main() runs (its signal dispositions are the first thing it sets)."""
+    await _wait_for(
+        lambda: _ignores(helper.pid, signal.SIGINT) and _ignores(helper.pid, signal.SIGTERM)
+    )
 
 
 def _exited(pid: int) -> bool:
@@ -86,20 +106,88 @@ async def test_an_fsync_error_comes_back_as_that_oserror(data_fd: int) -> None:
         os.close(write_end)
 
 
-async def test_jobs_a_dead_helper_never_answered_are_redone_and_later_ones_refused(
+async def test_jobs_a_dead_helper_never_answered_fail_and_later_ones_are_refused(
     data_fd: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Whether their fsync ran (and failed, its error reported to the helper alone) is unknown:
+    # they count as failed, never as redone.
     job = _Job()
     async with FsyncProcess.open() as helper:
         os.kill(helper.pid, signal.SIGSTOP)
         assert helper.submit([data_fd], job.on_done, job.redo)
-        assert job.results == [] and job.redone == 0  # it cannot answer while stopped
+        assert job.results == [] and helper.in_flight == 1  # it cannot answer while stopped
         os.kill(helper.pid, signal.SIGKILL)
-        await _wait_for(lambda: job.redone == 1)
+        await _wait_for(lambda: bool(job.results))
         assert not helper.alive
         assert not helper.submit([data_fd], job.on_done, job.redo)  # the caller uses threads
-    assert job.results == [] and job.redone == 1
-    assert "fsync helper process" in caplog.text and "redone in threads" in caplog.text
+    (result,) = job.results
+    assert isinstance(result, outcome.Error) and isinstance(result.error, OSError)
+    assert result.error.errno == errno.EIO and "unknown" in str(result.error)
+    assert job.redone == 0
+    assert "fsync helper process" in caplog.text and "count as failed" in caplog.text
+
+
+async def test_an_answer_read_after_the_helper_was_given_up_is_ignored(data_fd: int) -> None:
+    job = _Job()
+    async with FsyncProcess.open() as helper:
+        assert helper.submit([data_fd], job.on_done, job.redo)
+        # Its answer is waiting on the socket, not read yet (this task has not yielded)...
+        readable, _, _ = select.select([helper._sock], [], [], 10)
+        assert readable
+        helper._died("given up by the test")  # ...when the helper is given up on
+        await trio.testing.wait_all_tasks_blocked()  # the reader wakes, and must not crash
+    (result,) = job.results
+    assert isinstance(result, outcome.Error) and result.error.errno == errno.EIO  # type: ignore[union-attr]
+
+
+async def test_a_message_the_helper_cannot_take_goes_elsewhere_and_the_helper_lives_on(
+    data_fd: int,
+) -> None:
+    bad, fine = _Job(), _Job()
+    async with FsyncProcess.open() as helper:
+        closed = os.dup(data_fd)
+        os.close(closed)
+        assert not helper.submit([closed], bad.on_done, bad.redo)  # EBADF: not sent at all
+        assert helper.alive
+        assert helper.submit([data_fd], fine.on_done, fine.redo)
+        await _wait_for(lambda: bool(fine.results))
+    assert bad.results == [] and bad.redone == 0
+    assert fine.results == [outcome.Value(None)]
+
+
+async def test_descriptors_that_do_not_arrive_are_never_answered_as_synced(data_fd: int) -> None:
+    # With no descriptor left to the helper, the kernel drops the ones sent (MSG_CTRUNC): the
+    # helper says so, and the job is redone where the descriptors are.
+    job = _Job()
+    async with FsyncProcess.open() as helper:
+        await _started(helper)  # its interpreter has loaded (that needs descriptors too)
+        # No new descriptor may be numbered 3 or more (0-2 are taken); those open stay usable.
+        _soft, hard = resource.prlimit(helper.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(helper.pid, resource.RLIMIT_NOFILE, (3, hard))
+        assert helper.submit([data_fd], job.on_done, job.redo)
+        await _wait_for(lambda: job.redone == 1)
+    assert job.results == []
+
+
+def test_the_helper_answers_not_received_for_a_truncated_request(data_fd: int) -> None:
+    request = fsync_helper.REQUEST.pack(7, 2)
+    ancillary = [
+        (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [os.dup(data_fd)]).tobytes())
+    ]
+    assert fsync_helper.ANSWER.unpack(fsync_helper.answer(request, ancillary, 0)) == (
+        7,
+        fsync_helper.NOT_RECEIVED,
+    )
+    request = fsync_helper.REQUEST.pack(8, 1)
+    ancillary = [
+        (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [os.dup(data_fd)]).tobytes())
+    ]
+    truncated = fsync_helper.answer(request, ancillary, socket.MSG_CTRUNC)
+    assert fsync_helper.ANSWER.unpack(truncated) == (8, fsync_helper.NOT_RECEIVED)
+    ancillary = [
+        (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [os.dup(data_fd)]).tobytes())
+    ]
+    assert fsync_helper.ANSWER.unpack(fsync_helper.answer(request, ancillary, 0)) == (8, 0)
 
 
 async def test_leaving_waits_for_every_answer_even_when_cancelled(data_fd: int) -> None:
@@ -128,14 +216,7 @@ async def test_the_helper_ignores_sigint_and_sigterm_and_exits_with_its_owner(
 ) -> None:
     job = _Job()
     async with FsyncProcess.open() as helper:
-
-        def ignores(signum: int) -> bool:
-            status = Path(f"/proc/{helper.pid}/status").read_text()
-            line = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
-            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
-
-        # Ignored once the helper's main() ran; until then a signal would kill it.
-        await _wait_for(lambda: ignores(signal.SIGINT) and ignores(signal.SIGTERM))
+        await _started(helper)  # until then, a signal would kill it
         os.kill(helper.pid, signal.SIGINT)
         os.kill(helper.pid, signal.SIGTERM)
         assert helper.submit([data_fd], job.on_done, job.redo)

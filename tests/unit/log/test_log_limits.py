@@ -254,6 +254,40 @@ def test_ticket_never_covers_appends_made_after_it(tmp_path):
     log.close()
 
 
+def test_a_segment_sealed_while_a_ticket_ran_still_needs_its_own_sync(tmp_path):
+    # The ticket synced the active segment as it was; appends then filled it and rolled it:
+    # its tail and indexes were never synced, so it stays among the segments to sync.
+    log = PartitionLog.open(tmp_path, CONFIG)
+    log.append(make_batch([BASE_TS], value_bytes=100))
+    log.flush()
+    log.append(make_batch([BASE_TS], value_bytes=100))
+    ticket = log.begin_flush()
+    assert ticket.fds == (log.active.fd,)  # a plain ticket: the helper process may run it
+    first = log.active
+    while log.active is first:
+        log.append(make_batch([BASE_TS], value_bytes=100))
+    ticket.run()
+    log.complete_flush(ticket)
+    assert log.has_unsynced_segments
+    after = log.begin_flush()
+    assert set(first.sync_paths()) <= set(after.paths) and after.fds == ()
+    after.run()
+    log.complete_flush(after)
+    assert not log.has_unsynced_segments and log.flushed_offset == log.log_end_offset
+    log.close()
+
+
+def test_a_closed_log_never_hands_out_a_descriptor_to_fsync(tmp_path):
+    log = PartitionLog.open(tmp_path, CONFIG)
+    log.append(make_batch([BASE_TS]))
+    log.flush()
+    log.append(make_batch([BASE_TS]))
+    log.close(clean=False)  # as LogManager.delete does while a produce waits for its fsync
+    ticket = log.begin_flush()
+    assert ticket.fds == ()  # a thread runs it (by path), not the helper with a dead descriptor
+    log.abort_flush()
+
+
 def test_unclean_open_trusts_only_what_the_checkpoint_covers(tmp_path):
     log = PartitionLog.open(tmp_path, CONFIG)
     for number in range(30):
