@@ -29,24 +29,12 @@ from tests.integration.cluster_node.harness import (
     record_batch,
 )
 from tests.log_reading import log_bytes
+from tests.processes import fsync_helpers
 from wire import batch as batch_codec
 from wire.error_codes import BrokerError, ErrorCode
 
 TOPIC = "orders"
 PARTITIONS = 3
-
-
-def _fsync_helper_children() -> list[str]:
-    """This process's children that run broker/log/fsync_helper.py."""
-    pid = os.getpid()
-    found = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        try:
-            if b"fsync_helper.py" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(child)
-        except FileNotFoundError:
-            continue
-    return found
 
 
 def _assert_identical(cluster: Cluster, topic: str, partition: int) -> bytes:
@@ -137,7 +125,7 @@ async def test_topic_placement_produce_and_delete(tmp_path: Path) -> None:
         # The replicas fsync in the workers their brokers' ReplicaManagers share, not in
         # to_thread's: a helper process per broker (plain fsyncs), threads (a new log's first).
         assert any(thread.name.startswith("raft-fsync") for thread in threading.enumerate())
-        assert len(_fsync_helper_children()) >= len(cluster.nodes)
+        assert len(fsync_helpers(os.getpid())) >= len(cluster.nodes)
         for partition in range(PARTITIONS):
             await cluster.wait_converged(TOPIC, partition)
             data = _assert_identical(cluster, TOPIC, partition)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import urllib.request
-from pathlib import Path
 
 import trio
 import trio.testing
 
 from tests.integration.server.conftest import BrokerProcess, StartProcess
+from tests.processes import exited, fsync_helpers, ignores_signal, open_files
 from tests.unit.server.wire_client import WireClient, make_batch
 from wire.error_codes import ErrorCode
 
@@ -19,44 +19,8 @@ WAIT_S = 20.0
 
 
 def _helpers(process: BrokerProcess) -> list[int]:
-    """The broker's fsync helper processes (its children running broker/log/fsync_helper.py)."""
     assert process.process is not None
-    pid = process.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    found = []
-    for child in children:
-        try:
-            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        except FileNotFoundError:
-            continue
-        if any(part.endswith(b"fsync_helper.py") for part in command):
-            found.append(int(child))
-    return found
-
-
-def _open_files(pid: int) -> list[Path]:
-    files = []
-    for link in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            files.append(Path(os.readlink(link)))
-        except FileNotFoundError:
-            continue
-    return files
-
-
-def _ignores(pid: int, signum: int) -> bool:
-    status = Path(f"/proc/{pid}/status").read_text()
-    line = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
-    return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
-
-
-def _exited(pid: int) -> bool:
-    """Gone, or a zombie whose parent has not reaped it (it has exited)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
+    return fsync_helpers(process.process.pid)
 
 
 async def _wait_for(condition, timeout_s: float = WAIT_S) -> None:  # type: ignore[no-untyped-def]
@@ -96,7 +60,7 @@ async def test_acks_all_waits_for_the_helper_and_it_dies_with_a_killed_broker(
             # Appended (in the page cache), its fsync handed to the helper (which holds the
             # segment's descriptor while it is stopped)...
             await _wait_for(lambda: _log_end_offset(process, "durable") == 2.0)
-            await _wait_for(lambda: any(p.name.endswith(".log") for p in _open_files(helper)))
+            await _wait_for(lambda: any(p.name.endswith(".log") for p in open_files(helper)))
             # ...so not acknowledged (acks=all, flush.policy=always) until the helper answers.
             await trio.testing.wait_all_tasks_blocked()
             assert answers == []
@@ -106,7 +70,7 @@ async def test_acks_all_waits_for_the_helper_and_it_dies_with_a_killed_broker(
     assert answers == [1]
     await client.aclose()
     process.stop(signal.SIGKILL)
-    await _wait_for(lambda: _exited(helper))
+    await _wait_for(lambda: exited(helper))
 
 
 async def test_a_clean_stop_reaps_the_helper_and_a_stray_sigint_does_not_stop_it(
@@ -114,7 +78,7 @@ async def test_a_clean_stop_reaps_the_helper_and_a_stray_sigint_does_not_stop_it
 ) -> None:
     process = broker_process()
     (helper,) = _helpers(process)
-    await _wait_for(lambda: _ignores(helper, signal.SIGINT))  # its main() has run
+    await _wait_for(lambda: ignores_signal(helper, signal.SIGINT))  # its main() has run
     os.kill(helper, signal.SIGINT)  # as Ctrl-C sends to the whole process group
     client = await WireClient.connect(*process.listen)
     assert (await client.create_topic("t")).error is ErrorCode.NONE
@@ -123,5 +87,5 @@ async def test_a_clean_stop_reaps_the_helper_and_a_stray_sigint_does_not_stop_it
     await client.aclose()
     assert _helpers(process) == [helper]
     assert process.stop(signal.SIGTERM) == 0
-    assert _exited(helper)
+    assert exited(helper)
     assert "fsync helper" not in process.log()  # no warning: it was never lost

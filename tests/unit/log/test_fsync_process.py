@@ -25,6 +25,7 @@ import trio.testing
 
 from broker.log import fsync_helper
 from broker.log.fsync_process import FsyncProcess
+from tests.processes import exited, ignores_signal
 
 
 class _Job:
@@ -55,26 +56,11 @@ async def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> N
             await trio.sleep(0.001)
 
 
-def _ignores(pid: int, signum: int) -> bool:
-    status = Path(f"/proc/{pid}/status").read_text()
-    line = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
-    return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
-
-
 async def _started(helper: FsyncProcess) -> None:
     """Until the helper's main() runs (its signal dispositions are the first thing it sets)."""
     await _wait_for(
-        lambda: _ignores(helper.pid, signal.SIGINT) and _ignores(helper.pid, signal.SIGTERM)
+        lambda: all(ignores_signal(helper.pid, sig) for sig in (signal.SIGINT, signal.SIGTERM))
     )
-
-
-def _exited(pid: int) -> bool:
-    """The process is gone or a zombie (it has exited; its parent has not reaped it yet)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 async def test_each_job_is_answered_once_and_the_descriptor_stays_open_here(data_fd: int) -> None:
@@ -85,7 +71,7 @@ async def test_each_job_is_answered_once_and_the_descriptor_stays_open_here(data
         await _wait_for(lambda: all(job.results for job in jobs))
     assert all(job.results == [outcome.Value(None)] and not job.redone for job in jobs)
     os.fstat(data_fd)  # the helper closed its copies only
-    assert _exited(helper.pid)
+    assert exited(helper.pid)
 
 
 async def test_an_fsync_error_comes_back_as_that_oserror(data_fd: int) -> None:
@@ -208,7 +194,7 @@ async def test_leaving_waits_for_every_answer_even_when_cancelled(data_fd: int) 
                 await trio.sleep_forever()
     assert scope.cancelled_caught
     assert job.results == [outcome.Value(None)] and job.redone == 0
-    assert _exited(helper.pid)
+    assert exited(helper.pid)
 
 
 async def test_the_helper_ignores_sigint_and_sigterm_and_exits_with_its_owner(
@@ -221,6 +207,6 @@ async def test_the_helper_ignores_sigint_and_sigterm_and_exits_with_its_owner(
         os.kill(helper.pid, signal.SIGTERM)
         assert helper.submit([data_fd], job.on_done, job.redo)
         await _wait_for(lambda: bool(job.results))
-        assert helper.alive and not _exited(helper.pid)
+        assert helper.alive and not exited(helper.pid)
     assert job.results == [outcome.Value(None)]
-    assert _exited(helper.pid)
+    assert exited(helper.pid)
