@@ -25,6 +25,7 @@ import trio.testing
 
 from broker.log import fsync_helper
 from broker.log.fsync_process import FsyncProcess
+from broker.log.sync_threads import fsync_workers
 from tests.processes import exited, ignores_signal
 
 
@@ -210,3 +211,22 @@ async def test_the_helper_ignores_sigint_and_sigterm_and_exits_with_its_owner(
         assert helper.alive and not exited(helper.pid)
     assert job.results == [outcome.Value(None)]
     assert exited(helper.pid)
+
+
+async def test_without_a_helper_the_workers_are_threads_alone(
+    data_fd: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Where the helper cannot start (no SOCK_SEQPACKET, say), fsyncs run in threads as before.
+    def unsupported(*args: object) -> None:
+        raise OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
+
+    monkeypatch.setattr(socket, "socketpair", unsupported)
+    done: list[outcome.Outcome[None]] = []
+    async with fsync_workers("test-fsync") as threads:
+        assert threads.helper is None
+        await threads.run(lambda: os.fsync(data_fd), [data_fd])
+        threads.submit(lambda: os.fsync(data_fd), done.append, [data_fd])
+        await _wait_for(lambda: bool(done))
+        assert threads.threads  # the threads did it
+    assert done == [outcome.Value(None)]
+    assert "no fsync helper process" in caplog.text and "fsyncs run in threads" in caplog.text
