@@ -619,11 +619,18 @@ class RaftCore:
             if isinstance(message, VoteRequest):
                 # Leader lease (thesis §4.2.3, §6.2): while we hear from a live leader, a higher
                 # term candidate is a disruptive (partitioned or removed) node; ignore it. A
-                # leadership transfer is the one legitimate exception.
-                in_lease = (
-                    self.config.check_quorum
-                    and self.leader_id != NODE_NONE
+                # leadership transfer is the one legitimate exception. Between voters the lease
+                # comes with check_quorum (etcd), which makes a leader that lost its majority step
+                # down: otherwise it would keep the followers it still reaches in the lease, and
+                # out of a new election, for good. A candidate outside our voters (removed, and
+                # not told) is ignored either way: ignoring a message is always safe, and once no
+                # leader is heard from it is heard again.
+                hearing_leader = (
+                    self.leader_id != NODE_NONE
                     and self._election_elapsed < self.config.election_timeout_ticks
+                )
+                in_lease = hearing_leader and (
+                    self.config.check_quorum or message.source not in self.configuration.voters
                 )
                 if in_lease and not message.transfer:
                     return False

@@ -847,7 +847,7 @@ class Checker:
         cores = {n: node.core for n, node in self.sim.nodes.items() if node.core is not None}
         # A live leader: every voter of its configuration follows it in its term and has caught up
         # with its commit index. (A removed node that never learned of its removal may campaign
-        # forever; the lease makes voters ignore it.)
+        # forever; the lease makes voters ignore it, check_quorum or not: RaftCore._step_term.)
         if not any(
             core.role is Role.LEADER
             and all(

@@ -165,6 +165,33 @@ def test_a_stale_pre_vote_grant_does_not_win_a_later_round() -> None:
     assert (core.role, core.term) == (Role.CANDIDATE, 2)
 
 
+def test_a_removed_node_cannot_depose_a_live_leader_even_without_check_quorum() -> None:
+    """Regression (simulator seed 742598957, pre-vote and check-quorum both off): node 4, removed
+    before it learned so, campaigned again and again; its higher-term VoteRequest made every
+    voter, the leader too, step down each time, so the group never settled. A candidate that is
+    not a voter here is ignored while we hear from a leader; between voters nothing changed."""
+    core = make_core(node_id=2, voters=(1, 2, 3), check_quorum=False, pre_vote=False)
+    core.step(AppendRequest(1, 2, 1, -1, 0, (), commit_index=-1))  # leader 1 of term 1
+    drain(core)
+    core.step(VoteRequest(source=4, target=2, term=5, last_index=-1, last_term=0))
+    assert drain(core) == []  # dropped: no answer, no new term
+    assert (core.term, core.leader_id) == (1, 1)
+    # A voter's request still moves the term (the lease needs check_quorum among voters).
+    core.step(VoteRequest(source=3, target=2, term=6, last_index=-1, last_term=0))
+    drain(core)
+    assert core.term == 6
+    # Once no leader is heard from, the outsider is heard too (it may be a voter we do not know).
+    follower = make_core(node_id=2, voters=(1, 2, 3), check_quorum=False, pre_vote=False)
+    follower.step(AppendRequest(1, 2, 1, -1, 0, (), commit_index=-1))
+    drain(follower)
+    for _ in range(follower.config.election_timeout_ticks):
+        follower.tick()
+    drain(follower)
+    follower.step(VoteRequest(source=4, target=2, term=9, last_index=-1, last_term=0))
+    drain(follower)
+    assert follower.term == 9
+
+
 def test_rejection_carries_the_fast_backtracking_hint() -> None:
     core = make_core(node_id=2, voters=(1, 2, 3), check_quorum=False)
     entries = (
