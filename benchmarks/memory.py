@@ -103,7 +103,13 @@ class ProcessMemory:
         fields: dict[str, int] = {}
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         for each in (pid, *map(int, children)):
-            for line in Path(f"/proc/{each}/smaps_rollup").read_text().splitlines()[1:]:
+            try:
+                rollup = Path(f"/proc/{each}/smaps_rollup").read_text()
+            except FileNotFoundError:
+                if each == pid:
+                    raise
+                continue  # a child that exited since it was listed holds nothing
+            for line in rollup.splitlines()[1:]:
                 name, value = line.split(":", 1)
                 fields[name.strip()] = fields.get(name.strip(), 0) + int(value.split()[0])  # kB
         mb = {name: round(fields.get(name, 0) / 1024, 1) for name in _ROLLUP_FIELDS}

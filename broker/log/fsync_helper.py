@@ -1,7 +1,8 @@
 """The fsync helper process: fsyncs the file descriptors the broker passes it, and says when.
 
-Run as `python -m broker.log.fsync_helper FD THREADS`, where FD is one end of a SOCK_SEQPACKET
-socketpair (`FsyncProcess` in broker/log/fsync_process.py starts it). Each request is one
+Run as `python -I -S .../broker/log/fsync_helper.py FD THREADS` (by path, standard library
+only), where FD is one end of a SOCK_SEQPACKET socketpair (`FsyncProcess` in
+broker/log/fsync_process.py starts it). Each request is one
 message: a job id (8 bytes) and how many descriptors it carries (1 byte), with the descriptors to
 fsync attached (SCM_RIGHTS, the same open files as the broker's, so a write-back error is
 reported to this fsync as it would be to the broker's own). The answer is the job id and 0, the
@@ -22,6 +23,7 @@ the broker's whole process group, so that the broker, stopping, still gets its a
 from __future__ import annotations
 
 import array
+import errno
 import os
 import signal
 import socket
@@ -46,7 +48,8 @@ def fsync_all(fds: list[int]) -> int:
         try:
             os.fsync(fd)
         except OSError as exc:
-            failed = failed or (exc.errno or -1)
+            # Never 0 (that says "synced") nor NOT_RECEIVED (that has the job redone).
+            failed = failed or (exc.errno if exc.errno and exc.errno > 0 else errno.EIO)
         finally:
             os.close(fd)
     return failed

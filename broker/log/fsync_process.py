@@ -54,7 +54,6 @@ REAP_TIMEOUT_S = 1.0
 _ANSWERS_PER_READ = 256
 # sendmsg errors that mean the helper is gone (any other concerns that one message).
 _HELPER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED})
-_READER_STOPPED = "its answers can no longer be read"
 
 OnDone = Callable[[outcome.Outcome[None]], None]
 
@@ -156,7 +155,9 @@ class FsyncProcess:
                     await trio.lowlevel.wait_readable(self._sock)
                     self._read_ready()
         finally:
-            self._died(_READER_STOPPED)
+            if self._pending:
+                self._died("its answers can no longer be read")
+            self.alive = False
 
     def _read_ready(self) -> None:
         sock, size = self._sock, fsync_helper.ANSWER.size
@@ -201,8 +202,6 @@ class FsyncProcess:
         if self._all_answered is not None:
             self._all_answered.set()
         pending, self._pending = self._pending, {}
-        if not pending and why == _READER_STOPPED:
-            return  # a normal stop
         logger.error(
             "the fsync helper process (pid %d) stopped: %s; %d fsync(s) it had not answered "
             "count as failed, later fsyncs run in threads",

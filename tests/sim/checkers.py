@@ -207,11 +207,8 @@ class StabilityWatch:
 
     def judge_follower(self, follower: int, ticks: int, since: int, timeout: int) -> None:
         """`follower`, at its tick `ticks`, last heard the leader at its tick `since`."""
-        if ticks - since < timeout or follower in self.lapsed:
+        if not self._silence_to_judge((follower, True), self.lapsed, ticks, since, timeout):
             return
-        if self.judged.get((follower, True)) == since:
-            return
-        self.judged[(follower, True)] = since
         silence = (
             f"follower {follower} heard nothing from leader {self.leader} for {ticks - since} "
             f"of its ticks (election timeout {timeout})"
@@ -228,11 +225,8 @@ class StabilityWatch:
 
     def judge_leader(self, follower: int, ticks: int, since: int, timeout: int) -> None:
         """The leader, at its tick `ticks`, last heard `follower` at its tick `since`."""
-        if ticks - since < timeout or follower in self.unheard:
+        if not self._silence_to_judge((follower, False), self.unheard, ticks, since, timeout):
             return
-        if self.judged.get((follower, False)) == since:
-            return
-        self.judged[(follower, False)] = since
         silence = (
             f"leader {self.leader} heard nothing from follower {follower} for {ticks - since} "
             f"of its ticks (election timeout {timeout})"
@@ -241,6 +235,17 @@ class StabilityWatch:
             self.unheard[follower] = f"{silence} though it sent it something to answer"
         else:
             self.unexcused.append(f"{silence} without sending it anything to answer")
+
+    def _silence_to_judge(
+        self, key: tuple[int, bool], excused: dict[int, str], ticks: int, since: int, timeout: int
+    ) -> bool:
+        """Whether the silence of `key` (follower, its side) that started at `since` reached the
+        timeout and is judged now: once per silence, never after one of that follower's was
+        excused."""
+        if ticks - since < timeout or key[0] in excused or self.judged.get(key) == since:
+            return False
+        self.judged[key] = since
+        return True
 
     def broken(self) -> str | None:
         """Why the premise failed (None: it held, so the claim must hold).
