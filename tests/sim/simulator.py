@@ -41,6 +41,10 @@ TICK_TIME = 100
 # Client payloads proposed but not yet seen committed; no new ones beyond this (a producer's
 # bounded in-flight requests). It also bounds the backlog the liveness phase must drain.
 CLIENT_PENDING_MAX = 20
+# The liveness bound's catch-up allowance (Simulation._run_until_live): checked in windows of
+# this fraction of the bound, extended a window at a time up to this many times the bound.
+CATCH_UP_WINDOWS = 6
+CATCH_UP_CAP = 2
 # Events a failure report prints: enough to see the crash, election or message that broke it.
 TRACE_LINES_REPORTED = 60
 # Quiescence is drawn from its own generator (seeded from the run's seed), so turning it on for
@@ -276,9 +280,7 @@ class Simulation:
         try:
             self._run_until(self.options.safety_ticks * TICK_TIME)
             self._heal()
-            deadline = self.time + self.options.liveness_ticks * TICK_TIME
-            self._run_until(deadline, stop_when_live=True)
-            self.checker.check_liveness()
+            self._run_until_live()
             if self.options.pre_vote:
                 self._stability_phase()
             if self.options.quiesce:
@@ -327,6 +329,48 @@ class Simulation:
             if stop_when is not None and stop_when():
                 return
 
+    def _run_until_live(self) -> None:
+        """Run until the group is live (`Checker.is_live`), within `liveness_ticks`, plus a
+        catch-up allowance: a window at a time, up to `CATCH_UP_CAP` times the bound, for as long
+        as one leader, in one term, keeps raising the lowest match index among its voters.
+
+        A follower that diverged long ago catches up one entry per round trip when a message
+        carries one entry and one is in flight (`append_bytes_max=1`, `inflight_messages_max=1`);
+        over a healed network still near its 400 ms delay maximum, a correct core can need more
+        than the bound for that alone (seeds 442155533 and 911465610, docs/raft.md). Elections
+        that keep failing, or a leader that stops making progress, get no allowance, and the cap
+        keeps the bound a bound.
+        """
+        bound = self.options.liveness_ticks * TICK_TIME
+        window = max(bound // CATCH_UP_WINDOWS, TICK_TIME)
+        end, cap = self.time + bound, self.time + CATCH_UP_CAP * bound
+        reached = self.time
+        while reached < end:
+            mark = self._catch_up_mark()
+            reached = min(reached + window, end)
+            self._run_until(reached, stop_when_live=True)
+            if self.checker.is_live():
+                return
+            if reached == end and end < cap and self._caught_up_since(mark):
+                end = min(end + window, cap)
+                self.trace(f"liveness: a follower is still catching up; bound extended to {end}")
+        self.checker.check_liveness()
+
+    def _catch_up_mark(self) -> tuple[int, int, int] | None:
+        """(leader, term, lowest match index among its voters), or None without a leader."""
+        leader = self._current_leader()
+        if leader is None:
+            return None
+        lowest = min(
+            leader.progress[voter].match_index if voter in leader.progress else -1
+            for voter in leader.configuration.voters
+        )
+        return leader.node_id, leader.term, lowest
+
+    def _caught_up_since(self, mark: tuple[int, int, int] | None) -> bool:
+        now = self._catch_up_mark()
+        return mark is not None and now is not None and now[:2] == mark[:2] and now[2] > mark[2]
+
     def _stability_phase(self) -> None:
         """Pre-vote (thesis §9.6): a follower cut off from a healthy leader must not raise its term
         while isolated and, with check-quorum, must rejoin without deposing the leader."""
@@ -350,9 +394,7 @@ class Simulation:
             return  # without the lease, a rejoining node's pre-vote may legitimately win
         self.blocked = set()
         self.trace(f"stability: {isolated} rejoins")
-        deadline = self.time + self.options.liveness_ticks * TICK_TIME
-        self._run_until(deadline, stop_when_live=True)
-        self.checker.check_liveness()
+        self._run_until_live()
         self.checker.check_stable(leader, terms, isolated=isolated, rejoined=True)
         self.checker.end_stability()
 
@@ -385,8 +427,7 @@ class Simulation:
         if self.nodes[old].core is None:
             self._start(self.nodes[old])
         self.trace(f"quiet failover: {old} is back")
-        self._run_until(self.time + bound, stop_when_live=True)
-        self.checker.check_liveness()
+        self._run_until_live()
 
     def _schedule(self, delay: int, kind: str, payload: Any) -> None:
         self.sequence += 1

@@ -163,6 +163,23 @@ def test_messages_gone_stale_during_an_fsync_are_not_sent() -> None:
     )
 
 
+@pytest.mark.parametrize("seed", [442155533, 911465610])
+def test_a_slow_but_progressing_catch_up_gets_the_allowance(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Goal: the liveness bound tells slow from stuck. In these seeds a follower that diverged
+    long ago catches up one entry per heartbeat over a slow healed network (docs/raft.md): they
+    pass with the catch-up allowance, the trace says the bound was extended, and the same runs
+    with the allowance capped at the bound itself fail the liveness check."""
+    simulation = Simulation(seed, trace=True)
+    simulation.run()
+    assert any("bound extended" in line for line in simulation.trace_lines)
+    monkeypatch.setattr("tests.sim.simulator.CATCH_UP_CAP", 1)
+    with pytest.raises(SimulationFailure) as failed:
+        Simulation(seed).run()
+    assert failed.value.invariant == "liveness"
+
+
 def test_simulation_is_deterministic() -> None:
     """Goal: one seed replays the exact same run, event for event (so failures reproduce)."""
     first = Simulation(7, trace=True)
