@@ -83,7 +83,8 @@ class FlushTicket:
             except FileNotFoundError:
                 continue  # deleted by retention or truncation meanwhile: nothing left to sync
             try:
-                os.fsync(fd)
+                # The data and the size, not the timestamps (see fsync_helper.fsync_all).
+                os.fdatasync(fd)
             finally:
                 os.close(fd)
         # Only after the segments below it are synced may the checkpoint pass them.

@@ -42,11 +42,15 @@ _FDS_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 
 def fsync_all(fds: list[int]) -> int:
     """Fsync every descriptor (even after a failure: each must be closed), then close them all;
-    0 or the first error's errno."""
+    0 or the first error's errno.
+
+    `fdatasync`: the data and what reading it back needs (the file's size), not the timestamps,
+    whose journal commit is what an fsync of a preallocated segment would otherwise still pay.
+    """
     failed = 0
     for fd in fds:
         try:
-            os.fsync(fd)
+            os.fdatasync(fd)
         except OSError as exc:
             # Never 0 (that says "synced") nor NOT_RECEIVED (that has the job redone).
             failed = failed or (exc.errno if exc.errno and exc.errno > 0 else errno.EIO)

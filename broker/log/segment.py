@@ -5,6 +5,12 @@ with `pwrite` at the tracked end position and read with `pread` (or handed to `o
 file region); the index files are preallocated, memory-mapped and trimmed to their used size when
 the segment is sealed (rolled or cleanly closed).
 
+The active segment's `.log` file is longer than its batches: it is zero-filled ahead of the last
+one (`LogConfig.preallocate_bytes`), so that most appends land in blocks the file already has and
+their `fdatasync` skips the journal commit of a new file size (docs/storage.md, "Preallocation").
+The segment's end is therefore `size_bytes`, never the file's size: sealing cuts the zeros off,
+and recovery takes an all-zero tail for the end it is, not for damage.
+
 Rules:
 - Batches are appended whole and in offset order; the first batch's base offset is the segment's.
 - Only the active (last) segment is writable; a sealed segment's indexes are mapped read-only.
@@ -47,6 +53,11 @@ TIME_INDEX_SUFFIX = ".timeindex"
 NO_TIMESTAMP = -1
 # Recovery reads the file in chunks of this size; a batch larger than a chunk is read on its own.
 RECOVERY_CHUNK_BYTES = 8 * 1024 * 1024
+# The least an active segment is zero-filled ahead (unless preallocate_bytes is smaller): the fill
+# grows with the segment, so an idle partition holds little of it (1,000 of them: 16 MiB of disk).
+PREALLOCATE_MIN_BYTES = 16 * 1024
+# Zeros are written from this buffer, a piece at a time.
+_ZEROS = memoryview(bytes(256 * 1024))
 # A declared batch length is trusted during recovery only up to the bytes left in the file; the CRC
 # then decides. This keeps batches written under a larger, since lowered, max_batch_bytes.
 _RECOVERY_MAX_BATCH_BYTES = 2**31 - 1
@@ -183,6 +194,8 @@ class Segment:
         self.time_index_path = directory / segment_file_name(base_offset, TIME_INDEX_SUFFIX)
         self.fd = -1
         self.size_bytes = 0
+        # The .log file's size: size_bytes plus the zeros written ahead of it (preallocation).
+        self.file_bytes = 0
         # Exclusive end: the offset the next batch appended here would get.
         self.next_offset = base_offset
         self.max_timestamp = NO_TIMESTAMP
@@ -240,7 +253,7 @@ class Segment:
         """
         segment = cls(directory, base_offset, config)
         segment.fd = os.open(segment.log_path, os.O_RDWR)
-        segment.size_bytes = os.fstat(segment.fd).st_size
+        segment.size_bytes = segment.file_bytes = os.fstat(segment.fd).st_size
         note = None
         if recover:
             note = segment._recover(writable=writable, expected_epoch=expected_epoch)
@@ -406,7 +419,17 @@ class Segment:
             self._index_batch(header, position)
             valid_bytes = position + header.size_bytes
         note = None
-        if valid_bytes < self.size_bytes:
+        if valid_bytes < self.size_bytes and _all_zero(self.fd, valid_bytes, self.size_bytes):
+            # The zeros preallocation wrote ahead of the last batch: the end, not damage.
+            logger.debug(
+                "segment %s: %d preallocated bytes after byte %d",
+                self.log_path,
+                self.size_bytes - valid_bytes,
+                valid_bytes,
+            )
+            os.ftruncate(self.fd, valid_bytes)
+            self.size_bytes = self.file_bytes = valid_bytes
+        elif valid_bytes < self.size_bytes:
             cut = self.size_bytes - valid_bytes
             note = RecoveryNote(self.base_offset, valid_bytes, cut, reason)
             logger.warning(
@@ -418,7 +441,7 @@ class Segment:
                 reason or "incomplete batch at the end of the file",
             )
             os.ftruncate(self.fd, valid_bytes)
-            self.size_bytes = valid_bytes
+            self.size_bytes = self.file_bytes = valid_bytes
         self.verified_bytes = valid_bytes
         self.unverified_end = 0
         if not writable:
@@ -467,6 +490,8 @@ class Segment:
         if self.verified_bytes == self.size_bytes:
             self.verified_bytes = position
         self.size_bytes = position
+        if position > self.file_bytes:
+            self._preallocate(position)
 
     def append_assigned(
         self,
@@ -504,6 +529,23 @@ class Segment:
         if self.verified_bytes == position:
             self.verified_bytes = position + size  # validated by the caller
         self.size_bytes = position + size
+        if position + size > self.file_bytes:
+            self._preallocate(position + size)
+
+    def _preallocate(self, end: int) -> None:
+        """Zero-fill the file ahead of `end`, the new end of its batches, which just went past
+        the zeros written before: as far ahead as the segment holds, from PREALLOCATE_MIN_BYTES up
+        to `preallocate_bytes`, never past `segment_bytes` (the segment rolls there).
+
+        Zeros and not `fallocate`: blocks allocated unwritten are converted when first written,
+        which is itself a journal commit at the next fsync, the cost this is here to avoid.
+        """
+        ahead = min(self.config.preallocate_bytes, max(PREALLOCATE_MIN_BYTES, end))
+        target = min(end + ahead, self.config.segment_bytes)
+        position = end
+        while position < target:
+            position += os.pwrite(self.fd, _ZEROS[: target - position], position)
+        self.file_bytes = max(position, end)
 
     def _index_batch(self, header: BatchHeader, position: int) -> None:
         self._index_entry(
@@ -640,7 +682,7 @@ class Segment:
         """Drop every byte from `position` (a batch boundary) on."""
         assert not self.sealed or position == self.size_bytes
         os.ftruncate(self.fd, position)
-        self.size_bytes = position
+        self.size_bytes = self.file_bytes = position
         self.verified_bytes = min(self.verified_bytes, position)
         self.unverified_end = min(self.unverified_end, position)
         relative = (
@@ -658,7 +700,11 @@ class Segment:
         self._walk_tail(0 if last is None else last[1])
 
     def seal(self) -> None:
-        """Make the segment read-only: trim the index files to their entries and map them so."""
+        """Make the segment read-only: cut the preallocated zeros off the log file, trim the index
+        files to their entries and map them so."""
+        if self.file_bytes > self.size_bytes:
+            os.ftruncate(self.fd, self.size_bytes)
+            self.file_bytes = self.size_bytes
         self._offset_file.trim(self.index.size_bytes)
         self._time_file.trim(self.time_index.size_bytes)
         self.index.buffer = self._offset_file.buffer
@@ -699,6 +745,16 @@ class Segment:
         self.close()
         for path in (self.log_path, self.index_path, self.time_index_path):
             path.unlink(missing_ok=True)
+
+
+def _all_zero(fd: int, start: int, end: int) -> bool:
+    """Whether bytes `start` to `end` of the file are all zeros (read a chunk at a time)."""
+    while start < end:
+        chunk = os.pread(fd, min(RECOVERY_CHUNK_BYTES, end - start), start)
+        if not chunk or chunk.count(0) != len(chunk):
+            return False
+        start += len(chunk)
+    return True
 
 
 def _iter_raw_batches(fd: int, end: int) -> Iterator[tuple[int, bytes, int]]:

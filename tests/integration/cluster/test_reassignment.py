@@ -19,6 +19,7 @@ import trio
 from client import AdminClient, Consumer, Producer, TopicPartition
 from client.embedded_cluster import EmbeddedCluster
 from tests.integration.cluster.common import FAST_GROUP_BROKER_ARGS, wait_for
+from tests.log_reading import batches_in_file
 from tests.unit.server.wire_client import WireClient
 from wire import codec
 
@@ -67,9 +68,15 @@ def replicas_of(
 
 
 def log_bytes(data_dir: Path, topic: str, partition: int) -> bytes:
-    """A replica's whole log as stored: its segment files in offset order, concatenated."""
+    """A replica's whole log as stored: the batches of its segment files in offset order,
+    concatenated (not the zeros preallocated after the active segment's last batch)."""
     directory = data_dir / "logs" / f"{topic}-{partition}"
-    return b"".join(path.read_bytes() for path in sorted(directory.glob("*.log")))
+    chunks = []
+    for path in sorted(directory.glob("*.log")):
+        data = path.read_bytes()
+        end = sum(header.size_bytes for _, header in batches_in_file(data, beside_a_writer=True))
+        chunks.append(data[:end])
+    return b"".join(chunks)
 
 
 def test_move_1_2_3_to_2_3_4_under_acks_all_with_the_cli(cluster: EmbeddedCluster) -> None:

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from tests.integration.server.conftest import BrokerProcess, StartProcess, broker_command
+from tests.log_reading import batches_in_file
 from tests.unit.server.wire_client import WireClient, make_batch
 from wire import codec
 from wire.batch import iter_batches, validate_batch
@@ -81,18 +82,27 @@ async def test_restart_reads_everything_back(broker_process: StartProcess, tmp_p
     await client.aclose()
 
 
-async def test_kill_9_keeps_acknowledged_writes(broker_process: StartProcess) -> None:
-    # Goal: acks=-1 under flush.policy=always survives SIGKILL (recovery on restart).
+async def test_kill_9_keeps_acknowledged_writes(
+    broker_process: StartProcess, tmp_path: Path
+) -> None:
+    # Goal: acks=-1 under flush.policy=always survives SIGKILL (recovery on restart), and the
+    # zeros preallocated after the last batch are taken for the end, not reported as damage.
     first = broker_process()
     client = await connect(first)
     assert (await client.create_topic("acked")).error is ErrorCode.NONE
     for i in range(20):
         assert (await client.produce("acked", 0, make_batch([b"%d" % i]))).base_offset == i
     first.stop(signal.SIGKILL)
+    segment = tmp_path / "data" / "logs" / "acked-0" / f"{0:020d}.log"
+    raw = segment.read_bytes()
+    end = sum(header.size_bytes for _, header in batches_in_file(raw))
+    assert len(raw) > end and raw[end:] == bytes(len(raw) - end)
     second = broker_process()
     client = await connect(second)
     result = await client.fetch("acked", 0, 0)
     assert offsets_of(result.records) == list(range(20))
+    assert "truncating" not in second.log()
+    assert (await client.produce("acked", 0, make_batch([b"after"]))).base_offset == 20
     await client.aclose()
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from broker.log.log import PartitionLog
 from broker.log.segment import SegmentCorruptError
+from tests.log_reading import batches_in_file
 from wire.batch import iter_batches, validate_batch
 
 from .conftest import PROFILE
@@ -62,7 +63,7 @@ def _layout(directory: Path) -> list[Stored]:
     stored = []
     for path in sorted(directory.glob("*.log")):
         data = path.read_bytes()
-        for position, header in iter_batches(data, max_batch_bytes=2**31 - 1):
+        for position, header in batches_in_file(data):
             stored.append(
                 Stored(
                     path,
@@ -155,10 +156,16 @@ def test_cut_or_flip_in_the_unsynced_region(seed, flush_after, data, caplog):
             return
         byte = data.draw(st.integers(0, size - 1), label="byte")
         if data.draw(st.booleans(), label="cut"):
+            # What is left of a cut batch is reported, unless it is all zeros: recovery cannot
+            # tell those from the zeros preallocated after the last batch (docs/storage.md).
+            left = target.read_bytes()[:byte]
             os.truncate(target, byte)
-            inside = any(b.segment == target and b.position < byte < b.end for b in stored) or (
-                target != stored[-1].segment
-            )
+            inside = any(
+                b.segment == target
+                and b.position < byte < b.end
+                and left[b.position :].strip(b"\0")
+                for b in stored
+            ) or (target != stored[-1].segment)
         else:
             bit = data.draw(st.integers(0, 7), label="bit")
             with open(target, "r+b") as file:

@@ -30,7 +30,8 @@ from broker.log.log import (
     OffsetOutOfRangeError,
     PartitionLog,
 )
-from wire.batch import RecordCountError, iter_batches
+from tests.log_reading import batches_in_file
+from wire.batch import RecordCountError
 
 from .conftest import PROFILE
 from .helpers import (
@@ -364,7 +365,7 @@ class LogMachine(RuleBasedStateMachine):
         for path in sorted(self.directory.glob("*.log")):
             raw = path.read_bytes()
             synced = 0
-            for position, header in iter_batches(raw, max_batch_bytes=2**31 - 1):
+            for position, header in batches_in_file(raw):
                 layout.append((path, position + header.size_bytes))
                 if header.next_offset <= flushed:
                     synced = position + header.size_bytes
@@ -405,7 +406,11 @@ class LogMachine(RuleBasedStateMachine):
             assert before.next_offset == after.base_offset
             assert before.size_bytes > 0
         for segment in segments:
-            assert os.fstat(segment.fd).st_size == segment.size_bytes
+            # The file is the batches, then (active segment only) the zeros preallocated ahead.
+            assert os.fstat(segment.fd).st_size == segment.file_bytes >= segment.size_bytes
+            tail = os.pread(segment.fd, segment.file_bytes - segment.size_bytes, segment.size_bytes)
+            assert tail.count(0) == len(tail)
+            assert segment.file_bytes == segment.size_bytes or not segment.sealed
             assert segment.index.entry_count <= segment.index.capacity or segment.sealed
 
 
