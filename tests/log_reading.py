@@ -30,11 +30,11 @@ def batches_in_file(data: bytes, *, beside_a_writer: bool = False) -> list[tuple
     since a batch may be being written there."""
     found = []
     position = 0
-    while position < len(data) and data.count(0, position) != len(data) - position:
+    while position < len(data):
         try:
             header = validate_batch(data, position, max_batch_bytes=2**31 - 1)
         except InvalidBatchError:
-            if beside_a_writer:
+            if beside_a_writer or data.count(0, position) == len(data) - position:
                 break
             raise
         found.append((position, header))

@@ -16,7 +16,8 @@ from cli.broker_cli import app
 from client import AdminClient, Consumer, Producer
 from client.embedded_cluster import EmbeddedCluster
 from tests.integration.cluster.common import wait_for
-from wire.batch import InvalidBatchError, decode_records, iter_batches
+from tests.log_reading import batches_in_file
+from wire.batch import decode_records
 
 WAIT_S = 60.0
 KEYS = 10
@@ -45,13 +46,12 @@ def latest_in_files(directory: Path) -> dict[bytes, bytes | None]:
     latest: dict[bytes, bytes | None] = {}
     for path in sorted(directory.glob("*.log")):
         data = path.read_bytes()
-        try:
-            for position, header in iter_batches(data):
-                for record in decode_records(data, position, header=header):
-                    if record.key is not None and not header.is_control:
-                        latest[bytes(record.key)] = record.value
-        except InvalidBatchError:
-            continue  # a batch being written right now: the next poll sees it whole
+        # Up to a batch being written right now (the next poll sees it whole) or the zeros
+        # preallocated after the last batch.
+        for position, header in batches_in_file(data, beside_a_writer=True):
+            for record in decode_records(data, position, header=header):
+                if record.key is not None and not header.is_control:
+                    latest[bytes(record.key)] = record.value
     return latest
 
 

@@ -5,6 +5,7 @@ the end, silently; anything else after the last batch is still cut and reported.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker.config import LogConfig
+from broker.log import segment as segment_module
 from broker.log.log import PartitionLog
 from broker.log.segment import PREALLOCATE_MIN_BYTES
 from tests.log_reading import batches_in_file
@@ -149,6 +151,29 @@ def test_anything_but_zeros_after_the_last_batch_is_cut_and_reported(
         log.close()
 
 
+@pytest.mark.parametrize("clean", [False, True])
+def test_sealed_segments_that_kept_their_zeros_lose_nothing(tmp_path: Path, clean: bool) -> None:
+    """A crash may lose a seal's cut of the zeros (never once the segment's own fsync, which
+    comes before the checkpoint passes it, is done; but a damaged disk or a copied directory
+    may show it anyway): below the checkpoint (trusted) or above it, every batch is kept."""
+    config = small_config(segment_bytes=4 * KIB, preallocate_bytes=64 * KIB)
+    log = PartitionLog.open(tmp_path / "t-0", config)
+    _append(log, 60)
+    log.flush()
+    _append(log, 30)  # rolls past the checkpoint: one sealed segment is above it
+    sealed = [segment.log_path for segment in log.segments[:-1]]
+    log.close(clean=clean)
+    assert len(sealed) >= 3
+    for path in sealed:
+        with open(path, "ab") as file:
+            file.write(bytes(1000))
+    log = PartitionLog.open(tmp_path / "t-0", config)
+    try:
+        assert _read_all(log) == list(range(90))
+    finally:
+        log.close()
+
+
 def test_a_truncation_cuts_the_zeros_and_the_next_append_fills_again(tmp_path: Path) -> None:
     log = PartitionLog.open(tmp_path / "t-0", CONFIG)
     try:
@@ -159,6 +184,39 @@ def test_a_truncation_cuts_the_zeros_and_the_next_append_fills_again(tmp_path: P
         assert _file_size(log) == log.active.size_bytes + PREALLOCATE_MIN_BYTES
         _append(log, 4)
         assert _read_all(log) == list(range(15))
+    finally:
+        log.close()
+
+
+def test_a_fill_that_fails_does_not_fail_the_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk runs out of room for the zeros first: the batch before them is written and
+    counted, so its append succeeds; the segment stops filling (one warning) and its file is cut
+    back to its batches; the next segment fills again."""
+    config = small_config(segment_bytes=8 * KIB, preallocate_bytes=64 * KIB)
+    log = PartitionLog.open(tmp_path / "t-0", config)
+    real_write_zeros = segment_module._write_zeros
+
+    def disk_full(fd: int, start: int, end: int) -> int:
+        real_write_zeros(fd, start, (start + end) // 2)  # part of the fill landed
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(segment_module, "_write_zeros", disk_full)
+    try:
+        with caplog.at_level(logging.WARNING, logger="broker.log"):
+            _append(log, 5)
+        assert log.log_end_offset == 5 and _read_all(log) == list(range(5))
+        assert _file_size(log) == log.active.size_bytes == log.active.file_bytes
+        [warning] = [r.getMessage() for r in caplog.records if "zero-fill" in r.getMessage()]
+        first = len(make_batch([BASE_TS], value_bytes=100))
+        assert f"could not zero-fill ahead of byte {first} ([Errno 28] No space left" in warning
+        monkeypatch.setattr(segment_module, "_write_zeros", real_write_zeros)
+        _append(log, 100)  # rolls: the log's state stayed consistent
+        assert len(log.segments) > 1
+        assert log.segments[0].log_path.stat().st_size == log.segments[0].size_bytes
+        assert _file_size(log) > log.active.size_bytes  # the next segment fills again
+        assert _read_all(log) == list(range(105))
     finally:
         log.close()
 

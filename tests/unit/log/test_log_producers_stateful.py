@@ -224,12 +224,12 @@ class ProducerLogMachine(RuleBasedStateMachine):
     @rule(clean=st.booleans(), tear=st.booleans())
     def restart(self, clean: bool, tear: bool) -> None:
         boundaries = read_log(self.log).boundaries
+        end = self.log.active.size_bytes  # the file may hold preallocated zeros after it
         self.log.close(clean=clean)
         active = sorted(self.root.glob("*.log"))[-1]
-        size = active.stat().st_size
-        if not clean and tear and size and boundaries and boundaries[-1] >= self.high_watermark:
+        if not clean and tear and end and boundaries and boundaries[-1] >= self.high_watermark:
             with active.open("r+b") as handle:  # a torn write of the last batch
-                handle.truncate(size - 3)
+                handle.truncate(end - 3)
         self.log = PartitionLog.open(self.root, self.config)
         note(f"restart clean={clean} tear={tear}: end {self.log.log_end_offset}")
         self._resync()
