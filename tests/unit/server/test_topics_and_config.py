@@ -166,6 +166,8 @@ def test_defaults_are_valid_and_documented() -> None:
     for field in BrokerConfig.__dataclass_fields__:
         if field != "log":
             assert f"`{field}`" in documented, field
+    for field in LogConfig.__dataclass_fields__:
+        assert f"`{field}`" in documented, f"log key {field}"
 
 
 @pytest.mark.parametrize(
