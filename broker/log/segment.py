@@ -550,7 +550,7 @@ class Segment:
             self.file_bytes = end
             return
         try:
-            self.file_bytes = max(_write_zeros(self.fd, end, target), end)
+            self.file_bytes = _write_zeros(self.fd, end, target)
         except OSError as exc:
             # Best effort: the batches before `end` are written and counted already, so a fill
             # that fails (a full disk, most likely: the zeros run out of room first) must not fail
