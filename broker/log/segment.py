@@ -25,7 +25,6 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import mmap
@@ -563,12 +562,11 @@ class Segment:
                 end,
                 exc,
             )
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, end)
             try:
-                self.file_bytes = max(os.fstat(self.fd).st_size, end)
-            except OSError:
+                os.ftruncate(self.fd, end)
                 self.file_bytes = end
+            except OSError:
+                self.file_bytes = os.fstat(self.fd).st_size  # what the fill left: seal() cuts it
 
     def _index_batch(self, header: BatchHeader, position: int) -> None:
         self._index_entry(

@@ -16,7 +16,7 @@ from broker.config import LogConfig
 from broker.log import segment as segment_module
 from broker.log.log import PartitionLog
 from broker.log.segment import PREALLOCATE_MIN_BYTES
-from tests.log_reading import batches_in_file
+from tests.log_reading import batches_in_file, log_bytes
 
 from .helpers import BASE_TS, make_batch, small_config
 
@@ -37,12 +37,7 @@ def _file_size(log: PartitionLog) -> int:
 
 def _read_all(log: PartitionLog) -> list[int]:
     """Base offsets of every batch, read from the log start."""
-    offsets, offset = [], log.log_start_offset
-    while offset < log.log_end_offset:
-        result = log.read(offset, 10**6)
-        offsets.extend(header.base_offset for _, header in batches_in_file(bytes(result.data)))
-        offset = result.next_offset
-    return offsets
+    return [header.base_offset for _, header in batches_in_file(log_bytes(log))]
 
 
 def test_the_active_file_is_zero_filled_ahead_as_far_as_the_segment_holds(tmp_path: Path) -> None:
