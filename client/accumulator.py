@@ -7,8 +7,16 @@ Rules:
   record is stored as the row it will be on the wire, a plain `(timestamp_delta, key, value,
   headers)` tuple (the delta from its batch's `base_timestamp`, the first record's), so that
   `wire.batch.build_batch_rows` packs the batch's list as it is, in one msgpack call in C.
-  `sticky_open` names, per topic, the open batch that keyless records join: the trio producer's
-  `send` appends to it inline (its fast path) under the same rules.
+- Lanes (the trio producer's `send` fast path): a topic's lane is the open batch of its sticky
+  partition with buffer memory reserved ahead, `lanes[topic]`, up to `batch.lane_limit` bytes.
+  `send` appends a keyless bytes value to it inline after ONE comparison (`size_bytes + size <=
+  lane_limit`), which stands for every check `append` makes: the room is never more than the
+  batch's, the free buffer memory's or the largest record's, and lanes open only when the byte
+  limit always seals a batch before the record limit. A lane opens when `append` adds a keyless
+  record to its sticky batch (so each batch's first record takes the general path), and closes,
+  its unused reservation given back, whenever anything else touches the batch or the topic: the
+  general `append`, a bulk fill, a seal, a drain, an abort. Buffer memory counts reservations,
+  as Kafka's `BufferPool` counts a whole batch when it opens.
 - A batch is sealed when it reaches `batch_bytes` or `max_records_per_batch`, or when the next
   record would take it past `batch_bytes` (that record opens the next batch; a record larger
   than `batch_bytes` goes alone), so a batch is never larger than `batch_bytes` or its one
@@ -27,8 +35,8 @@ Rules:
   without idempotence).
 - Buffer memory is bounded: `append` refuses (returns None) when `buffer_memory_bytes` would be
   exceeded; the caller waits on `memory_freed` (blocking) or its own trio event, then retries.
-- Delivery: one `ProducerBatch` per batch carries the outcome; `RecordFuture(batch, index)` is the
-  per-record view, created only when the caller asks for one.
+- Delivery: one `ProducerBatch` per batch carries the outcome; `RecordFuture((batch, index))` is
+  the per-record view.
 Everything but `ProducerBatch.wait` is plain thread-safe Python, so the blocking facade and the
 trio core share it; `wait` is the one bridge to trio, kept here with the batch it waits on so that
 nothing below the producer imports `client.aio`.
@@ -80,6 +88,7 @@ class ProducerBatch:
         "callbacks",
         "created_at",
         "error",
+        "lane_limit",
         "partition",
         "payload",
         "producer_epoch",
@@ -109,6 +118,9 @@ class ProducerBatch:
         self.records: list[RecordTuple] = []
         self.base_timestamp = base_timestamp
         self.size_bytes = 0
+        # While the batch is its topic's lane: the size the fast path may fill it to, the bytes
+        # past `size_bytes` being reserved in the buffer memory (see the rules).
+        self.lane_limit = 0
         self.created_at = created_at
         self.attempts = 0
         self.retry_at = 0.0
@@ -231,9 +243,10 @@ class ProducerBatch:
 class RecordFuture(tuple[ProducerBatch, int]):
     """The delivery outcome of one record: a view `(batch, index)` on its batch.
 
-    A tuple subclass so that the hot path allocates it in one C call (`new_future`), with no
-    Python `__init__` frame: with the record's row it is the only per-record object the producer
-    creates. Completion is per batch (one event, one list of callbacks); the future only reads it.
+    A tuple subclass so that the hot path allocates it in one C call, `RecordFuture((batch,
+    index))`, with no Python `__init__` frame: with the record's row it is the only per-record
+    object the producer creates. Completion is per batch (one event, one list of callbacks); the
+    future only reads it.
     `get` is kafka-python's name for `result`.
     """
 
@@ -282,10 +295,6 @@ class RecordFuture(tuple[ProducerBatch, int]):
         return f"<RecordFuture {batch.topic}/{batch.partition} #{index} {state}>"
 
 
-# `new_future(RecordFuture, (batch, index))`: the future built in one C call.
-new_future = tuple.__new__
-
-
 class _NoLock:
     """Stands in for the lock when one thread does everything (the trio-native producer)."""
 
@@ -310,7 +319,10 @@ class RecordAccumulator:
         sticky: StickyPartitioner | None = None,
         clock: Callable[[], float] = time.monotonic,
         thread_safe: bool = True,
+        lane_record_bytes: int | None = None,
     ) -> None:
+        """`lane_record_bytes`: open lanes (see the rules) for a caller that refuses records
+        larger than this; None (the default) opens none."""
         self.batch_bytes = batch_bytes
         self.linger_s = linger_ms / 1000.0
         self.adaptive = adaptive
@@ -329,9 +341,17 @@ class RecordAccumulator:
         self.memory_freed = threading.Condition(self.lock if thread_safe else threading.Lock())
         self.memory_used = 0
         self._open: dict[tuple[str, int], ProducerBatch] = {}
-        # Per topic, the open batch of its sticky partition (see the rules); only ever holds
-        # batches that are in `_open`.
-        self.sticky_open: dict[str, ProducerBatch] = {}
+        # Per topic, its lane (see the rules); only ever holds batches that are in `_open`.
+        self.lanes: dict[str, ProducerBatch] = {}
+        # The most a lane reserves: no more than one record may be; 0 opens no lanes, nor do
+        # batches that the record limit could seal before the byte limit (the fast path only
+        # looks at bytes).
+        self._lane_room = (
+            lane_record_bytes
+            if lane_record_bytes is not None
+            and max_records_per_batch * RECORD_OVERHEAD_BYTES >= batch_bytes
+            else 0
+        )
         # Sealed (and retried) batches per partition, each queue in send order: drain looks at
         # the heads only, so its cost is per partition, never per queued batch.
         self._sealed: dict[tuple[str, int], deque[ProducerBatch]] = {}
@@ -382,6 +402,8 @@ class RecordAccumulator:
         lets the sticky partitioner move on when this batch seals. Called as `append`, which
         holds the lock when the accumulator is thread-safe.
         """
+        if self.lanes:
+            self.close_topic_lane(topic)
         used = self.memory_used
         if used + size > self.buffer_memory_bytes and used > 0:
             return None
@@ -414,15 +436,41 @@ class RecordAccumulator:
             self._incomplete.add(batch)
             # A new batch starts a linger timer, or may leave at once: the sender must know.
             self._wake_sender()
-        if sticky:
-            self.sticky_open[topic] = batch
         records = batch.records
         records.append((timestamp_ms - batch.base_timestamp, key, value, headers))
         batch.size_bytes += size
         self.memory_used = used + size
         if batch.size_bytes >= self.batch_bytes or len(records) >= self.max_records_per_batch:
             self.seal(batch, partition_count)
-        return new_future(RecordFuture, (batch, len(records) - 1))
+        elif sticky and self._lane_room:
+            self._open_lane(batch)
+        return RecordFuture((batch, len(records) - 1))
+
+    def _open_lane(self, batch: ProducerBatch) -> None:
+        """Make `batch` (open, its topic's sticky one, no lane) its topic's lane, reserving as
+        much room as the batch, the buffer memory and the largest record allow."""
+        room = min(
+            self.batch_bytes - batch.size_bytes,
+            self.buffer_memory_bytes - self.memory_used,
+            self._lane_room,
+        )
+        if room >= RECORD_OVERHEAD_BYTES:
+            batch.lane_limit = batch.size_bytes + room
+            self.memory_used += room
+            self.lanes[batch.topic] = batch
+
+    def close_lane(self, batch: ProducerBatch) -> None:
+        """If `batch` is its topic's lane, close it and give back what it did not fill."""
+        if self.lanes.get(batch.topic) is batch:
+            del self.lanes[batch.topic]
+            self.memory_used -= batch.lane_limit - batch.size_bytes
+
+    def close_topic_lane(self, topic: str) -> None:
+        """Close `topic`'s lane, if it has one: before anything but the fast path reads the
+        buffer memory or touches the topic's batches."""
+        lane = self.lanes.get(topic)
+        if lane is not None:
+            self.close_lane(lane)
 
     def open_batch(
         self, topic: str, partition: int, timestamp_ms: int, partition_count: int
@@ -431,10 +479,10 @@ class RecordAccumulator:
 
         For bulk appends (`client/bulk.py`), which fill it many records at a time under the
         caller's `lock`, with `_append`'s rules (memory, sizes, sealing); `_append` keeps its own
-        inline copy of these lines, being the per-record hot path.
+        inline copy of these lines, being the per-record hot path. The caller has closed the
+        topic's lane (`close_topic_lane`) before reading `memory_used`.
         """
-        sticky = partition < 0
-        if sticky:
+        if partition < 0:
             partition = self._sticky_current.get(topic, -1)
             if not 0 <= partition < partition_count:
                 partition = self.sticky.partition(topic, partition_count)
@@ -446,8 +494,6 @@ class RecordAccumulator:
             )
             self._incomplete.add(batch)
             self._wake_sender()
-        if sticky:
-            self.sticky_open[topic] = batch
         return batch
 
     def seal(self, batch: ProducerBatch, partition_count: int) -> None:
@@ -455,8 +501,7 @@ class RecordAccumulator:
         Caller holds the lock (the trio producer's fast path calls it directly)."""
         key = (batch.topic, batch.partition)
         del self._open[key]
-        if self.sticky_open.get(batch.topic) is batch:
-            del self.sticky_open[batch.topic]
+        self.close_lane(batch)
         queue = self._sealed.get(key)
         if queue is None:
             queue = self._sealed[key] = deque()
@@ -518,8 +563,7 @@ class RecordAccumulator:
                 deadline = batch.created_at + self.linger_s
                 if self._flushing or deadline <= now or (adaptive and not busy):
                     del self._open[key]
-                    if self.sticky_open.get(batch.topic) is batch:
-                        del self.sticky_open[batch.topic]
+                    self.close_lane(batch)
                     ready.append(batch)
                 elif next_at is None or deadline < next_at:
                     next_at = deadline
@@ -566,21 +610,25 @@ class RecordAccumulator:
     def abort_all(self) -> list[ProducerBatch]:
         """Take every unfinished batch, sent or not, for the caller to fail (on close)."""
         with self.lock:
+            self._close_lanes()
             self._sealed.clear()
             self._open.clear()
-            self.sticky_open.clear()
             return [batch for batch in self._incomplete if not batch.done]
 
     def abort_unsent(self) -> list[ProducerBatch]:
         """Take every batch not sent or waiting for a retry, for the caller to fail (a
         transaction being aborted: nothing more of it may be written)."""
         with self.lock:
+            self._close_lanes()
             taken = [batch for queue in self._sealed.values() for batch in queue]
             taken += self._open.values()
             self._sealed.clear()
             self._open.clear()
-            self.sticky_open.clear()
             return taken
+
+    def _close_lanes(self) -> None:
+        for batch in list(self.lanes.values()):
+            self.close_lane(batch)
 
     def take_sealed(self, predicate: Callable[[ProducerBatch], bool]) -> list[ProducerBatch]:
         """Remove and return the queued batches `predicate` picks (the idempotent producer

@@ -48,7 +48,6 @@ from client.accumulator import (
     ProducerBatch,
     RecordAccumulator,
     RecordFuture,
-    new_future,
 )
 from client.errors import ClientClosedError
 from client.partitioner import partition_for_key
@@ -129,7 +128,7 @@ class SendManyFuture(Sequence[RecordFuture]):
     def __getitem__(self, index: int | slice) -> RecordFuture | list[RecordFuture]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return new_future(RecordFuture, self.locate(index))
+        return RecordFuture(self.locate(index))
 
     def done(self) -> bool:
         return all(batch.done for batch in self._batches)
@@ -416,6 +415,7 @@ class BulkAppend:
         start = self._next
         timestamp = self._timestamp
         assert timestamp is not None
+        acc.close_topic_lane(self.topic)  # its reservation is counted in memory_used
         used = acc.memory_used
         taken = run.within(start, acc.buffer_memory_bytes - used)
         if not taken:

@@ -63,7 +63,6 @@ from client.accumulator import (
     ProducerBatch,
     RecordAccumulator,
     RecordFuture,
-    new_future,
 )
 from client.aio._base import AsyncClientBase
 from client.aio.answers import AnswerWatch
@@ -166,7 +165,6 @@ _COMPRESSION = {None: Compression.NONE, "none": Compression.NONE, "gzip": Compre
                 "zstd": Compression.ZSTD, "lz4": Compression.LZ4}  # fmt: skip
 _TRANSPORT_ERRORS = (ClientError,)
 _time_ns = time.time_ns
-_new_future = new_future
 # A trio task that sends in a tight loop yields at least this often (see `send`).
 YIELD_EVERY_SENDS = 256
 
@@ -269,6 +267,10 @@ class Producer(AsyncClientBase):
         self.retry_backoff_s = retry_backoff_ms / 1000.0
         self.delivery_timeout_s = delivery_timeout_ms / 1000.0
         self.max_record_bytes = max_record_bytes
+        # The fast path's lanes (client/accumulator.py): none open when serializers, a lock or
+        # a transaction (whose state may refuse sends) are in play, which it does not handle. A
+        # fatal error closes them, and `_append` refuses sends before one opens again.
+        fast = self._serializers is None and not thread_safe and transactional_id is None
         self._acc = RecordAccumulator(
             batch_bytes=batch_bytes,
             linger_ms=linger_ms,
@@ -276,12 +278,10 @@ class Producer(AsyncClientBase):
             max_records_per_batch=max_records_per_batch,
             adaptive=adaptive_batching,
             thread_safe=thread_safe,
+            lane_record_bytes=max_record_bytes if fast else None,
         )
-        # The fast path's view of the open sticky batches: none (never filled) when serializers,
-        # a lock or a transaction (whose state may refuse sends) are in play, which it does not
-        # handle. A fatal error refuses sends in `_append` before any batch opens again.
-        fast = self._serializers is None and not thread_safe and transactional_id is None
-        self._fast_batches: dict[str, ProducerBatch] = self._acc.sticky_open if fast else {}
+        self._lanes = self._acc.lanes
+        self._batch_bytes = batch_bytes
         self._counts: dict[str, int] = {}
         self.max_in_flight_per_partition = in_flight
         # Batches in flight per partition, and per partition the unfinished retried batches
@@ -410,7 +410,7 @@ class Producer(AsyncClientBase):
 
         Waits for buffer memory up to `max_block_ms`, then raises `BufferFullError`.
         """
-        batch = self._fast_batches.get(topic)
+        batch = self._lanes.get(topic)
         if (
             batch is not None
             and value.__class__ is bytes
@@ -420,28 +420,21 @@ class Producer(AsyncClientBase):
             and timestamp_ms is None
             and callback is None
         ):
-            # The fast path: `_append` and the accumulator's `_append`, inlined for a keyless
-            # bytes value joining its topic's open sticky batch (same checks, same order).
-            acc = self._acc
-            size = RECORD_OVERHEAD_BYTES + len(value)
-            used = acc.memory_used + size
-            if (
-                used <= acc.buffer_memory_bytes
-                and size <= self.max_record_bytes
-                and batch.size_bytes + size <= acc.batch_bytes
-            ):
+            # The fast path: a keyless bytes value joining its topic's lane, whose reserved room
+            # stands for every check of `_append` (client/accumulator.py, the rules).
+            total = batch.size_bytes + RECORD_OVERHEAD_BYTES + len(value)
+            if total <= batch.lane_limit:
+                batch.size_bytes = total
                 records = batch.records
                 records.append((_time_ns() // 1_000_000 - batch.base_timestamp, None, value, None))
-                acc.memory_used = used
-                batch.size_bytes += size
                 count = len(records)
-                if batch.size_bytes >= acc.batch_bytes or count >= acc.max_records_per_batch:
-                    acc.seal(batch, self._counts[topic])
-                # Yield as the general path below does; the batch's record count stands in for
-                # the send counter.
-                if acc.sealed_pending or not count % YIELD_EVERY_SENDS:
+                # Yield as the general path below does (the batch's record count stands in for
+                # the send counter), and seal a full batch as `_append` does.
+                if total >= self._batch_bytes or not count % YIELD_EVERY_SENDS:
+                    if total >= self._batch_bytes:
+                        self._acc.seal(batch, self._counts[topic])
                     await trio.lowlevel.checkpoint()
-                return _new_future(RecordFuture, (batch, count - 1))
+                return RecordFuture((batch, count - 1))
         if self._serializers is not None:
             key, value = serialize(*self._serializers, topic, key, value)
         try:

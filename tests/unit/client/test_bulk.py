@@ -209,7 +209,7 @@ def test_a_record_that_does_not_fit_seals_the_batch_before_it_in_every_path() ->
 def test_the_send_fast_path_does_not_overfill_the_sticky_batch() -> None:
     made = producer()
     assert made._append("t", b"a" * 600, None, None, None, TIMESTAMP, None) is not None
-    assert made._fast_batches.get("t") is not None  # the next keyless send takes the fast path
+    assert made._acc.lanes.get("t") is not None  # the next keyless send takes the fast path
 
     async def send_big() -> None:
         await made.send("t", b"b" * 600)
