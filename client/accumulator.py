@@ -3,10 +3,12 @@
 Rules:
 - `append` is the per-record hot path. It runs in the caller's thread (the application's thread
   for the blocking `Producer`, the trio thread for `client.aio.Producer`) under one uncontended
-  `threading.Lock`, and does only O(1) work: a dict lookup, a list append and two additions. The
-  record is stored as the row it will be on the wire, a plain `(timestamp_delta, key, value,
-  headers)` tuple (the delta from its batch's `base_timestamp`, the first record's), so that
-  `wire.batch.build_batch_rows` packs the batch's list as it is, in one msgpack call in C.
+  `threading.Lock`, and does only O(1) work: a dict lookup, list appends and two additions. A
+  batch keeps its records as columns: the timestamp deltas (from its `base_timestamp`, the
+  first record's) and the values, plus the keys and the headers once one record has any (None
+  while all are None). Storing a record allocates nothing but what the caller passed (the
+  deltas are small ints, CPython's shared ones); `wire.batch.build_batch_columns` zips the
+  columns into the wire's rows in C and packs them in one msgpack call.
 - Lanes (the trio producer's `send` fast path): a topic's lane is the open batch of its sticky
   partition with buffer memory reserved ahead, `lanes[topic]`, up to `batch.lane_limit` bytes.
   `send` appends a keyless bytes value to it inline after ONE comparison (`size_bytes + size <=
@@ -47,7 +49,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import trio
@@ -59,8 +62,6 @@ from client.types import RecordMetadata
 # bookkeeping. It keeps many tiny records from escaping the size and memory bounds.
 RECORD_OVERHEAD_BYTES = 16
 
-# A stored record: (timestamp_ms - batch.base_timestamp, key, value, headers), the wire's row.
-RecordTuple = tuple[int, bytes | None, bytes | None, Any]
 DeliveryCallback = Callable[[RecordMetadata | None, BaseException | None], None]
 
 # Guards callback registration against completion racing in from the I/O thread. One lock for all
@@ -87,18 +88,21 @@ class ProducerBatch:
         "base_timestamp",
         "callbacks",
         "created_at",
+        "deltas",
         "error",
+        "headers",
+        "keys",
         "lane_limit",
         "partition",
         "payload",
         "producer_epoch",
         "producer_id",
-        "records",
         "retry_at",
         "sequence",
         "settled",
         "size_bytes",
         "topic",
+        "values",
         "wakers",
     )
 
@@ -114,8 +118,12 @@ class ProducerBatch:
         # Creation order within the producer: a retried batch goes back before later ones.
         self.sequence = sequence
         self.partition = partition
-        # Rows (timestamp - base_timestamp, key, value, headers): the wire's record shape.
-        self.records: list[RecordTuple] = []
+        # The records as columns (see the rules): timestamp - base_timestamp, and the values;
+        # the keys and the headers None while every record's are.
+        self.deltas: list[int] = []
+        self.values: list[bytes | None] = []
+        self.keys: list[bytes | None] | None = None
+        self.headers: list[Any] | None = None
         self.base_timestamp = base_timestamp
         self.size_bytes = 0
         # While the batch is its topic's lane: the size the fast path may fill it to, the bytes
@@ -149,6 +157,49 @@ class ProducerBatch:
     def done(self) -> bool:
         return self._done
 
+    @property
+    def record_count(self) -> int:
+        return len(self.values)
+
+    def append(
+        self, timestamp_ms: int, key: bytes | None, value: bytes | None, headers: Any
+    ) -> int:
+        """Add one record; its index. (The fast path appends a keyless, headerless record's
+        delta and value itself.)"""
+        index = len(self.values)
+        if key is not None or self.keys is not None:
+            if self.keys is None:
+                self.keys = [None] * index
+            self.keys.append(key)
+        if headers is not None or self.headers is not None:
+            if self.headers is None:
+                self.headers = [None] * index
+            self.headers.append(headers)
+        self.deltas.append(timestamp_ms - self.base_timestamp)
+        self.values.append(value)
+        return index
+
+    def extend(
+        self,
+        timestamp_ms: int,
+        keys: Sequence[bytes | None] | None,
+        values: Sequence[bytes | None],
+        headers: Sequence[Any] | None,
+    ) -> None:
+        """Add records that share one timestamp (a bulk append); `keys`/`headers` None for all
+        None, else one per value."""
+        index, count = len(self.values), len(values)
+        if keys is not None or self.keys is not None:
+            if self.keys is None:
+                self.keys = [None] * index
+            self.keys.extend(keys if keys is not None else repeat(None, count))
+        if headers is not None or self.headers is not None:
+            if self.headers is None:
+                self.headers = [None] * index
+            self.headers.extend(headers if headers is not None else repeat(None, count))
+        self.deltas.extend(repeat(timestamp_ms - self.base_timestamp, count))
+        self.values.extend(values)
+
     def wait_blocking(self, timeout: float | None = None) -> bool:
         """Block the calling thread until the batch is complete; False after `timeout` s."""
         with _callback_lock:
@@ -161,7 +212,7 @@ class ProducerBatch:
 
     def metadata(self, index: int) -> RecordMetadata:
         offset = self.base_offset + index if self.base_offset >= 0 else -1
-        timestamp = self.base_timestamp + self.records[index][0]
+        timestamp = self.base_timestamp + self.deltas[index]
         return RecordMetadata(self.topic, self.partition, offset, timestamp)
 
     def add_callback(self, index: int, callback: DeliveryCallback) -> None:
@@ -414,7 +465,7 @@ class RecordAccumulator:
                 partition = self.sticky.partition(topic, partition_count)
         slot = (topic, partition)
         batch = self._open.get(slot)
-        if batch is not None and batch.records and batch.size_bytes + size > self.batch_bytes:
+        if batch is not None and batch.values and batch.size_bytes + size > self.batch_bytes:
             # The record does not fit: the batch leaves without it (Kafka's rule), so no batch
             # outgrows `batch_bytes` unless a single record does.
             self.seal(batch, partition_count)
@@ -436,15 +487,14 @@ class RecordAccumulator:
             self._incomplete.add(batch)
             # A new batch starts a linger timer, or may leave at once: the sender must know.
             self._wake_sender()
-        records = batch.records
-        records.append((timestamp_ms - batch.base_timestamp, key, value, headers))
+        index = batch.append(timestamp_ms, key, value, headers)
         batch.size_bytes += size
         self.memory_used = used + size
-        if batch.size_bytes >= self.batch_bytes or len(records) >= self.max_records_per_batch:
+        if batch.size_bytes >= self.batch_bytes or index >= self.max_records_per_batch - 1:
             self.seal(batch, partition_count)
-        elif sticky and self._lane_room:
+        elif sticky and self._lane_room and batch.keys is None and batch.headers is None:
             self._open_lane(batch)
-        return RecordFuture((batch, len(records) - 1))
+        return RecordFuture((batch, index))
 
     def _open_lane(self, batch: ProducerBatch) -> None:
         """Make `batch` (open, its topic's sticky one, no lane) its topic's lane, reserving as

@@ -12,7 +12,7 @@ Rules:
   or `linger_ms` when more may be in flight). Low rates get one-record batches with no wait;
   high rates get big batches, sized by the round trip (client/accumulator.py).
 - The sender task drains ready batches (at most `max_in_flight` per partition in flight), builds
-  each with one `build_batch_rows` call (one msgpack call for the whole batch), groups them by
+  each with one `build_batch_columns` call (one msgpack call for the whole batch), groups them by
   leader into one Produce request per broker, and completes their futures from the response.
   Retriable failures go back to the head of their partition's queue after
   `retry_backoff_ms * 2**attempt` (capped), until `retries` or `delivery_timeout_ms` runs out;
@@ -55,8 +55,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Unpack
 
+import msgpack
 import trio
 
+from client._gc import gc_paused
 from client.accumulator import (
     RECORD_OVERHEAD_BYTES,
     DeliveryCallback,
@@ -96,7 +98,7 @@ from wire import codec
 from wire.batch import (
     MAX_BATCH_BYTES_DEFAULT,
     Compression,
-    build_batch_rows,
+    build_batch_columns,
     increment_sequence,
 )
 from wire.config_error import ConfigError
@@ -282,6 +284,8 @@ class Producer(AsyncClientBase):
         )
         self._lanes = self._acc.lanes
         self._batch_bytes = batch_bytes
+        # Kept for every batch the sender builds (wire.batch.build_batch_columns says why).
+        self._packer = msgpack.Packer(use_bin_type=True)
         self._counts: dict[str, int] = {}
         self.max_in_flight_per_partition = in_flight
         # Batches in flight per partition, and per partition the unfinished retried batches
@@ -425,9 +429,10 @@ class Producer(AsyncClientBase):
             total = batch.size_bytes + RECORD_OVERHEAD_BYTES + len(value)
             if total <= batch.lane_limit:
                 batch.size_bytes = total
-                records = batch.records
-                records.append((_time_ns() // 1_000_000 - batch.base_timestamp, None, value, None))
-                count = len(records)
+                batch.deltas.append(_time_ns() // 1_000_000 - batch.base_timestamp)
+                values = batch.values
+                values.append(value)
+                count = len(values)
                 # Yield as the general path below does (the batch's record count stands in for
                 # the send counter), and seal a full batch as `_append` does.
                 if total >= self._batch_bytes or not count % YIELD_EVERY_SENDS:
@@ -805,7 +810,7 @@ class Producer(AsyncClientBase):
             batch.producer_id, batch.producer_epoch, batch.base_sequence = pid, epoch, sequence
             batch.payload = None
             batch.ambiguous = False
-            self._next_sequence[key] = increment_sequence(sequence, len(batch.records))
+            self._next_sequence[key] = increment_sequence(sequence, batch.record_count)
             self._unacked.setdefault(key, []).append(batch)
 
     def _hold_new_partitions(self, batches: list[ProducerBatch]) -> list[ProducerBatch]:
@@ -894,13 +899,20 @@ class Producer(AsyncClientBase):
         answered = False
         try:
             transactional = self._txn is not None
-            # One msgpack call per batch, no Python per record (the rows are stored as they go
-            # on the wire), so nothing here allocates per record and the GC may stay on.
-            for batch in batches:
-                if batch.payload is None:
-                    batch.payload = build_batch_rows(
-                        batch.records,
+            # One msgpack call per batch, no Python per record (the columns are zipped into
+            # rows in C). The rows live only until packed and hold no cycles: the GC, which would
+            # walk each of them, waits (client/_gc.py).
+            with gc_paused():
+                for batch in batches:
+                    if batch.payload is not None:
+                        continue
+                    batch.payload = build_batch_columns(
+                        batch.deltas,
+                        batch.keys,
+                        batch.values,
+                        batch.headers,
                         base_timestamp=batch.base_timestamp,
+                        packer=self._packer,
                         compression=self.compression,
                         producer_id=batch.producer_id,
                         producer_epoch=batch.producer_epoch,

@@ -6,6 +6,7 @@ import threading
 
 from client.accumulator import ProducerBatch, RecordAccumulator, RecordFuture
 from client.partitioner import StickyPartitioner
+from tests.unit.client.batch_rows import rows_of
 
 
 class FakeClock:
@@ -36,7 +37,7 @@ def rec(i: int) -> tuple[int, bytes | None, bytes, None]:
 
 def first(batch: ProducerBatch) -> tuple[object, ...]:
     """The batch's first record as `rec` gave it: rows hold the delta from the base timestamp."""
-    delta, *rest = batch.records[0]
+    delta, *rest = rows_of(batch)[0]
     return (batch.base_timestamp + delta, *rest)
 
 
@@ -48,7 +49,7 @@ def test_batch_seals_at_batch_bytes_and_notifies_once() -> None:
         acc.append("t", 0, *rec(i), 25, 1)
     assert notified == [1]  # once: the batch opened (and sealed) before the next drain
     batches, _ = acc.drain(100.0, {})
-    assert [len(b.records) for b in batches] == [4]
+    assert [b.record_count for b in batches] == [4]
     acc.append("t", 0, *rec(9), 30, 1)
     batches, next_at = acc.drain(100.0, {})
     assert batches == [] and next_at == 100.0 + 0.010
@@ -153,7 +154,7 @@ def test_future_views_and_callbacks() -> None:
 
 def test_failed_batch_raises_from_every_view() -> None:
     batch = ProducerBatch("t", 0, 0.0, base_timestamp=rec(0)[0])
-    batch.records.append((0, *rec(0)[1:]))
+    batch.append(rec(0)[0], *rec(0)[1:])
     batch.complete(-1, ValueError("boom"))
     future = RecordFuture((batch, 0))
     assert isinstance(future.exception(0), ValueError)
@@ -179,7 +180,7 @@ def test_append_is_thread_safe() -> None:
         t.join()
     acc.begin_flush()
     (batch,), _ = acc.drain(0.0, {})
-    assert len(batch.records) == 8000 and acc.memory_used == 8000
+    assert batch.record_count == 8000 and acc.memory_used == 8000
 
 
 def test_more_batches_in_flight_when_allowed_but_one_while_retrying() -> None:
@@ -232,7 +233,9 @@ def test_adaptive_batch_grows_while_a_request_is_in_flight() -> None:
     for i in range(5, 8):
         acc.append("t", 0, *rec(i), 10, 1)
     (batch,), _ = acc.drain(100.001, {}, max_in_flight=5)  # the answer came: idle again
-    assert [batch.base_timestamp + row[0] for row in batch.records] == [rec(i)[0] for i in range(8)]
+    assert [batch.base_timestamp + row[0] for row in rows_of(batch)] == [
+        rec(i)[0] for i in range(8)
+    ]
     acc.append("t", 0, *rec(8), 10, 1)
     (late,), _ = acc.drain(100.0 + 0.011, busy, max_in_flight=5)  # linger ends: pipelined
     assert first(late) == rec(8)
@@ -245,7 +248,7 @@ def test_adaptive_batching_keeps_one_batch_per_partition_per_drain() -> None:
     for i in range(3):
         acc.append("t", 0, *rec(i), 10, 1)  # one sealed batch (2 records), one open (1)
     (batch,), _ = acc.drain(100.0, {}, max_in_flight=5)
-    assert len(batch.records) == 2
+    assert batch.record_count == 2
     (rest,), _ = acc.drain(100.0, {}, max_in_flight=5)
     assert first(rest) == rec(2)
 
@@ -259,6 +262,6 @@ def test_rows_keep_their_timestamps_relative_to_the_first_record() -> None:
     assert future is not None
     batch = future.batch
     assert batch.base_timestamp == 5_000
-    assert batch.records == [(0, None, b"a", None), (-10, b"k", b"b", [("h", b"1")])]
+    assert rows_of(batch) == [(0, None, b"a", None), (-10, b"k", b"b", [("h", b"1")])]
     batch.complete(7, None)
     assert future.result(0).timestamp == 4_990 and future.get(0).offset == 8

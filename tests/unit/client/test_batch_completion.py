@@ -14,7 +14,7 @@ from client.accumulator import ProducerBatch, RecordFuture
 
 def batch_of_one() -> tuple[ProducerBatch, RecordFuture]:
     batch = ProducerBatch("t", 0, created_at=0.0, base_timestamp=1_000)
-    batch.records.append((0, None, b"v", None))
+    batch.append(1_000, None, b"v", None)
     return batch, RecordFuture((batch, 0))
 
 

@@ -13,7 +13,8 @@ from client.accumulator import ProducerBatch
 from client.aio import Producer
 from client.bulk import BulkAppend, SendManyFuture
 from client.partitioner import partition_for_key
-from wire.batch import build_batch_rows, decode_records, unpack_header
+from tests.unit.client.batch_rows import rows_of
+from wire.batch import build_batch_columns, decode_records, unpack_header
 from wire.error_codes import BrokerError, ErrorCode
 
 TIMESTAMP = 1_700_000_000_000
@@ -55,9 +56,9 @@ def test_batches_split_exactly_where_per_record_sends_split_them() -> None:
         assert one_by_one._append("t", value, None, None, 0, TIMESTAMP, None) is not None
     many = producer(max_records_per_batch=37)
     future = append_all(bulk(many, values, partition=0))
-    expected = [(len(b.records), b.size_bytes, b.records) for b in queued(one_by_one)]
+    expected = [(b.record_count, b.size_bytes, rows_of(b)) for b in queued(one_by_one)]
     assert len(expected) > 10  # several batches: split by batch_bytes and by record count
-    assert [(len(b.records), b.size_bytes, b.records) for b in queued(many)] == expected
+    assert [(b.record_count, b.size_bytes, rows_of(b)) for b in queued(many)] == expected
     assert len(future) == len(values)
     assert many._acc.memory_used == one_by_one._acc.memory_used
 
@@ -69,7 +70,7 @@ def test_uniform_records_split_as_per_record_sends_do() -> None:
         one_by_one._append("t", value, None, None, None, TIMESTAMP, None)
     many = producer()
     append_all(bulk(many, values))
-    assert [len(b.records) for b in queued(many)] == [len(b.records) for b in queued(one_by_one)]
+    assert [b.record_count for b in queued(many)] == [b.record_count for b in queued(one_by_one)]
     assert [b.partition for b in queued(many)] == [b.partition for b in queued(one_by_one)]
 
 
@@ -78,7 +79,9 @@ def test_the_built_batch_carries_every_record_in_call_order() -> None:
     made = producer(batch_bytes=1 << 20)
     future = append_all(bulk(made, values, partition=0))
     (batch,) = queued(made)
-    payload = build_batch_rows(batch.records, base_timestamp=batch.base_timestamp)
+    payload = build_batch_columns(
+        batch.deltas, batch.keys, batch.values, batch.headers, base_timestamp=batch.base_timestamp
+    )
     records = decode_records(payload, header=unpack_header(payload))
     assert [r.value for r in records] == values
     assert {r.timestamp for r in records} == {TIMESTAMP}
@@ -107,9 +110,9 @@ def test_keys_go_to_their_partitions_in_call_order_and_index_back() -> None:
     for i in range(200):
         batch, index = future.locate(i)
         assert batch.partition == partition_for_key(keys[i], 4)
-        assert batch.records[index][1:3] == (keys[i], values[i])
+        assert rows_of(batch)[index][1:3] == (keys[i], values[i])
     for batch in queued(made):
-        indexes = [int(row[2]) for row in batch.records]
+        indexes = [int(row[2]) for row in rows_of(batch)]
         assert indexes == sorted(indexes)  # each partition keeps the call order
 
 
@@ -127,7 +130,7 @@ def test_send_many_joins_the_open_sticky_batch_that_send_uses() -> None:
     last = made._append("t", b"four", None, None, None, TIMESTAMP + 5, None)
     assert last is not None
     (batch,) = queued(made)
-    assert [row[2] for row in batch.records] == [b"one", b"two", b"three", b"four"]
+    assert [row[2] for row in rows_of(batch)] == [b"one", b"two", b"three", b"four"]
     assert future.locate(0) == (batch, 1) and last[1] == 3
 
 
@@ -136,7 +139,7 @@ def test_values_and_keys_are_converted_as_send_converts_them() -> None:
     headers = [None, {"h": "v"}, [("a", b"1")]]
     append_all(bulk(made, ["é", bytearray(b"b"), None], keys=[None, "k", b"k"], headers=headers))
     (batch,) = queued(made)
-    rows = [row[1:] for row in batch.records]
+    rows = [row[1:] for row in rows_of(batch)]
     assert rows == [
         (None, "é".encode(), None),
         (b"k", b"b", [("h", b"v")]),
@@ -163,7 +166,7 @@ def test_the_future_resolves_lazily_to_metadata_and_reports_a_failed_batch() -> 
     made = producer(batch_bytes=300)  # three 100-byte records (84 + overhead) a batch
     future = append_all(bulk(made, [b"x" * 84] * 7, partition=0))
     batches = queued(made)
-    assert [len(b.records) for b in batches] == [3, 3, 1]
+    assert [b.record_count for b in batches] == [3, 3, 1]
     assert not future.done()
     for base, batch in zip((10, 13, 16), batches, strict=True):
         batch.complete(base, None)
@@ -196,14 +199,14 @@ def test_a_record_that_does_not_fit_seals_the_batch_before_it_in_every_path() ->
     append_all(bulk(many, values, partition=0))
     for made in (one_by_one, many):
         batches = queued(made)
-        assert [[row[2][:1] for row in b.records] for b in batches] == [
+        assert [[row[2][:1] for row in rows_of(b)] for b in batches] == [
             [b"a"],
             [b"b"],
             [b"c"],
             [b"d"],
             [b"e"],
         ]
-        assert all(b.size_bytes <= 1000 or len(b.records) == 1 for b in batches)
+        assert all(b.size_bytes <= 1000 or b.record_count == 1 for b in batches)
 
 
 def test_the_send_fast_path_does_not_overfill_the_sticky_batch() -> None:
@@ -215,5 +218,5 @@ def test_the_send_fast_path_does_not_overfill_the_sticky_batch() -> None:
         await made.send("t", b"b" * 600)
 
     trio.run(send_big)
-    assert [len(b.records) for b in queued(made)] == [1, 1]
+    assert [b.record_count for b in queued(made)] == [1, 1]
     assert all(b.size_bytes <= 1000 for b in queued(made))

@@ -16,6 +16,7 @@ from client.accumulator import RECORD_OVERHEAD_BYTES, ProducerBatch, RecordFutur
 from client.aio import Producer
 from client.bulk import BulkAppend
 from client.errors import BufferFullError
+from tests.unit.client.batch_rows import rows_of
 from wire.error_codes import BrokerError, ErrorCode
 
 PARTITIONS = 3
@@ -55,7 +56,7 @@ def test_a_keyless_send_opens_a_lane_whose_reservation_counts_until_the_batch_le
     assert (lane.size_bytes, lane.lane_limit) == (100, 1000)
     assert acc.memory_used == 1000  # the record and the batch's room
     send(made, b"b" * 84)  # the fast path: it fills the reserved room, memory is unchanged
-    assert (len(lane.records), lane.size_bytes, acc.memory_used) == (2, 200, 1000)
+    assert (lane.record_count, lane.size_bytes, acc.memory_used) == (2, 200, 1000)
     [drained], _ = acc.drain(0.0, {}, max_in_flight=1)
     assert drained is lane and "t" not in acc.lanes
     assert acc.memory_used == 200  # the unused room is given back when the batch leaves
@@ -97,7 +98,7 @@ def test_the_fast_path_refuses_a_record_above_max_record_bytes_even_with_room() 
         assert exc.code is ErrorCode.MESSAGE_TOO_LARGE
     else:
         raise AssertionError("a record above max_record_bytes was accepted")
-    assert [len(b.records) for b in unfinished(made)] == [1]
+    assert [b.record_count for b in unfinished(made)] == [1]
 
 
 def test_a_full_batch_is_sealed_by_the_fast_path_and_the_next_one_opens_a_lane() -> None:
@@ -106,7 +107,7 @@ def test_a_full_batch_is_sealed_by_the_fast_path_and_the_next_one_opens_a_lane()
     for _ in range(10):
         send(made, b"v" * 84)
     first = unfinished(made)
-    assert [len(b.records) for b in first] == [10] and first[0].size_bytes == 1000
+    assert [b.record_count for b in first] == [10] and first[0].size_bytes == 1000
     assert acc._open == {} and acc.lanes == {}  # sealed when full, its lane closed
     assert acc.memory_used == 1000
     send(made, b"v" * 84)
@@ -120,7 +121,7 @@ def test_no_lane_when_the_record_limit_could_seal_before_the_byte_limit() -> Non
     assert made._acc.memory_used == RECORD_OVERHEAD_BYTES
     for _ in range(9):
         send(made, b"")
-    assert [len(b.records) for b in unfinished(made)] == [10] and made._acc._open == {}
+    assert [b.record_count for b in unfinished(made)] == [10] and made._acc._open == {}
 
 
 def test_no_lane_for_a_thread_safe_or_transactional_producer() -> None:
@@ -232,17 +233,17 @@ class LaneMachine(RuleBasedStateMachine):
     @invariant()
     def batches_stay_within_their_limits(self) -> None:
         for batch in self.live:
-            assert batch.size_bytes <= 1000 or len(batch.records) == 1
+            assert batch.size_bytes <= 1000 or batch.record_count == 1
             size = sum(RECORD_OVERHEAD_BYTES + len(row[2] or b"") + len(row[1] or b"")
-                       for row in batch.records)  # fmt: skip
+                       for row in rows_of(batch))  # fmt: skip
             assert batch.size_bytes == size + sum(
-                len(name) + len(value) for row in batch.records for name, value in row[3] or ()
+                len(name) + len(value) for row in rows_of(batch) for name, value in row[3] or ()
             )
 
     @invariant()
     def every_record_is_at_its_future(self) -> None:
         for future, value in self.sent:
-            assert future.batch.records[future[1]][2] == value
+            assert future.batch.values[future[1]] == value
 
 
 TestLanes = LaneMachine.TestCase

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import crc32c
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,6 +28,7 @@ from wire.batch import (
     RecordCountError,
     available_compressions,
     build_batch,
+    build_batch_columns,
     build_batch_rows,
     build_control_batch,
     control_type_of,
@@ -345,3 +347,31 @@ def test_build_batch_rows_is_build_batch_with_rows_stored_as_they_go_on_the_wire
     ]
     with pytest.raises(RecordCountError):
         build_batch_rows([], base_timestamp=0)
+
+
+def test_build_batch_columns_is_build_batch_rows_of_the_zipped_columns() -> None:
+    # The producer keeps columns: deltas, values, and keys/headers only once a record has any.
+    # One kept packer serves every batch, an error (an unpackable value) included.
+    records = [
+        (1_000, None, b"a", None),
+        (990, b"k", b"b", [("h", b"1")]),
+        (1_007, None, b"c", None),
+    ]
+    deltas = [t - 1_000 for t, *_ in records]
+    keys = [key for _, key, _, _ in records]
+    values = [value for _, _, value, _ in records]
+    headers = [h for *_, h in records]
+    packer = msgpack.Packer(use_bin_type=True)
+    expected = build_batch(records, producer_id=7, base_sequence=3)
+    for _ in range(2):
+        built = build_batch_columns(
+            deltas, keys, values, headers, base_timestamp=1_000, packer=packer,
+            producer_id=7, base_sequence=3,
+        )  # fmt: skip
+        assert built == expected
+        with pytest.raises(TypeError):
+            build_batch_columns([0], None, [object()], None, base_timestamp=0, packer=packer)
+    plain = build_batch_columns([0, 5], None, [b"x", b"y"], None, base_timestamp=2_000)
+    assert plain == build_batch([(2_000, None, b"x", None), (2_005, None, b"y", None)])
+    with pytest.raises(RecordCountError):
+        build_batch_columns([], None, [], None, base_timestamp=0)
