@@ -390,17 +390,23 @@ class Record(NamedTuple):
     headers: list[tuple[str, bytes]] | None
 
 
+class HeaderFields(TypedDict, total=False):
+    """The batch header's fields a builder takes besides the records (defaults: none
+    compressed, offset 0, no leader epoch, no producer, not transactional, not control)."""
+
+    compression: int
+    base_offset: int
+    leader_epoch: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    transactional: bool
+    control: bool
+
+
 def build_batch(
     records: Sequence[tuple[int, bytes | None, bytes | None, Sequence[tuple[str, bytes]] | None]],
-    *,
-    compression: int = Compression.NONE,
-    base_offset: int = 0,
-    leader_epoch: int = -1,
-    producer_id: int = -1,
-    producer_epoch: int = -1,
-    base_sequence: int = -1,
-    transactional: bool = False,
-    control: bool = False,
+    **header: Unpack[HeaderFields],
 ) -> bytes:
     """Pack `(timestamp_ms, key, value, headers)` records into one msgpack-encoded batch.
 
@@ -415,32 +421,7 @@ def build_batch(
         (timestamp - base_timestamp, key, value, list(headers) if headers else None)
         for timestamp, key, value, headers in records
     ]
-    return build_batch_rows(
-        rows,
-        base_timestamp=base_timestamp,
-        compression=compression,
-        base_offset=base_offset,
-        leader_epoch=leader_epoch,
-        producer_id=producer_id,
-        producer_epoch=producer_epoch,
-        base_sequence=base_sequence,
-        transactional=transactional,
-        control=control,
-    )
-
-
-class HeaderFields(TypedDict, total=False):
-    """The batch header's fields a builder takes besides the records (defaults: none
-    compressed, offset 0, no leader epoch, no producer, not transactional, not control)."""
-
-    compression: int
-    base_offset: int
-    leader_epoch: int
-    producer_id: int
-    producer_epoch: int
-    base_sequence: int
-    transactional: bool
-    control: bool
+    return build_batch_rows(rows, base_timestamp=base_timestamp, **header)
 
 
 def build_batch_rows(
@@ -486,8 +467,7 @@ def build_batch_columns(
     `msgpack.packb` makes a new one per call, whose buffer grows by reallocation and is faulted
     in afresh every time (measured on 4,500 rows of 100 bytes: 176 ns a row, against 85 with a
     kept packer). Not thread-safe: one per thread."""
-    count = len(values)
-    if not count:
+    if not values:
         raise RecordCountError("a batch needs at least one record")
     low = min(deltas)
     high = max(deltas)
