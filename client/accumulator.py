@@ -6,19 +6,22 @@ Rules:
   `threading.Lock`, and does only O(1) work: a dict lookup, list appends and two additions. A
   batch keeps its records as columns: the timestamp deltas (from its `base_timestamp`, the
   first record's) and the values, plus the keys and the headers once one record has any (None
-  while all are None). Storing a record allocates nothing but what the caller passed (the
-  deltas are small ints, CPython's shared ones); `wire.batch.build_batch_columns` zips the
+  while all are None). Storing a record allocates nothing the GC tracks (a delta is an int,
+  CPython's shared one below 257 ms); `wire.batch.build_batch_columns` zips the
   columns into the wire's rows in C and packs them in one msgpack call.
 - Lanes (the trio producer's `send` fast path): a topic's lane is the open batch of its sticky
   partition with buffer memory reserved ahead, `lanes[topic]`, up to `batch.lane_limit` bytes.
   `send` appends a keyless bytes value to it inline after ONE comparison (`size_bytes + size <=
   lane_limit`), which stands for every check `append` makes: the room is never more than the
-  batch's, the free buffer memory's or the largest record's, and lanes open only when the byte
-  limit always seals a batch before the record limit. A lane opens when `append` adds a keyless
-  record to its sticky batch (so each batch's first record takes the general path), and closes,
-  its unused reservation given back, whenever anything else touches the batch or the topic: the
-  general `append`, a bulk fill, a seal, a drain, an abort. Buffer memory counts reservations,
-  as Kafka's `BufferPool` counts a whole batch when it opens.
+  batch's, the free buffer memory's, the largest record's or `LANE_RESERVE_BYTES`, and lanes
+  open only when the byte limit always seals a batch before the record limit. A lane opens when
+  `append` adds a keyless record to its sticky batch (so a batch's first record, and one each
+  time the room runs out, take the general path), and closes, its unused reservation given
+  back, whenever anything else touches the batch or the topic: the general `append`, a bulk
+  fill, a seal, a drain, an abort. Buffer memory counts reservations (Kafka's `BufferPool`
+  counts a whole batch when it opens), but a record is never refused for them: short of
+  memory, `append` and the bulk fill first close every lane (`reclaim_lanes`), so only records
+  make a sender wait, and a batch completing is what frees memory.
 - A batch is sealed when it reaches `batch_bytes` or `max_records_per_batch`, or when the next
   record would take it past `batch_bytes` (that record opens the next batch; a record larger
   than `batch_bytes` goes alone), so a batch is never larger than `batch_bytes` or its one
@@ -63,6 +66,11 @@ from client.types import RecordMetadata
 RECORD_OVERHEAD_BYTES = 16
 
 DeliveryCallback = Callable[[RecordMetadata | None, BaseException | None], None]
+
+# The most buffer memory one lane reserves at a time: a lane that runs out takes the general path
+# once, which reserves the next piece (one `send` in ~560 of 100-byte records). Small beside the
+# default buffer (32 MiB: 512 lanes' worth), so many topics sending at once rarely reclaim.
+LANE_RESERVE_BYTES = 64 * 1024
 
 # Guards callback registration against completion racing in from the I/O thread. One lock for all
 # batches is enough: both sides hold it for a few instructions, once per batch or per callback.
@@ -295,8 +303,8 @@ class RecordFuture(tuple[ProducerBatch, int]):
     """The delivery outcome of one record: a view `(batch, index)` on its batch.
 
     A tuple subclass so that the hot path allocates it in one C call, `RecordFuture((batch,
-    index))`, with no Python `__init__` frame: with the record's row it is the only per-record
-    object the producer creates. Completion is per batch (one event, one list of callbacks); the
+    index))`, with no Python `__init__` frame: it is the only per-record object the producer
+    creates that the GC tracks. Completion is per batch (one event, one list of callbacks); the
     future only reads it.
     `get` is kafka-python's name for `result`.
     """
@@ -400,6 +408,7 @@ class RecordAccumulator:
         self._lane_room = (
             lane_record_bytes
             if lane_record_bytes is not None
+            and not thread_safe
             and max_records_per_batch * RECORD_OVERHEAD_BYTES >= batch_bytes
             else 0
         )
@@ -457,7 +466,11 @@ class RecordAccumulator:
             self.close_topic_lane(topic)
         used = self.memory_used
         if used + size > self.buffer_memory_bytes and used > 0:
-            return None
+            if not self.reclaim_lanes():
+                return None
+            used = self.memory_used
+            if used + size > self.buffer_memory_bytes and used > 0:
+                return None
         sticky = partition < 0
         if sticky:
             partition = self._sticky_current.get(topic, -1)
@@ -503,6 +516,7 @@ class RecordAccumulator:
             self.batch_bytes - batch.size_bytes,
             self.buffer_memory_bytes - self.memory_used,
             self._lane_room,
+            LANE_RESERVE_BYTES,
         )
         if room >= RECORD_OVERHEAD_BYTES:
             batch.lane_limit = batch.size_bytes + room
@@ -514,6 +528,7 @@ class RecordAccumulator:
         if self.lanes.get(batch.topic) is batch:
             del self.lanes[batch.topic]
             self.memory_used -= batch.lane_limit - batch.size_bytes
+            batch.lane_limit = 0
 
     def close_topic_lane(self, topic: str) -> None:
         """Close `topic`'s lane, if it has one: before anything but the fast path reads the
@@ -679,6 +694,16 @@ class RecordAccumulator:
     def _close_lanes(self) -> None:
         for batch in list(self.lanes.values()):
             self.close_lane(batch)
+
+    def reclaim_lanes(self) -> bool:
+        """Close every lane, giving its room back; False if there was none. Called before a
+        record is refused for want of buffer memory: room reserved is not room used, so a
+        refusal (and a sender's wait, which ends only when a batch completes) is only ever for
+        memory that records hold."""
+        if not self.lanes:
+            return False
+        self._close_lanes()
+        return True
 
     def take_sealed(self, predicate: Callable[[ProducerBatch], bool]) -> list[ProducerBatch]:
         """Remove and return the queued batches `predicate` picks (the idempotent producer

@@ -416,6 +416,9 @@ class BulkAppend:
         acc.close_topic_lane(self.topic)  # its reservation is counted in memory_used
         used = acc.memory_used
         taken = run.within(start, acc.buffer_memory_bytes - used)
+        if not taken and acc.reclaim_lanes():
+            used = acc.memory_used
+            taken = run.within(start, acc.buffer_memory_bytes - used)
         if not taken:
             if used:
                 return 0

@@ -433,8 +433,10 @@ class Producer(AsyncClientBase):
                 values = batch.values
                 values.append(value)
                 count = len(values)
-                # Yield as the general path below does (the batch's record count stands in for
-                # the send counter), and seal a full batch as `_append` does.
+                # Seal a full batch as `_append` does, and yield when this send sealed it or
+                # every YIELD_EVERY_SENDS records, as the general path below does (the batch's
+                # record count stands in for the send counter; a batch sealed elsewhere made
+                # that send yield).
                 if total >= self._batch_bytes or not count % YIELD_EVERY_SENDS:
                     if total >= self._batch_bytes:
                         self._acc.seal(batch, self._counts[topic])

@@ -5,8 +5,6 @@ complete and release)."""
 
 from __future__ import annotations
 
-import contextlib
-
 import trio
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -15,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from client.accumulator import RECORD_OVERHEAD_BYTES, ProducerBatch, RecordFuture
 from client.aio import Producer
 from client.bulk import BulkAppend
-from client.errors import BufferFullError
+from client.errors import BufferFullError, ClientClosedError
 from tests.unit.client.batch_rows import rows_of
 from wire.error_codes import BrokerError, ErrorCode
 
@@ -31,7 +29,7 @@ def producer(**options: object) -> Producer:
         **options,
     }
     made = Producer("127.0.0.1:1", **options)  # type: ignore[arg-type]
-    for topic in ("t", "u"):
+    for topic in ("t", "u", "v"):
         made._counts[topic] = PARTITIONS
     return made
 
@@ -142,6 +140,58 @@ def test_aborting_gives_back_the_reservation() -> None:
     assert made._acc.memory_used == 0
 
 
+def test_reservations_never_refuse_a_record_the_buffer_has_room_for() -> None:
+    # Two lanes hold 1,800 bytes of room for 200 bytes of records: a 616-byte record of a third
+    # topic (and a bulk append) must still be taken, the lanes' room given back first.
+    made = producer()
+    acc = made._acc
+    send(made, b"a" * 84, "t")
+    send(made, b"b" * 84, "u")
+    assert acc.memory_used == 2000 and set(acc.lanes) == {"t", "u"}
+    send(made, b"c" * 600, "v")
+    assert set(acc.lanes) == {"v"}
+    assert acc.memory_used == 100 + 100 + 616 + (1000 - 616)  # v's own lane took the rest
+    send(made, b"d" * 84, "t")
+    send(made, b"e" * 84, "u")
+    bulk = BulkAppend(made, "v", [b"f" * 400, b"g" * 400], None, None, None, 1_700_000_000_000)
+    assert bulk.route()
+    while not bulk.finished and bulk.append_some():
+        pass
+    assert bulk.finished  # 832 bytes: more than was free beside the lanes' room
+    assert acc.memory_used == sum(b.size_bytes for b in unfinished(made)) + sum(
+        lane.lane_limit - lane.size_bytes for lane in acc.lanes.values()
+    )
+
+
+def test_a_closed_or_failed_producer_refuses_keyless_sends_and_frees_the_lanes() -> None:
+    closed = producer()
+
+    async def close_then_send() -> None:
+        await closed.send("t", b"a" * 84)
+        assert "t" in closed._acc.lanes
+        await closed.aclose()
+        assert closed._acc.lanes == {} and closed._acc.memory_used == 0
+        await closed.send("t", b"b" * 84)
+
+    try:
+        trio.run(close_then_send)
+    except ClientClosedError:
+        pass
+    else:
+        raise AssertionError("a keyless send after close was accepted")
+    failed = producer()
+    send(failed, b"a" * 84)
+    fenced = BrokerError(ErrorCode.PRODUCER_FENCED, "fenced")
+    failed._set_fatal(fenced)
+    assert failed._acc.lanes == {} and failed._acc.memory_used == 0
+    try:
+        send(failed, b"b" * 84)
+    except BrokerError as exc:
+        assert exc is fenced
+    else:
+        raise AssertionError("a keyless send after a fatal error was accepted")
+
+
 class LaneMachine(RuleBasedStateMachine):
     """Sends of every kind (fast, keyed, to a partition, bulk) to two topics, drains, deliveries
     and aborts, in any order: memory always counts exactly the queued records and the lanes'
@@ -154,6 +204,12 @@ class LaneMachine(RuleBasedStateMachine):
         self.sent: list[tuple[RecordFuture, bytes]] = []
         self.live: set[ProducerBatch] = set()  # made and not yet released
 
+    def _refused(self, least: int) -> None:
+        # Refused only for memory that records hold: every lane's room was given back first.
+        assert self.acc.lanes == {}
+        assert self.acc.memory_used == sum(batch.size_bytes for batch in self.live)
+        assert self.acc.memory_used + least > 2500
+
     def _sent(self, future: RecordFuture, value: bytes) -> None:
         self.sent.append((future, value))
         self.live.add(future.batch)
@@ -165,7 +221,7 @@ class LaneMachine(RuleBasedStateMachine):
             try:
                 self._sent(send(self.made, value, topic), value)
             except BufferFullError:
-                assert self.acc.memory_used + RECORD_OVERHEAD_BYTES + size > 2500
+                self._refused(RECORD_OVERHEAD_BYTES + size)
                 return
 
     @rule(
@@ -180,8 +236,11 @@ class LaneMachine(RuleBasedStateMachine):
             "partition": {"partition": size % PARTITIONS},
             "headers": {"headers": [("h", b"1")]},
         }[how]
-        with contextlib.suppress(BufferFullError):
+        try:
             self._sent(send(self.made, value, topic, **kwargs), value)
+        except BufferFullError:
+            extra = {"key": len(b"some key"), "partition": 0, "headers": len("h") + len(b"1")}
+            self._refused(RECORD_OVERHEAD_BYTES + size + extra[how])
 
     @rule(topic=st.sampled_from(["t", "u"]), count=st.integers(1, 12))
     def send_many(self, topic: str, count: int) -> None:
