@@ -511,7 +511,8 @@ class RecordAccumulator:
 
     def _open_lane(self, batch: ProducerBatch) -> None:
         """Make `batch` (open, its topic's sticky one, no lane) its topic's lane, reserving as
-        much room as the batch, the buffer memory and the largest record allow."""
+        much room as the batch, the buffer memory, the largest record and `LANE_RESERVE_BYTES`
+        allow."""
         room = min(
             self.batch_bytes - batch.size_bytes,
             self.buffer_memory_bytes - self.memory_used,

@@ -6,11 +6,18 @@ complete and release)."""
 from __future__ import annotations
 
 import trio
+import trio.testing
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from client.accumulator import RECORD_OVERHEAD_BYTES, ProducerBatch, RecordFuture
+from client.accumulator import (
+    LANE_RESERVE_BYTES,
+    RECORD_OVERHEAD_BYTES,
+    ProducerBatch,
+    RecordAccumulator,
+    RecordFuture,
+)
 from client.aio import Producer
 from client.bulk import BulkAppend
 from client.errors import BufferFullError, ClientClosedError
@@ -56,7 +63,7 @@ def test_a_keyless_send_opens_a_lane_whose_reservation_counts_until_the_batch_le
     send(made, b"b" * 84)  # the fast path: it fills the reserved room, memory is unchanged
     assert (lane.record_count, lane.size_bytes, acc.memory_used) == (2, 200, 1000)
     [drained], _ = acc.drain(0.0, {}, max_in_flight=1)
-    assert drained is lane and "t" not in acc.lanes
+    assert drained is lane and "t" not in acc.lanes and lane.lane_limit == 0
     assert acc.memory_used == 200  # the unused room is given back when the batch leaves
     lane.complete(0, None)
     acc.release(lane)
@@ -163,6 +170,56 @@ def test_reservations_never_refuse_a_record_the_buffer_has_room_for() -> None:
     )
 
 
+def test_a_lane_reserves_at_most_lane_reserve_bytes_at_a_time() -> None:
+    made = producer(batch_bytes=200_000, buffer_memory_bytes=1_000_000)
+    acc = made._acc
+    send(made, b"a" * 84)
+    lane = acc.lanes["t"]
+    assert lane.lane_limit - lane.size_bytes == LANE_RESERVE_BYTES
+    while "t" in acc.lanes and acc.lanes["t"].size_bytes + 100 <= acc.lanes["t"].lane_limit:
+        send(made, b"b" * 84)  # the fast path, until the reserved room is used up
+    send(made, b"c" * 84)  # the general path: the next piece of room
+    assert acc.lanes["t"] is lane and lane.lane_limit == lane.size_bytes + LANE_RESERVE_BYTES
+
+
+def test_a_thread_safe_accumulator_opens_no_lanes() -> None:
+    acc = RecordAccumulator(
+        batch_bytes=1000, linger_ms=5, buffer_memory_bytes=2500, max_records_per_batch=1000,
+        thread_safe=True, lane_record_bytes=1000,
+    )  # fmt: skip
+    assert acc.append("t", -1, 0, None, b"v", None, 17, PARTITIONS) is not None
+    assert acc.lanes == {} and acc.memory_used == 17
+
+
+def test_a_waiting_sender_is_woken_by_a_delivery_and_the_lanes_room_is_not_waited_for() -> None:
+    made = producer(max_block_ms=10_000)
+    acc = made._acc
+
+    async def scenario() -> None:
+        for _ in range(20):
+            await made.send("t", b"a" * 84)  # two full batches, sealed: 2,000 bytes
+        await made.send("u", b"b" * 84)  # u's lane takes the last 400 bytes of room
+        assert acc.memory_used == 2500 and "u" in acc.lanes
+        got: list[RecordFuture] = []
+
+        async def waiter() -> None:
+            got.append(await made.send("v", b"c" * 600))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiter)
+                await trio.testing.wait_all_tasks_blocked()
+                # Waiting for 616 bytes that records (2,100) leave no room for, not u's room.
+                assert got == [] and acc.lanes == {} and acc.memory_used == 2100
+                ready, _ = acc.drain(0.0, {}, max_in_flight=1)
+                sealed = next(batch for batch in ready if batch.topic == "t")
+                made._complete(sealed, 0, None)  # frees 1,000 bytes and wakes the waiter
+        [future] = got
+        assert future.batch.topic == "v" and future.batch.values[future[1]] == b"c" * 600
+
+    trio.run(scenario)
+
+
 def test_a_closed_or_failed_producer_refuses_keyless_sends_and_frees_the_lanes() -> None:
     closed = producer()
 
@@ -252,6 +309,8 @@ class LaneMachine(RuleBasedStateMachine):
         future = bulk.future()  # keyless: indexed in call order, finished or not
         for index in range(len(future)):
             self._sent(future[index], values[index])
+        if not bulk.finished:
+            self._refused(bulk.next_size())
 
     @rule(flush=st.booleans())
     def drain_and_deliver(self, flush: bool) -> None:
