@@ -176,13 +176,9 @@ class ProducerBatch:
         delta and value itself.)"""
         index = len(self.values)
         if key is not None or self.keys is not None:
-            if self.keys is None:
-                self.keys = [None] * index
-            self.keys.append(key)
+            self._column("keys").append(key)
         if headers is not None or self.headers is not None:
-            if self.headers is None:
-                self.headers = [None] * index
-            self.headers.append(headers)
+            self._column("headers").append(headers)
         self.deltas.append(timestamp_ms - self.base_timestamp)
         self.values.append(value)
         return index
@@ -196,17 +192,22 @@ class ProducerBatch:
     ) -> None:
         """Add records that share one timestamp (a bulk append); `keys`/`headers` None for all
         None, else one per value."""
-        index, count = len(self.values), len(values)
+        count = len(values)
         if keys is not None or self.keys is not None:
-            if self.keys is None:
-                self.keys = [None] * index
-            self.keys.extend(keys if keys is not None else repeat(None, count))
+            self._column("keys").extend(keys if keys is not None else repeat(None, count))
         if headers is not None or self.headers is not None:
-            if self.headers is None:
-                self.headers = [None] * index
-            self.headers.extend(headers if headers is not None else repeat(None, count))
+            self._column("headers").extend(headers if headers is not None else repeat(None, count))
         self.deltas.extend(repeat(timestamp_ms - self.base_timestamp, count))
         self.values.extend(values)
+
+    def _column(self, name: str) -> list[Any]:
+        """The `keys` or `headers` column, made first (None for each record so far) if every
+        record's was None until now. Called before the new records' values are added."""
+        column: list[Any] | None = getattr(self, name)
+        if column is None:
+            column = [None] * len(self.values)
+            setattr(self, name, column)
+        return column
 
     def wait_blocking(self, timeout: float | None = None) -> bool:
         """Block the calling thread until the batch is complete; False after `timeout` s."""
