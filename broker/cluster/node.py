@@ -364,7 +364,8 @@ class ClusterNode:
             limits=config.limits,
             # The metadata group stays awake: it is one group (its heartbeats cost nothing
             # measurable), and every broker's registration heartbeats need its leader anyway.
-            raft_config=dataclasses.replace(config.raft, quiesce=False),
+            # It broadcasts each commit: brokers act on what its followers apply.
+            raft_config=dataclasses.replace(config.raft, quiesce=False, commit_broadcast=True),
             driver_config=config.driver,
             config=config.controller,
             rng=random.Random(rng.getrandbits(64)),

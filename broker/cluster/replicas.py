@@ -192,6 +192,11 @@ class Replica:
         """Exclusive end of the committed (and applied here) offsets."""
         return self.driver.high_watermark
 
+    @property
+    def high_watermark_settled(self) -> bool:
+        """Leading with a high watermark that covers every acknowledged write (the driver's)."""
+        return self.driver.high_watermark_settled
+
     def check_batch(self, batch: bytes | bytearray | memoryview) -> None:
         # The core trusts its caller with the batch (CRC, bounds): this is the produce gate.
         header = batch_codec.validate_batch(batch, max_batch_bytes=self.log.config.max_batch_bytes)
@@ -288,7 +293,11 @@ class ReplicaManager:
         self._logs = logs
         self._transport = transport
         self._log_defaults = log_defaults
-        self._raft_config = raft_config
+        # Partition groups do not broadcast each new commit index: their followers learn it
+        # with the next append or heartbeat. Nothing waits on a follower's commit index (reads,
+        # acknowledgements and the high watermark are the leader's), and the broadcast and its
+        # answers were half of the Raft messages of every replicated entry (RaftConfig).
+        self._raft_config = dataclasses.replace(raft_config, commit_broadcast=False)
         self._driver_config = driver_config
         self._rng = rng
         self._reporter = reporter

@@ -81,6 +81,10 @@ class ReplicaPartitionState(PartitionState):
         return self.replica.high_watermark
 
     @property
+    def high_watermark_settled(self) -> bool:
+        return self.replica.high_watermark_settled
+
+    @property
     def waits_for_fsync(self) -> bool:
         return False  # the group's commit moves the high watermark, not a flusher
 

@@ -107,6 +107,23 @@ class PartitionState:
         return int(self.log.log_end_offset)
 
     @property
+    def high_watermark_settled(self) -> bool:
+        """Whether the high watermark covers every acknowledged write: always on one node (a
+        new Raft leader's may lag until an entry of its term commits: cluster/serving.py)."""
+        return True
+
+    def require_settled_high_watermark(self) -> None:
+        """Refuse, retriably, an answer that depends on the high watermark or the log start
+        while a new leader's may still lag behind what the group acknowledged (offset lookups,
+        DeleteRecords): LEADER_NOT_AVAILABLE, which clients retry after a metadata refresh."""
+        if not self.high_watermark_settled:
+            raise BrokerError(
+                ErrorCode.LEADER_NOT_AVAILABLE,
+                f"{self.topic}-{self.partition}: this broker has just become its leader and "
+                "has not yet committed an entry of its term; retry",
+            )
+
+    @property
     def waits_for_fsync(self) -> bool:
         """Whether appends become visible only after an fsync someone must ask for."""
         return bool(self.log.config.flush_policy is FlushPolicy.ALWAYS)

@@ -204,6 +204,7 @@ def _list_offset(
     """(offset, timestamp): the timestamp is the found record's for a search by time, -1 for
     the earliest and latest offsets (as Kafka answers)."""
     state = ctx.partition(item.topic, item.partition)
+    state.require_settled_high_watermark()
     if item.timestamp == codec.EARLIEST_TIMESTAMP:
         return int(state.log.log_start_offset), -1
     if item.timestamp == codec.LATEST_TIMESTAMP:

@@ -94,6 +94,7 @@ async def _delete_records(ctx: BrokerContext, item: codec.DeleteRecordsPartition
             f"topic {item.topic!r} is internal: the broker alone deletes its records",
         )
     state = ctx.partition(item.topic, item.partition)
+    state.require_settled_high_watermark()
     high_watermark = state.high_watermark
     offset = high_watermark if item.offset == DELETE_TO_HIGH_WATERMARK else item.offset
     if not 0 <= offset <= high_watermark:

@@ -57,6 +57,13 @@ class RaftConfig:
     # every group heartbeats every `heartbeat_ticks` forever; on, the driver must report dead
     # peers, or a quiet group whose leader died never elects another.
     quiesce: bool = True
+    # Tell the followers a new commit index at once: an AppendRequest to each (empty when there
+    # is nothing new to send), which each answers. Off, they learn it with the next append or
+    # heartbeat (every `heartbeat_ticks`, and the quiesce heartbeat), a tick later at most, and a
+    # replicated entry costs four messages instead of eight. Safety never depends on when a
+    # follower learns the commit index; partition groups turn it off (their followers apply
+    # nothing that anyone waits for), the metadata group keeps it.
+    commit_broadcast: bool = True
 
     def validate(self) -> None:
         _check_int("election_timeout_ticks", self.election_timeout_ticks, 2)
@@ -67,6 +74,6 @@ class RaftConfig:
         _check_int("uncommitted_bytes_max", self.uncommitted_bytes_max, 1)
         _check_int("transfer_timeout_ticks", self.transfer_timeout_ticks, 1)
         _check_int("snapshot_timeout_ticks", self.snapshot_timeout_ticks, 1)
-        for key in ("pre_vote", "check_quorum", "quiesce"):
+        for key in ("pre_vote", "check_quorum", "quiesce", "commit_broadcast"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, f"expected true or false, got {getattr(self, key)!r}")

@@ -267,7 +267,7 @@ class RaftCore:
         self.durable_index = min(last_index, self.log.last_index())
         if self.role is Role.LEADER and self.node_id in self.progress:
             self.progress[self.node_id].maybe_update(self.durable_index)
-            if self._maybe_commit():
+            if self._maybe_commit() and self.config.commit_broadcast:
                 self._commit_broadcast_pending = True
 
     def report_unreachable(self, peer: int) -> None:
@@ -963,7 +963,7 @@ class RaftCore:
                 progress.become_replicate()
         else:
             progress.inflights.free_to(progress.match_index)
-        if self._maybe_commit():
+        if self._maybe_commit() and self.config.commit_broadcast:
             self._commit_broadcast_pending = True
         if self.role is not Role.LEADER:
             return  # committing our own removal stepped us down

@@ -400,6 +400,16 @@ class RaftDriver:
         """Exclusive end of what is committed AND applied here: fetch serves up to it."""
         return self._high_watermark
 
+    @property
+    def high_watermark_settled(self) -> bool:
+        """Leading, and an entry of this term is applied: only then does the high watermark
+        cover every write the group acknowledged. A new leader's commit index is what it had
+        learnt as a follower (partition followers learn it lazily, `commit_broadcast`) until
+        the no-op of its term commits (§5.4.2); Kafka's new leader likewise answers offset
+        lookups only once its high watermark is established (KIP-207)."""
+        core = self.core
+        return core.role is Role.LEADER and core.log.match_term(self._high_watermark - 1, core.term)
+
     async def wait_high_watermark(self, offset: int) -> None:
         """Return once `high_watermark >= offset` (a fetch long poll, an acks=all produce).
 

@@ -2,7 +2,8 @@
 crashes, partitions, membership changes and the clients (TigerBeetle's VOPR, etcd's `network`).
 
 A run is a safety phase with every fault enabled, then a liveness phase with faults healed, then
-(with pre-vote) a stability phase that isolates one follower. Half the seeds run with quiescence
+(with pre-vote) a stability phase that isolates one follower. Half the seeds run without the
+broadcast of each new commit index (the partition groups' setting), and half with quiescence
 (docs/raft.md): every node then also keeps a `PeerLiveness` fed by node-level heartbeats over the
 same faulty network (as the transport's link liveness does), reports dead peers to its core, and
 the run ends with a quiet-failover phase: the group goes quiet, then its leader crashes or is cut
@@ -50,6 +51,9 @@ TRACE_LINES_REPORTED = 60
 # Quiescence is drawn from its own generator (seeded from the run's seed), so turning it on for
 # half the seeds leaves every other option of those seeds as it was.
 QUIESCE_SEED_SALT = 0x51E7
+# The same for the commit broadcast: half the seeds run the partition groups' setting (followers
+# learn a new commit index only with the next append or heartbeat, RaftConfig.commit_broadcast).
+COMMIT_BROADCAST_SEED_SALT = 0xC0B7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,8 @@ class SimOptions:
     downtime_mean: int  # a crashed node restarts after about this long (virtual time)
     # Quiescence with link liveness (drawn separately, see QUIESCE_SEED_SALT).
     quiesce: bool = False
+    # Off: no broadcast of each new commit index (drawn separately, COMMIT_BROADCAST_SEED_SALT).
+    commit_broadcast: bool = True
 
     @classmethod
     def from_seed(cls, rng: random.Random) -> SimOptions:
@@ -219,8 +225,10 @@ class Simulation:
         core_class: type[RaftCore] = RaftCore,
         trace: bool = False,
         quiesce: bool | None = None,
+        commit_broadcast: bool | None = None,
     ) -> None:
-        """`quiesce` forces quiescence on or off (None: the seed draws it, half the seeds)."""
+        """`quiesce` forces quiescence on or off, `commit_broadcast` the broadcast of each new
+        commit index (None: the seed draws it, half the seeds each)."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.options = dataclasses.replace(
@@ -228,6 +236,9 @@ class Simulation:
             quiesce=random.Random(seed ^ QUIESCE_SEED_SALT).random() < 0.5
             if quiesce is None
             else quiesce,
+            commit_broadcast=random.Random(seed ^ COMMIT_BROADCAST_SEED_SALT).random() < 0.5
+            if commit_broadcast is None
+            else commit_broadcast,
         )
         # How the quiet-failover phase took the leader away ("crash", "isolate"), once it ran.
         self.quiet_failover: str | None = None
@@ -248,6 +259,7 @@ class Simulation:
             transfer_timeout_ticks=2 * options.election_timeout_ticks,
             uncommitted_bytes_max=options.uncommitted_bytes_max,
             quiesce=options.quiesce,
+            commit_broadcast=options.commit_broadcast,
         )
         voters = list(range(1, options.voter_count + 1))
         self.node_ids = list(range(1, options.voter_count + options.spare_count + 1))

@@ -90,7 +90,7 @@ def test_followers_the_leader_stopped_heartbeating_excuse_no_election() -> None:
     # In the simulator: the core that stops heartbeating is caught by the stability check, which
     # names the silence the leader caused.
     with pytest.raises(SimulationFailure) as failure:
-        Simulation(3, core_class=UnreachableEndsHeartbeatsCore).run()
+        Simulation(3, core_class=UnreachableEndsHeartbeatsCore, commit_broadcast=True).run()
     assert failure.value.invariant == "pre-vote stability"
     assert "with nothing of it in flight" in str(failure.value)
 
@@ -145,7 +145,9 @@ def test_check_quorum_deadline_runs_from_a_change_of_voters() -> None:
     1465654144, leader 5 of 5 voters, with 1 and 2 on its side of a partition, removes itself:
     1 and 2 are no majority of the new voters 1-4, and the core steps down at its next check.
     The checker once judged the ticks before the change by the new voters and failed the run."""
-    simulation = run_seed(1465654144)
+    # The seeds of these scenario tests were found with the commit broadcast on: pinned so.
+    simulation = Simulation(1465654144, commit_broadcast=True)
+    simulation.run()
     assert simulation.checker.steps > 0
 
 
@@ -155,7 +157,7 @@ def test_messages_gone_stale_during_an_fsync_are_not_sent() -> None:
     append replaced it; its term-16 acknowledgement of 759, waiting for that fsync, claimed an
     entry it no longer held ("durability order"). Such messages are dropped when the fsync is
     done (docs/raft.md, the Ready contract); the run passes and the trace names the drop."""
-    simulation = Simulation(331505385, trace=True)
+    simulation = Simulation(331505385, trace=True, commit_broadcast=True)
     simulation.run()
     assert any(
         "2: stale, not sent:" in line and "AppendResponse term=16 ok match=759" in line
@@ -171,12 +173,12 @@ def test_a_slow_but_progressing_catch_up_gets_the_allowance(
     long ago catches up one entry per heartbeat over a slow healed network (docs/raft.md): they
     pass with the catch-up allowance, the trace says the bound was extended, and the same runs
     with the allowance capped at the bound itself fail the liveness check."""
-    simulation = Simulation(seed, trace=True)
+    simulation = Simulation(seed, trace=True, commit_broadcast=True)
     simulation.run()
     assert any("bound extended" in line for line in simulation.trace_lines)
     monkeypatch.setattr("tests.sim.simulator.CATCH_UP_CAP", 1)
     with pytest.raises(SimulationFailure) as failed:
-        Simulation(seed).run()
+        Simulation(seed, commit_broadcast=True).run()
     assert failed.value.invariant == "liveness"
 
 

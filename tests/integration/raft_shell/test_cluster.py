@@ -151,3 +151,30 @@ async def test_leadership_transfer_hands_the_group_to_the_target(tmp_path: Path)
         _assert_identical(cluster, "g1")
         assert cluster.leader("g0") is other_leader
         nursery.cancel_scope.cancel()
+
+
+async def test_a_new_leader_settles_its_high_watermark_only_once_it_covers_every_commit(
+    tmp_path: Path,
+) -> None:
+    # Goal: followers learn the commit index lazily (as partition groups do), so a new leader
+    # starts with a high watermark that may lag what the old leader acknowledged; it reports it
+    # settled (and offset lookups are answered) only once it covers all of it.
+    async with trio.open_nursery() as nursery:
+        cluster = await Cluster.start(nursery, tmp_path)
+        leader = await cluster.wait_leader("g0")
+        await cluster.wait_until(lambda: leader.high_watermark_settled, 5.0)
+        followers = [driver for driver in cluster.drivers("g0") if driver is not leader]
+        assert not any(driver.high_watermark_settled for driver in followers)
+        await cluster.propose_all("g0", [b"before-%d" % n for n in range(100)])
+        acknowledged_end = leader.high_watermark
+        await cluster.brokers[leader.node_id].crash()
+
+        def new_leader_settled() -> bool:
+            new = cluster.leader("g0")
+            return new is not None and new.high_watermark_settled
+
+        await cluster.wait_until(new_leader_settled, 5.0 + ELECTION_TIMEOUT_MAX_S)
+        new = cluster.leader("g0")
+        assert new is not None and new.node_id != leader.node_id
+        assert new.high_watermark >= acknowledged_end
+        nursery.cancel_scope.cancel()

@@ -15,6 +15,7 @@ from broker.raft.messages import (
     AppendRequest,
     AppendResponse,
     Configuration,
+    Heartbeat,
     VoteRequest,
     VoteResponse,
     assign_entry,
@@ -368,3 +369,52 @@ def test_restart_restores_state_and_replays_only_what_was_not_applied() -> None:
     ready = restarted.ready()
     assert [entry.index for entry in ready.committed_entries] == [2, 3]
     restarted.advance(ready)
+
+
+@pytest.mark.parametrize("last_to_hold_it", ["follower", "leader"])
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_a_commit_is_broadcast_only_with_commit_broadcast(
+    broadcast: bool, last_to_hold_it: str
+) -> None:
+    """With it (the metadata group), a new commit index goes to the followers at once, in an
+    empty AppendRequest; without it (partition groups), they learn it from the next heartbeat,
+    and the commit costs no message. The commit comes from a follower's answer, or from the
+    leader's own fsync when a follower answered first."""
+    core = make_core(
+        voters=(1, 2, 3), commit_broadcast=broadcast, check_quorum=False, pre_vote=False
+    )
+    core.campaign()
+    drain(core)
+    for voter in (2, 3):
+        core.step(VoteResponse(voter, 1, core.term, True, False))
+    drain(core)
+    assert core.role is Role.LEADER
+    for voter in (2, 3):  # both hold the leader's no-op: they replicate without probing
+        core.step(AppendResponse(voter, 1, core.term, True, core.log.last_index()))
+    drain(core)
+    entry = core.propose(batch())
+    ready = core.ready()
+    sent = [m for m in ready.messages if isinstance(m, AppendRequest)]
+    assert {(m.target, m.entries[-1].index) for m in sent} == {(2, entry.index), (3, entry.index)}
+    core.log.storage.append(ready.entries)  # type: ignore[attr-defined]
+    core.advance(ready)
+    if last_to_hold_it == "follower":
+        core.persisted(ready.last_index, ready.last_term)
+        assert core.commit_index < entry.index
+        core.step(AppendResponse(2, 1, core.term, True, entry.index))
+    else:
+        core.step(AppendResponse(2, 1, core.term, True, entry.index))
+        assert core.commit_index < entry.index, "the leader's own copy is not durable yet"
+        assert drain(core) == []
+        core.persisted(ready.last_index, ready.last_term)
+    assert core.commit_index == entry.index  # the leader's copy and node 2's: a majority
+    after_commit = drain(core)
+    commit_only = [m for m in after_commit if isinstance(m, AppendRequest) and not m.entries]
+    if broadcast:
+        assert sorted(m.target for m in commit_only) == [2, 3]
+        assert all(m.commit_index == entry.index for m in commit_only)
+    else:
+        assert after_commit == [], after_commit
+        core.tick(now_ms=0)  # heartbeat_ticks=1: the next tick's heartbeats carry the commit
+        beats = {m.target: m.commit_index for m in drain(core) if isinstance(m, Heartbeat)}
+        assert beats[2] == entry.index

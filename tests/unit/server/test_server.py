@@ -11,6 +11,7 @@ import msgpack
 import pytest
 import trio
 
+from broker.handlers.context import PartitionState
 from broker.server import Broker
 from tests.unit.server.conftest import StartBroker
 from tests.unit.server.wire_client import WireClient, make_batch
@@ -499,3 +500,27 @@ async def test_connections_beyond_the_limit_are_closed(start_broker: StartBroker
     await stream.aclose()
     assert (await first.request(codec.MetadataRequest())).topics == ()
     await first.aclose()
+
+
+async def test_offset_lookups_wait_for_a_settled_high_watermark(
+    client: WireClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Goal: while a partition's high watermark may lag what was acknowledged (a new Raft leader
+    # before an entry of its term commits: PartitionState.high_watermark_settled), offset
+    # lookups and DeleteRecords answer LEADER_NOT_AVAILABLE, which clients retry, rather than a
+    # stale offset or OFFSET_OUT_OF_RANGE.
+    await client.create_topic("t")
+    await client.produce("t", 0, make_batch([b"a", b"b"]))
+    monkeypatch.setattr(PartitionState, "high_watermark_settled", property(lambda self: False))
+    for timestamp in (codec.EARLIEST_TIMESTAMP, codec.LATEST_TIMESTAMP, 1000):
+        answer = await client.list_offset("t", 0, timestamp)
+        assert answer.error is ErrorCode.LEADER_NOT_AVAILABLE
+        assert "has not yet committed an entry of its term" in answer.error_message
+    deleted = await client.request(
+        codec.DeleteRecordsRequest(
+            partitions=(codec.DeleteRecordsPartition(topic="t", partition=0, offset=1),)
+        )
+    )
+    assert deleted.partitions[0].error is ErrorCode.LEADER_NOT_AVAILABLE
+    monkeypatch.undo()
+    assert (await client.list_offset("t", 0, codec.LATEST_TIMESTAMP)).offset == 2
