@@ -4,16 +4,26 @@
     python -m benchmarks.latency_stages --brokers 3      # three brokers, RF 3, acks=all
     python -m benchmarks.latency_stages --seconds 10 --rate 5000
 
-It runs `benchmarks.compare`'s latency phase (bursts of 10 records of 100 bytes at `--rate`
-records/s, the SDK's default settings, a consumer in the same process) against brokers it starts
-itself, with probes that timestamp the steps of each burst's way: in the client (the producer's
-write, the fetch response's read, the records buffered, the records handed to `poll`) and in each
-broker (a request read, a response written, an fsync handed to the helper process and answered,
-a Raft message handed to the transport and delivered by it). Timestamps are CLOCK_MONOTONIC,
-which every process on the machine shares, so a burst's steps join across processes: each stage
-is the time from one step to the first matching step after it. A burst whose steps do not all
-match (a request that carried two bursts, a fetch answered before the fsync of a later batch) is
-left out; the table says how many matched.
+It runs `benchmarks.compare`'s latency phase (bursts of `LATENCY_BURST` records of 100 bytes at
+`--rate` records/s, the SDK's default settings, a consumer in the same process) against brokers it
+starts itself, with probes that timestamp the steps of each burst's way: in the client (the
+producer's write, the fetch response's read, the records buffered, the records handed to `poll`)
+and in each broker (a request read, a response written, an fsync handed to the helper process and
+answered, a Raft message handed to the transport and delivered by it). Timestamps are
+CLOCK_MONOTONIC, which every process on the machine shares, so a burst's steps join across
+processes: each stage is the time from one step to the first matching step after it, with these
+checks against matching another burst's step:
+- an fsync is followed by its job number, from the submit to its own answer (the answer of one
+  fsync starts the next, so "the first answer after the submit" could be an earlier job's);
+- a hop between processes must be the last of its kind before the step it reached (no other
+  request was written between the produce request and the broker's read of it, no other fetch
+  response between the one matched and the client's read), and the records buffered must be the
+  ones the burst's `poll` handed out;
+- at RF 3 each follower is followed by its node id, and the stage rows are the follower whose
+  answer reached the leader first;
+- a `poll` that hands out several bursts counts each (split where the send stamps jump by more
+  than half the time between bursts).
+A burst whose steps do not all match is left out; the table says how many joined.
 
 It prints a table (p50/p90/p99 of each stage, in µs) and writes JSON (`--json`, default
 benchmarks/results/latency_stages.json). The figures are for reading the shape of the latency
@@ -22,8 +32,8 @@ few µs per step and keep every event in memory (the client's full garbage colle
 longer, so read the end-to-end tail from `benchmarks.compare`), and the stages' medians add up
 to about the total's median only.
 
-The probes wrap functions of the broker and the SDK by name (`_PROBES` below); renaming one of
-them breaks this benchmark, and its test says which.
+The probes wrap functions of the broker and the SDK by name (`install_broker_probes`,
+`client_probes`); renaming one of them makes this benchmark fail at start, and its test with it.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import bisect
+import contextlib
 import inspect
 import itertools
 import json
@@ -38,15 +49,18 @@ import os
 import sys
 import tempfile
 import time
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.throughput import LATENCY_BURST
+
 RESULTS_DEFAULT = Path(__file__).parent / "results" / "latency_stages.json"
+RECORD_BYTES = 100
 # Frames above this size carry records (a burst is 10 records of 100 bytes, over 1 KB); produce
 # acknowledgements, fetch requests and empty fetch responses are a few hundred bytes.
 RECORDS_FRAME_BYTES = 600
@@ -61,69 +75,98 @@ PROBED_BROKER_COMMAND = (
 
 Event = tuple[int, str, Any]
 now_ns = time.perf_counter_ns  # CLOCK_MONOTONIC on Linux: comparable across processes
+# This process's events (the client's, or a probed broker's).
+_EVENTS: list[Event] = []
+Record = Callable[..., tuple[str, Any]]
 
 
 # --- probes -----------------------------------------------------------------------------------
 
 
-def _wrap(owner: Any, name: str, record: Callable[..., tuple[str, Any] | None]) -> None:
-    """Replace `owner.name` by a wrapper that appends `record(result, *args)` after each call."""
-    original = getattr(owner, name)
-    events: list[Event] = _EVENTS
+def probe(
+    original: Callable[..., Any], record: Record, *, at_call: bool = False
+) -> Callable[..., Any]:
+    """`original`, noting `record(result, *args)` (kind, value) with the time it returned, or
+    (`at_call`) the time it was called. Writes are stamped when called: a write wakes its
+    reader, which often runs on the writer's core at once, so the writer's own return comes
+    after the reader has already read and handled the data."""
+    if inspect.iscoroutinefunction(original):
 
-    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        async def async_probe(*args: Any, **kwargs: Any) -> Any:
+            called = now_ns()
+            result = await original(*args, **kwargs)
+            _EVENTS.append((called if at_call else now_ns(), *record(result, *args)))
+            return result
+
+        return async_probe
+
+    def sync_probe(*args: Any, **kwargs: Any) -> Any:
+        called = now_ns()
         result = original(*args, **kwargs)
-        noted = record(result, *args)
-        if noted is not None:
-            events.append((now_ns(), *noted))
+        _EVENTS.append((called if at_call else now_ns(), *record(result, *args)))
         return result
 
-    async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-        result = await original(*args, **kwargs)
-        noted = record(result, *args)
-        if noted is not None:
-            events.append((now_ns(), *noted))
-        return result
-
-    setattr(owner, name, async_wrapper if inspect.iscoroutinefunction(original) else sync_wrapper)
+    return sync_probe
 
 
-_EVENTS: list[Event] = []
+def _probed_fsync_submit(original: Callable[..., bool]) -> Callable[..., bool]:
+    """`FsyncProcess.submit`, noting the job it sent and, when its answer comes, that job's
+    answer, stamped before any callback runs (a callback may start the next fsync)."""
+
+    def submit(helper: Any, fds: Any, on_done: Callable[[Any], None], redo: Any) -> bool:
+        job = helper._next_job
+
+        def answered(outcome: Any) -> None:
+            _EVENTS.append((now_ns(), "fsync_done", job))
+            on_done(outcome)
+
+        called = now_ns()  # before the helper, woken by the send, takes the core
+        sent = original(helper, fds, answered, redo)
+        if sent:
+            _EVENTS.append((called, "fsync_submit", job))
+        return sent
+
+    return submit
 
 
-def _message(message: Any) -> list[Any]:
-    return [type(message).__name__, len(getattr(message, "entries", ()) or ())]
+def _written(rest: Any, stream: Any, data: bytes) -> tuple[str, int]:
+    """A `write_now` probe: the size of the frame written."""
+    return "write", len(data)
+
+
+def _raft_message(message: Any, group: str) -> list[Any]:
+    """What a Raft probe keeps of a message: kind, source, target, entry count, group."""
+    entries = getattr(message, "entries", None) or ()
+    return [type(message).__name__, message.source, message.target, len(entries), group]
 
 
 def install_broker_probes() -> None:
-    """Probes in a broker process (called before it starts serving)."""
+    """Probes in a broker process, for its whole life (called before it starts serving)."""
     import broker.log.fsync_process as fsync_process
     import broker.raft.transport as transport
     import broker.server as server
 
-    _wrap(server, "write_now", lambda rest, stream, data: ("write", len(data)))
-    _wrap(
-        server._Connection,
-        "_receive_more",
+    server.write_now = probe(server.write_now, _written, at_call=True)  # type: ignore[assignment]
+    server._Connection._receive_more = probe(  # type: ignore[method-assign]
+        server._Connection._receive_more,
         lambda more, connection: ("read", connection.frames.buffered_bytes),
     )
-    _wrap(fsync_process.FsyncProcess, "submit", lambda sent, *args: ("fsync_submit", 0))
-    _wrap(fsync_process.FsyncProcess, "_read_ready", lambda _, helper: ("fsync_done", 0))
-    _wrap(
-        transport.RaftTransport,
-        "send",
-        lambda sent, link, group, message: ("raft_send", [*_message(message), group]),
+    helper = fsync_process.FsyncProcess
+    helper.submit = _probed_fsync_submit(helper.submit)  # type: ignore[method-assign]
+    raft = transport.RaftTransport
+    raft.send = probe(  # type: ignore[method-assign]
+        raft.send, lambda _, link, group, message: ("raft_send", _raft_message(message, group))
     )
-    _wrap(
-        transport.RaftTransport,
-        "_deliver",
-        lambda _, link, group, message: ("raft_deliver", [*_message(message), group]),
+    raft._deliver = probe(  # type: ignore[method-assign]
+        raft._deliver,
+        lambda _, link, group, message: ("raft_deliver", _raft_message(message, group)),
     )
 
 
-def install_client_probes(stamp_offset_ns: int) -> None:
-    """Probes in this (the client's) process. `stamp_offset_ns`: wall clock minus monotonic, to
-    turn the records' send stamps (wall clock ns) into monotonic ones."""
+@contextlib.contextmanager
+def client_probes(stamp_offset_ns: int) -> Iterator[None]:
+    """Probes in this (the client's) process while the block runs. `stamp_offset_ns`: wall clock
+    minus monotonic, to turn the records' send stamps (wall clock ns) into monotonic ones."""
     import trio
 
     import client.aio.consumer as consumer
@@ -134,10 +177,17 @@ def install_client_probes(stamp_offset_ns: int) -> None:
         stamps = [measure._STAMP.unpack_from(value)[0] - stamp_offset_ns for value in values]
         return "delivered", stamps
 
-    _wrap(connection, "write_now", lambda rest, stream, data: ("write", len(data)))
-    _wrap(trio.SocketStream, "receive_some", lambda data, stream, *args: ("read", len(data)))
-    _wrap(consumer.Consumer, "_buffer_chunk", lambda kept, _, chunk: ("buffered", chunk.count))
-    _wrap(measure.LatencyRecorder, "received", delivered)
+    wrapped: list[tuple[Any, str, Record, bool]] = [
+        (connection, "write_now", _written, True),
+        (trio.SocketStream, "receive_some", lambda data, *_: ("read", len(data)), False),
+        (consumer.Consumer, "_buffer_chunk", lambda _, __, chunk: ("buffered", chunk.count), False),
+        (measure.LatencyRecorder, "received", delivered, True),
+    ]
+    with contextlib.ExitStack() as stack:
+        for owner, name, record, at_call in wrapped:
+            probed = probe(getattr(owner, name), record, at_call=at_call)
+            stack.enter_context(mock.patch.object(owner, name, probed))
+        yield
 
 
 def serve_probed() -> None:
@@ -155,9 +205,9 @@ def serve_probed() -> None:
 
 
 class _Steps:
-    """One process's events of one kind, in time order, for `after` lookups."""
+    """One process's events of one kind, in time order."""
 
-    def __init__(self, events: list[Event], kind: str, keep: Callable[[Any], bool]) -> None:
+    def __init__(self, events: Sequence[Event], kind: str, keep: Callable[[Any], bool]) -> None:
         self.times = sorted(t for t, k, value in events if k == kind and keep(value))
 
     def after(self, t: int | None) -> int | None:
@@ -167,54 +217,75 @@ class _Steps:
         index = bisect.bisect_left(self.times, t)
         return self.times[index] if index < len(self.times) else None
 
-    def before(self, t: int) -> int | None:
+    def before(self, t: int | None) -> int | None:
         """The last step at or before `t`."""
+        if t is None:
+            return None
         index = bisect.bisect_right(self.times, t)
         return self.times[index - 1] if index else None
+
+    def reached(self, sent: int | None, at: _Steps) -> int | None:
+        """The first step of `at` after this step `sent`, if `sent` is the last of these before
+        it (else another one of these was on its way: not this one's step)."""
+        got = at.after(sent)
+        return got if got is not None and self.before(got) == sent else None
+
+
+class _Fsyncs:
+    """One process's fsync jobs: when each was handed to the helper and when it was answered."""
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        submitted = sorted((t, job) for t, kind, job in events if kind == "fsync_submit")
+        self._times = [t for t, _ in submitted]
+        self._jobs = [job for _, job in submitted]
+        self._done = {job: t for t, kind, job in events if kind == "fsync_done"}
+
+    def first_after(self, t: int | None) -> tuple[int, int] | tuple[None, None]:
+        """(submitted, answered) of the first job handed over at or after `t`."""
+        if t is None:
+            return None, None
+        index = bisect.bisect_left(self._times, t)
+        if index == len(self._times):
+            return None, None
+        done = self._done.get(self._jobs[index])
+        return (self._times[index], done) if done is not None else (None, None)
 
 
 def _big(size: int) -> bool:
     return size > RECORDS_FRAME_BYTES
 
 
-def _client_steps(client: list[Event]) -> dict[str, _Steps]:
-    return {
-        "produce_written": _Steps(client, "write", _big),
-        "fetch_read": _Steps(client, "read", _big),
-        "buffered": _Steps(client, "buffered", lambda count: count > 0),
-    }
-
-
-def _deliveries(client: list[Event]) -> Iterator[tuple[int, int]]:
-    """(first send stamp, delivery time) of each burst handed to poll."""
+def _bursts(client: Sequence[Event], gap_ns: int) -> Iterator[tuple[int, int]]:
+    """(first send stamp, delivery time) of each burst handed to `poll`: one poll's stamps are
+    split where they jump by more than `gap_ns`."""
     for t, kind, stamps in client:
-        if kind == "delivered" and stamps:
-            yield min(stamps), t
-
-
-def join_single(client: list[Event], broker: list[Event]) -> dict[str, list[int]]:
-    """Stages of each burst through one broker (acks=1: visible once fsynced)."""
-    c = _client_steps(client)
-    read = _Steps(broker, "read", _big)
-    submit = _Steps(broker, "fsync_submit", lambda _: True)
-    done = _Steps(broker, "fsync_done", lambda _: True)
-    written = _Steps(broker, "write", _big)
-    stages: dict[str, list[int]] = {name: [] for name in SINGLE_STAGES}
-    for sent, delivered in _deliveries(client):
-        request = c["produce_written"].after(sent)
-        arrived = read.after(request)
-        submitted = submit.after(arrived)
-        synced = done.after(submitted)
-        answered = written.after(synced)
-        fetched = c["fetch_read"].before(delivered)
-        buffered = c["buffered"].before(delivered)
-        steps = [sent, request, arrived, submitted, synced, answered, fetched, buffered, delivered]
-        if not _ordered(steps):
+        if kind != "delivered" or not stamps:
             continue
-        for name, begin, end in zip(SINGLE_STAGES, steps, steps[1:], strict=False):
-            stages[name].append(end - begin)  # type: ignore[operator]
-        stages["total"].append(delivered - sent)
-    return stages
+        ordered = sorted(stamps)
+        yield ordered[0], t
+        for previous, stamp in itertools.pairwise(ordered):
+            if stamp - previous > gap_ns:
+                yield stamp, t
+
+
+class _Client:
+    """The client's steps, and the tail every join shares: from a fetch response written by
+    the broker to the records handed to `poll`."""
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.produce_written = _Steps(events, "write", _big)
+        self.fetch_read = _Steps(events, "read", _big)
+        self.buffered = _Steps(events, "buffered", lambda count: count > 0)
+        self.delivered = _Steps(events, "delivered", bool)
+
+    def tail(self, written: _Steps, answered: int | None, delivered: int) -> list[int | None]:
+        """[read, buffered] for the fetch response `answered` (of `written`), if it is what
+        reached `poll` at `delivered`; Nones otherwise."""
+        fetched = written.reached(answered, self.fetch_read)
+        buffered = self.buffered.after(fetched)
+        if buffered is None or self.delivered.after(buffered) != delivered:
+            return [None, None]
+        return [fetched, buffered]
 
 
 SINGLE_STAGES = (
@@ -230,69 +301,26 @@ SINGLE_STAGES = (
 )
 
 
-def join_replicated(
-    client: list[Event], leader: list[Event], followers: list[list[Event]], topic: str
+def join_single(
+    client: Sequence[Event], broker: Sequence[Event], *, gap_ns: int
 ) -> dict[str, list[int]]:
-    """Stages of each burst through a leader and the first follower to answer (acks=all)."""
-    c = _client_steps(client)
-
-    def raft(events: list[Event], kind: str, message: str, *, entries: bool) -> _Steps:
-        return _Steps(
-            events,
-            kind,
-            lambda v: v[0] == message and (v[1] > 0 or not entries) and topic in v[2],
-        )
-
-    read = _Steps(leader, "read", _big)
-    append_sent = raft(leader, "raft_send", "AppendRequest", entries=True)
-    answers = raft(leader, "raft_deliver", "AppendResponse", entries=False)
-    leader_submit = _Steps(leader, "fsync_submit", lambda _: True)
-    leader_done = _Steps(leader, "fsync_done", lambda _: True)
-    written = _Steps(leader, "write", _big)
-    per_follower = [
-        (
-            raft(events, "raft_deliver", "AppendRequest", entries=True),
-            _Steps(events, "fsync_submit", lambda _: True),
-            _Steps(events, "fsync_done", lambda _: True),
-            raft(events, "raft_send", "AppendResponse", entries=False),
-        )
-        for events in followers
-    ]
-
-    def follower_chain(handed: int) -> list[int] | None:
-        """The steps through the follower whose answer reached the leader first."""
-        quickest: list[int] | None = None
-        for delivered_append, submit, done, answer in per_follower:
-            got = delivered_append.after(handed)
-            submitted = submit.after(got)
-            synced = done.after(submitted)
-            back = answers.after(answer.after(synced))
-            chain = [got, submitted, synced, answer.after(synced), back]
-            if _complete(chain) and (quickest is None or chain[-1] < quickest[-1]):
-                quickest = chain  # type: ignore[assignment]
-        return quickest
-
-    stages: dict[str, list[int]] = {name: [] for name in REPLICATED_STAGES}
-    for sent, delivered in _deliveries(client):
-        request = c["produce_written"].after(sent)
-        arrived = read.after(request)
-        handed = append_sent.after(arrived)
-        own_synced = leader_done.after(leader_submit.after(arrived))
-        if handed is None or own_synced is None or arrived is None:
+    """Stages of each burst through one broker (acks=1: visible once fsynced)."""
+    c = _Client(client)
+    read = _Steps(broker, "read", _big)
+    fsyncs = _Fsyncs(broker)
+    written = _Steps(broker, "write", _big)
+    stages: dict[str, list[int]] = {name: [] for name in SINGLE_STAGES}
+    for sent, delivered in _bursts(client, gap_ns):
+        request = c.produce_written.after(sent)
+        arrived = c.produce_written.reached(request, read)
+        submitted, synced = fsyncs.first_after(arrived)
+        answered = written.after(synced)
+        steps = [sent, request, arrived, submitted, synced, answered]
+        steps += [*c.tail(written, answered, delivered), delivered]
+        if not _ordered(steps):
             continue
-        chain = follower_chain(handed)
-        if chain is None:
-            continue
-        committed = max(chain[-1], own_synced)
-        answered = written.after(committed)
-        steps = [sent, request, arrived, handed, *chain]
-        if answered is None or not _ordered([*steps, answered, delivered]):
-            continue
-        for name, begin, end in zip(REPLICATED_STAGES, steps, steps[1:], strict=False):
+        for name, begin, end in zip(SINGLE_STAGES, steps, steps[1:], strict=False):
             stages[name].append(end - begin)  # type: ignore[operator]
-        stages["leader: own fsync (read -> done)"].append(own_synced - arrived)
-        stages["leader: committed -> fetch response written"].append(answered - committed)
-        stages["response written -> records handed to poll"].append(delivered - answered)
         stages["total"].append(delivered - sent)
     return stages
 
@@ -313,13 +341,86 @@ REPLICATED_STAGES = (
 )
 
 
-def _complete(steps: list[int | None]) -> bool:
-    return all(step is not None for step in steps)
+class _Follower:
+    """One follower's steps of the partition `topic`'s group, and the leader's with it."""
+
+    def __init__(self, leader: Sequence[Event], events: Sequence[Event], topic: str) -> None:
+        node = next(
+            (v[2] for _, kind, v in events if kind == "raft_deliver" and topic in v[4]), None
+        )
+
+        def raft(of: Sequence[Event], kind: str, message: str, *, entries: bool) -> _Steps:
+            return _Steps(
+                of,
+                kind,
+                lambda v: (
+                    v[0] == message
+                    and node in (v[1], v[2])
+                    and (v[3] > 0 or not entries)
+                    and topic in v[4]
+                ),
+            )
+
+        self.sent = raft(leader, "raft_send", "AppendRequest", entries=True)
+        self.got = raft(events, "raft_deliver", "AppendRequest", entries=True)
+        self.fsyncs = _Fsyncs(events)
+        self.answered = raft(events, "raft_send", "AppendResponse", entries=False)
+        self.back = raft(leader, "raft_deliver", "AppendResponse", entries=False)
+
+    def chain(self, arrived: int) -> list[int | None]:
+        """[handed, got, fsync submitted, fsync done, answered, back at the leader] for the
+        entries the leader appended after reading the request at `arrived`."""
+        handed = self.sent.after(arrived)
+        got = self.sent.reached(handed, self.got)
+        submitted, synced = self.fsyncs.first_after(got)
+        answered = self.answered.after(synced)
+        back = self.answered.reached(answered, self.back)
+        return [handed, got, submitted, synced, answered, back]
+
+
+def join_replicated(
+    client: Sequence[Event],
+    leader: Sequence[Event],
+    followers: Sequence[Sequence[Event]],
+    topic: str,
+    *,
+    gap_ns: int,
+) -> dict[str, list[int]]:
+    """Stages of each burst through a leader and the follower that answered first (acks=all)."""
+    c = _Client(client)
+    read = _Steps(leader, "read", _big)
+    own_fsyncs = _Fsyncs(leader)
+    written = _Steps(leader, "write", _big)
+    per_follower = [_Follower(leader, events, topic) for events in followers]
+    stages: dict[str, list[int]] = {name: [] for name in REPLICATED_STAGES}
+    for sent, delivered in _bursts(client, gap_ns):
+        request = c.produce_written.after(sent)
+        arrived = c.produce_written.reached(request, read)
+        if arrived is None:
+            continue
+        chains = [chain for f in per_follower if _ordered(chain := f.chain(arrived))]
+        _, own_synced = own_fsyncs.first_after(arrived)
+        if not chains or own_synced is None:
+            continue
+        quickest = min(chains, key=lambda chain: chain[-1])  # type: ignore[arg-type,return-value]
+        committed = max(quickest[-1], own_synced)  # type: ignore[type-var]
+        answered = written.after(committed)
+        tail = [*c.tail(written, answered, delivered), delivered]
+        steps = [sent, request, arrived, *quickest]
+        if not _ordered([*steps, committed, answered, *tail]):
+            continue
+        for name, begin, end in zip(REPLICATED_STAGES, steps, steps[1:], strict=False):
+            stages[name].append(end - begin)  # type: ignore[operator]
+        stages["leader: own fsync (read -> done)"].append(own_synced - arrived)
+        stages["leader: committed -> fetch response written"].append(answered - committed)  # type: ignore[operator]
+        stages["response written -> records handed to poll"].append(delivered - answered)  # type: ignore[operator]
+        stages["total"].append(delivered - sent)
+    return stages
 
 
 def _ordered(steps: list[int | None]) -> bool:
     """Every step present, and none before the one it follows."""
-    if not _complete(steps):
+    if any(step is None for step in steps):
         return False
     return all(a <= b for a, b in itertools.pairwise(steps))  # type: ignore[operator]
 
@@ -353,14 +454,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=int, default=10_000, help="records per second")
     parser.add_argument("--json", type=Path, default=RESULTS_DEFAULT, help="where to write")
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.rate < 10:
-        parser.error("--seconds must be positive and --rate at least 10 (one burst a second)")
+    if args.seconds <= 0 or args.rate < LATENCY_BURST:
+        parser.error(
+            f"--seconds must be positive and --rate at least {LATENCY_BURST} (a burst a second)"
+        )
     return args
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import client.embedded as embedded
-    from benchmarks import throughput
     from benchmarks.compare.measure import Workload
     from benchmarks.compare.system_pybroker import PyBroker, PyBrokerSession
 
@@ -371,42 +473,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         replication_factor=args.brokers,
         acks="all" if replicated else 1,
     )
-    with tempfile.TemporaryDirectory(prefix="latency-stages-") as probe_dir:
-        os.environ[PROBE_DIR_ENV] = probe_dir
-        embedded.BROKER_COMMAND = PROBED_BROKER_COMMAND  # type: ignore[misc]
-        brokers = throughput._brokers(types.SimpleNamespace(bootstrap=None), args.brokers)  # type: ignore[arg-type]
-        with brokers as (bootstrap, pids):
-            session = PyBrokerSession(bootstrap, pids, system)
+    workload = Workload(
+        records=0, record_bytes=RECORD_BYTES, rate=args.rate, latency_seconds=args.seconds
+    )
+    with contextlib.ExitStack() as stack:
+        probe_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="latency-stages-"))
+        stack.enter_context(mock.patch.dict(os.environ, {PROBE_DIR_ENV: probe_dir}))
+        stack.enter_context(mock.patch.object(embedded, "BROKER_COMMAND", PROBED_BROKER_COMMAND))
+        with system.running() as session:
+            assert isinstance(session, PyBrokerSession)
             session.prepare_latency()
-            install_client_probes(time.time_ns() - time.perf_counter_ns())
-            _EVENTS.clear()
-            measured = session.latency(
-                Workload(records=0, record_bytes=100, rate=args.rate, latency_seconds=args.seconds)
-            )
+            with client_probes(time.time_ns() - time.perf_counter_ns()):
+                _EVENTS.clear()
+                measured = session.latency(workload)
             client_events = list(_EVENTS)
+            pids, topic = session.server_pids, session.latency_topic
         per_broker = {
             int(path.stem): json.loads(path.read_text()) for path in Path(probe_dir).glob("*.json")
         }
     missing = [pid for pid in pids if pid not in per_broker]
     if missing:
         raise SystemExit(f"brokers {missing} wrote no probe events (did they stop cleanly?)")
+    gap_ns = int(LATENCY_BURST / args.rate * 1e9) // 2
     if replicated:
         # The leader is the broker that read the produce requests.
         leader = max(pids, key=lambda pid: len(_Steps(per_broker[pid], "read", _big).times))
         followers = [per_broker[pid] for pid in pids if pid != leader]
-        stages = join_replicated(
-            client_events, per_broker[leader], followers, session.latency_topic
-        )
+        stages = join_replicated(client_events, per_broker[leader], followers, topic, gap_ns=gap_ns)
     else:
-        stages = join_single(client_events, per_broker[pids[0]])
+        stages = join_single(client_events, per_broker[pids[0]], gap_ns=gap_ns)
     return {
         "workload": {
             "brokers": args.brokers,
             "acks": system.acks,
             "rate": args.rate,
             "seconds": args.seconds,
-            "record_bytes": 100,
-            "bursts": int(args.rate * args.seconds) // 10,
+            "record_bytes": RECORD_BYTES,
+            "bursts": int(args.rate * args.seconds) // LATENCY_BURST,
         },
         "end_to_end_ms": {key: measured.get(key) for key in ("p50_ms", "p99_ms", "p999_ms")},
         "stages": summarize(stages),
@@ -420,7 +523,8 @@ def main(argv: list[str] | None = None) -> None:
     workload = result["workload"]
     table = Table(
         title=f"latency stages: {workload['brokers']} broker(s), acks={workload['acks']}, "
-        f"{workload['rate']:,} records/s for {workload['seconds']:g} s (bursts of 10 x 100 B)"
+        f"{workload['rate']:,} records/s for {workload['seconds']:g} s (bursts of "
+        f"{LATENCY_BURST} x {RECORD_BYTES} B)"
     )
     for column in ("stage", "bursts", "p50 µs", "p90 µs", "p99 µs"):
         table.add_column(column, justify="left" if column == "stage" else "right")

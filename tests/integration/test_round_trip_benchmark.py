@@ -7,24 +7,17 @@ not how fast anything is: timings belong in benchmarks, not in tests.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
+
+from tests.benchmark_runs import run_benchmark
 
 RUN_TIMEOUT_S = 120
 
 
 def test_a_short_run_measures_round_trips_and_both_sides_cpu(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "round_trip.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.round_trip", "--seconds", "0.5", "--json", str(out)],
-        cwd=pathlib.Path(__file__).resolve().parents[2],
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
+    result = run_benchmark(
+        "round_trip", "--seconds", "0.5", "--json", str(out), timeout_s=RUN_TIMEOUT_S
     )
     assert result.returncode == 0, result.stderr
     assert "round trips (1 broker(s), acks=1" in result.stdout
@@ -40,13 +33,6 @@ def test_a_short_run_measures_round_trips_and_both_sides_cpu(tmp_path: pathlib.P
 
 
 def test_acks_zero_is_refused_with_a_reason(tmp_path: pathlib.Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.round_trip", "--acks", "0"],
-        cwd=pathlib.Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
+    result = run_benchmark("round_trip", "--acks", "0", timeout_s=RUN_TIMEOUT_S)
     assert result.returncode == 2
     assert "no acknowledgement to wait for" in result.stderr
