@@ -6,8 +6,11 @@ leader and the brokers have registered with it. Instead of failing, the CLI asks
 status, retrying with backoff up to `--wait-timeout` seconds (a spinner on stderr when it is a
 terminal), and gives up with one line that names the addresses and the last reason.
 
-"Ready" is decided from one `ClusterStatus` answer (pure functions): the controller has a leader
-and every controller voter has registered as a broker (`not_ready_reason`). Then, while every
+"Ready" is decided from one `ClusterStatus` answer (pure functions): the controller has a leader,
+every controller voter has registered as a broker, and the internal topics the brokers create
+once they have registered exist (`not_ready_reason`; without that last check a probe between
+the registrations and those creations said ready, and the command then met the new topics'
+partitions still electing). Then, while every
 broker is active, partitions without a leader are being elected (the internal topics' partitions
 elect theirs a second or two after the brokers register; until then group and transaction
 commands fail), so they are waited for too, up to `ELECTION_WAIT_S` (`electing_reason`). The wait
@@ -64,6 +67,9 @@ def not_ready_reason(status: codec.ClusterStatusResponse) -> str | None:
     if missing:
         nodes = ",".join(str(node) for node in missing)
         return f"broker(s) {nodes} have not registered with the controller yet"
+    if status.internal_topics_missing:
+        names = ", ".join(status.internal_topics_missing)
+        return f"the internal topics are not all created yet ({names})"
     return None
 
 

@@ -1212,6 +1212,9 @@ class ClusterStatusResponse:
     # The metadata group's voters as the answering broker's log has them (the other brokers
     # follow it as learners).
     controller_voters: tuple[int, ...] = ()
+    # Internal topics (consumer offsets, transaction state, share-group state) the brokers create
+    # once the cluster has formed, not created yet: the cluster is still forming.
+    internal_topics_missing: tuple[str, ...] = ()
 
 
 @_message

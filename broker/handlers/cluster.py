@@ -25,7 +25,7 @@ from broker.cluster.controller_service import NotControllerError
 from broker.controller.records import BrokerState
 from broker.handlers.context import BrokerContext
 from broker.handlers.reply import Deferred
-from broker.internal_topics import is_internal_topic
+from broker.internal_topics import INTERNAL_TOPICS, is_internal_topic
 from broker.topics import TopicRecord
 from wire import codec
 from wire.error_codes import BrokerError, ErrorCode
@@ -333,6 +333,7 @@ def cluster_status(ctx: BrokerContext, listener: str) -> codec.ClusterStatusResp
         under_replicated_partitions=_refs(statistics.under_replicated_partitions),
         preferred_leader_imbalance_count=statistics.preferred_leader_imbalance_count,
         controller_voters=node.controller.configuration.voters,
+        internal_topics_missing=tuple(sorted(INTERNAL_TOPICS - set(ctx.topics.names()))),
     )
 
 

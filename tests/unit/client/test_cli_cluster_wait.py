@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from cli.cluster_wait import electing_reason, not_ready_reason
 from wire import codec
 
@@ -53,3 +55,17 @@ def test_a_registered_broker_that_died_does_not_hold_the_cluster_back() -> None:
     # partitions it took down may stay leaderless.
     degraded = status(1, (broker(1), broker(2), broker(3, "fenced")), (1, 2, 3), offline=8)
     assert not_ready_reason(degraded) is None and electing_reason(degraded) is None
+
+
+def test_a_cluster_whose_internal_topics_are_not_all_created_is_still_forming() -> None:
+    # Between the brokers' registration and their creation of the internal topics, a probe
+    # once said ready, and the command then met those topics' partitions still electing.
+    forming = dataclasses.replace(
+        status(1, (broker(1), broker(2)), (1, 2)),
+        internal_topics_missing=("__share_group_state", "__transaction_state"),
+    )
+    reason = not_ready_reason(forming)
+    assert reason == (
+        "the internal topics are not all created yet (__share_group_state, __transaction_state)"
+    )
+    assert not_ready_reason(dataclasses.replace(forming, internal_topics_missing=())) is None
