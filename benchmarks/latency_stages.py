@@ -155,11 +155,12 @@ def install_broker_probes() -> None:
     helper.submit = _probed_fsync_submit(helper.submit)  # type: ignore[method-assign]
     raft = transport.RaftTransport
     raft.send = probe(  # type: ignore[method-assign]
-        raft.send, lambda _, link, group, message: ("raft_send", _raft_message(message, group))
+        raft.send,
+        lambda _, transport, group, message: ("raft_send", _raft_message(message, group)),
     )
     raft._deliver = probe(  # type: ignore[method-assign]
         raft._deliver,
-        lambda _, link, group, message: ("raft_deliver", _raft_message(message, group)),
+        lambda _, transport, group, message: ("raft_deliver", _raft_message(message, group)),
     )
 
 
@@ -278,6 +279,12 @@ class _Client:
         self.buffered = _Steps(events, "buffered", lambda count: count > 0)
         self.delivered = _Steps(events, "delivered", bool)
 
+    def request_read(self, sent: int, read: _Steps) -> tuple[int | None, int | None]:
+        """(written, read by the broker) of the produce request that carried the burst first
+        sent at `sent`."""
+        request = self.produce_written.after(sent)
+        return request, self.produce_written.reached(request, read)
+
     def tail(self, written: _Steps, answered: int | None, delivered: int) -> list[int | None]:
         """[read, buffered] for the fetch response `answered` (of `written`), if it is what
         reached `poll` at `delivered`; Nones otherwise."""
@@ -311,16 +318,14 @@ def join_single(
     written = _Steps(broker, "write", _big)
     stages: dict[str, list[int]] = {name: [] for name in SINGLE_STAGES}
     for sent, delivered in _bursts(client, gap_ns):
-        request = c.produce_written.after(sent)
-        arrived = c.produce_written.reached(request, read)
+        request, arrived = c.request_read(sent, read)
         submitted, synced = fsyncs.first_after(arrived)
         answered = written.after(synced)
         steps = [sent, request, arrived, submitted, synced, answered]
         steps += [*c.tail(written, answered, delivered), delivered]
         if not _ordered(steps):
             continue
-        for name, begin, end in zip(SINGLE_STAGES, steps, steps[1:], strict=False):
-            stages[name].append(end - begin)  # type: ignore[operator]
+        _add_gaps(stages, SINGLE_STAGES, steps)
         stages["total"].append(delivered - sent)
     return stages
 
@@ -394,8 +399,7 @@ def join_replicated(
     per_follower = [_Follower(leader, events, topic) for events in followers]
     stages: dict[str, list[int]] = {name: [] for name in REPLICATED_STAGES}
     for sent, delivered in _bursts(client, gap_ns):
-        request = c.produce_written.after(sent)
-        arrived = c.produce_written.reached(request, read)
+        request, arrived = c.request_read(sent, read)
         if arrived is None:
             continue
         chains = [chain for f in per_follower if _ordered(chain := f.chain(arrived))]
@@ -409,13 +413,18 @@ def join_replicated(
         steps = [sent, request, arrived, *quickest]
         if not _ordered([*steps, committed, answered, *tail]):
             continue
-        for name, begin, end in zip(REPLICATED_STAGES, steps, steps[1:], strict=False):
-            stages[name].append(end - begin)  # type: ignore[operator]
+        _add_gaps(stages, REPLICATED_STAGES, steps)
         stages["leader: own fsync (read -> done)"].append(own_synced - arrived)
         stages["leader: committed -> fetch response written"].append(answered - committed)  # type: ignore[operator]
         stages["response written -> records handed to poll"].append(delivered - answered)  # type: ignore[operator]
         stages["total"].append(delivered - sent)
     return stages
+
+
+def _add_gaps(stages: dict[str, list[int]], names: Sequence[str], steps: list[int | None]) -> None:
+    """Stage `names[i]` gets the gap from `steps[i]` to `steps[i + 1]` (steps all present)."""
+    for name, (begin, end) in zip(names, itertools.pairwise(steps), strict=False):
+        stages[name].append(end - begin)  # type: ignore[operator]
 
 
 def _ordered(steps: list[int | None]) -> bool:

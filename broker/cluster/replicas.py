@@ -294,9 +294,10 @@ class ReplicaManager:
         self._transport = transport
         self._log_defaults = log_defaults
         # Partition groups do not broadcast each new commit index: their followers learn it
-        # with the next append or heartbeat. Nothing waits on a follower's commit index (reads,
-        # acknowledgements and the high watermark are the leader's), and the broadcast and its
-        # answers were half of the Raft messages of every replicated entry (RaftConfig).
+        # with the next append or heartbeat. Nothing waits on a follower's commit index (reads
+        # and acknowledgements are the leader's; a new leader serves offset lookups only once
+        # its high watermark is settled), and the broadcast and its answers were half of the
+        # Raft messages of every replicated entry (RaftConfig).
         self._raft_config = dataclasses.replace(raft_config, commit_broadcast=False)
         self._driver_config = driver_config
         self._rng = rng

@@ -59,10 +59,12 @@ class RaftConfig:
     quiesce: bool = True
     # Tell the followers a new commit index at once: an AppendRequest to each (empty when there
     # is nothing new to send), which each answers. Off, they learn it with the next append or
-    # heartbeat (every `heartbeat_ticks`, and the quiesce heartbeat), a tick later at most, and a
-    # replicated entry costs four messages instead of eight. Safety never depends on when a
-    # follower learns the commit index; partition groups turn it off (their followers apply
-    # nothing that anyone waits for), the metadata group keeps it.
+    # heartbeat (every `heartbeat_ticks`, sent on the transport's own interval, so a tick or two
+    # later; and the quiesce heartbeat), and at RF 3 a replicated entry costs four messages
+    # instead of eight. Safety never depends on when a follower learns the commit index;
+    # partition groups turn it off (their followers apply nothing that anyone waits for; a new
+    # leader's lagging high watermark is `RaftDriver.high_watermark_settled`'s business), the
+    # metadata group keeps it.
     commit_broadcast: bool = True
 
     def validate(self) -> None:
