@@ -55,11 +55,13 @@ class LogFlusher:
         clock_ms: Callable[[], float] | None = None,
         on_fsync: Callable[[float], None] | None = None,
         fsync_helper: bool = True,
+        fsync_inline: bool = True,
     ) -> None:
         """`on_fsync` is told each completed fsync's duration in seconds, as the broker waits
         for it (hand-off to the helper process or a thread included): the broker's fsync latency
         histogram. `fsync_helper=False`: `run()` starts no helper process, every fsync runs in
-        its threads."""
+        its threads. `fsync_inline=False`: no plain fsync runs on the event loop
+        (broker/log/inline_fsync.py)."""
         assert tick_ms > 0
         self._logs = logs
         self._tick_ms = tick_ms
@@ -72,6 +74,7 @@ class LogFlusher:
         self._on_fsync = on_fsync
         self._threads: SyncThreads | None = None  # while run() runs
         self._fsync_helper = fsync_helper
+        self._fsync_inline = fsync_inline
         self.fsync_count = 0
 
     async def wait_durable(self, log: PartitionLog, end_offset: int) -> None:
@@ -208,7 +211,9 @@ class LogFlusher:
         """Background housekeeping: interval flushes and syncing sealed segments. Runs until
         cancelled; its fsync helper process and threads stop with it (a later flush runs in
         `trio.to_thread`)."""
-        async with fsync_workers("log-fsync", helper=self._fsync_helper) as self._threads:
+        async with fsync_workers(
+            "log-fsync", helper=self._fsync_helper, inline=self._fsync_inline
+        ) as self._threads:
             task_status.started()
             try:
                 while True:

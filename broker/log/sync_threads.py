@@ -14,9 +14,11 @@ most one job per log), and stopped by `close()` (the end of the `with` block): e
 its current job, then exits. The owner must not submit after that (`LogFlusher` falls back to
 `trio.to_thread`). Not cancellable: once queued, the job runs and its result is delivered.
 
-A broker starts them with `fsync_workers`, which puts the fsync helper process in front
-(broker/log/fsync_process.py): a job that is only an fsync of open descriptors goes there, and
-no thread of the broker takes the GIL for it.
+A broker starts them with `fsync_workers`, which puts two faster ways in front for a job that is
+only an fsync of open descriptors (the common one: a segment's group commit): run inline on the
+event loop while the loop's budget allows (broker/log/inline_fsync.py says why and how much),
+else the fsync helper process (broker/log/fsync_process.py), where no thread of the broker takes
+the GIL for it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -33,6 +37,7 @@ import outcome  # trio's own dependency: what `trio.lowlevel.reschedule` deliver
 import trio
 
 from broker.log.fsync_process import FsyncProcess
+from broker.log.inline_fsync import loop_budget
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,10 @@ _Job = tuple[Callable[[], Any], Callable[[outcome.Outcome[Any]], None], trio.low
 class SyncThreads:
     """See the module docstring. Use from the trio thread only (except the threads themselves)."""
 
-    def __init__(self, *, max_threads: int = MAX_THREADS_DEFAULT, name: str = "fsync") -> None:
+    def __init__(
+        self, *, max_threads: int = MAX_THREADS_DEFAULT, name: str = "fsync", inline: bool = False
+    ) -> None:
+        """`inline`: a job given with its descriptors may run on the event loop (see above)."""
         assert max_threads > 0
         self._max_threads = max_threads
         self._name = name
@@ -59,8 +67,10 @@ class SyncThreads:
         self._threads: list[threading.Thread] = []
         self._busy = 0
         self._closed = False
-        # Where a job given with its descriptors goes first (`fsync_workers` sets it).
+        self._inline = inline
+        # Where a job given with its descriptors goes when not inline (`fsync_workers` sets it).
         self.helper: FsyncProcess | None = None
+        self.inline_count = 0  # jobs run inline so far
 
     @property
     def threads(self) -> tuple[threading.Thread, ...]:
@@ -85,16 +95,34 @@ class SyncThreads:
         that has none to spare a scheduler pass on, such as the fsync that makes an acks=1
         append readable.
 
-        `fds`: `job` does nothing but fsync these descriptors, so the fsync helper process may
-        do it instead, when there is one and it takes the job (`job` runs here after all if the
-        descriptors did not reach it). `on_done` then gets None or the fsync's OSError (EIO if
-        the helper died before answering)."""
+        `fds`: `job` does nothing but fsync these descriptors, so it may run inline instead (with
+        `inline`, while the loop's budget allows) or in the fsync helper process (when there is
+        one and it takes the job; `job` runs here after all if the descriptors did not reach
+        it). `on_done` then gets None or the fsync's OSError (EIO if the helper died before
+        answering)."""
         assert not self._closed, "no jobs after close()"
+        if fds and self._inline and self._run_inline(fds, on_done):
+            return
         if fds and self.helper is not None:
             redo = functools.partial(self._start, job, on_done)
             if self.helper.submit(fds, on_done, redo):  # type: ignore[arg-type]
                 return
         self._start(job, on_done)
+
+    def _run_inline(
+        self, fds: Sequence[int], on_done: Callable[[outcome.Outcome[None]], None]
+    ) -> bool:
+        """fdatasync `fds` here, on the event loop, if its budget allows; `on_done` runs at the
+        loop's next turn, as for a job done elsewhere (a `run` caller is not waiting yet)."""
+        budget = loop_budget()
+        started = time.perf_counter()
+        if not budget.allows(started):
+            return False
+        result = outcome.capture(_fdatasync_all, fds)
+        budget.spend(time.perf_counter() - started)
+        self.inline_count += 1
+        trio.lowlevel.current_trio_token().run_sync_soon(on_done, result)
+        return True
 
     def _start(self, job: Callable[[], T], on_done: Callable[[outcome.Outcome[T]], None]) -> None:
         if self._busy == len(self._threads) and len(self._threads) < self._max_threads:
@@ -144,14 +172,30 @@ class SyncThreads:
             del item, job, on_done, result
 
 
+def _fdatasync_all(fds: Sequence[int]) -> None:
+    """fdatasync every descriptor (even after a failure, as the helper does); raise the first
+    error. The descriptors stay open: they are the logs' own."""
+    failure: OSError | None = None
+    for fd in fds:
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
 @contextlib.asynccontextmanager
-async def fsync_workers(name: str, *, helper: bool = True) -> AsyncIterator[SyncThreads]:
-    """`SyncThreads` with the fsync helper process in front of them (unless `helper=False`), as
-    a broker runs its fsyncs: plain fsyncs go to the helper, the rest (and all of them, should it
-    fail to start or die) to the threads. On exit the helper answers what it was given before
-    the threads stop, so every job submitted is done or failed, none forgotten."""
+async def fsync_workers(
+    name: str, *, helper: bool = True, inline: bool = True
+) -> AsyncIterator[SyncThreads]:
+    """`SyncThreads` as a broker runs its fsyncs: plain fsyncs run inline while the event loop's
+    budget allows (unless `inline=False`), else go to the fsync helper process (unless
+    `helper=False`); the rest (and all of them, should the helper fail to start or die) go to
+    the threads. On exit the helper answers what it was given before the threads stop, so every
+    job submitted is done or failed, none forgotten."""
     async with contextlib.AsyncExitStack() as stack:
-        threads = stack.enter_context(SyncThreads(name=name))
+        threads = stack.enter_context(SyncThreads(name=name, inline=inline))
         if not helper:
             yield threads
             return

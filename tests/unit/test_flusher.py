@@ -1,9 +1,10 @@
 """LogFlusher: group commit (flush=always), interval flushes, sealed-segment sync, fsync errors.
 
 Flushes run in the flusher's own threads while `run()` runs, in `trio.to_thread` otherwise; the
-behaviour tests run both ways (`threads`), with the fsync helper process off (`fsync_helper=False`)
+behaviour tests run both ways (`threads`), with the fsync helper process and inline fsyncs off
 so that a patched `FlushTicket.run` sees every fsync. The last tests are the default flusher's:
-plain fsyncs in the helper process.
+plain fsyncs inline on the event loop, or in the helper process once the loop's inline budget is
+spent (`fsync_inline=False` here: always).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ async def test_one_fsync_covers_every_append_made_while_the_previous_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: bool
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False, fsync_inline=False)
     gated = _GatedRuns()
     monkeypatch.setattr(FlushTicket, "run", lambda ticket: gated(ticket))
     first_end = log.append(BATCH).last_offset + 1
@@ -98,7 +99,7 @@ async def test_waiters_wake_with_their_appends_durable_and_the_threads_stop_with
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False, fsync_inline=False)
     synced_ends: list[int] = []
     original = FlushTicket.run
 
@@ -175,7 +176,7 @@ async def test_fsync_failure_takes_the_log_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: bool
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False, fsync_inline=False)
 
     def failing_run(ticket: FlushTicket) -> None:
         raise OSError(5, "Input/output error")
@@ -199,7 +200,7 @@ async def test_flush_soon_calls_made_while_a_flush_runs_share_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False, fsync_inline=False)
     gated = _GatedRuns()
     monkeypatch.setattr(FlushTicket, "run", lambda ticket: gated(ticket))
     called: list[str] = []
@@ -236,7 +237,7 @@ async def test_flush_soon_declines_without_threads_or_once_an_fsync_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_helper=False, fsync_inline=False)
     called: list[bool] = []
     end = log.append(BATCH).last_offset + 1
     assert not flusher.flush_soon(log, lambda: called.append(True))  # no fsync threads
@@ -264,7 +265,7 @@ async def test_the_helper_process_runs_the_group_commit(
     # The default flusher hands plain fsyncs to its helper process; stopping the helper holds
     # the first fsync open, as a slow disk would.
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_inline=False)
     called: list[str] = []
     async with _running(flusher, threads=True):
         helper = flusher.threads.helper if flusher.threads is not None else None
@@ -291,11 +292,12 @@ async def test_the_helper_process_runs_the_group_commit(
     log.close()
 
 
-async def test_an_fsync_error_in_the_helper_takes_the_log_offline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("inline", [False, True], ids=["helper", "inline"])
+async def test_an_fsync_error_in_the_helper_or_inline_takes_the_log_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline: bool
 ) -> None:
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
-    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_inline=inline)
     read_end, write_end = os.pipe()  # fsync of a pipe fails (EINVAL), in the helper as anywhere
     begin_flush = PartitionLog.begin_flush
     monkeypatch.setattr(
@@ -317,3 +319,23 @@ async def test_an_fsync_error_in_the_helper_takes_the_log_offline(
         os.close(write_end)
     assert called == [] and log.flushed_offset == 0
     log.close(clean=False)
+
+
+async def test_the_default_flusher_runs_a_small_group_commit_on_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
+    flusher = LogFlusher(lambda: [log], tick_ms=60_000)
+    called: list[int] = []
+    async with _running(flusher, threads=True):
+        threads = flusher.threads
+        assert threads is not None and threads.helper is not None
+        # The log's first fsync also syncs its directory (the new segment file): a thread's job.
+        await flusher.wait_durable(log, log.append(BATCH).last_offset + 1)
+        for round_ in range(3):
+            end = log.append(BATCH).last_offset + 1
+            assert flusher.flush_soon(log, lambda end=end: called.append(end))
+            await _wait_for(lambda n=round_ + 1: len(called) == n)
+        assert threads.inline_count == 3 and threads.helper.in_flight == 0
+    assert called == [2, 3, 4] and log.flushed_offset == log.log_end_offset == 4
+    log.close()

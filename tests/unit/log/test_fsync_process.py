@@ -222,7 +222,7 @@ async def test_without_a_helper_the_workers_are_threads_alone(
 
     monkeypatch.setattr(socket, "socketpair", unsupported)
     done: list[outcome.Outcome[None]] = []
-    async with fsync_workers("test-fsync") as threads:
+    async with fsync_workers("test-fsync", inline=False) as threads:
         assert threads.helper is None
         await threads.run(lambda: os.fsync(data_fd), [data_fd])
         threads.submit(lambda: os.fsync(data_fd), done.append, [data_fd])

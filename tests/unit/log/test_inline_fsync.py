@@ -1,0 +1,112 @@
+"""Inline fsyncs: the event loop's budget (a token bucket of the loop's time), and `fsync_workers`
+running a plain fsync on the event loop while that budget allows, in the helper once it is spent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import outcome
+import pytest
+import trio
+
+from broker.log.inline_fsync import InlineBudget, loop_budget
+from broker.log.sync_threads import fsync_workers
+
+
+def test_a_spent_budget_refuses_until_refilled_at_its_share() -> None:
+    budget = InlineBudget(share=0.25, burst_s=0.002)
+    assert budget.allows(100.0)
+    budget.spend(0.003)  # a slow fsync: the bucket is 1 ms in debt
+    assert not budget.allows(100.0)
+    assert not budget.allows(100.003)  # 0.75 ms back: still 0.25 ms short
+    assert budget.allows(100.0045)  # 0.375 ms more
+    assert budget.tokens_s == pytest.approx(0.000125)
+
+
+def test_the_budget_holds_at_most_its_burst() -> None:
+    budget = InlineBudget(share=0.5, burst_s=0.002)
+    assert budget.allows(0.0)
+    assert budget.allows(1_000.0) and budget.tokens_s == 0.002  # an idle hour saves no more
+    budget.spend(0.0025)
+    assert not budget.allows(1_000.0)
+
+
+def test_a_zero_share_allows_only_the_first_burst() -> None:
+    budget = InlineBudget(share=0.0, burst_s=0.001)
+    assert budget.allows(0.0)
+    budget.spend(0.001)
+    assert not budget.allows(3_600.0)
+
+
+def test_each_trio_run_has_its_own_budget() -> None:
+    async def spend_all() -> float:
+        budget = loop_budget()
+        assert loop_budget() is budget
+        budget.spend(10.0)
+        return budget.tokens_s
+
+    assert trio.run(spend_all) < 0
+    assert trio.run(spend_all) == pytest.approx(InlineBudget().tokens_s - 10.0)  # not in debt
+
+
+@pytest.fixture
+def data_fd(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path / "segment.log", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"x" * 4096)
+    yield fd
+    os.close(fd)
+
+
+def _in_a_thread() -> None:
+    raise AssertionError("a plain fsync ran its job in a thread")
+
+
+async def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    with trio.fail_after(timeout_s):
+        while not condition():
+            await trio.sleep(0.001)
+
+
+async def test_a_plain_fsync_runs_on_the_loop_while_the_budget_allows_then_in_the_helper(
+    data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_loop: list[bool] = []
+    fdatasync = os.fdatasync
+
+    def recorded(fd: int) -> None:  # this process's fsyncs only: the helper is another one
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recorded)
+    done: list[outcome.Outcome[None]] = []
+    async with fsync_workers("test-fsync") as threads:
+        assert threads.helper is not None
+        threads.submit(_in_a_thread, done.append, [data_fd])
+        assert on_loop == [True] and threads.inline_count == 1
+        assert done == []  # told at the loop's next turn, as for a job done elsewhere
+        await _wait_for(lambda: bool(done))
+        await threads.run(_in_a_thread, [data_fd])  # the awaited form
+        assert threads.inline_count == 2
+        loop_budget().spend(1.0)  # the loop has had its share
+        threads.submit(_in_a_thread, done.append, [data_fd])
+        assert threads.inline_count == 2 and threads.helper.in_flight == 1
+        await _wait_for(lambda: len(done) == 2)
+    assert done == [outcome.Value(None)] * 2
+    assert on_loop == [True, True] and not threads.threads
+
+
+async def test_an_inline_fsync_error_reaches_the_caller_as_the_helper_would_report_it() -> None:
+    read_end, write_end = os.pipe()  # fsync of a pipe fails (EINVAL)
+    try:
+        async with fsync_workers("test-fsync", helper=False) as threads:
+            with pytest.raises(OSError) as failed:
+                await threads.run(_in_a_thread, [read_end])
+            assert failed.value.errno == errno.EINVAL and threads.inline_count == 1
+    finally:
+        os.close(read_end)
+        os.close(write_end)
