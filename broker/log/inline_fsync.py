@@ -6,7 +6,9 @@ costs two process wake-ups, the helper's and then the broker's for the answer. O
 round trip took 0.36 ms at p50 and 1.6 ms at p99 where the `fdatasync` itself (over a
 preallocated segment's zeros) takes 0.12 / 0.23 ms. Run on the event loop, the same fsync blocks
 the loop for those 0.12 ms and needs no wake-up at all; meanwhile new requests wait in their
-socket buffers and the next fsync covers them (group commit as before).
+socket buffers and the next fsync covers them (group commit as before). It runs at the loop's
+next turn, not inside the task that asked for it, so that task finishes its step first (writes
+its produce response, hands a Raft append to the transport); `SyncThreads` does that.
 
 Why a budget: every inline fsync stops the loop (every connection, every Raft timer) for as long
 as it takes, so inline fsyncs may take at most `share` of the loop's time, a token bucket of

@@ -101,8 +101,26 @@ class SyncThreads:
         it). `on_done` then gets None or the fsync's OSError (EIO if the helper died before
         answering)."""
         assert not self._closed, "no jobs after close()"
-        if fds and self._inline and self._run_inline(fds, on_done):
-            return
+        if fds and self._inline:
+            try:
+                # Copies that stay valid however the log's own descriptors change meanwhile (a
+                # roll, a deletion), and name the same open files (write-back errors included).
+                copies = [os.dup(fd) for fd in fds]
+            except OSError:
+                pass  # out of descriptors, say: elsewhere, as before
+            else:
+                trio.lowlevel.current_trio_token().run_sync_soon(
+                    self._run_inline, job, on_done, copies
+                )
+                return
+        self._run_elsewhere(job, on_done, fds)
+
+    def _run_elsewhere(
+        self,
+        job: Callable[[], T],
+        on_done: Callable[[outcome.Outcome[T]], None],
+        fds: Sequence[int],
+    ) -> None:
         if fds and self.helper is not None:
             redo = functools.partial(self._start, job, on_done)
             if self.helper.submit(fds, on_done, redo):  # type: ignore[arg-type]
@@ -110,19 +128,28 @@ class SyncThreads:
         self._start(job, on_done)
 
     def _run_inline(
-        self, fds: Sequence[int], on_done: Callable[[outcome.Outcome[None]], None]
-    ) -> bool:
-        """fdatasync `fds` here, on the event loop, if its budget allows; `on_done` runs at the
-        loop's next turn, as for a job done elsewhere (a `run` caller is not waiting yet)."""
-        budget = loop_budget()
-        started = time.perf_counter()
-        if not budget.allows(started):
-            return False
-        result = outcome.capture(_fdatasync_all, fds)
-        budget.spend(time.perf_counter() - started)
-        self.inline_count += 1
-        trio.lowlevel.current_trio_token().run_sync_soon(on_done, result)
-        return True
+        self,
+        job: Callable[[], T],
+        on_done: Callable[[outcome.Outcome[T]], None],
+        copies: list[int],
+    ) -> None:
+        """At the loop's next turn (a `run_sync_soon` callback: the task that submitted the job
+        has finished its step, a produce response has been written): fdatasync `copies` here if
+        the loop's budget allows, else hand the job on as `submit` would have. After `close()`,
+        here in any case (nothing else is left to take it). Closes the copies."""
+        try:
+            budget = loop_budget()
+            started = time.perf_counter()
+            if budget.allows(started) or self._closed:
+                result = outcome.capture(_fdatasync_all, copies)
+                budget.spend(time.perf_counter() - started)
+                self.inline_count += 1
+                on_done(result)  # type: ignore[arg-type]
+            else:
+                self._run_elsewhere(job, on_done, copies)  # the helper gets copies of its own
+        finally:
+            for fd in copies:
+                os.close(fd)
 
     def _start(self, job: Callable[[], T], on_done: Callable[[outcome.Outcome[T]], None]) -> None:
         if self._busy == len(self._threads) and len(self._threads) < self._max_threads:

@@ -87,17 +87,47 @@ async def test_a_plain_fsync_runs_on_the_loop_while_the_budget_allows_then_in_th
     async with fsync_workers("test-fsync") as threads:
         assert threads.helper is not None
         threads.submit(_in_a_thread, done.append, [data_fd])
-        assert on_loop == [True] and threads.inline_count == 1
-        assert done == []  # told at the loop's next turn, as for a job done elsewhere
+        # Not during the submitting task's step (a produce response is written first): at the
+        # loop's next turn.
+        assert on_loop == [] and done == []
         await _wait_for(lambda: bool(done))
+        assert on_loop == [True] and threads.inline_count == 1
         await threads.run(_in_a_thread, [data_fd])  # the awaited form
         assert threads.inline_count == 2
         loop_budget().spend(1.0)  # the loop has had its share
         threads.submit(_in_a_thread, done.append, [data_fd])
-        assert threads.inline_count == 2 and threads.helper.in_flight == 1
         await _wait_for(lambda: len(done) == 2)
+        assert threads.inline_count == 2
     assert done == [outcome.Value(None)] * 2
-    assert on_loop == [True, True] and not threads.threads
+    assert on_loop == [True, True] and not threads.threads  # the helper took the third
+
+
+async def test_an_inline_fsync_syncs_the_file_even_if_its_descriptor_closed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The log may close or reuse its descriptor (a roll, a deletion) before the loop's next
+    # turn: the fsync runs on a copy taken at submit, which names the same file.
+    synced: list[int] = []
+    fdatasync = os.fdatasync
+
+    def recorded(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recorded)
+    path = tmp_path / "segment.log"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"x" * 4096)
+    done: list[outcome.Outcome[None]] = []
+    async with fsync_workers("test-fsync", helper=False) as threads:
+        threads.submit(_in_a_thread, done.append, [fd])
+        os.close(fd)
+        other = os.open(tmp_path / "other.log", os.O_RDWR | os.O_CREAT)  # may reuse the number
+        try:
+            await _wait_for(lambda: bool(done))
+        finally:
+            os.close(other)
+    assert done == [outcome.Value(None)] and synced == [path.stat().st_ino]
 
 
 async def test_an_inline_fsync_error_reaches_the_caller_as_the_helper_would_report_it() -> None:
