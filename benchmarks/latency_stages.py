@@ -8,11 +8,11 @@ It runs `benchmarks.compare`'s latency phase (bursts of `LATENCY_BURST` records 
 `--rate` records/s, the SDK's default settings, a consumer in the same process) against brokers it
 starts itself, with probes that timestamp the steps of each burst's way: in the client (the
 producer's write, the fetch response's read, the records buffered, the records handed to `poll`)
-and in each broker (a request read, a response written, an fsync handed to the helper process and
-answered, a Raft message handed to the transport and delivered by it). Timestamps are
-CLOCK_MONOTONIC, which every process on the machine shares, so a burst's steps join across
-processes: each stage is the time from one step to the first matching step after it, with these
-checks against matching another burst's step:
+and in each broker (a request read, a response written, an fsync submitted and done, on the
+event loop or in the helper process, a Raft message handed to the transport and delivered by
+it). Timestamps are CLOCK_MONOTONIC, which every process on the machine shares, so a burst's
+steps join across processes: each stage is the time from one step to the first matching step
+after it, with these checks against matching another burst's step:
 - an fsync is followed by its job number, from the submit to its own answer (the answer of one
   fsync starts the next, so "the first answer after the submit" could be an earlier job's);
 - a hop between processes must be the last of its kind before the step it reached (no other
@@ -109,22 +109,23 @@ def probe(
     return sync_probe
 
 
-def _probed_fsync_submit(original: Callable[..., bool]) -> Callable[..., bool]:
-    """`FsyncProcess.submit`, noting the job it sent and, when its answer comes, that job's
-    answer, stamped before any callback runs (a callback may start the next fsync)."""
+def _probed_fsync_submit(original: Callable[..., None]) -> Callable[..., None]:
+    """`SyncThreads.submit` of a plain fsync (one given its descriptors: run inline on the event
+    loop, or in the helper process, or a thread), noting a job number and, when it is done, that
+    job's end, stamped before any callback runs (a callback may start the next fsync)."""
+    jobs = itertools.count()
 
-    def submit(helper: Any, fds: Any, on_done: Callable[[Any], None], redo: Any) -> bool:
-        job = helper._next_job
+    def submit(threads: Any, job: Any, on_done: Callable[[Any], None], fds: Any = ()) -> None:
+        if not fds:
+            return original(threads, job, on_done, fds)  # type: ignore[no-any-return]
+        number = next(jobs)
 
-        def answered(outcome: Any) -> None:
-            _EVENTS.append((now_ns(), "fsync_done", job))
+        def done(outcome: Any) -> None:
+            _EVENTS.append((now_ns(), "fsync_done", number))
             on_done(outcome)
 
-        called = now_ns()  # before the helper, woken by the send, takes the core
-        sent = original(helper, fds, answered, redo)
-        if sent:
-            _EVENTS.append((called, "fsync_submit", job))
-        return sent
+        _EVENTS.append((now_ns(), "fsync_submit", number))  # before a helper takes the core
+        return original(threads, job, done, fds)  # type: ignore[no-any-return]
 
     return submit
 
@@ -142,7 +143,7 @@ def _raft_message(message: Any, group: str) -> list[Any]:
 
 def install_broker_probes() -> None:
     """Probes in a broker process, for its whole life (called before it starts serving)."""
-    import broker.log.fsync_process as fsync_process
+    import broker.log.sync_threads as sync_threads
     import broker.raft.transport as transport
     import broker.server as server
 
@@ -151,8 +152,8 @@ def install_broker_probes() -> None:
         server._Connection._receive_more,
         lambda more, connection: ("read", connection.frames.buffered_bytes),
     )
-    helper = fsync_process.FsyncProcess
-    helper.submit = _probed_fsync_submit(helper.submit)  # type: ignore[method-assign]
+    threads = sync_threads.SyncThreads
+    threads.submit = _probed_fsync_submit(threads.submit)  # type: ignore[method-assign]
     raft = transport.RaftTransport
     raft.send = probe(  # type: ignore[method-assign]
         raft.send,
@@ -233,7 +234,7 @@ class _Steps:
 
 
 class _Fsyncs:
-    """One process's fsync jobs: when each was handed to the helper and when it was answered."""
+    """One process's fsync jobs: when each was submitted and when it was done."""
 
     def __init__(self, events: Sequence[Event]) -> None:
         submitted = sorted((t, job) for t, kind, job in events if kind == "fsync_submit")
@@ -298,8 +299,8 @@ class _Client:
 SINGLE_STAGES = (
     "client: first send -> produce request written",
     "request written -> broker read it",
-    "broker: read -> fsync handed to the helper",
-    "fsync (helper round trip)",
+    "broker: read -> fsync submitted",
+    "fsync (submitted -> done: inline or helper)",
     "broker: fsync done -> fetch response written",
     "response written -> client read it",
     "client: read -> records buffered",
@@ -335,7 +336,7 @@ REPLICATED_STAGES = (
     "request written -> leader read it",
     "leader: read -> AppendRequest handed to the transport",
     "transport -> follower has it",
-    "follower: -> fsync handed to the helper",
+    "follower: -> fsync submitted",
     "follower: fsync",
     "follower: fsync done -> AppendResponse handed to the transport",
     "transport -> leader has the answer",

@@ -50,6 +50,12 @@ def check_range(key: str, value: Any, low: int, high: int | None = None) -> None
         raise ConfigError(key, f"must be {bound}, got {value}")
 
 
+def check_fraction(key: str, value: Any, what_zero_means: str = "") -> None:
+    """A number from 0 to 1 (a ratio, a share)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ConfigError(key, f"must be a number from 0 to 1{what_zero_means}, got {value!r}")
+
+
 def _coerce(field: dataclasses.Field[Any], key: str, value: Any) -> Any:
     """Turn a value from a TOML file, an env var or a CLI flag into the field's type."""
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
@@ -190,11 +196,7 @@ class LogConfig(ConfigBase):
                 "cleanup_policy",
                 f"expected one of {', '.join(CLEANUP_POLICIES)}, got {self.cleanup_policy!r}",
             )
-        ratio = self.min_cleanable_dirty_ratio
-        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio <= 1:
-            raise ConfigError(
-                "min_cleanable_dirty_ratio", f"must be a number from 0 to 1, got {ratio!r}"
-            )
+        check_fraction("min_cleanable_dirty_ratio", self.min_cleanable_dirty_ratio)
         check_range("delete_retention_ms", self.delete_retention_ms, 0)
 
 
@@ -357,6 +359,10 @@ class BrokerConfig(ConfigBase):
     fetch_max_wait_ms_max: int = 30_000
     # On SIGINT/SIGTERM: how long in-flight requests may take before they are cancelled.
     shutdown_timeout_ms: int = 30_000
+    # The most of the event loop's time fsyncs run on it may take (broker/log/inline_fsync.py):
+    # a small group-commit fsync runs inline, sparing the hand-off to the fsync helper process;
+    # past this share (or 0: never) they go to the helper and the loop keeps serving.
+    fsync_inline_share: float = 0.3
     # Defaults for every topic's log; a topic's own configs override them.
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     # --- log cleaner (compaction of cleanup.policy=compact topics; docs/storage.md).
@@ -538,6 +544,7 @@ class BrokerConfig(ConfigBase):
         self._validate_limits()
         self._validate_listeners()
         check_range("receive_buffer_bytes", self.receive_buffer_bytes, 1 * KIB, 64 * MIB)
+        check_fraction("fsync_inline_share", self.fsync_inline_share, " (0: never)")
         check_range("send_buffer_bytes", self.send_buffer_bytes, 1 * KIB, 64 * MIB)
         check_range("retention_check_interval_ms", self.retention_check_interval_ms, 10)
         check_range("fetch_max_wait_ms_max", self.fetch_max_wait_ms_max, 0)

@@ -78,6 +78,7 @@ from broker.kvstore import KeySpace, KvStore
 from broker.listen_errors import cannot_listen
 from broker.log.cleaner_service import cleaner_for, replica_candidates, single_node_candidates
 from broker.log.flusher import LogFlusher
+from broker.log.inline_fsync import InlineBudget, use_loop_budget
 from broker.log.manager import LogManager
 from broker.metrics import BrokerMetrics, PartitionSample
 from broker.observability.raft_metrics import observe_raft_latencies
@@ -262,6 +263,8 @@ class Broker:
             self.stopped.set()
 
     async def _run_locked(self, data_dir: Path, task_status: trio.TaskStatus[Any]) -> None:
+        # The fsyncs this broker's event loop may run itself (broker/log/inline_fsync.py).
+        use_loop_budget(InlineBudget(self.config.fsync_inline_share))
         if self.config.is_cluster:
             if self.recover_topics:
                 raise StartupError(

@@ -18,7 +18,8 @@ fsync can still block the loop for as long as the disk takes to answer it (a dis
 outright hangs the first inline fsync; the bucket then stays empty for `duration / share`).
 
 The budget is the event loop's, shared by every `SyncThreads` of the trio run (a cluster broker
-has one for its logs and one for its replicas): `loop_budget()`. Pure: the caller passes the time.
+has one for its logs and one for its replicas): `loop_budget()`, which a broker sets up at start
+with its `fsync_inline_share` (`use_loop_budget`). Pure: the caller passes the time.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ INLINE_BURST_S_DEFAULT = 0.003
 class InlineBudget:
     """A token bucket of event-loop seconds: refilled at `share` seconds per second, holding at
     most `burst_s`; an inline fsync may start while it holds any, and its duration is taken from
-    it after (so it can go below zero: a slow fsync pays for itself before the next one)."""
+    it after (so it can go below zero: a slow fsync pays for itself before the next one). A
+    share of 0 allows none."""
 
     __slots__ = ("_burst_s", "_last", "_share", "_tokens")
 
@@ -44,7 +46,7 @@ class InlineBudget:
         assert 0.0 <= share <= 1.0 and burst_s >= 0.0
         self._share = share
         self._burst_s = burst_s
-        self._tokens = burst_s
+        self._tokens = burst_s if share > 0 else 0.0
         self._last: float | None = None
 
     def allows(self, now: float) -> bool:
@@ -67,8 +69,14 @@ class InlineBudget:
 _LOOP_BUDGET: trio.lowlevel.RunVar[InlineBudget] = trio.lowlevel.RunVar("inline_fsync_budget")
 
 
+def use_loop_budget(budget: InlineBudget) -> None:
+    """Make `budget` the current trio run's (a broker's, with its configured share)."""
+    _LOOP_BUDGET.set(budget)
+
+
 def loop_budget() -> InlineBudget:
-    """The current trio run's budget (made at first use): one per event loop."""
+    """The current trio run's budget (made with the default share at first use, unless
+    `use_loop_budget` set one): one per event loop."""
     try:
         return _LOOP_BUDGET.get()
     except LookupError:

@@ -93,8 +93,8 @@ def test_a_burst_read_while_an_fsync_runs_waits_for_the_next_one() -> None:
         (1_100, "write", BIG),  # B's
     ]
     stages = join_single(client, broker, gap_ns=GAP_NS)
-    assert stages["fsync (helper round trip)"] == [380, 501]
-    assert stages["broker: read -> fsync handed to the helper"] == [10, 189]
+    assert stages["fsync (submitted -> done: inline or helper)"] == [380, 501]
+    assert stages["broker: read -> fsync submitted"] == [10, 189]
     assert stages["broker: fsync done -> fetch response written"] == [100, 100]
     assert stages["total"] == [630, 930]
 

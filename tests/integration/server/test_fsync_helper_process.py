@@ -1,5 +1,7 @@
-"""`broker serve` runs its fsyncs in a helper process (broker/log/fsync_process.py): acks=all
-writes are acknowledged through it, and it never outlives the broker, killed or stopped."""
+"""`broker serve` runs its fsyncs in a helper process (broker/log/fsync_process.py) unless its
+event loop runs them itself (broker/log/inline_fsync.py): acks=all writes are acknowledged
+through the helper when the loop does not (`fsync_inline_share=0`), without it when it does (the
+default, at a low rate), and the helper never outlives the broker, killed or stopped."""
 
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def _log_end_offset(process: BrokerProcess, topic: str) -> float | None:
 async def test_acks_all_waits_for_the_helper_and_it_dies_with_a_killed_broker(
     broker_process: StartProcess,
 ) -> None:
-    process = broker_process()
+    process = broker_process("--set", "fsync_inline_share=0")  # every plain fsync: the helper
     (helper,) = _helpers(process)
     client = await WireClient.connect(*process.listen)
     assert (await client.create_topic("durable")).error is ErrorCode.NONE
@@ -71,6 +73,25 @@ async def test_acks_all_waits_for_the_helper_and_it_dies_with_a_killed_broker(
     await client.aclose()
     process.stop(signal.SIGKILL)
     await _wait_for(lambda: exited(helper))
+
+
+async def test_by_default_a_small_fsync_runs_on_the_event_loop_not_in_the_helper(
+    broker_process: StartProcess,
+) -> None:
+    process = broker_process()
+    (helper,) = _helpers(process)
+    client = await WireClient.connect(*process.listen)
+    assert (await client.create_topic("durable")).error is ErrorCode.NONE
+    assert (await client.produce("durable", 0, make_batch([b"first"]))).base_offset == 0
+    os.kill(helper, signal.SIGSTOP)  # a helper that cannot answer...
+    try:
+        with trio.fail_after(WAIT_S):
+            for offset in range(1, 4):  # ...holds up none of these acks=all writes
+                answer = await client.produce("durable", 0, make_batch([b"x"]))
+                assert answer.error is ErrorCode.NONE and answer.base_offset == offset
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    await client.aclose()
 
 
 async def test_a_clean_stop_reaps_the_helper_and_a_stray_sigint_does_not_stop_it(
