@@ -332,8 +332,9 @@ class ReplicaManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host replicas until cancelled (cancelling this stops every replica's driver)."""
-        # The replicas' fsyncs share these workers (driver.ThreadLogSyncer): the fsync helper
-        # process, threads for the rest. They stop once every driver has (the nursery is closed
+        # The replicas' fsyncs share these workers (driver.ThreadLogSyncer): a plain one inline
+        # on the event loop within its budget, else the fsync helper process; threads for the
+        # rest. They stop once every driver has (the nursery is closed
         # first).
         async with fsync_workers("raft-fsync") as threads:
             self._log_syncer = ThreadLogSyncer(threads=threads)

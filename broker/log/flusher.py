@@ -1,11 +1,12 @@
 """`LogFlusher`: the trio shell that makes appends durable, with group commit.
 
-The partition log itself only writes into the page cache. This service runs its fsyncs off the
-event loop so it keeps serving while the disk works: while `run()` runs, in the fsync helper
-process (an fsync of the active segment, the common case: broker/log/fsync_process.py) or its
-own long-lived threads (`SyncThreads`: sealed segments, checkpoints), both taking a flush the
-moment it is asked for (no scheduler pass first, as `trio.to_thread` has); otherwise (before,
-after, or with no `run()`: unit tests, shutdown) `trio.to_thread.run_sync`.
+The partition log itself only writes into the page cache. While `run()` runs, an fsync of the
+active segment alone (the common case) runs on the event loop at its next turn while the loop's
+budget allows (small ones, at low rates: broker/log/inline_fsync.py), else in the fsync helper
+process (broker/log/fsync_process.py), so that the loop keeps serving while the disk works; the
+rest (sealed segments, checkpoints) in its own long-lived threads (`SyncThreads`); each is taken
+the moment it is asked for (no scheduler pass first, as `trio.to_thread` has). Otherwise (before,
+after, or with no `run()`: unit tests, shutdown) in `trio.to_thread.run_sync`.
 
 - `flush_soon(log, on_durable)` is the same group commit without a waiting task: the fsync
   starts at once (or after the running one) and `on_durable()` is called when it is done, for

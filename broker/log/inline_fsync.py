@@ -13,9 +13,11 @@ its produce response, hands a Raft append to the transport); `SyncThreads` does 
 Why a budget: every inline fsync stops the loop (every connection, every Raft timer) for as long
 as it takes, so inline fsyncs may take at most `share` of the loop's time, a token bucket of
 `burst_s`: at a low rate (one small fsync every millisecond) they all run inline; at a high rate,
-or when the disk slows down, most go to the helper as before, and the loop keeps serving. One
-fsync can still block the loop for as long as the disk takes to answer it (a disk that hangs
-outright hangs the first inline fsync; the bucket then stays empty for `duration / share`).
+or when the disk slows down, most go to the helper as before, and the loop keeps serving. A share
+bounds the average, not one pause: an fdatasync on ext4 can wait for a journal commit full of
+other dirty data (hundreds of ms), so one inline fsync slower than `stall_s` stops inline fsyncs
+for `cooldown_s` (the loop must keep its Raft heartbeats and election timers). The first such
+stall still holds the loop for as long as the disk takes (a disk that hangs outright hangs it).
 
 The budget is the event loop's, shared by every `SyncThreads` of the trio run (a cluster broker
 has one for its logs and one for its replicas): `loop_budget()`, which a broker sets up at start
@@ -30,35 +32,64 @@ import trio
 INLINE_SHARE_DEFAULT = 0.3
 # How much inline fsync time may be spent at once from a full bucket.
 INLINE_BURST_S_DEFAULT = 0.003
+# An inline fsync slower than this (a tenth of a heartbeat tick at the default `raft_tick_ms`)
+# sends every fsync to the helper for the cooldown.
+INLINE_STALL_S_DEFAULT = 0.05
+INLINE_COOLDOWN_S_DEFAULT = 10.0
 
 
 class InlineBudget:
     """A token bucket of event-loop seconds: refilled at `share` seconds per second, holding at
     most `burst_s`; an inline fsync may start while it holds any, and its duration is taken from
     it after (so it can go below zero: a slow fsync pays for itself before the next one). A
-    share of 0 allows none."""
+    share of 0 allows none; an fsync slower than `stall_s` allows none for `cooldown_s`."""
 
-    __slots__ = ("_burst_s", "_last", "_share", "_tokens")
+    __slots__ = (
+        "_burst_s",
+        "_cooldown_s",
+        "_last",
+        "_quiet_until",
+        "_share",
+        "_stall_s",
+        "_tokens",
+        "stalls",
+    )
 
     def __init__(
-        self, share: float = INLINE_SHARE_DEFAULT, burst_s: float = INLINE_BURST_S_DEFAULT
+        self,
+        share: float = INLINE_SHARE_DEFAULT,
+        burst_s: float = INLINE_BURST_S_DEFAULT,
+        *,
+        stall_s: float = INLINE_STALL_S_DEFAULT,
+        cooldown_s: float = INLINE_COOLDOWN_S_DEFAULT,
     ) -> None:
-        assert 0.0 <= share <= 1.0 and burst_s >= 0.0
+        assert 0.0 <= share <= 1.0 and burst_s >= 0.0 and stall_s > 0.0 and cooldown_s >= 0.0
         self._share = share
         self._burst_s = burst_s
+        self._stall_s = stall_s
+        self._cooldown_s = cooldown_s
         self._tokens = burst_s if share > 0 else 0.0
         self._last: float | None = None
+        self._quiet_until = float("-inf")
+        self.stalls = 0  # inline fsyncs slower than `stall_s` so far
 
     def allows(self, now: float) -> bool:
         """Whether an fsync may run inline at `now` (seconds, any monotonic clock)."""
         if self._last is not None:
             self._tokens = min(self._burst_s, self._tokens + (now - self._last) * self._share)
         self._last = now
-        return self._tokens > 0.0
+        return self._tokens > 0.0 and now >= self._quiet_until
 
-    def spend(self, seconds: float) -> None:
-        """An inline fsync took `seconds` of the loop's time."""
+    def spend(self, seconds: float, now: float) -> None:
+        """An inline fsync took `seconds` of the loop's time, ending at `now`."""
         self._tokens -= seconds
+        if seconds > self._stall_s:
+            self.stalls += 1
+            self._quiet_until = now + self._cooldown_s
+
+    @property
+    def cooldown_s(self) -> float:
+        return self._cooldown_s
 
     @property
     def tokens_s(self) -> float:
@@ -70,7 +101,8 @@ _LOOP_BUDGET: trio.lowlevel.RunVar[InlineBudget] = trio.lowlevel.RunVar("inline_
 
 
 def use_loop_budget(budget: InlineBudget) -> None:
-    """Make `budget` the current trio run's (a broker's, with its configured share)."""
+    """Make `budget` the current trio run's (a broker's, with its configured share). Brokers
+    run in one trio run (tests) share its loop, so its one budget: the last one set counts."""
     _LOOP_BUDGET.set(budget)
 
 

@@ -71,13 +71,15 @@ class SyncThreads:
         # Where a job given with its descriptors goes when not inline (`fsync_workers` sets it).
         self.helper: FsyncProcess | None = None
         self.inline_count = 0  # jobs run inline so far
+        self._deferred = 0  # jobs waiting for the loop's next turn (`_run_inline`)
+        self._deferred_done: trio.Event | None = None
 
     @property
     def threads(self) -> tuple[threading.Thread, ...]:
         return tuple(self._threads)
 
     async def run(self, job: Callable[[], T], fds: Sequence[int] = ()) -> T:
-        """Run `job()` in one of the threads; return its result or raise its exception."""
+        """Run `job()` as `submit` would; return its result or raise its exception."""
         task = trio.lowlevel.current_task()
         self.submit(job, lambda result: trio.lowlevel.reschedule(task, result), fds)
         # Returns the job's result, or raises its exception (the outcome is unwrapped).
@@ -101,14 +103,13 @@ class SyncThreads:
         it). `on_done` then gets None or the fsync's OSError (EIO if the helper died before
         answering)."""
         assert not self._closed, "no jobs after close()"
-        if fds and self._inline:
-            try:
-                # Copies that stay valid however the log's own descriptors change meanwhile (a
-                # roll, a deletion), and name the same open files (write-back errors included).
-                copies = [os.dup(fd) for fd in fds]
-            except OSError:
-                pass  # out of descriptors, say: elsewhere, as before
-            else:
+        # Deferred only while the budget has room now (a spent budget, or a share of 0, hands
+        # the job over at once, with no turn of the loop first); checked again at the turn,
+        # since many logs may ask within one.
+        if fds and self._inline and loop_budget().allows(time.perf_counter()):
+            copies = _copies(fds)
+            if copies is not None:
+                self._deferred += 1
                 trio.lowlevel.current_trio_token().run_sync_soon(
                     self._run_inline, job, on_done, copies
                 )
@@ -127,6 +128,12 @@ class SyncThreads:
                 return
         self._start(job, on_done)
 
+    async def wait_deferred(self) -> None:
+        """Return once every job deferred to a turn of the loop has run (or been handed on)."""
+        while self._deferred:
+            self._deferred_done = trio.Event()
+            await self._deferred_done.wait()
+
     def _run_inline(
         self,
         job: Callable[[], T],
@@ -136,20 +143,36 @@ class SyncThreads:
         """At the loop's next turn (a `run_sync_soon` callback: the task that submitted the job
         has finished its step, a produce response has been written): fdatasync `copies` here if
         the loop's budget allows, else hand the job on as `submit` would have. After `close()`,
-        here in any case (nothing else is left to take it). Closes the copies."""
+        here in any case (nothing else is left to take it). Closes the copies. Never raises
+        (a `run_sync_soon` callback that raises ends the trio run): a failure to hand the job on
+        is the job's outcome."""
         try:
             budget = loop_budget()
             started = time.perf_counter()
             if budget.allows(started) or self._closed:
                 result = outcome.capture(_fdatasync_all, copies)
-                budget.spend(time.perf_counter() - started)
+                finished = time.perf_counter()
+                stalls = budget.stalls
+                budget.spend(finished - started, finished)
                 self.inline_count += 1
+                if budget.stalls != stalls:
+                    logger.warning(
+                        "an fsync on the event loop took %.0f ms: fsyncs go to the fsync helper "
+                        "process for the next %.0f s",
+                        (finished - started) * 1000,
+                        budget.cooldown_s,
+                    )
                 on_done(result)  # type: ignore[arg-type]
             else:
-                self._run_elsewhere(job, on_done, copies)  # the helper gets copies of its own
+                try:
+                    self._run_elsewhere(job, on_done, copies)  # the helper gets its own copies
+                except Exception as exc:  # no thread could start, say
+                    on_done(outcome.Error(exc))
         finally:
-            for fd in copies:
-                os.close(fd)
+            _close_all(copies)
+            self._deferred -= 1
+            if not self._deferred and self._deferred_done is not None:
+                self._deferred_done.set()
 
     def _start(self, job: Callable[[], T], on_done: Callable[[outcome.Outcome[T]], None]) -> None:
         if self._busy == len(self._threads) and len(self._threads) < self._max_threads:
@@ -199,6 +222,26 @@ class SyncThreads:
             del item, job, on_done, result
 
 
+def _copies(fds: Sequence[int]) -> list[int] | None:
+    """Duplicates of `fds`: they stay valid however the log's own descriptors change before the
+    job runs (a roll, a deletion), and name the same open files (so a write-back error is
+    reported to their fsync as to the originals'). None if the process is out of descriptors."""
+    copies: list[int] = []
+    try:
+        for fd in fds:
+            copies.append(os.dup(fd))
+    except OSError:
+        _close_all(copies)
+        return None
+    return copies
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):  # its fsync's outcome is what counts
+            os.close(fd)
+
+
 def _fdatasync_all(fds: Sequence[int]) -> None:
     """fdatasync every descriptor (even after a failure, as the helper does); raise the first
     error. The descriptors stay open: they are the logs' own."""
@@ -212,6 +255,13 @@ def _fdatasync_all(fds: Sequence[int]) -> None:
         raise failure
 
 
+async def _settled(threads: SyncThreads) -> None:
+    """Before the workers stop: the jobs deferred to a turn of the loop have run (shielded, as
+    the helper's answers are awaited: a job once submitted is done or failed)."""
+    with trio.CancelScope(shield=True):
+        await threads.wait_deferred()
+
+
 @contextlib.asynccontextmanager
 async def fsync_workers(
     name: str, *, helper: bool = True, inline: bool = True
@@ -219,15 +269,17 @@ async def fsync_workers(
     """`SyncThreads` as a broker runs its fsyncs: plain fsyncs run inline while the event loop's
     budget allows (unless `inline=False`), else go to the fsync helper process (unless
     `helper=False`); the rest (and all of them, should the helper fail to start or die) go to
-    the threads. On exit the helper answers what it was given before the threads stop, so every
-    job submitted is done or failed, none forgotten."""
+    the threads. On exit the jobs deferred to a turn of the loop run, then the helper answers
+    what it was given, then the threads stop: every job submitted is done or failed, none
+    forgotten."""
     async with contextlib.AsyncExitStack() as stack:
         threads = stack.enter_context(SyncThreads(name=name, inline=inline))
-        if not helper:
-            yield threads
-            return
-        try:
-            threads.helper = await stack.enter_async_context(FsyncProcess.open())
-        except OSError as exc:
-            logger.warning("no fsync helper process (%s): fsyncs run in threads", exc)
+        if helper:
+            try:
+                threads.helper = await stack.enter_async_context(FsyncProcess.open())
+            except OSError as exc:
+                logger.warning("no fsync helper process (%s): fsyncs run in threads", exc)
+        # Undone first: the jobs deferred to a turn of the loop run (or reach the helper or a
+        # thread) before those stop.
+        stack.push_async_callback(_settled, threads)
         yield threads

@@ -173,15 +173,16 @@ class RaftObserver(Protocol):
 
 
 class ThreadLogSyncer:
-    """The default fsync: one flush ticket of the log, run in a worker thread.
+    """The default fsync: one flush ticket of the log, run off the Raft driver's task.
 
-    The thread is one of `threads` when given (a broker's replicas share theirs): `SyncThreads`
-    take the job at once, where `trio.to_thread` first lets every other runnable task have its
-    turn, one more scheduler pass before every fsync of a replicated entry, on the leader and on
-    each follower. Without `threads` (the controller's group, tests), `trio.to_thread`'s.
-    A plain ticket (the active segment's fsync) goes to their fsync helper process, if they
-    have one. `run_ticket` runs in the thread (tests pass one that blocks to hold an fsync open;
-    such a one always runs in a thread). The fsync is not abandoned on cancellation; its result
+    In `threads` when given (a broker's replicas share theirs): `SyncThreads` take the job at
+    once, where `trio.to_thread` first lets every other runnable task have its turn, one more
+    scheduler pass before every fsync of a replicated entry, on the leader and on each follower.
+    Without `threads` (the controller's group, tests), `trio.to_thread`'s. A plain ticket (the
+    active segment's fsync) runs on the event loop at its next turn while the loop's budget
+    allows (broker/log/inline_fsync.py), else in their fsync helper process, if they have one.
+    A `run_ticket` of the caller's runs in a thread (tests pass one that blocks to hold an
+    fsync open). The fsync is not abandoned on cancellation; its result
     is recorded on the log either way.
     """
 

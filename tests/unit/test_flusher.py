@@ -23,6 +23,7 @@ import trio.testing
 
 from broker.config import FlushPolicy, LogConfig
 from broker.log.flusher import LogFlusher
+from broker.log.inline_fsync import InlineBudget, use_loop_budget
 from broker.log.log import FlushTicket, PartitionLog
 from wire.batch import build_batch
 from wire.error_codes import BrokerError, ErrorCode
@@ -296,6 +297,8 @@ async def test_the_helper_process_runs_the_group_commit(
 async def test_an_fsync_error_in_the_helper_or_inline_takes_the_log_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline: bool
 ) -> None:
+    if inline:
+        use_loop_budget(InlineBudget(1.0, burst_s=10.0, stall_s=60.0))  # no disk spends it
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
     flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_inline=inline)
     read_end, write_end = os.pipe()  # fsync of a pipe fails (EINVAL), in the helper as anywhere
@@ -314,6 +317,8 @@ async def test_an_fsync_error_in_the_helper_or_inline_takes_the_log_offline(
                 await flusher.wait_durable(log, end)
             assert offline.value.code is ErrorCode.KAFKA_STORAGE_ERROR
             assert "Invalid argument" in str(offline.value)
+            assert flusher.threads is not None
+            assert flusher.threads.inline_count == (1 if inline else 0)
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -324,6 +329,7 @@ async def test_an_fsync_error_in_the_helper_or_inline_takes_the_log_offline(
 async def test_the_default_flusher_runs_a_small_group_commit_on_the_event_loop(
     tmp_path: Path,
 ) -> None:
+    use_loop_budget(InlineBudget(1.0, burst_s=10.0, stall_s=60.0))  # no disk spends it
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
     flusher = LogFlusher(lambda: [log], tick_ms=60_000)
     called: list[int] = []

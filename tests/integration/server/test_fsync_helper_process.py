@@ -85,10 +85,10 @@ async def test_by_default_a_small_fsync_runs_on_the_event_loop_not_in_the_helper
     assert (await client.produce("durable", 0, make_batch([b"first"]))).base_offset == 0
     os.kill(helper, signal.SIGSTOP)  # a helper that cannot answer...
     try:
-        with trio.fail_after(WAIT_S):
-            for offset in range(1, 4):  # ...holds up none of these acks=all writes
-                answer = await client.produce("durable", 0, make_batch([b"x"]))
-                assert answer.error is ErrorCode.NONE and answer.base_offset == offset
+        with trio.fail_after(WAIT_S):  # ...does not hold up this acks=all write
+            # One: the loop's budget (3 ms at first) covers it even on a slow disk.
+            answer = await client.produce("durable", 0, make_batch([b"x"]))
+        assert answer.error is ErrorCode.NONE and answer.base_offset == 1
     finally:
         os.kill(helper, signal.SIGCONT)
     await client.aclose()

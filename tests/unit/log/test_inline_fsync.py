@@ -1,5 +1,8 @@
-"""Inline fsyncs: the event loop's budget (a token bucket of the loop's time), and `fsync_workers`
-running a plain fsync on the event loop while that budget allows, in the helper once it is spent.
+"""Inline fsyncs: the event loop's budget (a token bucket of the loop's time, and a cooldown
+after a stall), and `fsync_workers` running a plain fsync on the event loop at its next turn
+while that budget allows, handing it to the helper at once when it does not.
+
+Tests that expect fsyncs inline give the loop a budget no slow disk spends (`_ample_budget`).
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ import outcome
 import pytest
 import trio
 
-from broker.log.inline_fsync import InlineBudget, loop_budget
-from broker.log.sync_threads import fsync_workers
+from broker.log.inline_fsync import InlineBudget, loop_budget, use_loop_budget
+from broker.log.sync_threads import SyncThreads, fsync_workers
 
 
 def test_a_spent_budget_refuses_until_refilled_at_its_share() -> None:
     budget = InlineBudget(share=0.25, burst_s=0.002)
     assert budget.allows(100.0)
-    budget.spend(0.003)  # a slow fsync: the bucket is 1 ms in debt
+    budget.spend(0.003, 100.0)  # a slow fsync: the bucket is 1 ms in debt
     assert not budget.allows(100.0)
     assert not budget.allows(100.003)  # 0.75 ms back: still 0.25 ms short
     assert budget.allows(100.0045)  # 0.375 ms more
@@ -32,7 +35,7 @@ def test_the_budget_holds_at_most_its_burst() -> None:
     budget = InlineBudget(share=0.5, burst_s=0.002)
     assert budget.allows(0.0)
     assert budget.allows(1_000.0) and budget.tokens_s == 0.002  # an idle hour saves no more
-    budget.spend(0.0025)
+    budget.spend(0.0025, 1_000.0)
     assert not budget.allows(1_000.0)
 
 
@@ -42,15 +45,30 @@ def test_a_zero_share_allows_none() -> None:
     assert not budget.allows(3_600.0)
 
 
+def test_a_stall_stops_inline_fsyncs_for_the_cooldown() -> None:
+    budget = InlineBudget(share=1.0, burst_s=1.0, stall_s=0.05, cooldown_s=10.0)
+    assert budget.allows(0.0)
+    budget.spend(0.049, 0.049)  # slow, not a stall
+    assert budget.allows(0.05) and budget.stalls == 0
+    budget.spend(0.2, 0.25)  # a stall: the bucket alone would refill in 0.2 s
+    assert budget.stalls == 1
+    assert not budget.allows(5.0) and not budget.allows(10.24)
+    assert budget.allows(10.25)
+
+
 def test_each_trio_run_has_its_own_budget() -> None:
     async def spend_all() -> float:
         budget = loop_budget()
         assert loop_budget() is budget
-        budget.spend(10.0)
+        budget.spend(10.0, trio.current_time())
         return budget.tokens_s
 
     assert trio.run(spend_all) < 0
     assert trio.run(spend_all) == pytest.approx(InlineBudget().tokens_s - 10.0)  # not in debt
+
+
+def _ample_budget() -> None:
+    use_loop_budget(InlineBudget(1.0, burst_s=10.0, stall_s=60.0))
 
 
 @pytest.fixture
@@ -74,6 +92,7 @@ async def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> N
 async def test_a_plain_fsync_runs_on_the_loop_while_the_budget_allows_then_in_the_helper(
     data_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    _ample_budget()
     on_loop: list[bool] = []
     fdatasync = os.fdatasync
 
@@ -93,12 +112,42 @@ async def test_a_plain_fsync_runs_on_the_loop_while_the_budget_allows_then_in_th
         assert on_loop == [True] and threads.inline_count == 1
         await threads.run(_in_a_thread, [data_fd])  # the awaited form
         assert threads.inline_count == 2
-        loop_budget().spend(1.0)  # the loop has had its share
+        loop_budget().spend(100.0, trio.current_time())  # the loop has had its share...
         threads.submit(_in_a_thread, done.append, [data_fd])
+        assert threads.helper.in_flight == 1  # ...so the helper has it at once, no turn first
         await _wait_for(lambda: len(done) == 2)
         assert threads.inline_count == 2
     assert done == [outcome.Value(None)] * 2
-    assert on_loop == [True, True] and not threads.threads  # the helper took the third
+    assert on_loop == [True, True] and not threads.threads
+
+
+async def test_a_budget_spent_by_the_turn_hands_the_job_on_and_a_failure_to_is_its_outcome(
+    data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ample_budget()
+    done: list[outcome.Outcome[None]] = []
+
+    def no_thread(*args: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(SyncThreads, "_start", no_thread)
+    async with fsync_workers("test-fsync", helper=False) as threads:
+        threads.submit(_in_a_thread, done.append, [data_fd])  # deferred: the budget had room
+        loop_budget().spend(100.0, trio.current_time())  # spent before the turn (other logs)
+        await _wait_for(lambda: bool(done))  # and the trio run lives on
+    (result,) = done
+    assert isinstance(result, outcome.Error) and isinstance(result.error, RuntimeError)
+    assert threads.inline_count == 0
+
+
+async def test_a_job_deferred_just_before_the_workers_stop_is_done_when_they_have(
+    data_fd: int,
+) -> None:
+    _ample_budget()
+    done: list[outcome.Outcome[None]] = []
+    async with fsync_workers("test-fsync", helper=False) as threads:
+        threads.submit(_in_a_thread, done.append, [data_fd])
+    assert done == [outcome.Value(None)] and threads.inline_count == 1
 
 
 async def test_an_inline_fsync_syncs_the_file_even_if_its_descriptor_closed_meanwhile(
@@ -106,6 +155,7 @@ async def test_an_inline_fsync_syncs_the_file_even_if_its_descriptor_closed_mean
 ) -> None:
     # The log may close or reuse its descriptor (a roll, a deletion) before the loop's next
     # turn: the fsync runs on a copy taken at submit, which names the same file.
+    _ample_budget()
     synced: list[int] = []
     fdatasync = os.fdatasync
 
@@ -130,6 +180,7 @@ async def test_an_inline_fsync_syncs_the_file_even_if_its_descriptor_closed_mean
 
 
 async def test_an_inline_fsync_error_reaches_the_caller_as_the_helper_would_report_it() -> None:
+    _ample_budget()
     read_end, write_end = os.pipe()  # fsync of a pipe fails (EINVAL)
     try:
         async with fsync_workers("test-fsync", helper=False) as threads:
@@ -139,3 +190,26 @@ async def test_an_inline_fsync_error_reaches_the_caller_as_the_helper_would_repo
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+async def test_a_stalled_inline_fsync_sends_the_next_ones_to_the_helper(
+    data_fd: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    use_loop_budget(InlineBudget(1.0, burst_s=10.0, stall_s=0.001, cooldown_s=3_600.0))
+    fdatasync = os.fdatasync
+
+    def slow(fd: int) -> None:
+        threading.Event().wait(0.005)  # a disk that stalls (this process only)
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow)
+    async with fsync_workers("test-fsync") as threads:
+        assert threads.helper is not None
+        await threads.run(_in_a_thread, [data_fd])
+        assert threads.inline_count == 1 and loop_budget().stalls == 1
+        done: list[outcome.Outcome[None]] = []
+        threads.submit(_in_a_thread, done.append, [data_fd])
+        assert threads.helper.in_flight == 1
+        await _wait_for(lambda: bool(done))
+    assert threads.inline_count == 1 and done == [outcome.Value(None)]
+    assert "fsync helper process for the next 3600 s" in caplog.text
