@@ -15,8 +15,7 @@ import resource
 import select
 import signal
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import outcome
 import pytest
@@ -41,14 +40,6 @@ class _Job:
 
     def redo(self) -> None:
         self.redone += 1
-
-
-@pytest.fixture
-def data_fd(tmp_path: Path) -> Iterator[int]:
-    fd = os.open(tmp_path / "segment.log", os.O_RDWR | os.O_CREAT)
-    os.write(fd, b"x" * 4096)
-    yield fd
-    os.close(fd)
 
 
 async def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import outcome
@@ -69,14 +69,6 @@ def test_each_trio_run_has_its_own_budget() -> None:
 
 def _ample_budget() -> None:
     use_loop_budget(InlineBudget(1.0, burst_s=10.0, stall_s=60.0))
-
-
-@pytest.fixture
-def data_fd(tmp_path: Path) -> Iterator[int]:
-    fd = os.open(tmp_path / "segment.log", os.O_RDWR | os.O_CREAT)
-    os.write(fd, b"x" * 4096)
-    yield fd
-    os.close(fd)
 
 
 def _in_a_thread() -> None:
