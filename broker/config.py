@@ -361,7 +361,7 @@ class BrokerConfig(ConfigBase):
     shutdown_timeout_ms: int = 30_000
     # The most of the event loop's time fsyncs run on it may take (broker/log/inline_fsync.py):
     # a small group-commit fsync runs inline, sparing the hand-off to the fsync helper process;
-    # past this share (or 0: never) they go to the helper and the loop keeps serving.
+    # a loop that uses up this share is busy and sends them to the helper for a second (0: always).
     fsync_inline_share: float = 0.3
     # Defaults for every topic's log; a topic's own configs override them.
     log: LogConfig = dataclasses.field(default_factory=LogConfig)

@@ -11,12 +11,16 @@ next turn, not inside the task that asked for it, so that task finishes its step
 its produce response, hands a Raft append to the transport); `SyncThreads` does that.
 
 Why a budget: every inline fsync stops the loop (every connection, every Raft timer) for as long
-as it takes, so inline fsyncs may take at most `share` of the loop's time, a token bucket of
-`burst_s`: at a low rate (one small fsync every millisecond) they all run inline; at a high rate,
-or when the disk slows down, most go to the helper as before, and the loop keeps serving. A share
-bounds the average, not one pause: an fdatasync on ext4 can wait for a journal commit full of
-other dirty data (hundreds of ms), so one inline fsync slower than `stall_s` stops inline fsyncs
-for `cooldown_s` (the loop must keep its Raft heartbeats and election timers). The first such
+as it takes, and whatever arrives meanwhile waits: at a high rate that is every request (an acks=1
+producer with one request in flight waits an fsync per round trip: measured, a third of its
+throughput). So inline fsyncs may take at most `share` of the loop's time, a token bucket of
+`burst_s`, and a loop that spends it all is busy: every fsync goes to the helper for the next
+`busy_cooldown_s`, then it tries again. At a low rate (one small fsync every millisecond, 15 % of
+the loop) they all run inline; at a high rate, or when the disk slows down, nearly all go to the
+helper as before, and the loop keeps serving. A share bounds the average, not one pause: an
+fdatasync on ext4 can wait for a journal commit full of other dirty data (hundreds of ms), so
+one inline fsync slower than `stall_s` stops inline fsyncs for `cooldown_s` (the loop must keep
+its Raft heartbeats and election timers). The first such
 stall still holds the loop for as long as the disk takes (a disk that hangs outright hangs it).
 
 The budget is the event loop's, shared by every `SyncThreads` of the trio run (a cluster broker
@@ -32,6 +36,8 @@ import trio
 INLINE_SHARE_DEFAULT = 0.3
 # How much inline fsync time may be spent at once from a full bucket.
 INLINE_BURST_S_DEFAULT = 0.003
+# After the bucket runs dry (a high rate): every fsync to the helper for this long.
+INLINE_BUSY_COOLDOWN_S_DEFAULT = 1.0
 # An inline fsync slower than this (a tenth of a heartbeat tick at the default `raft_tick_ms`)
 # sends every fsync to the helper for the cooldown.
 INLINE_STALL_S_DEFAULT = 0.05
@@ -42,16 +48,19 @@ class InlineBudget:
     """A token bucket of event-loop seconds: refilled at `share` seconds per second, holding at
     most `burst_s`; an inline fsync may start while it holds any, and its duration is taken from
     it after (so it can go below zero: a slow fsync pays for itself before the next one). A
-    share of 0 allows none; an fsync slower than `stall_s` allows none for `cooldown_s`."""
+    share of 0 allows none; spending all of it allows none for `busy_cooldown_s`; an fsync
+    slower than `stall_s` allows none for `cooldown_s`."""
 
     __slots__ = (
         "_burst_s",
+        "_busy_cooldown_s",
         "_cooldown_s",
         "_last",
         "_quiet_until",
         "_share",
         "_stall_s",
         "_tokens",
+        "busy_spells",
         "stalls",
     )
 
@@ -60,17 +69,21 @@ class InlineBudget:
         share: float = INLINE_SHARE_DEFAULT,
         burst_s: float = INLINE_BURST_S_DEFAULT,
         *,
+        busy_cooldown_s: float = INLINE_BUSY_COOLDOWN_S_DEFAULT,
         stall_s: float = INLINE_STALL_S_DEFAULT,
         cooldown_s: float = INLINE_COOLDOWN_S_DEFAULT,
     ) -> None:
-        assert 0.0 <= share <= 1.0 and burst_s >= 0.0 and stall_s > 0.0 and cooldown_s >= 0.0
+        assert 0.0 <= share <= 1.0 and burst_s >= 0.0 and busy_cooldown_s >= 0.0
+        assert stall_s > 0.0 and cooldown_s >= 0.0
         self._share = share
         self._burst_s = burst_s
+        self._busy_cooldown_s = busy_cooldown_s
         self._stall_s = stall_s
         self._cooldown_s = cooldown_s
         self._tokens = burst_s if share > 0 else 0.0
         self._last: float | None = None
         self._quiet_until = float("-inf")
+        self.busy_spells = 0  # times the bucket ran dry so far
         self.stalls = 0  # inline fsyncs slower than `stall_s` so far
 
     def allows(self, now: float) -> bool:
@@ -86,6 +99,9 @@ class InlineBudget:
         if seconds > self._stall_s:
             self.stalls += 1
             self._quiet_until = now + self._cooldown_s
+        elif self._tokens <= 0.0:
+            self.busy_spells += 1
+            self._quiet_until = max(self._quiet_until, now + self._busy_cooldown_s)
 
     @property
     def cooldown_s(self) -> float:

@@ -22,7 +22,7 @@ from broker.log.sync_threads import SyncThreads, fsync_workers
 
 
 def test_a_spent_budget_refuses_until_refilled_at_its_share() -> None:
-    budget = InlineBudget(share=0.25, burst_s=0.002)
+    budget = InlineBudget(share=0.25, burst_s=0.002, busy_cooldown_s=0.0)
     assert budget.allows(100.0)
     budget.spend(0.003, 100.0)  # a slow fsync: the bucket is 1 ms in debt
     assert not budget.allows(100.0)
@@ -31,8 +31,30 @@ def test_a_spent_budget_refuses_until_refilled_at_its_share() -> None:
     assert budget.tokens_s == pytest.approx(0.000125)
 
 
+def test_a_loop_that_spends_its_whole_share_is_busy_and_sends_fsyncs_on_for_a_while() -> None:
+    # A high rate: inline fsyncs would hold up every request that arrives during them.
+    budget = InlineBudget(share=0.3, burst_s=0.003, busy_cooldown_s=1.0)
+    now = 0.0
+    while budget.allows(now):  # an fsync of 0.5 ms every 0.6 ms: 83 % of the loop
+        now += 0.0005
+        budget.spend(0.0005, now)
+        now += 0.0001
+    assert budget.busy_spells == 1 and now < 0.01
+    assert not budget.allows(now + 0.5)  # refilled long ago, still busy
+    assert budget.allows(now + 1.0) and budget.tokens_s == 0.003
+
+
+def test_one_fsync_a_millisecond_runs_inline_for_good() -> None:
+    budget = InlineBudget()  # the defaults: 30 % of the loop
+    for tick in range(10_000):  # 10 s of one 0.2 ms fsync every millisecond
+        now = tick / 1000
+        assert budget.allows(now)
+        budget.spend(0.0002, now + 0.0002)
+    assert budget.busy_spells == 0 and budget.stalls == 0
+
+
 def test_the_budget_holds_at_most_its_burst() -> None:
-    budget = InlineBudget(share=0.5, burst_s=0.002)
+    budget = InlineBudget(share=0.5, burst_s=0.002, busy_cooldown_s=0.0)
     assert budget.allows(0.0)
     assert budget.allows(1_000.0) and budget.tokens_s == 0.002  # an idle hour saves no more
     budget.spend(0.0025, 1_000.0)
