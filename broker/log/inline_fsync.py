@@ -12,16 +12,16 @@ its produce response, hands a Raft append to the transport); `SyncThreads` does 
 
 Why a budget: every inline fsync stops the loop (every connection, every Raft timer) for as long
 as it takes, and whatever arrives meanwhile waits: at a high rate that is every request (an acks=1
-producer with one request in flight waits an fsync per round trip: measured, a third of its
-throughput). So inline fsyncs may take at most `share` of the loop's time, a token bucket of
-`burst_s`, and a loop that spends it all is busy: every fsync goes to the helper for the next
-`busy_cooldown_s`, then it tries again. At a low rate (one small fsync every millisecond, 15 % of
+producer, one request in flight per partition, would wait an fsync per round trip). So inline
+fsyncs may take at most `share` of the loop's time, a token bucket of `burst_s`, and a loop that
+spends it all is busy: every fsync goes to the helper for the next `busy_cooldown_s`, then it
+tries again. At a low rate (one small fsync every millisecond, 15 % of
 the loop) they all run inline; at a high rate, or when the disk slows down, nearly all go to the
 helper as before, and the loop keeps serving. A share bounds the average, not one pause: an
 fdatasync on ext4 can wait for a journal commit full of other dirty data (hundreds of ms), so
 one inline fsync slower than `stall_s` stops inline fsyncs for `cooldown_s` (the loop must keep
-its Raft heartbeats and election timers). The first such
-stall still holds the loop for as long as the disk takes (a disk that hangs outright hangs it).
+its Raft heartbeats and election timers). The first such stall still holds the loop for as long
+as the disk takes (a disk that hangs outright hangs it).
 
 The budget is the event loop's, shared by every `SyncThreads` of the trio run (a cluster broker
 has one for its logs and one for its replicas): `loop_budget()`, which a broker sets up at start
@@ -38,7 +38,7 @@ INLINE_SHARE_DEFAULT = 0.3
 INLINE_BURST_S_DEFAULT = 0.003
 # After the bucket runs dry (a high rate): every fsync to the helper for this long.
 INLINE_BUSY_COOLDOWN_S_DEFAULT = 1.0
-# An inline fsync slower than this (a tenth of a heartbeat tick at the default `raft_tick_ms`)
+# An inline fsync slower than this (half a heartbeat tick at the default `raft_tick_ms`, 100)
 # sends every fsync to the helper for the cooldown.
 INLINE_STALL_S_DEFAULT = 0.05
 INLINE_COOLDOWN_S_DEFAULT = 10.0
