@@ -334,8 +334,7 @@ class ReplicaManager:
         """Host replicas until cancelled (cancelling this stops every replica's driver)."""
         # The replicas' fsyncs share these workers (driver.ThreadLogSyncer): a plain one inline
         # on the event loop within its budget, else the fsync helper process; threads for the
-        # rest. They stop once every driver has (the nursery is closed
-        # first).
+        # rest. They stop once every driver has (the nursery is closed first).
         async with fsync_workers("raft-fsync") as threads:
             self._log_syncer = ThreadLogSyncer(threads=threads)
             try:

@@ -30,6 +30,7 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Sequence
 
 REQUEST = struct.Struct(">QB")
 ANSWER = struct.Struct(">Qi")
@@ -40,23 +41,33 @@ MAX_FDS = 16
 _FDS_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 
 
-def fsync_all(fds: list[int]) -> int:
-    """Fsync every descriptor (even after a failure: each must be closed), then close them all;
-    0 or the first error's errno.
+def fdatasync_each(fds: Sequence[int]) -> OSError | None:
+    """fdatasync every descriptor, even after a failure; the first error, or None. (The broker's
+    event loop runs it too, on its own descriptors: broker/log/sync_threads.py.)
 
     `fdatasync`: the data and what reading it back needs (the file's size), not the timestamps,
     whose journal commit is what an fsync of a preallocated segment would otherwise still pay.
     """
-    failed = 0
+    failure: OSError | None = None
     for fd in fds:
         try:
             os.fdatasync(fd)
         except OSError as exc:
-            # Never 0 (that says "synced") nor NOT_RECEIVED (that has the job redone).
-            failed = failed or (exc.errno if exc.errno and exc.errno > 0 else errno.EIO)
-        finally:
+            failure = failure or exc
+    return failure
+
+
+def fsync_all(fds: list[int]) -> int:
+    """`fdatasync_each`, then close every descriptor; 0 or the first error's errno."""
+    try:
+        failure = fdatasync_each(fds)
+    finally:
+        for fd in fds:
             os.close(fd)
-    return failed
+    if failure is None:
+        return 0
+    # Never 0 (that says "synced") nor NOT_RECEIVED (that has the job redone).
+    return failure.errno if failure.errno and failure.errno > 0 else errno.EIO
 
 
 def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

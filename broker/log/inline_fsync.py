@@ -15,9 +15,9 @@ as it takes, and whatever arrives meanwhile waits: at a high rate that is every 
 producer, one request in flight per partition, would wait an fsync per round trip). So inline
 fsyncs may take at most `share` of the loop's time, a token bucket of `burst_s`, and a loop that
 spends it all is busy: every fsync goes to the helper for the next `busy_cooldown_s`, then it
-tries again. At a low rate (one small fsync every millisecond, 15 % of
-the loop) they all run inline; at a high rate, or when the disk slows down, nearly all go to the
-helper as before, and the loop keeps serving. A share bounds the average, not one pause: an
+tries again. At a low rate (one small fsync every millisecond, 15 % of the loop) they all run
+inline; at a high rate, or when the disk slows down, nearly all go to the helper as before, and
+the loop keeps serving. A share bounds the average, not one pause: an
 fdatasync on ext4 can wait for a journal commit full of other dirty data (hundreds of ms), so
 one inline fsync slower than `stall_s` stops inline fsyncs for `cooldown_s` (the loop must keep
 its Raft heartbeats and election timers). The first such stall still holds the loop for as long
@@ -93,15 +93,18 @@ class InlineBudget:
         self._last = now
         return self._tokens > 0.0 and now >= self._quiet_until
 
-    def spend(self, seconds: float, now: float) -> None:
-        """An inline fsync took `seconds` of the loop's time, ending at `now`."""
+    def spend(self, seconds: float, now: float) -> bool:
+        """An inline fsync took `seconds` of the loop's time, ending at `now`; True if that was
+        a stall (the caller says so in the log)."""
         self._tokens -= seconds
         if seconds > self._stall_s:
             self.stalls += 1
             self._quiet_until = now + self._cooldown_s
-        elif self._tokens <= 0.0:
+            return True
+        if self._tokens <= 0.0:
             self.busy_spells += 1
             self._quiet_until = max(self._quiet_until, now + self._busy_cooldown_s)
+        return False
 
     @property
     def cooldown_s(self) -> float:

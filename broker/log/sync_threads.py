@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import outcome  # trio's own dependency: what `trio.lowlevel.reschedule` delivers
 import trio
 
+from broker.log.fsync_helper import fdatasync_each
 from broker.log.fsync_process import FsyncProcess
 from broker.log.inline_fsync import loop_budget
 
@@ -152,10 +153,8 @@ class SyncThreads:
             if budget.allows(started) or self._closed:
                 result = outcome.capture(_fdatasync_all, copies)
                 finished = time.perf_counter()
-                stalls = budget.stalls
-                budget.spend(finished - started, finished)
                 self.inline_count += 1
-                if budget.stalls != stalls:
+                if budget.spend(finished - started, finished):
                     logger.warning(
                         "an fsync on the event loop took %.0f ms: fsyncs go to the fsync helper "
                         "process for the next %.0f s",
@@ -243,14 +242,8 @@ def _close_all(fds: Sequence[int]) -> None:
 
 
 def _fdatasync_all(fds: Sequence[int]) -> None:
-    """fdatasync every descriptor (even after a failure, as the helper does); raise the first
-    error. The descriptors stay open: they are the logs' own."""
-    failure: OSError | None = None
-    for fd in fds:
-        try:
-            os.fdatasync(fd)
-        except OSError as exc:
-            failure = failure or exc
+    """The helper's `fdatasync_each` here, raising its first error."""
+    failure = fdatasync_each(fds)
     if failure is not None:
         raise failure
 

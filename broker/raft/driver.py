@@ -182,8 +182,8 @@ class ThreadLogSyncer:
     active segment's fsync) runs on the event loop at its next turn while the loop's budget
     allows (broker/log/inline_fsync.py), else in their fsync helper process, if they have one.
     A `run_ticket` of the caller's runs in a thread (tests pass one that blocks to hold an
-    fsync open). The fsync is not abandoned on cancellation; its result
-    is recorded on the log either way.
+    fsync open). The fsync is not abandoned on cancellation; its result is recorded on the log
+    either way.
     """
 
     def __init__(

@@ -4,7 +4,7 @@ Flushes run in the flusher's own threads while `run()` runs, in `trio.to_thread`
 behaviour tests run both ways (`threads`), with the fsync helper process and inline fsyncs off
 so that a patched `FlushTicket.run` sees every fsync. The last tests are the default flusher's:
 plain fsyncs inline on the event loop, or in the helper process once the loop's inline budget is
-spent (`fsync_inline=False` here: always).
+spent (or with `fsync_inline=False`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import trio.testing
 
 from broker.config import FlushPolicy, LogConfig
 from broker.log.flusher import LogFlusher
-from broker.log.inline_fsync import InlineBudget, use_loop_budget
 from broker.log.log import FlushTicket, PartitionLog
+from tests.unit.log.helpers import ample_inline_budget
 from wire.batch import build_batch
 from wire.error_codes import BrokerError, ErrorCode
 
@@ -298,7 +298,7 @@ async def test_an_fsync_error_in_the_helper_or_inline_takes_the_log_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline: bool
 ) -> None:
     if inline:
-        use_loop_budget(InlineBudget(1.0, burst_s=10.0, stall_s=60.0))  # no disk spends it
+        ample_inline_budget()
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
     flusher = LogFlusher(lambda: [log], tick_ms=60_000, fsync_inline=inline)
     read_end, write_end = os.pipe()  # fsync of a pipe fails (EINVAL), in the helper as anywhere
@@ -329,7 +329,7 @@ async def test_an_fsync_error_in_the_helper_or_inline_takes_the_log_offline(
 async def test_the_default_flusher_runs_a_small_group_commit_on_the_event_loop(
     tmp_path: Path,
 ) -> None:
-    use_loop_budget(InlineBudget(1.0, burst_s=10.0, stall_s=60.0))  # no disk spends it
+    ample_inline_budget()
     log = PartitionLog.open(tmp_path, LogConfig(flush_policy=FlushPolicy.ALWAYS))
     flusher = LogFlusher(lambda: [log], tick_ms=60_000)
     called: list[int] = []

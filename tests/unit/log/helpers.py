@@ -8,6 +8,7 @@ import struct
 import crc32c
 
 from broker.config import FlushPolicy, LogConfig
+from broker.log.inline_fsync import InlineBudget, use_loop_budget
 from wire.batch import (
     CRC_START,
     BatchHeader,
@@ -169,3 +170,9 @@ class LogModel:
         number = self.index_of(offset)
         assert number is not None
         return self.batches[number].epoch
+
+
+def ample_inline_budget() -> None:
+    """Give this trio run's event loop an inline-fsync budget no disk spends (no busy spell, no
+    stall under a minute), for tests that expect their fsyncs inline however slow the disk."""
+    use_loop_budget(InlineBudget(1.0, burst_s=10.0, stall_s=60.0))

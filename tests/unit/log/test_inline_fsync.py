@@ -2,7 +2,7 @@
 after a stall), and `fsync_workers` running a plain fsync on the event loop at its next turn
 while that budget allows, handing it to the helper at once when it does not.
 
-Tests that expect fsyncs inline give the loop a budget no slow disk spends (`_ample_budget`).
+Tests that expect fsyncs inline give the loop a budget no slow disk spends (`ample_inline_budget`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import trio
 
 from broker.log.inline_fsync import InlineBudget, loop_budget, use_loop_budget
 from broker.log.sync_threads import SyncThreads, fsync_workers
+from tests.unit.log.helpers import ample_inline_budget
 
 
 def test_a_spent_budget_refuses_until_refilled_at_its_share() -> None:
@@ -89,10 +90,6 @@ def test_each_trio_run_has_its_own_budget() -> None:
     assert trio.run(spend_all) == pytest.approx(InlineBudget().tokens_s - 10.0)  # not in debt
 
 
-def _ample_budget() -> None:
-    use_loop_budget(InlineBudget(1.0, burst_s=10.0, stall_s=60.0))
-
-
 def _in_a_thread() -> None:
     raise AssertionError("a plain fsync ran its job in a thread")
 
@@ -106,7 +103,7 @@ async def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> N
 async def test_a_plain_fsync_runs_on_the_loop_while_the_budget_allows_then_in_the_helper(
     data_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _ample_budget()
+    ample_inline_budget()
     on_loop: list[bool] = []
     fdatasync = os.fdatasync
 
@@ -138,7 +135,7 @@ async def test_a_plain_fsync_runs_on_the_loop_while_the_budget_allows_then_in_th
 async def test_a_budget_spent_by_the_turn_hands_the_job_on_and_a_failure_to_is_its_outcome(
     data_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _ample_budget()
+    ample_inline_budget()
     done: list[outcome.Outcome[None]] = []
 
     def no_thread(*args: object) -> None:
@@ -157,7 +154,7 @@ async def test_a_budget_spent_by_the_turn_hands_the_job_on_and_a_failure_to_is_i
 async def test_a_job_deferred_just_before_the_workers_stop_is_done_when_they_have(
     data_fd: int,
 ) -> None:
-    _ample_budget()
+    ample_inline_budget()
     done: list[outcome.Outcome[None]] = []
     async with fsync_workers("test-fsync", helper=False) as threads:
         threads.submit(_in_a_thread, done.append, [data_fd])
@@ -169,7 +166,7 @@ async def test_an_inline_fsync_syncs_the_file_even_if_its_descriptor_closed_mean
 ) -> None:
     # The log may close or reuse its descriptor (a roll, a deletion) before the loop's next
     # turn: the fsync runs on a copy taken at submit, which names the same file.
-    _ample_budget()
+    ample_inline_budget()
     synced: list[int] = []
     fdatasync = os.fdatasync
 
@@ -194,7 +191,7 @@ async def test_an_inline_fsync_syncs_the_file_even_if_its_descriptor_closed_mean
 
 
 async def test_an_inline_fsync_error_reaches_the_caller_as_the_helper_would_report_it() -> None:
-    _ample_budget()
+    ample_inline_budget()
     read_end, write_end = os.pipe()  # fsync of a pipe fails (EINVAL)
     try:
         async with fsync_workers("test-fsync", helper=False) as threads:
