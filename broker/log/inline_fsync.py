@@ -8,7 +8,8 @@ preallocated segment's zeros) takes 0.12 / 0.23 ms. Run on the event loop, the s
 the loop for those 0.12 ms and needs no wake-up at all; meanwhile new requests wait in their
 socket buffers and the next fsync covers them (group commit as before). It runs at the loop's
 next turn, not inside the task that asked for it, so that task finishes its step first (writes
-its produce response, hands a Raft append to the transport); `SyncThreads` does that.
+its produce response, hands a Raft append to the transport); `SyncThreads`'s inline runner, a
+task of its own, does that.
 
 Why a budget: every inline fsync stops the loop (every connection, every Raft timer) for as long
 as it takes, and whatever arrives meanwhile waits: at a high rate that is every request (an acks=1

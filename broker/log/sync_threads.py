@@ -18,11 +18,15 @@ A broker starts them with `fsync_workers`, which puts two faster ways in front f
 only an fsync of open descriptors (the common one: a segment's group commit): run inline on the
 event loop while the loop's budget allows (broker/log/inline_fsync.py says why and how much),
 else the fsync helper process (broker/log/fsync_process.py), where no thread of the broker takes
-the GIL for it.
+the GIL for it. Inline jobs run in a task of their own, the inline runner, parked while it has
+none and woken by `trio.lowlevel.reschedule`: it runs after the submitting task's step, as a
+`run_sync_soon` callback would, without the wake-up socket's write, read and epoll round that
+such a callback costs per fsync.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -57,10 +61,7 @@ _Job = tuple[Callable[[], Any], Callable[[outcome.Outcome[Any]], None], trio.low
 class SyncThreads:
     """See the module docstring. Use from the trio thread only (except the threads themselves)."""
 
-    def __init__(
-        self, *, max_threads: int = MAX_THREADS_DEFAULT, name: str = "fsync", inline: bool = False
-    ) -> None:
-        """`inline`: a job given with its descriptors may run on the event loop (see above)."""
+    def __init__(self, *, max_threads: int = MAX_THREADS_DEFAULT, name: str = "fsync") -> None:
         assert max_threads > 0
         self._max_threads = max_threads
         self._name = name
@@ -68,11 +69,16 @@ class SyncThreads:
         self._threads: list[threading.Thread] = []
         self._busy = 0
         self._closed = False
-        self._inline = inline
         # Where a job given with its descriptors goes when not inline (`fsync_workers` sets it).
         self.helper: FsyncProcess | None = None
         self.inline_count = 0  # jobs run inline so far
-        self._deferred = 0  # jobs waiting for the loop's next turn (`_run_inline`)
+        # The inline runner (`run_inline_jobs`; None: no job runs inline), whether it is parked,
+        # and the jobs waiting for it: (job, on_done, copies of the descriptors).
+        self._runner: trio.lowlevel.Task | None = None
+        self._runner_parked = False
+        self._inline_jobs: collections.deque[tuple[Callable[[], Any], Any, list[int]]] = (
+            collections.deque()
+        )
         self._deferred_done: trio.Event | None = None
 
     @property
@@ -104,16 +110,17 @@ class SyncThreads:
         it). `on_done` then gets None or the fsync's OSError (EIO if the helper died before
         answering)."""
         assert not self._closed, "no jobs after close()"
-        # Deferred only while the budget has room now (a spent budget, or a share of 0, hands
-        # the job over at once, with no turn of the loop first); checked again at the turn,
-        # since many logs may ask within one.
-        if fds and self._inline and loop_budget().allows(time.perf_counter()):
+        # Deferred to the inline runner only while the budget has room now (a spent budget, or
+        # a share of 0, hands the job over at once, with no turn of the loop first); checked
+        # again when the runner has it, since many logs may ask within one turn.
+        runner = self._runner
+        if fds and runner is not None and loop_budget().allows(time.perf_counter()):
             copies = _copies(fds)
             if copies is not None:
-                self._deferred += 1
-                trio.lowlevel.current_trio_token().run_sync_soon(
-                    self._run_inline, job, on_done, copies
-                )
+                self._inline_jobs.append((job, on_done, copies))
+                if self._runner_parked:
+                    self._runner_parked = False
+                    trio.lowlevel.reschedule(runner)
                 return
         self._run_elsewhere(job, on_done, fds)
 
@@ -129,9 +136,29 @@ class SyncThreads:
                 return
         self._start(job, on_done)
 
+    async def run_inline_jobs(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The inline runner (`fsync_workers` starts it): run the jobs `submit` defers, in
+        order, then park until the next one. Cancelled, it hands on any job still queued."""
+        self._runner = trio.lowlevel.current_task()
+        task_status.started()
+        try:
+            while True:
+                while self._inline_jobs:
+                    self._run_inline(*self._inline_jobs.popleft())
+                self._runner_parked = True
+                await trio.lowlevel.wait_task_rescheduled(self._unpark)
+        finally:
+            self._runner = None
+            while self._inline_jobs:
+                self._run_inline(*self._inline_jobs.popleft())
+
+    def _unpark(self, _: object) -> trio.lowlevel.Abort:
+        self._runner_parked = False
+        return trio.lowlevel.Abort.SUCCEEDED
+
     async def wait_deferred(self) -> None:
-        """Return once every job deferred to a turn of the loop has run (or been handed on)."""
-        while self._deferred:
+        """Return once every job deferred to the inline runner has run (or been handed on)."""
+        while self._inline_jobs:
             self._deferred_done = trio.Event()
             await self._deferred_done.wait()
 
@@ -141,12 +168,11 @@ class SyncThreads:
         on_done: Callable[[outcome.Outcome[T]], None],
         copies: list[int],
     ) -> None:
-        """At the loop's next turn (a `run_sync_soon` callback: the task that submitted the job
-        has finished its step, a produce response has been written): fdatasync `copies` here if
-        the loop's budget allows, else hand the job on as `submit` would have. After `close()`,
-        here in any case (nothing else is left to take it). Closes the copies. Never raises
-        (a `run_sync_soon` callback that raises ends the trio run): a failure to hand the job on
-        is the job's outcome."""
+        """In the inline runner (the task that submitted the job has finished its step, a
+        produce response has been written): fdatasync `copies` here if the loop's budget
+        allows, else hand the job on as `submit` would have. After `close()`, here in any case
+        (nothing else is left to take it). Closes the copies. Never raises (the runner's failure
+        would end the broker): a failure to hand the job on is the job's outcome."""
         try:
             budget = loop_budget()
             started = time.perf_counter()
@@ -169,8 +195,7 @@ class SyncThreads:
                     on_done(outcome.Error(exc))
         finally:
             _close_all(copies)
-            self._deferred -= 1
-            if not self._deferred and self._deferred_done is not None:
+            if not self._inline_jobs and self._deferred_done is not None:
                 self._deferred_done.set()
 
     def _start(self, job: Callable[[], T], on_done: Callable[[outcome.Outcome[T]], None]) -> None:
@@ -249,7 +274,7 @@ def _fdatasync_all(fds: Sequence[int]) -> None:
 
 
 async def _settled(threads: SyncThreads) -> None:
-    """Before the workers stop: the jobs deferred to a turn of the loop have run (shielded, as
+    """Before the workers stop: the jobs deferred to the inline runner have run (shielded, as
     the helper's answers are awaited: a job once submitted is done or failed)."""
     with trio.CancelScope(shield=True):
         await threads.wait_deferred()
@@ -262,17 +287,22 @@ async def fsync_workers(
     """`SyncThreads` as a broker runs its fsyncs: plain fsyncs run inline while the event loop's
     budget allows (unless `inline=False`), else go to the fsync helper process (unless
     `helper=False`); the rest (and all of them, should the helper fail to start or die) go to
-    the threads. On exit the jobs deferred to a turn of the loop run, then the helper answers
+    the threads. On exit the jobs deferred to the inline runner run, then the helper answers
     what it was given, then the threads stop: every job submitted is done or failed, none
     forgotten."""
     async with contextlib.AsyncExitStack() as stack:
-        threads = stack.enter_context(SyncThreads(name=name, inline=inline))
+        threads = stack.enter_context(SyncThreads(name=name))
         if helper:
             try:
                 threads.helper = await stack.enter_async_context(FsyncProcess.open())
             except OSError as exc:
                 logger.warning("no fsync helper process (%s): fsyncs run in threads", exc)
-        # Undone first: the jobs deferred to a turn of the loop run (or reach the helper or a
+        if inline:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            await nursery.start(threads.run_inline_jobs)
+            # Undone after the jobs deferred to it have run (below): the runner stops.
+            stack.callback(nursery.cancel_scope.cancel)
+        # Undone first: the jobs deferred to the inline runner run (or reach the helper or a
         # thread) before those stop.
         stack.push_async_callback(_settled, threads)
         yield threads

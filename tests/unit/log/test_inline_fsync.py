@@ -116,9 +116,10 @@ async def test_a_plain_fsync_runs_on_the_loop_while_the_budget_allows_then_in_th
     async with fsync_workers("test-fsync") as threads:
         assert threads.helper is not None
         threads.submit(_in_a_thread, done.append, [data_fd])
-        # Not during the submitting task's step (a produce response is written first): at the
-        # loop's next turn.
+        # Not during the submitting task's step (a produce response is written first): in the
+        # inline runner, woken without a `run_sync_soon` (its wake-up socket costs syscalls).
         assert on_loop == [] and done == []
+        assert trio.lowlevel.current_statistics().run_sync_soon_queue_size == 0
         await _wait_for(lambda: bool(done))
         assert on_loop == [True] and threads.inline_count == 1
         await threads.run(_in_a_thread, [data_fd])  # the awaited form
