@@ -34,7 +34,7 @@ JSON_NAME = "compare.json"
 CHART_NAME = "compare.png"
 SYSTEM_NAMES = ("pybroker", "pybroker-send-many", "pybroker-rf3", "nats-r1", "nats-r3", "redis")
 # Sizes: (records, runs, latency seconds) for a full run and for --quick.
-FULL = (200_000, 3, 5.0)
+FULL = (1_000_000, 3, 5.0)
 QUICK = (50_000, 1, 3.0)
 # Share of the records produced and consumed, untimed, before each system's timed workloads.
 WARM_UP_SHARE = 0.1
