@@ -18,8 +18,8 @@ A broker starts them with `fsync_workers`, which puts two faster ways in front f
 only an fsync of open descriptors (the common one: a segment's group commit): run inline on the
 event loop while the loop's budget allows (broker/log/inline_fsync.py says why and how much),
 else the fsync helper process (broker/log/fsync_process.py), where no thread of the broker takes
-the GIL for it. Inline jobs run in a task of their own, the inline runner, parked while it has
-none and woken by `trio.lowlevel.reschedule`: it runs after the submitting task's step, as a
+the GIL for it. Inline jobs run in a system task of their own, the inline runner, parked while it
+has none and woken by `trio.lowlevel.reschedule`: it runs after the submitting task's step, as a
 `run_sync_soon` callback would, without the wake-up socket's write, read and epoll round that
 such a callback costs per fsync.
 """
@@ -72,9 +72,10 @@ class SyncThreads:
         # Where a job given with its descriptors goes when not inline (`fsync_workers` sets it).
         self.helper: FsyncProcess | None = None
         self.inline_count = 0  # jobs run inline so far
-        # The inline runner (`run_inline_jobs`; None: no job runs inline), whether it is parked,
-        # and the jobs waiting for it: (job, on_done, copies of the descriptors).
+        # The inline runner (`start_inline_runner`; None: no job runs inline), its cancel scope,
+        # whether it is parked, and the jobs waiting for it: (job, on_done, descriptor copies).
         self._runner: trio.lowlevel.Task | None = None
+        self._runner_scope = trio.CancelScope()
         self._runner_parked = False
         self._inline_jobs: collections.deque[tuple[Callable[[], Any], Any, list[int]]] = (
             collections.deque()
@@ -136,21 +137,33 @@ class SyncThreads:
                 return
         self._start(job, on_done)
 
-    async def run_inline_jobs(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """The inline runner (`fsync_workers` starts it): run the jobs `submit` defers, in
-        order, then park until the next one. Cancelled, it hands on any job still queued."""
-        self._runner = trio.lowlevel.current_task()
-        task_status.started()
-        try:
-            while True:
+    def start_inline_runner(self) -> None:
+        """Start the inline runner: a system task (a nursery around the owner's code would wrap
+        whatever that code raises in an ExceptionGroup). It runs the jobs `submit` defers, in
+        order, then parks until the next one; `stop_inline_runner` ends it."""
+        assert self._runner is None and not self._closed
+        self._runner_scope = trio.CancelScope()
+        self._runner = trio.lowlevel.spawn_system_task(
+            self._run_inline_jobs, self._runner_scope, name=f"{self._name}-inline"
+        )
+
+    def stop_inline_runner(self) -> None:
+        """From now on `submit` hands every job on; the runner runs what it still holds, then
+        ends."""
+        self._runner = None
+        self._runner_scope.cancel()
+
+    async def _run_inline_jobs(self, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                while True:
+                    while self._inline_jobs:
+                        self._run_inline(*self._inline_jobs.popleft())
+                    self._runner_parked = True
+                    await trio.lowlevel.wait_task_rescheduled(self._unpark)
+            finally:
                 while self._inline_jobs:
                     self._run_inline(*self._inline_jobs.popleft())
-                self._runner_parked = True
-                await trio.lowlevel.wait_task_rescheduled(self._unpark)
-        finally:
-            self._runner = None
-            while self._inline_jobs:
-                self._run_inline(*self._inline_jobs.popleft())
 
     def _unpark(self, _: object) -> trio.lowlevel.Abort:
         self._runner_parked = False
@@ -298,10 +311,9 @@ async def fsync_workers(
             except OSError as exc:
                 logger.warning("no fsync helper process (%s): fsyncs run in threads", exc)
         if inline:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            await nursery.start(threads.run_inline_jobs)
+            threads.start_inline_runner()
             # Undone after the jobs deferred to it have run (below): the runner stops.
-            stack.callback(nursery.cancel_scope.cancel)
+            stack.callback(threads.stop_inline_runner)
         # Undone first: the jobs deferred to the inline runner run (or reach the helper or a
         # thread) before those stop.
         stack.push_async_callback(_settled, threads)

@@ -225,3 +225,11 @@ async def test_a_stalled_inline_fsync_sends_the_next_ones_to_the_helper(
         await _wait_for(lambda: bool(done))
     assert threads.inline_count == 1 and done == [outcome.Value(None)]
     assert "fsync helper process for the next 3600 s" in caplog.text
+
+
+async def test_what_the_owner_raises_leaves_the_workers_as_it_was_raised() -> None:
+    # The inline runner is a system task, not a nursery around the owner's code, which would
+    # wrap this in an ExceptionGroup that `except OSError` no longer catches.
+    with pytest.raises(OSError, match="disk gone"):
+        async with fsync_workers("test-fsync", helper=False):
+            raise OSError("disk gone")
