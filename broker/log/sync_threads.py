@@ -105,10 +105,10 @@ class SyncThreads:
         that has none to spare a scheduler pass on, such as the fsync that makes an acks=1
         append readable.
 
-        `fds`: `job` does nothing but fsync these descriptors, so it may run inline instead (with
-        `inline`, while the loop's budget allows) or in the fsync helper process (when there is
-        one and it takes the job; `job` runs here after all if the descriptors did not reach
-        it). `on_done` then gets None or the fsync's OSError (EIO if the helper died before
+        `fds`: `job` does nothing but fsync these descriptors, so it may run inline instead (while
+        the inline runner runs and the loop's budget allows) or in the fsync helper process (when
+        there is one and it takes the job; `job` runs here after all if the descriptors did not
+        reach it). `on_done` then gets None or the fsync's OSError (EIO if the helper died before
         answering)."""
         assert not self._closed, "no jobs after close()"
         # Deferred to the inline runner only while the budget has room now (a spent budget, or
@@ -138,11 +138,10 @@ class SyncThreads:
         self._start(job, on_done)
 
     def start_inline_runner(self) -> None:
-        """Start the inline runner: a system task (a nursery around the owner's code would wrap
-        whatever that code raises in an ExceptionGroup). It runs the jobs `submit` defers, in
-        order, then parks until the next one; `stop_inline_runner` ends it."""
+        """Start the inline runner (once): a system task (a nursery around the owner's code would
+        wrap whatever that code raises in an ExceptionGroup). It runs the jobs `submit` defers,
+        in order, then parks until the next one; `stop_inline_runner` ends it."""
         assert self._runner is None and not self._closed
-        self._runner_scope = trio.CancelScope()
         self._runner = trio.lowlevel.spawn_system_task(
             self._run_inline_jobs, self._runner_scope, name=f"{self._name}-inline"
         )

@@ -24,9 +24,12 @@ import trio.testing
 from broker.config import FlushPolicy, LogConfig
 from broker.log.flusher import LogFlusher
 from broker.log.log import FlushTicket, PartitionLog
-from tests.unit.log.helpers import ample_inline_budget
+from tests.unit.log.helpers import ample_inline_budget, wait_for
 from wire.batch import build_batch
 from wire.error_codes import BrokerError, ErrorCode
+
+# Bound on each wait for a flush or its callback.
+WAIT_S = 5.0
 
 BATCH = build_batch([(1_000, None, b"x" * 200, None)])
 
@@ -46,12 +49,6 @@ class _GatedRuns:
         if len(self.ends) == 1:
             assert self.release.wait(timeout=10)
         self._original(ticket)
-
-
-async def _wait_for(condition, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(timeout_s):
-        while not condition():
-            await trio.sleep(0.001)
 
 
 @contextlib.asynccontextmanager
@@ -82,7 +79,7 @@ async def test_one_fsync_covers_every_append_made_while_the_previous_ran(
     first_end = log.append(BATCH).last_offset + 1
     async with _running(flusher, threads), trio.open_nursery() as nursery:
         nursery.start_soon(flusher.wait_durable, log, first_end)
-        await _wait_for(lambda: len(gated.ends) == 1)
+        await wait_for(lambda: len(gated.ends) == 1, WAIT_S)
         later_ends = [log.append(BATCH).last_offset + 1 for _ in range(10)]
         for end in later_ends:
             nursery.start_soon(flusher.wait_durable, log, end)
@@ -211,7 +208,7 @@ async def test_flush_soon_calls_made_while_a_flush_runs_share_the_next_one(
             nursery.start_soon(flusher.wait_durable, log, first_end)
         else:
             assert flusher.flush_soon(log, lambda: called.append("first"))
-        await _wait_for(lambda: len(gated.ends) == 1)
+        await wait_for(lambda: len(gated.ends) == 1, WAIT_S)
         for name in ("a", "b"):
             log.append(BATCH)
             assert flusher.flush_soon(log, lambda name=name: called.append(name))
@@ -223,7 +220,7 @@ async def test_flush_soon_calls_made_while_a_flush_runs_share_the_next_one(
         await trio.testing.wait_all_tasks_blocked()
         assert called == [] and log.flushed_offset == 0
         gated.release.set()
-        await _wait_for(lambda: "b" in called)
+        await wait_for(lambda: "b" in called, WAIT_S)
     expected_first = ["first"] if first == "flush_soon" else []
     assert called[: len(expected_first)] == expected_first
     assert sorted(called[len(expected_first) :]) == ["a", "again", "b"]
@@ -286,7 +283,7 @@ async def test_the_helper_process_runs_the_group_commit(
             assert called == [] and log.flushed_offset == 1
         finally:
             os.kill(helper.pid, signal.SIGCONT)
-        await _wait_for(lambda: "b" in called)
+        await wait_for(lambda: "b" in called, WAIT_S)
     assert called == ["first", "a", "b"]
     assert flusher.fsync_count == 3  # the third covered both appends made while the second ran
     assert log.flushed_offset == log.log_end_offset
@@ -341,7 +338,7 @@ async def test_the_default_flusher_runs_a_small_group_commit_on_the_event_loop(
         for round_ in range(3):
             end = log.append(BATCH).last_offset + 1
             assert flusher.flush_soon(log, lambda end=end: called.append(end))
-            await _wait_for(lambda n=round_ + 1: len(called) == n)
+            await wait_for(lambda n=round_ + 1: len(called) == n, WAIT_S)
         assert threads.inline_count == 3 and threads.helper.in_flight == 0
     assert called == [2, 3, 4] and log.flushed_offset == log.log_end_offset == 4
     log.close()

@@ -1,11 +1,14 @@
-"""Shared builders for the storage-engine tests: batches with chosen fields, configs, a model."""
+"""Shared builders for the storage-engine tests: batches with chosen fields, configs, a model;
+and for the fsync tests, an inline budget and a wait for a condition."""
 
 from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Callable
 
 import crc32c
+import trio
 
 from broker.config import FlushPolicy, LogConfig
 from broker.log.inline_fsync import InlineBudget, use_loop_budget
@@ -176,3 +179,10 @@ def ample_inline_budget() -> None:
     """Give this trio run's event loop an inline-fsync budget no disk spends (no busy spell, no
     stall under a minute), for tests that expect their fsyncs inline however slow the disk."""
     use_loop_budget(InlineBudget(1.0, burst_s=10.0, stall_s=60.0))
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Until `condition()` holds, checked every millisecond; fails after `timeout_s`."""
+    with trio.fail_after(timeout_s):
+        while not condition():
+            await trio.sleep(0.001)

@@ -15,7 +15,6 @@ import resource
 import select
 import signal
 import socket
-from collections.abc import Callable
 
 import outcome
 import pytest
@@ -26,6 +25,7 @@ from broker.log import fsync_helper
 from broker.log.fsync_process import FsyncProcess
 from broker.log.sync_threads import fsync_workers
 from tests.processes import exited, ignores_signal
+from tests.unit.log.helpers import wait_for
 
 
 class _Job:
@@ -42,15 +42,9 @@ class _Job:
         self.redone += 1
 
 
-async def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not condition():
-            await trio.sleep(0.001)
-
-
 async def _started(helper: FsyncProcess) -> None:
     """Until the helper's main() runs (its signal dispositions are the first thing it sets)."""
-    await _wait_for(
+    await wait_for(
         lambda: all(ignores_signal(helper.pid, sig) for sig in (signal.SIGINT, signal.SIGTERM))
     )
 
@@ -60,7 +54,7 @@ async def test_each_job_is_answered_once_and_the_descriptor_stays_open_here(data
     async with FsyncProcess.open() as helper:
         for job in jobs:
             assert helper.submit([data_fd], job.on_done, job.redo)
-        await _wait_for(lambda: all(job.results for job in jobs))
+        await wait_for(lambda: all(job.results for job in jobs))
     assert all(job.results == [outcome.Value(None)] and not job.redone for job in jobs)
     os.fstat(data_fd)  # the helper closed its copies only
     assert exited(helper.pid)
@@ -74,7 +68,7 @@ async def test_an_fsync_error_comes_back_as_that_oserror(data_fd: int) -> None:
         async with FsyncProcess.open() as helper:
             assert helper.submit([data_fd, read_end], failing.on_done, failing.redo)
             assert helper.submit([data_fd], fine.on_done, fine.redo)
-            await _wait_for(lambda: bool(failing.results and fine.results))
+            await wait_for(lambda: bool(failing.results and fine.results))
         (result,) = failing.results
         assert isinstance(result, outcome.Error) and isinstance(result.error, OSError)
         assert result.error.errno == errno.EINVAL
@@ -95,7 +89,7 @@ async def test_jobs_a_dead_helper_never_answered_fail_and_later_ones_are_refused
         assert helper.submit([data_fd], job.on_done, job.redo)
         assert job.results == [] and helper.in_flight == 1  # it cannot answer while stopped
         os.kill(helper.pid, signal.SIGKILL)
-        await _wait_for(lambda: bool(job.results))
+        await wait_for(lambda: bool(job.results))
         assert not helper.alive
         assert not helper.submit([data_fd], job.on_done, job.redo)  # the caller uses threads
     (result,) = job.results
@@ -128,7 +122,7 @@ async def test_a_message_the_helper_cannot_take_goes_elsewhere_and_the_helper_li
         assert not helper.submit([closed], bad.on_done, bad.redo)  # EBADF: not sent at all
         assert helper.alive
         assert helper.submit([data_fd], fine.on_done, fine.redo)
-        await _wait_for(lambda: bool(fine.results))
+        await wait_for(lambda: bool(fine.results))
     assert bad.results == [] and bad.redone == 0
     assert fine.results == [outcome.Value(None)]
 
@@ -143,7 +137,7 @@ async def test_descriptors_that_do_not_arrive_are_never_answered_as_synced(data_
         _soft, hard = resource.prlimit(helper.pid, resource.RLIMIT_NOFILE)
         resource.prlimit(helper.pid, resource.RLIMIT_NOFILE, (3, hard))
         assert helper.submit([data_fd], job.on_done, job.redo)
-        await _wait_for(lambda: job.redone == 1)
+        await wait_for(lambda: job.redone == 1)
     assert job.results == []
 
 
@@ -173,7 +167,7 @@ async def test_leaving_waits_for_every_answer_even_when_cancelled(data_fd: int) 
 
     async def resume_once_leaving(helper: FsyncProcess) -> None:
         # `_answered()` made its event: the exit is waiting for the answer.
-        await _wait_for(lambda: helper._all_answered is not None)
+        await wait_for(lambda: helper._all_answered is not None)
         os.kill(helper.pid, signal.SIGCONT)
 
     async with trio.open_nursery() as nursery:
@@ -198,7 +192,7 @@ async def test_the_helper_ignores_sigint_and_sigterm_and_exits_with_its_owner(
         os.kill(helper.pid, signal.SIGINT)
         os.kill(helper.pid, signal.SIGTERM)
         assert helper.submit([data_fd], job.on_done, job.redo)
-        await _wait_for(lambda: bool(job.results))
+        await wait_for(lambda: bool(job.results))
         assert helper.alive and not exited(helper.pid)
     assert job.results == [outcome.Value(None)]
     assert exited(helper.pid)
@@ -217,7 +211,7 @@ async def test_without_a_helper_the_workers_are_threads_alone(
         assert threads.helper is None
         await threads.run(lambda: os.fsync(data_fd), [data_fd])
         threads.submit(lambda: os.fsync(data_fd), done.append, [data_fd])
-        await _wait_for(lambda: bool(done))
+        await wait_for(lambda: bool(done))
         assert threads.threads  # the threads did it
     assert done == [outcome.Value(None)]
     assert "no fsync helper process" in caplog.text and "fsyncs run in threads" in caplog.text

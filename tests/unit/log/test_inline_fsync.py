@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import outcome
@@ -19,7 +18,7 @@ import trio
 
 from broker.log.inline_fsync import InlineBudget, loop_budget, use_loop_budget
 from broker.log.sync_threads import SyncThreads, fsync_workers
-from tests.unit.log.helpers import ample_inline_budget
+from tests.unit.log.helpers import ample_inline_budget, wait_for
 
 
 def test_a_spent_budget_refuses_until_refilled_at_its_share() -> None:
@@ -94,12 +93,6 @@ def _in_a_thread() -> None:
     raise AssertionError("a plain fsync ran its job in a thread")
 
 
-async def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not condition():
-            await trio.sleep(0.001)
-
-
 async def test_a_plain_fsync_runs_on_the_loop_while_the_budget_allows_then_in_the_helper(
     data_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,14 +113,14 @@ async def test_a_plain_fsync_runs_on_the_loop_while_the_budget_allows_then_in_th
         # inline runner, woken without a `run_sync_soon` (its wake-up socket costs syscalls).
         assert on_loop == [] and done == []
         assert trio.lowlevel.current_statistics().run_sync_soon_queue_size == 0
-        await _wait_for(lambda: bool(done))
+        await wait_for(lambda: bool(done))
         assert on_loop == [True] and threads.inline_count == 1
         await threads.run(_in_a_thread, [data_fd])  # the awaited form
         assert threads.inline_count == 2
         loop_budget().spend(100.0, trio.current_time())  # the loop has had its share...
         threads.submit(_in_a_thread, done.append, [data_fd])
         assert threads.helper.in_flight == 1  # ...so the helper has it at once, no turn first
-        await _wait_for(lambda: len(done) == 2)
+        await wait_for(lambda: len(done) == 2)
         assert threads.inline_count == 2
     assert done == [outcome.Value(None)] * 2
     assert on_loop == [True, True] and not threads.threads
@@ -146,7 +139,7 @@ async def test_a_budget_spent_by_the_turn_hands_the_job_on_and_a_failure_to_is_i
     async with fsync_workers("test-fsync", helper=False) as threads:
         threads.submit(_in_a_thread, done.append, [data_fd])  # deferred: the budget had room
         loop_budget().spend(100.0, trio.current_time())  # spent before the turn (other logs)
-        await _wait_for(lambda: bool(done))  # and the trio run lives on
+        await wait_for(lambda: bool(done))  # and the trio run lives on
     (result,) = done
     assert isinstance(result, outcome.Error) and isinstance(result.error, RuntimeError)
     assert threads.inline_count == 0
@@ -185,7 +178,7 @@ async def test_an_inline_fsync_syncs_the_file_even_if_its_descriptor_closed_mean
         os.close(fd)
         other = os.open(tmp_path / "other.log", os.O_RDWR | os.O_CREAT)  # may reuse the number
         try:
-            await _wait_for(lambda: bool(done))
+            await wait_for(lambda: bool(done))
         finally:
             os.close(other)
     assert done == [outcome.Value(None)] and synced == [path.stat().st_ino]
@@ -222,7 +215,7 @@ async def test_a_stalled_inline_fsync_sends_the_next_ones_to_the_helper(
         done: list[outcome.Outcome[None]] = []
         threads.submit(_in_a_thread, done.append, [data_fd])
         assert threads.helper.in_flight == 1
-        await _wait_for(lambda: bool(done))
+        await wait_for(lambda: bool(done))
     assert threads.inline_count == 1 and done == [outcome.Value(None)]
     assert "fsync helper process for the next 3600 s" in caplog.text
 
