@@ -35,8 +35,13 @@ import trio
 
 # The most of the event loop's time inline fsyncs may take, on average.
 INLINE_SHARE_DEFAULT = 0.3
-# How much inline fsync time may be spent at once from a full bucket.
-INLINE_BURST_S_DEFAULT = 0.003
+# How much inline fsync time may be spent at once from a full bucket: as much as one fsync the
+# stall rule lets by (`INLINE_STALL_S_DEFAULT`), so that the disk's ordinary tail alone never
+# makes a loop busy. At 3 ms (the first value) it did: at 10 k records/s, where fsyncs take about
+# 15 % of the loop, one 1-4 ms fsync (this disk's p99 and a little more) emptied the bucket every
+# few seconds and sent every fsync to the helper for a second each time (docs/performance.md,
+# "Inline fsyncs"). A loop really over its share still runs dry, after burst / (its share - share).
+INLINE_BURST_S_DEFAULT = 0.05
 # After the bucket runs dry (a high rate): every fsync to the helper for this long.
 INLINE_BUSY_COOLDOWN_S_DEFAULT = 1.0
 # An inline fsync slower than this (half a heartbeat tick at the default `raft_tick_ms`, 100)
