@@ -5,6 +5,8 @@ Rules:
   `position` (the next offset `poll` returns). The fetcher keeps one fetch per broker in flight
   while the application works through what is buffered, up to `max_buffered_records` and
   `fetch_max_bytes` of fetched bytes not yet polled (so memory follows the fetch limits).
+  Each answer is taken in by the connection's reader task (`_take_in`), which wakes a waiting
+  `poll` itself: one scheduler pass from the socket to `poll`, not two.
 - `seek*`, `assign` and `subscribe` bump the partition's `epoch`: buffered chunks and in-flight
   responses from an older epoch are dropped, and the in-flight long poll is cancelled so the new
   position takes effect at once.
@@ -88,7 +90,7 @@ from wire.batch import (
 )
 from wire.config_error import ConfigError
 from wire.error_codes import BrokerError, ErrorCode
-from wire.framing import MAX_FRAME_BYTES_DEFAULT
+from wire.framing import MAX_FRAME_BYTES_DEFAULT, Frame
 
 log = logging.getLogger("client.consumer")
 
@@ -883,6 +885,9 @@ class Consumer(AsyncClientBase):
     async def _fetch_from(
         self, leader: int, items: list[tuple[TopicPartition, int, int]], errors: list[Exception]
     ) -> None:
+        """One Fetch to `leader`; its answer is taken in by the connection's reader as it comes
+        in (`_take_in`), and this task only waits for that: the records reach `poll` one
+        scheduler pass after they are read, not two (reader, then this task, then `poll`)."""
         request = codec.FetchRequest(
             partitions=tuple(
                 codec.FetchPartition(
@@ -898,17 +903,59 @@ class Consumer(AsyncClientBase):
             max_bytes=self.fetch_max_bytes,
             isolation_level=self.isolation_level,
         )
+        # What the answer raised: the request's failure (a lost connection, a request-level
+        # error), handled below as the call's; then taking its records in, raised as is.
+        failure: list[BaseException] = []
+        broken: list[BaseException] = []
         try:
-            response: codec.FetchResponse = await self._cluster.call(
-                request, leader, extra_timeout_s=self.fetch_max_wait_ms / 1000.0
-            )
+            connection, header, pending = await self._cluster.send_request(request, leader)
+            taken_in = trio.Event()
+
+            def answered(frame: Frame | None, error: BaseException | None) -> None:
+                # In the reader's task (or whoever fails the connection): never raises.
+                try:
+                    if error is not None:
+                        raise error
+                    assert frame is not None
+                    response = self._cluster.decode(connection, frame)
+                except BaseException as exc:
+                    failure.append(exc)
+                else:
+                    try:
+                        self._take_in(response, items, errors)
+                    except BaseException as exc:
+                        broken.append(exc)
+                taken_in.set()
+
+            connection.finish_with(pending, answered)
+            timeout_s = self._cluster.request_timeout_s + self.fetch_max_wait_ms / 1000.0
+            try:
+                with trio.move_on_after(timeout_s):
+                    await taken_in.wait()
+            finally:
+                # Cancelled (re-aimed, closing) or timed out: an answer that comes later is
+                # dropped, as an awaited one would have been.
+                abandoned = connection.abandon(header, pending)
+            if abandoned:  # the time ran out with no answer
+                raise connection.timed_out(header, timeout_s)
+            if failure:
+                raise failure[0]
         except ClientClosedError:
             raise
         except (ClientError, BrokerError) as exc:
             for topic in {tp.topic for tp, _, _ in items}:
                 self._cluster.invalidate_leaders(topic)  # the leader may have moved
             errors.append(exc)
-            return
+        if broken:
+            raise broken[0]
+
+    def _take_in(
+        self,
+        response: codec.FetchResponse,
+        items: list[tuple[TopicPartition, int, int]],
+        errors: list[Exception],
+    ) -> None:
+        """Buffer a fetch answer's records (and note its partitions' errors) for `poll`."""
         asked = {tp: (offset, epoch) for tp, offset, epoch in items}
         got_data = False
         for result in response.partitions:

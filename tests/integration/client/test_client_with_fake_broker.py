@@ -244,3 +244,50 @@ async def test_a_sequential_round_trip_takes_one_step_of_each_producer_task(
     assert per_round["run_reader"] == 1  # the producer's connection (the fake's is `_handle`)
     assert "_await_answer" not in per_round
     assert not any("run_sync_soon" in name for name in per_round), per_round
+
+
+class _Wakers(trio.abc.Instrument):
+    """Counts, by the waking task's name, the wake-ups of one task."""
+
+    def __init__(self, watched: trio.lowlevel.Task) -> None:
+        self.watched = watched
+        self.wakers: collections.Counter[str] = collections.Counter()
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        if task is self.watched:
+            try:
+                waker = trio.lowlevel.current_task().name.rsplit(".", 1)[-1]
+            except RuntimeError:
+                waker = "<run loop>"  # a timeout, or I/O the loop itself saw
+            self.wakers[waker] += 1
+
+
+async def test_fetched_records_reach_a_waiting_poll_from_the_connections_reader(
+    fake: FakeBroker,
+) -> None:
+    # A poll waiting for records is woken by the task that read the fetch answer, which takes
+    # the records in itself: one scheduler pass from the answer to poll, not two (the reader
+    # waking the fetcher, the fetcher waking poll; docs/performance.md).
+    fake.create("t", 1)
+    tp = TopicPartition("t", 0)
+    async with (
+        Producer(fake.bootstrap, acks=1, linger_ms=0) as producer,
+        Consumer(fake.bootstrap, auto_offset_reset="earliest") as consumer,
+    ):
+        consumer.assign([tp])
+        await consumer.position(tp)
+        wakers = _Wakers(trio.lowlevel.current_task())
+        received: list[bytes] = []
+        trio.lowlevel.add_instrument(wakers)
+        try:
+            with trio.fail_after(10):
+                for n in range(10):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(producer.send_and_wait, "t", b"%d" % n)
+                        while len(received) <= n:
+                            received += [r.value for r in await consumer.poll(timeout_ms=5000)]
+        finally:
+            trio.lowlevel.remove_instrument(wakers)
+    assert received == [b"%d" % n for n in range(10)]
+    assert wakers.wakers["run_reader"] >= 10, wakers.wakers
+    assert "_run_fetcher" not in wakers.wakers, wakers.wakers
