@@ -36,7 +36,12 @@ wait_for = functools.partial(common.wait_for, timeout_s=WAIT_S)
 
 
 def _member(bootstrap: str, processed: set[bytes], stop: threading.Event, errors: list) -> None:
-    """Process, then commit (at-least-once), until told to stop."""
+    """Process, then commit (at-least-once), until told to stop. A commit that fails (the
+    coordinator moving, a rebalance under way) is tried again after the next poll: the group is
+    cooperative, so a partition this member keeps has no records to read again, and without a
+    retry its offset would stay behind for good (the likely cause of one CI failure, "timed out
+    waiting for the first half to be committed": the second member's join can make the first
+    one's last commit fail)."""
     try:
         with Consumer(
             bootstrap,
@@ -47,13 +52,16 @@ def _member(bootstrap: str, processed: set[bytes], stop: threading.Event, errors
             heartbeat_interval_ms=500,
         ) as consumer:
             consumer.subscribe([TOPIC])
+            uncommitted = False
             while not stop.is_set():
                 records = consumer.poll(timeout_ms=100)
                 processed.update(record.value or b"" for record in records)
-                if records:
-                    # A failed commit (coordinator moving) only means reprocessing.
+                uncommitted |= bool(records)
+                if uncommitted:
+                    # A failed commit only means reprocessing, or committing at the next poll.
                     with contextlib.suppress(Exception):
                         consumer.commit()
+                        uncommitted = False
     except BaseException as exc:
         errors.append(exc)
 
