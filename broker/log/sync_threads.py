@@ -143,7 +143,7 @@ class SyncThreads:
         in order, then parks until the next one; `stop_inline_runner` ends it."""
         assert self._runner is None and not self._closed
         self._runner = trio.lowlevel.spawn_system_task(
-            self._run_inline_jobs, self._runner_scope, name=f"{self._name}-inline"
+            self._run_inline_jobs, name=f"{self._name}-inline"
         )
 
     def stop_inline_runner(self) -> None:
@@ -152,17 +152,19 @@ class SyncThreads:
         self._runner = None
         self._runner_scope.cancel()
 
-    async def _run_inline_jobs(self, scope: trio.CancelScope) -> None:
-        with scope:
+    async def _run_inline_jobs(self) -> None:
+        with self._runner_scope:
             try:
                 while True:
-                    while self._inline_jobs:
-                        self._run_inline(*self._inline_jobs.popleft())
+                    self._run_queued()
                     self._runner_parked = True
                     await trio.lowlevel.wait_task_rescheduled(self._unpark)
             finally:
-                while self._inline_jobs:
-                    self._run_inline(*self._inline_jobs.popleft())
+                self._run_queued()  # stopped (`stop_inline_runner`): what it still holds
+
+    def _run_queued(self) -> None:
+        while self._inline_jobs:
+            self._run_inline(*self._inline_jobs.popleft())
 
     def _unpark(self, _: object) -> trio.lowlevel.Abort:
         self._runner_parked = False
