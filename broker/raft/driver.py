@@ -665,13 +665,21 @@ class RaftDriver:
         applied_early = sent_early and self._on_apply is None and self._on_snapshot is None
         if sent_early:
             # Rule 1's exception: the leader's appends go out while its own fsync runs.
+            appends_out = False
             for ready in readys:
                 for message in ready.messages:
                     if isinstance(message, AppendRequest):
                         self._send(message)
+                        appends_out = True
                 if applied_early:
                     self._apply(ready)
             self._notify()  # produce acks and fetch long-polls waiting on the group wake now
+            if appends_out:
+                # The links' writers (and the tasks `_notify` woke) take their turn before the
+                # fsync is asked for: an fsync run on the event loop (broker/log/inline_fsync.py)
+                # would otherwise hold the AppendRequests back for as long as it takes in half of
+                # the rounds (trio runs a batch in either order).
+                await trio.lowlevel.cancel_shielded_checkpoint()
             await self._fsync(log)
             # Cancelled during the fsync? It completed (the thread always finishes) and is recorded;
             # stop now rather than send: the rule is simply that a cancelled driver sends nothing

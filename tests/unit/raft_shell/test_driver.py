@@ -3,7 +3,8 @@
 Goals: no message of a Ready leaves before the fsync covering it completes, and `persisted`
 follows that fsync; proposals that arrive during an fsync share the next one (group commit); a
 refused send reports the peer unreachable; proposals settle by (index, term); ticks run on trio
-time; cancellation during a real threaded fsync sends nothing and settles pending proposals.
+time; cancellation during a real threaded fsync sends nothing and settles pending proposals; a
+leader's AppendRequests are written before its own fsync takes the event loop.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import pytest
 import trio
 import trio.testing
 
+from broker.log import sync_threads
 from broker.log.durability import FlushTicket
-from broker.log.sync_threads import SyncThreads
+from broker.log.sync_threads import SyncThreads, fsync_workers
 from broker.raft.config import RaftConfig
 from broker.raft.driver import (
     RaftDriverConfig,
@@ -30,13 +32,14 @@ from broker.raft.messages import (
     AppendResponse,
     Entry,
     Heartbeat,
+    Message,
     VoteRequest,
     VoteResponse,
     assign_entry,
 )
 from broker.raft.progress import ProgressState
 from broker.raft.ready import Role
-from tests.unit.raft_shell.helpers import Node, record_batch
+from tests.unit.raft_shell.helpers import FakeTransport, Node, record_batch
 from wire.config_error import ConfigError
 
 
@@ -354,6 +357,67 @@ async def test_cancelled_during_a_threaded_fsync_sends_nothing_but_appends(
     assert thread_names and all(name.startswith("raft-fsync") == shared for name in thread_names)
     if threads is not None:
         threads.close()
+    node.close()
+
+
+class _LinkWriterTransport(FakeTransport):
+    """Hands every message to a writer task, as each peer link of `RaftTransport` does; the
+    writer records ("written", message) when it runs."""
+
+    def __init__(self, events: list[tuple[str, object]]) -> None:
+        super().__init__(events)
+        self._queue_in, self._queue_out = trio.open_memory_channel[Message](1_000)
+
+    def send(self, group: str, message: Message) -> bool:
+        self._queue_in.send_nowait(message)
+        return super().send(group, message)
+
+    async def write_forever(self) -> None:
+        async for message in self._queue_out:
+            self.events.append(("written", message))
+
+
+async def test_a_leaders_appends_are_written_before_its_inline_fsync_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader's AppendRequests reach its links' writers before its own fsync takes the event
+    loop (an fsync run inline, as a broker runs them: broker/log/inline_fsync.py). The writers
+    and the inline runner wake in the same scheduler batch, which trio runs in either order: in
+    half of the rounds the fsync held the followers' copies back for as long as it took."""
+    real_fdatasync_all = sync_threads._fdatasync_all
+    events: list[tuple[str, object]] = []
+
+    def recorded_fdatasync_all(fds: list[int]) -> None:
+        events.append(("fsync", None))
+        real_fdatasync_all(fds)
+
+    monkeypatch.setattr(sync_threads, "_fdatasync_all", recorded_fdatasync_all)
+    async with fsync_workers("raft-fsync", helper=False) as threads:
+        node = Node(tmp_path, syncer=ThreadLogSyncer(threads=threads))
+        transport = _LinkWriterTransport(events)
+        node.transport = node.driver.transport = transport
+        driver = node.driver
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.write_forever)
+            await nursery.start(driver.run)
+            await _become_leader(node)
+            rounds = 24
+            for n in range(rounds):
+                events.append(("propose", n))
+                proposal = driver.propose_nowait(record_batch(b"p%d" % n))
+                with trio.fail_after(10):
+                    await driver.wait_durable(proposal.index)
+            nursery.cancel_scope.cancel()
+    assert threads.inline_count >= rounds  # the fsyncs did run inline
+    starts = [i for i, (kind, _) in enumerate(events) if kind == "propose"]
+    for n, (start, end) in enumerate(zip(starts, [*starts[1:], len(events)], strict=True)):
+        kinds = [
+            kind
+            for kind, message in events[start:end]
+            if kind == "fsync" or (kind == "written" and isinstance(message, AppendRequest))
+        ]
+        assert "fsync" in kinds and "written" in kinds, (n, kinds)
+        assert kinds.index("written") < kinds.index("fsync"), (n, kinds)
     node.close()
 
 
