@@ -457,13 +457,16 @@ class ReplicaManager:
 
     async def _watch_leadership(self, replica: Replica) -> None:
         """While this replica leads: report changes to the controller, move to the preferred
-        leader (rule 4). Wakes on the driver's changes, and every check interval when idle."""
+        leader (rule 4). Wakes on the driver's changes of leadership (role, leader, term,
+        quiescence), and every check interval while it leads a group that is not quiet: the
+        in-sync set it reports moves with the followers' acknowledgements, which it reads then
+        (within `leader_check_interval_ms`) rather than waking at every append, fsync and commit."""
         driver = replica.driver
         interval_s = self.config.leader_check_interval_ms / 1000
         reported: tuple[int, tuple[int, ...]] | None = None
         led_term, led_since, term_start = 0, 0.0, 0
         while True:
-            version = driver.change_version
+            version = driver.leadership_version
             if driver.role is Role.LEADER:
                 if led_term != driver.term:
                     led_term, led_since = driver.term, trio.current_time()
@@ -489,7 +492,7 @@ class ReplicaManager:
             timeout_s = interval_s if timed else math.inf
             with trio.move_on_after(timeout_s):
                 try:
-                    await driver.wait_changed(version)
+                    await driver.wait_leadership_changed(version)
                 except BrokerError:
                     return  # the driver stopped (its replica is stopping): nothing to watch
 

@@ -8,8 +8,9 @@ single node; this module adapts the `ClusterNode` to it. Rules:
    keep their order) and acks=all waits for that proposal to commit, never merely for the high
    watermark to pass its offset: after a failover another leader's entries may fill those offsets.
    The high watermark is the group's commit index + 1.
-2. `track_replicas` keeps `context.partitions` equal to the node's hosted replicas, and wakes a
-   replica's fetch waiters on every change of its group (high watermark, role, leader).
+2. `track_replicas` keeps `context.partitions` equal to the node's hosted replicas; a replica's
+   fetch waiters wake when its group's high watermark or leadership changes, from a listener
+   its driver calls (`RaftDriver.add_change_listener`).
 3. `ClusterTopics` answers the handlers' topic queries from the metadata cache. Changes are not
    made here: they go to the controller (broker/handlers/cluster.py).
 4. Internal topics (`run_internal_service`): the controller leader creates `__consumer_offsets`
@@ -21,7 +22,6 @@ single node; this module adapts the `ClusterNode` to it. Rules:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -59,6 +59,16 @@ class ReplicaPartitionState(PartitionState):
         self._node = node
         self.waiters: set[trio.Event] = set()
         self.removed = False
+        self._seen = (self.driver.high_watermark, self.driver.leadership_version)
+
+    def on_group_change(self) -> None:
+        """The driver's change listener: wake the fetch waiters when what they wait on moved
+        (the high watermark, or the leadership: a deposed leader's long polls answer
+        NOT_LEADER), not at the appends and fsyncs in between."""
+        seen = (self.driver.high_watermark, self.driver.leadership_version)
+        if seen != self._seen:
+            self._seen = seen
+            self.notify()
 
     @property
     def driver(self) -> RaftDriver:
@@ -129,10 +139,10 @@ class ReplicaPartitionState(PartitionState):
 
 def track_replicas(node: ClusterNode, context: BrokerContext, nursery: trio.Nursery) -> None:
     """Start keeping `context.partitions` equal to the hosted replicas (rule 2)."""
-    nursery.start_soon(_track, node, context, nursery)
+    nursery.start_soon(_track, node, context)
 
 
-async def _track(node: ClusterNode, context: BrokerContext, nursery: trio.Nursery) -> None:
+async def _track(node: ClusterNode, context: BrokerContext) -> None:
     manager = node.replicas
     while True:
         version = manager.changes.version
@@ -140,24 +150,17 @@ async def _track(node: ClusterNode, context: BrokerContext, nursery: trio.Nurser
         for key, state in list(context.partitions.items()):
             replica = hosted.get(key)
             if not isinstance(state, ReplicaPartitionState) or state.replica is not replica:
+                if isinstance(state, ReplicaPartitionState):
+                    state.driver.remove_change_listener(state.on_group_change)
                 context.remove_partition(*key)
         for key, replica in hosted.items():
             if key not in context.partitions:
                 state = ReplicaPartitionState(replica, node)
                 context.partitions[key] = state
-                nursery.start_soon(_wake_waiters, state)
+                # The fetch waiters wake at the group's changes that concern them (and when it
+                # stops), called by the driver itself: no task in between.
+                replica.driver.add_change_listener(state.on_group_change)
         await manager.changes.wait(version)
-
-
-async def _wake_waiters(state: ReplicaPartitionState) -> None:
-    """Wake the replica's fetch waiters at every change of its group, until it stops."""
-    driver = state.driver
-    with contextlib.suppress(BrokerError):  # the driver stopped: its replica is gone
-        while not state.removed:
-            version = driver.change_version
-            state.notify()
-            await driver.wait_changed(version)
-    state.notify()
 
 
 async def run_internal_service(

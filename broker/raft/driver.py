@@ -265,6 +265,8 @@ def _wall_clock_ms() -> int:
 _WAKE = object()
 # Put in the inbox by a RaftTicker: one tick is due.
 _TICK = object()
+# How many of `_observable()`'s fields are leadership (role, leader, term, quiescence).
+_LEADERSHIP_FIELDS = 4
 
 
 class RaftTicker:
@@ -358,6 +360,11 @@ class RaftDriver:
         self._changed = trio.Event()
         self._change_version = 0
         self._observed = self._observable()
+        # The same for changes of leadership alone (`wait_leadership_changed`).
+        self._leadership_changed = trio.Event()
+        self._leadership_version = 0
+        # Called at every change, in the driver's task (`add_change_listener`).
+        self._listeners: list[Callable[[], None]] = []
         self._running = False
         self._stopped_error: BrokerError | None = None
         # Set by the broker's metrics (broker/observability/raft_metrics.py); None: not measured.
@@ -443,6 +450,34 @@ class RaftDriver:
         if since_version is not None and since_version != self._change_version:
             return
         await self._changed.wait()
+
+    @property
+    def leadership_version(self) -> int:
+        """Counts the changes `wait_leadership_changed` reports; read it BEFORE checking."""
+        return self._leadership_version
+
+    async def wait_leadership_changed(self, since_version: int) -> None:
+        """Return at the next change of role, leader, term or quiescence, or at once if one
+        happened since `since_version` (a `leadership_version` read earlier). For a watcher of
+        leadership (broker/cluster/replicas.py): `wait_changed` would also wake it at every
+        append, fsync and commit, three times per replicated write for nothing."""
+        if self._stopped_error is not None:
+            raise self._stopped_error
+        if since_version != self._leadership_version:
+            return
+        await self._leadership_changed.wait()
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` at every change `wait_changed` reports (and when the driver
+        stops), in the driver's task, before its next step: it must be quick and must not raise.
+        For a waker of other tasks (a partition's fetch long polls), which would otherwise need a
+        task of its own woken at every change only to wake them, one more scheduler pass."""
+        self._listeners.append(listener)
+
+    def remove_change_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling `listener` (no error if it was not added)."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     def statistics(self) -> RaftDriverStatistics:
         return RaftDriverStatistics(
@@ -829,19 +864,22 @@ class RaftDriver:
             proposal._settle(error)
         self._change_version += 1
         self._changed.set()
+        self._leadership_version += 1
+        self._leadership_changed.set()
+        self._call_listeners()
 
     # --- change notification ---------------------------------------------------------------------
 
     def _observable(self) -> tuple[object, ...]:
         core = self.core
-        return (
+        return (  # leadership first (`_LEADERSHIP_FIELDS`), then progress
             core.role,
             core.leader_id,
             core.term,
+            core.quiescent,
             self._high_watermark,
             core.log.last_index(),
             core.durable_index,
-            core.quiescent,
         )
 
     def _notify(self) -> None:
@@ -849,10 +887,19 @@ class RaftDriver:
         if observed != self._observed:
             if self._observed[0] is Role.LEADER and observed[0] is not Role.LEADER:
                 self._fail_proposals_on_step_down()
+            if observed[:_LEADERSHIP_FIELDS] != self._observed[:_LEADERSHIP_FIELDS]:
+                self._leadership_version += 1
+                self._leadership_changed.set()
+                self._leadership_changed = trio.Event()
             self._observed = observed
             self._change_version += 1
             self._changed.set()
             self._changed = trio.Event()
+            self._call_listeners()
+
+    def _call_listeners(self) -> None:
+        for listener in tuple(self._listeners):
+            listener()
 
     def tick_nowait(self) -> None:
         """From the shared `RaftTicker`: one tick is due (skipped if the inbox is full)."""

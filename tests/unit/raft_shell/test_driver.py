@@ -421,6 +421,63 @@ async def test_a_leaders_appends_are_written_before_its_inline_fsync_runs(
     node.close()
 
 
+async def test_listeners_hear_every_change_leadership_waiters_only_leadership(
+    tmp_path: Path,
+) -> None:
+    """A change listener is called at every change `wait_changed` reports, in the driver's task
+    (the fetch waiters' waker, broker/cluster/serving.py); `wait_leadership_changed` returns
+    only for role, leader, term or quiescence (the leadership watcher, which an append, an fsync
+    and a commit would otherwise wake three times per write)."""
+    node = Node(tmp_path)
+    driver = node.driver
+    heard: list[tuple[int, int]] = []
+
+    def listener() -> None:
+        heard.append((driver.change_version, driver.high_watermark))
+
+    driver.add_change_listener(listener)
+    leadership_changes: list[Role] = []
+
+    async def watch_leadership() -> None:
+        while True:
+            version = driver.leadership_version
+            await driver.wait_leadership_changed(version)
+            leadership_changes.append(driver.role)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_leadership)
+        await nursery.start(driver.run)
+        await _become_leader(node)
+        assert Role.LEADER in leadership_changes
+        # Every change was heard, each with the version it made.
+        assert [version for version, _ in heard] == list(range(1, driver.change_version + 1))
+        heard.clear()
+        leadership_changes.clear()
+        version_before = driver.leadership_version
+        proposal = driver.propose_nowait(record_batch(b"x"))
+        await driver.wait_durable(proposal.index)
+        await _ack_all(node)
+        with trio.fail_after(5):
+            await proposal.wait_committed()
+        await trio.testing.wait_all_tasks_blocked()
+        # The append, its fsync and its commit were heard (the commit with its high watermark)...
+        assert len(heard) >= 3 and heard[-1][1] == proposal.index + 1
+        # ... and none of them woke the leadership watcher.
+        assert leadership_changes == [] and driver.leadership_version == version_before
+        driver.remove_change_listener(listener)
+        driver.remove_change_listener(listener)  # not an error
+        heard.clear()
+        await driver.wait_durable(driver.propose_nowait(record_batch(b"y")).index)
+        assert heard == []
+        driver.add_change_listener(listener)
+        nursery.cancel_scope.cancel()
+    # Stopping is a change too, and leaves nothing to wait for.
+    assert heard and heard[-1][0] == driver.change_version
+    with pytest.raises(RaftDriverStoppedError):
+        await driver.wait_leadership_changed(driver.leadership_version)
+    node.close()
+
+
 def test_driver_config_validation_names_the_field() -> None:
     RaftDriverConfig().validate()
     with pytest.raises(ConfigError, match="tick_interval_ms"):
