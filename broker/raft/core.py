@@ -421,6 +421,7 @@ class RaftCore:
         if ready.committed_entries:
             self.applied_index = ready.committed_entries[-1].index
             self._counters["entries_committed"] += len(ready.committed_entries)
+        self.log.applied_to(self.applied_index)
         if ready.hard_state is not None:
             self._persisted_hard_state = ready.hard_state
 

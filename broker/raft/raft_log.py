@@ -6,6 +6,13 @@ conflicting stored suffix that the driver will truncate when it writes the Ready
 snapshot is likewise unstable until the driver installs it. Pure: no I/O.
 
 Terms are non-decreasing along the log, which is what lets `find_conflict_by_term` binary search.
+
+Entries the driver has written stay in memory until applied ("recent", at most
+`RECENT_BYTES_MAX`): the next Readys read them back as committed entries (a follower learns the
+commit of a round's entries from the next AppendRequest), and reading them from the log file
+(`PartitionLog.read`, then decoding) was 6 % of a follower's Python time at 10 k records/s. They
+mirror storage exactly: dropped where a conflicting append will truncate it, on a snapshot, and
+once applied.
 """
 
 from __future__ import annotations
@@ -15,14 +22,22 @@ from collections.abc import Sequence
 from broker.raft.messages import Entry, Snapshot
 from broker.raft.storage import CompactedError, RaftStorage, UnavailableError
 
+# The most bytes of written, unapplied entries a group keeps in memory (module docstring): a
+# round's worth at low rates; past it, the oldest are read from storage again.
+RECENT_BYTES_MAX = 256 * 1024
+
 
 class RaftLog:
-    __slots__ = ("_unstable", "_unstable_snapshot", "storage")
+    __slots__ = ("_recent", "_recent_bytes", "_unstable", "_unstable_snapshot", "storage")
 
     def __init__(self, storage: RaftStorage) -> None:
         self.storage = storage
         self._unstable: list[Entry] = []
         self._unstable_snapshot: Snapshot | None = None
+        # Stored entries still in memory, contiguous, ending where storage ends (or where an
+        # unstable suffix replaces storage from).
+        self._recent: list[Entry] = []
+        self._recent_bytes = 0
 
     # --- shape -----------------------------------------------------------------------------------
 
@@ -82,19 +97,14 @@ class RaftLog:
         boundary = unstable[0].base_index if unstable else self.last_index() + 1
         result: list[Entry] = []
         if low < boundary:
-            result = self.storage.entries(low, min(high, boundary), bytes_max)
+            recent = self._recent
+            if recent and recent[0].base_index <= low and recent[-1].index == boundary - 1:
+                _take(recent, low, min(high, boundary), bytes_max, result)
+            else:
+                result = self.storage.entries(low, min(high, boundary), bytes_max)
             if not unstable or high <= boundary or (result and result[-1].index < boundary - 1):
                 return result
-        size_bytes = sum(entry.size_bytes for entry in result)
-        for entry in unstable:
-            if entry.index < low:
-                continue
-            if entry.base_index >= high:
-                break
-            size_bytes += entry.size_bytes
-            if result and size_bytes > bytes_max:
-                break
-            result.append(entry)
+        _take(unstable, low, high, bytes_max, result)
         return result
 
     def find_conflict_by_term(self, index: int, term: int) -> int:
@@ -148,6 +158,7 @@ class RaftLog:
         else:
             # From stored entries on: the Ready's first entry tells the driver where to truncate.
             self._unstable = list(entries)
+            self._forget_recent_from(first)
 
     def append_one(self, entry: Entry) -> None:
         """The leader's append: always right after the last entry (it never truncates itself)."""
@@ -158,12 +169,60 @@ class RaftLog:
         """Replace the whole log by a snapshot; the driver installs it from the next Ready."""
         self._unstable = []
         self._unstable_snapshot = snapshot
+        self._recent, self._recent_bytes = [], 0
 
     def unstable(self) -> tuple[list[Entry], Snapshot | None]:
         return self._unstable, self._unstable_snapshot
 
     def stable_to(self, entry_count: int, snapshot: Snapshot | None) -> None:
         """The driver wrote the first `entry_count` unstable entries and `snapshot` to storage."""
+        written = self._unstable[:entry_count]
         del self._unstable[:entry_count]
         if snapshot is not None and snapshot is self._unstable_snapshot:
             self._unstable_snapshot = None
+        if not written:
+            return
+        recent = self._recent
+        if recent and recent[-1].index + 1 != written[0].base_index:
+            recent.clear()  # not contiguous (cannot happen: `append` trims): keep none
+            self._recent_bytes = 0
+        recent.extend(written)
+        self._recent_bytes += sum(entry.size_bytes for entry in written)
+        dropped = 0
+        while self._recent_bytes > RECENT_BYTES_MAX and dropped < len(recent):
+            self._recent_bytes -= recent[dropped].size_bytes
+            dropped += 1
+        del recent[:dropped]
+
+    def applied_to(self, index: int) -> None:
+        """Entries through `index` are applied: no need to keep them in memory."""
+        recent = self._recent
+        dropped = 0
+        while dropped < len(recent) and recent[dropped].index <= index:
+            self._recent_bytes -= recent[dropped].size_bytes
+            dropped += 1
+        del recent[:dropped]
+
+    def _forget_recent_from(self, base_index: int) -> None:
+        """Storage will be truncated from `base_index`: forget what it held from there."""
+        recent = self._recent
+        keep = len(recent)
+        while keep and recent[keep - 1].base_index >= base_index:
+            keep -= 1
+            self._recent_bytes -= recent[keep].size_bytes
+        del recent[keep:]
+
+
+def _take(entries: list[Entry], low: int, high: int, bytes_max: int, result: list[Entry]) -> None:
+    """Append to `result` the entries overlapping [low, high), while within `bytes_max` counted
+    with what `result` holds (its first entry always taken)."""
+    size_bytes = sum(entry.size_bytes for entry in result)
+    for entry in entries:
+        if entry.index < low:
+            continue
+        if entry.base_index >= high:
+            break
+        size_bytes += entry.size_bytes
+        if result and size_bytes > bytes_max:
+            break
+        result.append(entry)

@@ -1,5 +1,6 @@
 """Goal: RaftLog (stored entries + unstable tail) behaves like one plain list of batches, whatever
-mix of appends, conflicting overwrites, driver writes (Ready) and compactions happens."""
+mix of appends, conflicting overwrites, driver writes (Ready), applies and compactions happens;
+and entries written but not yet applied are read back from memory, not from storage."""
 
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ class RaftLogMachine(RuleBasedStateMachine):
         self.storage.append(list(entries))
         self.log.stable_to(len(entries), None)
 
+    @precondition(lambda self: len(self.model) > 0)
+    @rule(data=st.data())
+    def apply(self, data: st.DataObject) -> None:
+        # The core applies committed entries: the log may forget them from memory.
+        self.log.applied_to(data.draw(st.integers(self.start - 1, self._model_last())))
+
     @precondition(lambda self: len(self.model) > 1)
     @rule(data=st.data())
     def compact(self, data: st.DataObject) -> None:
@@ -94,4 +101,39 @@ class RaftLogMachine(RuleBasedStateMachine):
 
 
 TestRaftLog = RaftLogMachine.TestCase
+
+
+class _CountingStorage(MemoryStorage):
+    def __init__(self) -> None:
+        super().__init__(Configuration.of([1]))
+        self.reads = 0
+
+    def entries(self, low: int, high: int, bytes_max: int) -> list[Entry]:
+        self.reads += 1
+        return super().entries(low, high, bytes_max)
+
+
+def test_written_entries_are_read_back_from_memory_until_applied() -> None:
+    storage = _CountingStorage()
+    log = RaftLog(storage)
+    entries = [make_entry(0, 1, 2), make_entry(2, 1, 1), make_entry(3, 1, 3)]
+    for entry in entries:
+        log.append_one(entry)
+    written, _ = log.unstable()
+    storage.append(list(written))
+    log.stable_to(len(written), None)
+    # Committed and read for the apply: from memory.
+    assert log.entries(0, 6, 1 << 20) == entries
+    assert log.entries(3, 6, 1 << 20) == entries[2:]
+    assert storage.reads == 0
+    log.applied_to(2)  # the first two applied: only the third is kept
+    assert log.entries(3, 6, 1 << 20) == entries[2:] and storage.reads == 0
+    assert log.entries(0, 6, 1 << 20) == entries and storage.reads == 1
+    # A conflicting append from the second entry on: what storage will lose is forgotten.
+    replacement = make_entry(2, 2, 1)
+    log.append([replacement])
+    assert log.entries(0, 3, 1 << 20) == [entries[0], replacement]
+    assert log.term(2) == 2
+
+
 TestRaftLog.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
