@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from broker.raft.messages import Entry, Snapshot
-from broker.raft.storage import CompactedError, RaftStorage, UnavailableError
+from broker.raft.storage import CompactedError, RaftStorage, UnavailableError, take_entries
 
 # The most bytes of written, unapplied entries a group keeps in memory (module docstring): a
 # round's worth at low rates; past it, the oldest are read from storage again.
@@ -99,12 +99,12 @@ class RaftLog:
         if low < boundary:
             recent = self._recent
             if recent and recent[0].base_index <= low and recent[-1].index == boundary - 1:
-                _take(recent, low, min(high, boundary), bytes_max, result)
+                take_entries(recent, low, min(high, boundary), bytes_max, result)
             else:
                 result = self.storage.entries(low, min(high, boundary), bytes_max)
             if not unstable or high <= boundary or (result and result[-1].index < boundary - 1):
                 return result
-        _take(unstable, low, high, bytes_max, result)
+        take_entries(unstable, low, high, bytes_max, result)
         return result
 
     def find_conflict_by_term(self, index: int, term: int) -> int:
@@ -211,18 +211,3 @@ class RaftLog:
             keep -= 1
             self._recent_bytes -= recent[keep].size_bytes
         del recent[keep:]
-
-
-def _take(entries: list[Entry], low: int, high: int, bytes_max: int, result: list[Entry]) -> None:
-    """Append to `result` the entries overlapping [low, high), while within `bytes_max` counted
-    with what `result` holds (its first entry always taken)."""
-    size_bytes = sum(entry.size_bytes for entry in result)
-    for entry in entries:
-        if entry.index < low:
-            continue
-        if entry.base_index >= high:
-            break
-        size_bytes += entry.size_bytes
-        if result and size_bytes > bytes_max:
-            break
-        result.append(entry)

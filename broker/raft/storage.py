@@ -133,14 +133,7 @@ class MemoryStorage:
             raise CompactedError(f"offset {low} is below the log start {self.first_index()}")
         position = bisect.bisect_left(self._indexes, low)
         result: list[Entry] = []
-        size_bytes = 0
-        for entry in self._entries[position:]:
-            if entry.base_index >= high:
-                break
-            size_bytes += entry.size_bytes
-            if result and size_bytes > bytes_max:
-                break
-            result.append(entry)
+        take_entries(self._entries[position:], low, high, bytes_max, result)
         return result
 
     def snapshot(self) -> Snapshot:
@@ -216,3 +209,20 @@ class MemoryStorage:
         del self._indexes[: position + 1]
         kept = [(i, c) for i, c in self._configurations if i > index]
         self._configurations = [(index, configuration), *kept]
+
+
+def take_entries(
+    entries: Sequence[Entry], low: int, high: int, bytes_max: int, result: list[Entry]
+) -> None:
+    """Append to `result` the entries of `entries` (in order) overlapping [low, high), while
+    within `bytes_max` counted with what `result` holds; its first entry is always taken."""
+    size_bytes = sum(entry.size_bytes for entry in result)
+    for entry in entries:
+        if entry.index < low:
+            continue
+        if entry.base_index >= high:
+            break
+        size_bytes += entry.size_bytes
+        if result and size_bytes > bytes_max:
+            break
+        result.append(entry)
