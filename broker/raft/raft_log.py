@@ -183,22 +183,23 @@ class RaftLog:
         if not written:
             return
         recent = self._recent
-        if recent and recent[-1].index + 1 != written[0].base_index:
-            recent.clear()  # not contiguous (cannot happen: `append` trims): keep none
-            self._recent_bytes = 0
+        # Contiguous: `append` forgot what storage is about to lose, `restore` everything.
+        assert not recent or recent[-1].index + 1 == written[0].base_index, "recent has a gap"
         recent.extend(written)
         self._recent_bytes += sum(entry.size_bytes for entry in written)
-        dropped = 0
-        while self._recent_bytes > RECENT_BYTES_MAX and dropped < len(recent):
-            self._recent_bytes -= recent[dropped].size_bytes
-            dropped += 1
-        del recent[:dropped]
+        self._drop_recent(applied_index=-1)
 
     def applied_to(self, index: int) -> None:
         """Entries through `index` are applied: no need to keep them in memory."""
+        self._drop_recent(applied_index=index)
+
+    def _drop_recent(self, *, applied_index: int) -> None:
+        """Forget the oldest kept entries: those applied, and any over `RECENT_BYTES_MAX`."""
         recent = self._recent
         dropped = 0
-        while dropped < len(recent) and recent[dropped].index <= index:
+        while dropped < len(recent) and (
+            recent[dropped].index <= applied_index or self._recent_bytes > RECENT_BYTES_MAX
+        ):
             self._recent_bytes -= recent[dropped].size_bytes
             dropped += 1
         del recent[:dropped]

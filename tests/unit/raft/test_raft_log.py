@@ -4,10 +4,12 @@ and entries written but not yet applied are read back from memory, not from stor
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from broker.raft import raft_log
 from broker.raft.messages import Configuration, Entry, assign_entry
 from broker.raft.raft_log import RaftLog
 from broker.raft.storage import MemoryStorage
@@ -134,6 +136,20 @@ def test_written_entries_are_read_back_from_memory_until_applied() -> None:
     log.append([replacement])
     assert log.entries(0, 3, 1 << 20) == [entries[0], replacement]
     assert log.term(2) == 2
+
+
+def test_kept_entries_are_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = _CountingStorage()
+    log = RaftLog(storage)
+    entries = [make_entry(0, 1, 1), make_entry(1, 1, 1), make_entry(2, 1, 1)]
+    monkeypatch.setattr(raft_log, "RECENT_BYTES_MAX", entries[1].size_bytes + entries[2].size_bytes)
+    for entry in entries:
+        log.append_one(entry)
+    written, _ = log.unstable()
+    storage.append(list(written))
+    log.stable_to(len(written), None)
+    assert log.entries(1, 3, 1 << 20) == entries[1:] and storage.reads == 0  # the newest two
+    assert log.entries(0, 3, 1 << 20) == entries and storage.reads == 1  # the oldest: dropped
 
 
 TestRaftLog.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
