@@ -10,7 +10,8 @@ style of h11's trio example. The SDK's `Cluster` and a broker calling its peers
   under a lock (frames never interleave) and it waits for the response with that id. At most
   `max_in_flight` requests are outstanding; further callers wait for a slot (back-pressure).
   A caller may instead have the answer handed to a callback (`finish_with`), with no task
-  waiting for it; it then keeps its own timeout and calls `abandon` when it gives up.
+  waiting for it; it then keeps its own timeout and calls `abandon` when it gives up
+  (`finish_with_wait` does both for a caller that waits until the callback has run).
 - A response that arrives after its request timed out is dropped. A dead socket or a frame we
   cannot parse fails every waiting request with `ConnectionLostError` / `RemoteProtocolError` and
   closes the connection for good; the `Cluster` opens a new one on the next request.
@@ -175,6 +176,36 @@ class BrokerConnection:
             settled(pending)  # answered while the request was still being written
         else:
             pending.callback = settled
+
+    async def finish_with_wait(
+        self,
+        header: dict[str, Any],
+        pending: PendingRequest,
+        callback: Callable[[Frame | None, BaseException | None], None],
+        *,
+        timeout_s: float = math.inf,
+    ) -> None:
+        """`finish_with`, then wait until `callback` has run: the answer is handled in the task
+        that read it, and the caller wakes once, after (the consumer's fetch: its records reach
+        `poll` one scheduler pass after they are read, not two). Raises `RequestTimedOutError`
+        if no answer came within `timeout_s`; then, or when cancelled, the request is abandoned
+        (a late answer is dropped, `callback` never runs)."""
+        done = trio.Event()
+
+        def settled(frame: Frame | None, error: BaseException | None) -> None:
+            try:
+                callback(frame, error)
+            finally:
+                done.set()
+
+        self.finish_with(pending, settled)
+        try:
+            with trio.move_on_after(timeout_s):
+                await done.wait()
+        finally:
+            abandoned = self.abandon(header, pending)
+        if abandoned:
+            raise self.timed_out(header, timeout_s)
 
     def abandon(self, header: dict[str, Any], pending: PendingRequest) -> bool:
         """Give up waiting for a `finish_with` request (the caller's timeout): its response, if

@@ -909,7 +909,6 @@ class Consumer(AsyncClientBase):
         broken: list[BaseException] = []
         try:
             connection, header, pending = await self._cluster.send_request(request, leader)
-            taken_in = trio.Event()
 
             def answered(frame: Frame | None, error: BaseException | None) -> None:
                 # In the reader's task (or whoever fails the connection): never raises.
@@ -925,19 +924,15 @@ class Consumer(AsyncClientBase):
                         self._take_in(response, items, errors)
                     except BaseException as exc:
                         broken.append(exc)
-                taken_in.set()
 
-            connection.finish_with(pending, answered)
-            timeout_s = self._cluster.request_timeout_s + self.fetch_max_wait_ms / 1000.0
-            try:
-                with trio.move_on_after(timeout_s):
-                    await taken_in.wait()
-            finally:
-                # Cancelled (re-aimed, closing) or timed out: an answer that comes later is
-                # dropped, as an awaited one would have been.
-                abandoned = connection.abandon(header, pending)
-            if abandoned:  # the time ran out with no answer
-                raise connection.timed_out(header, timeout_s)
+            # Cancelled (re-aimed, closing) or timed out: an answer that comes later is dropped,
+            # as an awaited one would have been.
+            await connection.finish_with_wait(
+                header,
+                pending,
+                answered,
+                timeout_s=self._cluster.request_timeout_s + self.fetch_max_wait_ms / 1000.0,
+            )
             if failure:
                 raise failure[0]
         except ClientClosedError:

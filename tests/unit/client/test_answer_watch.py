@@ -1,5 +1,6 @@
 """`AnswerWatch` and `BrokerConnection.finish_with`: answers handed to callbacks, exactly once,
-with the request timeout kept by one task (client/aio/answers.py).
+with the request timeout kept by one task (client/aio/answers.py); and `finish_with_wait`, which
+waits until its callback has run in the reader.
 
 The connection is a real `BrokerConnection` over an in-memory stream; the test plays the broker
 with a server-side `FrameConnection`, so it decides when (and whether) each answer comes.
@@ -157,3 +158,43 @@ async def test_a_lost_connection_settles_every_waiting_request_with_its_error(
     assert [frame for frame, _ in calls] == [None, None]
     assert all(isinstance(error, ConnectionLostError) for _, error in calls)
     assert len(watch) == 0
+
+
+async def test_finish_with_wait_returns_after_the_callback_ran_in_the_reader(
+    link: tuple[BrokerConnection, FakePeer], autojump_clock: Any
+) -> None:
+    # `BrokerConnection.finish_with_wait` (the consumer's fetch): the callback runs in the
+    # reader's task, and the waiter returns after it; with no answer in time, it raises and
+    # the late answer's callback never runs.
+    connection, peer = link
+    request = codec.ProduceRequest(
+        partitions=(codec.ProducePartition(topic="t", partition=0, records=b"x"),), acks=1
+    )
+    calls: list[tuple[str, int]] = []
+
+    def callback(frame: Frame | None, error: BaseException | None) -> None:
+        assert frame is not None and error is None
+        calls.append((trio.lowlevel.current_task().name, base_offset(frame)))
+
+    async def answer_next(offset: int) -> None:
+        await peer.answer(await peer.next_request(), base_offset=offset)
+
+    header, payload = codec.encode_request(request, correlation_id=0)
+    pending = await connection.start_request(header, payload)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer_next, 4)
+        await connection.finish_with_wait(header, pending, callback, timeout_s=TIMEOUT_S)
+    assert len(calls) == 1 and calls[0][0].endswith("run_reader") and calls[0][1] == 4
+
+    header, payload = codec.encode_request(request, correlation_id=0)
+    pending = await connection.start_request(header, payload)
+    late = await peer.next_request()
+    with pytest.raises(RequestTimedOutError, match="no response to produce"):
+        await connection.finish_with_wait(header, pending, callback, timeout_s=TIMEOUT_S)
+    await peer.answer(late, base_offset=5)  # too late: dropped
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(calls) == 1
+    # Both slots are free again: two more requests go out at once.
+    with trio.fail_after(1):
+        for _ in range(2):
+            await connection.start_request(*codec.encode_request(request, correlation_id=0))
