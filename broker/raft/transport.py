@@ -6,6 +6,15 @@ Shape (etcd's rafthttp stream, redpanda's heartbeat_manager):
   full queue drops the message and returns False, and the driver tells its core the peer is
   unreachable (etcd's ReportUnreachable). The link reconnects with exponential backoff; messages
   queued when a connection breaks are dropped and reported the same way (Raft retransmits).
+- Eager writes: a message for a connected plain-TCP link whose writer has nothing in hand (no
+  item queued or handed to it, no partial write under way) is framed and written by `send()`
+  itself, with one non-blocking write (wire/eager_io.py); whatever the socket did not take goes
+  to the writer task as already-framed bytes, ahead of anything queued later, so a link's frames
+  keep their order. The leader's AppendRequests and the followers' answers then leave in the
+  driver's own step instead of one scheduler pass later, when the writer task's turn comes (on
+  a busy loop that pass is a commit's largest single wait). A failed eager write ends the
+  connection as a failed write in the writer does (the groups hear unreachable, the link
+  reconnects).
 - Heartbeats: Heartbeat and HeartbeatResponse messages are not queued one by one. Per peer, the
   newest one of each group waits in a map, and every `heartbeat_interval_ms` the map becomes ONE
   `raft_heartbeats` frame per peer, whatever the number of groups the two brokers share.
@@ -137,6 +146,8 @@ class TransportStatistics:
     # Per-group heartbeats (and answers) waiting for their link's next heartbeats frame.
     heartbeats_queued: int
     messages_sent: int
+    # Messages framed and written by `send()` itself (module docstring, "Eager writes").
+    eager_writes: int
     messages_dropped_queue_full: int
     messages_dropped_link_down: int
     messages_dropped_partitioned: int
@@ -160,6 +171,14 @@ async def _connect_tcp(node_id: int, host: str, port: int) -> trio.abc.Stream:
 _HEARTBEATS_DUE = object()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Framed:
+    """The rest of an eager write the socket did not take: framed bytes for the writer."""
+
+    data: bytes | memoryview
+    group: str
+
+
 class _PeerLink:
     """The outbound side to one peer: bounded queue, pending heartbeats, reconnect loop."""
 
@@ -177,6 +196,16 @@ class _PeerLink:
         self.heartbeats_signalled = False
         self.connected = False
         self._correlation = itertools.count()
+        # While a connection is up: its stream and framing, for eager writes (`_write_eagerly`),
+        # and the scope that ends it when one fails.
+        self._stream: trio.SocketStream | None = None
+        self._frames: FrameConnection | None = None
+        self._connection_scope: trio.CancelScope | None = None
+        # Items handed to the channel that the writer has not written yet (one it received and
+        # has not run with counts), and whether it is inside a partial write's `send_all`:
+        # an eager write goes only when both say the writer holds nothing.
+        self._writer_items = 0
+        self._writer_busy = False
 
     def enqueue(self, group: str, message: Message) -> bool:
         config = self.transport.config
@@ -193,12 +222,46 @@ class _PeerLink:
             return False
         if self.queued_bytes + size > config.peer_queue_bytes_max:
             return False
+        if self._writer_items == 0 and not self._writer_busy and self._stream is not None:
+            self._write_eagerly(group, message, size)
+            return True
         try:
             self.send_channel.send_nowait((group, message, size))
         except trio.WouldBlock:
             return False
         self.queued_bytes += size
+        self._writer_items += 1
         return True
+
+    def _write_eagerly(self, group: str, message: Message, size: int) -> None:
+        """Frame and write `message` now (module docstring, "Eager writes"); the writer holds
+        nothing, so nothing queued earlier can be overtaken."""
+        stream, frames = self._stream, self._frames
+        assert stream is not None and frames is not None
+        chunks: list[bytes] = []
+        self.queued_bytes += size  # `_encode` counts it out again
+        self._encode((group, message, size), frames, chunks, [])
+        self.transport.counters["eager_writes"] += 1
+        try:
+            rest = write_now(stream, chunks[0])
+        except trio.BrokenResourceError:
+            frames.send_failed()
+            self.transport.report_unreachable(group, self.peer)
+            self._end_connection()
+            return
+        if rest:
+            # The capacity is at least one and the writer holds nothing: there is room.
+            self.send_channel.send_nowait(_Framed(rest, group))
+            self._writer_items += 1
+        else:
+            self.transport.counters["frames_sent"] += 1
+
+    def _end_connection(self) -> None:
+        """Stop using the connection: no more eager writes, and its writer stops."""
+        self._stream = None
+        self._frames = None
+        if self._connection_scope is not None:
+            self._connection_scope.cancel()
 
     def signal_heartbeats(self) -> None:
         # Connected, the frame goes even when empty: it is the node-level heartbeat.
@@ -211,6 +274,7 @@ class _PeerLink:
             try:
                 self.send_channel.send_nowait(_HEARTBEATS_DUE)
                 self.heartbeats_signalled = True
+                self._writer_items += 1
             except trio.WouldBlock:
                 pass  # a full queue: the next interval tries again (the peer is slow anyway)
 
@@ -249,6 +313,9 @@ class _PeerLink:
                     # The peer never writes after its handshake: a read returning means it closed
                     # (or broke the protocol), and the writer must stop at once.
                     nursery.start_soon(self._watch_for_close, stream, nursery.cancel_scope)
+                    self._connection_scope = nursery.cancel_scope
+                    if type(stream) is trio.SocketStream:  # TLS keeps its own state: queue
+                        self._stream, self._frames = stream, frames
                     await self._write_loop(stream, frames)
         except* (
             OSError,
@@ -273,6 +340,8 @@ class _PeerLink:
             )
         finally:
             self.connected = False
+            self._stream = self._frames = self._connection_scope = None
+            self._writer_busy = False
         self._discard_queued()
         return handshaken
 
@@ -305,9 +374,10 @@ class _PeerLink:
         config = self.transport.config
         while True:
             item = await self.receive_channel.receive()
-            chunks: list[bytes] = []
+            chunks: list[bytes | memoryview] = []
             written_groups: list[str] = []
             size = self._encode(item, frames, chunks, written_groups)
+            items = 1
             # Join whatever else is already queued into the same write (bounded).
             while size < config.write_bytes_max:
                 try:
@@ -315,11 +385,14 @@ class _PeerLink:
                 except trio.WouldBlock:
                     break
                 size += self._encode(item, frames, chunks, written_groups)
+                items += 1
             try:
                 data = b"".join(chunks)
                 rest = write_now(stream, data)  # most often all of it: no await
                 if rest:
+                    self._writer_busy = True
                     await stream.send_all(rest)
+                    self._writer_busy = False
             except BaseException:
                 # h11's send_failed: the peer may hold half a frame, the stream cannot go on, and
                 # these groups' messages may never arrive.
@@ -327,13 +400,23 @@ class _PeerLink:
                 for group in written_groups:
                     self.transport.report_unreachable(group, self.peer)
                 raise
+            finally:
+                self._writer_items -= items
             self.transport.counters["frames_sent"] += len(chunks)
 
     def _encode(
-        self, item: Any, frames: FrameConnection, chunks: list[bytes], groups: list[str]
+        self,
+        item: Any,
+        frames: FrameConnection,
+        chunks: list[bytes | memoryview],
+        groups: list[str],
     ) -> int:
         if item is _HEARTBEATS_DUE:
             return self._encode_heartbeats(frames, chunks)
+        if isinstance(item, _Framed):
+            chunks.append(item.data)
+            groups.append(item.group)
+            return len(item.data)
         group, message, size = item
         self.queued_bytes -= size
         header, payload = wire.encode_message(
@@ -346,7 +429,7 @@ class _PeerLink:
         self.transport.counters["messages_sent"] += 1
         return len(data)
 
-    def _encode_heartbeats(self, frames: FrameConnection, chunks: list[bytes]) -> int:
+    def _encode_heartbeats(self, frames: FrameConnection, chunks: list[bytes | memoryview]) -> int:
         self.heartbeats_signalled = False
         pending, self.heartbeats = self.heartbeats, {}
         items = [(group, message) for (group, _), message in pending.items()]
@@ -379,7 +462,11 @@ class _PeerLink:
                 item = self.receive_channel.receive_nowait()
             except trio.WouldBlock:
                 break
+            self._writer_items -= 1
             if item is _HEARTBEATS_DUE:
+                continue
+            if isinstance(item, _Framed):
+                groups.setdefault(item.group, False)
                 continue
             group, message, size = item
             self.queued_bytes -= size
@@ -656,6 +743,7 @@ class RaftTransport:
             heartbeats_sent=counters["heartbeats_sent"],
             heartbeats_queued=sum(len(link.heartbeats) for link in self._links.values()),
             messages_sent=counters["messages_sent"],
+            eager_writes=counters["eager_writes"],
             messages_dropped_queue_full=counters["messages_dropped_queue_full"],
             messages_dropped_link_down=counters["messages_dropped_link_down"],
             messages_dropped_partitioned=counters["messages_dropped_partitioned"],
