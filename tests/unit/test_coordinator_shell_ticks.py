@@ -4,32 +4,15 @@ nothing per round. Fake cores on trio's autojump clock."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import trio
 import trio.testing
 
 from broker.coordinator_shell import CoordinatorShell, Tick
+from tests.unit.transactions.test_coordinator_service import FakeContext, MemoryTopics
 
 TOPIC = "__fake_coordinator"
-
-
-@dataclasses.dataclass
-class _TopicRecord:
-    partition_count: int
-
-
-class _Topics:
-    def get(self, name: str) -> _TopicRecord | None:
-        return _TopicRecord(3) if name == TOPIC else None
-
-
-@dataclasses.dataclass
-class _Context:
-    topics: _Topics
-    partitions: dict[tuple[str, int], Any]
-    cluster: Any = None
 
 
 class DeadlineCore:
@@ -60,8 +43,10 @@ async def test_only_cores_whose_deadline_came_are_ticked(
         cores[partition] = DeadlineCore(deadlines[partition])
         return cores[partition]
 
+    topics = MemoryTopics()
+    topics.create(TOPIC, partitions=3, configs={})
     shell = CoordinatorShell(
-        _Context(_Topics(), {}),
+        FakeContext(topics, {}),
         topic=TOPIC,
         name="fake",
         new_core=new_core,
