@@ -54,6 +54,7 @@ from wire.eager_io import write_now
 from wire.framing import (
     MAX_FRAME_BYTES_DEFAULT,
     NEED_DATA,
+    ConnectionState,
     Frame,
     FrameConnection,
     RemoteProtocolError,
@@ -222,7 +223,12 @@ class _PeerLink:
             return False
         if self.queued_bytes + size > config.peer_queue_bytes_max:
             return False
-        if self._writer_items == 0 and not self._writer_busy and self._stream is not None:
+        if (
+            self._writer_items == 0
+            and not self._writer_busy
+            and self._frames is not None
+            and self._frames.state is not ConnectionState.ERROR
+        ):
             self._write_eagerly(group, message, size)
             return True
         try:
@@ -395,7 +401,9 @@ class _PeerLink:
                     self._writer_busy = False
             except BaseException:
                 # h11's send_failed: the peer may hold half a frame, the stream cannot go on, and
-                # these groups' messages may never arrive.
+                # these groups' messages may never arrive. No eager write may follow (the
+                # connection ends once this propagates, after an await of its nursery).
+                self._stream = self._frames = None
                 frames.send_failed()
                 for group in written_groups:
                     self.transport.report_unreachable(group, self.peer)

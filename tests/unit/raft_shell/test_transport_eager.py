@@ -117,3 +117,34 @@ async def test_a_full_socket_hands_the_rest_to_the_writer_and_order_holds() -> N
         assert group.received == sent
         assert receiver.statistics().protocol_errors == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_framing_makes_sends_queue_instead_of_raising() -> None:
+    """Between a writer's failed write and the end of its connection (an await of the
+    connection's nursery), a sending driver must not frame on the failed framing: `send()`
+    would raise into the driver. It queues instead (the queue is dropped and reported when the
+    connection ends)."""
+    gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        receiver = RaftTransport(
+            node_id=2, cluster_id=CLUSTER, peers={1: ("tcp", 1)}, config=CONFIG
+        )
+        sender = RaftTransport(
+            node_id=1,
+            cluster_id=CLUSTER,
+            peers={2: ("tcp", 2)},
+            config=CONFIG,
+            connector=_tcp_connector(nursery, receiver, gate),
+        )
+        receiver.register("g", Endpoint())
+        await nursery.start(receiver.run)
+        await nursery.start(sender.run)
+        with trio.fail_after(10):
+            while 2 not in sender.statistics().peers_connected:
+                await trio.sleep(0.01)
+        link = sender._links[2]
+        assert link._frames is not None
+        link._frames.send_failed()  # as the writer's failure path leaves it
+        assert sender.send("g", _append(0, 100))
+        assert sender.statistics().eager_writes == 0
+        nursery.cancel_scope.cancel()
