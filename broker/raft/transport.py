@@ -244,7 +244,7 @@ class _PeerLink:
         nothing, so nothing queued earlier can be overtaken."""
         stream, frames = self._stream, self._frames
         assert stream is not None and frames is not None
-        chunks: list[bytes] = []
+        chunks: list[bytes | memoryview] = []
         self.queued_bytes += size  # `_encode` counts it out again
         self._encode((group, message, size), frames, chunks, [])
         self.transport.counters["eager_writes"] += 1
