@@ -27,9 +27,7 @@ import os
 import trio
 
 
-def write_now(
-    stream: trio.abc.SendStream, data: bytes | memoryview
-) -> bytes | memoryview:
+def write_now(stream: trio.abc.SendStream, data: bytes | memoryview) -> bytes | memoryview:
     """Write what the kernel takes of `data` without waiting; return the rest (empty when all
     was written). A dead socket raises `trio.BrokenResourceError`, as `send_all` would."""
     if type(stream) is not trio.SocketStream:
