@@ -74,26 +74,33 @@ def _append(index: int, size: int) -> AppendRequest:
     return AppendRequest(1, 2, 1, index - 1, 1 if index else 0, (entry,), -1)
 
 
+async def _connected(
+    nursery: trio.Nursery, gate: trio.Event
+) -> tuple[RaftTransport, RaftTransport, Endpoint]:
+    """Node 1's transport linked over loopback TCP to node 2's, whose group "g" is returned;
+    node 2 reads past the handshake only once `gate` is set."""
+    receiver = RaftTransport(node_id=2, cluster_id=CLUSTER, peers={1: ("tcp", 1)}, config=CONFIG)
+    sender = RaftTransport(
+        node_id=1,
+        cluster_id=CLUSTER,
+        peers={2: ("tcp", 2)},
+        config=CONFIG,
+        connector=_tcp_connector(nursery, receiver, gate),
+    )
+    group = Endpoint()
+    receiver.register("g", group)
+    await nursery.start(receiver.run)
+    await nursery.start(sender.run)
+    with trio.fail_after(10):
+        while 2 not in sender.statistics().peers_connected:
+            await trio.sleep(0.01)
+    return sender, receiver, group
+
+
 async def test_a_full_socket_hands_the_rest_to_the_writer_and_order_holds() -> None:
     gate = trio.Event()
     async with trio.open_nursery() as nursery:
-        receiver = RaftTransport(
-            node_id=2, cluster_id=CLUSTER, peers={1: ("tcp", 1)}, config=CONFIG
-        )
-        sender = RaftTransport(
-            node_id=1,
-            cluster_id=CLUSTER,
-            peers={2: ("tcp", 2)},
-            config=CONFIG,
-            connector=_tcp_connector(nursery, receiver, gate),
-        )
-        group = Endpoint()
-        receiver.register("g", group)
-        await nursery.start(receiver.run)
-        await nursery.start(sender.run)
-        with trio.fail_after(10):
-            while 2 not in sender.statistics().peers_connected:
-                await trio.sleep(0.01)
+        sender, receiver, group = await _connected(nursery, gate)
 
         # The writer holds nothing: the first message is written by send() itself, before this
         # task yields.
@@ -124,24 +131,8 @@ async def test_a_failed_framing_makes_sends_queue_instead_of_raising() -> None:
     connection's nursery), a sending driver must not frame on the failed framing: `send()`
     would raise into the driver. It queues instead (the queue is dropped and reported when the
     connection ends)."""
-    gate = trio.Event()
     async with trio.open_nursery() as nursery:
-        receiver = RaftTransport(
-            node_id=2, cluster_id=CLUSTER, peers={1: ("tcp", 1)}, config=CONFIG
-        )
-        sender = RaftTransport(
-            node_id=1,
-            cluster_id=CLUSTER,
-            peers={2: ("tcp", 2)},
-            config=CONFIG,
-            connector=_tcp_connector(nursery, receiver, gate),
-        )
-        receiver.register("g", Endpoint())
-        await nursery.start(receiver.run)
-        await nursery.start(sender.run)
-        with trio.fail_after(10):
-            while 2 not in sender.statistics().peers_connected:
-                await trio.sleep(0.01)
+        sender, _, _ = await _connected(nursery, trio.Event())
         link = sender._links[2]
         assert link._frames is not None
         link._frames.send_failed()  # as the writer's failure path leaves it
