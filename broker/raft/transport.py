@@ -198,15 +198,15 @@ class _PeerLink:
         self.connected = False
         self._correlation = itertools.count()
         # While a connection is up: its stream and framing, for eager writes (`_write_eagerly`),
-        # and the scope that ends it when one fails.
+        # and the scope that ends it when one fails. A failed write (the writer's or an eager
+        # one) leaves the framing in ERROR: no eager write follows it.
         self._stream: trio.SocketStream | None = None
         self._frames: FrameConnection | None = None
         self._connection_scope: trio.CancelScope | None = None
-        # Items handed to the channel that the writer has not written yet (one it received and
-        # has not run with counts), and whether it is inside a partial write's `send_all`:
-        # an eager write goes only when both say the writer holds nothing.
+        # Items handed to the channel that the writer has not finished writing (one it received
+        # and has not run, or is still writing with `send_all`, counts): an eager write goes
+        # only when there are none.
         self._writer_items = 0
-        self._writer_busy = False
 
     def enqueue(self, group: str, message: Message) -> bool:
         config = self.transport.config
@@ -223,11 +223,11 @@ class _PeerLink:
             return False
         if self.queued_bytes + size > config.peer_queue_bytes_max:
             return False
+        frames = self._frames
         if (
             self._writer_items == 0
-            and not self._writer_busy
-            and self._frames is not None
-            and self._frames.state is not ConnectionState.ERROR
+            and frames is not None
+            and frames.state is not ConnectionState.ERROR
         ):
             self._write_eagerly(group, message, size)
             return True
@@ -253,7 +253,8 @@ class _PeerLink:
         except trio.BrokenResourceError:
             frames.send_failed()
             self.transport.report_unreachable(group, self.peer)
-            self._end_connection()
+            assert self._connection_scope is not None
+            self._connection_scope.cancel()  # the writer stops; the link reconnects
             return
         if rest:
             # The capacity is at least one and the writer holds nothing: there is room.
@@ -261,13 +262,6 @@ class _PeerLink:
             self._writer_items += 1
         else:
             self.transport.counters["frames_sent"] += 1
-
-    def _end_connection(self) -> None:
-        """Stop using the connection: no more eager writes, and its writer stops."""
-        self._stream = None
-        self._frames = None
-        if self._connection_scope is not None:
-            self._connection_scope.cancel()
 
     def signal_heartbeats(self) -> None:
         # Connected, the frame goes even when empty: it is the node-level heartbeat.
@@ -347,7 +341,6 @@ class _PeerLink:
         finally:
             self.connected = False
             self._stream = self._frames = self._connection_scope = None
-            self._writer_busy = False
         self._discard_queued()
         return handshaken
 
@@ -396,14 +389,10 @@ class _PeerLink:
                 data = b"".join(chunks)
                 rest = write_now(stream, data)  # most often all of it: no await
                 if rest:
-                    self._writer_busy = True
                     await stream.send_all(rest)
-                    self._writer_busy = False
             except BaseException:
                 # h11's send_failed: the peer may hold half a frame, the stream cannot go on, and
-                # these groups' messages may never arrive. No eager write may follow (the
-                # connection ends once this propagates, after an await of its nursery).
-                self._stream = self._frames = None
+                # these groups' messages may never arrive (nor may an eager write follow).
                 frames.send_failed()
                 for group in written_groups:
                     self.transport.report_unreachable(group, self.peer)

@@ -55,7 +55,7 @@ async def test_only_cores_whose_deadline_came_are_ticked(
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(shell.run)
-        await trio.sleep(2)
+        await trio.sleep(2)  # the behaviour under test: 2 s of autojump time, deadlines come due
         nursery.cancel_scope.cancel()
     assert cores[0].ticks == [], "a core with no deadline is never ticked"
     assert len(cores[1].ticks) == 1 and 250 <= cores[1].ticks[0] < 260, cores[1].ticks

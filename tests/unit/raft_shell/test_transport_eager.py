@@ -11,7 +11,7 @@ import trio
 from broker.raft.messages import AppendRequest, Message, assign_entry
 from broker.raft.transport import RaftTransport, RaftTransportConfig
 from tests.unit.raft_shell.helpers import record_batch
-from tests.unit.raft_shell.test_transport import Endpoint
+from tests.unit.raft_shell.test_transport import Endpoint, _poll_until
 
 CLUSTER = "unit"
 CONFIG = RaftTransportConfig(heartbeat_interval_ms=100, reconnect_backoff_initial_ms=10)
@@ -91,9 +91,7 @@ async def _connected(
     receiver.register("g", group)
     await nursery.start(receiver.run)
     await nursery.start(sender.run)
-    with trio.fail_after(10):
-        while 2 not in sender.statistics().peers_connected:
-            await trio.sleep(0.01)
+    await _poll_until(lambda: 2 in sender.statistics().peers_connected)
     return sender, receiver, group
 
 
