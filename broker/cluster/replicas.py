@@ -419,8 +419,10 @@ class ReplicaManager:
             ticker=self._ticker,
             store_syncer=self._store_syncer,
             log_syncer=self._log_syncer,
-            # A DeleteRecords entry raises the log start once committed (docs/storage.md).
-            on_apply=lambda entries: log.commit_log_starts(entries[-1].index + 1),
+            # A DeleteRecords entry raises the log start once committed (docs/storage.md). An
+            # on_commit hook, not on_apply: a partition has no state machine, and acknowledges
+            # acks=all writes before its own fsync (docs/raft-driver.md).
+            on_commit=lambda entries: log.commit_log_starts(entries[-1].index + 1),
         )
         replica = Replica(topic, info, log, driver)
         self._replicas[(topic.name, info.partition)] = replica

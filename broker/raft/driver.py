@@ -318,6 +318,7 @@ class RaftDriver:
         applied_index: int | None = None,
         on_apply: Callable[[Sequence[Entry]], None] | None = None,
         on_snapshot: Callable[[Snapshot], None] | None = None,
+        on_commit: Callable[[Sequence[Entry]], None] | None = None,
         log_syncer: LogSyncer | None = None,
         clock_ms: Callable[[], int] = _wall_clock_ms,
         ticker: RaftTicker | None = None,
@@ -326,6 +327,10 @@ class RaftDriver:
         """`on_apply` gets committed entries in order, after they are durable here (the
         controller and group coordinator apply their records in it; it must not block).
         `on_snapshot` gets an installed snapshot (state-machine groups restore `data`).
+        `on_commit` gets committed entries in order as soon as they are committed, perhaps before
+        this broker's own copy is durable: for effects the commit itself mandates (a partition's
+        DeleteRecords log start). A group with neither `on_apply` nor `on_snapshot` has no state
+        machine, and acknowledges its commits before its own fsync (see `_commit_round`).
         `applied_index`: what the state machine already holds durably (skip re-applying).
         `ticker`: a shared timer (rule 5); without one the driver keeps its own.
         `store_syncer`: the broker's shared LMDB sync for terms and votes (rule 1); without
@@ -344,6 +349,10 @@ class RaftDriver:
         )
         self._on_apply = on_apply
         self._on_snapshot = on_snapshot
+        self._on_commit = on_commit
+        # A state machine applies only what is durable here, so that its state never runs ahead
+        # of its own log; a group without one applies (acknowledges) commits before its fsync.
+        self.applies_before_own_fsync = on_apply is None and on_snapshot is None
         self._sync_log = log_syncer or ThreadLogSyncer()
         self._store_syncer = store_syncer or StoreSyncer(storage.store)
         self._clock_ms = clock_ms
@@ -697,7 +706,7 @@ class RaftDriver:
         # every acknowledgement wait for the fsync of the entries proposed since (one more fsync
         # per commit under load). A state machine (the controller) applies only what is durable
         # here, so that its applied state never runs ahead of its own log.
-        applied_early = sent_early and self._on_apply is None and self._on_snapshot is None
+        applied_early = sent_early and self.applies_before_own_fsync
         if sent_early:
             # Rule 1's exception: the leader's appends go out while its own fsync runs.
             appends_out = False
@@ -781,6 +790,8 @@ class RaftDriver:
             self._settle_up_to(ready.snapshot.index, committed=())
             self._high_watermark = max(self._high_watermark, ready.snapshot.index + 1)
         if ready.committed_entries:
+            if self._on_commit is not None:
+                self._on_commit(ready.committed_entries)
             if self._on_apply is not None:
                 self._on_apply(ready.committed_entries)
             last = ready.committed_entries[-1].index

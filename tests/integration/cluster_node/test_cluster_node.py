@@ -113,6 +113,10 @@ async def test_topic_placement_produce_and_delete(tmp_path: Path) -> None:
         await cluster.wait_preferred_leaders(TOPIC)
         leaders = {p: cluster.partition_leader(TOPIC, p) for p in range(PARTITIONS)}
         assert Counter(r.driver.node_id for r in leaders.values() if r) == Counter(NODE_IDS)
+        # A partition has no state machine: its leader acknowledges a commit before its own
+        # fsync (issue 15); the metadata group applies only what it holds durably.
+        assert all(r.driver.applies_before_own_fsync for r in leaders.values() if r)
+        assert not any(n.controller.driver.applies_before_own_fsync for n in cluster.running())
         acked: dict[int, dict[bytes, int]] = {}
         async with trio.open_nursery() as producers:
 

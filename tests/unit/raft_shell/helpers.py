@@ -116,6 +116,7 @@ class Node:
         raft_config: RaftConfig | None = None,
         syncer: LogSyncer | None = None,
         on_apply: Callable[..., None] | None = None,
+        on_commit: Callable[..., None] | None = None,
         ticker: RaftTicker | None = None,
     ) -> None:
         self.events: list[tuple[str, object]] = []
@@ -134,6 +135,7 @@ class Node:
             rng=random.Random(1),
             log_syncer=syncer or self.syncer,
             on_apply=on_apply,
+            on_commit=on_commit,
             ticker=ticker,
             store_syncer=RecordingStoreSyncer(self.store, self.events),
         )

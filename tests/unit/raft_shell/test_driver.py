@@ -128,13 +128,21 @@ async def test_votes_leave_after_their_fsync_a_leaders_appends_before_it(tmp_pat
     node.close()
 
 
+@pytest.mark.parametrize("hook", ["none", "on_commit"])
 async def test_a_commit_is_acknowledged_before_the_fsync_of_the_next_proposals(
-    tmp_path: Path,
+    tmp_path: Path, hook: str
 ) -> None:
     """A partition group applies what it committed before the fsync of the Ready that carries
     the commit (issue 15): under load that Ready also carries the next proposals' entries, and
-    waiting for their fsync cost every acknowledgement one more fsync."""
-    node = Node(tmp_path)
+    waiting for their fsync cost every acknowledgement one more fsync. An `on_commit` hook (a
+    partition's DeleteRecords log starts) keeps it so, and sees the commit first."""
+    committed: list[int] = []
+    node = Node(
+        tmp_path,
+        on_commit=(lambda entries: committed.append(entries[-1].index))
+        if hook == "on_commit"
+        else None,
+    )
     driver, syncer = node.driver, node.syncer
     async with trio.open_nursery() as nursery:
         await nursery.start(driver.run)
@@ -158,7 +166,48 @@ async def test_a_commit_is_acknowledged_before_the_fsync_of_the_next_proposals(
         await trio.testing.wait_all_tasks_blocked()
         assert first.done and driver.high_watermark == first.index + 1
         assert not second.done
+        if hook == "on_commit":
+            assert committed[-1] == first.index
         syncer.release()
+        nursery.cancel_scope.cancel()
+    node.close()
+
+
+async def test_a_state_machine_applies_only_what_its_own_fsync_made_durable(
+    tmp_path: Path,
+) -> None:
+    """With `on_apply` (the controller, a group coordinator) the commit of `first` is applied
+    only after the fsync of the round that carries it: the state machine never runs ahead of
+    its own log."""
+    applied: list[int] = []
+    node = Node(tmp_path, on_apply=lambda entries: applied.append(entries[-1].index))
+    driver, syncer = node.driver, node.syncer
+    assert not driver.applies_before_own_fsync
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        await _become_leader(node)
+        syncer.hold()
+        first = driver.propose_nowait(record_batch(b"first"))
+        with trio.fail_after(5):
+            await syncer.started.wait()
+        second = driver.propose_nowait(record_batch(b"second"))
+        await node.transport.wait_for(
+            lambda: any(
+                m.entries and m.entries[-1].index == first.index for m in _appends_to(node, 2)
+            )
+        )
+        driver.deliver_nowait(AppendResponse(2, 1, driver.term, True, first.index))
+        syncer.release()
+        syncer.hold()  # the fsync of the round carrying the commit (and `second`) stays open
+        with trio.fail_after(5):
+            await syncer.started.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not first.done and first.index not in applied
+        syncer.release()
+        with trio.fail_after(5):
+            await first.wait_committed()
+        assert applied[-1] >= first.index
+        assert not second.done
         nursery.cancel_scope.cancel()
     node.close()
 
