@@ -21,6 +21,7 @@ from broker.log.durability import FlushTicket
 from broker.log.sync_threads import SyncThreads, fsync_workers
 from broker.raft.config import RaftConfig
 from broker.raft.driver import (
+    Proposal,
     RaftDriverConfig,
     RaftDriverStoppedError,
     RaftTicker,
@@ -128,6 +129,29 @@ async def test_votes_leave_after_their_fsync_a_leaders_appends_before_it(tmp_pat
     node.close()
 
 
+async def _commit_with_the_next_fsync_held(node: Node) -> tuple[Proposal, Proposal]:
+    """As leader: `first` is proposed and fsynced while `second` arrives and node 2 acknowledges
+    `first`; returns with the fsync of the round that carries `first`'s commit (and `second`'s
+    entry) held open. The caller releases `node.syncer`."""
+    driver, syncer = node.driver, node.syncer
+    await _become_leader(node)
+    syncer.hold()
+    first = driver.propose_nowait(record_batch(b"first"))
+    with trio.fail_after(5):
+        await syncer.started.wait()
+    second = driver.propose_nowait(record_batch(b"second"))
+    await node.transport.wait_for(
+        lambda: any(m.entries and m.entries[-1].index == first.index for m in _appends_to(node, 2))
+    )
+    driver.deliver_nowait(AppendResponse(2, 1, driver.term, True, first.index))
+    syncer.release()
+    syncer.hold()
+    with trio.fail_after(5):
+        await syncer.started.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    return first, second
+
+
 @pytest.mark.parametrize("hook", ["none", "on_commit"])
 async def test_a_commit_is_acknowledged_before_the_fsync_of_the_next_proposals(
     tmp_path: Path, hook: str
@@ -143,32 +167,14 @@ async def test_a_commit_is_acknowledged_before_the_fsync_of_the_next_proposals(
         if hook == "on_commit"
         else None,
     )
-    driver, syncer = node.driver, node.syncer
     async with trio.open_nursery() as nursery:
-        await nursery.start(driver.run)
-        await _become_leader(node)
-        syncer.hold()
-        first = driver.propose_nowait(record_batch(b"first"))
-        with trio.fail_after(5):
-            await syncer.started.wait()
-        # While the leader fsyncs `first`: the next proposal arrives, and node 2 holds `first`.
-        second = driver.propose_nowait(record_batch(b"second"))
-        await node.transport.wait_for(
-            lambda: any(
-                m.entries and m.entries[-1].index == first.index for m in _appends_to(node, 2)
-            )
-        )
-        driver.deliver_nowait(AppendResponse(2, 1, driver.term, True, first.index))
-        syncer.release()
-        syncer.hold()  # the next fsync (covering `second`) stays open
-        with trio.fail_after(5):
-            await syncer.started.wait()
-        await trio.testing.wait_all_tasks_blocked()
-        assert first.done and driver.high_watermark == first.index + 1
+        await nursery.start(node.driver.run)
+        first, second = await _commit_with_the_next_fsync_held(node)
+        assert first.done and node.driver.high_watermark == first.index + 1
         assert not second.done
         if hook == "on_commit":
             assert committed[-1] == first.index
-        syncer.release()
+        node.syncer.release()
         nursery.cancel_scope.cancel()
     node.close()
 
@@ -181,29 +187,12 @@ async def test_a_state_machine_applies_only_what_its_own_fsync_made_durable(
     its own log."""
     applied: list[int] = []
     node = Node(tmp_path, on_apply=lambda entries: applied.append(entries[-1].index))
-    driver, syncer = node.driver, node.syncer
-    assert not driver.applies_before_own_fsync
+    assert not node.driver.applies_before_own_fsync
     async with trio.open_nursery() as nursery:
-        await nursery.start(driver.run)
-        await _become_leader(node)
-        syncer.hold()
-        first = driver.propose_nowait(record_batch(b"first"))
-        with trio.fail_after(5):
-            await syncer.started.wait()
-        second = driver.propose_nowait(record_batch(b"second"))
-        await node.transport.wait_for(
-            lambda: any(
-                m.entries and m.entries[-1].index == first.index for m in _appends_to(node, 2)
-            )
-        )
-        driver.deliver_nowait(AppendResponse(2, 1, driver.term, True, first.index))
-        syncer.release()
-        syncer.hold()  # the fsync of the round carrying the commit (and `second`) stays open
-        with trio.fail_after(5):
-            await syncer.started.wait()
-        await trio.testing.wait_all_tasks_blocked()
+        await nursery.start(node.driver.run)
+        first, second = await _commit_with_the_next_fsync_held(node)
         assert not first.done and first.index not in applied
-        syncer.release()
+        node.syncer.release()
         with trio.fail_after(5):
             await first.wait_committed()
         assert applied[-1] >= first.index
