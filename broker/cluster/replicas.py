@@ -404,7 +404,12 @@ class ReplicaManager:
             log.config = config  # opened from disk with the defaults before the state was known
         group = partition_directory_name(topic.name, info.partition)
         storage = LogRaftStorage(
-            log, self._store, group, _initial_configuration(self.node_id, info)
+            log,
+            self._store,
+            group,
+            _initial_configuration(self.node_id, info),
+            # No state machine: the commit index is a cache, written at most once a second.
+            lazy_commit_index=True,
         )
         driver = RaftDriver(
             group=group,
@@ -452,6 +457,8 @@ class ReplicaManager:
                 del self._replicas[key]
             if replica.deleting:
                 self._delete_storage(replica)
+            else:
+                replica.driver.storage.save_commit_index()  # the driver task has finished
             replica.stopped.set()
             self.changes.notify()
         if replica.deleting:

@@ -16,13 +16,26 @@ that Ready leaves, and clears the flag. A change of the commit index alone needs
 commit knowledge is a cache the core re-learns (it clamps it to the stored log on restart). A new
 group's first snapshot record is not synced either: lost in a crash, it is derived again, equal.
 
+A group without a state machine (a partition) may keep its commit index *lazily*
+(`lazy_commit_index`): a change of the commit index alone is written at most once per
+`COMMIT_INDEX_SAVE_INTERVAL_S`, and on a clean stop (`save_commit_index`); a term or vote change
+writes it too. Written on every change it cost each round an LMDB write transaction (three to
+four `pwrite`s dirtying as many pages, docs/performance.md). After a crash such a replica restarts
+with an older commit index, so its high watermark starts lower, until it learns the commit again
+from its leader, or (as a new leader) commits an entry of its term: what a follower that becomes
+leader goes through anyway (docs/cluster.md). A state machine group (the controller) writes it
+on every change: the core clamps the machine's applied index to the stored commit index, and
+would otherwise apply again what the machine already holds.
+
 This is the disk-backed twin of `MemoryStorage`: the same reads (the `RaftStorage` protocol) and the
 same driver-side writes (`append`, `truncate`, `set_hard_state`, `apply_snapshot`, `compact_to`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 
 from broker.kvstore import KeySpace, KvStore
 from broker.log.log import PartitionLog
@@ -36,14 +49,28 @@ from broker.raft.messages import (
 )
 from broker.raft.storage import CompactedError, InitialState, UnavailableError
 
+# How stale a lazily kept commit index may be on disk (module docstring): a crash costs a
+# restarted replica at most this much commit progress to learn again.
+COMMIT_INDEX_SAVE_INTERVAL_S = 1.0
+
 
 class LogRaftStorage:
     """RaftStorage for one group over its partition log. Single-threaded, like the log."""
 
     def __init__(
-        self, log: PartitionLog, store: KvStore, group: str, configuration: Configuration
+        self,
+        log: PartitionLog,
+        store: KvStore,
+        group: str,
+        configuration: Configuration,
+        *,
+        lazy_commit_index: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`lazy_commit_index`: for a group without a state machine (module docstring)."""
         self.log = log
+        self._lazy_commit_index = lazy_commit_index
+        self._clock = clock
         self._store = store
         self._prefix = group.encode()
         saved_snapshot = self._get(b"snapshot")
@@ -62,6 +89,10 @@ class LogRaftStorage:
         )
         saved_hard = self._get(b"hard")
         self.hard_state = HardState() if saved_hard is None else HardState(*saved_hard)
+        # What LMDB holds, and when it was written (a lazy commit index is written again once
+        # COMMIT_INDEX_SAVE_INTERVAL_S has passed).
+        self._saved_hard_state = self.hard_state
+        self._saved_at = -math.inf
         # A term or vote written to LMDB but not yet synced (set_hard_state).
         self.hard_state_unsynced = False
         self._reconcile_with_log()
@@ -163,12 +194,32 @@ class LogRaftStorage:
     def set_hard_state(self, hard_state: HardState) -> None:
         # Term and vote must survive a crash before any message of the Ready leaves: flagged for
         # the driver's shared sync (module docstring). The commit index alone is a cache.
-        if (hard_state.term, hard_state.vote) != (self.hard_state.term, self.hard_state.vote):
+        vote_changed = (hard_state.term, hard_state.vote) != (
+            self.hard_state.term,
+            self.hard_state.vote,
+        )
+        if vote_changed:
             self.hard_state_unsynced = True
         self.hard_state = hard_state
+        if (
+            vote_changed
+            or not self._lazy_commit_index
+            or self._clock() - self._saved_at >= COMMIT_INDEX_SAVE_INTERVAL_S
+        ):
+            self._save_hard_state()
+
+    def save_commit_index(self) -> None:
+        """Write a lazily kept commit index that LMDB does not hold yet (a clean stop)."""
+        if self.hard_state != self._saved_hard_state:
+            self._save_hard_state()
+
+    def _save_hard_state(self) -> None:
+        hard_state = self.hard_state
         self._put(
             b"hard", [hard_state.term, hard_state.vote, hard_state.commit_index], durable=False
         )
+        self._saved_hard_state = hard_state
+        self._saved_at = self._clock()
 
     @property
     def store(self) -> KvStore:

@@ -18,7 +18,7 @@ from broker.kvstore import KvStore
 from broker.log.log import PartitionLog
 from broker.raft.config import RaftConfig
 from broker.raft.core import RaftCore, Role
-from broker.raft.log_storage import LogRaftStorage
+from broker.raft.log_storage import COMMIT_INDEX_SAVE_INTERVAL_S, LogRaftStorage
 from broker.raft.messages import Configuration, Entry, HardState, Snapshot, assign_entry
 from broker.raft.storage import CompactedError, MemoryStorage, UnavailableError
 from tests.log_reading import log_bytes
@@ -171,4 +171,43 @@ def test_three_cores_on_partition_logs_commit_and_restart(tmp_path: Path) -> Non
         assert log_bytes(follower) == log_bytes(leader_log)
     for storage in storages.values():
         storage.log.close()
+    store.close()
+
+
+def test_a_lazy_commit_index_is_written_at_most_once_an_interval(tmp_path: Path) -> None:
+    """A partition's commit index alone reaches LMDB at most once per
+    COMMIT_INDEX_SAVE_INTERVAL_S (one LMDB write transaction per Raft round otherwise); a term
+    or vote change writes it at once, and so does `save_commit_index` (a clean stop). A
+    storage opened from the same files reads what was written."""
+    now = [100.0]
+    log = PartitionLog.open(tmp_path / "log", SMALL_LOG)
+    store = KvStore.open(tmp_path / "meta")
+
+    def reopened_hard_state() -> HardState:
+        return LogRaftStorage(log, store, "g", CONFIG).hard_state
+
+    storage = LogRaftStorage(log, store, "g", CONFIG, lazy_commit_index=True, clock=lambda: now[0])
+    storage.set_hard_state(HardState(term=1, vote=1, commit_index=-1))
+    assert reopened_hard_state() == HardState(1, 1, -1)
+    storage.set_hard_state(HardState(term=1, vote=1, commit_index=3))  # within the interval
+    storage.set_hard_state(HardState(term=1, vote=1, commit_index=5))
+    assert storage.hard_state == HardState(1, 1, 5)  # the core's view is current
+    assert reopened_hard_state() == HardState(1, 1, -1)
+    now[0] += COMMIT_INDEX_SAVE_INTERVAL_S
+    storage.set_hard_state(HardState(term=1, vote=1, commit_index=6))
+    assert reopened_hard_state() == HardState(1, 1, 6)
+    storage.set_hard_state(HardState(term=1, vote=1, commit_index=7))
+    assert reopened_hard_state() == HardState(1, 1, 6)
+    storage.set_hard_state(HardState(term=2, vote=3, commit_index=7))  # a vote: at once
+    assert storage.hard_state_unsynced
+    assert reopened_hard_state() == HardState(2, 3, 7)
+    storage.set_hard_state(HardState(term=2, vote=3, commit_index=9))
+    assert reopened_hard_state() == HardState(2, 3, 7)
+    storage.save_commit_index()
+    assert reopened_hard_state() == HardState(2, 3, 9)
+    # Without laziness (a state machine group) every change is written.
+    eager = LogRaftStorage(log, store, "g", CONFIG, clock=lambda: now[0])
+    eager.set_hard_state(HardState(term=2, vote=3, commit_index=10))
+    assert reopened_hard_state() == HardState(2, 3, 10)
+    log.close()
     store.close()
