@@ -458,11 +458,26 @@ class ReplicaManager:
             if replica.deleting:
                 self._delete_storage(replica)
             else:
-                replica.driver.storage.save_commit_index()  # the driver task has finished
+                self._save_commit_index(replica)
             replica.stopped.set()
             self.changes.notify()
         if replica.deleting:
             self._reconcile()  # a topic re-created under this name may start its replica now
+
+    def _save_commit_index(self, replica: Replica) -> None:
+        """On a stop, once the driver task has finished: the commit index the group keeps
+        lazily (docs/raft.md). A failed write costs only a lower high watermark after a
+        restart, until the commit is learnt again: logged, so that the stop still completes."""
+        try:
+            replica.driver.storage.save_commit_index()
+        except lmdb.Error as exc:
+            logger.warning(
+                "node %d: %s: the commit index was not saved (%s); it is learnt again after a "
+                "restart",
+                self.node_id,
+                replica.group,
+                exc,
+            )
 
     async def _watch_leadership(self, replica: Replica) -> None:
         """While this replica leads: report changes to the controller, move to the preferred
