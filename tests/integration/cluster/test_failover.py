@@ -92,8 +92,8 @@ async def _idempotent_batch(cluster: EmbeddedCluster, ask: int, values: list[byt
             break
         assert response.error.retriable, response
         await trio.sleep(0.05)
-    return build_batch(
-        [(1_700_000_000_000 + i, None, value, None) for i, value in enumerate(values)],
+    return make_batch(
+        values,
         producer_id=response.producer_id,
         producer_epoch=response.producer_epoch,
         base_sequence=0,

@@ -8,12 +8,12 @@ it at a time. Every wait is bounded by `timeout_s`.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Unpack
 
 import trio
 
 from wire import codec
-from wire.batch import build_batch
+from wire.batch import HeaderFields, build_batch
 from wire.framing import NEED_DATA, Frame, FrameConnection, Role
 
 TIMEOUT_S_DEFAULT = 10.0
@@ -146,6 +146,14 @@ class WireClient:
         return response.partitions[0]
 
 
-def make_batch(values: list[bytes], *, timestamp_ms: int = 1_700_000_000_000) -> bytes:
-    """A msgpack batch of `values` (no keys), timestamps one ms apart from `timestamp_ms`."""
-    return build_batch([(timestamp_ms + i, None, value, None) for i, value in enumerate(values)])
+def make_batch(
+    values: list[bytes],
+    *,
+    timestamp_ms: int = 1_700_000_000_000,
+    **header: Unpack[HeaderFields],
+) -> bytes:
+    """A msgpack batch of `values` (no keys), timestamps one ms apart from `timestamp_ms`;
+    `header`: the batch header's fields (a producer id and sequence, say)."""
+    return build_batch(
+        [(timestamp_ms + i, None, value, None) for i, value in enumerate(values)], **header
+    )
